@@ -1,0 +1,21 @@
+//! The patch file format and the in-process image header.
+//!
+//! A patch file is what `hotsplice create` writes and `hotsplice user apply`
+//! reads: metadata (which build of which object it fixes, which functions it
+//! replaces and what their code must look like, how to relocate the new
+//! code) plus the new code and data. See `docs/patch-format.md`.
+//!
+//! ```
+//! use hotsplice_patch::*;
+//! let patch = Patch { meta: PatchMeta::example(), image: vec![0xc3] };
+//! let bytes = patch.to_bytes();
+//! assert_eq!(Patch::from_bytes(&bytes).unwrap().meta.id, patch.meta.id);
+//! ```
+
+mod file;
+mod header;
+mod id;
+
+pub use file::*;
+pub use header::*;
+pub use id::*;
