@@ -81,21 +81,18 @@ impl FieldKind {
         if offset.checked_add(size).is_none_or(|end| end > buf.len()) {
             return Err(FieldError::OutOfBounds { kind: self, offset });
         }
-        let s = sym as i128;
-        let a = addend as i128;
-        let p = place as i128;
+        // Computed modulo 2^64 as linkers do, then checked for the field.
         let value = match self {
-            FieldKind::Abs64 | FieldKind::Abs32 | FieldKind::Abs32S => s + a,
-            FieldKind::Pc32 | FieldKind::Pc64 => s + a - p,
+            FieldKind::Abs64 | FieldKind::Abs32 | FieldKind::Abs32S => sym.wrapping_add(addend as u64),
+            FieldKind::Pc32 | FieldKind::Pc64 => sym.wrapping_add(addend as u64).wrapping_sub(place),
         };
         let fits = match self {
-            FieldKind::Abs64 => true,
-            FieldKind::Pc64 => i64::try_from(value).is_ok(),
-            FieldKind::Abs32 => u32::try_from(value).is_ok(),
-            FieldKind::Abs32S | FieldKind::Pc32 => i32::try_from(value).is_ok(),
+            FieldKind::Abs64 | FieldKind::Pc64 => true,
+            FieldKind::Abs32 => value <= u32::MAX as u64,
+            FieldKind::Abs32S | FieldKind::Pc32 => i32::try_from(value as i64).is_ok(),
         };
         if !fits {
-            return Err(FieldError::Overflow { kind: self, value });
+            return Err(FieldError::Overflow { kind: self, value: value as i64 as i128 });
         }
         let bytes = (value as u64).to_le_bytes();
         buf[offset..offset + size].copy_from_slice(&bytes[..size]);

@@ -13,6 +13,11 @@ pub const STUB_FIELD: usize = 2;
 pub const PC_FIELD_ADDEND: i64 = -4;
 /// The `syscall` instruction.
 pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+/// Dynamic relocation types the loader applies to GOT entries.
+pub const R_DTPMOD64: u32 = 16;
+pub const R_DTPOFF64: u32 = 17;
+pub const R_TPOFF64: u32 = 18;
+
 /// Largest distance a `jmp rel32` reaches.
 pub const JUMP_REACH: i64 = i32::MAX as i64;
 

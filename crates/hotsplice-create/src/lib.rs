@@ -1,14 +1,300 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! `hotsplice create`: from a source tree and a unified diff, build the
+//! tree before and after the fix through a compiler wrapper that gives every
+//! function and data object its own section, compare the objects section by
+//! section with relocations normalised, and emit one patch per changed ELF
+//! target, checked against the target's code (Ksplice's pre/post method).
+//!
+//! ```no_run
+//! use hotsplice_create::{create, CreateRequest};
+//! let patches = create(&CreateRequest::new("src".into(), "fix.diff".into(), "out".into())).unwrap();
+//! for p in patches { println!("{}", p.path.display()); }
+//! ```
+
+mod build;
+pub mod diff;
+pub mod emit;
+pub mod objfile;
+pub mod wrapper;
+
+use emit::{ObjPair, TargetElf};
+use hotsplice_elf::LinkedElf;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("the fix does not apply to {src}: {output}")]
+    DiffDoesNotApply { src: String, output: String },
+    #[error("building the {stage} tree with `{cmd}` failed (exit {code}); last lines:\n{tail}")]
+    BuildFailed {
+        stage: &'static str,
+        cmd: String,
+        code: i32,
+        tail: String,
+    },
+    #[error("the build ran no compile through hotsplice's compiler wrapper; make the build call the compiler as `cc`/`gcc` via $PATH or $(CC)")]
+    NoCompiles,
+    #[error("{0}")]
+    NothingToPatch(String),
+    #[error("changing the initial value, size or layout of existing data `{symbol}` ({file}) cannot be done by a live patch; change code instead (e.g. initialise it at first use)")]
+    ChangedData { symbol: String, file: String },
+    #[error("`{symbol}` is used by the new code but {target} does not define it")]
+    MissingSymbol { symbol: String, target: String },
+    #[error("function `{function}` is {size} bytes long; a live patch needs at least {need} bytes to write its jump")]
+    TooShort {
+        function: String,
+        size: u64,
+        need: usize,
+    },
+    #[error("the source does not match {target}: function `{function}`: {detail}; build the patch from the exact source, flags and compiler the target was built with")]
+    TargetMismatch {
+        function: String,
+        target: String,
+        detail: String,
+    },
+    #[error("{0}")]
+    Target(String),
+    #[error("unsupported change: {0}")]
+    Unsupported(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CreateError {
+    let what = what.into();
+    move |source| CreateError::Io { what, source }
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub src: PathBuf,
+    pub diff: PathBuf,
+    pub out_dir: PathBuf,
+    /// Build command, run by `sh -c` at the top of the tree.
+    pub build: String,
+    /// Installed objects the patch is for; empty: the ELF files built in `src`.
+    pub targets: Vec<PathBuf>,
+    pub description: Option<String>,
+    /// Keep the scratch trees (for debugging), printing where.
+    pub keep_work: bool,
+}
+
+impl CreateRequest {
+    pub fn new(src: PathBuf, diff: PathBuf, out_dir: PathBuf) -> Self {
+        CreateRequest {
+            src,
+            diff,
+            out_dir,
+            build: "make".into(),
+            targets: Vec::new(),
+            description: None,
+            keep_work: false,
+        }
     }
+}
+
+/// One patch file written.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedPatch {
+    pub path: PathBuf,
+    pub id: String,
+    pub target: String,
+    pub target_path: PathBuf,
+    pub build_id: String,
+    pub functions: Vec<String>,
+    pub new_symbols: Vec<String>,
+}
+
+/// Build the patches. See the crate docs.
+pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
+    let src = req
+        .src
+        .canonicalize()
+        .map_err(io(format!("source tree {}", req.src.display())))?;
+    let diff_bytes =
+        std::fs::read(&req.diff).map_err(io(format!("fix {}", req.diff.display())))?;
+    let work = tempfile::Builder::new()
+        .prefix("hotsplice-create.")
+        .tempdir()
+        .map_err(io("scratch directory"))?;
+    let work_path = work.path().to_path_buf();
+    if req.keep_work {
+        let kept = work.keep();
+        eprintln!("hotsplice: keeping scratch trees in {}", kept.display());
+    }
+    let diff_abs = req
+        .diff
+        .canonicalize()
+        .map_err(io(format!("fix {}", req.diff.display())))?;
+    let trees = build::build_both(&src, &diff_abs, &work_path, &req.build)?;
+
+    // Objects by path relative to the tree, and the links that used them.
+    let rel = |root: &Path, p: &Path| p.strip_prefix(root).unwrap_or(p).to_path_buf();
+    let mut compiled: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    let mut links: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+    for r in &trees.pre_log {
+        match r {
+            wrapper::Record::Compile { source, object } => {
+                compiled.insert(rel(&trees.pre, object), rel(&trees.pre, source));
+            }
+            wrapper::Record::Link { output, inputs } => {
+                links.insert(
+                    rel(&trees.pre, output),
+                    inputs.iter().map(|i| rel(&trees.pre, i)).collect(),
+                );
+            }
+        }
+    }
+    if compiled.is_empty() {
+        return Err(CreateError::NoCompiles);
+    }
+
+    let mut changed: HashMap<PathBuf, ObjPair> = HashMap::new();
+    for (obj_rel, source_rel) in &compiled {
+        let pre_path = trees.pre.join(obj_rel);
+        let post_path = trees.post.join(obj_rel);
+        if !post_path.exists() {
+            continue;
+        }
+        let pre = objfile::ObjFile::read(&pre_path).map_err(CreateError::Target)?;
+        let post = objfile::ObjFile::read(&post_path).map_err(CreateError::Target)?;
+        let d = diff::diff(&pre, &post);
+        if d.is_empty() {
+            continue;
+        }
+        let is_asm = matches!(
+            source_rel.extension().and_then(|e| e.to_str()),
+            Some("s" | "S")
+        );
+        if is_asm {
+            return Err(CreateError::Unsupported(format!(
+                "the fix changes assembly source {}",
+                source_rel.display()
+            )));
+        }
+        tracing::debug!(object = %obj_rel.display(), changed = d.changed_text.len(), "object changed");
+        changed.insert(obj_rel.clone(), ObjPair { pre, post, diff: d });
+    }
+    if changed.is_empty() {
+        return Err(CreateError::NothingToPatch(
+            "the fix changes no compiled code (comments, headers nobody includes, or build files only?)"
+                .into(),
+        ));
+    }
+
+    // Which linked outputs contain changed objects, and the file each is for.
+    let mut plans: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
+    for (output, inputs) in &links {
+        let objs: Vec<PathBuf> = inputs
+            .iter()
+            .filter(|i| changed.contains_key(*i))
+            .cloned()
+            .collect();
+        if !objs.is_empty() {
+            plans.push((output.clone(), objs));
+        }
+    }
+    if plans.is_empty() {
+        return Err(CreateError::NothingToPatch(
+            "the changed objects were not linked into any executable or library by the build"
+                .into(),
+        ));
+    }
+    std::fs::create_dir_all(&req.out_dir)
+        .map_err(io(format!("output directory {}", req.out_dir.display())))?;
+    let mut created = Vec::new();
+    let mut pairs = changed;
+    for (output, objs) in plans {
+        let target_path = pick_target(&src, &output, &req.targets)?;
+        let data = std::fs::read(&target_path)
+            .map_err(io(format!("target {}", target_path.display())))?;
+        let elf = LinkedElf::parse(&data).map_err(|e| {
+            CreateError::Target(format!("target {}: {e}", target_path.display()))
+        })?;
+        let Some(build_id) = elf.build_id.clone() else {
+            return Err(CreateError::Target(format!(
+                "{} has no GNU build-id note; relink it with -Wl,--build-id",
+                target_path.display()
+            )));
+        };
+        let name = target_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = TargetElf {
+            name: name.clone(),
+            elf: &elf,
+            data: &data,
+        };
+        let id = hotsplice_patch::stable_id(&[&diff_bytes, &build_id, name.as_bytes()]);
+        let description = req.description.clone().unwrap_or_else(|| {
+            format!(
+                "{} for {}",
+                req.diff
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                name
+            )
+        });
+        // Objects may be linked into several outputs: take them out and back.
+        let taken: Vec<(PathBuf, ObjPair)> = objs
+            .iter()
+            .filter_map(|o| pairs.remove(o).map(|p| (o.clone(), p)))
+            .collect();
+        let list: Vec<ObjPair> = taken.into_iter().map(|(_, p)| p).collect();
+        let result = emit::emit(&list, &target, id.clone(), description);
+        for (o, p) in objs.iter().zip(list) {
+            pairs.insert(o.clone(), p);
+        }
+        let patch = result?;
+        let path = req.out_dir.join(format!("{name}-{id}.hsp"));
+        std::fs::write(&path, patch.to_bytes()).map_err(io(format!("writing {}", path.display())))?;
+        created.push(CreatedPatch {
+            path,
+            id,
+            target: name,
+            target_path,
+            build_id: hex::encode(build_id),
+            functions: patch.meta.functions.iter().map(|f| f.name.clone()).collect(),
+            new_symbols: patch.meta.symbols.iter().map(|s| s.name.clone()).collect(),
+        });
+    }
+    Ok(created)
+}
+
+/// The installed file a built output corresponds to.
+fn pick_target(src: &Path, output: &Path, targets: &[PathBuf]) -> Result<PathBuf, CreateError> {
+    let out_name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if targets.is_empty() {
+        let built = src.join(output);
+        if !built.is_file() {
+            return Err(CreateError::Target(format!(
+                "{} is not built in the source tree; build the tree first (it must hold the binaries that run) or pass --target",
+                built.display()
+            )));
+        }
+        return Ok(built);
+    }
+    for t in targets {
+        let t_name = t.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if t_name == out_name {
+            return Ok(t.clone());
+        }
+        let soname = std::fs::read(t).ok().and_then(|d| LinkedElf::parse(&d).ok()).and_then(|e| e.soname);
+        if soname.as_deref() == Some(out_name.as_str()) || t_name.starts_with(&format!("{out_name}.")) {
+            return Ok(t.clone());
+        }
+    }
+    if targets.len() == 1 {
+        return Ok(targets[0].clone());
+    }
+    Err(CreateError::Target(format!(
+        "the fix changes {out_name}, but no --target names it; add --target PATH for it"
+    )))
 }

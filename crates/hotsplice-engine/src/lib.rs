@@ -1,14 +1,87 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The userspace patch engine: apply a [`hotsplice_patch::Patch`] to a
+//! running process, undo it, and read back what is applied.
+//!
+//! Everything that can be done with the target running is done first
+//! (finding the target object by build-id, checking its code, resolving
+//! symbols, mapping and relocating the new code). All threads are stopped
+//! only to check that none is inside, or will return into, code being
+//! replaced, and to write the jumps.
+//!
+//! ```no_run
+//! use hotsplice_engine::{apply, ApplyOptions};
+//! let bytes = std::fs::read("fix.hsp").unwrap();
+//! let patch = hotsplice_patch::Patch::from_bytes(&bytes).unwrap();
+//! let report = apply(1234, &patch, &ApplyOptions::default()).unwrap();
+//! println!("threads stopped for {:?}", report.stopped);
+//! ```
+
+mod apply;
+pub mod objects;
+pub mod place;
+mod safety;
+
+pub use apply::*;
+pub use objects::{loaded_objects, LoadedObject};
+
+use hotsplice_process::Pid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Process(#[from] hotsplice_process::Error),
+    #[error("process {pid} does not map {target} with build-id {want}{found}; this patch is for another build")]
+    WrongBuild {
+        pid: Pid,
+        target: String,
+        want: String,
+        found: String,
+    },
+    #[error("process {pid}: the code of `{function}` at {addr:#x} does not match what the patch expects (byte {offset:#x} differs): the process runs another build, or someone else changed that code; nothing was changed")]
+    CodeMismatch {
+        pid: Pid,
+        function: String,
+        addr: u64,
+        offset: usize,
+    },
+    #[error("process {pid}: patch {id} is already applied")]
+    AlreadyApplied { pid: Pid, id: String },
+    #[error("process {pid}: patch {id} is not applied (applied: {applied})")]
+    NotApplied {
+        pid: Pid,
+        id: String,
+        applied: String,
+    },
+    #[error("process {pid}: patch {id} cannot be undone while patch {over} (applied later) replaces `{function}` again; undo {over} first")]
+    Stacked {
+        pid: Pid,
+        id: String,
+        over: String,
+        function: String,
+    },
+    #[error("process {pid}: `{function}` at {addr:#x} was changed by something other than hotsplice; refusing to touch it")]
+    ForeignChange { pid: Pid, function: String, addr: u64 },
+    #[error("process {pid}: symbol `{name}` needed by the patch is not exported by any object the process maps")]
+    Unresolved { pid: Pid, name: String },
+    #[error("process {pid}: `{name}` at {addr:#x} is out of reach of the patch code at {place:#x} ({detail}); the patch cannot use it directly")]
+    OutOfReach {
+        pid: Pid,
+        name: String,
+        addr: u64,
+        place: u64,
+        detail: String,
+    },
+    #[error("process {pid}: no free address range of {size} bytes within jump reach of {target}")]
+    NoRoom { pid: Pid, size: u64, target: String },
+    #[error("process {pid}: code busy: thread {tid} is {frame} `{function}` (still after {waited_ms} ms); the process was left running unchanged; retry later or raise --busy-timeout")]
+    Busy {
+        pid: Pid,
+        tid: Pid,
+        function: String,
+        frame: &'static str,
+        waited_ms: u128,
+    },
+    #[error("process {pid}: refusing to patch {why}")]
+    Refused { pid: Pid, why: String },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub type Result<T> = std::result::Result<T, EngineError>;

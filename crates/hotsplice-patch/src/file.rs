@@ -54,7 +54,7 @@ pub struct Target {
 }
 
 /// Where a relocation's symbol is.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(tag = "in", rename_all = "kebab-case")]
 pub enum RelocTarget {
     /// An offset inside this patch's image.

@@ -1,14 +1,39 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Control of a running Linux x86-64 process for live patching.
+//!
+//! * /proc helpers: [`read_maps`], [`thread_ids`], [`process_name`], [`tracer_pid`], [`all_pids`].
+//! * Memory: [`read_memory`], [`read_memory_many`] (process_vm_readv) and [`MemWriter`]
+//!   (/proc/PID/mem, writes through page protections).
+//! * Threads: [`Tracee`] seizes every thread without stopping it; [`Tracee::stop_all`] opens the
+//!   short [`StopWindow`] in which all threads are stopped; [`Tracee::with_thread`] borrows one
+//!   thread as a [`RemoteThread`] to run syscalls or call functions inside the target.
+//!
+//! ptrace semantics relied upon (all with PTRACE_SEIZE):
+//! * PTRACE_INTERRUPT sets a pending "trap stop"; *any* ptrace-stop the thread enters clears it,
+//!   but an interrupt sent to an already stopped thread stays pending and fires after resuming.
+//!   Threads found in a clone-event or signal-delivery-stop are therefore "settled" when resumed
+//!   (interrupt while stopped, continue with the signal, collect the one resulting event-stop).
+//!   PTRACE_DETACH clears pending traps, so detaching needs no settling.
+//! * Job-control traps are taken before further signals are dequeued, so that settling is
+//!   deterministic.
+//! * A thread-group leader's exit is reported only after every other thread is reaped; the leader
+//!   is waited for last (and polled) so a dying process cannot hang us.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod error;
+mod mem;
+mod procfs;
+mod remote;
+mod sys;
+mod tracee;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::{Error, Result};
+pub use mem::{read_memory, read_memory_many, MemWriter};
+pub use procfs::{all_pids, process_name, read_maps, thread_ids, tracer_pid, Mapping};
+pub use remote::RemoteThread;
+pub use tracee::{StopWindow, StoppedThread, Tracee};
+
+/// Process / thread id.
+pub type Pid = i32;
+
+/// Full x86-64 general-purpose register set (rip, rsp, ... fs_base, gs_base) as used by
+/// PTRACE_GETREGS / PTRACE_SETREGS.
+pub use libc::user_regs_struct as Regs;

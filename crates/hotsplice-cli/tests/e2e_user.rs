@@ -1,0 +1,624 @@
+//! End-to-end tests of `hotsplice user ...` on real processes built from the
+//! fixtures in tests/fixtures/ (see common/mod.rs for the case format).
+//!
+//! Every test builds its fixture in its own temp dir, starts the program,
+//! patches it with the hotsplice binary and watches its output flip. They
+//! need root (ptrace), cc, make and patch; the not-root test also needs
+//! util-linux's setpriv.
+
+mod common;
+
+use common::*;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+/// How long to keep watching output to check that something does NOT happen.
+const QUIET_WINDOW: Duration = Duration::from_millis(500);
+
+/// A started fixture: its case, build, running process, and created patches.
+struct Running {
+    case: Case,
+    build: Build,
+    proc: Proc,
+    out: TempDir,
+}
+
+impl Running {
+    /// Builds the case, starts it and waits for its `before` line.
+    fn start(name: &str) -> Running {
+        require_root();
+        let case = Case::load(name);
+        let build = case.build();
+        let mut proc = build.start(&case);
+        let before = case.before().to_string();
+        proc.expect_line(Stream::Stdout, 0, &before, "unpatched program");
+        Running {
+            case,
+            build,
+            proc,
+            out: TempDir::new("patches"),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// `hotsplice create` for `diff` (into its own subdirectory of the
+    /// output dir), then `hotsplice info` on each file; checks the infos.
+    fn create(&self, diff: &str) -> Vec<PatchInfo> {
+        let dir = self.out.path().join(diff.replace('.', "_"));
+        fs::create_dir_all(&dir).expect("mkdir patch dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let files = create_patches(&self.case, &self.build, diff, &dir);
+        let infos: Vec<PatchInfo> = files.iter().map(|f| patch_info(f)).collect();
+        check_infos(&self.case, &self.build, &infos);
+        infos
+    }
+
+    fn files(infos: &[PatchInfo]) -> Vec<PathBuf> {
+        infos.iter().map(|i| i.file.clone()).collect()
+    }
+
+    /// Checks that no line equal to `text` appeared on `s` since `mark`,
+    /// watching for a while longer first.
+    fn assert_never(&self, s: Stream, mark: usize, text: &str, what: &str) {
+        thread::sleep(QUIET_WINDOW);
+        let lines = self.proc.lines_since(s, mark);
+        assert!(
+            !lines.iter().any(|l| l == text),
+            "{what}: {text:?} was printed\n{}",
+            self.proc.describe()
+        );
+    }
+
+    /// Checks that every line on stdout since `mark` equals `text` (after
+    /// watching for a while and seeing at least one fresh line).
+    fn assert_only(&mut self, mark: usize, text: &str, what: &str) {
+        self.proc.expect_new_line(Stream::Stdout, text, what);
+        thread::sleep(QUIET_WINDOW);
+        let lines = self.proc.lines_since(Stream::Stdout, mark);
+        let odd: Vec<&String> = lines.iter().filter(|l| *l != text).collect();
+        assert!(
+            odd.is_empty(),
+            "{what}: expected only {text:?}, also got {odd:?}\n{}",
+            self.proc.describe()
+        );
+    }
+}
+
+fn assert_shown(pid: u32, ids: &[&str], what: &str) {
+    let shown = shown_ids(pid);
+    for id in ids {
+        assert!(
+            shown.iter().any(|s| s == id),
+            "{what}: `user show` does not list patch {id} for pid {pid}: {shown:?}"
+        );
+    }
+}
+
+fn assert_not_shown(pid: u32, ids: &[&str], what: &str) {
+    let shown = shown_ids(pid);
+    for id in ids {
+        assert!(
+            !shown.iter().any(|s| s == id),
+            "{what}: `user show` still lists patch {id} for pid {pid}: {shown:?}"
+        );
+    }
+}
+
+/// The generic test: create, apply, see the output flip, show, undo, see
+/// it flip back.
+fn flip(name: &str) {
+    let mut r = Running::start(name);
+    let pid = r.pid();
+    let infos = r.create("fix.diff");
+    let ids: Vec<&str> = infos.iter().map(|i| i.id.as_str()).collect();
+    let stream = r.case.after_stream();
+    let after = r.case.after().to_string();
+    let before = r.case.before().to_string();
+
+    let mark = r.proc.mark(stream);
+    apply(pid, &[], &Running::files(&infos)).assert_ok(&format!("{name}: user apply"));
+    let at = r.proc.expect_line(stream, mark, &after, "patched program");
+
+    // Other threads' lines must go on unchanged (threads case).
+    let steady = r.case.list("steady");
+    if !steady.is_empty() {
+        for s in &steady {
+            r.proc
+                .expect_line(Stream::Stdout, at, s, "unpatched thread");
+        }
+        thread::sleep(QUIET_WINDOW);
+        let odd: Vec<String> = r
+            .proc
+            .lines_since(Stream::Stdout, at)
+            .into_iter()
+            .filter(|l| *l != after && !steady.contains(l))
+            .collect();
+        assert!(
+            odd.is_empty(),
+            "{name}: unexpected lines once patched: {odd:?}"
+        );
+    }
+
+    assert_shown(pid, &ids, name);
+    r.proc.assert_alive("patched program");
+
+    for id in ids.iter().rev() {
+        undo(pid, id).assert_ok(&format!("{name}: user undo {id}"));
+    }
+    r.proc
+        .expect_new_line(Stream::Stdout, &before, "after undoing every patch");
+    assert_not_shown(pid, &ids, name);
+    r.proc.assert_alive("after undo");
+}
+
+// ---------------------------------------------------------------------------
+// One generic flip test per fixture
+// ---------------------------------------------------------------------------
+
+#[test]
+fn patch_function_in_pie_executable() {
+    flip("pie_exec");
+}
+
+#[test]
+fn patch_function_in_non_pie_executable() {
+    flip("nonpie_exec");
+}
+
+#[test]
+fn patch_function_in_shared_library() {
+    flip("shared_lib");
+}
+
+#[test]
+fn one_diff_patches_executable_and_shared_library() {
+    flip("exec_and_lib");
+}
+
+#[test]
+fn patch_adds_new_static_function() {
+    flip("new_function");
+}
+
+#[test]
+fn patch_adds_new_global_and_static_local_variables() {
+    flip("new_global_and_static_local");
+}
+
+#[test]
+fn patch_calls_existing_static_function_of_the_right_file() {
+    flip("call_static_function");
+}
+
+#[test]
+fn patch_reads_original_rodata() {
+    flip("original_rodata");
+}
+
+#[test]
+fn patch_calls_libc_function_not_imported_by_original() {
+    flip("new_libc_call");
+}
+
+#[test]
+fn patch_writes_to_stderr() {
+    flip("use_stderr");
+}
+
+#[test]
+fn patch_reads_thread_local_of_executable() {
+    flip("tls_exec");
+}
+
+#[test]
+fn patch_reads_thread_local_of_shared_library() {
+    flip("tls_lib");
+}
+
+#[test]
+fn patch_calls_ifunc_symbols() {
+    flip("ifunc");
+}
+
+#[test]
+fn patch_change_in_inlined_helper_at_o2() {
+    flip("inline_o2");
+}
+
+#[test]
+fn patch_one_function_of_multithreaded_process() {
+    flip("threads");
+}
+
+#[test]
+fn patch_process_that_keeps_spawning_threads() {
+    flip("spawner");
+}
+
+// ---------------------------------------------------------------------------
+// Busy functions
+// ---------------------------------------------------------------------------
+
+#[test]
+fn apply_waits_for_busy_function_to_return() {
+    let mut r = Running::start("busy_returns");
+    let pid = r.pid();
+    let infos = r.create("fix.diff");
+    let before = r.case.before().to_string();
+    let after = r.case.after().to_string();
+    // f() is entered ~200 ms after each line and sleeps ~1.5 s: 400 ms after
+    // a fresh line, f() has at least ~1 s left on the stack.
+    r.proc
+        .expect_new_line(Stream::Stdout, &before, "unpatched program");
+    thread::sleep(Duration::from_millis(400));
+    let mark = r.proc.mark(Stream::Stdout);
+    let res = apply(pid, &["--busy-timeout", "10"], &Running::files(&infos));
+    res.assert_ok("user apply --busy-timeout 10 on a busy f()");
+    assert!(
+        res.elapsed >= Duration::from_millis(500),
+        "apply returned after {:?}: it cannot have waited for f() to return\n{}",
+        res.elapsed,
+        res.describe()
+    );
+    r.proc
+        .expect_line(Stream::Stdout, mark, &after, "patched program");
+    undo(pid, &infos[0].id).assert_ok("undo");
+    r.proc
+        .expect_new_line(Stream::Stdout, &before, "after undo");
+}
+
+/// The patch changes f() (always busy) and g() (printed): apply must refuse
+/// as a whole and leave g() alone.
+fn apply_refuses_busy(name: &str) {
+    let mut r = Running::start(name);
+    let pid = r.pid();
+    let infos = r.create("fix.diff");
+    let before = r.case.before().to_string();
+    let after = r.case.after().to_string();
+    let mark = r.proc.mark(Stream::Stdout);
+    let res = apply(pid, &["--busy-timeout", "1"], &Running::files(&infos));
+    res.assert_failed("user apply on a process that never leaves f()");
+    assert!(
+        res.stderr_lower().contains("busy"),
+        "the message should say the function is busy\n{}",
+        res.describe()
+    );
+    assert!(
+        words(&res.stderr).contains(&"f"),
+        "the message should name the busy function f\n{}",
+        res.describe()
+    );
+    r.proc
+        .assert_running_with(Stream::Stdout, &before, "after the refused apply");
+    r.assert_never(Stream::Stdout, mark, &after, "refused apply");
+    let ids: Vec<&str> = infos.iter().map(|i| i.id.as_str()).collect();
+    assert_not_shown(pid, &ids, name);
+}
+
+#[test]
+fn apply_refuses_function_blocked_forever_in_caller_frame() {
+    apply_refuses_busy("busy_forever_caller");
+}
+
+#[test]
+fn apply_refuses_function_spinning_forever_in_top_frame() {
+    apply_refuses_busy("busy_forever_top");
+}
+
+#[test]
+fn undo_refuses_while_new_code_is_on_the_stack() {
+    let mut r = Running::start("undo_busy");
+    let pid = r.pid();
+    let infos = r.create("fix.diff");
+    let after = r.case.after().to_string();
+    let mark = r.proc.mark(Stream::Stdout);
+    apply(pid, &[], &Running::files(&infos)).assert_ok("user apply");
+    r.proc
+        .expect_line(Stream::Stdout, mark, &after, "patched program");
+    // The new f() never returns: its code stays on the stack.
+    let res = undo(pid, &infos[0].id);
+    res.assert_failed("user undo while the new f() runs forever");
+    assert!(
+        res.stderr_lower().contains("busy"),
+        "the message should say the function is busy\n{}",
+        res.describe()
+    );
+    let mark = r.proc.mark(Stream::Stdout);
+    r.assert_only(mark, &after, "after the refused undo");
+    r.proc.assert_alive("after the refused undo");
+    assert_shown(pid, &[infos[0].id.as_str()], "after the refused undo");
+}
+
+// ---------------------------------------------------------------------------
+// Stacked patches
+// ---------------------------------------------------------------------------
+
+#[test]
+fn stacked_patches_on_one_function() {
+    let mut r = Running::start("stacked");
+    let pid = r.pid();
+    let before = r.case.before().to_string();
+    let after = r.case.after().to_string();
+    let after2 = r.case.req("after2").to_string();
+    let first = r.create("fix.diff");
+    let second = r.create("fix2.diff");
+    let (id1, id2) = (first[0].id.clone(), second[0].id.clone());
+    assert_ne!(id1, id2, "two different patches got the same id");
+
+    let m = r.proc.mark(Stream::Stdout);
+    apply(pid, &[], &Running::files(&first)).assert_ok("apply fix.diff");
+    r.proc.expect_line(Stream::Stdout, m, &after, "first patch");
+    let m = r.proc.mark(Stream::Stdout);
+    apply(pid, &[], &Running::files(&second)).assert_ok("apply fix2.diff on top");
+    r.proc
+        .expect_line(Stream::Stdout, m, &after2, "second patch");
+    assert_shown(pid, &[&id1, &id2], "both applied");
+
+    // Undoing the first one while the second is applied: refusing and
+    // working are both fine, but the output must stay `after2`.
+    let m = r.proc.mark(Stream::Stdout);
+    let res = undo(pid, &id1);
+    r.assert_only(m, &after2, "after undo of the first (lower) patch");
+    if res.success() {
+        assert_shown(pid, &[&id2], "first undone");
+        assert_not_shown(pid, &[&id1], "first undone");
+        undo(pid, &id2).assert_ok("undo the second patch");
+        r.proc
+            .expect_new_line(Stream::Stdout, &before, "both undone");
+    } else {
+        res.assert_failed("undo of the lower patch");
+        assert_shown(pid, &[&id1, &id2], "refused undo of the first");
+        undo(pid, &id2).assert_ok("undo the second patch");
+        let m = r.proc.mark(Stream::Stdout);
+        r.assert_only(m, &after, "second undone, first still applied");
+        undo(pid, &id1).assert_ok("undo the first patch");
+        r.proc
+            .expect_new_line(Stream::Stdout, &before, "both undone");
+    }
+    assert_not_shown(pid, &[&id1, &id2], "both undone");
+    r.proc.assert_alive("after undoing both");
+}
+
+#[test]
+fn remove_all_restores_executable_and_library() {
+    let mut r = Running::start("exec_and_lib");
+    let pid = r.pid();
+    let infos = r.create("fix.diff");
+    let before = r.case.before().to_string();
+    let after = r.case.after().to_string();
+    let m = r.proc.mark(Stream::Stdout);
+    apply(pid, &[], &Running::files(&infos)).assert_ok("user apply");
+    r.proc
+        .expect_line(Stream::Stdout, m, &after, "patched program");
+    let p = pid.to_string();
+    hotsplice(["user", "remove", "--all", "--pid", p.as_str()]).assert_ok("user remove --all");
+    r.proc
+        .expect_new_line(Stream::Stdout, &before, "after remove --all");
+    let ids: Vec<&str> = infos.iter().map(|i| i.id.as_str()).collect();
+    assert_not_shown(pid, &ids, "after remove --all");
+}
+
+#[test]
+fn list_targets_and_show_give_json() {
+    let r = Running::start("pie_exec");
+    let infos = r.create("fix.diff");
+    apply(r.pid(), &[], &Running::files(&infos)).assert_ok("user apply");
+    let res = hotsplice(["user", "list-targets", "--json"]);
+    res.assert_ok("user list-targets --json");
+    Json::parse(&res.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{}", res.describe()));
+    // show without --pid lists every patched process, this one included.
+    let res = hotsplice(["user", "show", "--json"]);
+    res.assert_ok("user show --json");
+    let j =
+        Json::parse(&res.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{}", res.describe()));
+    assert!(j.as_array().is_some(), "user show --json: not an array");
+    assert!(
+        res.stdout.contains(&infos[0].id),
+        "user show --json does not mention {}\n{}",
+        infos[0].id,
+        res.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Errors: the target must survive, unpatched
+// ---------------------------------------------------------------------------
+
+/// After a failed apply: still alive, still printing `before`, never `after`.
+fn assert_unharmed(r: &mut Running, mark: usize, what: &str) {
+    let before = r.case.before().to_string();
+    let after = r.case.after().to_string();
+    r.proc.assert_running_with(Stream::Stdout, &before, what);
+    r.assert_never(Stream::Stdout, mark, &after, what);
+}
+
+#[test]
+fn apply_to_missing_pid_fails() {
+    let r = Running::start("pie_exec");
+    let infos = r.create("fix.diff");
+    let pid = unused_pid();
+    let res = apply(pid, &[], &Running::files(&infos));
+    res.assert_failed("user apply --pid <no such process>");
+    assert!(
+        res.stderr.contains(&pid.to_string()),
+        "the message should name pid {pid}\n{}",
+        res.describe()
+    );
+}
+
+const TRACER_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/ptrace.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+
+/* Seizes the pid given as argument and keeps it running, forwarding signals. */
+int main(int argc, char **argv)
+{
+	pid_t pid;
+
+	if (argc != 2)
+		return 2;
+	pid = (pid_t)atoi(argv[1]);
+	if (ptrace(PTRACE_SEIZE, pid, 0, 0) != 0) {
+		perror("PTRACE_SEIZE");
+		return 1;
+	}
+	printf("seized\n");
+	fflush(stdout);
+	for (;;) {
+		int st;
+		pid_t w = waitpid(pid, &st, __WALL);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return 0;
+		}
+		if (WIFEXITED(st) || WIFSIGNALED(st))
+			return 0;
+		if (WIFSTOPPED(st)) {
+			if ((st >> 16) == PTRACE_EVENT_STOP)
+				ptrace(PTRACE_LISTEN, pid, 0, 0);
+			else
+				ptrace(PTRACE_CONT, pid, 0, WSTOPSIG(st));
+		}
+	}
+}
+"#;
+
+#[test]
+fn apply_to_already_traced_process_fails() {
+    let mut r = Running::start("pie_exec");
+    let infos = r.create("fix.diff");
+    let tdir = TempDir::new("tracer");
+    let src = tdir.path().join("hs_tracer.c");
+    let bin = tdir.path().join("hs_tracer");
+    fs::write(&src, TRACER_C).expect("write tracer");
+    let mut cc = Command::new(std::env::var_os("CC").unwrap_or_else(|| OsString::from("cc")));
+    cc.arg("-O1").arg("-o").arg(&bin).arg(&src);
+    run_cmd(cc, Duration::from_secs(120)).assert_ok("compile the tracer");
+    let mut tcmd = Command::new(&bin);
+    tcmd.arg(r.pid().to_string());
+    // Declared after `r`: dropped (killed, so the target is detached) first.
+    let mut tracer = Proc::spawn(tcmd, "hs_tracer");
+    tracer.expect_line(Stream::Stdout, 0, "seized", "tracer attach");
+    let tracer_pid = tracer.pid();
+
+    let mark = r.proc.mark(Stream::Stdout);
+    let res = apply(r.pid(), &[], &Running::files(&infos));
+    res.assert_failed("user apply on a process traced by another tracer");
+    assert!(
+        res.stderr.contains(&tracer_pid.to_string()) || res.stderr.contains("hs_tracer"),
+        "the message should name the tracer (pid {tracer_pid}, hs_tracer)\n{}",
+        res.describe()
+    );
+    assert_unharmed(&mut r, mark, "traced target after the refused apply");
+    tracer.assert_alive("tracer");
+    drop(tracer);
+}
+
+#[test]
+fn apply_with_wrong_build_id_fails() {
+    // A patch made for pie_exec's prog, applied to nonpie_exec's prog (same
+    // file name, other build).
+    // (`patch_case` owns the patch files: keep it until the end.)
+    let patch_case = Running::start("pie_exec");
+    let infos = patch_case.create("fix.diff");
+    let mut r = Running::start("nonpie_exec");
+    let mark = r.proc.mark(Stream::Stdout);
+    let res = apply(r.pid(), &[], &Running::files(&infos));
+    res.assert_failed("user apply with a patch for another build");
+    assert!(
+        res.stderr_lower().contains("build"),
+        "the message should mention the build-id mismatch\n{}",
+        res.describe()
+    );
+    assert_unharmed(&mut r, mark, "target after a wrong-build-id apply");
+    drop(patch_case);
+}
+
+#[test]
+fn apply_to_process_without_the_target_fails() {
+    let r = Running::start("pie_exec");
+    let infos = r.create("fix.diff");
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000");
+    let mut sleeper = Proc::spawn(cmd, "sleep");
+    thread::sleep(Duration::from_millis(100));
+    let res = apply(sleeper.pid(), &[], &Running::files(&infos));
+    res.assert_failed("user apply of prog's patch to `sleep`");
+    sleeper.assert_alive("sleep after the refused apply");
+}
+
+fn damaged_patch_fails(damage: impl Fn(&mut Vec<u8>), what: &str) {
+    let mut r = Running::start("pie_exec");
+    let infos = r.create("fix.diff");
+    let mut bytes = fs::read(&infos[0].file).expect("read patch");
+    assert!(bytes.len() >= 16, "patch file suspiciously small");
+    damage(&mut bytes);
+    let bad = r.out.path().join("damaged.patch");
+    fs::write(&bad, &bytes).expect("write damaged patch");
+    let mark = r.proc.mark(Stream::Stdout);
+    let res = apply(r.pid(), &[], &[bad]);
+    res.assert_failed(&format!("user apply of a {what} patch file"));
+    assert_unharmed(&mut r, mark, &format!("target after a {what} patch file"));
+    assert!(
+        shown_ids(r.pid()).is_empty(),
+        "{what}: something is shown as applied"
+    );
+}
+
+#[test]
+fn apply_corrupted_patch_file_fails() {
+    damaged_patch_fails(
+        |b| {
+            let i = b.len() / 2;
+            b[i] ^= 0xff;
+        },
+        "corrupted",
+    );
+}
+
+#[test]
+fn apply_truncated_patch_file_fails() {
+    damaged_patch_fails(|b| b.truncate(b.len() / 2), "truncated");
+}
+
+#[test]
+fn apply_as_non_root_fails_with_permission_error() {
+    let mut r = Running::start("pie_exec");
+    let infos = r.create("fix.diff");
+    // Let `nobody` read the patch files (the failure must be about ptrace).
+    for i in &infos {
+        fs::set_permissions(&i.file, fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let mark = r.proc.mark(Stream::Stdout);
+    let mut args: Vec<OsString> = vec![
+        "user".into(),
+        "apply".into(),
+        "--pid".into(),
+        r.pid().to_string().into(),
+    ];
+    args.extend(infos.iter().map(|i| i.file.clone().into_os_string()));
+    let cwd: &Path = r.out.path();
+    let res = hotsplice_as_nobody(cwd, &args);
+    res.assert_failed("user apply as nobody");
+    let msg = res.stderr_lower();
+    assert!(
+        msg.contains("permission") || msg.contains("not permitted") || msg.contains("root"),
+        "the message should be about permissions\n{}",
+        res.describe()
+    );
+    assert_unharmed(&mut r, mark, "root target after apply as nobody");
+}

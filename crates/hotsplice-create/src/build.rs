@@ -1,0 +1,148 @@
+//! Scratch copies of the tree, the fix applied to one, and both built
+//! through the compiler wrapper.
+
+use crate::wrapper::{self, Record};
+use crate::{io, CreateError};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+pub struct Trees {
+    pub pre: PathBuf,
+    pub post: PathBuf,
+    pub pre_log: Vec<Record>,
+    #[allow(dead_code)]
+    pub post_log: Vec<Record>,
+}
+
+pub fn build_both(src: &Path, diff: &Path, work: &Path, cmd: &str) -> Result<Trees, CreateError> {
+    let pre = work.join("pre");
+    let post = work.join("post");
+    for dst in [&pre, &post] {
+        copy_tree(src, dst)?;
+    }
+    apply_diff(&post, diff, src)?;
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).map_err(io("wrapper directory"))?;
+    let exe = std::env::current_exe().map_err(io("locating the hotsplice binary"))?;
+    for name in wrapper::WRAPPED_NAMES {
+        std::os::unix::fs::symlink(&exe, bin.join(name)).map_err(io("wrapper link"))?;
+    }
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| build_tree("pre-fix", &pre, &bin, work, cmd));
+        let b = s.spawn(|| build_tree("post-fix", &post, &bin, work, cmd));
+        (a.join().expect("build thread"), b.join().expect("build thread"))
+    });
+    Ok(Trees {
+        pre_log: a?,
+        post_log: b?,
+        pre,
+        post,
+    })
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<(), CreateError> {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .map_err(io("running cp"))?;
+    if !status.success() {
+        return Err(CreateError::Target(format!(
+            "copying {} to {} failed",
+            src.display(),
+            dst.display()
+        )));
+    }
+    // Everything must really be compiled again: sources newer than objects.
+    let now = SystemTime::now();
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(86400);
+    let _ = std::fs::remove_dir_all(dst.join(wrapper::SIDE_DIR));
+    touch_all(dst, now, old);
+    Ok(())
+}
+
+fn touch_all(dir: &Path, now: SystemTime, old: SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        let path = entry.path();
+        if ft.is_dir() {
+            touch_all(&path, now, old);
+        } else if ft.is_file() {
+            let is_elf = std::fs::File::open(&path)
+                .and_then(|mut f| {
+                    let mut m = [0u8; 4];
+                    std::io::Read::read_exact(&mut f, &mut m).map(|_| m)
+                })
+                .map(|m| &m == b"\x7fELF")
+                .unwrap_or(false);
+            if let Ok(f) = std::fs::File::open(&path) {
+                let _ = f.set_modified(if is_elf { old } else { now });
+            }
+        }
+    }
+}
+
+fn apply_diff(tree: &Path, diff: &Path, src: &Path) -> Result<(), CreateError> {
+    let out = Command::new("patch")
+        .args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-i"])
+        .arg(diff)
+        .current_dir(tree)
+        .output()
+        .map_err(io("running patch (install GNU patch)"))?;
+    if !out.status.success() {
+        return Err(CreateError::DiffDoesNotApply {
+            src: src.display().to_string(),
+            output: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        });
+    }
+    // The files patch touched are newer than everything: fine for make.
+    let now = SystemTime::now() + Duration::from_secs(2);
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(86400);
+    touch_all(tree, now, old);
+    Ok(())
+}
+
+fn build_tree(
+    stage: &'static str,
+    tree: &Path,
+    bin: &Path,
+    work: &Path,
+    cmd: &str,
+) -> Result<Vec<Record>, CreateError> {
+    let log = work.join(format!("{stage}.log"));
+    let out_log = work.join(format!("{stage}.out"));
+    let orig_path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![bin.to_path_buf()];
+    paths.extend(std::env::split_paths(&orig_path));
+    let path = std::env::join_paths(paths).unwrap_or(orig_path.clone());
+    let out_file = std::fs::File::create(&out_log).map_err(io("build log"))?;
+    let err_file = out_file.try_clone().map_err(io("build log"))?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(tree)
+        .env("PATH", path)
+        .env(wrapper::ENV_ORIG_PATH, &orig_path)
+        .env(wrapper::ENV_LOG, &log)
+        .env(wrapper::ENV_TREE, tree)
+        .stdout(out_file)
+        .stderr(err_file)
+        .status()
+        .map_err(io(format!("running `{cmd}`")))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&out_log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        return Err(CreateError::BuildFailed {
+            stage,
+            cmd: cmd.into(),
+            code: status.code().unwrap_or(-1),
+            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    wrapper::read_log(&log).map_err(io("reading the wrapper log"))
+}

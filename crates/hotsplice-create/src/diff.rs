@@ -1,0 +1,102 @@
+//! Section-by-section comparison of the same object built before and after
+//! the fix.
+
+use crate::objfile::{normalized, ObjFile, Ref};
+use std::collections::{HashMap, HashSet};
+
+/// What changed between two builds of one object.
+#[derive(Debug, Default)]
+pub struct ObjDiff {
+    /// Post-build text sections whose code differs from the pre build.
+    pub changed_text: Vec<usize>,
+    /// Post-build sections with no pre-build counterpart.
+    pub new_sections: HashSet<usize>,
+    /// Named data whose initial value, size or layout differs:
+    /// `(post section, symbol name)`.
+    pub changed_data: Vec<(usize, String)>,
+    /// Post section index -> pre section index.
+    pub pre_of: HashMap<usize, usize>,
+}
+
+impl ObjDiff {
+    pub fn is_empty(&self) -> bool {
+        self.changed_text.is_empty() && self.changed_data.is_empty()
+    }
+}
+
+fn paired(pre: &ObjFile, post: &ObjFile) -> HashMap<usize, usize> {
+    let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, s) in pre.sections.iter().enumerate() {
+        if s.alloc {
+            by_name.entry(s.name.as_str()).or_default().push(i);
+        }
+    }
+    for v in by_name.values_mut() {
+        v.reverse();
+    }
+    let mut out = HashMap::new();
+    for (i, s) in post.sections.iter().enumerate() {
+        if !s.alloc {
+            continue;
+        }
+        if let Some(p) = by_name.get_mut(s.name.as_str()).and_then(|v| v.pop()) {
+            out.insert(i, p);
+        }
+    }
+    out
+}
+
+/// Compare two builds of one object.
+pub fn diff(pre: &ObjFile, post: &ObjFile) -> ObjDiff {
+    let pre_of = paired(pre, post);
+    let mut d = ObjDiff::default();
+    let mut anon_cache: HashMap<String, bool> = HashMap::new();
+    for (i, s) in post.sections.iter().enumerate() {
+        if !s.alloc {
+            continue;
+        }
+        let Some(&p) = pre_of.get(&i) else {
+            d.new_sections.insert(i);
+            continue;
+        };
+        let same = s.size == pre.sections[p].size && normalized(pre, p) == normalized(post, i);
+        if s.exec {
+            let deps_same = same && anonymous_deps_same(pre, post, i, &mut anon_cache);
+            if !deps_same {
+                d.changed_text.push(i);
+            }
+        } else if !same && !s.merge && !s.symbols.is_empty() {
+            for &sym in &s.symbols {
+                d.changed_data.push((i, post.symbols[sym].name.clone()));
+            }
+        }
+    }
+    d.pre_of = pre_of;
+    d
+}
+
+/// Sections without symbols that a function refers to (jump tables and
+/// similar) belong to it: if one changed, the function changed.
+fn anonymous_deps_same(
+    pre: &ObjFile,
+    post: &ObjFile,
+    sec: usize,
+    cache: &mut HashMap<String, bool>,
+) -> bool {
+    let (_, refs) = normalized(post, sec);
+    for (_, _, r) in refs {
+        let Ref::Anonymous { section, .. } = r else {
+            continue;
+        };
+        let same = *cache.entry(section.clone()).or_insert_with(|| {
+            match (pre.section_named(&section), post.section_named(&section)) {
+                (Some(a), Some(b)) => normalized(pre, a) == normalized(post, b),
+                _ => false,
+            }
+        });
+        if !same {
+            return false;
+        }
+    }
+    true
+}

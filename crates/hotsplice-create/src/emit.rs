@@ -1,0 +1,560 @@
+//! Turning the changed sections of some objects into a patch for one linked
+//! target: choose what to carry (changed code and what only it needs),
+//! resolve every reference against the target, lay out the image.
+
+use crate::diff::ObjDiff;
+use crate::objfile::{ObjFile, Reloc};
+use crate::CreateError;
+use hotsplice_arch::current::{self as arch, ElfReloc};
+use hotsplice_arch::FieldKind;
+use hotsplice_elf::{LinkedElf, SymKind, TlsGot};
+use hotsplice_patch::{
+    round_up, Function, NewSymbol, ObjectKind, Patch, PatchMeta, RelocTarget, Relocation, Target,
+    PAGE,
+};
+use std::collections::HashMap;
+
+/// One object linked into the target, built before and after the fix.
+pub struct ObjPair {
+    pub pre: ObjFile,
+    pub post: ObjFile,
+    pub diff: ObjDiff,
+}
+
+/// The linked object being patched.
+pub struct TargetElf<'a> {
+    pub name: String,
+    pub elf: &'a LinkedElf,
+    pub data: &'a [u8],
+}
+
+type SecKey = (usize, usize);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Tgt {
+    /// Offset in an included section.
+    Sec(SecKey, u64),
+    Stub(usize),
+    Slot(usize),
+    Final(RelocTarget),
+}
+
+struct PendingReloc {
+    at: SecKey,
+    offset: u64,
+    kind: FieldKind,
+    target: Tgt,
+    addend: i64,
+}
+
+struct Emitter<'a> {
+    objs: &'a [ObjPair],
+    target: &'a TargetElf<'a>,
+    included: Vec<SecKey>,
+    is_included: HashMap<SecKey, ()>,
+    slots: Vec<Tgt>,
+    slot_of: HashMap<Tgt, usize>,
+    stubs: Vec<usize>,
+    stub_of: HashMap<usize, usize>,
+    relocs: Vec<PendingReloc>,
+}
+
+impl<'a> Emitter<'a> {
+    fn include(&mut self, key: SecKey) {
+        if self.is_included.insert(key, ()).is_none() {
+            self.included.push(key);
+        }
+    }
+
+    fn slot(&mut self, t: Tgt) -> usize {
+        if let Some(&i) = self.slot_of.get(&t) {
+            return i;
+        }
+        self.slots.push(t.clone());
+        self.slot_of.insert(t, self.slots.len() - 1);
+        self.slots.len() - 1
+    }
+
+    fn stub(&mut self, t: Tgt) -> usize {
+        let slot = self.slot(t);
+        if let Some(&i) = self.stub_of.get(&slot) {
+            return i;
+        }
+        self.stubs.push(slot);
+        self.stub_of.insert(slot, self.stubs.len() - 1);
+        self.stubs.len() - 1
+    }
+
+    fn obj(&self, o: usize) -> &'a ObjFile {
+        &self.objs[o].post
+    }
+
+    fn file_of(&self, o: usize) -> Option<&'a str> {
+        self.objs[o].post.source.as_deref()
+    }
+
+    /// Address in the target of symbol `name` from object `o`.
+    fn target_symbol(&self, o: usize, name: &str) -> Option<&'a hotsplice_elf::Sym> {
+        self.target
+            .elf
+            .lookup(name, self.file_of(o), &self.target.name)
+            .ok()
+    }
+
+    fn object_target(sym: &hotsplice_elf::Sym, delta: i64) -> Tgt {
+        let vaddr = (sym.value as i64 + delta) as u64;
+        if sym.kind == SymKind::Ifunc {
+            Tgt::Final(RelocTarget::ObjectIfunc { vaddr })
+        } else {
+            Tgt::Final(RelocTarget::Object { vaddr })
+        }
+    }
+
+    /// What the symbol of relocation `r` (in section `sec` of object `o`)
+    /// is, deciding on the way which further sections the patch carries.
+    fn resolve(&mut self, o: usize, sec: usize, r: &Reloc) -> Result<Tgt, CreateError> {
+        let obj = self.obj(o);
+        let sym = &obj.symbols[r.sym];
+        if sym.undefined {
+            let defined = self
+                .target
+                .elf
+                .symbols
+                .iter()
+                .find(|s| s.defined && !s.local && s.name == sym.name);
+            return Ok(match defined {
+                Some(s) => Self::object_target(s, 0),
+                None => Tgt::Final(RelocTarget::Dynamic {
+                    name: sym.name.clone(),
+                }),
+            });
+        }
+        let Some(loc) = obj.locate(sec, r) else {
+            return Err(CreateError::Unsupported(format!(
+                "{}: relocation at {:#x} in {} refers to an absolute symbol `{}`",
+                obj.path.display(),
+                r.offset,
+                obj.sections[sec].name,
+                sym.name
+            )));
+        };
+        let t = loc.section;
+        let key = (o, t);
+        if self.is_included.contains_key(&key) {
+            return Ok(Tgt::Sec(key, loc.sym_offset));
+        }
+        let s = &obj.sections[t];
+        let pair = &self.objs[o];
+        if s.tls {
+            return Err(CreateError::Unsupported(format!(
+                "{}: non-TLS access to thread-local data in {}",
+                obj.path.display(),
+                s.name
+            )));
+        }
+        if s.merge || s.symbols.is_empty() || pair.diff.new_sections.contains(&t) {
+            self.include(key);
+            return Ok(Tgt::Sec(key, loc.sym_offset));
+        }
+        let anchor = obj
+            .symbol_at(t, loc.referenced)
+            .or_else(|| s.symbols.first().copied())
+            .expect("section has symbols");
+        let anchor_sym = &obj.symbols[anchor];
+        if s.exec {
+            if pair.diff.changed_text.contains(&t) {
+                self.include(key);
+                return Ok(Tgt::Sec(key, loc.sym_offset));
+            }
+            return Ok(match self.target_symbol(o, &anchor_sym.name) {
+                Some(ts) => Self::object_target(ts, loc.sym_offset as i64 - anchor_sym.value as i64),
+                None => {
+                    // Not in the target (inlined everywhere there): carry a copy.
+                    self.include(key);
+                    Tgt::Sec(key, loc.sym_offset)
+                }
+            });
+        }
+        if let Some((_, name)) = pair.diff.changed_data.iter().find(|(ds, _)| *ds == t) {
+            return Err(CreateError::ChangedData {
+                symbol: name.clone(),
+                file: obj.source.clone().unwrap_or_default(),
+            });
+        }
+        match self.target_symbol(o, &anchor_sym.name) {
+            Some(ts) => Ok(Self::object_target(
+                ts,
+                loc.sym_offset as i64 - anchor_sym.value as i64,
+            )),
+            None if !s.write => {
+                self.include(key);
+                Ok(Tgt::Sec(key, loc.sym_offset))
+            }
+            None => Err(CreateError::MissingSymbol {
+                symbol: anchor_sym.name.clone(),
+                target: self.target.name.clone(),
+            }),
+        }
+    }
+
+    /// The target's thread-local symbol a TLS relocation refers to.
+    fn tls_symbol(&self, o: usize, r: &Reloc) -> Result<(String, i64), CreateError> {
+        let obj = self.obj(o);
+        let sym = &obj.symbols[r.sym];
+        if !sym.is_section() && !sym.is_label() {
+            return Ok((sym.name.clone(), r.addend));
+        }
+        let sec = sym.section.ok_or_else(|| {
+            CreateError::Unsupported(format!("{}: TLS relocation without symbol", obj.path.display()))
+        })?;
+        let at = sym.value as i64 + r.addend;
+        let anchor = obj.symbol_at(sec, at).ok_or_else(|| {
+            CreateError::Unsupported(format!(
+                "{}: TLS reference into {} matches no variable",
+                obj.path.display(),
+                obj.sections[sec].name
+            ))
+        })?;
+        let a = &obj.symbols[anchor];
+        Ok((a.name.clone(), at - a.value as i64))
+    }
+
+    fn target_tls(&self, o: usize, name: &str) -> Result<&'a hotsplice_elf::Sym, CreateError> {
+        match self.target_symbol(o, name) {
+            Some(s) if s.kind == SymKind::Tls => Ok(s),
+            _ => Err(CreateError::Unsupported(format!(
+                "thread-local variable `{name}` is not defined in {} (new __thread variables cannot be added by a live patch)",
+                self.target.name
+            ))),
+        }
+    }
+
+    fn tls_got(&self, want: impl Fn(&TlsGot) -> bool) -> Option<u64> {
+        self.target.elf.tls_got.iter().find(|g| want(g)).map(|g| match g {
+            TlsGot::ModuleId { got, .. } | TlsGot::TpOffset { got, .. } => *got,
+        })
+    }
+
+    fn push(&mut self, at: SecKey, offset: u64, kind: FieldKind, target: Tgt, addend: i64) {
+        self.relocs.push(PendingReloc {
+            at,
+            offset,
+            kind,
+            target,
+            addend,
+        });
+    }
+
+    fn process(&mut self, key: SecKey) -> Result<(), CreateError> {
+        let (o, sec) = key;
+        let obj = self.obj(o);
+        for r in &obj.sections[sec].relocs {
+            let no_got = |what: &str, name: &str| {
+                CreateError::Unsupported(format!(
+                    "{what} access to `{name}` needs a GOT entry that {} lacks",
+                    self.target.name
+                ))
+            };
+            match r.kind {
+                ElfReloc::None => {}
+                ElfReloc::TpOff32 => {
+                    let (name, add) = self.tls_symbol(o, r)?;
+                    let ts = self.target_tls(o, &name)?;
+                    let tpoff = self.target.elf.exec_tpoff(ts).filter(|_| self.target.elf.executable).ok_or_else(|| {
+                        CreateError::Unsupported(format!("local-exec TLS access to `{name}` outside an executable"))
+                    })?;
+                    let value = Tgt::Final(RelocTarget::Absolute { value: tpoff as u64 });
+                    self.push(key, r.offset, FieldKind::Abs32S, value, add);
+                }
+                ElfReloc::DtpOff32 | ElfReloc::DtpOff64 => {
+                    let (name, add) = self.tls_symbol(o, r)?;
+                    let ts = self.target_tls(o, &name)?;
+                    let kind = if r.kind == ElfReloc::DtpOff32 { FieldKind::Abs32S } else { FieldKind::Abs64 };
+                    let off = ts.value;
+                    self.push(key, r.offset, kind, Tgt::Final(RelocTarget::Absolute { value: off }), add);
+                }
+                ElfReloc::GotTpOff => {
+                    let (name, _) = self.tls_symbol(o, r)?;
+                    let target = if let Some(got) = self.tls_got(|g| matches!(g, TlsGot::TpOffset { symbol, .. } if *symbol == name)) {
+                        Tgt::Final(RelocTarget::Object { vaddr: got })
+                    } else {
+                        let ts = self.target_tls(o, &name)?;
+                        let tpoff = self.target.elf.exec_tpoff(ts).filter(|_| self.target.elf.executable).ok_or_else(|| no_got("initial-exec TLS", &name))?;
+                        let slot = self.slot(Tgt::Final(RelocTarget::Absolute { value: tpoff as u64 }));
+                        Tgt::Slot(slot)
+                    };
+                    self.push(key, r.offset, FieldKind::Pc32, target, r.addend);
+                }
+                ElfReloc::TlsGd => {
+                    let (name, _) = self.tls_symbol(o, r)?;
+                    let got = self
+                        .tls_got(|g| matches!(g, TlsGot::ModuleId { symbol: Some(s), .. } if *s == name))
+                        .ok_or_else(|| no_got("general-dynamic TLS", &name))?;
+                    self.push(key, r.offset, FieldKind::Pc32, Tgt::Final(RelocTarget::Object { vaddr: got }), r.addend);
+                }
+                ElfReloc::TlsLd => {
+                    let got = self
+                        .tls_got(|g| matches!(g, TlsGot::ModuleId { symbol: None, .. }))
+                        .ok_or_else(|| no_got("local-dynamic TLS", "module"))?;
+                    self.push(key, r.offset, FieldKind::Pc32, Tgt::Final(RelocTarget::Object { vaddr: got }), r.addend);
+                }
+                ElfReloc::GotPcRel { .. } => {
+                    let t = self.resolve(o, sec, r)?;
+                    let slot = self.slot(t);
+                    self.push(key, r.offset, FieldKind::Pc32, Tgt::Slot(slot), r.addend);
+                }
+                ElfReloc::Plt32 => {
+                    let t = self.resolve(o, sec, r)?;
+                    let t = match t {
+                        Tgt::Final(RelocTarget::Dynamic { .. } | RelocTarget::ObjectIfunc { .. }) => Tgt::Stub(self.stub(t)),
+                        other => other,
+                    };
+                    self.push(key, r.offset, FieldKind::Pc32, t, r.addend);
+                }
+                ElfReloc::Other(n) => {
+                    return Err(CreateError::Unsupported(format!(
+                        "{}: relocation type {n} in {} is not supported",
+                        obj.path.display(),
+                        obj.sections[sec].name
+                    )))
+                }
+                plain => {
+                    let kind = plain.plain_field().expect("plain relocation");
+                    let t = self.resolve(o, sec, r)?;
+                    self.push(key, r.offset, kind, t, r.addend);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Build the patch for one target from the objects that changed in it.
+pub fn emit(
+    objs: &[ObjPair],
+    target: &TargetElf<'_>,
+    id: String,
+    description: String,
+) -> Result<Patch, CreateError> {
+    let mut e = Emitter {
+        objs,
+        target,
+        included: Vec::new(),
+        is_included: HashMap::new(),
+        slots: Vec::new(),
+        slot_of: HashMap::new(),
+        stubs: Vec::new(),
+        stub_of: HashMap::new(),
+        relocs: Vec::new(),
+    };
+    for (o, pair) in objs.iter().enumerate() {
+        if let Some((_, name)) = pair.diff.changed_data.first() {
+            return Err(CreateError::ChangedData {
+                symbol: name.clone(),
+                file: pair.post.source.clone().unwrap_or_default(),
+            });
+        }
+        for &s in &pair.diff.changed_text {
+            e.include((o, s));
+        }
+    }
+    let mut next = 0;
+    while next < e.included.len() {
+        let key = e.included[next];
+        e.process(key)?;
+        next += 1;
+    }
+
+    // Layout: code, stubs, read-only data, pointer slots | page | data.
+    let mut layout: HashMap<SecKey, u64> = HashMap::new();
+    let mut pos = 0u64;
+    let sec = |k: &SecKey| &objs[k.0].post.sections[k.1];
+    let mut place = |pos: &mut u64, want: &dyn Fn(&crate::objfile::Section) -> bool| {
+        for k in &e.included {
+            if want(sec(k)) {
+                *pos = round_up(*pos, sec(k).align);
+                layout.insert(*k, *pos);
+                *pos += sec(k).size;
+            }
+        }
+    };
+    place(&mut pos, &|s| s.exec);
+    let stubs_at = round_up(pos, 16);
+    pos = stubs_at + (e.stubs.len() * arch::STUB_LEN) as u64;
+    place(&mut pos, &|s| !s.exec && !s.write);
+    let slots_at = round_up(pos, 8);
+    pos = slots_at + 8 * e.slots.len() as u64;
+    let code_size = pos.max(1);
+    let data_offset = round_up(code_size, PAGE);
+    pos = data_offset;
+    place(&mut pos, &|s| s.write && !s.exec);
+    let data_size = pos - data_offset;
+
+    let mut image = vec![0u8; (data_offset + data_size) as usize];
+    image[..code_size as usize].fill(arch::CODE_FILL);
+    for k in &e.included {
+        let s = sec(k);
+        let at = layout[k] as usize;
+        if s.nobits {
+            image[at..at + s.size as usize].fill(0);
+        } else {
+            image[at..at + s.data.len()].copy_from_slice(&s.data);
+        }
+    }
+    let final_target = |t: &Tgt| -> RelocTarget {
+        match t {
+            Tgt::Sec(k, off) => RelocTarget::Image { offset: layout[k] + off },
+            Tgt::Stub(i) => RelocTarget::Image { offset: stubs_at + (*i * arch::STUB_LEN) as u64 },
+            Tgt::Slot(i) => RelocTarget::Image { offset: slots_at + 8 * *i as u64 },
+            Tgt::Final(f) => f.clone(),
+        }
+    };
+    let mut relocations = Vec::new();
+    for (i, &slot) in e.stubs.iter().enumerate() {
+        let at = stubs_at as usize + i * arch::STUB_LEN;
+        image[at..at + arch::STUB_LEN].copy_from_slice(&arch::stub_template());
+        relocations.push(Relocation {
+            offset: (at + arch::STUB_FIELD) as u64,
+            kind: FieldKind::Pc32.name().into(),
+            target: final_target(&Tgt::Slot(slot)),
+            addend: arch::PC_FIELD_ADDEND,
+        });
+    }
+    for (i, t) in e.slots.iter().enumerate() {
+        let at = slots_at + 8 * i as u64;
+        image[at as usize..at as usize + 8].fill(0);
+        relocations.push(Relocation {
+            offset: at,
+            kind: FieldKind::Abs64.name().into(),
+            target: final_target(t),
+            addend: 0,
+        });
+    }
+    for r in &e.relocs {
+        relocations.push(Relocation {
+            offset: layout[&r.at] + r.offset,
+            kind: r.kind.name().into(),
+            target: final_target(&r.target),
+            addend: r.addend,
+        });
+    }
+
+    // The functions replaced, checked against the target's code.
+    let mut functions = Vec::new();
+    let mut replaced_names = Vec::new();
+    for (o, pair) in objs.iter().enumerate() {
+        for &s in &pair.diff.changed_text {
+            let Some(fsym) = pair.post.function_of(s) else {
+                continue;
+            };
+            let name = pair.post.symbols[fsym].name.clone();
+            let Some(&pre_sec) = pair.diff.pre_of.get(&s) else {
+                continue;
+            };
+            let Some(ts) = e.target_symbol(o, &name).filter(|t| t.kind == SymKind::Func || t.kind == SymKind::Ifunc) else {
+                // No out-of-line copy in the target: callers are replaced instead.
+                continue;
+            };
+            let pre = &pair.pre.sections[pre_sec];
+            let mut mask = vec![0xffu8; pre.data.len()];
+            for r in &pre.relocs {
+                let (a, b) = r.kind.linker_written();
+                let start = (r.offset as i64 + a).max(0) as usize;
+                let end = ((r.offset as i64 + b).max(0) as usize).min(mask.len());
+                if start < end {
+                    mask[start..end].fill(0);
+                }
+            }
+            let size = ts.size;
+            if size != pre.data.len() as u64 {
+                return Err(CreateError::TargetMismatch {
+                    function: name,
+                    target: target.name.clone(),
+                    detail: format!(
+                        "it is {size} bytes in the target but {} bytes when built from the source",
+                        pre.data.len()
+                    ),
+                });
+            }
+            let running = target.elf.read_vaddr(target.data, ts.value, size).ok_or_else(|| {
+                CreateError::TargetMismatch {
+                    function: name.clone(),
+                    target: target.name.clone(),
+                    detail: "its code is not in the file".into(),
+                }
+            })?;
+            if let Some(off) = (0..pre.data.len()).find(|&i| mask[i] != 0 && pre.data[i] != running[i]) {
+                return Err(CreateError::TargetMismatch {
+                    function: name,
+                    target: target.name.clone(),
+                    detail: format!("its code differs at byte {off:#x} from the code built from the source"),
+                });
+            }
+            let jump = !name.ends_with(".cold");
+            if jump && (size as usize) < arch::JUMP_LEN {
+                return Err(CreateError::TooShort {
+                    function: name,
+                    size,
+                    need: arch::JUMP_LEN,
+                });
+            }
+            functions.push(Function {
+                name: name.clone(),
+                file: pair.pre.source.clone(),
+                vaddr: ts.value,
+                size,
+                expected: hex::encode(&pre.data),
+                mask: hex::encode(&mask),
+                replacement: layout[&(o, s)],
+                jump,
+            });
+            replaced_names.push(name);
+        }
+    }
+    if functions.is_empty() {
+        return Err(CreateError::NothingToPatch(format!(
+            "no changed function of {} exists out of line in the target (was everything inlined into a function that did not change?)",
+            target.name
+        )));
+    }
+    let mut symbols = Vec::new();
+    for k in &e.included {
+        let obj = &objs[k.0].post;
+        for &si in &obj.sections[k.1].symbols {
+            let s = &obj.symbols[si];
+            if replaced_names.contains(&s.name) {
+                continue;
+            }
+            symbols.push(NewSymbol {
+                name: s.name.clone(),
+                offset: layout[k] + s.value,
+                size: s.size,
+                kind: if s.is_func() { "function" } else { "data" }.into(),
+            });
+        }
+    }
+    let build_id = target.elf.build_id.clone().unwrap_or_default();
+    Ok(Patch {
+        meta: PatchMeta {
+            id,
+            description,
+            tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
+            target: Target {
+                name: target.name.clone(),
+                build_id: hex::encode(build_id),
+                kind: if target.elf.fixed {
+                    ObjectKind::Fixed
+                } else {
+                    ObjectKind::Relocatable
+                },
+            },
+            code_size,
+            data_offset,
+            data_size,
+            functions,
+            relocations,
+            symbols,
+        },
+        image,
+    })
+}

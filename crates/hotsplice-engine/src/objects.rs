@@ -1,0 +1,176 @@
+//! The ELF objects a process has mapped, identified by build-id read from
+//! the process's own memory (so a file replaced or deleted on disk after an
+//! upgrade is still recognised), and the symbols they export.
+
+use crate::{EngineError, Result};
+use hotsplice_elf::Export;
+use hotsplice_process::{self as process, Mapping, Pid};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// An executable or library mapped by a process.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadedObject {
+    /// Path as the process's maps show it (may end in " (deleted)").
+    pub path: String,
+    /// Address range of all its mappings.
+    pub start: u64,
+    pub end: u64,
+    /// Load bias: run-time address minus link-time address.
+    pub bias: u64,
+    /// GNU build-id, hex; empty when the object has none.
+    pub build_id: String,
+    /// Start and end of the mapping at file offset 0 (for map_files).
+    #[serde(skip)]
+    pub first_map: (u64, u64),
+    #[serde(skip)]
+    pub inode: (String, u64),
+}
+
+const EHDR_LEN: usize = 64;
+const PHDR_LEN: usize = 56;
+const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+/// The objects `pid` maps, from its memory: three batched reads in all.
+pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
+    // Group file mappings by file.
+    let mut groups: Vec<(String, u64, u64, (u64, u64), (String, u64))> = Vec::new();
+    let mut index: HashMap<(String, u64, String), usize> = HashMap::new();
+    for m in maps {
+        let Some(path) = &m.path else { continue };
+        if m.inode == 0 || path.starts_with('[') {
+            continue;
+        }
+        let key = (m.dev.clone(), m.inode, path.clone());
+        match index.get(&key) {
+            Some(&i) => {
+                let g = &mut groups[i];
+                g.1 = g.1.min(m.start);
+                g.2 = g.2.max(m.end);
+                if m.offset == 0 && g.3 .0 == 0 {
+                    g.3 = (m.start, m.end);
+                }
+            }
+            None => {
+                index.insert(key, groups.len());
+                let first = if m.offset == 0 { (m.start, m.end) } else { (0, 0) };
+                groups.push((path.clone(), m.start, m.end, first, (m.dev.clone(), m.inode)));
+            }
+        }
+    }
+    groups.retain(|g| g.3 .0 != 0);
+    let headers = process::read_memory_many(
+        pid,
+        &groups.iter().map(|g| (g.3 .0, EHDR_LEN)).collect::<Vec<_>>(),
+    );
+    if !groups.is_empty() && headers.iter().all(|h| h.is_none()) {
+        // Nothing readable at all: permission or a dead process.
+        process::read_memory(pid, groups[0].3 .0, EHDR_LEN).map_err(EngineError::Process)?;
+    }
+    let mut elfs = Vec::new();
+    let mut phdr_ranges = Vec::new();
+    for (g, h) in groups.iter().zip(&headers) {
+        let Some(h) = h else { continue };
+        if &h[..4] != b"\x7fELF" || h[4] != 2 {
+            continue;
+        }
+        let phoff = u64_at(h, 32);
+        let phnum = u16_at(h, 56) as usize;
+        if phnum == 0 || phnum > 64 {
+            continue;
+        }
+        elfs.push(g);
+        phdr_ranges.push((g.3 .0 + phoff, phnum * PHDR_LEN));
+    }
+    let phdrs = process::read_memory_many(pid, &phdr_ranges);
+    let mut partial = Vec::new();
+    let mut note_ranges = Vec::new();
+    for (g, ph) in elfs.iter().zip(&phdrs) {
+        let Some(ph) = ph else { continue };
+        let mut first_load = None;
+        let mut notes = Vec::new();
+        for i in 0..ph.len() / PHDR_LEN {
+            let p = &ph[i * PHDR_LEN..(i + 1) * PHDR_LEN];
+            let p_type = u32_at(p, 0);
+            let p_offset = u64_at(p, 8);
+            let p_vaddr = u64_at(p, 16);
+            let p_memsz = u64_at(p, 40);
+            if p_type == PT_LOAD && first_load.is_none() && p_offset == 0 {
+                first_load = Some(p_vaddr);
+            }
+            if p_type == PT_NOTE && p_memsz < 4096 {
+                notes.push((p_vaddr, p_memsz as usize));
+            }
+        }
+        let Some(vaddr0) = first_load else { continue };
+        let bias = g.3 .0.wrapping_sub(vaddr0 & !0xfff);
+        let first = note_ranges.len();
+        for (v, len) in notes {
+            note_ranges.push((bias.wrapping_add(v), len));
+        }
+        partial.push((g, bias, first..note_ranges.len()));
+    }
+    let notes = process::read_memory_many(pid, &note_ranges);
+    let mut out = Vec::new();
+    for (g, bias, range) in partial {
+        let build_id = notes[range]
+            .iter()
+            .flatten()
+            .find_map(|n| hotsplice_elf::build_id_from_notes(n))
+            .map(hex::encode)
+            .unwrap_or_default();
+        out.push(LoadedObject {
+            path: g.0.clone(),
+            start: g.1,
+            end: g.2,
+            bias,
+            build_id,
+            first_map: g.3,
+            inode: g.4.clone(),
+        });
+    }
+    Ok(out)
+}
+
+type ExportMap = Arc<HashMap<String, Export>>;
+
+fn cache() -> &'static Mutex<HashMap<(String, u64), ExportMap>> {
+    static CACHE: OnceLock<Mutex<HashMap<(String, u64), ExportMap>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Symbols `obj` exports, read from the mapped file (through
+/// `/proc/PID/map_files`, which works for deleted files and other mount
+/// namespaces); cached per file.
+pub fn exports_of(pid: Pid, obj: &LoadedObject) -> Option<ExportMap> {
+    if let Some(e) = cache().lock().unwrap().get(&obj.inode) {
+        return Some(e.clone());
+    }
+    let via_map_files = format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        obj.first_map.0, obj.first_map.1
+    );
+    let plain = obj.path.trim_end_matches(" (deleted)");
+    let via_root = format!("/proc/{pid}/root{plain}");
+    let data = std::fs::read(&via_map_files)
+        .or_else(|_| std::fs::read(&via_root))
+        .ok()?;
+    let exports = Arc::new(hotsplice_elf::exports(&data).ok()?);
+    cache()
+        .lock()
+        .unwrap()
+        .insert(obj.inode.clone(), exports.clone());
+    Some(exports)
+}

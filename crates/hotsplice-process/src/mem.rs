@@ -1,0 +1,208 @@
+//! Reading and writing target memory.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use nix::errno::Errno;
+
+use crate::{procfs, Error, Pid, Result};
+
+const IOV_MAX: usize = 1024;
+
+fn mem_err(pid: Pid, addr: u64, len: usize, e: Errno) -> Error {
+    match e {
+        Errno::ESRCH => Error::NoSuchProcess { pid },
+        Errno::EPERM => Error::PermissionDenied { pid, uid_of_target: procfs::target_uid(pid) },
+        e => Error::Memory { pid, addr, len, detail: format!("{e} ({})", e.desc()) },
+    }
+}
+
+/// Read `len` bytes at `addr` with `process_vm_readv`; a short read is an error.
+pub fn read_memory(pid: Pid, addr: u64, len: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0usize;
+    while done < len {
+        let local = libc::iovec { iov_base: buf[done..].as_mut_ptr().cast(), iov_len: len - done };
+        let remote = libc::iovec { iov_base: (addr + done as u64) as *mut libc::c_void, iov_len: len - done };
+        // SAFETY: local iovec points into `buf`, which is valid for `len - done` bytes.
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            if done == 0 {
+                return Err(mem_err(pid, addr, len, e));
+            }
+            break;
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    if done < len {
+        return Err(Error::Memory { pid, addr, len, detail: format!("short read: only {done} bytes readable") });
+    }
+    Ok(buf)
+}
+
+/// Read many ranges with as few `process_vm_readv` calls as possible (up to 1024 ranges per call).
+///
+/// Returns one entry per range, in order. A range that is not completely readable yields `None`
+/// (a partially readable range is `None`, not a prefix). Zero-length ranges yield `Some(vec![])`.
+pub fn read_memory_many(pid: Pid, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
+    let mut out: Vec<Option<Vec<u8>>> = ranges.iter().map(|&(_, l)| Some(vec![0u8; l])).collect();
+    let mut local: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX.min(ranges.len()));
+    let mut remote: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX.min(ranges.len()));
+    let mut i = 0;
+    while i < ranges.len() {
+        local.clear();
+        remote.clear();
+        let mut idx = Vec::with_capacity(IOV_MAX);
+        let mut j = i;
+        while j < ranges.len() && local.len() < IOV_MAX {
+            let (a, l) = ranges[j];
+            if l > 0 {
+                let b = out[j].as_mut().expect("still Some");
+                local.push(libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: l });
+                remote.push(libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l });
+                idx.push(j);
+            }
+            j += 1;
+        }
+        if local.is_empty() {
+            break;
+        }
+        // SAFETY: every local iovec points into a distinct Vec<u8> of exactly iov_len bytes.
+        let n = unsafe {
+            libc::process_vm_readv(pid, local.as_ptr(), local.len() as libc::c_ulong, remote.as_ptr(), remote.len() as libc::c_ulong, 0)
+        };
+        if n < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if n < 0 && Errno::last() != Errno::EFAULT {
+            // Process gone or permission problem: nothing is readable.
+            for o in out[i..].iter_mut() {
+                *o = None;
+            }
+            return out;
+        }
+        let mut got = n.max(0) as usize;
+        let mut next = j;
+        for &k in &idx {
+            let l = ranges[k].1;
+            if got >= l {
+                got -= l;
+            } else {
+                // First range that was not fully read: it failed (or was partial). Retry after it.
+                out[k] = None;
+                next = k + 1;
+                break;
+            }
+        }
+        i = next;
+    }
+    out
+}
+
+/// Writer into target memory through /proc/PID/mem.
+///
+/// The file stays open; `pwrite` on it uses FOLL_FORCE, so read-only (e.g. `r-xp` text) pages can be
+/// written without `mprotect` (private file mappings get a private copy-on-write page).
+#[derive(Debug)]
+pub struct MemWriter {
+    pid: Pid,
+    file: File,
+}
+
+impl MemWriter {
+    /// Open /proc/PID/mem read-write.
+    pub fn open(pid: Pid) -> Result<Self> {
+        let path = format!("/proc/{pid}/mem");
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
+            std::io::ErrorKind::PermissionDenied => {
+                Error::PermissionDenied { pid, uid_of_target: procfs::target_uid(pid) }
+            }
+            _ => Error::Io { what: format!("opening {path}"), source: e },
+        })?;
+        Ok(MemWriter { pid, file })
+    }
+
+    /// The target pid.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Write all of `bytes` at `addr` (short writes are retried; failure is an error).
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        let mut done = 0;
+        while done < bytes.len() {
+            match self.file.write_at(&bytes[done..], addr + done as u64) {
+                Ok(0) => {
+                    return Err(Error::Memory {
+                        pid: self.pid,
+                        addr,
+                        len: bytes.len(),
+                        detail: format!("write stopped after {done} bytes"),
+                    })
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err(addr, bytes.len(), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read exactly `buf.len()` bytes at `addr`.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0;
+        let len = buf.len();
+        while done < len {
+            match self.file.read_at(&mut buf[done..], addr + done as u64) {
+                Ok(0) => {
+                    return Err(Error::Memory { pid: self.pid, addr, len, detail: format!("short read of {done} bytes") })
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err(addr, len, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn err(&self, addr: u64, len: usize, e: std::io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(code) => mem_err(self.pid, addr, len, Errno::from_raw(code)),
+            None => Error::Io { what: format!("accessing /proc/{}/mem at {addr:#x}", self.pid), source: e },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_self() {
+        let me = std::process::id() as Pid;
+        let data: Vec<u8> = (0..=255u8).collect();
+        let a = data.as_ptr() as u64;
+        assert_eq!(read_memory(me, a, 256).unwrap(), data);
+        assert!(read_memory(me, 8, 16).is_err());
+        let mut ranges = vec![(a, 10), (8, 4), (a + 5, 3), (a, 0)];
+        for k in 0..2000u64 {
+            ranges.push((a + (k % 200), 7));
+        }
+        let r = read_memory_many(me, &ranges);
+        assert_eq!(r[0].as_deref(), Some(&data[..10]));
+        assert!(r[1].is_none());
+        assert_eq!(r[2].as_deref(), Some(&data[5..8]));
+        assert_eq!(r[3].as_deref(), Some(&[][..]));
+        for k in 0..2000usize {
+            assert_eq!(r[4 + k].as_deref(), Some(&data[k % 200..k % 200 + 7]));
+        }
+    }
+}

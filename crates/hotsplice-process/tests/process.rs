@@ -1,0 +1,373 @@
+//! Real-process tests of seizing, the stop window, remote syscalls/calls and memory writes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use hotsplice_process::*;
+
+fn start_basic(dir: &tempfile::TempDir, threads: usize) -> (Target, u64, u64, i32) {
+    let exe = compile(dir.path(), "target", TARGET_C);
+    let mut t = Target::spawn(&exe, &[&threads.to_string()]);
+    let rl = t.wait_for(T, |l| l.starts_with("reader_tid="));
+    let reader = field(&rl, "reader_tid") as i32;
+    let ready = t.wait_for(T, |l| l.starts_with("ready"));
+    (t, field(&ready, "add3"), field(&ready, "value"), reader)
+}
+
+#[test]
+fn seize_stop_detach_single_thread_keeps_ticking() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "target", TARGET_C);
+    let mut t = Target::spawn(&exe, &["0"]);
+    t.wait_for(T, |l| l.starts_with("ready"));
+    let pid = t.pid();
+    let before = tick_no(&t.ticks(2, T));
+    let mut tr = Tracee::seize(pid).unwrap();
+    assert_eq!(tracer_pid(pid).unwrap().is_some(), true);
+    for _ in 0..10 {
+        let w = tr.stop_all().unwrap();
+        assert_eq!(w.threads().len(), 2);
+        assert!(w.threads().iter().any(|s| s.tid == pid && s.regs.rip != 0));
+        w.resume().unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let w = tr.stop_all().unwrap();
+    w.detach_all().unwrap();
+    assert!(matches!(tr.stop_all(), Err(Error::Detached { .. })));
+    drop(tr);
+    assert_eq!(tracer_pid(pid).unwrap(), None);
+    let after = tick_no(&t.ticks(5, T));
+    assert!(after >= before + 5);
+    assert!(t.seen_containing("ERROR").is_empty(), "{:?}", t.seen_containing("ERROR"));
+}
+
+#[test]
+fn remote_mmap_in_blocked_threads_and_syscall_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, _add3, _value, reader) = start_basic(&dir, 0);
+    let pid = t.pid();
+    t.ticks(2, T);
+    let mut tr = Tracee::seize(pid).unwrap();
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    // Thread blocked in read() on a pipe.
+    let a = tr.with_specific_thread(reader, |rt| {
+        assert_eq!(rt.tid(), reader);
+        assert_eq!(rt.regs().orig_rax, libc::SYS_read as u64);
+        rt.mmap(0, 8192, prot, flags)
+    })
+    .unwrap();
+    // Main thread blocked in nanosleep (the leader).
+    let (b, named, fixed) = tr
+        .with_thread(|rt| {
+            assert_eq!(rt.tid(), pid);
+            let b = rt.mmap(0, 4096, prot, flags)?;
+            let named = rt.name_mapping(b, 4096, "hotsplice-test")?;
+            let hint = b + 0x10_0000_0000;
+            let fixed = rt.mmap(hint, 4096, libc::PROT_READ, flags | libc::MAP_FIXED_NOREPLACE)?;
+            assert_eq!(fixed, hint);
+            // Occupied: EEXIST.
+            match rt.mmap(hint, 4096, libc::PROT_READ, flags | libc::MAP_FIXED_NOREPLACE) {
+                Err(Error::RemoteSyscallFailed { errno, .. }) => assert_eq!(errno, libc::EEXIST),
+                other => panic!("expected EEXIST, got {other:?}"),
+            }
+            rt.mprotect(fixed, 4096, libc::PROT_READ | libc::PROT_WRITE)?;
+            Ok((b, named, fixed))
+        })
+        .unwrap();
+    let maps = read_maps(pid).unwrap();
+    let ma = maps.iter().find(|m| m.contains(a)).expect("mapping a present");
+    assert!(ma.end - a >= 8192 && ma.read && ma.write && !ma.exec && ma.path.is_none());
+    let mb = maps.iter().find(|m| m.contains(b)).expect("mapping b present");
+    if named {
+        assert_eq!(mb.path.as_deref(), Some("[anon:hotsplice-test]"));
+    }
+    let mf = maps.iter().find(|m| m.contains(fixed)).expect("fixed mapping present");
+    assert!(mf.write);
+    // The mapping is usable memory.
+    let w = MemWriter::open(pid).unwrap();
+    w.write(a, b"hello").unwrap();
+    assert_eq!(read_memory(pid, a, 5).unwrap(), b"hello");
+    tr.with_thread(|rt| rt.munmap(fixed, 4096)).unwrap();
+    assert!(!read_maps(pid).unwrap().iter().any(|m| m.contains(fixed)));
+    tr.detach().unwrap();
+    // Blocked read() resumed correctly.
+    t.send("ping\n");
+    t.wait_for(T, |l| l == "echo ping");
+    let n0 = tick_no(&t.ticks(1, T));
+    let n1 = tick_no(&t.ticks(5, T));
+    assert!(n1 >= n0 + 5);
+    assert!(t.seen_containing("ERROR").is_empty(), "{:?}", t.seen_containing("ERROR"));
+}
+
+#[test]
+fn remote_call_returns_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, add3, _value, reader) = start_basic(&dir, 2);
+    let pid = t.pid();
+    let mut tr = Tracee::seize(pid).unwrap();
+    let v = tr.with_thread(|rt| rt.call(add3, &[1, 2, 3])).unwrap();
+    assert_eq!(v, 6);
+    let v = tr.with_specific_thread(reader, |rt| rt.call(add3, &[40, 1, 1])).unwrap();
+    assert_eq!(v, 42);
+    // A crashing call is an error and the target survives.
+    let e = tr.with_thread(|rt| rt.call(0x10, &[])).unwrap_err();
+    assert!(matches!(e, Error::Unexpected { .. }), "{e}");
+    let v = tr.with_thread(|rt| rt.call(add3, &[u64::MAX, 0, 0])).unwrap();
+    assert_eq!(v, u64::MAX);
+    drop(tr);
+    t.send("after-call\n");
+    t.wait_for(T, |l| l == "echo after-call");
+    t.ticks(3, T);
+    assert!(t.seen_containing("ERROR").is_empty(), "{:?}", t.seen_containing("ERROR"));
+}
+
+#[test]
+fn memwriter_patches_readonly_text_in_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, _add3, value, _reader) = start_basic(&dir, 1);
+    let pid = t.pid();
+    t.wait_for(T, |l| l.starts_with("tick ") && l.ends_with("value=7"));
+    let text = read_maps(pid).unwrap().into_iter().find(|m| m.contains(value)).unwrap();
+    assert!(text.exec && !text.write, "{text:?}");
+    let mut tr = Tracee::seize(pid).unwrap();
+    let mut w = tr.stop_all().unwrap();
+    // mov eax, 42 ; ret
+    let code = [0xb8, 42, 0, 0, 0, 0xc3];
+    w.mem().unwrap().write(value, &code).unwrap();
+    let mut back = [0u8; 6];
+    w.mem().unwrap().read(value, &mut back).unwrap();
+    assert_eq!(back, code);
+    w.detach_all().unwrap();
+    t.wait_for(T, |l| l.starts_with("tick ") && l.ends_with("value=42"));
+}
+
+#[test]
+fn fifty_threads_all_stop_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, _add3, _value, _reader) = start_basic(&dir, 50);
+    let pid = t.pid();
+    let mut tr = Tracee::seize(pid).unwrap();
+    assert_eq!(tr.thread_count(), 52);
+    for _ in 0..5 {
+        let w = tr.stop_all().unwrap();
+        let stopped: HashSet<i32> = w.threads().iter().map(|s| s.tid).collect();
+        assert_eq!(stopped.len(), 52);
+        let task: HashSet<i32> = thread_ids(pid).unwrap().into_iter().collect();
+        assert_eq!(stopped, task);
+        w.resume().unwrap();
+    }
+    tr.detach().unwrap();
+    t.ticks(3, T);
+    // Every thread runs (none left in tracing-stop 't').
+    for tid in thread_ids(pid).unwrap() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+        assert!(state != 't' && state != 'T', "thread {tid} state {state}");
+    }
+}
+
+#[test]
+fn thread_churn_during_seize_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "churn", CHURN_C);
+    let mut t = Target::spawn(&exe, &["4"]);
+    t.wait_for(T, |l| l == "ready");
+    let pid = t.pid();
+    t.ticks(2, T);
+    let mut tr = Tracee::seize(pid).unwrap();
+    let mut max_seen = 0;
+    for _ in 0..20 {
+        let w = tr.stop_all().unwrap();
+        let stopped: HashSet<i32> = w.threads().iter().map(|s| s.tid).collect();
+        assert_eq!(stopped.len(), w.threads().len(), "duplicate tids");
+        let task = thread_ids(pid).unwrap();
+        for tid in &task {
+            assert!(stopped.contains(tid), "thread {tid} in /proc/{pid}/task is not in the stopped set {stopped:?}");
+        }
+        max_seen = max_seen.max(stopped.len());
+        w.resume().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(max_seen >= 5);
+    let c0 = field(&t.ticks(1, T), "created");
+    tr.service_events().unwrap();
+    let w = tr.stop_all().unwrap();
+    w.detach_all().unwrap();
+    drop(tr);
+    let c1 = field(&t.ticks(5, T), "created");
+    assert!(c1 > c0, "target stopped creating threads: {c0} -> {c1}");
+    assert_eq!(tracer_pid(pid).unwrap(), None);
+}
+
+#[test]
+fn signals_during_windows_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "signals", SIGNALS_C);
+    let mut t = Target::spawn(&exe, &[]);
+    t.wait_for(T, |l| l == "ready");
+    let pid = t.pid();
+    let h0 = field(&t.ticks(2, T), "handled");
+    let mut tr = Tracee::seize(pid).unwrap();
+    for i in 0..50 {
+        let w = tr.stop_all().unwrap();
+        assert_eq!(w.threads().len(), 3);
+        w.resume().unwrap();
+        if i % 10 == 0 {
+            tr.with_thread(|rt| rt.syscall(libc::SYS_getpid, &[])).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tr.detach().unwrap();
+    t.ticks(2, T);
+    let h1 = field(&t.ticks(1, T), "handled");
+    let h2 = field(&t.ticks(5, T), "handled");
+    assert!(h1 > h0 && h2 > h1, "signals not handled: {h0} {h1} {h2}");
+}
+
+#[test]
+fn getpid_via_remote_syscall() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, _, _, _) = start_basic(&dir, 0);
+    let pid = t.pid();
+    let mut tr = Tracee::seize(pid).unwrap();
+    let r = tr.with_thread(|rt| rt.syscall(libc::SYS_getpid, &[])).unwrap();
+    assert_eq!(r as i32, pid);
+    let e = tr.with_thread(|rt| rt.syscall(libc::SYS_close, &[999_999])).unwrap_err();
+    assert!(matches!(e, Error::RemoteSyscallFailed { errno, .. } if errno == libc::EBADF), "{e}");
+    drop(tr);
+    t.ticks(3, T);
+}
+
+#[test]
+fn error_no_such_process() {
+    let e = Tracee::seize(0x7fff_fff0).unwrap_err();
+    assert!(matches!(e, Error::NoSuchProcess { pid: 0x7fff_fff0 }), "{e}");
+    assert!(e.to_string().contains("2147483632"));
+    assert!(matches!(read_maps(0x7fff_fff0), Err(Error::NoSuchProcess { .. })));
+    assert!(matches!(read_memory(0x7fff_fff0, 0x1000, 4), Err(Error::NoSuchProcess { .. })));
+}
+
+#[test]
+fn error_already_traced_names_tracer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, _, _, _) = start_basic(&dir, 0);
+    let tracer_exe = compile(dir.path(), "mytracer", TRACER_C);
+    let mut tracer = Target::spawn(&tracer_exe, &[&t.pid().to_string()]);
+    tracer.wait_for(T, |l| l == "seized");
+    let e = Tracee::seize(t.pid()).unwrap_err();
+    match &e {
+        Error::AlreadyTraced { pid, tracer_pid, tracer_name } => {
+            assert_eq!(*pid, t.pid());
+            assert_eq!(*tracer_pid, tracer.pid());
+            assert_eq!(tracer_name.as_deref(), Some("mytracer"));
+        }
+        other => panic!("expected AlreadyTraced, got {other:?}"),
+    }
+    let msg = e.to_string();
+    assert!(msg.contains("mytracer") && msg.contains(&tracer.pid().to_string()), "{msg}");
+    drop(tracer);
+    drop(t);
+}
+
+#[test]
+fn process_killed_during_window_does_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, _, _, _) = start_basic(&dir, 5);
+    let pid = t.pid();
+    let mut tr = Tracee::seize(pid).unwrap();
+    let w = tr.stop_all().unwrap();
+    t.child.kill().unwrap();
+    let r = w.resume();
+    assert!(r.is_ok() || matches!(r, Err(Error::ProcessExited { .. })), "{r:?}");
+    let r = tr.stop_all().map(|_| ());
+    assert!(matches!(r, Err(Error::ProcessExited { .. }) | Err(Error::Detached { .. })), "{r:?}");
+    drop(tr);
+    // Nothing hangs; the process is gone (we are both its parent and its tracer, so the tracer's
+    // waitpid may already have reaped it).
+    match t.child.wait() {
+        Ok(st) => assert!(!st.success()),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ECHILD)),
+    }
+}
+
+#[test]
+fn process_exiting_during_stop_loop_gives_process_exited() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "churn", CHURN_C);
+    for exit_ms in [30, 60] {
+        let mut t = Target::spawn(&exe, &["3", &exit_ms.to_string()]);
+        t.wait_for(T, |l| l == "ready");
+        let pid = t.pid();
+        let mut tr = match Tracee::seize(pid) {
+            Ok(tr) => tr,
+            Err(Error::ProcessExited { .. } | Error::NoSuchProcess { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        };
+        let mut n = 0;
+        let err = loop {
+            match tr.stop_all() {
+                Ok(w) => {
+                    if let Err(e) = w.resume() {
+                        break Some(e);
+                    }
+                }
+                Err(e) => break Some(e),
+            }
+            if let Err(e) = tr.service_events() {
+                break Some(e);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            n += 1;
+            if n > 5000 {
+                break None;
+            }
+        };
+        // Either we observed the exit, or /proc says it is gone; both must not hang.
+        if let Some(e) = &err {
+            assert!(matches!(e, Error::ProcessExited { .. }), "{e}");
+        }
+        assert!(err.is_some(), "exit never observed");
+        drop(tr);
+        reaped_or_success(&mut t);
+    }
+}
+
+#[test]
+fn dropping_window_resumes_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, _, _, _) = start_basic(&dir, 3);
+    let pid = t.pid();
+    let mut tr = Tracee::seize(pid).unwrap();
+    {
+        let w = tr.stop_all().unwrap();
+        assert_eq!(w.threads().len(), 5);
+        // dropped without resume
+    }
+    t.drain();
+    let n0 = tick_no(&t.ticks(1, T));
+    let n1 = tick_no(&t.ticks(3, T));
+    assert!(n1 > n0);
+    // Also on panic.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _w = tr.stop_all().unwrap();
+        panic!("engine bug");
+    }));
+    assert!(r.is_err());
+    t.drain();
+    t.ticks(3, T);
+    drop(tr);
+    assert_eq!(tracer_pid(pid).unwrap(), None);
+    t.ticks(2, T);
+}
+
+/// We are the target's parent and its tracer: the tracer's waitpid may reap the exit itself.
+fn reaped_or_success(t: &mut Target) {
+    match t.child.wait() {
+        Ok(st) => assert!(st.success(), "{st:?}"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ECHILD)),
+    }
+}
