@@ -276,8 +276,22 @@ fn run_user(cmd: UserCommand, quiet: bool) -> Result<bool> {
                     }
                 }
             }
-            let results = run_parallel(&jobs, |&(pid, i)| engine::apply(pid, &patches[i], &opts));
-            report_all("applied", results, json, quiet)
+            // One process's patches in order on one thread; processes in parallel.
+            let mut by_pid: Vec<(i32, Vec<usize>)> = Vec::new();
+            for (p, i) in jobs {
+                match by_pid.iter_mut().find(|(q, _)| *q == p) {
+                    Some((_, v)) => v.push(i),
+                    None => by_pid.push((p, vec![i])),
+                }
+            }
+            let results = run_parallel(&by_pid, |(p, list)| {
+                let mut reports = Vec::new();
+                for &i in list {
+                    reports.push(engine::apply(*p, &patches[i], &opts)?);
+                }
+                Ok(reports)
+            });
+            report_all("applied", flatten(results), json, quiet)
         }
         UserCommand::Undo { pid, id, wait } => {
             let r = engine::undo(pid, &id, &wait.options())?;
@@ -318,14 +332,7 @@ fn run_user(cmd: UserCommand, quiet: bool) -> Result<bool> {
                 }
                 Ok(reports)
             });
-            let flat = results
-                .into_iter()
-                .flat_map(|(job, r)| match r {
-                    Ok(v) => v.into_iter().map(|x| (job, Ok(x))).collect::<Vec<_>>(),
-                    Err(e) => vec![(job, Err(e))],
-                })
-                .collect();
-            report_all("undid", flat, false, quiet)
+            report_all("undid", flatten(results), false, quiet)
         }
         UserCommand::Show { pid, json } => {
             let pids = match pid {
@@ -433,6 +440,19 @@ fn run_parallel<J: Sync, T: Send>(
     });
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(i, r)| (&jobs[i], r)).collect()
+}
+
+fn flatten<J, T>(results: Vec<(J, engine::Result<Vec<T>>)>) -> Vec<(J, engine::Result<T>)>
+where
+    J: Copy,
+{
+    results
+        .into_iter()
+        .flat_map(|(job, r)| match r {
+            Ok(v) => v.into_iter().map(|x| (job, Ok(x))).collect::<Vec<_>>(),
+            Err(e) => vec![(job, Err(e))],
+        })
+        .collect()
 }
 
 fn report_all<J>(verb: &str, results: Vec<(J, engine::Result<Report>)>, json: bool, quiet: bool) -> Result<bool> {

@@ -11,7 +11,6 @@ pub struct Trees {
     pub pre: PathBuf,
     pub post: PathBuf,
     pub pre_log: Vec<Record>,
-    #[allow(dead_code)]
     pub post_log: Vec<Record>,
 }
 

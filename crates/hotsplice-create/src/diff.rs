@@ -24,6 +24,48 @@ impl ObjDiff {
     }
 }
 
+impl ObjDiff {
+    /// The same result for `other`, an object built from the same source
+    /// with other code-generation flags, matching sections by name.
+    pub fn remap(&self, post: &ObjFile, other: &ObjFile) -> Option<ObjDiff> {
+        let map = |i: usize| -> Option<usize> {
+            let name = &post.sections[i].name;
+            let hits: Vec<usize> = other
+                .sections
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| &s.name == name)
+                .map(|(j, _)| j)
+                .collect();
+            (hits.len() == 1).then(|| hits[0])
+        };
+        // Every allocated section must line up one to one.
+        let alloc = |o: &ObjFile| {
+            o.sections
+                .iter()
+                .filter(|s| s.alloc && s.size > 0 && !s.name.starts_with(".note"))
+                .count()
+        };
+        if alloc(post) != alloc(other) {
+            return None;
+        }
+        let mut out = ObjDiff::default();
+        for &i in &self.changed_text {
+            out.changed_text.push(map(i)?);
+        }
+        for &i in &self.new_sections {
+            out.new_sections.insert(map(i)?);
+        }
+        for (i, name) in &self.changed_data {
+            out.changed_data.push((map(*i)?, name.clone()));
+        }
+        for (&i, &p) in &self.pre_of {
+            out.pre_of.insert(map(i)?, p);
+        }
+        Some(out)
+    }
+}
+
 fn paired(pre: &ObjFile, post: &ObjFile) -> HashMap<usize, usize> {
     let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, s) in pre.sections.iter().enumerate() {

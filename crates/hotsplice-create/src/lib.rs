@@ -139,7 +139,7 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     let mut links: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
     for r in &trees.pre_log {
         match r {
-            wrapper::Record::Compile { source, object } => {
+            wrapper::Record::Compile { source, object, .. } => {
                 compiled.insert(rel(&trees.pre, object), rel(&trees.pre, source));
             }
             wrapper::Record::Link { output, inputs } => {
@@ -154,6 +154,14 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         return Err(CreateError::NoCompiles);
     }
 
+    let post_records: HashMap<PathBuf, &wrapper::Record> = trees
+        .post_log
+        .iter()
+        .filter_map(|r| match r {
+            wrapper::Record::Compile { object, .. } => Some((rel(&trees.post, object), r)),
+            _ => None,
+        })
+        .collect();
     let mut changed: HashMap<PathBuf, ObjPair> = HashMap::new();
     for (obj_rel, source_rel) in &compiled {
         let pre_path = trees.pre.join(obj_rel);
@@ -178,6 +186,10 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
             )));
         }
         tracing::debug!(object = %obj_rel.display(), changed = d.changed_text.len(), "object changed");
+        let (post, d) = match post_records.get(obj_rel) {
+            Some(record) => emit_build(record, &trees.post, obj_rel, post, d),
+            None => (post, d),
+        };
         changed.insert(obj_rel.clone(), ObjPair { pre, post, diff: d });
     }
     if changed.is_empty() {
@@ -266,6 +278,38 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         });
     }
     Ok(created)
+}
+
+/// The code that goes into the patch is compiled once more with every access
+/// to data of other objects made through the GOT
+/// (`-mno-direct-extern-access`): in an executable the compiler would
+/// otherwise read `stderr` and the like PC-relative, relying on a copy the
+/// linker made, which the original may not have and a patch cannot add.
+/// Sections keep their names, so the comparison's result carries over;
+/// whenever it does not line up, the plain post-fix object is used.
+fn emit_build(
+    record: &wrapper::Record,
+    post_root: &Path,
+    obj_rel: &Path,
+    post: objfile::ObjFile,
+    d: diff::ObjDiff,
+) -> (objfile::ObjFile, diff::ObjDiff) {
+    let out = post_root
+        .join(wrapper::SIDE_DIR)
+        .join(format!("emit-{}.o", obj_rel.to_string_lossy().replace('/', "_")));
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if !wrapper::recompile(record, &["-mno-direct-extern-access"], &out) {
+        return (post, d);
+    }
+    let Ok(emit) = objfile::ObjFile::read(&out) else {
+        return (post, d);
+    };
+    match d.remap(&post, &emit) {
+        Some(mapped) => (emit, mapped),
+        None => (post, d),
+    }
 }
 
 /// The installed file a built output corresponds to.

@@ -36,6 +36,13 @@ pub enum Record {
     Compile {
         source: PathBuf,
         object: PathBuf,
+        /// How to run this compile again: directory, compiler, arguments.
+        #[serde(default)]
+        cwd: PathBuf,
+        #[serde(default)]
+        compiler: PathBuf,
+        #[serde(default)]
+        argv: Vec<String>,
     },
     Link {
         output: PathBuf,
@@ -123,6 +130,9 @@ pub fn wrapper_main(argv0: &str, args: Vec<String>) -> ! {
             records.push(Record::Compile {
                 source: cwd.join(src),
                 object,
+                cwd: cwd.clone(),
+                compiler: real.clone(),
+                argv: if sources.len() == 1 { full_args.clone() } else { Vec::new() },
             });
         }
     } else if !no_output {
@@ -130,12 +140,16 @@ pub fn wrapper_main(argv0: &str, args: Vec<String>) -> ! {
         let mut inputs: Vec<PathBuf> = objects.iter().map(|o| cwd.join(o)).collect();
         for src in &sources {
             let side = side_object(&cwd, src, &out);
-            if let Err(code) = compile_side(&real, &args, src, &side) {
+            let argv = side_args(&args, src, &side);
+            if let Err(code) = compile_side(&real, &argv, &side) {
                 std::process::exit(code);
             }
             records.push(Record::Compile {
                 source: cwd.join(src),
                 object: side.clone(),
+                cwd: cwd.clone(),
+                compiler: real.clone(),
+                argv,
             });
             inputs.push(side);
         }
@@ -185,7 +199,8 @@ fn side_object(cwd: &Path, src: &str, out: &Path) -> PathBuf {
     root.join(SIDE_DIR).join(name)
 }
 
-fn compile_side(real: &Path, args: &[String], src: &str, side: &Path) -> Result<(), i32> {
+/// Arguments that compile `src` alone to `side`, dropping link options.
+fn side_args(args: &[String], src: &str, side: &Path) -> Vec<String> {
     let mut keep = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -217,22 +232,62 @@ fn compile_side(real: &Path, args: &[String], src: &str, side: &Path) -> Result<
         }
         i += 1;
     }
+    keep.extend(SECTION_FLAGS.iter().map(|s| s.to_string()));
+    keep.extend(["-c".into(), src.into(), "-o".into(), side.to_string_lossy().into_owned()]);
+    keep
+}
+
+fn compile_side(real: &Path, argv: &[String], side: &Path) -> Result<(), i32> {
     if let Some(dir) = side.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let status = Command::new(real)
-        .args(&keep)
-        .args(SECTION_FLAGS)
-        .arg("-c")
-        .arg(src)
-        .arg("-o")
-        .arg(side)
-        .status();
+    let status = Command::new(real).args(argv).status();
     match status {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(s.code().unwrap_or(1)),
         Err(_) => Err(127),
     }
+}
+
+/// Compile an object again with `extra` flags, to `out`: the same command
+/// the build ran, with the output replaced.
+pub fn recompile(record: &Record, extra: &[&str], out: &Path) -> bool {
+    let Record::Compile { cwd, compiler, argv, .. } = record else {
+        return false;
+    };
+    if argv.is_empty() || compiler.as_os_str().is_empty() {
+        return false;
+    }
+    let mut args = Vec::with_capacity(argv.len() + extra.len() + 2);
+    let mut i = 0;
+    while i < argv.len() {
+        if argv[i] == "-o" {
+            i += 2;
+            continue;
+        }
+        // Dependency files would be rewritten: leave them alone.
+        if matches!(argv[i].as_str(), "-MF" | "-MT" | "-MQ") {
+            i += 2;
+            continue;
+        }
+        if matches!(argv[i].as_str(), "-MD" | "-MMD" | "-MP") {
+            i += 1;
+            continue;
+        }
+        args.push(argv[i].clone());
+        i += 1;
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(compiler)
+        .args(&args)
+        .arg("-o")
+        .arg(out)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Read a wrapper log.

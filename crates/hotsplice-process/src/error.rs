@@ -8,7 +8,9 @@ use crate::Pid;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The pid does not name a running process.
-    #[error("no process with pid {pid} exists (check the pid; the process may already have exited)")]
+    #[error(
+        "no process with pid {pid} exists (check the pid; the process may already have exited)"
+    )]
     NoSuchProcess {
         /// The pid that was asked for.
         pid: Pid,

@@ -12,8 +12,16 @@ const IOV_MAX: usize = 1024;
 fn mem_err(pid: Pid, addr: u64, len: usize, e: Errno) -> Error {
     match e {
         Errno::ESRCH => Error::NoSuchProcess { pid },
-        Errno::EPERM => Error::PermissionDenied { pid, uid_of_target: procfs::target_uid(pid) },
-        e => Error::Memory { pid, addr, len, detail: format!("{e} ({})", e.desc()) },
+        Errno::EPERM => Error::PermissionDenied {
+            pid,
+            uid_of_target: procfs::target_uid(pid),
+        },
+        e => Error::Memory {
+            pid,
+            addr,
+            len,
+            detail: format!("{e} ({})", e.desc()),
+        },
     }
 }
 
@@ -22,8 +30,14 @@ pub fn read_memory(pid: Pid, addr: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut done = 0usize;
     while done < len {
-        let local = libc::iovec { iov_base: buf[done..].as_mut_ptr().cast(), iov_len: len - done };
-        let remote = libc::iovec { iov_base: (addr + done as u64) as *mut libc::c_void, iov_len: len - done };
+        let local = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: len - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr + done as u64) as *mut libc::c_void,
+            iov_len: len - done,
+        };
         // SAFETY: local iovec points into `buf`, which is valid for `len - done` bytes.
         let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
         if n < 0 {
@@ -42,7 +56,12 @@ pub fn read_memory(pid: Pid, addr: u64, len: usize) -> Result<Vec<u8>> {
         done += n as usize;
     }
     if done < len {
-        return Err(Error::Memory { pid, addr, len, detail: format!("short read: only {done} bytes readable") });
+        return Err(Error::Memory {
+            pid,
+            addr,
+            len,
+            detail: format!("short read: only {done} bytes readable"),
+        });
     }
     Ok(buf)
 }
@@ -65,8 +84,14 @@ pub fn read_memory_many(pid: Pid, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>
             let (a, l) = ranges[j];
             if l > 0 {
                 let b = out[j].as_mut().expect("still Some");
-                local.push(libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: l });
-                remote.push(libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l });
+                local.push(libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: l,
+                });
+                remote.push(libc::iovec {
+                    iov_base: a as *mut libc::c_void,
+                    iov_len: l,
+                });
                 idx.push(j);
             }
             j += 1;
@@ -76,7 +101,14 @@ pub fn read_memory_many(pid: Pid, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>
         }
         // SAFETY: every local iovec points into a distinct Vec<u8> of exactly iov_len bytes.
         let n = unsafe {
-            libc::process_vm_readv(pid, local.as_ptr(), local.len() as libc::c_ulong, remote.as_ptr(), remote.len() as libc::c_ulong, 0)
+            libc::process_vm_readv(
+                pid,
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
         };
         if n < 0 && Errno::last() == Errno::EINTR {
             continue;
@@ -120,13 +152,21 @@ impl MemWriter {
     /// Open /proc/PID/mem read-write.
     pub fn open(pid: Pid) -> Result<Self> {
         let path = format!("/proc/{pid}/mem");
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
-            std::io::ErrorKind::PermissionDenied => {
-                Error::PermissionDenied { pid, uid_of_target: procfs::target_uid(pid) }
-            }
-            _ => Error::Io { what: format!("opening {path}"), source: e },
-        })?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
+                std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                    pid,
+                    uid_of_target: procfs::target_uid(pid),
+                },
+                _ => Error::Io {
+                    what: format!("opening {path}"),
+                    source: e,
+                },
+            })?;
         Ok(MemWriter { pid, file })
     }
 
@@ -163,7 +203,12 @@ impl MemWriter {
         while done < len {
             match self.file.read_at(&mut buf[done..], addr + done as u64) {
                 Ok(0) => {
-                    return Err(Error::Memory { pid: self.pid, addr, len, detail: format!("short read of {done} bytes") })
+                    return Err(Error::Memory {
+                        pid: self.pid,
+                        addr,
+                        len,
+                        detail: format!("short read of {done} bytes"),
+                    })
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -176,7 +221,10 @@ impl MemWriter {
     fn err(&self, addr: u64, len: usize, e: std::io::Error) -> Error {
         match e.raw_os_error() {
             Some(code) => mem_err(self.pid, addr, len, Errno::from_raw(code)),
-            None => Error::Io { what: format!("accessing /proc/{}/mem at {addr:#x}", self.pid), source: e },
+            None => Error::Io {
+                what: format!("accessing /proc/{}/mem at {addr:#x}", self.pid),
+                source: e,
+            },
         }
     }
 }

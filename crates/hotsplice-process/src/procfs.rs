@@ -46,7 +46,10 @@ impl Mapping {
 fn io_err(pid: Pid, what: String, e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
-        std::io::ErrorKind::PermissionDenied => Error::PermissionDenied { pid, uid_of_target: target_uid(pid) },
+        std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+            pid,
+            uid_of_target: target_uid(pid),
+        },
         _ => {
             if e.raw_os_error() == Some(libc::ESRCH) {
                 Error::NoSuchProcess { pid }
@@ -93,7 +96,11 @@ pub fn parse_maps_line(line: &str) -> Option<Mapping> {
         offset: u64::from_str_radix(offset, 16).ok()?,
         dev: dev.to_string(),
         inode: inode.parse().ok()?,
-        path: if path.is_empty() { None } else { Some(path.to_string()) },
+        path: if path.is_empty() {
+            None
+        } else {
+            Some(path.to_string())
+        },
     })
 }
 
@@ -108,7 +115,10 @@ pub fn read_maps(pid: Pid) -> Result<Vec<Mapping>> {
         match parse_maps_line(line) {
             Some(m) => out.push(m),
             None => {
-                return Err(Error::Unexpected { tid: pid, detail: format!("malformed /proc/{pid}/maps line: {line:?}") })
+                return Err(Error::Unexpected {
+                    tid: pid,
+                    detail: format!("malformed /proc/{pid}/maps line: {line:?}"),
+                })
             }
         }
     }
@@ -131,11 +141,14 @@ pub fn thread_ids(pid: Pid) -> Result<Vec<Pid>> {
 
 /// The `comm` of a process (or thread id), without trailing newline; `None` if unreadable.
 pub fn process_name(pid: Pid) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end_matches('\n').to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
 }
 
 fn status_field(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
 }
 
 /// TracerPid of `pid` (a thread id of the tracer), `None` if not traced.
@@ -145,17 +158,28 @@ pub fn tracer_pid(pid: Pid) -> Result<Option<Pid>> {
 
 /// TracerPid of thread `tid` of process `pid`.
 pub(crate) fn tracer_of(pid: Pid, tid: Pid) -> Result<Option<Pid>> {
-    let text = if tid == pid { read_proc(pid, "status")? } else { read_proc(pid, &format!("task/{tid}/status"))? };
+    let text = if tid == pid {
+        read_proc(pid, "status")?
+    } else {
+        read_proc(pid, &format!("task/{tid}/status"))?
+    };
     let v = status_field(&text, "TracerPid:")
         .and_then(|v| v.parse::<Pid>().ok())
-        .ok_or_else(|| Error::Unexpected { tid, detail: "no TracerPid in /proc status".into() })?;
+        .ok_or_else(|| Error::Unexpected {
+            tid,
+            detail: "no TracerPid in /proc status".into(),
+        })?;
     Ok(if v == 0 { None } else { Some(v) })
 }
 
 /// Real uid of the target, if readable.
 pub(crate) fn target_uid(pid: Pid) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status_field(&text, "Uid:")?.split_whitespace().next()?.parse().ok()
+    status_field(&text, "Uid:")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Scheduler state letter of thread `tid` of `pid` ('R', 'S', 'Z', 't', ...).
@@ -167,8 +191,11 @@ pub(crate) fn thread_state(pid: Pid, tid: Pid) -> Option<char> {
 
 /// All numeric entries of /proc (process ids visible to us).
 pub fn all_pids() -> Vec<Pid> {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
-    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Pid>().ok()).collect()
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Pid>().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -177,25 +204,38 @@ mod tests {
 
     #[test]
     fn parses_lines() {
-        let m = parse_maps_line("7f00-7f10 r-xp 00001000 fd:01 1234     /usr/lib/x y (deleted)").unwrap();
-        assert_eq!((m.start, m.end, m.read, m.write, m.exec, m.shared), (0x7f00, 0x7f10, true, false, true, false));
+        let m = parse_maps_line("7f00-7f10 r-xp 00001000 fd:01 1234     /usr/lib/x y (deleted)")
+            .unwrap();
+        assert_eq!(
+            (m.start, m.end, m.read, m.write, m.exec, m.shared),
+            (0x7f00, 0x7f10, true, false, true, false)
+        );
         assert_eq!(m.offset, 0x1000);
         assert_eq!(m.dev, "fd:01");
         assert_eq!(m.inode, 1234);
         assert_eq!(m.path.as_deref(), Some("/usr/lib/x y (deleted)"));
         let a = parse_maps_line("1000-2000 rw-s 00000000 00:00 0 ").unwrap();
         assert!(a.shared && a.path.is_none());
-        let v = parse_maps_line("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]").unwrap();
+        let v = parse_maps_line(
+            "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]",
+        )
+        .unwrap();
         assert_eq!(v.path.as_deref(), Some("[vsyscall]"));
     }
 
     #[test]
     fn self_info() {
         let me = std::process::id() as Pid;
-        assert!(read_maps(me).unwrap().iter().any(|m| m.path.as_deref() == Some("[stack]")));
+        assert!(read_maps(me)
+            .unwrap()
+            .iter()
+            .any(|m| m.path.as_deref() == Some("[stack]")));
         assert!(thread_ids(me).unwrap().contains(&me));
         assert!(all_pids().contains(&me));
         assert!(process_name(me).is_some());
-        assert!(matches!(read_maps(0x7fff_fff0), Err(Error::NoSuchProcess { .. })));
+        assert!(matches!(
+            read_maps(0x7fff_fff0),
+            Err(Error::NoSuchProcess { .. })
+        ));
     }
 }

@@ -34,15 +34,22 @@ pub struct RemoteThread<'a> {
 
 impl std::fmt::Debug for RemoteThread<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteThread").field("pid", &self.pid).field("tid", &self.tid).finish()
+        f.debug_struct("RemoteThread")
+            .field("pid", &self.pid)
+            .field("tid", &self.tid)
+            .finish()
     }
 }
 
 fn set_args(r: &mut libc::user_regs_struct, args: &[u64], syscall: bool) {
     let mut slots: [&mut u64; 6] = if syscall {
-        [&mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8, &mut r.r9]
+        [
+            &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8, &mut r.r9,
+        ]
     } else {
-        [&mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9]
+        [
+            &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9,
+        ]
     };
     for (slot, &a) in slots.iter_mut().zip(args) {
         **slot = a;
@@ -87,7 +94,10 @@ impl<'a> RemoteThread<'a> {
     }
 
     fn mem(&self) -> Result<&MemWriter> {
-        self.mem.as_ref().ok_or(Error::PermissionDenied { pid: self.pid, uid_of_target: procfs::target_uid(self.pid) })
+        self.mem.as_ref().ok_or(Error::PermissionDenied {
+            pid: self.pid,
+            uid_of_target: procfs::target_uid(self.pid),
+        })
     }
 
     /// Write bytes into the target (through /proc/PID/mem, so also into read-only pages).
@@ -132,14 +142,26 @@ impl<'a> RemoteThread<'a> {
     }
 
     fn resume(&mut self, step: bool) -> Result<()> {
-        let r = if step { sys::singlestep(self.tid, 0) } else { sys::cont(self.tid, 0) };
+        let r = if step {
+            sys::singlestep(self.tid, 0)
+        } else {
+            sys::cont(self.tid, 0)
+        };
         match r {
             Ok(()) => Ok(()),
             Err(Errno::ESRCH) => {
                 let _ = wait_tid(self.tid, 0);
                 Err(self.gone())
             }
-            Err(e) => Err(perr(if step { "PTRACE_SINGLESTEP" } else { "PTRACE_CONT" }, self.tid, e)),
+            Err(e) => Err(perr(
+                if step {
+                    "PTRACE_SINGLESTEP"
+                } else {
+                    "PTRACE_CONT"
+                },
+                self.tid,
+                e,
+            )),
         }
     }
 
@@ -171,7 +193,9 @@ impl<'a> RemoteThread<'a> {
         }
         let maps = procfs::read_maps(self.pid)?;
         let vdso = maps.iter().filter(|m| m.path.as_deref() == Some("[vdso]"));
-        let others = maps.iter().filter(|m| m.exec && m.read && m.path.as_deref() != Some("[vdso]"));
+        let others = maps
+            .iter()
+            .filter(|m| m.exec && m.read && m.path.as_deref() != Some("[vdso]"));
         for m in vdso.chain(others) {
             let len = m.len().min(4 << 20) as usize;
             let data = match crate::read_memory(self.pid, m.start, len) {
@@ -205,7 +229,10 @@ impl<'a> RemoteThread<'a> {
     pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<u64> {
         self.check()?;
         if args.len() > 6 {
-            return Err(Error::Unexpected { tid: self.tid, detail: format!("syscall {nr}: more than 6 arguments") });
+            return Err(Error::Unexpected {
+                tid: self.tid,
+                detail: format!("syscall {nr}: more than 6 arguments"),
+            });
         }
         let g = self.gadget()?;
         let mut r = self.saved;
@@ -247,7 +274,10 @@ impl<'a> RemoteThread<'a> {
         })?;
         let v = rax as i64;
         if (-4095..0).contains(&v) {
-            return Err(Error::RemoteSyscallFailed { nr, errno: (-v) as i32 });
+            return Err(Error::RemoteSyscallFailed {
+                nr,
+                errno: (-v) as i32,
+            });
         }
         Ok(rax)
     }
@@ -262,7 +292,10 @@ impl<'a> RemoteThread<'a> {
     pub fn call(&mut self, func: u64, args: &[u64]) -> Result<u64> {
         self.check()?;
         if args.len() > 6 {
-            return Err(Error::Unexpected { tid: self.tid, detail: "call: more than 6 arguments".into() });
+            return Err(Error::Unexpected {
+                tid: self.tid,
+                detail: "call: more than 6 arguments".into(),
+            });
         }
         let xstate = sys::get_xstate(self.tid);
         let sp = ((self.saved.rsp - 1024) & !0xf) - 8;
@@ -276,12 +309,17 @@ impl<'a> RemoteThread<'a> {
         set_args(&mut r, args, false);
         self.setregs(&r)?;
         let outcome: Result<u64> = loop {
-            if let Err(e) = self.resume(false) {
-                return Err(e);
-            }
+            self.resume(false)?;
             match self.wait() {
                 Err(e) => return Err(e),
-                Ok(Ev::Signal(sig @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP | libc::SIGABRT))) => {
+                Ok(Ev::Signal(
+                    sig @ (libc::SIGSEGV
+                    | libc::SIGBUS
+                    | libc::SIGILL
+                    | libc::SIGFPE
+                    | libc::SIGTRAP
+                    | libc::SIGABRT),
+                )) => {
                     self.in_signal_stop = true;
                     let cur = self.getregs()?;
                     if sig == libc::SIGSEGV && cur.rip == 0 {
@@ -313,12 +351,17 @@ impl<'a> RemoteThread<'a> {
     /// Anonymous `mmap(addr, len, prot, flags, -1, 0)` in the target; returns the address.
     /// With `MAP_FIXED_NOREPLACE` in `flags`, a result different from `addr` is an error.
     pub fn mmap(&mut self, addr: u64, len: u64, prot: i32, flags: i32) -> Result<u64> {
-        let r = self.syscall(libc::SYS_mmap, &[addr, len, prot as u64, flags as u32 as u64, u64::MAX, 0])?;
+        let r = self.syscall(
+            libc::SYS_mmap,
+            &[addr, len, prot as u64, flags as u32 as u64, u64::MAX, 0],
+        )?;
         if flags & libc::MAP_FIXED_NOREPLACE != 0 && r != addr {
             let _ = self.munmap(r, len);
             return Err(Error::Unexpected {
                 tid: self.tid,
-                detail: format!("kernel ignored MAP_FIXED_NOREPLACE: mapped at {r:#x} instead of {addr:#x}"),
+                detail: format!(
+                    "kernel ignored MAP_FIXED_NOREPLACE: mapped at {r:#x} instead of {addr:#x}"
+                ),
             });
         }
         Ok(r)
@@ -331,7 +374,8 @@ impl<'a> RemoteThread<'a> {
 
     /// `mprotect(addr, len, prot)` in the target.
     pub fn mprotect(&mut self, addr: u64, len: u64, prot: i32) -> Result<()> {
-        self.syscall(libc::SYS_mprotect, &[addr, len, prot as u64]).map(drop)
+        self.syscall(libc::SYS_mprotect, &[addr, len, prot as u64])
+            .map(drop)
     }
 
     /// Name an anonymous mapping (`prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, ...)`), shown as
@@ -340,10 +384,16 @@ impl<'a> RemoteThread<'a> {
     /// on the thread's stack below the red zone.
     pub fn name_mapping(&mut self, addr: u64, len: u64, name: &str) -> Result<bool> {
         self.check()?;
-        if name.len() >= 80 || !name.bytes().all(|b| (0x20..0x7f).contains(&b) && !b"[]\\$`".contains(&b)) {
+        if name.len() >= 80
+            || !name
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && !b"[]\\$`".contains(&b))
+        {
             return Err(Error::Unexpected {
                 tid: self.tid,
-                detail: format!("invalid mapping name {name:?} (max 79 printable chars, no [ ] \\ $ `)"),
+                detail: format!(
+                    "invalid mapping name {name:?} (max 79 printable chars, no [ ] \\ $ `)"
+                ),
             });
         }
         let mut bytes = name.as_bytes().to_vec();
@@ -353,14 +403,25 @@ impl<'a> RemoteThread<'a> {
         let str_addr = if self.mem()?.write(str_addr, &bytes).is_ok() {
             str_addr
         } else {
-            let page = self.mmap(0, 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)?;
+            let page = self.mmap(
+                0,
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            )?;
             scratch = Some(page);
             self.mem()?.write(page, &bytes)?;
             page
         };
         let r = self.syscall(
             libc::SYS_prctl,
-            &[libc::PR_SET_VMA as u64, libc::PR_SET_VMA_ANON_NAME as u64, addr, len, str_addr],
+            &[
+                libc::PR_SET_VMA as u64,
+                libc::PR_SET_VMA_ANON_NAME as u64,
+                addr,
+                len,
+                str_addr,
+            ],
         );
         if let Some(p) = scratch {
             let _ = self.munmap(p, 4096);

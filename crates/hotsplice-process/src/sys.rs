@@ -11,7 +11,12 @@ pub(crate) const NT_X86_XSTATE: usize = 0x202;
 
 /// Raw ptrace; `Err(errno)` on -1.
 #[inline]
-pub(crate) fn ptrace(req: c_uint, tid: Pid, addr: usize, data: usize) -> Result<libc::c_long, Errno> {
+pub(crate) fn ptrace(
+    req: c_uint,
+    tid: Pid,
+    addr: usize,
+    data: usize,
+) -> Result<libc::c_long, Errno> {
     // SAFETY: all requests used by this crate take integer or valid pointer arguments supplied by callers.
     let r = unsafe { libc::ptrace(req, tid, addr as *mut c_void, data as *mut c_void) };
     if r == -1 {
@@ -72,15 +77,33 @@ pub(crate) fn geteventmsg(tid: Pid) -> Result<u64, Errno> {
 /// Save the extended FPU state (XSAVE area); `None` if unsupported.
 pub(crate) fn get_xstate(tid: Pid) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut _ as usize).ok()?;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    ptrace(
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_X86_XSTATE,
+        &mut iov as *mut _ as usize,
+    )
+    .ok()?;
     buf.truncate(iov.iov_len);
     Some(buf)
 }
 
 pub(crate) fn set_xstate(tid: Pid, buf: &[u8]) -> Result<(), Errno> {
-    let iov = libc::iovec { iov_base: buf.as_ptr() as *mut c_void, iov_len: buf.len() };
-    ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &iov as *const _ as usize).map(drop)
+    let iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut c_void,
+        iov_len: buf.len(),
+    };
+    ptrace(
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_X86_XSTATE,
+        &iov as *const _ as usize,
+    )
+    .map(drop)
 }
 
 /// waitpid(tid, __WALL | extra), retrying EINTR. `Ok(None)` only with WNOHANG and nothing ready.
@@ -135,7 +158,10 @@ pub(crate) fn classify(st: c_int) -> Ev {
 
 #[inline]
 pub(crate) fn is_stop_signal(sig: c_int) -> bool {
-    matches!(sig, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
 }
 
 pub(crate) fn gettid() -> Pid {

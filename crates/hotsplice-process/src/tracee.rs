@@ -116,7 +116,11 @@ impl Tracee {
             return Err(Error::NoSuchProcess { pid });
         }
         if let Some(t) = procfs::tracer_pid(pid)? {
-            return Err(Error::AlreadyTraced { pid, tracer_pid: t, tracer_name: procfs::process_name(t) });
+            return Err(Error::AlreadyTraced {
+                pid,
+                tracer_pid: t,
+                tracer_name: procfs::process_name(t),
+            });
         }
         let me = sys::gettid();
         let mut tr = Tracee {
@@ -133,7 +137,9 @@ impl Tracee {
         loop {
             let tids = match procfs::thread_ids(pid) {
                 Ok(t) => t,
-                Err(Error::NoSuchProcess { .. }) if tr.threads.is_empty() => return Err(Error::NoSuchProcess { pid }),
+                Err(Error::NoSuchProcess { .. }) if tr.threads.is_empty() => {
+                    return Err(Error::NoSuchProcess { pid })
+                }
                 Err(Error::NoSuchProcess { .. }) => return Err(tr.process_gone()),
                 Err(e) => return Err(e),
             };
@@ -148,8 +154,16 @@ impl Tracee {
                     continue;
                 }
                 new = true;
-                match sys::ptrace(libc::PTRACE_SEIZE, tid, 0, libc::PTRACE_O_TRACECLONE as usize) {
-                    Ok(_) => tr.threads.push(Thread { tid, st: St::Running }),
+                match sys::ptrace(
+                    libc::PTRACE_SEIZE,
+                    tid,
+                    0,
+                    libc::PTRACE_O_TRACECLONE as usize,
+                ) {
+                    Ok(_) => tr.threads.push(Thread {
+                        tid,
+                        st: St::Running,
+                    }),
                     Err(Errno::ESRCH) => {
                         if tid == pid && tr.threads.is_empty() {
                             return Err(Error::NoSuchProcess { pid });
@@ -157,9 +171,16 @@ impl Tracee {
                     }
                     Err(Errno::EPERM) => match procfs::tracer_of(pid, tid) {
                         // Auto-attached because its creator was already seized by us.
-                        Ok(Some(t)) if t == me => tr.threads.push(Thread { tid, st: St::AwaitInitial }),
+                        Ok(Some(t)) if t == me => tr.threads.push(Thread {
+                            tid,
+                            st: St::AwaitInitial,
+                        }),
                         Ok(Some(t)) => {
-                            return Err(Error::AlreadyTraced { pid, tracer_pid: t, tracer_name: procfs::process_name(t) })
+                            return Err(Error::AlreadyTraced {
+                                pid,
+                                tracer_pid: t,
+                                tracer_name: procfs::process_name(t),
+                            })
                         }
                         Ok(None) => match procfs::thread_state(pid, tid) {
                             Some('Z') | Some('X') | None => {
@@ -168,7 +189,10 @@ impl Tracee {
                                 }
                             }
                             Some(_) => {
-                                return Err(Error::PermissionDenied { pid, uid_of_target: procfs::target_uid(pid) })
+                                return Err(Error::PermissionDenied {
+                                    pid,
+                                    uid_of_target: procfs::target_uid(pid),
+                                })
                             }
                         },
                         Err(_) => {}
@@ -202,7 +226,11 @@ impl Tracee {
 
     /// Thread ids currently known (traced).
     pub fn tids(&self) -> Vec<Pid> {
-        self.threads.iter().filter(|t| t.st != St::Dead).map(|t| t.tid).collect()
+        self.threads
+            .iter()
+            .filter(|t| t.st != St::Dead)
+            .map(|t| t.tid)
+            .collect()
     }
 
     /// A lazily opened writer on /proc/PID/mem (shared with remote calls).
@@ -231,13 +259,18 @@ impl Tracee {
 
     #[inline]
     fn known(&self, tid: Pid) -> bool {
-        self.threads.iter().any(|t| t.tid == tid && t.st != St::Dead)
+        self.threads
+            .iter()
+            .any(|t| t.tid == tid && t.st != St::Dead)
     }
 
     /// Record a thread created by a traced thread (it starts in a pending initial stop).
     fn adopt(&mut self, tid: Pid) {
         if tid > 0 && !self.known(tid) {
-            self.threads.push(Thread { tid, st: St::AwaitInitial });
+            self.threads.push(Thread {
+                tid,
+                st: St::AwaitInitial,
+            });
         }
     }
 
@@ -257,6 +290,7 @@ impl Tracee {
             };
         }
         let mut spins: u32 = 0;
+        let mut since: Option<std::time::Instant> = None;
         loop {
             match wait_tid(tid, libc::WNOHANG) {
                 Ok(Some(s)) => return Ok(Some(s)),
@@ -269,8 +303,15 @@ impl Tracee {
                 std::hint::spin_loop();
                 continue;
             }
-            if spins % 2048 == 0 && self.rescue_leader_wait() {
-                return Ok(None);
+            if spins & 255 == 0 {
+                // Only if the leader has not reported for a long time (never in a healthy window).
+                let start = *since.get_or_insert_with(std::time::Instant::now);
+                if start.elapsed() > std::time::Duration::from_millis(50) {
+                    if self.rescue_leader_wait() {
+                        return Ok(None);
+                    }
+                    since = Some(std::time::Instant::now());
+                }
             }
             // SAFETY: trivial syscall.
             unsafe { libc::sched_yield() };
@@ -281,32 +322,44 @@ impl Tracee {
     /// (they block the leader's exit report), adopt unknown stopped ones, and detect a zombie
     /// leader whose other threads still live. Returns true if the leader is such a zombie.
     fn rescue_leader_wait(&mut self) -> bool {
-        let Ok(tids) = procfs::thread_ids(self.pid) else { return false };
-        let mut others_alive = false;
+        let Ok(tids) = procfs::thread_ids(self.pid) else {
+            return false;
+        };
+        let known: HashSet<Pid> = self
+            .threads
+            .iter()
+            .filter(|t| t.st != St::Dead)
+            .map(|t| t.tid)
+            .collect();
         for &tid in &tids {
-            if tid == self.pid {
-                continue;
-            }
-            if !self.known(tid) {
+            if tid != self.pid && !known.contains(&tid) {
                 if let Ok(Some(st)) = wait_tid(tid, libc::WNOHANG) {
                     if classify(st) != Ev::Exited {
-                        self.threads.push(Thread { tid, st: St::AwaitInitial });
+                        self.threads.push(Thread {
+                            tid,
+                            st: St::AwaitInitial,
+                        });
                     }
-                    continue;
                 }
             }
-            if !matches!(procfs::thread_state(self.pid, tid), Some('Z') | Some('X') | None) {
-                others_alive = true;
-            }
         }
-        if others_alive && procfs::thread_state(self.pid, self.pid) == Some('Z') {
+        if procfs::thread_state(self.pid, self.pid) != Some('Z') {
+            return false;
+        }
+        let others_alive = tids.iter().any(|&t| {
+            t != self.pid
+                && !matches!(
+                    procfs::thread_state(self.pid, t),
+                    Some('Z') | Some('X') | None
+                )
+        });
+        if others_alive {
             self.leader_zombie = true;
             if let Some(l) = self.threads.iter_mut().find(|t| t.tid == self.pid) {
                 l.st = St::Dead;
             }
-            return true;
         }
-        false
+        others_alive
     }
 
     /// Handle a stop of a thread we did NOT interrupt (outside the window): let it go on.
@@ -434,7 +487,10 @@ impl Tracee {
     /// stopped are resumed.
     pub fn stop_all(&mut self) -> Result<StopWindow<'_>> {
         self.collect(true)?;
-        Ok(StopWindow { tracee: self, done: false })
+        Ok(StopWindow {
+            tracee: self,
+            done: false,
+        })
     }
 
     fn collect(&mut self, read_regs: bool) -> Result<()> {
@@ -452,7 +508,12 @@ impl Tracee {
             }
             return Err(e);
         }
-        if self.leader_zombie && self.threads.iter().all(|t| t.st == St::Dead || t.tid == self.pid) {
+        if self.leader_zombie
+            && self
+                .threads
+                .iter()
+                .all(|t| t.st == St::Dead || t.tid == self.pid)
+        {
             // Every thread is gone; the zombie leader can now be reaped.
             let _ = wait_tid(self.pid, 0);
             return Err(self.process_gone());
@@ -487,7 +548,10 @@ impl Tracee {
     fn collect_one(&mut self, i: usize, read_regs: bool) -> Result<()> {
         let tid = self.threads[i].tid;
         loop {
-            if !matches!(self.threads[i].st, St::Running | St::AwaitInitial | St::Dying) {
+            if !matches!(
+                self.threads[i].st,
+                St::Running | St::AwaitInitial | St::Dying
+            ) {
                 return Ok(());
             }
             let st = match self.wait_thread(tid)? {
@@ -570,7 +634,15 @@ impl Tracee {
                 Ok(()) => t.st = if detach { St::Dead } else { St::Running },
                 Err(Errno::ESRCH) => t.st = St::Dying,
                 Err(e) => {
-                    first_err.get_or_insert(perr(if detach { "PTRACE_DETACH" } else { "PTRACE_CONT" }, t.tid, e));
+                    first_err.get_or_insert(perr(
+                        if detach {
+                            "PTRACE_DETACH"
+                        } else {
+                            "PTRACE_CONT"
+                        },
+                        t.tid,
+                        e,
+                    ));
                 }
             }
         }
@@ -690,12 +762,18 @@ impl Tracee {
                 Ev::Other => sig = 0,
             }
         }
-        Err(Error::Unexpected { tid, detail: "thread never reached an interrupt stop".into() })
+        Err(Error::Unexpected {
+            tid,
+            detail: "thread never reached an interrupt stop".into(),
+        })
     }
 
     /// Borrow one thread (the leader if possible): interrupt it, wait, run `f`, restore its
     /// registers exactly and let it continue. For remote syscalls/calls outside the stop window.
-    pub fn with_thread<R>(&mut self, f: impl FnOnce(&mut RemoteThread<'_>) -> Result<R>) -> Result<R> {
+    pub fn with_thread<R>(
+        &mut self,
+        f: impl FnOnce(&mut RemoteThread<'_>) -> Result<R>,
+    ) -> Result<R> {
         self.with_thread_inner(None, f)
     }
 
@@ -747,9 +825,14 @@ impl Tracee {
     fn borrow(&mut self, want: Option<Pid>) -> Result<(usize, libc::user_regs_struct)> {
         loop {
             let i = match want {
-                Some(w) => self.threads.iter().position(|t| t.tid == w && t.st == St::Running).ok_or_else(|| {
-                    Error::Unexpected { tid: w, detail: format!("not a live traced thread of process {}", self.pid) }
-                })?,
+                Some(w) => self
+                    .threads
+                    .iter()
+                    .position(|t| t.tid == w && t.st == St::Running)
+                    .ok_or_else(|| Error::Unexpected {
+                        tid: w,
+                        detail: format!("not a live traced thread of process {}", self.pid),
+                    })?,
                 None => match self
                     .threads
                     .iter()
@@ -815,7 +898,10 @@ impl Tracee {
             }
             self.compact();
             if let Some(w) = want {
-                return Err(Error::Unexpected { tid: w, detail: "thread exited".into() });
+                return Err(Error::Unexpected {
+                    tid: w,
+                    detail: "thread exited".into(),
+                });
             }
         }
     }
@@ -854,7 +940,10 @@ pub struct StopWindow<'a> {
 
 impl std::fmt::Debug for StopWindow<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StopWindow").field("pid", &self.tracee.pid).field("threads", &self.tracee.stopped).finish()
+        f.debug_struct("StopWindow")
+            .field("pid", &self.tracee.pid)
+            .field("threads", &self.tracee.stopped)
+            .finish()
     }
 }
 

@@ -26,7 +26,7 @@ fn seize_stop_detach_single_thread_keeps_ticking() {
     let pid = t.pid();
     let before = tick_no(&t.ticks(2, T));
     let mut tr = Tracee::seize(pid).unwrap();
-    assert_eq!(tracer_pid(pid).unwrap().is_some(), true);
+    assert_eq!(tracer_pid(pid).unwrap(), Some(unsafe { libc::gettid() }));
     for _ in 0..10 {
         let w = tr.stop_all().unwrap();
         assert_eq!(w.threads().len(), 2);
@@ -41,7 +41,11 @@ fn seize_stop_detach_single_thread_keeps_ticking() {
     assert_eq!(tracer_pid(pid).unwrap(), None);
     let after = tick_no(&t.ticks(5, T));
     assert!(after >= before + 5);
-    assert!(t.seen_containing("ERROR").is_empty(), "{:?}", t.seen_containing("ERROR"));
+    assert!(
+        t.seen_containing("ERROR").is_empty(),
+        "{:?}",
+        t.seen_containing("ERROR")
+    );
 }
 
 #[test]
@@ -54,12 +58,13 @@ fn remote_mmap_in_blocked_threads_and_syscall_restart() {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     // Thread blocked in read() on a pipe.
-    let a = tr.with_specific_thread(reader, |rt| {
-        assert_eq!(rt.tid(), reader);
-        assert_eq!(rt.regs().orig_rax, libc::SYS_read as u64);
-        rt.mmap(0, 8192, prot, flags)
-    })
-    .unwrap();
+    let a = tr
+        .with_specific_thread(reader, |rt| {
+            assert_eq!(rt.tid(), reader);
+            assert_eq!(rt.regs().orig_rax, libc::SYS_read as u64);
+            rt.mmap(0, 8192, prot, flags)
+        })
+        .unwrap();
     // Main thread blocked in nanosleep (the leader).
     let (b, named, fixed) = tr
         .with_thread(|rt| {
@@ -67,10 +72,20 @@ fn remote_mmap_in_blocked_threads_and_syscall_restart() {
             let b = rt.mmap(0, 4096, prot, flags)?;
             let named = rt.name_mapping(b, 4096, "hotsplice-test")?;
             let hint = b + 0x10_0000_0000;
-            let fixed = rt.mmap(hint, 4096, libc::PROT_READ, flags | libc::MAP_FIXED_NOREPLACE)?;
+            let fixed = rt.mmap(
+                hint,
+                4096,
+                libc::PROT_READ,
+                flags | libc::MAP_FIXED_NOREPLACE,
+            )?;
             assert_eq!(fixed, hint);
             // Occupied: EEXIST.
-            match rt.mmap(hint, 4096, libc::PROT_READ, flags | libc::MAP_FIXED_NOREPLACE) {
+            match rt.mmap(
+                hint,
+                4096,
+                libc::PROT_READ,
+                flags | libc::MAP_FIXED_NOREPLACE,
+            ) {
                 Err(Error::RemoteSyscallFailed { errno, .. }) => assert_eq!(errno, libc::EEXIST),
                 other => panic!("expected EEXIST, got {other:?}"),
             }
@@ -79,13 +94,22 @@ fn remote_mmap_in_blocked_threads_and_syscall_restart() {
         })
         .unwrap();
     let maps = read_maps(pid).unwrap();
-    let ma = maps.iter().find(|m| m.contains(a)).expect("mapping a present");
+    let ma = maps
+        .iter()
+        .find(|m| m.contains(a))
+        .expect("mapping a present");
     assert!(ma.end - a >= 8192 && ma.read && ma.write && !ma.exec && ma.path.is_none());
-    let mb = maps.iter().find(|m| m.contains(b)).expect("mapping b present");
+    let mb = maps
+        .iter()
+        .find(|m| m.contains(b))
+        .expect("mapping b present");
     if named {
         assert_eq!(mb.path.as_deref(), Some("[anon:hotsplice-test]"));
     }
-    let mf = maps.iter().find(|m| m.contains(fixed)).expect("fixed mapping present");
+    let mf = maps
+        .iter()
+        .find(|m| m.contains(fixed))
+        .expect("fixed mapping present");
     assert!(mf.write);
     // The mapping is usable memory.
     let w = MemWriter::open(pid).unwrap();
@@ -100,7 +124,11 @@ fn remote_mmap_in_blocked_threads_and_syscall_restart() {
     let n0 = tick_no(&t.ticks(1, T));
     let n1 = tick_no(&t.ticks(5, T));
     assert!(n1 >= n0 + 5);
-    assert!(t.seen_containing("ERROR").is_empty(), "{:?}", t.seen_containing("ERROR"));
+    assert!(
+        t.seen_containing("ERROR").is_empty(),
+        "{:?}",
+        t.seen_containing("ERROR")
+    );
 }
 
 #[test]
@@ -111,18 +139,26 @@ fn remote_call_returns_value() {
     let mut tr = Tracee::seize(pid).unwrap();
     let v = tr.with_thread(|rt| rt.call(add3, &[1, 2, 3])).unwrap();
     assert_eq!(v, 6);
-    let v = tr.with_specific_thread(reader, |rt| rt.call(add3, &[40, 1, 1])).unwrap();
+    let v = tr
+        .with_specific_thread(reader, |rt| rt.call(add3, &[40, 1, 1]))
+        .unwrap();
     assert_eq!(v, 42);
     // A crashing call is an error and the target survives.
     let e = tr.with_thread(|rt| rt.call(0x10, &[])).unwrap_err();
     assert!(matches!(e, Error::Unexpected { .. }), "{e}");
-    let v = tr.with_thread(|rt| rt.call(add3, &[u64::MAX, 0, 0])).unwrap();
+    let v = tr
+        .with_thread(|rt| rt.call(add3, &[u64::MAX, 0, 0]))
+        .unwrap();
     assert_eq!(v, u64::MAX);
     drop(tr);
     t.send("after-call\n");
     t.wait_for(T, |l| l == "echo after-call");
     t.ticks(3, T);
-    assert!(t.seen_containing("ERROR").is_empty(), "{:?}", t.seen_containing("ERROR"));
+    assert!(
+        t.seen_containing("ERROR").is_empty(),
+        "{:?}",
+        t.seen_containing("ERROR")
+    );
 }
 
 #[test]
@@ -131,7 +167,11 @@ fn memwriter_patches_readonly_text_in_window() {
     let (mut t, _add3, value, _reader) = start_basic(&dir, 1);
     let pid = t.pid();
     t.wait_for(T, |l| l.starts_with("tick ") && l.ends_with("value=7"));
-    let text = read_maps(pid).unwrap().into_iter().find(|m| m.contains(value)).unwrap();
+    let text = read_maps(pid)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.contains(value))
+        .unwrap();
     assert!(text.exec && !text.write, "{text:?}");
     let mut tr = Tracee::seize(pid).unwrap();
     let mut w = tr.stop_all().unwrap();
@@ -186,7 +226,10 @@ fn thread_churn_during_seize_and_stop() {
         assert_eq!(stopped.len(), w.threads().len(), "duplicate tids");
         let task = thread_ids(pid).unwrap();
         for tid in &task {
-            assert!(stopped.contains(tid), "thread {tid} in /proc/{pid}/task is not in the stopped set {stopped:?}");
+            assert!(
+                stopped.contains(tid),
+                "thread {tid} in /proc/{pid}/task is not in the stopped set {stopped:?}"
+            );
         }
         max_seen = max_seen.max(stopped.len());
         w.resume().unwrap();
@@ -217,7 +260,8 @@ fn signals_during_windows_are_delivered() {
         assert_eq!(w.threads().len(), 3);
         w.resume().unwrap();
         if i % 10 == 0 {
-            tr.with_thread(|rt| rt.syscall(libc::SYS_getpid, &[])).unwrap();
+            tr.with_thread(|rt| rt.syscall(libc::SYS_getpid, &[]))
+                .unwrap();
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -234,10 +278,17 @@ fn getpid_via_remote_syscall() {
     let (mut t, _, _, _) = start_basic(&dir, 0);
     let pid = t.pid();
     let mut tr = Tracee::seize(pid).unwrap();
-    let r = tr.with_thread(|rt| rt.syscall(libc::SYS_getpid, &[])).unwrap();
+    let r = tr
+        .with_thread(|rt| rt.syscall(libc::SYS_getpid, &[]))
+        .unwrap();
     assert_eq!(r as i32, pid);
-    let e = tr.with_thread(|rt| rt.syscall(libc::SYS_close, &[999_999])).unwrap_err();
-    assert!(matches!(e, Error::RemoteSyscallFailed { errno, .. } if errno == libc::EBADF), "{e}");
+    let e = tr
+        .with_thread(|rt| rt.syscall(libc::SYS_close, &[999_999]))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::RemoteSyscallFailed { errno, .. } if errno == libc::EBADF),
+        "{e}"
+    );
     drop(tr);
     t.ticks(3, T);
 }
@@ -245,10 +296,19 @@ fn getpid_via_remote_syscall() {
 #[test]
 fn error_no_such_process() {
     let e = Tracee::seize(0x7fff_fff0).unwrap_err();
-    assert!(matches!(e, Error::NoSuchProcess { pid: 0x7fff_fff0 }), "{e}");
+    assert!(
+        matches!(e, Error::NoSuchProcess { pid: 0x7fff_fff0 }),
+        "{e}"
+    );
     assert!(e.to_string().contains("2147483632"));
-    assert!(matches!(read_maps(0x7fff_fff0), Err(Error::NoSuchProcess { .. })));
-    assert!(matches!(read_memory(0x7fff_fff0, 0x1000, 4), Err(Error::NoSuchProcess { .. })));
+    assert!(matches!(
+        read_maps(0x7fff_fff0),
+        Err(Error::NoSuchProcess { .. })
+    ));
+    assert!(matches!(
+        read_memory(0x7fff_fff0, 0x1000, 4),
+        Err(Error::NoSuchProcess { .. })
+    ));
 }
 
 #[test]
@@ -260,7 +320,11 @@ fn error_already_traced_names_tracer() {
     tracer.wait_for(T, |l| l == "seized");
     let e = Tracee::seize(t.pid()).unwrap_err();
     match &e {
-        Error::AlreadyTraced { pid, tracer_pid, tracer_name } => {
+        Error::AlreadyTraced {
+            pid,
+            tracer_pid,
+            tracer_name,
+        } => {
             assert_eq!(*pid, t.pid());
             assert_eq!(*tracer_pid, tracer.pid());
             assert_eq!(tracer_name.as_deref(), Some("mytracer"));
@@ -268,7 +332,10 @@ fn error_already_traced_names_tracer() {
         other => panic!("expected AlreadyTraced, got {other:?}"),
     }
     let msg = e.to_string();
-    assert!(msg.contains("mytracer") && msg.contains(&tracer.pid().to_string()), "{msg}");
+    assert!(
+        msg.contains("mytracer") && msg.contains(&tracer.pid().to_string()),
+        "{msg}"
+    );
     drop(tracer);
     drop(t);
 }
@@ -282,9 +349,18 @@ fn process_killed_during_window_does_not_hang() {
     let w = tr.stop_all().unwrap();
     t.child.kill().unwrap();
     let r = w.resume();
-    assert!(r.is_ok() || matches!(r, Err(Error::ProcessExited { .. })), "{r:?}");
+    assert!(
+        r.is_ok() || matches!(r, Err(Error::ProcessExited { .. })),
+        "{r:?}"
+    );
     let r = tr.stop_all().map(|_| ());
-    assert!(matches!(r, Err(Error::ProcessExited { .. }) | Err(Error::Detached { .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(Error::ProcessExited { .. }) | Err(Error::Detached { .. })
+        ),
+        "{r:?}"
+    );
     drop(tr);
     // Nothing hangs; the process is gone (we are both its parent and its tracer, so the tracer's
     // waitpid may already have reaped it).

@@ -198,7 +198,12 @@ impl Target {
                 }
             }
         });
-        Target { child, stdin, lines: rx, seen: Vec::new() }
+        Target {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -217,14 +222,22 @@ impl Target {
                         return l;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => panic!("timeout waiting for output; last lines: {:?}", self.tail()),
-                Err(RecvTimeoutError::Disconnected) => panic!("target output closed; last lines: {:?}", self.tail()),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("timeout waiting for output; last lines: {:?}", self.tail())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("target output closed; last lines: {:?}", self.tail())
+                }
             }
         }
     }
 
     /// Try to wait for a line; `None` on timeout or EOF.
-    pub fn try_wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+    pub fn try_wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -268,7 +281,11 @@ impl Target {
 
     /// Lines seen so far containing `pat`.
     pub fn seen_containing(&self, pat: &str) -> Vec<String> {
-        self.seen.iter().filter(|l| l.contains(pat)).cloned().collect()
+        self.seen
+            .iter()
+            .filter(|l| l.contains(pat))
+            .cloned()
+            .collect()
     }
 }
 
@@ -281,9 +298,10 @@ impl Drop for Target {
 
 /// Parse `key=0x...` or `key=123` from a line.
 pub fn field(line: &str, key: &str) -> u64 {
-    let v = line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))).unwrap_or_else(|| {
-        panic!("no {key}= in {line:?}")
-    });
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
     match v.strip_prefix("0x") {
         Some(h) => u64::from_str_radix(h, 16).unwrap(),
         None => v.parse().unwrap(),
