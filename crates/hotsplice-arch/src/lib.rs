@@ -83,8 +83,12 @@ impl FieldKind {
         }
         // Computed modulo 2^64 as linkers do, then checked for the field.
         let value = match self {
-            FieldKind::Abs64 | FieldKind::Abs32 | FieldKind::Abs32S => sym.wrapping_add(addend as u64),
-            FieldKind::Pc32 | FieldKind::Pc64 => sym.wrapping_add(addend as u64).wrapping_sub(place),
+            FieldKind::Abs64 | FieldKind::Abs32 | FieldKind::Abs32S => {
+                sym.wrapping_add(addend as u64)
+            }
+            FieldKind::Pc32 | FieldKind::Pc64 => {
+                sym.wrapping_add(addend as u64).wrapping_sub(place)
+            }
         };
         let fits = match self {
             FieldKind::Abs64 | FieldKind::Pc64 => true,
@@ -92,9 +96,12 @@ impl FieldKind {
             FieldKind::Abs32S | FieldKind::Pc32 => i32::try_from(value as i64).is_ok(),
         };
         if !fits {
-            return Err(FieldError::Overflow { kind: self, value: value as i64 as i128 });
+            return Err(FieldError::Overflow {
+                kind: self,
+                value: value as i64 as i128,
+            });
         }
-        let bytes = (value as u64).to_le_bytes();
+        let bytes = value.to_le_bytes();
         buf[offset..offset + size].copy_from_slice(&bytes[..size]);
         Ok(())
     }
@@ -107,14 +114,21 @@ mod tests {
     #[test]
     fn pc32_field_is_relative_to_place() {
         let mut buf = [0u8; 8];
-        FieldKind::Pc32.write(&mut buf, 2, 0x1002, 0x2000, -4).unwrap();
-        assert_eq!(i32::from_le_bytes(buf[2..6].try_into().unwrap()), 0x2000 - 4 - 0x1002);
+        FieldKind::Pc32
+            .write(&mut buf, 2, 0x1002, 0x2000, -4)
+            .unwrap();
+        assert_eq!(
+            i32::from_le_bytes(buf[2..6].try_into().unwrap()),
+            0x2000 - 4 - 0x1002
+        );
     }
 
     #[test]
     fn overflowing_pc32_is_refused() {
         let mut buf = [0u8; 4];
-        let err = FieldKind::Pc32.write(&mut buf, 0, 0, 1 << 40, 0).unwrap_err();
+        let err = FieldKind::Pc32
+            .write(&mut buf, 0, 0, 1 << 40, 0)
+            .unwrap_err();
         assert!(matches!(err, FieldError::Overflow { .. }));
     }
 

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "hotsplice", version, about = "Live patching of running processes, without restarts")]
+#[command(
+    name = "hotsplice",
+    version,
+    about = "Live patching of running processes, without restarts"
+)]
 struct Cli {
     /// More output (repeat for debug logs).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -205,8 +209,10 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(true)
         }
         Command::Info { file, json } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let pf = PatchFile::parse(&bytes).with_context(|| format!("patch {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let pf =
+                PatchFile::parse(&bytes).with_context(|| format!("patch {}", file.display()))?;
             let m = &pf.patch.meta;
             if json {
                 let v = serde_json::json!({
@@ -225,10 +231,21 @@ fn run(cli: Cli) -> Result<bool> {
             } else {
                 println!("id:          {}", m.id);
                 println!("description: {}", m.description);
-                println!("target:      {} (build-id {}, {:?})", m.target.name, m.target.build_id, m.target.kind);
+                println!(
+                    "target:      {} (build-id {}, {:?})",
+                    m.target.name, m.target.build_id, m.target.kind
+                );
                 println!("made by:     {}", m.tool);
-                println!("signed:      {}", if pf.signature.is_some() { "yes" } else { "no" });
-                println!("code:        {} bytes, data {} bytes, {} relocations", m.code_size, m.data_size, m.relocations.len());
+                println!(
+                    "signed:      {}",
+                    if pf.signature.is_some() { "yes" } else { "no" }
+                );
+                println!(
+                    "code:        {} bytes, data {} bytes, {} relocations",
+                    m.code_size,
+                    m.data_size,
+                    m.relocations.len()
+                );
                 println!("replaces:");
                 for f in &m.functions {
                     println!(
@@ -236,7 +253,10 @@ fn run(cli: Cli) -> Result<bool> {
                         f.name,
                         f.vaddr,
                         f.size,
-                        f.file.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+                        f.file
+                            .as_ref()
+                            .map(|s| format!(" ({s})"))
+                            .unwrap_or_default()
                     );
                 }
                 if !m.symbols.is_empty() {
@@ -270,7 +290,10 @@ fn run_user(cmd: UserCommand, quiet: bool) -> Result<bool> {
                     None => {
                         let pids = engine::processes_mapping(&p.meta.target.build_id);
                         if pids.is_empty() && !quiet {
-                            eprintln!("hotsplice: no running process maps {} (build-id {})", p.meta.target.name, p.meta.target.build_id);
+                            eprintln!(
+                                "hotsplice: no running process maps {} (build-id {})",
+                                p.meta.target.name, p.meta.target.build_id
+                            );
                         }
                         jobs.extend(pids.into_iter().map(|pid| (pid, i)));
                     }
@@ -298,7 +321,12 @@ fn run_user(cmd: UserCommand, quiet: bool) -> Result<bool> {
             print_report("undid", &r, quiet);
             Ok(true)
         }
-        UserCommand::Remove { all, pid, ids, wait } => {
+        UserCommand::Remove {
+            all,
+            pid,
+            ids,
+            wait,
+        } => {
             if !all && ids.is_empty() {
                 bail!("say which patches to remove: IDs, or --all");
             }
@@ -309,7 +337,9 @@ fn run_user(cmd: UserCommand, quiet: bool) -> Result<bool> {
             };
             let mut jobs = Vec::new();
             for p in pids {
-                let Ok(applied) = engine::applied(p) else { continue };
+                let Ok(applied) = engine::applied(p) else {
+                    continue;
+                };
                 // Newest first, so stacked patches come off in order.
                 for h in applied.iter().rev() {
                     if all || ids.contains(&h.patch_id) {
@@ -368,14 +398,25 @@ fn run_user(cmd: UserCommand, quiet: bool) -> Result<bool> {
             } else if rows.is_empty() {
                 println!("no patches applied");
             } else {
-                println!("{:<8} {:<16} {:<9} {:<20} FUNCTIONS", "PID", "COMMAND", "ID", "TARGET");
+                println!(
+                    "{:<8} {:<16} {:<9} {:<20} FUNCTIONS",
+                    "PID", "COMMAND", "ID", "TARGET"
+                );
                 for (p, hs) in &rows {
                     if hs.is_empty() {
                         println!("{:<8} {:<16} (none)", p, comm(*p));
                     }
                     for h in hs {
-                        let names: Vec<&str> = h.functions.iter().map(|f| f.name.as_str()).collect();
-                        println!("{:<8} {:<16} {:<9} {:<20} {}", p, comm(*p), h.patch_id, h.target_name, names.join(","));
+                        let names: Vec<&str> =
+                            h.functions.iter().map(|f| f.name.as_str()).collect();
+                        println!(
+                            "{:<8} {:<16} {:<9} {:<20} {}",
+                            p,
+                            comm(*p),
+                            h.patch_id,
+                            h.target_name,
+                            names.join(",")
+                        );
                     }
                 }
             }
@@ -383,13 +424,18 @@ fn run_user(cmd: UserCommand, quiet: bool) -> Result<bool> {
         }
         UserCommand::ListTargets { json } => {
             let me = std::process::id() as i32;
-            let mut by_object: std::collections::BTreeMap<(String, String), Vec<i32>> = Default::default();
+            let mut by_object: std::collections::BTreeMap<(String, String), Vec<i32>> =
+                Default::default();
             for p in hotsplice_process::all_pids() {
                 if p == me {
                     continue;
                 }
-                let Ok(maps) = hotsplice_process::read_maps(p) else { continue };
-                let Ok(objs) = engine::loaded_objects(p, &maps) else { continue };
+                let Ok(maps) = hotsplice_process::read_maps(p) else {
+                    continue;
+                };
+                let Ok(objs) = engine::loaded_objects(p, &maps) else {
+                    continue;
+                };
                 for o in objs {
                     by_object.entry((o.path, o.build_id)).or_default().push(p);
                 }
@@ -436,7 +482,10 @@ fn run_parallel<J: Sync, T: Send>(
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("worker")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
     });
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(i, r)| (&jobs[i], r)).collect()
@@ -455,7 +504,12 @@ where
         .collect()
 }
 
-fn report_all<J>(verb: &str, results: Vec<(J, engine::Result<Report>)>, json: bool, quiet: bool) -> Result<bool> {
+fn report_all<J>(
+    verb: &str,
+    results: Vec<(J, engine::Result<Report>)>,
+    json: bool,
+    quiet: bool,
+) -> Result<bool> {
     let mut ok = true;
     let mut reports = Vec::new();
     for (_, r) in results {

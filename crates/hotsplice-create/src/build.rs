@@ -30,7 +30,10 @@ pub fn build_both(src: &Path, diff: &Path, work: &Path, cmd: &str) -> Result<Tre
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| build_tree("pre-fix", &pre, &bin, work, cmd));
         let b = s.spawn(|| build_tree("post-fix", &post, &bin, work, cmd));
-        (a.join().expect("build thread"), b.join().expect("build thread"))
+        (
+            a.join().expect("build thread"),
+            b.join().expect("build thread"),
+        )
     });
     Ok(Trees {
         pre_log: a?,
@@ -88,7 +91,13 @@ fn touch_all(dir: &Path, now: SystemTime, old: SystemTime) {
 
 fn apply_diff(tree: &Path, diff: &Path, src: &Path) -> Result<(), CreateError> {
     let out = Command::new("patch")
-        .args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-i"])
+        .args([
+            "-p1",
+            "--batch",
+            "--forward",
+            "--no-backup-if-mismatch",
+            "-i",
+        ])
         .arg(diff)
         .current_dir(tree)
         .output()

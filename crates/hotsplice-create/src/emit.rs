@@ -167,7 +167,9 @@ impl<'a> Emitter<'a> {
                 return Ok(Tgt::Sec(key, loc.sym_offset));
             }
             return Ok(match self.target_symbol(o, &anchor_sym.name) {
-                Some(ts) => Self::object_target(ts, loc.sym_offset as i64 - anchor_sym.value as i64),
+                Some(ts) => {
+                    Self::object_target(ts, loc.sym_offset as i64 - anchor_sym.value as i64)
+                }
                 None => {
                     // Not in the target (inlined everywhere there): carry a copy.
                     self.include(key);
@@ -205,7 +207,10 @@ impl<'a> Emitter<'a> {
             return Ok((sym.name.clone(), r.addend));
         }
         let sec = sym.section.ok_or_else(|| {
-            CreateError::Unsupported(format!("{}: TLS relocation without symbol", obj.path.display()))
+            CreateError::Unsupported(format!(
+                "{}: TLS relocation without symbol",
+                obj.path.display()
+            ))
         })?;
         let at = sym.value as i64 + r.addend;
         let anchor = obj.symbol_at(sec, at).ok_or_else(|| {
@@ -230,9 +235,14 @@ impl<'a> Emitter<'a> {
     }
 
     fn tls_got(&self, want: impl Fn(&TlsGot) -> bool) -> Option<u64> {
-        self.target.elf.tls_got.iter().find(|g| want(g)).map(|g| match g {
-            TlsGot::ModuleId { got, .. } | TlsGot::TpOffset { got, .. } => *got,
-        })
+        self.target
+            .elf
+            .tls_got
+            .iter()
+            .find(|g| want(g))
+            .map(|g| match g {
+                TlsGot::ModuleId { got, .. } | TlsGot::TpOffset { got, .. } => *got,
+            })
     }
 
     fn push(&mut self, at: SecKey, offset: u64, kind: FieldKind, target: Tgt, addend: i64) {
@@ -260,27 +270,55 @@ impl<'a> Emitter<'a> {
                 ElfReloc::TpOff32 => {
                     let (name, add) = self.tls_symbol(o, r)?;
                     let ts = self.target_tls(o, &name)?;
-                    let tpoff = self.target.elf.exec_tpoff(ts).filter(|_| self.target.elf.executable).ok_or_else(|| {
-                        CreateError::Unsupported(format!("local-exec TLS access to `{name}` outside an executable"))
-                    })?;
-                    let value = Tgt::Final(RelocTarget::Absolute { value: tpoff as u64 });
+                    let tpoff = self
+                        .target
+                        .elf
+                        .exec_tpoff(ts)
+                        .filter(|_| self.target.elf.executable)
+                        .ok_or_else(|| {
+                            CreateError::Unsupported(format!(
+                                "local-exec TLS access to `{name}` outside an executable"
+                            ))
+                        })?;
+                    let value = Tgt::Final(RelocTarget::Absolute {
+                        value: tpoff as u64,
+                    });
                     self.push(key, r.offset, FieldKind::Abs32S, value, add);
                 }
                 ElfReloc::DtpOff32 | ElfReloc::DtpOff64 => {
                     let (name, add) = self.tls_symbol(o, r)?;
                     let ts = self.target_tls(o, &name)?;
-                    let kind = if r.kind == ElfReloc::DtpOff32 { FieldKind::Abs32S } else { FieldKind::Abs64 };
+                    let kind = if r.kind == ElfReloc::DtpOff32 {
+                        FieldKind::Abs32S
+                    } else {
+                        FieldKind::Abs64
+                    };
                     let off = ts.value;
-                    self.push(key, r.offset, kind, Tgt::Final(RelocTarget::Absolute { value: off }), add);
+                    self.push(
+                        key,
+                        r.offset,
+                        kind,
+                        Tgt::Final(RelocTarget::Absolute { value: off }),
+                        add,
+                    );
                 }
                 ElfReloc::GotTpOff => {
                     let (name, _) = self.tls_symbol(o, r)?;
-                    let target = if let Some(got) = self.tls_got(|g| matches!(g, TlsGot::TpOffset { symbol, .. } if *symbol == name)) {
+                    let target = if let Some(got) = self.tls_got(
+                        |g| matches!(g, TlsGot::TpOffset { symbol, .. } if *symbol == name),
+                    ) {
                         Tgt::Final(RelocTarget::Object { vaddr: got })
                     } else {
                         let ts = self.target_tls(o, &name)?;
-                        let tpoff = self.target.elf.exec_tpoff(ts).filter(|_| self.target.elf.executable).ok_or_else(|| no_got("initial-exec TLS", &name))?;
-                        let slot = self.slot(Tgt::Final(RelocTarget::Absolute { value: tpoff as u64 }));
+                        let tpoff = self
+                            .target
+                            .elf
+                            .exec_tpoff(ts)
+                            .filter(|_| self.target.elf.executable)
+                            .ok_or_else(|| no_got("initial-exec TLS", &name))?;
+                        let slot = self.slot(Tgt::Final(RelocTarget::Absolute {
+                            value: tpoff as u64,
+                        }));
                         Tgt::Slot(slot)
                     };
                     self.push(key, r.offset, FieldKind::Pc32, target, r.addend);
@@ -288,15 +326,29 @@ impl<'a> Emitter<'a> {
                 ElfReloc::TlsGd => {
                     let (name, _) = self.tls_symbol(o, r)?;
                     let got = self
-                        .tls_got(|g| matches!(g, TlsGot::ModuleId { symbol: Some(s), .. } if *s == name))
+                        .tls_got(
+                            |g| matches!(g, TlsGot::ModuleId { symbol: Some(s), .. } if *s == name),
+                        )
                         .ok_or_else(|| no_got("general-dynamic TLS", &name))?;
-                    self.push(key, r.offset, FieldKind::Pc32, Tgt::Final(RelocTarget::Object { vaddr: got }), r.addend);
+                    self.push(
+                        key,
+                        r.offset,
+                        FieldKind::Pc32,
+                        Tgt::Final(RelocTarget::Object { vaddr: got }),
+                        r.addend,
+                    );
                 }
                 ElfReloc::TlsLd => {
                     let got = self
                         .tls_got(|g| matches!(g, TlsGot::ModuleId { symbol: None, .. }))
                         .ok_or_else(|| no_got("local-dynamic TLS", "module"))?;
-                    self.push(key, r.offset, FieldKind::Pc32, Tgt::Final(RelocTarget::Object { vaddr: got }), r.addend);
+                    self.push(
+                        key,
+                        r.offset,
+                        FieldKind::Pc32,
+                        Tgt::Final(RelocTarget::Object { vaddr: got }),
+                        r.addend,
+                    );
                 }
                 ElfReloc::GotPcRel { .. } => {
                     let t = self.resolve(o, sec, r)?;
@@ -306,7 +358,9 @@ impl<'a> Emitter<'a> {
                 ElfReloc::Plt32 => {
                     let t = self.resolve(o, sec, r)?;
                     let t = match t {
-                        Tgt::Final(RelocTarget::Dynamic { .. } | RelocTarget::ObjectIfunc { .. }) => Tgt::Stub(self.stub(t)),
+                        Tgt::Final(
+                            RelocTarget::Dynamic { .. } | RelocTarget::ObjectIfunc { .. },
+                        ) => Tgt::Stub(self.stub(t)),
                         other => other,
                     };
                     self.push(key, r.offset, FieldKind::Pc32, t, r.addend);
@@ -403,9 +457,15 @@ pub fn emit(
     }
     let final_target = |t: &Tgt| -> RelocTarget {
         match t {
-            Tgt::Sec(k, off) => RelocTarget::Image { offset: layout[k] + off },
-            Tgt::Stub(i) => RelocTarget::Image { offset: stubs_at + (*i * arch::STUB_LEN) as u64 },
-            Tgt::Slot(i) => RelocTarget::Image { offset: slots_at + 8 * *i as u64 },
+            Tgt::Sec(k, off) => RelocTarget::Image {
+                offset: layout[k] + off,
+            },
+            Tgt::Stub(i) => RelocTarget::Image {
+                offset: stubs_at + (*i * arch::STUB_LEN) as u64,
+            },
+            Tgt::Slot(i) => RelocTarget::Image {
+                offset: slots_at + 8 * *i as u64,
+            },
             Tgt::Final(f) => f.clone(),
         }
     };
@@ -451,7 +511,10 @@ pub fn emit(
             let Some(&pre_sec) = pair.diff.pre_of.get(&s) else {
                 continue;
             };
-            let Some(ts) = e.target_symbol(o, &name).filter(|t| t.kind == SymKind::Func || t.kind == SymKind::Ifunc) else {
+            let Some(ts) = e
+                .target_symbol(o, &name)
+                .filter(|t| t.kind == SymKind::Func || t.kind == SymKind::Ifunc)
+            else {
                 // No out-of-line copy in the target: callers are replaced instead.
                 continue;
             };
@@ -476,18 +539,23 @@ pub fn emit(
                     ),
                 });
             }
-            let running = target.elf.read_vaddr(target.data, ts.value, size).ok_or_else(|| {
-                CreateError::TargetMismatch {
+            let running = target
+                .elf
+                .read_vaddr(target.data, ts.value, size)
+                .ok_or_else(|| CreateError::TargetMismatch {
                     function: name.clone(),
                     target: target.name.clone(),
                     detail: "its code is not in the file".into(),
-                }
-            })?;
-            if let Some(off) = (0..pre.data.len()).find(|&i| mask[i] != 0 && pre.data[i] != running[i]) {
+                })?;
+            if let Some(off) =
+                (0..pre.data.len()).find(|&i| mask[i] != 0 && pre.data[i] != running[i])
+            {
                 return Err(CreateError::TargetMismatch {
                     function: name,
                     target: target.name.clone(),
-                    detail: format!("its code differs at byte {off:#x} from the code built from the source"),
+                    detail: format!(
+                        "its code differs at byte {off:#x} from the code built from the source"
+                    ),
                 });
             }
             let jump = !name.ends_with(".cold");

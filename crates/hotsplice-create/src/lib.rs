@@ -116,8 +116,7 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         .src
         .canonicalize()
         .map_err(io(format!("source tree {}", req.src.display())))?;
-    let diff_bytes =
-        std::fs::read(&req.diff).map_err(io(format!("fix {}", req.diff.display())))?;
+    let diff_bytes = std::fs::read(&req.diff).map_err(io(format!("fix {}", req.diff.display())))?;
     let work = tempfile::Builder::new()
         .prefix("hotsplice-create.")
         .tempdir()
@@ -223,11 +222,10 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     let mut pairs = changed;
     for (output, objs) in plans {
         let target_path = pick_target(&src, &output, &req.targets)?;
-        let data = std::fs::read(&target_path)
-            .map_err(io(format!("target {}", target_path.display())))?;
-        let elf = LinkedElf::parse(&data).map_err(|e| {
-            CreateError::Target(format!("target {}: {e}", target_path.display()))
-        })?;
+        let data =
+            std::fs::read(&target_path).map_err(io(format!("target {}", target_path.display())))?;
+        let elf = LinkedElf::parse(&data)
+            .map_err(|e| CreateError::Target(format!("target {}: {e}", target_path.display())))?;
         let Some(build_id) = elf.build_id.clone() else {
             return Err(CreateError::Target(format!(
                 "{} has no GNU build-id note; relink it with -Wl,--build-id",
@@ -266,14 +264,20 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         }
         let patch = result?;
         let path = req.out_dir.join(format!("{name}-{id}.hsp"));
-        std::fs::write(&path, patch.to_bytes()).map_err(io(format!("writing {}", path.display())))?;
+        std::fs::write(&path, patch.to_bytes())
+            .map_err(io(format!("writing {}", path.display())))?;
         created.push(CreatedPatch {
             path,
             id,
             target: name,
             target_path,
             build_id: hex::encode(build_id),
-            functions: patch.meta.functions.iter().map(|f| f.name.clone()).collect(),
+            functions: patch
+                .meta
+                .functions
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
             new_symbols: patch.meta.symbols.iter().map(|s| s.name.clone()).collect(),
         });
     }
@@ -294,9 +298,10 @@ fn emit_build(
     post: objfile::ObjFile,
     d: diff::ObjDiff,
 ) -> (objfile::ObjFile, diff::ObjDiff) {
-    let out = post_root
-        .join(wrapper::SIDE_DIR)
-        .join(format!("emit-{}.o", obj_rel.to_string_lossy().replace('/', "_")));
+    let out = post_root.join(wrapper::SIDE_DIR).join(format!(
+        "emit-{}.o",
+        obj_rel.to_string_lossy().replace('/', "_")
+    ));
     if let Some(dir) = out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -314,7 +319,10 @@ fn emit_build(
 
 /// The installed file a built output corresponds to.
 fn pick_target(src: &Path, output: &Path, targets: &[PathBuf]) -> Result<PathBuf, CreateError> {
-    let out_name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let out_name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if targets.is_empty() {
         let built = src.join(output);
         if !built.is_file() {
@@ -326,12 +334,20 @@ fn pick_target(src: &Path, output: &Path, targets: &[PathBuf]) -> Result<PathBuf
         return Ok(built);
     }
     for t in targets {
-        let t_name = t.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let t_name = t
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if t_name == out_name {
             return Ok(t.clone());
         }
-        let soname = std::fs::read(t).ok().and_then(|d| LinkedElf::parse(&d).ok()).and_then(|e| e.soname);
-        if soname.as_deref() == Some(out_name.as_str()) || t_name.starts_with(&format!("{out_name}.")) {
+        let soname = std::fs::read(t)
+            .ok()
+            .and_then(|d| LinkedElf::parse(&d).ok())
+            .and_then(|e| e.soname);
+        if soname.as_deref() == Some(out_name.as_str())
+            || t_name.starts_with(&format!("{out_name}."))
+        {
             return Ok(t.clone());
         }
     }

@@ -142,7 +142,10 @@ impl ObjFile {
             if st_type == elf::STT_FILE && source.is_none() {
                 source = Some(name.clone());
             }
-            let section = if shndx != elf::SHN_UNDEF && (shndx as usize) < sections.len() && shndx < elf::SHN_LORESERVE {
+            let section = if shndx != elf::SHN_UNDEF
+                && (shndx as usize) < sections.len()
+                && shndx < elf::SHN_LORESERVE
+            {
                 Some(shndx as usize)
             } else {
                 None

@@ -60,15 +60,42 @@ pub fn invoked_as_wrapper(argv0: &str) -> bool {
 }
 
 const VALUE_OPTS: &[&str] = &[
-    "-o", "-I", "-D", "-U", "-include", "-imacros", "-isystem", "-idirafter", "-iquote",
-    "-iprefix", "-x", "-MF", "-MT", "-MQ", "-L", "-l", "-Xlinker", "-Xassembler",
-    "-Xpreprocessor", "-T", "-u", "-z", "-e", "--param", "-aux-info", "-dumpdir", "-dumpbase",
+    "-o",
+    "-I",
+    "-D",
+    "-U",
+    "-include",
+    "-imacros",
+    "-isystem",
+    "-idirafter",
+    "-iquote",
+    "-iprefix",
+    "-x",
+    "-MF",
+    "-MT",
+    "-MQ",
+    "-L",
+    "-l",
+    "-Xlinker",
+    "-Xassembler",
+    "-Xpreprocessor",
+    "-T",
+    "-u",
+    "-z",
+    "-e",
+    "--param",
+    "-aux-info",
+    "-dumpdir",
+    "-dumpbase",
 ];
 const SOURCE_EXT: &[&str] = &["c", "i", "cc", "cpp", "cxx", "C", "s", "S"];
 const LINK_ONLY_FLAGS: &[&str] = &["-shared", "-static", "-pie", "-no-pie", "-rdynamic", "-s"];
 
 fn ext(p: &str) -> &str {
-    Path::new(p).extension().and_then(|e| e.to_str()).unwrap_or("")
+    Path::new(p)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
 }
 
 fn is_object_input(p: &str) -> bool {
@@ -132,7 +159,11 @@ pub fn wrapper_main(argv0: &str, args: Vec<String>) -> ! {
                 object,
                 cwd: cwd.clone(),
                 compiler: real.clone(),
-                argv: if sources.len() == 1 { full_args.clone() } else { Vec::new() },
+                argv: if sources.len() == 1 {
+                    full_args.clone()
+                } else {
+                    Vec::new()
+                },
             });
         }
     } else if !no_output {
@@ -153,7 +184,10 @@ pub fn wrapper_main(argv0: &str, args: Vec<String>) -> ! {
             });
             inputs.push(side);
         }
-        records.push(Record::Link { output: out, inputs });
+        records.push(Record::Link {
+            output: out,
+            inputs,
+        });
     }
     if !records.is_empty() {
         if let Some(log) = std::env::var_os(ENV_LOG) {
@@ -187,8 +221,15 @@ fn find_real(name: &str) -> Option<PathBuf> {
 
 fn side_object(cwd: &Path, src: &str, out: &Path) -> PathBuf {
     use sha2::Digest;
-    let root = std::env::var_os(ENV_TREE).map(PathBuf::from).unwrap_or_default();
-    let rel = |p: &Path| p.strip_prefix(&root).unwrap_or(p).to_string_lossy().into_owned();
+    let root = std::env::var_os(ENV_TREE)
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let rel = |p: &Path| {
+        p.strip_prefix(&root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
     let mut h = sha2::Sha256::new();
     h.update(rel(cwd));
     h.update([0]);
@@ -233,7 +274,12 @@ fn side_args(args: &[String], src: &str, side: &Path) -> Vec<String> {
         i += 1;
     }
     keep.extend(SECTION_FLAGS.iter().map(|s| s.to_string()));
-    keep.extend(["-c".into(), src.into(), "-o".into(), side.to_string_lossy().into_owned()]);
+    keep.extend([
+        "-c".into(),
+        src.into(),
+        "-o".into(),
+        side.to_string_lossy().into_owned(),
+    ]);
     keep
 }
 
@@ -252,7 +298,13 @@ fn compile_side(real: &Path, argv: &[String], side: &Path) -> Result<(), i32> {
 /// Compile an object again with `extra` flags, to `out`: the same command
 /// the build ran, with the output replaced.
 pub fn recompile(record: &Record, extra: &[&str], out: &Path) -> bool {
-    let Record::Compile { cwd, compiler, argv, .. } = record else {
+    let Record::Compile {
+        cwd,
+        compiler,
+        argv,
+        ..
+    } = record
+    else {
         return false;
     };
     if argv.is_empty() || compiler.as_os_str().is_empty() {

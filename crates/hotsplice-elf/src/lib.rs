@@ -67,10 +67,7 @@ pub struct Sym {
 pub enum TlsGot {
     /// First word of a (module id, offset) pair; `symbol` None for the
     /// module's own local-dynamic pair.
-    ModuleId {
-        got: u64,
-        symbol: Option<String>,
-    },
+    ModuleId { got: u64, symbol: Option<String> },
     /// A thread-pointer offset (initial-exec access).
     TpOffset { got: u64, symbol: String },
 }
@@ -169,9 +166,8 @@ impl LinkedElf {
                             pie = true;
                         }
                         if d.tag32(endian) == Some(elf::DT_SONAME) {
-                            if let Some(s) = strings
-                                .as_ref()
-                                .and_then(|st| d.string(endian, *st).ok())
+                            if let Some(s) =
+                                strings.as_ref().and_then(|st| d.string(endian, *st).ok())
                             {
                                 soname = Some(String::from_utf8_lossy(s).into_owned());
                             }
@@ -268,8 +264,8 @@ fn read_symbols(
     let mut out = Vec::with_capacity(table.len());
     let mut file: Option<String> = None;
     for sym in table.iter() {
-        let name = String::from_utf8_lossy(table.symbol_name(endian, sym).map_err(perr)?)
-            .into_owned();
+        let name =
+            String::from_utf8_lossy(table.symbol_name(endian, sym).map_err(perr)?).into_owned();
         let st_type = sym.st_type();
         if st_type == elf::STT_FILE {
             file = Some(name);
@@ -294,7 +290,11 @@ fn read_symbols(
             kind,
             local,
             defined: sym.st_shndx(endian) != elf::SHN_UNDEF,
-            file: if local && with_files { file.clone() } else { None },
+            file: if local && with_files {
+                file.clone()
+            } else {
+                None
+            },
         });
     }
     Ok(out)
@@ -363,9 +363,12 @@ pub fn build_id_from_notes(notes: &[u8]) -> Option<Vec<u8>> {
         let name_start = pos + 12;
         let desc_start = name_start + namesz.div_ceil(4) * 4;
         let next = desc_start + descsz.div_ceil(4) * 4;
-        if ntype == elf::NT_GNU_BUILD_ID && notes.get(name_start..name_start + namesz) == Some(b"GNU\0")
+        if ntype == elf::NT_GNU_BUILD_ID
+            && notes.get(name_start..name_start + namesz) == Some(b"GNU\0")
         {
-            return notes.get(desc_start..desc_start + descsz).map(|d| d.to_vec());
+            return notes
+                .get(desc_start..desc_start + descsz)
+                .map(|d| d.to_vec());
         }
         pos = next;
     }

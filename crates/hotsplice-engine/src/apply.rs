@@ -159,7 +159,9 @@ pub fn find_target(pid: Pid, patch: &Patch, objects: &[LoadedObject]) -> Result<
 
 /// Whether `pid` maps the object a patch is for.
 pub fn maps_target(pid: Pid, build_id: &str) -> bool {
-    let Ok(maps) = read_maps(pid) else { return false };
+    let Ok(maps) = read_maps(pid) else {
+        return false;
+    };
     loaded_objects(pid, &maps)
         .map(|objs| objs.iter().any(|o| o.build_id == build_id))
         .unwrap_or(false)
@@ -244,11 +246,7 @@ pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
             dynamic.insert(name.clone(), v);
         }
     }
-    let mut ifuncs: Vec<u64> = dynamic
-        .values()
-        .filter(|v| v.1)
-        .map(|v| v.0)
-        .collect();
+    let mut ifuncs: Vec<u64> = dynamic.values().filter(|v| v.1).map(|v| v.0).collect();
     for r in &meta.relocations {
         if let RelocTarget::ObjectIfunc { vaddr } = r.target {
             ifuncs.push(bias + vaddr);
@@ -259,8 +257,16 @@ pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
 
     // Room for the header, then the image.
     let header_room = round_up(
-        (IMAGE_PREFIX_LEN + 512 + meta.functions.iter().map(|f| 160 + f.name.len()).sum::<usize>()
-            + meta.target.name.len() + meta.description.len() + meta.target.build_id.len()) as u64,
+        (IMAGE_PREFIX_LEN
+            + 512
+            + meta
+                .functions
+                .iter()
+                .map(|f| 160 + f.name.len())
+                .sum::<usize>()
+            + meta.target.name.len()
+            + meta.description.len()
+            + meta.target.build_id.len()) as u64,
         PAGE,
     );
     let total = header_room + meta.mapped_size();
@@ -312,8 +318,18 @@ pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
         });
     }
     let result = install(
-        pid, patch, opts, &mut tracee, &target, &maps, &applied, &dynamic, &resolved_ifuncs,
-        place, header_room, &saved,
+        pid,
+        patch,
+        opts,
+        &mut tracee,
+        &target,
+        &maps,
+        &applied,
+        &dynamic,
+        &resolved_ifuncs,
+        place,
+        header_room,
+        &saved,
     );
     match result {
         Ok(r) => Ok(r),
@@ -348,10 +364,13 @@ fn install(
     for r in &meta.relocations {
         let (sym, name) = match &r.target {
             RelocTarget::Image { offset } => (base + offset, format!("patch+{offset:#x}")),
-            RelocTarget::Object { vaddr } => (bias + vaddr, format!("{}+{vaddr:#x}", meta.target.name)),
-            RelocTarget::ObjectIfunc { vaddr } => {
-                (ifuncs[&(bias + vaddr)], format!("ifunc {}+{vaddr:#x}", meta.target.name))
+            RelocTarget::Object { vaddr } => {
+                (bias + vaddr, format!("{}+{vaddr:#x}", meta.target.name))
             }
+            RelocTarget::ObjectIfunc { vaddr } => (
+                ifuncs[&(bias + vaddr)],
+                format!("ifunc {}+{vaddr:#x}", meta.target.name),
+            ),
             RelocTarget::Dynamic { name } => {
                 let (v, ifunc) = dynamic[name];
                 (if ifunc { ifuncs[&v] } else { v }, name.clone())
@@ -388,7 +407,11 @@ fn install(
             addr,
             size: f.size,
             new_addr,
-            saved: if f.jump { hex::encode(saved) } else { String::new() },
+            saved: if f.jump {
+                hex::encode(saved)
+            } else {
+                String::new()
+            },
         });
     }
     let header = ImageHeader {
@@ -430,7 +453,14 @@ fn install(
     );
     let checks: Vec<(u64, usize)> = jumps.iter().map(|j| (j.0, j.2.len())).collect();
     let (threads, attempts, stopped) = stop_and_write(
-        pid, tracee, &mem, maps, &ranges, opts, &checks, &jumps
+        pid,
+        tracee,
+        &mem,
+        maps,
+        &ranges,
+        opts,
+        &checks,
+        &jumps
             .iter()
             .map(|(a, j, s)| (*a, j.to_vec(), s.clone()))
             .collect::<Vec<_>>(),
@@ -490,7 +520,16 @@ fn stop_and_write(
                     waited_ms: started.elapsed().as_millis(),
                 });
             }
-            std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
+            // While seized, a thread that gets a signal or starts a thread
+            // waits for us: collect such stops while we wait.
+            let until =
+                Instant::now() + backoff.min(deadline.saturating_duration_since(Instant::now()));
+            while Instant::now() < until {
+                tracee.service_events()?;
+                std::thread::sleep(
+                    Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())),
+                );
+            }
             backoff = (backoff * 2).min(Duration::from_millis(200));
             continue;
         }
@@ -559,7 +598,8 @@ pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
             },
         });
     };
-    let jumped: Vec<&AppliedFunction> = h.functions.iter().filter(|f| !f.saved.is_empty()).collect();
+    let jumped: Vec<&AppliedFunction> =
+        h.functions.iter().filter(|f| !f.saved.is_empty()).collect();
     let current = process::read_memory_many(
         pid,
         &jumped
@@ -573,8 +613,7 @@ pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
         let ours = arch::encode_jump(f.addr, f.new_addr).map(|j| j.to_vec());
         if Some(&cur) != ours.as_ref() {
             let over = applied.iter().find(|o| {
-                o.sequence > h.sequence
-                    && o.functions.iter().any(|of| of.addr == f.addr)
+                o.sequence > h.sequence && o.functions.iter().any(|of| of.addr == f.addr)
             });
             return Err(match over {
                 Some(o) => EngineError::Stacked {
@@ -600,8 +639,17 @@ pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
     let checks: Vec<(u64, usize)> = writes.iter().map(|w| (w.0, w.2.len())).collect();
     let mut tracee = Tracee::seize(pid)?;
     let mem = MemWriter::open(pid)?;
-    let (threads, attempts, stopped) =
-        stop_and_write(pid, &mut tracee, &mem, &maps, &ranges, opts, &checks, &writes, false)?;
+    let (threads, attempts, stopped) = stop_and_write(
+        pid,
+        &mut tracee,
+        &mem,
+        &maps,
+        &ranges,
+        opts,
+        &checks,
+        &writes,
+        false,
+    )?;
     let (start, len) = (h.map_start, h.map_len);
     tracee.with_thread(|t| t.munmap(start, len))?;
     tracee.detach()?;

@@ -59,7 +59,11 @@ pub enum EngineError {
         function: String,
     },
     #[error("process {pid}: `{function}` at {addr:#x} was changed by something other than hotsplice; refusing to touch it")]
-    ForeignChange { pid: Pid, function: String, addr: u64 },
+    ForeignChange {
+        pid: Pid,
+        function: String,
+        addr: u64,
+    },
     #[error("process {pid}: symbol `{name}` needed by the patch is not exported by any object the process maps")]
     Unresolved { pid: Pid, name: String },
     #[error("process {pid}: `{name}` at {addr:#x} is out of reach of the patch code at {place:#x} ({detail}); the patch cannot use it directly")]

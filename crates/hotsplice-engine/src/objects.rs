@@ -45,8 +45,15 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 
 /// The objects `pid` maps, from its memory: three batched reads in all.
 pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
+    struct Group {
+        path: String,
+        start: u64,
+        end: u64,
+        first: (u64, u64),
+        inode: (String, u64),
+    }
     // Group file mappings by file.
-    let mut groups: Vec<(String, u64, u64, (u64, u64), (String, u64))> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
     let mut index: HashMap<(String, u64, String), usize> = HashMap::new();
     for m in maps {
         let Some(path) = &m.path else { continue };
@@ -57,27 +64,40 @@ pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
         match index.get(&key) {
             Some(&i) => {
                 let g = &mut groups[i];
-                g.1 = g.1.min(m.start);
-                g.2 = g.2.max(m.end);
-                if m.offset == 0 && g.3 .0 == 0 {
-                    g.3 = (m.start, m.end);
+                g.start = g.start.min(m.start);
+                g.end = g.end.max(m.end);
+                if m.offset == 0 && g.first.0 == 0 {
+                    g.first = (m.start, m.end);
                 }
             }
             None => {
                 index.insert(key, groups.len());
-                let first = if m.offset == 0 { (m.start, m.end) } else { (0, 0) };
-                groups.push((path.clone(), m.start, m.end, first, (m.dev.clone(), m.inode)));
+                let first = if m.offset == 0 {
+                    (m.start, m.end)
+                } else {
+                    (0, 0)
+                };
+                groups.push(Group {
+                    path: path.clone(),
+                    start: m.start,
+                    end: m.end,
+                    first,
+                    inode: (m.dev.clone(), m.inode),
+                });
             }
         }
     }
-    groups.retain(|g| g.3 .0 != 0);
+    groups.retain(|g| g.first.0 != 0);
     let headers = process::read_memory_many(
         pid,
-        &groups.iter().map(|g| (g.3 .0, EHDR_LEN)).collect::<Vec<_>>(),
+        &groups
+            .iter()
+            .map(|g| (g.first.0, EHDR_LEN))
+            .collect::<Vec<_>>(),
     );
     if !groups.is_empty() && headers.iter().all(|h| h.is_none()) {
         // Nothing readable at all: permission or a dead process.
-        process::read_memory(pid, groups[0].3 .0, EHDR_LEN).map_err(EngineError::Process)?;
+        process::read_memory(pid, groups[0].first.0, EHDR_LEN).map_err(EngineError::Process)?;
     }
     let mut elfs = Vec::new();
     let mut phdr_ranges = Vec::new();
@@ -92,7 +112,7 @@ pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
             continue;
         }
         elfs.push(g);
-        phdr_ranges.push((g.3 .0 + phoff, phnum * PHDR_LEN));
+        phdr_ranges.push((g.first.0 + phoff, phnum * PHDR_LEN));
     }
     let phdrs = process::read_memory_many(pid, &phdr_ranges);
     let mut partial = Vec::new();
@@ -115,7 +135,7 @@ pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
             }
         }
         let Some(vaddr0) = first_load else { continue };
-        let bias = g.3 .0.wrapping_sub(vaddr0 & !0xfff);
+        let bias = g.first.0.wrapping_sub(vaddr0 & !0xfff);
         let first = note_ranges.len();
         for (v, len) in notes {
             note_ranges.push((bias.wrapping_add(v), len));
@@ -132,13 +152,13 @@ pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
             .map(hex::encode)
             .unwrap_or_default();
         out.push(LoadedObject {
-            path: g.0.clone(),
-            start: g.1,
-            end: g.2,
+            path: g.path.clone(),
+            start: g.start,
+            end: g.end,
             bias,
             build_id,
-            first_map: g.3,
-            inode: g.4.clone(),
+            first_map: g.first,
+            inode: g.inode.clone(),
         });
     }
     Ok(out)

@@ -16,7 +16,13 @@ const REACH: u64 = (1 << 31) - (16 << 20);
 
 /// A start address for `size` bytes such that every byte of `[obj_start,
 /// obj_end)` and of the new range are within rel32 reach of each other.
-pub fn find_place(maps: &[Mapping], obj_start: u64, obj_end: u64, size: u64, low: bool) -> Option<u64> {
+pub fn find_place(
+    maps: &[Mapping],
+    obj_start: u64,
+    obj_end: u64,
+    size: u64,
+    low: bool,
+) -> Option<u64> {
     let size = size.div_ceil(PAGE) * PAGE;
     let lo = obj_end.saturating_sub(REACH).max(MIN_ADDR);
     let mut hi = obj_start.saturating_add(REACH); // new range must end below this
@@ -28,33 +34,34 @@ pub fn find_place(maps: &[Mapping], obj_start: u64, obj_end: u64, size: u64, low
     let mut best: Option<(u64, u64)> = None; // (distance, addr)
     let mut prev_end = 0u64;
     let mut prev_heap = false;
-    let consider = |gap_start: u64, gap_end: u64, after_heap: bool, best: &mut Option<(u64, u64)>| {
-        let mut a_lo = gap_start.saturating_add(GUARD).max(lo);
-        if after_heap {
-            a_lo = a_lo.saturating_add(HEAP_ROOM);
-        }
-        let a_hi = gap_end.saturating_sub(GUARD).min(hi);
-        if a_hi < a_lo || a_hi - a_lo < size {
-            return;
-        }
-        // Closest placement to the object inside this gap.
-        let addr = if a_hi <= obj_start {
-            (a_hi - size) & !(PAGE - 1)
-        } else {
-            a_lo.div_ceil(PAGE) * PAGE
+    let consider =
+        |gap_start: u64, gap_end: u64, after_heap: bool, best: &mut Option<(u64, u64)>| {
+            let mut a_lo = gap_start.saturating_add(GUARD).max(lo);
+            if after_heap {
+                a_lo = a_lo.saturating_add(HEAP_ROOM);
+            }
+            let a_hi = gap_end.saturating_sub(GUARD).min(hi);
+            if a_hi < a_lo || a_hi - a_lo < size {
+                return;
+            }
+            // Closest placement to the object inside this gap.
+            let addr = if a_hi <= obj_start {
+                (a_hi - size) & !(PAGE - 1)
+            } else {
+                a_lo.div_ceil(PAGE) * PAGE
+            };
+            if addr < a_lo || addr + size > a_hi {
+                return;
+            }
+            let dist = if addr + size <= obj_start {
+                obj_start - addr
+            } else {
+                addr.saturating_sub(obj_end)
+            };
+            if best.is_none_or(|(d, _)| dist < d) {
+                *best = Some((dist, addr));
+            }
         };
-        if addr < a_lo || addr + size > a_hi {
-            return;
-        }
-        let dist = if addr + size <= obj_start {
-            obj_start - addr
-        } else {
-            addr.saturating_sub(obj_end)
-        };
-        if best.is_none_or(|(d, _)| dist < d) {
-            *best = Some((dist, addr));
-        }
-    };
     for m in &sorted {
         if m.start > prev_end {
             consider(prev_end, m.start, prev_heap, &mut best);
@@ -86,20 +93,25 @@ mod tests {
     }
 
     #[test]
-    fn places_just_below_a_pie_executable() {
+    fn places_close_to_a_pie_executable_without_overlap() {
         let maps = vec![
             m(0x5555_0000_0000, 0x5555_0001_0000, Some("/prog")),
             m(0x5555_0002_0000, 0x5555_0003_0000, Some("[heap]")),
             m(0x7fff_0000_0000, 0x7fff_0001_0000, Some("/lib")),
         ];
         let a = find_place(&maps, 0x5555_0000_0000, 0x5555_0001_0000, 0x3000, false).unwrap();
-        assert!(a + 0x3000 < 0x5555_0000_0000);
-        assert!(0x5555_0000_0000 - a < 1 << 20);
+        for mm in &maps {
+            assert!(a + 0x3000 <= mm.start || a >= mm.end, "{a:#x} overlaps {mm:?}");
+        }
+        assert!(a.abs_diff(0x5555_0000_0000) < 1 << 20, "{a:#x}");
     }
 
     #[test]
     fn non_pie_goes_below_2g() {
-        let maps = vec![m(0x400000, 0x401000, Some("/prog")), m(0x402000, 0x403000, Some("[heap]"))];
+        let maps = vec![
+            m(0x400000, 0x401000, Some("/prog")),
+            m(0x402000, 0x403000, Some("[heap]")),
+        ];
         let a = find_place(&maps, 0x400000, 0x401000, 0x2000, true).unwrap();
         assert!(a + 0x2000 <= 1 << 31);
         assert!(a >= MIN_ADDR);

@@ -343,9 +343,12 @@ impl Patch {
         let m = &self.meta;
         let bad = |s: String| Err(FormatError::Invalid(s));
         if !crate::is_valid_id(&m.id) {
-            return bad(format!("patch id `{}` is not 8 lowercase letters/digits", m.id));
+            return bad(format!(
+                "patch id `{}` is not 8 lowercase letters/digits",
+                m.id
+            ));
         }
-        if m.data_offset % PAGE != 0 || m.data_offset < m.code_size {
+        if !m.data_offset.is_multiple_of(PAGE) || m.data_offset < m.code_size {
             return bad("data_offset must be page aligned and after the code".into());
         }
         let total = m.data_offset + m.data_size;
@@ -407,7 +410,10 @@ mod tests {
         let mut b = sample().to_bytes();
         let n = b.len();
         b[n - 1] ^= 1;
-        assert!(matches!(Patch::from_bytes(&b), Err(FormatError::Checksum { .. })));
+        assert!(matches!(
+            Patch::from_bytes(&b),
+            Err(FormatError::Checksum { .. })
+        ));
     }
 
     #[test]
@@ -438,6 +444,9 @@ mod tests {
     fn newer_version_is_refused() {
         let mut b = sample().to_bytes();
         b[8] = 99;
-        assert!(matches!(Patch::from_bytes(&b), Err(FormatError::UnsupportedVersion(99))));
+        assert!(matches!(
+            Patch::from_bytes(&b),
+            Err(FormatError::UnsupportedVersion(99))
+        ));
     }
 }

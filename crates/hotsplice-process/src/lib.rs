@@ -18,6 +18,8 @@
 //! * A thread-group leader's exit is reported only after every other thread is reaped; the leader
 //!   is waited for last (and polled) so a dying process cannot hang us.
 
+#![warn(missing_docs)]
+
 mod error;
 mod mem;
 mod procfs;

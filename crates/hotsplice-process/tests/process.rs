@@ -71,7 +71,8 @@ fn remote_mmap_in_blocked_threads_and_syscall_restart() {
             assert_eq!(rt.tid(), pid);
             let b = rt.mmap(0, 4096, prot, flags)?;
             let named = rt.name_mapping(b, 4096, "hotsplice-test")?;
-            let hint = b + 0x10_0000_0000;
+            // A free page 1 GiB below b (top-down mmap layout leaves room there).
+            let hint = free_page_below(pid, b - 0x4000_0000);
             let fixed = rt.mmap(
                 hint,
                 4096,
@@ -446,4 +447,14 @@ fn reaped_or_success(t: &mut Target) {
         Ok(st) => assert!(st.success(), "{st:?}"),
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ECHILD)),
     }
+}
+
+/// First page at or below `addr` not covered by any mapping of `pid`.
+fn free_page_below(pid: i32, addr: u64) -> u64 {
+    let maps = read_maps(pid).unwrap();
+    let mut a = addr & !0xfff;
+    while let Some(m) = maps.iter().find(|m| m.contains(a) || m.contains(a + 0xfff)) {
+        a = (m.start - 0x1000) & !0xfff;
+    }
+    a
 }

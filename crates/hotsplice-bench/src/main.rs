@@ -1,0 +1,788 @@
+//! `hotsplice-bench`: what live patching costs a running process.
+//!
+//! ```text
+//! cargo build --release -p hotsplice-bench -p hotsplice-cli
+//! target/release/hotsplice-bench [--quick] [--reps N] [--threads 2,10,100,1000] [--json]
+//! ```
+//!
+//! Needs root (ptrace), `cc`, `make` and `patch`. The harness writes three
+//! small C programs into a temporary directory, builds each with `make`
+//! (`-O2`, two objects) and makes a one-function patch for each with
+//! `hotsplice create` (found next to this binary, or at `$HOTSPLICE_BIN`).
+//! Every process it starts is killed and reaped when done, also on panic,
+//! and dies with the harness (PR_SET_PDEATHSIG).
+//!
+//! # 1. Stop time (threads stopped while a one-function patch goes in)
+//!
+//! Target `stopper N` has N threads: the main thread (blocked reading
+//! commands on stdin), one *spinner* and N-2 idle threads blocked in
+//! `pthread_cond_wait`. The spinner reads `clock_gettime(CLOCK_MONOTONIC)` in
+//! a loop and keeps the largest gap between two consecutive readings, and
+//! calls the patched function `compute()` every 1024 readings (so it is a
+//! real, live function, but no thread sits in it for long). A stop of the
+//! process shows up inside the target as a gap in the spinner's readings,
+//! so the gap is the stop time as the program itself experiences it, not
+//! as the tool reports it.
+//!
+//! Each repetition, with the engine library called in-process (so process
+//! start-up does not count):
+//! * reset the target's max gap (`r`, answered once the spinner did it),
+//!   `hotsplice_engine::apply`, then read the max gap (`g`, answered after
+//!   the spinner went round 2048 more times, so it includes the stop that
+//!   just ended and a `compute()` call after it, whose result is checked to
+//!   be the patched one). Recorded: (a) that in-target max gap, (b) the
+//!   engine's own `Report::stopped`, (c) the wall time of the `apply` call;
+//! * the same for `hotsplice_engine::undo` (shown on a second table: undo
+//!   also stops the process a second time, to detach, outside
+//!   `Report::stopped`);
+//! * *background*: reset, sleep as long as that apply took, read: the
+//!   largest gap with no patching at all over an equal period (scheduler
+//!   and interrupt noise; with 2 CPUs the spinner shares them with the
+//!   harness and everything else).
+//!
+//! Then, R more times, (d) the wall time of one `hotsplice user apply --pid`
+//! process (start-up, reading the patch, applying, printing), each undone
+//! in-process. One untimed apply+undo warms up first. Medians, minimum and
+//! maximum over R repetitions (R=11, `--quick` 3).
+//!
+//! # 2. `hotsplice user apply --all` over many processes
+//!
+//! 200 (`--quick`: 50) single-threaded `flipper` processes, each writing
+//! `answer()`'s result to its own file whenever it changes (checked every
+//! 20 ms). Timed: one `hotsplice user apply --all` (which finds the
+//! processes by build-id among all processes of the machine, then patches
+//! them, 8 at a time), and one `hotsplice user remove ID` to take it out
+//! again (`remove ID` rather than `remove --all`, so patches of anything
+//! else on the machine are left alone). Both are checked: every process is
+//! reported, and every file flips to the new value and back. Reported:
+//! median wall time over 3 rounds (`--quick`: 1), per process, the median of
+//! the per-process `stopped` times in apply's JSON report, and how long it
+//! took until all files showed the new value after apply returned (includes
+//! the targets' 20 ms polling).
+//!
+//! # 3. Cost per call of a patched function
+//!
+//! Target `caller` runs `s += work(arg)` 200M times (`--quick`: 50M), `arg`
+//! volatile and `work()` noinline in another object, and reports ns per
+//! iteration (loop overhead included, the same on both sides). Each round
+//! measures unpatched, applies, measures patched (the patch only changes a
+//! constant, so the same work is done, plus the jump at the old entry),
+//! undoes. Median over R rounds of both, and of the per-round difference:
+//! the cost of the jump.
+
+mod procs;
+mod targets;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use hotsplice_engine::ApplyOptions;
+use procs::{AvoidCpu, Proc, Target};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use targets::Built;
+
+#[derive(Parser)]
+#[command(
+    name = "hotsplice-bench",
+    about = "Benchmarks of hotsplice on real processes (needs root, cc, make, patch)"
+)]
+struct Args {
+    /// Fewer repetitions, 50 processes, 50M calls.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions per measurement (default 11, --quick 3).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Thread counts of the stop-time targets.
+    #[arg(long, value_delimiter = ',', default_value = "2,10,100,1000")]
+    threads: Vec<usize>,
+    /// Processes for apply --all (default 200, --quick 50).
+    #[arg(long)]
+    procs: Option<usize>,
+    /// Calls per call-cost measurement (default 200M, --quick 50M).
+    #[arg(long)]
+    calls: Option<u64>,
+    /// Do not keep the stop-time spinner on a CPU of its own.
+    #[arg(long)]
+    no_pin: bool,
+    /// Machine-readable output (JSON on stdout; progress still on stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Median, minimum and maximum of a sample.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(v: &[f64]) -> Stat {
+        assert!(!v.is_empty(), "empty sample");
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        Stat {
+            median,
+            min: s[0],
+            max: s[n - 1],
+        }
+    }
+
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}..{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct Machine {
+    nproc: usize,
+    kernel: String,
+    cpu: String,
+    hotsplice: String,
+}
+
+#[derive(Serialize)]
+struct Settings {
+    reps: usize,
+    threads: Vec<usize>,
+    processes: usize,
+    all_rounds: usize,
+    calls: u64,
+    /// CPU the stop-time spinner had to itself (None: not pinned).
+    spinner_cpu: Option<usize>,
+}
+
+/// Section 1, one thread count. Times in microseconds unless named `_ms`.
+#[derive(Serialize)]
+struct StopResult {
+    threads: usize,
+    reps: usize,
+    apply_gap_us: Stat,
+    apply_stopped_us: Stat,
+    apply_wall_us: Stat,
+    background_gap_us: Stat,
+    undo_gap_us: Stat,
+    undo_stopped_us: Stat,
+    undo_wall_us: Stat,
+    cli_apply_wall_ms: Stat,
+    cli_apply_gap_us: Stat,
+    /// Applies/undos that needed more than one stop window (code busy).
+    retried: usize,
+}
+
+#[derive(Serialize)]
+struct AllResult {
+    processes: usize,
+    rounds: usize,
+    apply_wall_ms: Stat,
+    apply_per_process_ms: f64,
+    stopped_per_process_us: Stat,
+    all_flipped_after_ms: Stat,
+    remove_wall_ms: Stat,
+    remove_per_process_ms: f64,
+}
+
+#[derive(Serialize)]
+struct CostResult {
+    calls: u64,
+    rounds: usize,
+    unpatched_ns: Stat,
+    patched_ns: Stat,
+    difference_ns: Stat,
+}
+
+#[derive(Serialize)]
+struct Output {
+    machine: Machine,
+    settings: Settings,
+    stop: Vec<StopResult>,
+    apply_all: AllResult,
+    call_cost: CostResult,
+}
+
+const ANSWER: Duration = Duration::from_secs(20);
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn progress(msg: &str) {
+    eprintln!("[hotsplice-bench] {msg}");
+}
+
+fn hotsplice_bin() -> Result<PathBuf> {
+    let p = match std::env::var_os("HOTSPLICE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()?.with_file_name("hotsplice"),
+    };
+    ensure!(
+        p.is_file(),
+        "hotsplice binary not found at {} (build it with `cargo build --release -p hotsplice-cli`, or set HOTSPLICE_BIN)",
+        p.display()
+    );
+    Ok(p)
+}
+
+fn machine(hotsplice: &Path) -> Machine {
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/osrelease").ok())
+        .unwrap_or_else(|| "?".into())
+        .trim()
+        .to_string();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    Machine {
+        nproc: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        kernel,
+        cpu,
+        hotsplice: hotsplice.display().to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Stop time
+// ---------------------------------------------------------------------------
+
+/// The stopper target's commands.
+struct Stopper(Target);
+
+impl Stopper {
+    fn reset(&mut self) -> Result<()> {
+        let a = self.0.ask("r", ANSWER)?;
+        ensure!(a == "ok", "stopper: unexpected answer {a:?} to reset");
+        Ok(())
+    }
+
+    /// (max gap in µs since the last reset, last compute() result)
+    fn gap(&mut self) -> Result<(f64, i64)> {
+        let a = self.0.ask("g", ANSWER)?;
+        let mut it = a.split_whitespace();
+        let gap: f64 = it.next().context("gap")?.parse()?;
+        let result: i64 = it.next().context("result")?.parse()?;
+        Ok((gap / 1e3, result))
+    }
+}
+
+fn thread_count(pid: i32) -> Result<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .context("no Threads: line")?
+        .trim()
+        .parse()
+        .context("Threads: line")
+}
+
+fn bench_stop(
+    built: &Built,
+    hotsplice: &Path,
+    n: usize,
+    reps: usize,
+    pin: Option<usize>,
+) -> Result<StopResult> {
+    ensure!(
+        n >= 2,
+        "a stop-time target needs at least 2 threads (main and the spinner)"
+    );
+    let _avoid = pin.map(AvoidCpu::new).transpose()?;
+    let mut argv = vec![n.to_string()];
+    argv.extend(pin.map(|c| c.to_string()));
+    let target = Target::spawn(&built.exe, &argv, &format!("stopper {n}"))?;
+    let mut t = Stopper(target);
+    let ready = t.0.line(Duration::from_secs(60))?;
+    ensure!(ready.starts_with("ready"), "stopper: unexpected {ready:?}");
+    let pid = t.0.pid();
+    let have = thread_count(pid)?;
+    ensure!(have == n, "stopper has {have} threads, expected {n}");
+    let opts = ApplyOptions::default();
+    let (_, r) = t.gap()?;
+    ensure!(
+        r == targets::STOPPER_BEFORE,
+        "stopper: compute() = {r} before patching"
+    );
+
+    let mut retried = 0;
+    let mut cycle = |t: &mut Stopper, rec: &mut Option<&mut Vec<[f64; 7]>>| -> Result<()> {
+        t.reset()?;
+        let t0 = Instant::now();
+        let a = hotsplice_engine::apply(pid, &built.patch, &opts)
+            .with_context(|| format!("apply to stopper {n}"))?;
+        let wall = t0.elapsed();
+        let (gap, r) = t.gap()?;
+        ensure!(
+            r == targets::STOPPER_AFTER,
+            "stopper: compute() = {r} after apply"
+        );
+        t.reset()?;
+        let t1 = Instant::now();
+        let u = hotsplice_engine::undo(pid, &built.id, &opts)
+            .with_context(|| format!("undo in stopper {n}"))?;
+        let uwall = t1.elapsed();
+        let (ugap, r) = t.gap()?;
+        ensure!(
+            r == targets::STOPPER_BEFORE,
+            "stopper: compute() = {r} after undo"
+        );
+        ensure!(
+            a.threads == n && u.threads == n,
+            "engine saw {} / {} threads, expected {n}",
+            a.threads,
+            u.threads
+        );
+        t.reset()?;
+        std::thread::sleep(wall);
+        let (bg, _) = t.gap()?;
+        if let Some(rec) = rec {
+            retried += usize::from(a.attempts > 1) + usize::from(u.attempts > 1);
+            rec.push([
+                gap,
+                micros(a.stopped),
+                micros(wall),
+                bg,
+                ugap,
+                micros(u.stopped),
+                micros(uwall),
+            ]);
+        }
+        Ok(())
+    };
+    cycle(&mut t, &mut None)?;
+    let mut rows = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        cycle(&mut t, &mut Some(&mut rows))?;
+    }
+    let col = |i: usize| Stat::of(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+
+    let mut cli_wall = Vec::with_capacity(reps);
+    let mut cli_gap = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        t.reset()?;
+        let t0 = Instant::now();
+        let out = Command::new(hotsplice)
+            .args(["user", "apply", "--pid", &pid.to_string()])
+            .arg(&built.patch_file)
+            .stdin(Stdio::null())
+            .output()
+            .context("running hotsplice user apply")?;
+        let wall = t0.elapsed();
+        let (gap, r) = t.gap()?;
+        if !out.status.success() {
+            bail!(
+                "hotsplice user apply --pid {pid} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ensure!(
+            r == targets::STOPPER_AFTER,
+            "stopper: compute() = {r} after CLI apply"
+        );
+        hotsplice_engine::undo(pid, &built.id, &opts)
+            .with_context(|| format!("undo in stopper {n}"))?;
+        cli_wall.push(millis(wall));
+        cli_gap.push(gap);
+    }
+    let _ = t.0.ask("q", Duration::from_millis(1));
+    Ok(StopResult {
+        threads: n,
+        reps,
+        apply_gap_us: col(0),
+        apply_stopped_us: col(1),
+        apply_wall_us: col(2),
+        background_gap_us: col(3),
+        undo_gap_us: col(4),
+        undo_stopped_us: col(5),
+        undo_wall_us: col(6),
+        cli_apply_wall_ms: Stat::of(&cli_wall),
+        cli_apply_gap_us: Stat::of(&cli_gap),
+        retried,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// 2. apply --all
+// ---------------------------------------------------------------------------
+
+/// Waits until every file holds `want`; returns how long that took.
+fn wait_files(files: &[PathBuf], want: &str, procs: &mut [Proc]) -> Result<Duration> {
+    let t0 = Instant::now();
+    let mut pending: Vec<usize> = (0..files.len()).collect();
+    while !pending.is_empty() {
+        pending.retain(|&i| std::fs::read_to_string(&files[i]).map_or(true, |s| s.trim() != want));
+        if pending.is_empty() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let i = pending[0];
+            procs[i].check_alive()?;
+            bail!(
+                "{} of {} processes did not show {want:?} within 30 s (e.g. pid {}: {:?})",
+                pending.len(),
+                files.len(),
+                procs[i].pid(),
+                std::fs::read_to_string(&files[i])
+                    .unwrap_or_default()
+                    .trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(t0.elapsed())
+}
+
+fn bench_all(
+    built: &Built,
+    hotsplice: &Path,
+    dir: &Path,
+    count: usize,
+    rounds: usize,
+) -> Result<AllResult> {
+    let state = dir.join("flipper-state");
+    std::fs::create_dir_all(&state)?;
+    let files: Vec<PathBuf> = (0..count).map(|i| state.join(format!("{i}"))).collect();
+    let mut procs = Vec::with_capacity(count);
+    for f in &files {
+        let mut cmd = Command::new(&built.exe);
+        cmd.arg(f)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        procs.push(Proc::spawn(cmd)?);
+    }
+    wait_files(&files, targets::FLIPPER_BEFORE, &mut procs)?;
+    let ours: HashSet<i32> = procs.iter().map(Proc::pid).collect();
+
+    let mut apply_wall = Vec::new();
+    let mut stopped = Vec::new();
+    let mut flipped = Vec::new();
+    let mut remove_wall = Vec::new();
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let out = Command::new(hotsplice)
+            .args(["user", "apply", "--all", "--json"])
+            .arg(&built.patch_file)
+            .stdin(Stdio::null())
+            .output()
+            .context("running hotsplice user apply --all")?;
+        let wall = t0.elapsed();
+        if !out.status.success() {
+            bail!(
+                "hotsplice user apply --all failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .context("parsing the JSON report of apply --all")?;
+        let mut seen = HashSet::new();
+        for r in &reports {
+            let pid = r["pid"].as_i64().unwrap_or(0) as i32;
+            if ours.contains(&pid) {
+                seen.insert(pid);
+                if let Some(us) = r["stopped"].as_f64() {
+                    stopped.push(us);
+                }
+            }
+        }
+        ensure!(
+            seen.len() == count,
+            "apply --all patched {} of our {count} processes",
+            seen.len()
+        );
+        flipped.push(millis(wait_files(
+            &files,
+            targets::FLIPPER_AFTER,
+            &mut procs,
+        )?));
+        apply_wall.push(millis(wall));
+
+        let t0 = Instant::now();
+        let out = Command::new(hotsplice)
+            .args(["user", "remove", &built.id])
+            .stdin(Stdio::null())
+            .output()
+            .context("running hotsplice user remove")?;
+        let wall = t0.elapsed();
+        if !out.status.success() {
+            bail!(
+                "hotsplice user remove {} failed: {}",
+                built.id,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        wait_files(&files, targets::FLIPPER_BEFORE, &mut procs)?;
+        remove_wall.push(millis(wall));
+    }
+    drop(procs);
+    let apply_wall = Stat::of(&apply_wall);
+    let remove_wall = Stat::of(&remove_wall);
+    Ok(AllResult {
+        processes: count,
+        rounds,
+        apply_per_process_ms: apply_wall.median / count as f64,
+        apply_wall_ms: apply_wall,
+        stopped_per_process_us: Stat::of(&stopped),
+        all_flipped_after_ms: Stat::of(&flipped),
+        remove_per_process_ms: remove_wall.median / count as f64,
+        remove_wall_ms: remove_wall,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// 3. Call cost
+// ---------------------------------------------------------------------------
+
+fn measure_calls(t: &mut Target, calls: u64, want: i64) -> Result<f64> {
+    let a = t.ask(&format!("m {calls}"), Duration::from_secs(120))?;
+    let mut it = a.split_whitespace();
+    let ns: f64 = it.next().context("ns")?.parse()?;
+    let v: i64 = it.next().context("value")?.parse()?;
+    ensure!(v == want, "caller: work() = {v}, expected {want}");
+    Ok(ns)
+}
+
+fn bench_cost(built: &Built, calls: u64, rounds: usize) -> Result<CostResult> {
+    let mut t = Target::spawn(&built.exe, &[], "caller")?;
+    let ready = t.line(Duration::from_secs(20))?;
+    ensure!(ready == "ready", "caller: unexpected {ready:?}");
+    let pid = t.pid();
+    let opts = ApplyOptions::default();
+    // Warm up (CPU frequency, page faults).
+    measure_calls(&mut t, calls / 4 + 1, targets::CALLER_BEFORE)?;
+    let mut before = Vec::with_capacity(rounds);
+    let mut after = Vec::with_capacity(rounds);
+    let mut diff = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let u = measure_calls(&mut t, calls, targets::CALLER_BEFORE)?;
+        hotsplice_engine::apply(pid, &built.patch, &opts).context("apply to caller")?;
+        let p = measure_calls(&mut t, calls, targets::CALLER_AFTER)?;
+        hotsplice_engine::undo(pid, &built.id, &opts).context("undo in caller")?;
+        before.push(u);
+        after.push(p);
+        diff.push(p - u);
+    }
+    let _ = t.ask("q", Duration::from_millis(1));
+    Ok(CostResult {
+        calls,
+        rounds,
+        unpatched_ns: Stat::of(&before),
+        patched_ns: Stat::of(&after),
+        difference_ns: Stat::of(&diff),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------
+
+fn print_human(o: &Output) {
+    let m = &o.machine;
+    let s = &o.settings;
+    println!("hotsplice-bench");
+    println!(
+        "machine: {} CPUs ({}), kernel {}; hotsplice: {}",
+        m.nproc, m.cpu, m.kernel, m.hotsplice
+    );
+    println!("all values: median (min..max) over the repetitions given");
+    println!();
+    println!(
+        "1. Stop time of a one-function apply, {} reps each (in-process engine; µs unless noted)",
+        s.reps
+    );
+    println!("   gap in target = largest gap seen by a thread spinning on CLOCK_MONOTONIC");
+    println!(
+        "   stopped = engine's Report.stopped; background = largest gap over as long, no apply"
+    );
+    println!(
+        "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<26}",
+        "threads",
+        "gap in target",
+        "Report.stopped",
+        "apply() wall",
+        "background gap",
+        "CLI apply wall (ms)"
+    );
+    for r in &o.stop {
+        println!(
+            "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<26}",
+            r.threads,
+            r.apply_gap_us.show(1),
+            r.apply_stopped_us.show(1),
+            r.apply_wall_us.show(1),
+            r.background_gap_us.show(1),
+            r.cli_apply_wall_ms.show(2),
+        );
+    }
+    println!();
+    println!("   undo of the same patch, and the gap during the CLI apply (µs):");
+    println!(
+        "{:>7}  {:<26} {:<26} {:<26} {:<26} {:>7}",
+        "threads",
+        "undo gap in target",
+        "undo Report.stopped",
+        "undo() wall",
+        "CLI apply gap",
+        "retried"
+    );
+    for r in &o.stop {
+        println!(
+            "{:>7}  {:<26} {:<26} {:<26} {:<26} {:>7}",
+            r.threads,
+            r.undo_gap_us.show(1),
+            r.undo_stopped_us.show(1),
+            r.undo_wall_us.show(1),
+            r.cli_apply_gap_us.show(1),
+            r.retried,
+        );
+    }
+    println!();
+    let a = &o.apply_all;
+    println!(
+        "2. hotsplice user apply --all over {} single-thread processes ({} round(s))",
+        a.processes, a.rounds
+    );
+    println!(
+        "   apply --all wall:       {} ms = {:.3} ms per process",
+        a.apply_wall_ms.show(1),
+        a.apply_per_process_ms
+    );
+    println!(
+        "   stopped per process:    {} µs (Report.stopped, all processes of all rounds)",
+        a.stopped_per_process_us.show(1)
+    );
+    println!(
+        "   all flipped:            {} ms after apply returned (targets poll every 20 ms)",
+        a.all_flipped_after_ms.show(1)
+    );
+    println!(
+        "   remove ID wall:         {} ms = {:.3} ms per process",
+        a.remove_wall_ms.show(1),
+        a.remove_per_process_ms
+    );
+    println!();
+    let c = &o.call_cost;
+    println!(
+        "3. Cost per call, {}M calls per measurement, {} rounds (ns per loop iteration)",
+        c.calls / 1_000_000,
+        c.rounds
+    );
+    println!("   unpatched:              {}", c.unpatched_ns.show(3));
+    println!("   patched:                {}", c.patched_ns.show(3));
+    println!(
+        "   patched - unpatched:    {} (per round; the jump)",
+        c.difference_ns.show(3)
+    );
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("hotsplice-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let reps = args.reps.unwrap_or(if args.quick { 3 } else { 11 }).max(1);
+    let count = args
+        .procs
+        .unwrap_or(if args.quick { 50 } else { 200 })
+        .max(1);
+    let calls = args
+        .calls
+        .unwrap_or(if args.quick { 50_000_000 } else { 200_000_000 })
+        .max(1);
+    let all_rounds = if args.quick { 1 } else { 3 };
+    let pin = if args.no_pin { None } else { AvoidCpu::pick() };
+    let hotsplice = hotsplice_bin()?;
+    let machine = machine(&hotsplice);
+
+    let tmp = tempfile::Builder::new()
+        .prefix("hotsplice-bench-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    progress(&format!("building targets in {}", tmp.path().display()));
+    let stopper = targets::build(tmp.path(), &targets::STOPPER, &hotsplice)?;
+    let flipper = targets::build(tmp.path(), &targets::FLIPPER, &hotsplice)?;
+    let caller = targets::build(tmp.path(), &targets::CALLER, &hotsplice)?;
+
+    let mut stop = Vec::new();
+    for &n in &args.threads {
+        progress(&format!("stop time, {n} threads, {reps} reps"));
+        stop.push(bench_stop(&stopper, &hotsplice, n, reps, pin)?);
+    }
+    progress(&format!(
+        "apply --all over {count} processes, {all_rounds} round(s)"
+    ));
+    let apply_all = bench_all(&flipper, &hotsplice, tmp.path(), count, all_rounds)?;
+    progress(&format!("call cost, {calls} calls, {reps} rounds"));
+    let call_cost = bench_cost(&caller, calls, reps)?;
+
+    let out = Output {
+        machine,
+        settings: Settings {
+            reps,
+            threads: args.threads.clone(),
+            processes: count,
+            all_rounds,
+            calls,
+            spinner_cpu: pin,
+        },
+        stop,
+        apply_all,
+        call_cost,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_human(&out);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_median_odd_and_even() {
+        let s = Stat::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Stat::of(&[4.0, 1.0, 2.0, 3.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+    }
+}
