@@ -101,7 +101,10 @@ mod tests {
         ];
         let a = find_place(&maps, 0x5555_0000_0000, 0x5555_0001_0000, 0x3000, false).unwrap();
         for mm in &maps {
-            assert!(a + 0x3000 <= mm.start || a >= mm.end, "{a:#x} overlaps {mm:?}");
+            assert!(
+                a + 0x3000 <= mm.start || a >= mm.end,
+                "{a:#x} overlaps {mm:?}"
+            );
         }
         assert!(a.abs_diff(0x5555_0000_0000) < 1 << 20, "{a:#x}");
     }
