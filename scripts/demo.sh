@@ -14,11 +14,16 @@ cp examples/demo/*.c examples/demo/*.h examples/demo/Makefile "$work/"
 make -s -C "$work"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# The demo keeps its configuration and state in its own directory.
+export HOTSPLICE_CONFIG_DIR="$work/etc" HOTSPLICE_STATE_DIR="$work/state" HOTSPLICE_RUN_DIR="$work/run"
+"$HS" -q keygen -o "$work/signing" demo >/dev/null
+mkdir -p "$HOTSPLICE_CONFIG_DIR/keys" && cp "$work/signing/demo.pub" "$HOTSPLICE_CONFIG_DIR/keys/"
+
 step "1. the buggy server runs"
 "$work/server" & pid=$!
 sleep 1
-step "2. build a patch from the fix: hotsplice create --patch fix.diff -o $work/patches $work"
-patch_file=$("$HS" create --patch examples/demo/fix.diff -o "$work/patches" "$work")
+step "2. build a signed patch from the fix: hotsplice create --sign demo.key --patch fix.diff $work"
+patch_file=$("$HS" create --sign "$work/signing/demo.key" --patch examples/demo/fix.diff -o "$work/patches" "$work")
 "$HS" info "$patch_file"
 step "3. apply it to the running server: hotsplice user apply --pid $pid"
 "$HS" user apply --pid "$pid" "$patch_file"

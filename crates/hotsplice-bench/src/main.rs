@@ -40,6 +40,16 @@
 //!   and interrupt noise; with 2 CPUs the spinner shares them with the
 //!   harness and everything else).
 //!
+//! The spinner is created last, so it is last in thread-id order, the
+//! order in which the engine interrupts threads and later resumes them: it
+//! is stopped from the end of the interrupt loop to the end of the resume
+//! loop. `Report.stopped` spans both loops whole, so at many threads it is
+//! larger than the spinner's gap by about the time the interrupt loop takes.
+//! By default the spinner gets a CPU to itself (the harness, the CLI and the
+//! target's other threads are kept off it, `--no-pin` to not do so): on a
+//! small machine it would otherwise also measure being preempted by the
+//! tool's own work (about 0.3 ms extra per apply on 2 CPUs).
+//!
 //! Then, R more times, (d) the wall time of one `hotsplice user apply --pid`
 //! process (start-up, reading the patch, applying, printing), each undone
 //! in-process. One untimed apply+undo warms up first. Medians, minimum and
@@ -47,9 +57,9 @@
 //!
 //! # 2. `hotsplice user apply --all` over many processes
 //!
-//! 200 (`--quick`: 50) single-threaded `flipper` processes, each writing
-//! `answer()`'s result to its own file whenever it changes (checked every
-//! 20 ms). Timed: one `hotsplice user apply --all` (which finds the
+//! 200 (`--quick`: 50) single-threaded `flipper` processes, each storing
+//! `answer()`'s result every 20 ms into its own slot of a shared memory
+//! mapped file. Timed: one `hotsplice user apply --all` (which finds the
 //! processes by build-id among all processes of the machine, then patches
 //! them, 8 at a time), and one `hotsplice user remove ID` to take it out
 //! again (`remove ID` rather than `remove --all`, so patches of anything
@@ -57,7 +67,7 @@
 //! reported, and every file flips to the new value and back. Reported:
 //! median wall time over 3 rounds (`--quick`: 1), per process, the median of
 //! the per-process `stopped` times in apply's JSON report, and how long it
-//! took until all files showed the new value after apply returned (includes
+//! took until all slots showed the new value after apply returned (includes
 //! the targets' 20 ms polling).
 //!
 //! # 3. Cost per call of a patched function
@@ -156,6 +166,9 @@ struct Machine {
     kernel: String,
     cpu: String,
     hotsplice: String,
+    /// /proc/loadavg before and after the run (other load shows up as noise).
+    loadavg_before: String,
+    loadavg_after: String,
 }
 
 #[derive(Serialize)]
@@ -181,6 +194,11 @@ struct StopResult {
     undo_gap_us: Stat,
     undo_stopped_us: Stat,
     undo_wall_us: Stat,
+    /// Gaps of 50 µs or more the spinner saw during apply / undo, and their sum.
+    apply_pauses: Stat,
+    apply_paused_us: Stat,
+    undo_pauses: Stat,
+    undo_paused_us: Stat,
     cli_apply_wall_ms: Stat,
     cli_apply_gap_us: Stat,
     /// Applies/undos that needed more than one stop window (code busy).
@@ -244,6 +262,12 @@ fn hotsplice_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn machine(hotsplice: &Path) -> Machine {
     let kernel = Command::new("uname")
         .arg("-r")
@@ -271,6 +295,8 @@ fn machine(hotsplice: &Path) -> Machine {
         kernel,
         cpu,
         hotsplice: hotsplice.display().to_string(),
+        loadavg_before: loadavg(),
+        loadavg_after: String::new(),
     }
 }
 
@@ -288,14 +314,29 @@ impl Stopper {
         Ok(())
     }
 
-    /// (max gap in µs since the last reset, last compute() result)
-    fn gap(&mut self) -> Result<(f64, i64)> {
+    /// What the spinner saw since the last reset.
+    fn gap(&mut self) -> Result<Gap> {
         let a = self.0.ask("g", ANSWER)?;
-        let mut it = a.split_whitespace();
-        let gap: f64 = it.next().context("gap")?.parse()?;
-        let result: i64 = it.next().context("result")?.parse()?;
-        Ok((gap / 1e3, result))
+        let v: Vec<&str> = a.split_whitespace().collect();
+        ensure!(v.len() == 4, "stopper: unexpected answer {a:?}");
+        Ok(Gap {
+            max_us: v[0].parse::<f64>()? / 1e3,
+            result: v[1].parse()?,
+            pauses: v[2].parse()?,
+            paused_us: v[3].parse::<f64>()? / 1e3,
+        })
     }
+}
+
+/// The spinner's view of an interval.
+struct Gap {
+    /// Largest gap between two clock readings.
+    max_us: f64,
+    /// The last compute() result.
+    result: i64,
+    /// Gaps of 50 µs or more, and their sum.
+    pauses: f64,
+    paused_us: f64,
 }
 
 fn thread_count(pid: i32) -> Result<usize> {
@@ -331,20 +372,21 @@ fn bench_stop(
     let have = thread_count(pid)?;
     ensure!(have == n, "stopper has {have} threads, expected {n}");
     let opts = ApplyOptions::default();
-    let (_, r) = t.gap()?;
+    let r = t.gap()?.result;
     ensure!(
         r == targets::STOPPER_BEFORE,
         "stopper: compute() = {r} before patching"
     );
 
     let mut retried = 0;
-    let mut cycle = |t: &mut Stopper, rec: &mut Option<&mut Vec<[f64; 7]>>| -> Result<()> {
+    let mut cycle = |t: &mut Stopper, rec: &mut Option<&mut Vec<[f64; 11]>>| -> Result<()> {
         t.reset()?;
         let t0 = Instant::now();
         let a = hotsplice_engine::apply(pid, &built.patch, &opts)
             .with_context(|| format!("apply to stopper {n}"))?;
         let wall = t0.elapsed();
-        let (gap, r) = t.gap()?;
+        let ag = t.gap()?;
+        let r = ag.result;
         ensure!(
             r == targets::STOPPER_AFTER,
             "stopper: compute() = {r} after apply"
@@ -354,7 +396,8 @@ fn bench_stop(
         let u = hotsplice_engine::undo(pid, &built.id, &opts)
             .with_context(|| format!("undo in stopper {n}"))?;
         let uwall = t1.elapsed();
-        let (ugap, r) = t.gap()?;
+        let ug = t.gap()?;
+        let r = ug.result;
         ensure!(
             r == targets::STOPPER_BEFORE,
             "stopper: compute() = {r} after undo"
@@ -367,17 +410,21 @@ fn bench_stop(
         );
         t.reset()?;
         std::thread::sleep(wall);
-        let (bg, _) = t.gap()?;
+        let bg = t.gap()?.max_us;
         if let Some(rec) = rec {
             retried += usize::from(a.attempts > 1) + usize::from(u.attempts > 1);
             rec.push([
-                gap,
+                ag.max_us,
                 micros(a.stopped),
                 micros(wall),
                 bg,
-                ugap,
+                ug.max_us,
                 micros(u.stopped),
                 micros(uwall),
+                ag.pauses,
+                ag.paused_us,
+                ug.pauses,
+                ug.paused_us,
             ]);
         }
         Ok(())
@@ -401,7 +448,8 @@ fn bench_stop(
             .output()
             .context("running hotsplice user apply")?;
         let wall = t0.elapsed();
-        let (gap, r) = t.gap()?;
+        let g = t.gap()?;
+        let (gap, r) = (g.max_us, g.result);
         if !out.status.success() {
             bail!(
                 "hotsplice user apply --pid {pid} failed: {}",
@@ -428,6 +476,10 @@ fn bench_stop(
         undo_gap_us: col(4),
         undo_stopped_us: col(5),
         undo_wall_us: col(6),
+        apply_pauses: col(7),
+        apply_paused_us: col(8),
+        undo_pauses: col(9),
+        undo_paused_us: col(10),
         cli_apply_wall_ms: Stat::of(&cli_wall),
         cli_apply_gap_us: Stat::of(&cli_gap),
         retried,
@@ -438,31 +490,34 @@ fn bench_stop(
 // 2. apply --all
 // ---------------------------------------------------------------------------
 
-/// Waits until every file holds `want`; returns how long that took.
-fn wait_files(files: &[PathBuf], want: &str, procs: &mut [Proc]) -> Result<Duration> {
+/// Waits until every slot of the shared state file holds `want`; returns
+/// how long that took.
+fn wait_slots(state: &Path, want: i32, procs: &mut [Proc]) -> Result<Duration> {
     let t0 = Instant::now();
-    let mut pending: Vec<usize> = (0..files.len()).collect();
-    while !pending.is_empty() {
-        pending.retain(|&i| std::fs::read_to_string(&files[i]).map_or(true, |s| s.trim() != want));
+    loop {
+        let bytes = std::fs::read(state)?;
+        let pending: Vec<usize> = bytes
+            .chunks_exact(4)
+            .enumerate()
+            .filter(|(_, c)| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]) != want)
+            .map(|(i, _)| i)
+            .take(procs.len())
+            .collect();
         if pending.is_empty() {
-            break;
+            return Ok(t0.elapsed());
         }
         if t0.elapsed() > Duration::from_secs(30) {
             let i = pending[0];
             procs[i].check_alive()?;
             bail!(
-                "{} of {} processes did not show {want:?} within 30 s (e.g. pid {}: {:?})",
+                "{} of {} processes did not show {want} within 30 s (e.g. pid {})",
                 pending.len(),
-                files.len(),
+                procs.len(),
                 procs[i].pid(),
-                std::fs::read_to_string(&files[i])
-                    .unwrap_or_default()
-                    .trim()
             );
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(t0.elapsed())
 }
 
 fn bench_all(
@@ -473,18 +528,18 @@ fn bench_all(
     rounds: usize,
 ) -> Result<AllResult> {
     let state = dir.join("flipper-state");
-    std::fs::create_dir_all(&state)?;
-    let files: Vec<PathBuf> = (0..count).map(|i| state.join(format!("{i}"))).collect();
+    std::fs::File::create(&state)?.set_len(4 * count as u64)?;
     let mut procs = Vec::with_capacity(count);
-    for f in &files {
+    for i in 0..count {
         let mut cmd = Command::new(&built.exe);
-        cmd.arg(f)
+        cmd.arg(&state)
+            .arg(i.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         procs.push(Proc::spawn(cmd)?);
     }
-    wait_files(&files, targets::FLIPPER_BEFORE, &mut procs)?;
+    wait_slots(&state, targets::FLIPPER_BEFORE, &mut procs)?;
     let ours: HashSet<i32> = procs.iter().map(Proc::pid).collect();
 
     let mut apply_wall = Vec::new();
@@ -523,8 +578,8 @@ fn bench_all(
             "apply --all patched {} of our {count} processes",
             seen.len()
         );
-        flipped.push(millis(wait_files(
-            &files,
+        flipped.push(millis(wait_slots(
+            &state,
             targets::FLIPPER_AFTER,
             &mut procs,
         )?));
@@ -544,7 +599,7 @@ fn bench_all(
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        wait_files(&files, targets::FLIPPER_BEFORE, &mut procs)?;
+        wait_slots(&state, targets::FLIPPER_BEFORE, &mut procs)?;
         remove_wall.push(millis(wall));
     }
     drop(procs);
@@ -617,6 +672,10 @@ fn print_human(o: &Output) {
         "machine: {} CPUs ({}), kernel {}; hotsplice: {}",
         m.nproc, m.cpu, m.kernel, m.hotsplice
     );
+    println!(
+        "load average before / after: {} / {} (other load shows as background gap)",
+        m.loadavg_before, m.loadavg_after
+    );
     println!("all values: median (min..max) over the repetitions given");
     println!();
     println!(
@@ -648,24 +707,32 @@ fn print_human(o: &Output) {
         );
     }
     println!();
-    println!("   undo of the same patch, and the gap during the CLI apply (µs):");
+    println!("   undo of the same patch, the gap during the CLI apply, and pauses (gaps >= 50 µs)");
+    println!("   the spinner saw during apply | undo: median count, median total (µs)");
     println!(
-        "{:>7}  {:<26} {:<26} {:<26} {:<26} {:>7}",
+        "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<9} {:<19} {:>7}",
         "threads",
         "undo gap in target",
         "undo Report.stopped",
         "undo() wall",
         "CLI apply gap",
+        "pauses",
+        "paused total",
         "retried"
     );
     for r in &o.stop {
         println!(
-            "{:>7}  {:<26} {:<26} {:<26} {:<26} {:>7}",
+            "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<9} {:<19} {:>7}",
             r.threads,
             r.undo_gap_us.show(1),
             r.undo_stopped_us.show(1),
             r.undo_wall_us.show(1),
             r.cli_apply_gap_us.show(1),
+            format!("{} | {}", r.apply_pauses.median, r.undo_pauses.median),
+            format!(
+                "{:.1} | {:.1}",
+                r.apply_paused_us.median, r.undo_paused_us.median
+            ),
             r.retried,
         );
     }
@@ -696,8 +763,12 @@ fn print_human(o: &Output) {
     println!();
     let c = &o.call_cost;
     println!(
-        "3. Cost per call, {}M calls per measurement, {} rounds (ns per loop iteration)",
-        c.calls / 1_000_000,
+        "3. Cost per call, {} calls per measurement, {} rounds (ns per loop iteration)",
+        if c.calls / 1_000_000 * 1_000_000 == c.calls {
+            format!("{}M", c.calls / 1_000_000)
+        } else {
+            c.calls.to_string()
+        },
         c.rounds
     );
     println!("   unpatched:              {}", c.unpatched_ns.show(3));
@@ -729,7 +800,7 @@ fn run() -> Result<()> {
     let all_rounds = if args.quick { 1 } else { 3 };
     let pin = if args.no_pin { None } else { AvoidCpu::pick() };
     let hotsplice = hotsplice_bin()?;
-    let machine = machine(&hotsplice);
+    let mut machine = machine(&hotsplice);
 
     let tmp = tempfile::Builder::new()
         .prefix("hotsplice-bench-")
@@ -752,6 +823,7 @@ fn run() -> Result<()> {
     progress(&format!("call cost, {calls} calls, {reps} rounds"));
     let call_cost = bench_cost(&caller, calls, reps)?;
 
+    machine.loadavg_after = loadavg();
     let out = Output {
         machine,
         settings: Settings {

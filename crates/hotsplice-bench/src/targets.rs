@@ -46,7 +46,8 @@ pub struct Program {
 /// readings, calling compute() every 1024 readings; N-2 block in
 /// pthread_cond_wait; main blocks reading commands on stdin:
 /// `r` resets the max gap (answers `ok` once the spinner has done it),
-/// `g` answers `<max gap ns> <last compute() result>` once the spinner has
+/// `g` answers `<max gap ns> <last compute() result> <pauses> <paused ns>`
+/// (pauses: gaps of 50 µs or more, and their sum) once the spinner has
 /// gone round at least 2048 more times (so the gap of a stop that just
 /// ended, and a compute() call after it, are included).
 pub const STOPPER: Program = Program {
@@ -60,6 +61,9 @@ pub const STOPPER: Program = Program {
 #include <time.h>
 #include "work.h"
 
+/* Gaps at least this long count as pauses. */
+#define PAUSE_NS 50000L
+
 volatile int input = 7;
 
 static _Alignas(64) atomic_long max_gap;
@@ -67,6 +71,7 @@ static _Alignas(64) atomic_ulong spins;
 static _Alignas(64) atomic_int reset_req;
 static _Alignas(64) atomic_int reset_ack;
 static _Alignas(64) atomic_int result;
+static atomic_long pauses, paused_ns;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -102,12 +107,18 @@ static void *spinner(void *arg)
 			max = t - last;
 			atomic_store_explicit(&max_gap, max, memory_order_relaxed);
 		}
+		if (t - last >= PAUSE_NS) {
+			atomic_fetch_add_explicit(&pauses, 1, memory_order_relaxed);
+			atomic_fetch_add_explicit(&paused_ns, t - last, memory_order_relaxed);
+		}
 		last = t;
 		r = atomic_load_explicit(&reset_req, memory_order_acquire);
 		if (r != seen) {
 			seen = r;
 			max = 0;
 			atomic_store_explicit(&max_gap, 0, memory_order_relaxed);
+			atomic_store_explicit(&pauses, 0, memory_order_relaxed);
+			atomic_store_explicit(&paused_ns, 0, memory_order_relaxed);
 			last = now_ns();
 			atomic_store_explicit(&reset_ack, r, memory_order_release);
 		}
@@ -170,7 +181,8 @@ int main(int argc, char **argv)
 
 			while (atomic_load(&spins) - s0 < 2048)
 				sched_yield();
-			printf("%ld %d\n", atomic_load(&max_gap), atomic_load(&result));
+			printf("%ld %d %ld %ld\n", atomic_load(&max_gap), atomic_load(&result),
+			       atomic_load(&pauses), atomic_load(&paused_ns));
 		} else if (line[0] == 'q') {
 			break;
 		}
@@ -199,12 +211,15 @@ int compute(int n)
 pub const STOPPER_BEFORE: i64 = 64;
 pub const STOPPER_AFTER: i64 = 65;
 
-/// Many-process target: `prog FILE` writes answer(input) to FILE (via a
-/// rename) whenever it changes, checking every 20 ms. Single-threaded.
+/// Many-process target: `prog FILE INDEX` maps FILE (shared) and stores
+/// answer(input) into the INDEX-th int of it, every 20 ms. Single-threaded.
+/// (Shared memory rather than a file per process: 200 processes renaming
+/// files at once spend their time blocked in the file system.)
 pub const FLIPPER: Program = Program {
     name: "flipper",
     main_c: r#"#include <fcntl.h>
-#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 #include "work.h"
@@ -214,26 +229,22 @@ volatile int input = 4;
 int main(int argc, char **argv)
 {
 	struct timespec nap = { 0, 20 * 1000 * 1000 };
-	char tmp[4096], buf[32];
-	int last = -1;
+	volatile int *slots;
+	long index;
+	int fd;
 
-	if (argc < 2)
+	if (argc < 3)
 		return 2;
-	snprintf(tmp, sizeof(tmp), "%s.tmp", argv[1]);
+	index = atol(argv[2]);
+	fd = open(argv[1], O_RDWR);
+	if (fd < 0)
+		return 1;
+	slots = mmap(NULL, (index + 1) * sizeof(int), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (slots == MAP_FAILED)
+		return 1;
+	close(fd);
 	for (;;) {
-		int v = answer(input);
-
-		if (v != last) {
-			int len = snprintf(buf, sizeof(buf), "%d\n", v);
-			int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
-			if (fd < 0 || write(fd, buf, len) != len)
-				return 1;
-			close(fd);
-			if (rename(tmp, argv[1]))
-				return 1;
-			last = v;
-		}
+		slots[index] = answer(input);
 		if (getppid() == 1)
 			return 0;
 		nanosleep(&nap, NULL);
@@ -252,8 +263,8 @@ int answer(int n)
     new_line: "\treturn n * 10 + 2;\t/* version 2 */",
 };
 
-pub const FLIPPER_BEFORE: &str = "41";
-pub const FLIPPER_AFTER: &str = "42";
+pub const FLIPPER_BEFORE: i32 = 41;
+pub const FLIPPER_AFTER: i32 = 42;
 
 /// Call-cost target: on `m ITERS` it calls work(arg) ITERS times in a tight
 /// loop (arg is volatile, work() is noinline in another object, so neither

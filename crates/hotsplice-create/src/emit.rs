@@ -606,6 +606,7 @@ pub fn emit(
         meta: PatchMeta {
             id,
             description,
+            level: 1,
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             target: Target {
                 name: target.name.clone(),

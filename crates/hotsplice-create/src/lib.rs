@@ -80,6 +80,8 @@ pub struct CreateRequest {
     /// Installed objects the patch is for; empty: the ELF files built in `src`.
     pub targets: Vec<PathBuf>,
     pub description: Option<String>,
+    /// Level among patches for the same target (higher replaces lower).
+    pub level: u32,
     /// Keep the scratch trees (for debugging), printing where.
     pub keep_work: bool,
 }
@@ -93,6 +95,7 @@ impl CreateRequest {
             build: "make".into(),
             targets: Vec::new(),
             description: None,
+            level: 1,
             keep_work: false,
         }
     }
@@ -262,7 +265,8 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         for (o, p) in objs.iter().zip(list) {
             pairs.insert(o.clone(), p);
         }
-        let patch = result?;
+        let mut patch = result?;
+        patch.meta.level = req.level;
         let path = req.out_dir.join(format!("{name}-{id}.hsp"));
         std::fs::write(&path, patch.to_bytes())
             .map_err(io(format!("writing {}", path.display())))?;

@@ -1,8 +1,12 @@
-//! Apply, undo and show.
+//! Apply a patch to a process (optionally replacing a lower level).
 
+use crate::journal::{fault, record, Journal, Op, Pending, Step};
 use crate::objects::{exports_of, loaded_objects, LoadedObject};
 use crate::place::find_place;
-use crate::safety::{find_busy, needs_fresh_maps, stack_spans, Ranges};
+use crate::safety::Ranges;
+use crate::state::{applied_in, find_target, original_bytes, read_maps, refuse_special};
+use crate::undo::removal_writes;
+use crate::window::{stop_and_write, Write};
 use crate::{EngineError, Result};
 use hotsplice_arch::current as arch;
 use hotsplice_arch::FieldKind;
@@ -12,20 +16,33 @@ use hotsplice_patch::{
 use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How apply and undo behave.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApplyOptions {
     /// How long to keep retrying while code is busy.
     pub busy_timeout: Duration,
+    /// Where each step is recorded before it is taken.
+    pub journal: Option<Arc<dyn Journal>>,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {
             busy_timeout: Duration::from_secs(5),
+            journal: None,
         }
+    }
+}
+
+impl std::fmt::Debug for ApplyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyOptions")
+            .field("busy_timeout", &self.busy_timeout)
+            .field("journal", &self.journal.is_some())
+            .finish()
     }
 }
 
@@ -43,132 +60,29 @@ pub struct Report {
     #[serde(serialize_with = "micros")]
     pub stopped: Duration,
     pub functions: usize,
+    /// The lower-level patch this one replaced, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_u128(d.as_micros())
 }
 
-fn refuse_special(pid: Pid) -> Result<()> {
-    if pid == 1 {
-        return Err(EngineError::Refused {
-            pid,
-            why: "PID 1 (init): stopping it can hang the machine".into(),
-        });
-    }
-    if pid as u32 == std::process::id() {
-        return Err(EngineError::Refused {
-            pid,
-            why: "hotsplice itself".into(),
-        });
-    }
-    Ok(())
-}
-
-fn read_maps(pid: Pid) -> Result<Vec<Mapping>> {
-    let mut maps = process::read_maps(pid)?;
-    maps.sort_by_key(|m| m.start);
-    Ok(maps)
-}
-
-/// Patches applied to `pid`, oldest first, read from the process itself.
-pub fn applied(pid: Pid) -> Result<Vec<ImageHeader>> {
-    let maps = read_maps(pid)?;
-    applied_in(pid, &maps)
-}
-
-fn applied_in(pid: Pid, maps: &[Mapping]) -> Result<Vec<ImageHeader>> {
-    let candidates: Vec<&Mapping> = maps
-        .iter()
-        .filter(|m| {
-            m.exec
-                && !m.write
-                && m.inode == 0
-                && m.path.as_deref().is_none_or(|p| p.starts_with("[anon:"))
-        })
-        .collect();
-    let prefixes = process::read_memory_many(
-        pid,
-        &candidates
-            .iter()
-            .map(|m| (m.start, IMAGE_PREFIX_LEN))
-            .collect::<Vec<_>>(),
-    );
-    let mut wanted = Vec::new();
-    for (m, p) in candidates.iter().zip(&prefixes) {
-        if let Some(len) = p.as_deref().and_then(ImageHeader::json_len) {
-            wanted.push((m.start, IMAGE_PREFIX_LEN + len));
-        }
-    }
-    let mut out: Vec<ImageHeader> = process::read_memory_many(pid, &wanted)
-        .into_iter()
-        .flatten()
-        .filter_map(|b| ImageHeader::decode(&b))
-        .collect();
-    out.sort_by_key(|h| h.sequence);
-    Ok(out)
-}
-
-/// The original bytes at `addr`, looking through jumps written by applied
-/// patches (each of which saved what it overwrote).
-fn original_bytes(addr: u64, current: &[u8], applied: &[ImageHeader]) -> Vec<u8> {
-    let mut bytes = current.to_vec();
-    for _ in 0..applied.len() {
-        let Some(dest) = arch::decode_jump(&bytes, addr) else {
-            break;
-        };
-        let Some(f) = applied
-            .iter()
-            .flat_map(|h| &h.functions)
-            .find(|f| f.addr == addr && f.new_addr == dest && !f.saved.is_empty())
-        else {
-            break;
-        };
-        let saved = hex::decode(&f.saved).unwrap_or_default();
-        let n = saved.len().min(bytes.len());
-        bytes[..n].copy_from_slice(&saved[..n]);
-    }
-    bytes
-}
-
-/// The object of `pid` with the patch's build-id.
-pub fn find_target(pid: Pid, patch: &Patch, objects: &[LoadedObject]) -> Result<LoadedObject> {
-    let want = &patch.meta.target.build_id;
-    if let Some(o) = objects.iter().find(|o| &o.build_id == want) {
-        return Ok(o.clone());
-    }
-    let same_name: Vec<String> = objects
-        .iter()
-        .filter(|o| {
-            let base = o.path.trim_end_matches(" (deleted)");
-            base.rsplit('/').next() == Some(patch.meta.target.name.as_str())
-        })
-        .map(|o| format!("{} has build-id {}", o.path, o.build_id))
-        .collect();
-    Err(EngineError::WrongBuild {
-        pid,
-        target: patch.meta.target.name.clone(),
-        want: want.clone(),
-        found: if same_name.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", same_name.join("; "))
-        },
-    })
-}
-
-/// Whether `pid` maps the object a patch is for.
-pub fn maps_target(pid: Pid, build_id: &str) -> bool {
-    let Ok(maps) = read_maps(pid) else {
-        return false;
-    };
-    loaded_objects(pid, &maps)
-        .map(|objs| objs.iter().any(|o| o.build_id == build_id))
-        .unwrap_or(false)
-}
-
 /// Apply `patch` to process `pid`.
 pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
+    apply_replacing(pid, patch, None, opts)
+}
+
+/// Apply `patch`, and in the same stop window take out the applied patch
+/// `replace` (a lower level for the same target): every function ends up
+/// either as before or as the new patch has it, never a mix of levels.
+pub fn apply_replacing(
+    pid: Pid,
+    patch: &Patch,
+    replace: Option<&str>,
+    opts: &ApplyOptions,
+) -> Result<Report> {
     refuse_special(pid)?;
     let meta = &patch.meta;
     let maps = read_maps(pid)?;
@@ -187,6 +101,24 @@ pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
             id: meta.id.clone(),
         });
     }
+    let old = match replace {
+        Some(id) => Some(
+            applied
+                .iter()
+                .find(|h| h.patch_id == id)
+                .cloned()
+                .ok_or_else(|| EngineError::NotApplied {
+                    pid,
+                    id: id.into(),
+                    applied: applied
+                        .iter()
+                        .map(|h| h.patch_id.clone())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?,
+        ),
+        None => None,
+    };
 
     // Check the running code against what the patch expects.
     let bias = target.bias;
@@ -198,7 +130,7 @@ pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
             .map(|f| (bias + f.vaddr, f.size as usize))
             .collect::<Vec<_>>(),
     );
-    let mut saved = Vec::with_capacity(meta.functions.len());
+    let mut current_entries = Vec::with_capacity(meta.functions.len());
     for (f, current) in meta.functions.iter().zip(&code) {
         let addr = bias + f.vaddr;
         let Some(current) = current else {
@@ -224,7 +156,7 @@ pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
                 offset,
             });
         }
-        saved.push(current[..arch::JUMP_LEN.min(current.len())].to_vec());
+        current_entries.push(current[..arch::JUMP_LEN.min(current.len())].to_vec());
     }
 
     // Symbols from other objects, in load order.
@@ -271,31 +203,36 @@ pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
     );
     let total = header_room + meta.mapped_size();
     let low = meta.target.kind == ObjectKind::Fixed;
+    let journal = opts.journal.as_deref();
 
     let mut tracee = Tracee::seize(pid)?;
     let mut resolved_ifuncs = HashMap::new();
     let mut place = 0u64;
-    tracee.with_thread(|t| {
-        for &f in &ifuncs {
-            resolved_ifuncs.insert(f, t.call(f, &[])?);
-        }
-        let mut maps_now = maps.clone();
-        for attempt in 0..3 {
-            let Some(a) = find_place(&maps_now, target.start, target.end, total, low) else {
-                return Ok(());
-            };
+    let mut maps_now = maps.clone();
+    for attempt in 0..3 {
+        let Some(a) = find_place(&maps_now, target.start, target.end, total, low) else {
+            break;
+        };
+        record(
+            journal,
+            &Pending {
+                op: Op::Apply,
+                pid,
+                id: meta.id.clone(),
+                map_start: a,
+                map_len: total,
+                step: Step::Mapping,
+            },
+        )?;
+        let mapped = tracee.with_thread(|t| {
+            for &f in &ifuncs {
+                if let std::collections::hash_map::Entry::Vacant(slot) = resolved_ifuncs.entry(f) {
+                    slot.insert(t.call(f, &[])?);
+                }
+            }
             let code_len = header_room + meta.data_offset;
             let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
-            match t.mmap(a, code_len, libc::PROT_READ | libc::PROT_EXEC, flags) {
-                Ok(_) => {}
-                Err(process::Error::RemoteSyscallFailed { errno, .. })
-                    if errno == libc::EEXIST && attempt < 2 =>
-                {
-                    maps_now = process::read_maps(pid)?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
+            t.mmap(a, code_len, libc::PROT_READ | libc::PROT_EXEC, flags)?;
             let data_len = meta.mapped_size() - meta.data_offset;
             if data_len > 0 {
                 let rw = libc::PROT_READ | libc::PROT_WRITE;
@@ -305,371 +242,269 @@ pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
                 }
             }
             let _ = t.name_mapping(a, total, &format!("hotsplice:{}", meta.id));
-            place = a;
-            return Ok(());
+            Ok(())
+        });
+        match mapped {
+            Ok(()) => {
+                place = a;
+                break;
+            }
+            Err(process::Error::RemoteSyscallFailed { errno, .. })
+                if errno == libc::EEXIST && attempt < 2 =>
+            {
+                maps_now = read_maps(pid)?;
+            }
+            Err(e) => {
+                if let Some(j) = journal {
+                    j.clear(pid, &meta.id);
+                }
+                return Err(e.into());
+            }
         }
-        Ok(())
-    })?;
+    }
     if place == 0 {
+        if let Some(j) = journal {
+            j.clear(pid, &meta.id);
+        }
         return Err(EngineError::NoRoom {
             pid,
             size: total,
             target: target.path.clone(),
         });
     }
-    let result = install(
+    fault("apply:mapped");
+    let ctx = Install {
         pid,
         patch,
         opts,
-        &mut tracee,
-        &target,
-        &maps,
-        &applied,
-        &dynamic,
-        &resolved_ifuncs,
+        target: &target,
+        maps: &maps,
+        applied: &applied,
+        old: old.as_ref(),
+        dynamic: &dynamic,
+        ifuncs: &resolved_ifuncs,
         place,
         header_room,
-        &saved,
-    );
-    match result {
-        Ok(r) => Ok(r),
+        current_entries: &current_entries,
+    };
+    match ctx.run(&mut tracee) {
+        Ok(r) => {
+            if let Some(o) = &old {
+                let _ = process::with_main_thread(pid, |t| t.munmap(o.map_start, o.map_len));
+            }
+            if let Some(j) = journal {
+                j.clear(pid, &meta.id);
+                if let Some(o) = &old {
+                    j.clear(pid, &o.patch_id);
+                }
+            }
+            Ok(r)
+        }
         Err(e) => {
             let _ = tracee.with_thread(|t| t.munmap(place, total));
             let _ = tracee.detach();
+            if let Some(j) = journal {
+                j.clear(pid, &meta.id);
+            }
             Err(e)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn install(
+struct Install<'a> {
     pid: Pid,
-    patch: &Patch,
-    opts: &ApplyOptions,
-    tracee: &mut Tracee,
-    target: &LoadedObject,
-    maps: &[Mapping],
-    applied: &[ImageHeader],
-    dynamic: &HashMap<String, (u64, bool)>,
-    ifuncs: &HashMap<u64, u64>,
+    patch: &'a Patch,
+    opts: &'a ApplyOptions,
+    target: &'a LoadedObject,
+    maps: &'a [Mapping],
+    applied: &'a [ImageHeader],
+    old: Option<&'a ImageHeader>,
+    dynamic: &'a HashMap<String, (u64, bool)>,
+    ifuncs: &'a HashMap<u64, u64>,
     place: u64,
     header_room: u64,
-    saved: &[Vec<u8>],
-) -> Result<Report> {
-    let meta = &patch.meta;
-    let bias = target.bias;
-    let base = place + header_room;
-    let mut image = patch.image.clone();
-    image.resize((meta.data_offset + meta.data_size) as usize, 0);
-    for r in &meta.relocations {
-        let (sym, name) = match &r.target {
-            RelocTarget::Image { offset } => (base + offset, format!("patch+{offset:#x}")),
-            RelocTarget::Object { vaddr } => {
-                (bias + vaddr, format!("{}+{vaddr:#x}", meta.target.name))
-            }
-            RelocTarget::ObjectIfunc { vaddr } => (
-                ifuncs[&(bias + vaddr)],
-                format!("ifunc {}+{vaddr:#x}", meta.target.name),
-            ),
-            RelocTarget::Dynamic { name } => {
-                let (v, ifunc) = dynamic[name];
-                (if ifunc { ifuncs[&v] } else { v }, name.clone())
-            }
-            RelocTarget::Absolute { value } => (*value, format!("{value:#x}")),
-        };
-        let kind = FieldKind::from_name(&r.kind).expect("validated kind");
-        let at = base + r.offset;
-        kind.write(&mut image, r.offset as usize, at, sym, r.addend)
-            .map_err(|e| EngineError::OutOfReach {
-                pid,
-                name,
-                addr: sym,
-                place: at,
-                detail: e.to_string(),
-            })?;
-    }
-
-    let mut functions = Vec::with_capacity(meta.functions.len());
-    let mut jumps = Vec::new();
-    for (f, saved) in meta.functions.iter().zip(saved) {
-        let addr = bias + f.vaddr;
-        let new_addr = base + f.replacement;
-        if f.jump {
-            let jump = arch::encode_jump(addr, new_addr).ok_or_else(|| EngineError::NoRoom {
-                pid,
-                size: meta.mapped_size(),
-                target: target.path.clone(),
-            })?;
-            jumps.push((addr, jump, saved.clone()));
-        }
-        functions.push(AppliedFunction {
-            name: f.name.clone(),
-            addr,
-            size: f.size,
-            new_addr,
-            saved: if f.jump {
-                hex::encode(saved)
-            } else {
-                String::new()
-            },
-        });
-    }
-    let header = ImageHeader {
-        patch_id: meta.id.clone(),
-        description: meta.description.clone(),
-        target_name: meta.target.name.clone(),
-        target_build_id: meta.target.build_id.clone(),
-        target_bias: bias,
-        applied_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        sequence: applied.iter().map(|h| h.sequence).max().unwrap_or(0) + 1,
-        tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
-        map_start: place,
-        map_len: header_room + meta.mapped_size(),
-        code_start: base,
-        code_len: meta.code_size,
-        functions,
-    };
-    let encoded = header.encode();
-    if encoded.len() as u64 > header_room {
-        return Err(EngineError::Refused {
-            pid,
-            why: "patch header does not fit its reserved room (a bug)".into(),
-        });
-    }
-    let mem = MemWriter::open(pid)?;
-    mem.write(base, &image[..meta.code_size as usize])?;
-    if meta.data_size > 0 {
-        mem.write(base + meta.data_offset, &image[meta.data_offset as usize..])?;
-    }
-    mem.write(place, &encoded)?;
-
-    let ranges = Ranges::new(
-        meta.functions
-            .iter()
-            .map(|f| (bias + f.vaddr, bias + f.vaddr + f.size, f.name.clone())),
-    );
-    let checks: Vec<(u64, usize)> = jumps.iter().map(|j| (j.0, j.2.len())).collect();
-    let (threads, attempts, stopped) = stop_and_write(
-        pid,
-        tracee,
-        &mem,
-        maps,
-        &ranges,
-        opts,
-        &checks,
-        &jumps
-            .iter()
-            .map(|(a, j, s)| (*a, j.to_vec(), s.clone()))
-            .collect::<Vec<_>>(),
-        true,
-    )?;
-    Ok(Report {
-        pid,
-        id: meta.id.clone(),
-        target: target.path.clone(),
-        threads,
-        attempts,
-        stopped,
-        functions: meta.functions.len(),
-    })
+    current_entries: &'a [Vec<u8>],
 }
 
-/// The stop window, retried while busy: stop all threads, check them, check
-/// that the bytes to overwrite are still what they were, write, resume.
-/// `writes` are `(addr, new bytes, expected current bytes)`. On success the
-/// threads are detached (`detach`) or left seized and running.
-#[allow(clippy::too_many_arguments)]
-fn stop_and_write(
-    pid: Pid,
-    tracee: &mut Tracee,
-    mem: &MemWriter,
-    maps: &[Mapping],
-    ranges: &Ranges,
-    opts: &ApplyOptions,
-    checks: &[(u64, usize)],
-    writes: &[(u64, Vec<u8>, Vec<u8>)],
-    detach: bool,
-) -> Result<(usize, u32, Duration)> {
-    let started = Instant::now();
-    let deadline = started + opts.busy_timeout;
-    let mut backoff = Duration::from_millis(5);
-    let mut maps = maps.to_vec();
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let t0 = Instant::now();
-        let window = tracee.stop_all()?;
-        let threads = window.threads();
-        let mut spans = stack_spans(threads, &maps);
-        if needs_fresh_maps(&spans) {
-            maps = read_maps(pid)?;
-            spans = stack_spans(threads, &maps);
-        }
-        let stacks = process::read_memory_many(pid, &spans);
-        if let Some(busy) = find_busy(threads, &stacks, ranges) {
-            window.resume()?;
-            if Instant::now() >= deadline {
-                return Err(EngineError::Busy {
+impl Install<'_> {
+    fn run(&self, tracee: &mut Tracee) -> Result<Report> {
+        let pid = self.pid;
+        let meta = &self.patch.meta;
+        let bias = self.target.bias;
+        let base = self.place + self.header_room;
+        let mut image = self.patch.image.clone();
+        image.resize((meta.data_offset + meta.data_size) as usize, 0);
+        for r in &meta.relocations {
+            let (sym, name) = match &r.target {
+                RelocTarget::Image { offset } => (base + offset, format!("patch+{offset:#x}")),
+                RelocTarget::Object { vaddr } => {
+                    (bias + vaddr, format!("{}+{vaddr:#x}", meta.target.name))
+                }
+                RelocTarget::ObjectIfunc { vaddr } => (
+                    self.ifuncs[&(bias + vaddr)],
+                    format!("ifunc {}+{vaddr:#x}", meta.target.name),
+                ),
+                RelocTarget::Dynamic { name } => {
+                    let (v, ifunc) = self.dynamic[name];
+                    (if ifunc { self.ifuncs[&v] } else { v }, name.clone())
+                }
+                RelocTarget::Absolute { value } => (*value, format!("{value:#x}")),
+            };
+            let kind = FieldKind::from_name(&r.kind).expect("validated kind");
+            let at = base + r.offset;
+            kind.write(&mut image, r.offset as usize, at, sym, r.addend)
+                .map_err(|e| EngineError::OutOfReach {
                     pid,
-                    tid: busy.tid,
-                    function: busy.function,
-                    frame: busy.frame,
-                    waited_ms: started.elapsed().as_millis(),
+                    name,
+                    addr: sym,
+                    place: at,
+                    detail: e.to_string(),
+                })?;
+        }
+
+        let mut functions = Vec::with_capacity(meta.functions.len());
+        let mut writes = Vec::new();
+        let mut ranges: Vec<(u64, u64, String)> = Vec::new();
+        for (f, current) in meta.functions.iter().zip(self.current_entries) {
+            let addr = bias + f.vaddr;
+            let new_addr = base + f.replacement;
+            ranges.push((addr, addr + f.size, f.name.clone()));
+            // What the jump overwrites and must put back on undo: the
+            // original entry, even where the level being replaced jumped.
+            let saved = match self.old.and_then(|o| {
+                o.functions
+                    .iter()
+                    .find(|of| of.addr == addr && !of.saved.is_empty())
+            }) {
+                Some(of) => hex::decode(&of.saved).unwrap_or_default(),
+                None => current.clone(),
+            };
+            if f.jump {
+                let jump =
+                    arch::encode_jump(addr, new_addr).ok_or_else(|| EngineError::NoRoom {
+                        pid,
+                        size: meta.mapped_size(),
+                        target: self.target.path.clone(),
+                    })?;
+                writes.push(Write {
+                    addr,
+                    new: jump.to_vec(),
+                    expect: current.clone(),
+                    name: f.name.clone(),
                 });
             }
-            // While seized, a thread that gets a signal or starts a thread
-            // waits for us: collect such stops while we wait.
-            let until =
-                Instant::now() + backoff.min(deadline.saturating_duration_since(Instant::now()));
-            while Instant::now() < until {
-                tracee.service_events()?;
-                std::thread::sleep(
-                    Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())),
-                );
-            }
-            backoff = (backoff * 2).min(Duration::from_millis(200));
-            continue;
+            functions.push(AppliedFunction {
+                name: f.name.clone(),
+                addr,
+                size: f.size,
+                new_addr,
+                saved: if f.jump {
+                    hex::encode(&saved)
+                } else {
+                    String::new()
+                },
+            });
         }
-        let now = process::read_memory_many(pid, checks);
-        for ((addr, _, expect), cur) in writes.iter().zip(&now) {
-            if cur.as_deref() != Some(expect.as_slice()) {
-                window.resume()?;
-                return Err(EngineError::ForeignChange {
-                    pid,
-                    function: ranges_name(ranges, *addr),
-                    addr: *addr,
-                });
-            }
-        }
-        let mut done = 0;
-        let mut failure = None;
-        for (addr, bytes, _) in writes {
-            match mem.write(*addr, bytes) {
-                Ok(()) => done += 1,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+        if let Some(old) = self.old {
+            // Entries the old level replaced that the new one leaves alone
+            // go back to the original; threads must not be in its code.
+            let keep: Vec<u64> = writes.iter().map(|w| w.addr).collect();
+            let current = process::read_memory_many(
+                pid,
+                &old.functions
+                    .iter()
+                    .filter(|f| !f.saved.is_empty())
+                    .map(|f| (f.addr, arch::JUMP_LEN))
+                    .collect::<Vec<_>>(),
+            );
+            for w in removal_writes(pid, old, self.applied, &current, false)? {
+                if !keep.contains(&w.addr) {
+                    writes.push(w);
                 }
             }
+            ranges.push((
+                old.code_start,
+                old.code_start + old.code_len,
+                format!("code of patch {}", old.patch_id),
+            ));
         }
-        if let Some(e) = failure {
-            // Back to fully old before anything runs.
-            for (addr, _, old) in writes[..done].iter().rev() {
-                let _ = mem.write(*addr, old);
-            }
-            window.resume()?;
-            return Err(e.into());
+        let header = ImageHeader {
+            patch_id: meta.id.clone(),
+            description: meta.description.clone(),
+            target_name: meta.target.name.clone(),
+            target_build_id: meta.target.build_id.clone(),
+            target_bias: bias,
+            applied_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            sequence: self.applied.iter().map(|h| h.sequence).max().unwrap_or(0) + 1,
+            tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
+            map_start: self.place,
+            map_len: self.header_room + meta.mapped_size(),
+            code_start: base,
+            code_len: meta.code_size,
+            functions,
+        };
+        let encoded = header.encode();
+        if encoded.len() as u64 > self.header_room {
+            return Err(EngineError::Refused {
+                pid,
+                why: "patch header does not fit its reserved room (a bug)".into(),
+            });
         }
-        let n = threads.len();
-        if detach {
-            window.detach_all()?;
-        } else {
-            window.resume()?;
+        let mem = MemWriter::open(pid)?;
+        mem.write(base, &image[..meta.code_size as usize])?;
+        if meta.data_size > 0 {
+            mem.write(base + meta.data_offset, &image[meta.data_offset as usize..])?;
         }
-        return Ok((n, attempts, t0.elapsed()));
-    }
-}
-
-fn ranges_name(_ranges: &Ranges, addr: u64) -> String {
-    format!("code at {addr:#x}")
-}
-
-/// Undo patch `id` in process `pid`: restore the original entries (after
-/// the same safety check, against the patch's own code), then unmap it.
-pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
-    refuse_special(pid)?;
-    let maps = read_maps(pid)?;
-    let applied = applied_in(pid, &maps)?;
-    let Some(h) = applied.iter().find(|h| h.patch_id == id) else {
-        return Err(EngineError::NotApplied {
-            pid,
-            id: id.into(),
-            applied: if applied.is_empty() {
-                "none".into()
-            } else {
-                applied
-                    .iter()
-                    .map(|h| h.patch_id.clone())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+        mem.write(self.place, &encoded)?;
+        fault("apply:written");
+        record(
+            self.opts.journal.as_deref(),
+            &Pending {
+                op: Op::Apply,
+                pid,
+                id: meta.id.clone(),
+                map_start: self.place,
+                map_len: header.map_len,
+                step: Step::Window,
             },
-        });
-    };
-    let jumped: Vec<&AppliedFunction> =
-        h.functions.iter().filter(|f| !f.saved.is_empty()).collect();
-    let current = process::read_memory_many(
-        pid,
-        &jumped
-            .iter()
-            .map(|f| (f.addr, arch::JUMP_LEN))
-            .collect::<Vec<_>>(),
-    );
-    let mut writes = Vec::new();
-    for (f, cur) in jumped.iter().zip(&current) {
-        let cur = cur.clone().unwrap_or_default();
-        let ours = arch::encode_jump(f.addr, f.new_addr).map(|j| j.to_vec());
-        if Some(&cur) != ours.as_ref() {
-            let over = applied.iter().find(|o| {
-                o.sequence > h.sequence && o.functions.iter().any(|of| of.addr == f.addr)
-            });
-            return Err(match over {
-                Some(o) => EngineError::Stacked {
+        )?;
+        if let Some(old) = self.old {
+            // The old level is taken out by this same window.
+            record(
+                self.opts.journal.as_deref(),
+                &Pending {
+                    op: Op::Undo,
                     pid,
-                    id: id.into(),
-                    over: o.patch_id.clone(),
-                    function: f.name.clone(),
+                    id: old.patch_id.clone(),
+                    map_start: old.map_start,
+                    map_len: old.map_len,
+                    step: Step::Window,
                 },
-                None => EngineError::ForeignChange {
-                    pid,
-                    function: f.name.clone(),
-                    addr: f.addr,
-                },
-            });
+            )?;
         }
-        writes.push((f.addr, hex::decode(&f.saved).unwrap_or_default(), cur));
+        let w = stop_and_write(
+            pid,
+            tracee,
+            &mem,
+            self.maps,
+            &Ranges::new(ranges),
+            self.opts,
+            &writes,
+            "apply:jump",
+        )?;
+        fault("apply:done");
+        Ok(Report {
+            pid,
+            id: meta.id.clone(),
+            target: self.target.path.clone(),
+            threads: w.threads,
+            attempts: w.attempts,
+            stopped: w.stopped,
+            functions: meta.functions.len(),
+            replaced: self.old.map(|o| o.patch_id.clone()),
+        })
     }
-    let ranges = Ranges::new([(
-        h.code_start,
-        h.code_start + h.code_len,
-        format!("code of patch {id}"),
-    )]);
-    let checks: Vec<(u64, usize)> = writes.iter().map(|w| (w.0, w.2.len())).collect();
-    let mut tracee = Tracee::seize(pid)?;
-    let mem = MemWriter::open(pid)?;
-    let (threads, attempts, stopped) = stop_and_write(
-        pid,
-        &mut tracee,
-        &mem,
-        &maps,
-        &ranges,
-        opts,
-        &checks,
-        &writes,
-        false,
-    )?;
-    let (start, len) = (h.map_start, h.map_len);
-    tracee.with_thread(|t| t.munmap(start, len))?;
-    tracee.detach()?;
-    Ok(Report {
-        pid,
-        id: id.into(),
-        target: h.target_name.clone(),
-        threads,
-        attempts,
-        stopped,
-        functions: h.functions.len(),
-    })
-}
-
-/// Processes that map an object with `build_id` (never PID 1 or ourselves).
-pub fn processes_mapping(build_id: &str) -> Vec<Pid> {
-    let me = std::process::id() as Pid;
-    process::all_pids()
-        .into_iter()
-        .filter(|&p| p != 1 && p != me)
-        .filter(|&p| maps_target(p, build_id))
-        .collect()
 }

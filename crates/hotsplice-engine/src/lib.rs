@@ -16,12 +16,19 @@
 //! ```
 
 mod apply;
+pub mod journal;
 pub mod objects;
 pub mod place;
 mod safety;
+mod state;
+mod undo;
+mod window;
 
 pub use apply::*;
+pub use journal::{Journal, Op, Pending, Step};
 pub use objects::{loaded_objects, LoadedObject};
+pub use state::{applied, find_target, maps_target, processes_mapping, start_time};
+pub use undo::{recover, undo, Recovery};
 
 use hotsplice_process::Pid;
 

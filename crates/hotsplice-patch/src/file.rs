@@ -119,6 +119,10 @@ pub struct PatchMeta {
     pub id: String,
     #[serde(default)]
     pub description: String,
+    /// Order among patches for the same target: a higher level replaces a
+    /// lower one (patches are cumulative, built from the original source).
+    #[serde(default = "default_level")]
+    pub level: u32,
     /// hotsplice version that wrote the patch.
     pub tool: String,
     pub target: Target,
@@ -135,12 +139,17 @@ pub struct PatchMeta {
     pub symbols: Vec<NewSymbol>,
 }
 
+fn default_level() -> u32 {
+    1
+}
+
 impl PatchMeta {
     /// A small valid metadata record, for examples and tests.
     pub fn example() -> Self {
         PatchMeta {
             id: "abcd1234".into(),
             description: "example".into(),
+            level: 1,
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             target: Target {
                 name: "prog".into(),

@@ -24,6 +24,7 @@ mod error;
 mod mem;
 mod procfs;
 mod remote;
+mod single;
 mod sys;
 mod tracee;
 
@@ -31,6 +32,7 @@ pub use error::{Error, Result};
 pub use mem::{read_memory, read_memory_many, MemWriter};
 pub use procfs::{all_pids, process_name, read_maps, thread_ids, tracer_pid, Mapping};
 pub use remote::RemoteThread;
+pub use single::with_main_thread;
 pub use tracee::{StopWindow, StoppedThread, Tracee};
 
 /// Process / thread id.

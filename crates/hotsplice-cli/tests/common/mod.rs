@@ -662,6 +662,52 @@ where
         .collect()
 }
 
+/// The configuration, state and run directories every hotsplice the tests
+/// start uses (never the machine's own), with a signing key the
+/// configuration trusts.
+pub struct TestEnv {
+    pub root: PathBuf,
+    /// Secret key that signs the test patches.
+    pub key: PathBuf,
+}
+
+impl TestEnv {
+    pub fn apply_to(&self, cmd: &mut Command) {
+        cmd.env("HOTSPLICE_CONFIG_DIR", self.root.join("etc"))
+            .env("HOTSPLICE_STATE_DIR", self.root.join("state"))
+            .env("HOTSPLICE_RUN_DIR", self.root.join("run"));
+    }
+}
+
+pub fn test_env() -> &'static TestEnv {
+    static ENV: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("hotsplice-env-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        for d in ["etc/keys", "state", "run", "signing"] {
+            fs::create_dir_all(root.join(d)).expect("test env dir");
+        }
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod env");
+        let out = Command::new(hotsplice_bin())
+            .args(["keygen", "-o"])
+            .arg(root.join("signing"))
+            .arg("tests")
+            .output()
+            .expect("hotsplice keygen");
+        assert!(out.status.success(), "keygen: {out:?}");
+        fs::copy(
+            root.join("signing/tests.pub"),
+            root.join("etc/keys/tests.pub"),
+        )
+        .expect("trust the test key");
+        TestEnv {
+            key: root.join("signing/tests.key"),
+            root,
+        }
+    })
+}
+
 /// Runs `hotsplice ARGS...` (cwd: the temp dir) and returns its output.
 pub fn hotsplice<I, S>(args: I) -> CmdOut
 where
@@ -670,6 +716,7 @@ where
 {
     let mut cmd = Command::new(hotsplice_bin());
     cmd.args(os_args(args)).current_dir(std::env::temp_dir());
+    test_env().apply_to(&mut cmd);
     run_cmd(cmd, CMD_TIMEOUT)
 }
 
@@ -684,13 +731,16 @@ where
         .arg(hotsplice_bin())
         .args(os_args(args))
         .current_dir(cwd);
+    test_env().apply_to(&mut cmd);
     run_cmd(cmd, CMD_TIMEOUT)
 }
 
 /// `hotsplice create --patch DIFF [--target F]... -o OUT --json?` on the
 /// case's build dir; returns the printed patch files.
 pub fn create_patches(case: &Case, build: &Build, diff: &str, out: &Path) -> Vec<PathBuf> {
-    let mut args: Vec<OsString> = vec!["create".into(), "--patch".into()];
+    let mut args: Vec<OsString> = vec!["create".into(), "--sign".into()];
+    args.push(test_env().key.clone().into_os_string());
+    args.push("--patch".into());
     args.push(case.diff(diff).into_os_string());
     for t in case.list("targets") {
         args.push("--target".into());

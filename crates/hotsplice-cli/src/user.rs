@@ -1,0 +1,819 @@
+//! `hotsplice user|kernel|all ...`.
+
+use crate::context::{comm, exe, Ctx};
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use hotsplice_engine::{self as engine, Report};
+use hotsplice_patch::Patch;
+use hotsplice_store::{Entry, Store};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Args, Clone)]
+pub struct Wait {
+    /// Seconds to keep retrying while a thread is inside code being replaced
+    /// (default: `busy_timeout` of the configuration, 5).
+    #[arg(long)]
+    busy_timeout: Option<f64>,
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Verify patch files and put them into the local store.
+    Install {
+        #[arg(long)]
+        allow_unsigned: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Drop patches from the store (they stay applied where they are).
+    Uninstall {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Apply patch files to running processes.
+    Apply {
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        pid: Option<i32>,
+        /// Every process that maps a patch's target.
+        #[arg(long)]
+        all: bool,
+        /// Use patches without a trusted signature (development only).
+        #[arg(long)]
+        allow_unsigned: bool,
+        #[command(flatten)]
+        wait: Wait,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Undo one applied patch in a process.
+    Undo {
+        #[arg(long)]
+        pid: i32,
+        id: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Undo patches: those named, or all (--all); in one process or everywhere.
+    Remove {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        pid: Option<i32>,
+        ids: Vec<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Patches applied, per process; --available: installed ones and where they apply.
+    Show {
+        #[arg(long)]
+        pid: Option<i32>,
+        #[arg(long)]
+        available: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Processes and the patchable objects they map, with build-ids.
+    ListTargets {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply every installed patch to every process that needs it.
+    Upgrade {
+        #[arg(long)]
+        pid: Option<i32>,
+        #[command(flatten)]
+        wait: Wait,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KernelCommand {
+    Show {
+        #[arg(long)]
+        available: bool,
+    },
+    Apply {
+        file: PathBuf,
+    },
+    Undo {
+        id: String,
+    },
+    Upgrade,
+    Remove {
+        #[arg(long)]
+        all: bool,
+    },
+    Uname {
+        #[arg(short = 'r')]
+        release: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AllCommand {
+    Show {
+        #[arg(long)]
+        available: bool,
+    },
+    Upgrade {
+        #[command(flatten)]
+        wait: Wait,
+    },
+    Remove {
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    ListTargets,
+}
+
+const NO_KERNEL: &str = "kernel live patching is not part of this build yet: \
+                         `hotsplice kernel` can only report this; userspace patching is available";
+
+pub fn run_kernel(_ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
+    if let KernelCommand::Uname { .. } = cmd {
+        // No kernel patch can be applied by this build: the effective
+        // kernel is the booted one.
+        let r = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+        println!("{}", r.trim());
+        return Ok(true);
+    }
+    bail!(NO_KERNEL)
+}
+
+pub fn run_all(ctx: &Ctx, cmd: AllCommand) -> Result<bool> {
+    if !ctx.quiet {
+        eprintln!("hotsplice: note: {NO_KERNEL}; doing the userspace part");
+    }
+    run_user(
+        ctx,
+        match cmd {
+            AllCommand::Show { available } => UserCommand::Show {
+                pid: None,
+                available,
+                json: false,
+            },
+            AllCommand::Upgrade { wait } => UserCommand::Upgrade {
+                pid: None,
+                wait,
+                json: false,
+            },
+            AllCommand::Remove { all, wait } => UserCommand::Remove {
+                all,
+                pid: None,
+                ids: vec![],
+                wait,
+            },
+            AllCommand::ListTargets => UserCommand::ListTargets { json: false },
+        },
+    )
+}
+
+fn print_report(verb: &str, r: &Report, quiet: bool) {
+    if quiet {
+        return;
+    }
+    println!(
+        "pid {} ({}): {verb} {} ({}){}: {} function(s); {} thread(s) stopped for {:.3} ms{}",
+        r.pid,
+        comm(r.pid),
+        r.id,
+        r.target,
+        r.replaced
+            .as_ref()
+            .map(|o| format!(", replacing {o}"))
+            .unwrap_or_default(),
+        r.functions,
+        r.threads,
+        r.stopped.as_secs_f64() * 1e3,
+        if r.attempts > 1 {
+            format!(" (after {} tries: code was busy)", r.attempts)
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// Run `f` for each job on a few worker threads (each process is handled
+/// start to end by one thread, as ptrace requires).
+fn run_parallel<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec<T> {
+    let workers = jobs.len().clamp(1, 8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, T)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= jobs.len() {
+                            break;
+                        }
+                        mine.push((i, f(&jobs[i])));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Group `(pid, item)` jobs per process, keeping order.
+fn by_pid<T>(jobs: Vec<(i32, T)>) -> Vec<(i32, Vec<T>)> {
+    let mut out: Vec<(i32, Vec<T>)> = Vec::new();
+    for (p, t) in jobs {
+        match out.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, v)) => v.push(t),
+            None => out.push((p, vec![t])),
+        }
+    }
+    out
+}
+
+pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
+    if !matches!(
+        cmd,
+        UserCommand::ListTargets { .. } | UserCommand::Show { .. }
+    ) {
+        ctx.recover()?;
+    }
+    let quiet = ctx.quiet;
+    match cmd {
+        UserCommand::Install {
+            allow_unsigned,
+            files,
+        } => {
+            let store = Store::open(&ctx.paths)?;
+            for f in files {
+                let (bytes, patch, key) = ctx.read_verified(&f, allow_unsigned)?;
+                let e = store.install(&bytes, &patch, &key)?;
+                if !quiet {
+                    println!(
+                        "installed {} (level {}) for {} build-id {}",
+                        e.id, e.level, e.target.name, e.target.build_id
+                    );
+                }
+            }
+            Ok(true)
+        }
+        UserCommand::Uninstall { ids } => {
+            let store = Store::open(&ctx.paths)?;
+            for id in ids {
+                store.uninstall(&id)?;
+                if !quiet {
+                    println!("uninstalled {id}");
+                }
+            }
+            Ok(true)
+        }
+        UserCommand::Apply {
+            pid,
+            all,
+            allow_unsigned,
+            wait,
+            json,
+            files,
+        } => {
+            let opts = ctx.options(wait.busy_timeout);
+            let mut patches: Vec<Patch> = Vec::new();
+            for f in &files {
+                patches.push(ctx.read_verified(f, allow_unsigned)?.1);
+            }
+            let mut jobs: Vec<(i32, usize)> = Vec::new();
+            for (i, p) in patches.iter().enumerate() {
+                match pid {
+                    Some(pid) => jobs.push((pid, i)),
+                    None => {
+                        let pids = engine::processes_mapping(&p.meta.target.build_id);
+                        if pids.is_empty() && !quiet {
+                            eprintln!(
+                                "hotsplice: no running process maps {} (build-id {})",
+                                p.meta.target.name, p.meta.target.build_id
+                            );
+                        }
+                        jobs.extend(pids.into_iter().map(|pid| (pid, i)));
+                    }
+                }
+            }
+            let _ = all;
+            if ctx.dry_run {
+                for (p, i) in &jobs {
+                    println!(
+                        "would apply {} to pid {p} ({})",
+                        patches[*i].meta.id,
+                        comm(*p)
+                    );
+                }
+                return Ok(true);
+            }
+            let grouped = by_pid(jobs);
+            let results = run_parallel(&grouped, |(p, list)| {
+                let _lock = ctx.lock_process(*p);
+                list.iter()
+                    .map(|&i| engine::apply(*p, &patches[i], &opts))
+                    .collect::<Vec<_>>()
+            });
+            report_all(
+                "applied",
+                results.into_iter().flatten().collect(),
+                json,
+                quiet,
+            )
+        }
+        UserCommand::Undo { pid, id, wait } => {
+            let _lock = ctx.lock_process(pid)?;
+            let r = engine::undo(pid, &id, &ctx.options(wait.busy_timeout))?;
+            print_report("undid", &r, quiet);
+            Ok(true)
+        }
+        UserCommand::Remove {
+            all,
+            pid,
+            ids,
+            wait,
+        } => {
+            if !all && ids.is_empty() {
+                bail!("say which patches to remove: IDs, or --all");
+            }
+            let opts = ctx.options(wait.busy_timeout);
+            let pids = match pid {
+                Some(p) => vec![p],
+                None => hotsplice_process::all_pids(),
+            };
+            let mut jobs = Vec::new();
+            for p in pids {
+                let Ok(applied) = engine::applied(p) else {
+                    continue;
+                };
+                // Newest first, so stacked patches come off in order.
+                for h in applied.iter().rev() {
+                    if all || ids.contains(&h.patch_id) {
+                        jobs.push((p, h.patch_id.clone()));
+                    }
+                }
+            }
+            if ctx.dry_run {
+                for (p, id) in &jobs {
+                    println!("would undo {id} in pid {p} ({})", comm(*p));
+                }
+                return Ok(true);
+            }
+            let grouped = by_pid(jobs);
+            let results = run_parallel(&grouped, |(p, ids)| {
+                let _lock = ctx.lock_process(*p);
+                ids.iter()
+                    .map(|id| engine::undo(*p, id, &opts))
+                    .collect::<Vec<_>>()
+            });
+            report_all(
+                "undid",
+                results.into_iter().flatten().collect(),
+                false,
+                quiet,
+            )
+        }
+        UserCommand::Show {
+            pid,
+            available,
+            json,
+        } => {
+            if available {
+                show_available(ctx, json)
+            } else {
+                show_applied(pid, json)
+            }
+        }
+        UserCommand::ListTargets { json } => list_targets(json),
+        UserCommand::Upgrade { pid, wait, json } => upgrade(ctx, pid, wait, json),
+    }
+}
+
+fn report_all(
+    verb: &str,
+    results: Vec<engine::Result<Report>>,
+    json: bool,
+    quiet: bool,
+) -> Result<bool> {
+    let mut ok = true;
+    let mut reports = Vec::new();
+    for r in results {
+        match r {
+            Ok(r) => {
+                if !json {
+                    print_report(verb, &r, quiet);
+                }
+                reports.push(r);
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("hotsplice: error: {e}");
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(ok)
+}
+
+fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
+    let pids = match pid {
+        Some(p) => vec![p],
+        None => hotsplice_process::all_pids(),
+    };
+    let mut rows = Vec::new();
+    for p in pids {
+        match engine::applied(p) {
+            Ok(h) if !h.is_empty() || pid.is_some() => rows.push((p, h)),
+            Ok(_) => {}
+            Err(e) if pid.is_some() => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(p, hs)| {
+                serde_json::json!({
+                    "pid": p,
+                    "command": comm(*p),
+                    "patches": hs.iter().map(|h| serde_json::json!({
+                        "id": h.patch_id,
+                        "target": h.target_name,
+                        "build_id": h.target_build_id,
+                        "description": h.description,
+                        "applied_at": h.applied_at,
+                        "functions": h.functions.iter().map(|f| &f.name).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if rows.is_empty() {
+        println!("no patches applied");
+    } else {
+        println!(
+            "{:<8} {:<16} {:<9} {:<20} FUNCTIONS",
+            "PID", "COMMAND", "ID", "TARGET"
+        );
+        for (p, hs) in &rows {
+            if hs.is_empty() {
+                println!("{:<8} {:<16} (none)", p, comm(*p));
+            }
+            for h in hs {
+                let names: Vec<&str> = h.functions.iter().map(|f| f.name.as_str()).collect();
+                println!(
+                    "{:<8} {:<16} {:<9} {:<20} {}",
+                    p,
+                    comm(*p),
+                    h.patch_id,
+                    h.target_name,
+                    names.join(",")
+                );
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn list_targets(json: bool) -> Result<bool> {
+    let me = std::process::id() as i32;
+    let mut by_object: std::collections::BTreeMap<(String, String), Vec<i32>> = Default::default();
+    for p in hotsplice_process::all_pids() {
+        if p == me {
+            continue;
+        }
+        let Ok(maps) = hotsplice_process::read_maps(p) else {
+            continue;
+        };
+        let Ok(objs) = engine::loaded_objects(p, &maps) else {
+            continue;
+        };
+        for o in objs {
+            by_object.entry((o.path, o.build_id)).or_default().push(p);
+        }
+    }
+    if json {
+        let v: Vec<_> = by_object
+            .iter()
+            .map(|((path, id), pids)| serde_json::json!({"path": path, "build_id": id, "pids": pids}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{:<48} {:<42} PIDS", "OBJECT", "BUILD-ID");
+        for ((path, id), pids) in &by_object {
+            let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            println!("{:<48} {:<42} {}", path, id, list.join(","));
+        }
+    }
+    Ok(true)
+}
+
+/// What `upgrade` decided or did for one process and patch.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Outcome {
+    Patched {
+        pid: i32,
+        id: String,
+        replaced: Option<String>,
+        stopped_us: u128,
+    },
+    AlreadyPatched {
+        pid: i32,
+        id: String,
+    },
+    Skipped {
+        pid: i32,
+        why: String,
+    },
+    Failed {
+        pid: i32,
+        id: String,
+        why: String,
+    },
+    Planned {
+        pid: i32,
+        id: String,
+        replaces: Option<String>,
+    },
+}
+
+/// Installed patches (highest level per target), verified again on use.
+pub fn current_patches(ctx: &Ctx) -> Result<Vec<(Entry, Patch)>> {
+    let store = Store::open(&ctx.paths)?;
+    let mut out = Vec::new();
+    for e in store.current_levels()? {
+        let bytes = store.read_patch(&e)?;
+        let allow = e.key_id.is_empty();
+        let (patch, _) = ctx.verified(&bytes, &format!("installed patch {}", e.id), allow)?;
+        out.push((e, patch));
+    }
+    Ok(out)
+}
+
+/// Bring one process up to the installed levels: apply what it needs,
+/// replacing lower levels in the same stop window.
+pub fn upgrade_process(
+    ctx: &Ctx,
+    pid: i32,
+    patches: &[(Entry, Patch)],
+    blacklist: &hotsplice_store::Blacklist,
+    opts: &engine::ApplyOptions,
+    dry_run: bool,
+) -> Vec<Outcome> {
+    let me = std::process::id() as i32;
+    if pid == 1 || pid == me {
+        return vec![];
+    }
+    let Ok(maps) = hotsplice_process::read_maps(pid) else {
+        return vec![];
+    };
+    let Ok(objects) = engine::loaded_objects(pid, &maps) else {
+        return vec![];
+    };
+    let wanted: Vec<&(Entry, Patch)> = patches
+        .iter()
+        .filter(|(e, _)| objects.iter().any(|o| o.build_id == e.target.build_id))
+        .collect();
+    if wanted.is_empty() {
+        return vec![];
+    }
+    let exe_path = exe(pid);
+    if let Some(pat) = blacklist.executable(&exe_path) {
+        return vec![Outcome::Skipped {
+            pid,
+            why: format!("executable {exe_path} matches blacklist pattern `{pat}`"),
+        }];
+    }
+    let _lock = ctx.lock_process(pid).ok();
+    let applied = engine::applied(pid).unwrap_or_default();
+    let mut out = Vec::new();
+    for (e, patch) in wanted {
+        if let Some(o) = objects.iter().find(|o| o.build_id == e.target.build_id) {
+            if let Some(pat) = blacklist.target(&o.path) {
+                out.push(Outcome::Skipped {
+                    pid,
+                    why: format!("{} matches blacklist pattern `{pat}`", o.path),
+                });
+                continue;
+            }
+        }
+        if applied.iter().any(|h| h.patch_id == e.id) {
+            out.push(Outcome::AlreadyPatched {
+                pid,
+                id: e.id.clone(),
+            });
+            continue;
+        }
+        let lower = applied
+            .iter()
+            .rfind(|h| h.target_build_id == e.target.build_id)
+            .map(|h| h.patch_id.clone());
+        if dry_run {
+            out.push(Outcome::Planned {
+                pid,
+                id: e.id.clone(),
+                replaces: lower,
+            });
+            continue;
+        }
+        out.push(
+            match engine::apply_replacing(pid, patch, lower.as_deref(), opts) {
+                Ok(r) => Outcome::Patched {
+                    pid,
+                    id: r.id,
+                    replaced: r.replaced,
+                    stopped_us: r.stopped.as_micros(),
+                },
+                Err(err) => Outcome::Failed {
+                    pid,
+                    id: e.id.clone(),
+                    why: err.to_string(),
+                },
+            },
+        );
+    }
+    out
+}
+
+fn upgrade(ctx: &Ctx, pid: Option<i32>, wait: Wait, json: bool) -> Result<bool> {
+    let patches = current_patches(ctx)?;
+    if patches.is_empty() {
+        if !ctx.quiet {
+            println!("no patches installed (hotsplice user install FILE...)");
+        }
+        return Ok(true);
+    }
+    let blacklist = ctx.blacklist()?;
+    let opts = ctx.options(wait.busy_timeout);
+    let pids = match pid {
+        Some(p) => vec![p],
+        None => hotsplice_process::all_pids(),
+    };
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if interactive && !ctx.yes && !ctx.dry_run {
+        let plan: Vec<Outcome> = pids
+            .iter()
+            .flat_map(|&p| upgrade_process(ctx, p, &patches, &blacklist, &opts, true))
+            .collect();
+        let n = plan
+            .iter()
+            .filter(|o| matches!(o, Outcome::Planned { .. }))
+            .count();
+        eprint!("{n} patch application(s) to make. Go ahead [y/N]? ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !answer.trim().eq_ignore_ascii_case("y") {
+            println!("nothing done");
+            return Ok(true);
+        }
+    }
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let total = pids.len();
+    let progress = !ctx.quiet && !json && std::io::stderr().is_terminal();
+    let outcomes: Vec<Outcome> = run_parallel(&pids, |&p| {
+        let r = upgrade_process(ctx, p, &patches, &blacklist, &opts, ctx.dry_run);
+        let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if progress {
+            let width = 30;
+            let filled = k * width / total.max(1);
+            eprint!(
+                "\r[{}{}] {k}/{total} processes",
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
+        }
+        r
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    if progress {
+        eprintln!();
+    }
+    let ok = !outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+        return Ok(ok);
+    }
+    let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    for o in &outcomes {
+        match o {
+            Outcome::Planned { pid, id, replaces } if !ctx.quiet => println!(
+                "would apply {id} to pid {pid} ({}){}",
+                comm(*pid),
+                replaces
+                    .as_ref()
+                    .map(|r| format!(", replacing {r}"))
+                    .unwrap_or_default()
+            ),
+            Outcome::Skipped { pid, why } if !ctx.quiet => {
+                println!("skipped pid {pid} ({}): {why}", comm(*pid))
+            }
+            Outcome::Failed { pid, id, why } => {
+                eprintln!("failed: {id} in pid {pid} ({}): {why}", comm(*pid))
+            }
+            Outcome::Patched {
+                pid,
+                id,
+                replaced,
+                stopped_us,
+            } if ctx.verbose > 0 => println!(
+                "patched pid {pid} ({}) with {id}{}; stopped {stopped_us} us",
+                comm(*pid),
+                replaced
+                    .as_ref()
+                    .map(|r| format!(" replacing {r}"))
+                    .unwrap_or_default()
+            ),
+            _ => {}
+        }
+    }
+    if !ctx.quiet {
+        println!(
+            "summary: {} patched, {} already patched, {} skipped, {} failed{}",
+            count(|o| matches!(o, Outcome::Patched { .. })),
+            count(|o| matches!(o, Outcome::AlreadyPatched { .. })),
+            count(|o| matches!(o, Outcome::Skipped { .. })),
+            count(|o| matches!(o, Outcome::Failed { .. })),
+            if ctx.dry_run {
+                format!(
+                    ", {} planned (dry run: nothing changed)",
+                    count(|o| matches!(o, Outcome::Planned { .. }))
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(ok)
+}
+
+fn show_available(ctx: &Ctx, json: bool) -> Result<bool> {
+    let store = Store::open(&ctx.paths)?;
+    let entries = store.list()?;
+    let current = store.current_levels()?;
+    let mut rows = Vec::new();
+    for e in &entries {
+        let pids = engine::processes_mapping(&e.target.build_id);
+        let applied_in: Vec<i32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| {
+                engine::applied(p)
+                    .map(|hs| hs.iter().any(|h| h.patch_id == e.id))
+                    .unwrap_or(false)
+            })
+            .collect();
+        let is_current = current.iter().any(|c| c.id == e.id);
+        rows.push((e, pids, applied_in, is_current));
+    }
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(e, pids, applied, cur)| {
+                serde_json::json!({
+                    "id": e.id, "level": e.level, "target": e.target, "description": e.description,
+                    "current": cur, "processes": pids, "applied_in": applied,
+                    "needed_by": pids.iter().filter(|p| !applied.contains(p)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(true);
+    }
+    if rows.is_empty() {
+        println!("no patches installed");
+        return Ok(true);
+    }
+    println!(
+        "{:<9} {:<6} {:<20} {:<10} {:<10} DESCRIPTION",
+        "ID", "LEVEL", "TARGET", "APPLIED", "NEEDED"
+    );
+    for (e, pids, applied, cur) in rows {
+        let needed = if cur { pids.len() - applied.len() } else { 0 };
+        println!(
+            "{:<9} {:<6} {:<20} {:<10} {:<10} {}",
+            e.id,
+            e.level,
+            e.target.name,
+            applied.len(),
+            needed,
+            e.description
+        );
+    }
+    Ok(true)
+}

@@ -1,0 +1,232 @@
+//! Undo, and finishing or rolling back what an interrupted run left.
+
+use crate::journal::{fault, record, Op, Pending, Step};
+use crate::safety::Ranges;
+use crate::state::{applied_in, read_maps, refuse_special};
+use crate::window::{stop_and_write, Write};
+use crate::{ApplyOptions, EngineError, Report, Result};
+use hotsplice_arch::current as arch;
+use hotsplice_patch::ImageHeader;
+use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
+use std::time::Duration;
+
+/// The writes that put back what patch `h` overwrote. `current` holds the
+/// first bytes of each of its jumped functions, in order. Strict: every
+/// jump must still be there (else someone stacked on it or changed it);
+/// tolerant (recovery): entries without our jump are left alone.
+pub(crate) fn removal_writes(
+    pid: Pid,
+    h: &ImageHeader,
+    applied: &[ImageHeader],
+    current: &[Option<Vec<u8>>],
+    tolerant: bool,
+) -> Result<Vec<Write>> {
+    let mut writes = Vec::new();
+    let jumped = h.functions.iter().filter(|f| !f.saved.is_empty());
+    for (f, cur) in jumped.zip(current) {
+        let cur = cur.clone().unwrap_or_default();
+        let ours = arch::encode_jump(f.addr, f.new_addr).map(|j| j.to_vec());
+        if Some(&cur) != ours.as_ref() {
+            if tolerant {
+                continue;
+            }
+            let over = applied.iter().find(|o| {
+                o.sequence > h.sequence && o.functions.iter().any(|of| of.addr == f.addr)
+            });
+            return Err(match over {
+                Some(o) => EngineError::Stacked {
+                    pid,
+                    id: h.patch_id.clone(),
+                    over: o.patch_id.clone(),
+                    function: f.name.clone(),
+                },
+                None => EngineError::ForeignChange {
+                    pid,
+                    function: f.name.clone(),
+                    addr: f.addr,
+                },
+            });
+        }
+        writes.push(Write {
+            addr: f.addr,
+            new: hex::decode(&f.saved).unwrap_or_default(),
+            expect: cur,
+            name: f.name.clone(),
+        });
+    }
+    Ok(writes)
+}
+
+fn entries(pid: Pid, h: &ImageHeader) -> Vec<Option<Vec<u8>>> {
+    process::read_memory_many(
+        pid,
+        &h.functions
+            .iter()
+            .filter(|f| !f.saved.is_empty())
+            .map(|f| (f.addr, arch::JUMP_LEN))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Undo patch `id` in process `pid`: restore the original entries (after
+/// the same safety check, against the patch's own code), then unmap it.
+pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
+    refuse_special(pid)?;
+    let maps = read_maps(pid)?;
+    let applied = applied_in(pid, &maps)?;
+    let Some(h) = applied.iter().find(|h| h.patch_id == id) else {
+        return Err(EngineError::NotApplied {
+            pid,
+            id: id.into(),
+            applied: if applied.is_empty() {
+                "none".into()
+            } else {
+                applied
+                    .iter()
+                    .map(|h| h.patch_id.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        });
+    };
+    remove(pid, h, &applied, &maps, false, opts)
+}
+
+fn remove(
+    pid: Pid,
+    h: &ImageHeader,
+    applied: &[ImageHeader],
+    maps: &[Mapping],
+    tolerant: bool,
+    opts: &ApplyOptions,
+) -> Result<Report> {
+    let writes = removal_writes(pid, h, applied, &entries(pid, h), tolerant)?;
+    let ranges = Ranges::new([(
+        h.code_start,
+        h.code_start + h.code_len,
+        format!("code of patch {}", h.patch_id),
+    )]);
+    let journal = opts.journal.as_deref();
+    let pending = |step| Pending {
+        op: Op::Undo,
+        pid,
+        id: h.patch_id.clone(),
+        map_start: h.map_start,
+        map_len: h.map_len,
+        step,
+    };
+    record(journal, &pending(Step::Window))?;
+    let (threads, attempts, stopped) = if writes.is_empty() {
+        (0, 0, Duration::ZERO)
+    } else {
+        let mut tracee = Tracee::seize(pid)?;
+        let mem = MemWriter::open(pid)?;
+        let w = stop_and_write(
+            pid,
+            &mut tracee,
+            &mem,
+            maps,
+            &ranges,
+            opts,
+            &writes,
+            "undo:restore",
+        )?;
+        (w.threads, w.attempts, w.stopped)
+    };
+    fault("undo:restored");
+    record(journal, &pending(Step::Unmapping))?;
+    process::with_main_thread(pid, |t| t.munmap(h.map_start, h.map_len))?;
+    fault("undo:unmapped");
+    if let Some(j) = journal {
+        j.clear(pid, &h.patch_id);
+    }
+    Ok(Report {
+        pid,
+        id: h.patch_id.clone(),
+        target: h.target_name.clone(),
+        threads,
+        attempts,
+        stopped,
+        functions: h.functions.len(),
+        replaced: None,
+    })
+}
+
+/// What recovery did with a record left by an interrupted run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// The process is gone: nothing to do.
+    Gone,
+    /// The change had completed; the record was stale.
+    Completed,
+    /// The interrupted change was finished (undo).
+    Finished,
+    /// The interrupted change was rolled back (apply).
+    RolledBack,
+}
+
+/// Finish or roll back a change recorded by a run that did not complete:
+/// an interrupted apply is rolled back unless every jump was written; an
+/// interrupted undo is finished. The caller checks the record is about this
+/// very process (start time) and clears the record afterwards.
+pub fn recover(p: &Pending, opts: &ApplyOptions) -> Result<Recovery> {
+    let no_journal = ApplyOptions {
+        journal: None,
+        ..opts.clone()
+    };
+    let maps = match read_maps(p.pid) {
+        Ok(m) => m,
+        Err(EngineError::Process(
+            process::Error::NoSuchProcess { .. } | process::Error::ProcessExited { .. },
+        )) => return Ok(Recovery::Gone),
+        Err(e) => return Err(e),
+    };
+    let applied = applied_in(p.pid, &maps)?;
+    let header = applied
+        .iter()
+        .find(|h| h.patch_id == p.id && h.map_start == p.map_start);
+    match (p.op, header) {
+        (Op::Apply, None) => {
+            // Killed before the header was written: unmap what we mapped,
+            // if it is there and is ours (anonymous, executable, no file).
+            let ours = maps.iter().any(|m| {
+                m.start == p.map_start
+                    && m.inode == 0
+                    && m.exec
+                    && m.path.as_deref().is_none_or(|n| n.starts_with("[anon:"))
+            });
+            if ours {
+                let head = process::read_memory(p.pid, p.map_start, 16).unwrap_or_default();
+                if head.iter().all(|&b| b == 0) {
+                    process::with_main_thread(p.pid, |t| t.munmap(p.map_start, p.map_len))?;
+                }
+            }
+            Ok(Recovery::RolledBack)
+        }
+        (Op::Apply, Some(h)) => {
+            let current = entries(p.pid, h);
+            let jumps: Vec<bool> = h
+                .functions
+                .iter()
+                .filter(|f| !f.saved.is_empty())
+                .zip(&current)
+                .map(|(f, c)| {
+                    c.as_deref()
+                        == arch::encode_jump(f.addr, f.new_addr)
+                            .as_ref()
+                            .map(|j| &j[..])
+                })
+                .collect();
+            if !jumps.is_empty() && jumps.iter().all(|&j| j) {
+                return Ok(Recovery::Completed);
+            }
+            remove(p.pid, h, &applied, &maps, true, &no_journal)?;
+            Ok(Recovery::RolledBack)
+        }
+        (Op::Undo, None) => Ok(Recovery::Completed),
+        (Op::Undo, Some(h)) => {
+            remove(p.pid, h, &applied, &maps, true, &no_journal)?;
+            Ok(Recovery::Finished)
+        }
+    }
+}

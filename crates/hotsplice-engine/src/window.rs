@@ -1,0 +1,122 @@
+//! The stop window, retried while code is busy.
+
+use crate::journal::fault;
+use crate::safety::{find_busy, needs_fresh_maps, stack_spans, Ranges};
+use crate::state::read_maps;
+use crate::{ApplyOptions, EngineError, Result};
+use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
+use std::time::{Duration, Instant};
+
+/// One write of the window: at `addr`, replace `expect` with `new`.
+pub(crate) struct Write {
+    pub addr: u64,
+    pub new: Vec<u8>,
+    pub expect: Vec<u8>,
+    pub name: String,
+}
+
+pub(crate) struct WindowResult {
+    pub threads: usize,
+    pub attempts: u32,
+    pub stopped: Duration,
+}
+
+/// Stop all threads, check none is inside `ranges`, check the bytes to
+/// overwrite are still what they were, write, detach. While busy, let the
+/// process run and retry until the timeout. On any failure the bytes are
+/// as they were and every thread runs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stop_and_write(
+    pid: Pid,
+    tracee: &mut Tracee,
+    mem: &MemWriter,
+    maps: &[Mapping],
+    ranges: &Ranges,
+    opts: &ApplyOptions,
+    writes: &[Write],
+    fault_point: &str,
+) -> Result<WindowResult> {
+    let started = Instant::now();
+    let deadline = started + opts.busy_timeout;
+    let mut backoff = Duration::from_millis(5);
+    let mut maps = maps.to_vec();
+    let checks: Vec<(u64, usize)> = writes.iter().map(|w| (w.addr, w.expect.len())).collect();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let t0 = Instant::now();
+        let window = tracee.stop_all()?;
+        let threads = window.threads();
+        let mut spans = stack_spans(threads, &maps);
+        if needs_fresh_maps(&spans) {
+            maps = read_maps(pid)?;
+            spans = stack_spans(threads, &maps);
+        }
+        let stacks = process::read_memory_many(pid, &spans);
+        if let Some(busy) = find_busy(threads, &stacks, ranges) {
+            window.resume()?;
+            if Instant::now() >= deadline {
+                return Err(EngineError::Busy {
+                    pid,
+                    tid: busy.tid,
+                    function: busy.function,
+                    frame: busy.frame,
+                    waited_ms: started.elapsed().as_millis(),
+                });
+            }
+            // While seized, a thread that gets a signal or starts a thread
+            // waits for us: collect such stops while we wait.
+            let until =
+                Instant::now() + backoff.min(deadline.saturating_duration_since(Instant::now()));
+            while Instant::now() < until {
+                tracee.service_events()?;
+                std::thread::sleep(
+                    Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())),
+                );
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+            continue;
+        }
+        let now = process::read_memory_many(pid, &checks);
+        if let Some(w) = writes
+            .iter()
+            .zip(&now)
+            .find(|(w, cur)| cur.as_deref() != Some(w.expect.as_slice()))
+            .map(|(w, _)| w)
+        {
+            window.resume()?;
+            return Err(EngineError::ForeignChange {
+                pid,
+                function: w.name.clone(),
+                addr: w.addr,
+            });
+        }
+        let mut done = 0;
+        let mut failure = None;
+        for w in writes {
+            match mem.write(w.addr, &w.new) {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            fault(fault_point);
+        }
+        if let Some(e) = failure {
+            // Back to fully old before anything runs.
+            for w in writes[..done].iter().rev() {
+                let _ = mem.write(w.addr, &w.expect);
+            }
+            window.resume()?;
+            return Err(e.into());
+        }
+        let n = threads.len();
+        window.detach_all()?;
+        return Ok(WindowResult {
+            threads: n,
+            attempts,
+            stopped: t0.elapsed(),
+        });
+    }
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Boot the cached Debian kernel under QEMU (TCG) with an initramfs; the serial
+# console goes to a log file; the guest powers off when its init is done.
+#
+# Usage: scripts/kernel/boot.sh [-d DISK] [-t TIMEOUT_S] [-a APPEND] [-l LOG] [-m MEM] [-s SMP] INITRD
+#   -d DISK     raw disk image (e.g. from mkdisk.sh) attached as virtio-blk (/dev/vda)
+#   -t SECONDS  kill QEMU after this long (default 240); exit status 124 then
+#   -a APPEND   extra kernel command-line words (e.g. "hstest=livepatch-sample")
+#   -l LOG      serial log file (default: $CACHE/kernel/serial.log)
+#   -m MEM      guest memory (default 1G);  -s SMP  vCPUs (default 1)
+# Prints the log's "HSTEST " lines on stdout and the boot time on stderr.
+# Env: HOTSPLICE_BOOT_VERBOSE=1 prints the whole serial log at the end.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel"
+DISK= TIMEOUT=240 APPEND= LOG= MEM=1G SMP=1
+usage() { sed -n '5,11p' "$0" >&2; exit 2; }
+while getopts "d:t:a:l:m:s:" opt; do
+    case $opt in
+        d) DISK=$OPTARG ;; t) TIMEOUT=$OPTARG ;; a) APPEND=$OPTARG ;;
+        l) LOG=$OPTARG ;; m) MEM=$OPTARG ;; s) SMP=$OPTARG ;; *) usage ;;
+    esac
+done
+shift $((OPTIND - 1))
+[ $# -eq 1 ] || usage
+INITRD=$1
+[ -f "$CACHE/.complete" ] || "$REPO/scripts/kernel/fetch.sh" >&2
+# shellcheck disable=SC1091
+. "$CACHE/env.sh"
+LOG=${LOG:-$CACHE/serial.log}
+mkdir -p "$(dirname "$LOG")"
+: > "$LOG"
+
+args=(-accel tcg -m "$MEM" -smp "$SMP" -nographic -no-reboot
+      -monitor none -serial "file:$LOG"
+      -kernel "$VMLINUZ" -initrd "$INITRD"
+      -append "console=ttyS0 panic=-1 oops=panic $APPEND")
+if [ -n "$DISK" ]; then
+    args+=(-drive "file=$DISK,format=raw,if=virtio,cache=writeback")
+else
+    args[${#args[@]}-1]="${args[${#args[@]}-1]} hsdisk=none"
+fi
+
+t0=$(date +%s.%N)
+rc=0
+timeout -s KILL "$TIMEOUT" qemu-system-x86_64 "${args[@]}" </dev/null >"$LOG.qemu" 2>&1 || rc=$?
+t1=$(date +%s.%N)
+[ $rc = 137 ] && rc=124
+printf 'boot.sh: boot-to-poweroff %.1fs (qemu exit %d)\n' "$(echo "$t1 - $t0" | bc)" "$rc" >&2
+if [ "${HOTSPLICE_BOOT_VERBOSE:-0}" = 1 ]; then cat "$LOG" >&2; fi
+tr -d '\r' < "$LOG" | grep '^HSTEST ' || true
+if [ $rc != 0 ]; then
+    echo "boot.sh: qemu failed or timed out (rc=$rc); qemu output:" >&2
+    cat "$LOG.qemu" >&2
+    exit $rc
+fi
+grep -q '^HSTEST init-done' <(tr -d '\r' < "$LOG") || { echo "boot.sh: guest did not finish (see $LOG)" >&2; exit 1; }
