@@ -13,7 +13,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel"
-DISK= TIMEOUT=240 APPEND= LOG= MEM=1G SMP=1
+DISK='' TIMEOUT=240 APPEND='' LOG='' MEM=1G SMP=1
 usage() { sed -n '5,11p' "$0" >&2; exit 2; }
 while getopts "d:t:a:l:m:s:" opt; do
     case $opt in

@@ -87,7 +87,7 @@ cd "$CACHE/debs"
 for spec in "${PKGS[@]}"; do
     name=${spec%%=*}
     if [ "$name" = "$spec" ]; then pat="${name}_*_*.deb"; else
-        pat="${name}_$(echo "${spec#*=}" | sed 's/:/%3a/')_*.deb"; fi
+        v=${spec#*=}; pat="${name}_${v//:/%3a}_*.deb"; fi
     # shellcheck disable=SC2086
     if ls $pat >/dev/null 2>&1; then continue; fi
     log "downloading $spec"
@@ -108,6 +108,7 @@ done
 
 # Unpack the kernel source tarball (linux-source-6.1 ships a .tar.xz).
 if [ "${HOTSPLICE_KERNEL_NO_SOURCE:-0}" != 1 ] && [ ! -f "$CACHE/src/.complete-$PKGVER" ]; then
+    # shellcheck disable=SC2012
     tarball=$(ls "$CACHE"/root/usr/src/linux-source-"$MAJ".tar.* | head -n1)
     log "unpacking $(basename "$tarball")"
     rm -rf "$CACHE/src"; mkdir -p "$CACHE/src"
@@ -124,7 +125,7 @@ fi  # CACHED = 0
 # includes to the cache root.
 KDIR="$CACHE/root/usr/src/linux-headers-$KVER"
 COMMON="$CACHE/root/usr/src/linux-headers-$ABI-common"
-[ -d "$KDIR" ] && [ -d "$COMMON" ] || { log "headers missing"; exit 1; }
+if [ ! -d "$KDIR" ] || [ ! -d "$COMMON" ]; then log "headers missing"; exit 1; fi
 find "$KDIR" "$COMMON" "$CACHE/root/lib/modules/$KVER" -maxdepth 2 -type l | while read -r l; do
     tgt=$(readlink "$l")
     case "$tgt" in

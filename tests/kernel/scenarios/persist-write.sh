@@ -3,6 +3,7 @@
 hs() { echo "HSTEST $*"; }
 grep -q ' /mnt ' /proc/mounts || { hs "persist-write=no-disk"; exit 1; }
 tok=
+# shellcheck disable=SC2013
 for w in $(cat /proc/cmdline); do
     case $w in hstoken=*) tok=${w#hstoken=} ;; esac
 done

@@ -557,6 +557,20 @@ impl Proc {
     }
 
     /// True once a line printed from now on equals `text`.
+    /// Waits for a line starting with `prefix`, printed at any time.
+    pub fn wait_for_new_line_prefix(&self, s: Stream, prefix: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.lines_since(s, 0).iter().any(|l| l.starts_with(prefix)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn wait_for_new_line(&self, s: Stream, text: &str, timeout: Duration) -> bool {
         let m = self.mark(s);
         self.wait_for_line(s, m, text, timeout)
@@ -679,11 +693,15 @@ impl TestEnv {
     }
 }
 
-pub fn test_env() -> &'static TestEnv {
-    static ENV: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("hotsplice-env-{}", std::process::id()));
+impl TestEnv {
+    /// A fresh environment under Cargo's target temp dir.
+    pub fn new(tag: &str) -> TestEnv {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "hotsplice-env-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = fs::remove_dir_all(&root);
         for d in ["etc/keys", "state", "run", "signing"] {
             fs::create_dir_all(root.join(d)).expect("test env dir");
@@ -705,7 +723,37 @@ pub fn test_env() -> &'static TestEnv {
             key: root.join("signing/tests.key"),
             root,
         }
-    })
+    }
+
+    /// `hotsplice ARGS...` in this environment.
+    pub fn hs<I, S>(&self, args: I) -> CmdOut
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(hotsplice_bin());
+        cmd.args(os_args(args)).current_dir(std::env::temp_dir());
+        self.apply_to(&mut cmd);
+        run_cmd(cmd, CMD_TIMEOUT)
+    }
+
+    /// A `hotsplice ARGS...` command in this environment, not started.
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(hotsplice_bin());
+        cmd.args(os_args(args)).current_dir(std::env::temp_dir());
+        self.apply_to(&mut cmd);
+        cmd
+    }
+}
+
+/// The environment shared by the tests of one test binary.
+pub fn test_env() -> &'static TestEnv {
+    static ENV: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| TestEnv::new("shared"))
 }
 
 /// Runs `hotsplice ARGS...` (cwd: the temp dir) and returns its output.

@@ -1,0 +1,442 @@
+//! Keeping a whole machine patched: signatures, the store, `upgrade` with
+//! levels, exclusions, concurrent commands, the daemon for processes
+//! started later, and recovery after hotsplice is killed mid-change.
+//! Real programs, real ptrace; every test has its own configuration and
+//! state directories.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// `hotsplice create` of `diff` for a built case, signed with `key` (or not).
+fn create(
+    env: &TestEnv,
+    case: &Case,
+    build: &Build,
+    diff: &str,
+    key: Option<&Path>,
+    level: u32,
+    out: &Path,
+) -> PathBuf {
+    let mut args: Vec<String> = vec!["create".into()];
+    if let Some(k) = key {
+        args.push("--sign".into());
+        args.push(k.display().to_string());
+    }
+    args.extend([
+        "--level".into(),
+        level.to_string(),
+        "--patch".into(),
+        case.diff(diff).display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        build.dir.display().to_string(),
+    ]);
+    let r = env.hs(&args);
+    r.assert_ok("create");
+    PathBuf::from(r.stdout.lines().next().expect("a patch path").trim())
+}
+
+fn info_id(env: &TestEnv, file: &Path) -> String {
+    let r = env.hs(["info", "--json", file.to_str().unwrap()]);
+    r.assert_ok("info");
+    let at = r.stdout.find("\"id\": \"").expect("id in info") + 7;
+    r.stdout[at..at + 8].to_string()
+}
+
+fn shown(env: &TestEnv, pid: u32) -> String {
+    let r = env.hs(["user", "show", "--pid", &pid.to_string(), "--json"]);
+    r.assert_ok("show");
+    r.stdout
+}
+
+fn outdir(tag: &str) -> TempDir {
+    let d = TempDir::new(tag);
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+#[test]
+fn unsigned_foreign_and_tampered_patches_are_refused() {
+    require_root();
+    let env = TestEnv::new("trust");
+    let case = Case::load("pie_exec");
+    let build = case.build();
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let out = outdir("trust");
+    let pid = proc.pid().to_string();
+
+    let unsigned = create(&env, &case, &build, "fix.diff", None, 1, out.path());
+    let r = env.hs(["user", "apply", "--pid", &pid, unsigned.to_str().unwrap()]);
+    r.assert_failed("unsigned");
+    assert!(r.stderr.contains("not signed"), "{}", r.describe());
+
+    let stranger = TempDir::new("stranger");
+    env.hs(["keygen", "-o", stranger.path().to_str().unwrap(), "mallory"])
+        .assert_ok("keygen");
+    let foreign = out.path().join("foreign.hsp");
+    fs::copy(&unsigned, &foreign).unwrap();
+    env.hs([
+        "sign",
+        stranger.path().join("mallory.key").to_str().unwrap(),
+        foreign.to_str().unwrap(),
+    ])
+    .assert_ok("sign");
+    let r = env.hs(["user", "apply", "--pid", &pid, foreign.to_str().unwrap()]);
+    r.assert_failed("foreign key");
+    assert!(r.stderr.contains("not trusted"), "{}", r.describe());
+
+    let tampered = out.path().join("tampered.hsp");
+    fs::copy(&unsigned, &tampered).unwrap();
+    env.hs([
+        "sign",
+        env.key.to_str().unwrap(),
+        tampered.to_str().unwrap(),
+    ])
+    .assert_ok("sign");
+    let mut bytes = fs::read(&tampered).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x10; // inside the signature
+    fs::write(&tampered, &bytes).unwrap();
+    let r = env.hs(["user", "apply", "--pid", &pid, tampered.to_str().unwrap()]);
+    r.assert_failed("tampered signature");
+    assert!(r.stderr.contains("does not verify"), "{}", r.describe());
+    let r = env.hs(["user", "install", tampered.to_str().unwrap()]);
+    r.assert_failed("install of tampered");
+
+    proc.assert_running_with(Stream::Stdout, case.before(), "refusals leave it unpatched");
+    let r = env.hs([
+        "user",
+        "apply",
+        "--allow-unsigned",
+        "--pid",
+        &pid,
+        unsigned.to_str().unwrap(),
+    ]);
+    r.assert_ok("allow-unsigned");
+    assert!(r.stderr.contains("WARNING"), "{}", r.describe());
+    proc.expect_new_line(
+        Stream::Stdout,
+        case.after(),
+        "patched with --allow-unsigned",
+    );
+}
+
+#[test]
+fn upgrade_patches_every_process_and_a_higher_level_replaces_the_lower() {
+    require_root();
+    let env = TestEnv::new("upgrade");
+    let case = Case::load("stacked");
+    let build = case.build();
+    let mut procs: Vec<Proc> = (0..3).map(|_| build.start(&case)).collect();
+    for p in &mut procs {
+        p.expect_new_line(Stream::Stdout, case.before(), "started");
+    }
+    let out = outdir("upgrade");
+    let l1 = create(
+        &env,
+        &case,
+        &build,
+        "fix.diff",
+        Some(&env.key),
+        1,
+        out.path(),
+    );
+    let l2_dir = out.path().join("l2");
+    fs::create_dir_all(&l2_dir).unwrap();
+    let l2 = create(&env, &case, &build, "fix2.diff", Some(&env.key), 2, &l2_dir);
+    let (id1, id2) = (info_id(&env, &l1), info_id(&env, &l2));
+
+    env.hs(["user", "install", l1.to_str().unwrap()])
+        .assert_ok("install l1");
+    let plan = env.hs(["-n", "user", "upgrade"]);
+    plan.assert_ok("dry run");
+    for p in &procs {
+        assert!(
+            plan.stdout
+                .contains(&format!("would apply {id1} to pid {}", p.pid())),
+            "{}",
+            plan.describe()
+        );
+    }
+    for p in &mut procs {
+        p.assert_running_with(Stream::Stdout, case.before(), "dry run changes nothing");
+    }
+    let r = env.hs(["-y", "user", "upgrade"]);
+    r.assert_ok("upgrade to level 1");
+    assert!(r.stdout.contains("3 patched"), "{}", r.describe());
+    for p in &mut procs {
+        p.expect_new_line(Stream::Stdout, case.after(), "level 1");
+    }
+    let r = env.hs(["-y", "user", "upgrade"]);
+    assert!(r.stdout.contains("3 already patched"), "{}", r.describe());
+
+    env.hs(["user", "install", l2.to_str().unwrap()])
+        .assert_ok("install l2");
+    let avail = env.hs(["user", "show", "--available"]);
+    assert!(avail.stdout.contains(&id2), "{}", avail.describe());
+    let r = env.hs(["-y", "user", "upgrade"]);
+    r.assert_ok("upgrade to level 2");
+    assert!(r.stdout.contains("3 patched"), "{}", r.describe());
+    for p in &mut procs {
+        let after2 = case.req("after2").to_string();
+        p.expect_new_line(Stream::Stdout, &after2, "level 2");
+        let s = shown(&env, p.pid());
+        assert!(
+            s.contains(&id2) && !s.contains(&id1),
+            "level 1 must be gone: {s}"
+        );
+    }
+    // The level-1 mapping was unmapped, not leaked.
+    for p in &procs {
+        let maps = fs::read_to_string(format!("/proc/{}/maps", p.pid())).unwrap();
+        assert!(!maps.contains(&format!("hotsplice:{id1}")), "{maps}");
+    }
+    let r = env.hs(["user", "remove", "--all"]);
+    r.assert_ok("remove all");
+    for p in &mut procs {
+        p.expect_new_line(Stream::Stdout, case.before(), "removed");
+    }
+}
+
+#[test]
+fn blacklisted_executable_is_skipped_with_the_reason() {
+    require_root();
+    let env = TestEnv::new("blacklist");
+    let case = Case::load("pie_exec");
+    let build = case.build();
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let out = outdir("blacklist");
+    let file = create(
+        &env,
+        &case,
+        &build,
+        "fix.diff",
+        Some(&env.key),
+        1,
+        out.path(),
+    );
+    env.hs(["user", "install", file.to_str().unwrap()])
+        .assert_ok("install");
+    let bl = env.root.join("etc/blacklist.d");
+    fs::create_dir_all(&bl).unwrap();
+    fs::write(
+        bl.join("test.conf"),
+        format!(
+            "# keep this one alone\n[executables]\n^{}$\n",
+            build.dir.join("prog").display()
+        ),
+    )
+    .unwrap();
+    let r = env.hs(["-y", "user", "upgrade"]);
+    r.assert_ok("upgrade");
+    assert!(
+        r.stdout.contains(&format!("skipped pid {}", proc.pid())) && r.stdout.contains("blacklist"),
+        "{}",
+        r.describe()
+    );
+    proc.assert_running_with(Stream::Stdout, case.before(), "blacklisted stays unpatched");
+}
+
+#[test]
+fn concurrent_commands_on_one_process_both_succeed() {
+    require_root();
+    let env = TestEnv::new("concurrent");
+    let case = Case::load("stacked");
+    let build = case.build();
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let out = outdir("concurrent");
+    let a = create(
+        &env,
+        &case,
+        &build,
+        "fix.diff",
+        Some(&env.key),
+        1,
+        out.path(),
+    );
+    let b_dir = out.path().join("b");
+    fs::create_dir_all(&b_dir).unwrap();
+    let b = create(&env, &case, &build, "fix2.diff", Some(&env.key), 1, &b_dir);
+    let pid = proc.pid().to_string();
+    let spawn = |f: &PathBuf| {
+        env.command(["user", "apply", "--pid", &pid, f.to_str().unwrap()])
+            .output()
+            .expect("run hotsplice")
+    };
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| spawn(&a));
+        let tb = s.spawn(|| spawn(&b));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert!(ra.status.success(), "{ra:?}");
+    assert!(rb.status.success(), "{rb:?}");
+    let s = shown(&env, proc.pid());
+    assert!(
+        s.contains(&info_id(&env, &a)) && s.contains(&info_id(&env, &b)),
+        "{s}"
+    );
+    proc.assert_alive("after concurrent applies");
+}
+
+#[test]
+fn daemon_patches_processes_started_later() {
+    require_root();
+    let env = TestEnv::new("daemon");
+    let case = Case::load("shared_lib");
+    let build = case.build();
+    let out = outdir("daemon");
+    let file = create(
+        &env,
+        &case,
+        &build,
+        "fix.diff",
+        Some(&env.key),
+        1,
+        out.path(),
+    );
+    env.hs(["user", "install", file.to_str().unwrap()])
+        .assert_ok("install");
+    let mut daemon = Proc::spawn(
+        env.command(["daemon", "--rescan", "30"]),
+        "hotsplice daemon",
+    );
+    assert!(
+        daemon.wait_for_new_line_prefix(Stream::Stdout, "hotsplice daemon: watching", LINE_TIMEOUT),
+        "daemon did not start\n{}",
+        daemon.describe()
+    );
+    // Started after the patch was installed: patched by the daemon alone,
+    // and the library it needs is mapped only after exec.
+    let started = Instant::now();
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.after(), "patched by the daemon");
+    let took = started.elapsed();
+    let pid = proc.pid();
+    assert!(
+        daemon.wait_for_new_line_prefix(
+            Stream::Stdout,
+            &format!("patched pid {pid} "),
+            LINE_TIMEOUT
+        ),
+        "{}",
+        daemon.describe()
+    );
+    eprintln!(
+        "new process patched within {took:?} of its start (daemon log: {:?})",
+        daemon.lines_since(Stream::Stdout, 0)
+    );
+    daemon.assert_alive("daemon keeps running");
+}
+
+/// Kill hotsplice (SIGKILL) at each step of an apply and of an undo; the
+/// target must keep running with every function either old or new, and the
+/// next command must finish or roll back what was in flight.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn killed_hotsplice_leaves_targets_consistent_and_next_command_recovers() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root();
+    let case = Case::load("inline_o2");
+    let build = case.build();
+    // compute() and compute2() are both replaced: each alone old or new.
+    let valid = ["a=8 b=9", "a=10 b=12", "a=10 b=9", "a=8 b=12"];
+    let apply_points = [
+        "apply:mapped",
+        "apply:written",
+        "apply:jump#1",
+        "apply:jump#2",
+        "apply:done",
+    ];
+    let undo_points = ["undo:restore#1", "undo:restored", "undo:unmapped"];
+    for point in apply_points.iter().chain(&undo_points) {
+        let env = TestEnv::new("fault");
+        let out = outdir("fault");
+        let file = create(
+            &env,
+            &case,
+            &build,
+            "fix.diff",
+            Some(&env.key),
+            1,
+            out.path(),
+        );
+        let id = info_id(&env, &file);
+        let mut proc = build.start(&case);
+        proc.expect_new_line(Stream::Stdout, case.before(), "started");
+        let pid = proc.pid().to_string();
+        let is_undo = point.starts_with("undo");
+        if is_undo {
+            env.hs(["user", "apply", "--pid", &pid, file.to_str().unwrap()])
+                .assert_ok("apply before undo");
+            proc.expect_new_line(Stream::Stdout, case.after(), "applied");
+        }
+        let args: Vec<&str> = if is_undo {
+            vec!["user", "undo", "--pid", &pid, &id]
+        } else {
+            vec!["user", "apply", "--pid", &pid, file.to_str().unwrap()]
+        };
+        let status = env
+            .command(&args)
+            .env("HOTSPLICE_FAULT", point)
+            .status()
+            .expect("run hotsplice");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "{point}: hotsplice was not killed there"
+        );
+        // The target runs on, every function old or new.
+        let mark = proc.mark(Stream::Stdout);
+        std::thread::sleep(Duration::from_millis(300));
+        proc.assert_alive(point);
+        let lines = proc.lines_since(Stream::Stdout, mark);
+        assert!(!lines.is_empty(), "{point}: target stopped printing");
+        for l in &lines {
+            assert!(
+                valid.contains(&l.as_str()),
+                "{point}: inconsistent output {l:?}"
+            );
+        }
+        let journal = env.root.join("state/journal");
+        assert!(
+            fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0) > 0
+                || *point == "apply:done"
+                || *point == "undo:unmapped",
+            "{point}: nothing journaled"
+        );
+        // The next command recovers, then does its own work.
+        let r = env.hs(["user", "remove", "--all", "--pid", &pid]);
+        r.assert_ok(&format!("{point}: remove after kill"));
+        proc.expect_new_line(Stream::Stdout, case.before(), point);
+        assert_eq!(
+            fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0),
+            0,
+            "{point}: journal not cleared"
+        );
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            !maps.contains("hotsplice:"),
+            "{point}: patch memory left behind\n{maps}"
+        );
+        assert!(
+            !shown(&env, proc.pid()).contains(&id),
+            "{point}: still shown"
+        );
+        // And the process can be patched again.
+        env.hs(["user", "apply", "--pid", &pid, file.to_str().unwrap()])
+            .assert_ok(&format!("{point}: apply again"));
+        proc.expect_new_line(Stream::Stdout, case.after(), point);
+    }
+}
+
+#[allow(dead_code)]
+fn unused(_: Command) {}
