@@ -442,7 +442,14 @@ fn bench_stop(
         t.reset()?;
         let t0 = Instant::now();
         let out = Command::new(hotsplice)
-            .args(["user", "apply", "--pid", &pid.to_string()])
+            .args([
+                "user",
+                "apply",
+                "--allow-unsigned",
+                "-y",
+                "--pid",
+                &pid.to_string(),
+            ])
             .arg(&built.patch_file)
             .stdin(Stdio::null())
             .output()
@@ -549,7 +556,7 @@ fn bench_all(
     for _ in 0..rounds {
         let t0 = Instant::now();
         let out = Command::new(hotsplice)
-            .args(["user", "apply", "--all", "--json"])
+            .args(["user", "apply", "--allow-unsigned", "-y", "--all", "--json"])
             .arg(&built.patch_file)
             .stdin(Stdio::null())
             .output()
@@ -587,7 +594,7 @@ fn bench_all(
 
         let t0 = Instant::now();
         let out = Command::new(hotsplice)
-            .args(["user", "remove", &built.id])
+            .args(["user", "remove", "-y", &built.id])
             .stdin(Stdio::null())
             .output()
             .context("running hotsplice user remove")?;
