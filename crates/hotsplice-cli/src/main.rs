@@ -3,6 +3,7 @@
 
 mod context;
 mod daemon;
+mod kernel;
 mod user;
 
 use anyhow::{Context as _, Result};
@@ -61,7 +62,7 @@ enum Command {
     User(user::UserCommand),
     /// Patches of the running kernel.
     #[command(subcommand)]
-    Kernel(user::KernelCommand),
+    Kernel(kernel::KernelCommand),
     /// Kernel and userspace together.
     #[command(subcommand)]
     All(user::AllCommand),
@@ -106,6 +107,9 @@ fn main() {
     let argv0 = args.next().unwrap_or_default();
     if hotsplice_create::wrapper::invoked_as_wrapper(&argv0) {
         hotsplice_create::wrapper::wrapper_main(&argv0, args.collect());
+    }
+    if let Some(code) = kernel::uptrack_main(&argv0) {
+        std::process::exit(code);
     }
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
@@ -159,7 +163,7 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(true)
         }
         Command::User(u) => user::run_user(&ctx, u),
-        Command::Kernel(k) => user::run_kernel(&ctx, k),
+        Command::Kernel(k) => kernel::run_kernel(&ctx, k),
         Command::All(a) => user::run_all(&ctx, a),
         Command::Daemon(d) => daemon::run(&ctx, d),
     }

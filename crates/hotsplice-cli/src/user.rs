@@ -92,29 +92,6 @@ pub enum UserCommand {
 }
 
 #[derive(Subcommand)]
-pub enum KernelCommand {
-    Show {
-        #[arg(long)]
-        available: bool,
-    },
-    Apply {
-        file: PathBuf,
-    },
-    Undo {
-        id: String,
-    },
-    Upgrade,
-    Remove {
-        #[arg(long)]
-        all: bool,
-    },
-    Uname {
-        #[arg(short = 'r')]
-        release: bool,
-    },
-}
-
-#[derive(Subcommand)]
 pub enum AllCommand {
     Show {
         #[arg(long)]
@@ -133,25 +110,35 @@ pub enum AllCommand {
     ListTargets,
 }
 
-const NO_KERNEL: &str = "kernel live patching is not part of this build yet: \
-                         `hotsplice kernel` can only report this; userspace patching is available";
-
-pub fn run_kernel(_ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
-    if let KernelCommand::Uname { .. } = cmd {
-        // No kernel patch can be applied by this build: the effective
-        // kernel is the booted one.
-        let r = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
-        println!("{}", r.trim());
-        return Ok(true);
-    }
-    bail!(NO_KERNEL)
-}
-
 pub fn run_all(ctx: &Ctx, cmd: AllCommand) -> Result<bool> {
-    if !ctx.quiet {
-        eprintln!("hotsplice: note: {NO_KERNEL}; doing the userspace part");
+    use crate::kernel::{run_kernel, KernelCommand};
+    let kernel_cmd = match &cmd {
+        AllCommand::Show { available } => Some(KernelCommand::Show {
+            available: *available,
+            count: false,
+            from: None,
+        }),
+        AllCommand::Upgrade { .. } => Some(KernelCommand::Upgrade {
+            from: None,
+            allow_unsigned: false,
+        }),
+        AllCommand::Remove { all, .. } => Some(KernelCommand::Remove {
+            all: *all,
+            ids: vec![],
+        }),
+        AllCommand::ListTargets => None,
+    };
+    let mut ok = true;
+    if let Some(k) = kernel_cmd {
+        if std::path::Path::new("/sys/kernel/livepatch").exists() {
+            println!("== kernel");
+            ok &= run_kernel(ctx, k)?;
+        } else if !ctx.quiet {
+            println!("== kernel: no livepatch support in this kernel (CONFIG_LIVEPATCH); skipped");
+        }
+        println!("== user");
     }
-    run_user(
+    ok &= run_user(
         ctx,
         match cmd {
             AllCommand::Show { available } => UserCommand::Show {
@@ -172,7 +159,8 @@ pub fn run_all(ctx: &Ctx, cmd: AllCommand) -> Result<bool> {
             },
             AllCommand::ListTargets => UserCommand::ListTargets { json: false },
         },
-    )
+    )?;
+    Ok(ok)
 }
 
 fn print_report(verb: &str, r: &Report, quiet: bool) {
@@ -203,7 +191,9 @@ fn print_report(verb: &str, r: &Report, quiet: bool) {
 /// Run `f` for each job on a few worker threads (each process is handled
 /// start to end by one thread, as ptrace requires).
 fn run_parallel<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec<T> {
-    let workers = jobs.len().clamp(1, 8);
+    // More workers than CPUs only stretches each process's stop window.
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = jobs.len().clamp(1, cpus.clamp(1, 8));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut out: Vec<(usize, T)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)

@@ -198,9 +198,10 @@ fn upgrade_patches_every_process_and_a_higher_level_replaces_the_lower() {
         let maps = fs::read_to_string(format!("/proc/{}/maps", p.pid())).unwrap();
         assert!(!maps.contains(&format!("hotsplice:{id1}")), "{maps}");
     }
-    let r = env.hs(["user", "remove", "--all"]);
-    r.assert_ok("remove all");
+    // Per process: other tests' processes run on this machine too.
     for p in &mut procs {
+        let r = env.hs(["user", "remove", "--all", "--pid", &p.pid().to_string()]);
+        r.assert_ok("remove all");
         p.expect_new_line(Stream::Stdout, case.before(), "removed");
     }
 }

@@ -85,6 +85,15 @@ pub fn apply_replacing(
 ) -> Result<Report> {
     refuse_special(pid)?;
     let meta = &patch.meta;
+    if meta.target.kind == ObjectKind::Kernel {
+        return Err(EngineError::Refused {
+            pid,
+            why: format!(
+                "with kernel patch {}: use `hotsplice kernel apply`",
+                meta.id
+            ),
+        });
+    }
     let maps = read_maps(pid)?;
     let objects = loaded_objects(pid, &maps)?;
     let target = find_target(pid, patch, &objects)?;
@@ -460,17 +469,6 @@ impl Install<'_> {
         }
         mem.write(self.place, &encoded)?;
         fault("apply:written");
-        record(
-            self.opts.journal.as_deref(),
-            &Pending {
-                op: Op::Apply,
-                pid,
-                id: meta.id.clone(),
-                map_start: self.place,
-                map_len: header.map_len,
-                step: Step::Window,
-            },
-        )?;
         if let Some(old) = self.old {
             // The old level is taken out by this same window.
             record(

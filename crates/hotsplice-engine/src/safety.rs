@@ -70,11 +70,13 @@ pub fn stack_spans(threads: &[StoppedThread], maps: &[Mapping]) -> Vec<(u64, usi
 /// The first thread found busy, if any.
 pub fn find_busy(
     threads: &[StoppedThread],
-    stacks: &[Option<Vec<u8>>],
+    stacks: &[Option<(usize, usize)>],
+    buf: &[u8],
     ranges: &Ranges,
 ) -> Option<BusyThread> {
     let (lo, hi) = ranges.bounds();
     for (t, stack) in threads.iter().zip(stacks) {
+        let stack = stack.map(|(o, l)| &buf[o..o + l]);
         if let Some(n) = ranges.hit(t.regs.rip) {
             return Some(BusyThread {
                 tid: t.tid,

@@ -134,7 +134,6 @@ fn remove(
         (w.threads, w.attempts, w.stopped)
     };
     fault("undo:restored");
-    record(journal, &pending(Step::Unmapping))?;
     process::with_main_thread(pid, |t| t.munmap(h.map_start, h.map_len))?;
     fault("undo:unmapped");
     if let Some(j) = journal {

@@ -42,6 +42,9 @@ pub(crate) fn stop_and_write(
     let mut maps = maps.to_vec();
     let checks: Vec<(u64, usize)> = writes.iter().map(|w| (w.addr, w.expect.len())).collect();
     let mut attempts = 0u32;
+    // Stacks are read into one buffer, sized before the window so the
+    // window itself does not allocate.
+    let mut stack_buf: Vec<u8> = Vec::with_capacity(tracee.thread_count().max(1) * 32 * 1024);
     loop {
         attempts += 1;
         let t0 = Instant::now();
@@ -52,8 +55,8 @@ pub(crate) fn stop_and_write(
             maps = read_maps(pid)?;
             spans = stack_spans(threads, &maps);
         }
-        let stacks = process::read_memory_many(pid, &spans);
-        if let Some(busy) = find_busy(threads, &stacks, ranges) {
+        let stacks = process::read_memory_into(pid, &spans, &mut stack_buf);
+        if let Some(busy) = find_busy(threads, &stacks, &stack_buf, ranges) {
             window.resume()?;
             if Instant::now() >= deadline {
                 return Err(EngineError::Busy {

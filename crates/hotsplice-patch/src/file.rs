@@ -41,6 +41,10 @@ pub enum ObjectKind {
     Relocatable,
     /// A non-PIE executable: loaded at its link-time addresses.
     Fixed,
+    /// The running kernel: the image is a livepatch module (`.ko`) for the
+    /// kernel's own livepatch engine; `functions` only name what it
+    /// replaces.
+    Kernel,
 }
 
 /// The object (executable or shared library) a patch fixes.

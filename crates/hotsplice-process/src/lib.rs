@@ -29,7 +29,7 @@ mod sys;
 mod tracee;
 
 pub use error::{Error, Result};
-pub use mem::{read_memory, read_memory_many, MemWriter};
+pub use mem::{read_memory, read_memory_into, read_memory_many, MemWriter};
 pub use procfs::{all_pids, process_name, read_maps, thread_ids, tracer_pid, Mapping};
 pub use remote::RemoteThread;
 pub use single::with_main_thread;

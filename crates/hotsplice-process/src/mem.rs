@@ -71,21 +71,51 @@ pub fn read_memory(pid: Pid, addr: u64, len: usize) -> Result<Vec<u8>> {
 /// Returns one entry per range, in order. A range that is not completely readable yields `None`
 /// (a partially readable range is `None`, not a prefix). Zero-length ranges yield `Some(vec![])`.
 pub fn read_memory_many(pid: Pid, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
-    let mut out: Vec<Option<Vec<u8>>> = ranges.iter().map(|&(_, l)| Some(vec![0u8; l])).collect();
+    let mut buf = Vec::new();
+    read_memory_into(pid, ranges, &mut buf)
+        .into_iter()
+        .map(|r| r.map(|(o, l)| buf[o..o + l].to_vec()))
+        .collect()
+}
+
+/// As [`read_memory_many`], into one caller-owned buffer (reused across calls, so a hot path
+/// such as the stop window allocates nothing once it has grown): returns `(offset, len)` in
+/// `buf` per range, `None` for a range not completely readable.
+pub fn read_memory_into(
+    pid: Pid,
+    ranges: &[(u64, usize)],
+    buf: &mut Vec<u8>,
+) -> Vec<Option<(usize, usize)>> {
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    buf.clear();
+    buf.resize(total, 0);
+    let mut offsets = Vec::with_capacity(ranges.len());
+    let mut at = 0usize;
+    for &(_, l) in ranges {
+        offsets.push(at);
+        at += l;
+    }
+    let mut out: Vec<Option<(usize, usize)>> = ranges
+        .iter()
+        .zip(&offsets)
+        .map(|(&(_, l), &o)| Some((o, l)))
+        .collect();
     let mut local: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX.min(ranges.len()));
     let mut remote: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX.min(ranges.len()));
+    let mut idx = Vec::with_capacity(IOV_MAX.min(ranges.len()));
+    let base = buf.as_mut_ptr();
     let mut i = 0;
     while i < ranges.len() {
         local.clear();
         remote.clear();
-        let mut idx = Vec::with_capacity(IOV_MAX);
+        idx.clear();
         let mut j = i;
         while j < ranges.len() && local.len() < IOV_MAX {
             let (a, l) = ranges[j];
             if l > 0 {
-                let b = out[j].as_mut().expect("still Some");
                 local.push(libc::iovec {
-                    iov_base: b.as_mut_ptr().cast(),
+                    // SAFETY: offsets[j] + l <= total == buf.len().
+                    iov_base: unsafe { base.add(offsets[j]) }.cast(),
                     iov_len: l,
                 });
                 remote.push(libc::iovec {
@@ -99,7 +129,7 @@ pub fn read_memory_many(pid: Pid, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>
         if local.is_empty() {
             break;
         }
-        // SAFETY: every local iovec points into a distinct Vec<u8> of exactly iov_len bytes.
+        // SAFETY: every local iovec points into a distinct part of `buf` of exactly iov_len bytes.
         let n = unsafe {
             libc::process_vm_readv(
                 pid,

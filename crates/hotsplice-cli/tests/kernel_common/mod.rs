@@ -68,7 +68,7 @@ pub fn kernel() -> &'static Kernel {
     K.get_or_init(|| {
         let (out, took) = run(&mut Command::new(script("fetch.sh")), "fetch.sh");
         eprintln!(
-            "kernel test: fetch.sh took {:.1}s: {}{}",
+            "kernel test: fetch.sh took {:.1}s: {} | {}",
             took.as_secs_f64(),
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()

@@ -1,0 +1,403 @@
+//! Kernel live patches, applied through the kernel's livepatch engine
+//! (`CONFIG_LIVEPATCH`): a patch is a livepatch module that `hotsplice
+//! create --kernel` made; applying loads it and follows
+//! `/sys/kernel/livepatch/<module>/transition` until every task runs the new
+//! code; a transition that cannot finish is reported (which tasks, their
+//! stacks) and reverted. Applied patches are recorded so the same patches
+//! can be re-applied at boot while the same kernel build runs.
+//!
+//! ```no_run
+//! let k = hotsplice_kernel::Kernel::from_env();
+//! println!("effective: {}", k.effective_release().unwrap());
+//! ```
+
+mod modinfo;
+mod state;
+
+pub use modinfo::{modinfo, ModInfo};
+pub use state::{AppliedPatch, KernelState};
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a hotsplice kernel patch: {1}")]
+    NotAPatch(String, String),
+    #[error("patch {id} is for kernel build {want} ({release}); this kernel is build {have} ({running}); refusing")]
+    WrongKernel {
+        id: String,
+        want: String,
+        release: String,
+        have: String,
+        running: String,
+    },
+    #[error("this kernel has no livepatch support (no /sys/kernel/livepatch): CONFIG_LIVEPATCH is needed")]
+    NoLivepatch,
+    #[error("loading {module} failed: {source} (a damaged or foreign module, a missing symbol, or module signatures enforced: see the kernel log)")]
+    Load {
+        module: String,
+        source: std::io::Error,
+    },
+    #[error("unloading {module} failed: {source}")]
+    Unload {
+        module: String,
+        source: std::io::Error,
+    },
+    #[error("patch {id} is already applied")]
+    AlreadyApplied { id: String },
+    #[error("patch {0} is not applied")]
+    NotApplied(String),
+    #[error("patch {id} cannot be removed while {above} (applied later) is applied; remove {above} first")]
+    NotTopmost { id: String, above: String },
+    #[error("the transition of {module} did not finish within {waited:?}; it was reverted. Tasks holding it:\n{report}")]
+    Stuck {
+        module: String,
+        waited: Duration,
+        report: String,
+    },
+    #[error("live patching is disabled by `nouptrack` on the kernel command line")]
+    Disabled,
+    #[error(transparent)]
+    Store(#[from] hotsplice_store::StoreError),
+}
+
+pub type Result<T> = std::result::Result<T, KernelError>;
+
+pub(crate) fn io(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> KernelError {
+    let path = path.into();
+    move |source| KernelError::Io { path, source }
+}
+
+/// The running kernel and where its interfaces are (overridable for tests).
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub sys_livepatch: PathBuf,
+    pub notes: PathBuf,
+    pub proc_dir: PathBuf,
+    pub state: KernelState,
+    /// How long a transition may take before it is reverted.
+    pub transition_timeout: Duration,
+}
+
+/// What an apply or undo did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelReport {
+    pub id: String,
+    pub module: String,
+    /// Milliseconds from load (or disable) to transition complete.
+    pub transition_ms: f64,
+    /// Milliseconds from the start to the end of the whole operation.
+    pub total_ms: f64,
+}
+
+impl Kernel {
+    pub fn from_env() -> Kernel {
+        let paths = hotsplice_store::Paths::from_env();
+        Kernel {
+            sys_livepatch: PathBuf::from("/sys/kernel/livepatch"),
+            notes: PathBuf::from("/sys/kernel/notes"),
+            proc_dir: PathBuf::from("/proc"),
+            state: KernelState::new(paths.state_dir.join("kernel")),
+            transition_timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// GNU build-id of the running kernel (hex), from `/sys/kernel/notes`.
+    pub fn build_id(&self) -> Result<String> {
+        let notes = std::fs::read(&self.notes).map_err(io(self.notes.display().to_string()))?;
+        Ok(hotsplice_elf::build_id_from_notes(&notes)
+            .map(hex::encode)
+            .unwrap_or_default())
+    }
+
+    /// `uname -r` of the booted kernel.
+    pub fn booted_release(&self) -> Result<String> {
+        let p = self.proc_dir.join("sys/kernel/osrelease");
+        Ok(std::fs::read_to_string(&p)
+            .map_err(io(p.display().to_string()))?
+            .trim()
+            .to_string())
+    }
+
+    /// `nouptrack` (or `nohotsplice`) on the kernel command line.
+    pub fn disabled(&self) -> bool {
+        std::fs::read_to_string(self.proc_dir.join("cmdline"))
+            .map(|c| {
+                c.split_whitespace()
+                    .any(|w| w == "nouptrack" || w == "nohotsplice")
+            })
+            .unwrap_or(false)
+    }
+
+    /// The release the kernel has with the applied patches: the effective
+    /// version of the last one applied, or the booted release.
+    pub fn effective_release(&self) -> Result<String> {
+        let applied = self.applied()?;
+        match applied.last() {
+            Some(p) if !p.effective.is_empty() => Ok(p.effective.clone()),
+            _ => self.booted_release(),
+        }
+    }
+
+    /// Patches applied now, in order (recorded ones whose module is live).
+    pub fn applied(&self) -> Result<Vec<AppliedPatch>> {
+        let recorded = self.state.load()?;
+        let booted = self.build_id().unwrap_or_default();
+        Ok(recorded
+            .into_iter()
+            .filter(|p| p.build_id == booted && self.sys_livepatch.join(&p.module).exists())
+            .collect())
+    }
+
+    fn read_flag(&self, module: &str, what: &str) -> Option<bool> {
+        std::fs::read_to_string(self.sys_livepatch.join(module).join(what))
+            .ok()
+            .map(|s| s.trim() == "1")
+    }
+
+    /// Wait for the module's transition to finish.
+    fn wait_transition(
+        &self,
+        module: &str,
+        timeout: Duration,
+    ) -> std::result::Result<Duration, Duration> {
+        let start = Instant::now();
+        loop {
+            match self.read_flag(module, "transition") {
+                Some(false) | None => return Ok(start.elapsed()),
+                Some(true) => {}
+            }
+            if start.elapsed() >= timeout {
+                return Err(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Tasks not yet switched, with their kernel stacks.
+    pub fn stuck_tasks(&self, want_state: &str) -> String {
+        let mut out = String::new();
+        let Ok(procs) = std::fs::read_dir(&self.proc_dir) else {
+            return out;
+        };
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                let state =
+                    std::fs::read_to_string(t.path().join("patch_state")).unwrap_or_default();
+                let state = state.trim();
+                if state.is_empty() || state == "-1" || state == want_state {
+                    continue;
+                }
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+                out.push_str(&format!(
+                    "  pid {pid} tid {} ({}) patch_state {state}\n{}",
+                    t.file_name().to_string_lossy(),
+                    comm.trim(),
+                    stack
+                        .lines()
+                        .map(|l| format!("      {l}\n"))
+                        .collect::<String>()
+                ));
+            }
+        }
+        out
+    }
+
+    /// Apply a kernel patch module.
+    pub fn apply(&self, ko: &[u8], origin: &str) -> Result<KernelReport> {
+        let t0 = Instant::now();
+        if self.disabled() {
+            return Err(KernelError::Disabled);
+        }
+        let info = modinfo(ko).map_err(|e| KernelError::NotAPatch(origin.into(), e))?;
+        let have = self.build_id()?;
+        if info.build_id != have {
+            return Err(KernelError::WrongKernel {
+                id: info.id,
+                want: info.build_id,
+                release: info.release,
+                have,
+                running: self.booted_release()?,
+            });
+        }
+        if !self.sys_livepatch.exists() {
+            return Err(KernelError::NoLivepatch);
+        }
+        if self.sys_livepatch.join(&info.module).exists() {
+            return Err(KernelError::AlreadyApplied { id: info.id });
+        }
+        // Recorded first: if we die during the load, boot re-applies and
+        // `show` still knows the module.
+        self.state.add(&info, ko)?;
+        let load = load_module(ko);
+        if let Err(source) = load {
+            self.state.remove(&info.id)?;
+            return Err(KernelError::Load {
+                module: info.module,
+                source,
+            });
+        }
+        let t1 = Instant::now();
+        match self.wait_transition(&info.module, self.transition_timeout) {
+            Ok(_) => {}
+            Err(waited) => {
+                let report = self.stuck_tasks("1");
+                // Reverse the transition, then take the module out.
+                let _ = std::fs::write(self.sys_livepatch.join(&info.module).join("enabled"), "0");
+                let _ = self.wait_transition(&info.module, self.transition_timeout);
+                let _ = unload_module(&info.module);
+                self.state.remove(&info.id)?;
+                return Err(KernelError::Stuck {
+                    module: info.module,
+                    waited,
+                    report: if report.is_empty() {
+                        "  (none found)".into()
+                    } else {
+                        report
+                    },
+                });
+            }
+        }
+        Ok(KernelReport {
+            id: info.id,
+            module: info.module,
+            transition_ms: t1.elapsed().as_secs_f64() * 1e3,
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Remove an applied patch: disable, wait for the transition, unload.
+    pub fn undo(&self, id: &str) -> Result<KernelReport> {
+        let t0 = Instant::now();
+        let applied = self.applied()?;
+        let pos = applied
+            .iter()
+            .position(|p| p.id == id || p.module == id)
+            .ok_or_else(|| KernelError::NotApplied(id.into()))?;
+        if let Some(above) = applied.get(pos + 1) {
+            return Err(KernelError::NotTopmost {
+                id: id.into(),
+                above: above.id.clone(),
+            });
+        }
+        let p = &applied[pos];
+        let enabled = self.sys_livepatch.join(&p.module).join("enabled");
+        std::fs::write(&enabled, "0").map_err(io(enabled.display().to_string()))?;
+        let t1 = Instant::now();
+        if let Err(waited) = self.wait_transition(&p.module, self.transition_timeout) {
+            let report = self.stuck_tasks("0");
+            // Back to patched: the undo did not happen.
+            let _ = std::fs::write(&enabled, "1");
+            let _ = self.wait_transition(&p.module, self.transition_timeout);
+            return Err(KernelError::Stuck {
+                module: p.module.clone(),
+                waited,
+                report,
+            });
+        }
+        let transition = t1.elapsed();
+        // The module can go once the livepatch core released it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match unload_module(&p.module) {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(source) => {
+                    return Err(KernelError::Unload {
+                        module: p.module.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        self.state.remove(&p.id)?;
+        Ok(KernelReport {
+            id: p.id.clone(),
+            module: p.module.clone(),
+            transition_ms: transition.as_secs_f64() * 1e3,
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// At boot: re-apply the recorded patches, in order, if the booted
+    /// kernel is the build they were made for; otherwise apply nothing and
+    /// say why. Returns a line per patch for the log.
+    pub fn reapply_at_boot(&self, install_on_reboot: bool) -> Result<Vec<String>> {
+        if self.disabled() {
+            return Ok(vec![
+                "nouptrack on the kernel command line: no patches applied".into(),
+            ]);
+        }
+        if !install_on_reboot {
+            return Ok(vec!["install_on_reboot is off: no patches applied".into()]);
+        }
+        let booted = self.build_id()?;
+        let recorded = self.state.load()?;
+        let mut lines = Vec::new();
+        let (same, other): (Vec<_>, Vec<_>) =
+            recorded.into_iter().partition(|p| p.build_id == booted);
+        if !other.is_empty() {
+            lines.push(format!(
+                "{} recorded patch(es) are for another kernel build; not applied (booted {})",
+                other.len(),
+                self.booted_release().unwrap_or_default()
+            ));
+        }
+        for p in same {
+            if self.sys_livepatch.join(&p.module).exists() {
+                lines.push(format!("{}: already applied", p.id));
+                continue;
+            }
+            let ko = self.state.module_bytes(&p)?;
+            // Re-record through apply (it checks the build again).
+            self.state.remove(&p.id)?;
+            match self.apply(&ko, &p.id) {
+                Ok(r) => lines.push(format!("{}: re-applied ({:.1} ms)", p.id, r.total_ms)),
+                Err(e) => lines.push(format!("{}: FAILED: {e}", p.id)),
+            }
+        }
+        Ok(lines)
+    }
+}
+
+fn load_module(ko: &[u8]) -> std::io::Result<()> {
+    let params = std::ffi::CString::new("").unwrap();
+    // SAFETY: init_module reads `len` bytes from the pointer and a C string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            ko.as_ptr(),
+            ko.len() as libc::c_ulong,
+            params.as_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn unload_module(name: &str) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: delete_module takes a C string and flags.
+    let r = unsafe { libc::syscall(libc::SYS_delete_module, c.as_ptr(), libc::O_NONBLOCK) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+use crate::{io, ModInfo, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One kernel patch hotsplice applied, in the order applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppliedPatch {
+    pub id: String,
+    pub module: String,
+    #[serde(default)]
+    pub description: String,
+    pub build_id: String,
+    pub release: String,
+    #[serde(default)]
+    pub effective: String,
+    /// The module file kept for re-application at boot.
+    pub file: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Recorded {
+    version: u32,
+    applied: Vec<AppliedPatch>,
+}
+
+/// `STATE_DIR/kernel/applied.json` and the module files it names.
+#[derive(Debug, Clone)]
+pub struct KernelState {
+    dir: PathBuf,
+}
+
+impl KernelState {
+    pub fn new(dir: PathBuf) -> KernelState {
+        KernelState { dir }
+    }
+
+    fn index(&self) -> PathBuf {
+        self.dir.join("applied.json")
+    }
+
+    pub fn load(&self) -> Result<Vec<AppliedPatch>> {
+        match std::fs::read(self.index()) {
+            Ok(b) => Ok(serde_json::from_slice::<Recorded>(&b)
+                .map(|r| r.applied)
+                .unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(self.index().display().to_string())(e)),
+        }
+    }
+
+    fn save(&self, applied: Vec<AppliedPatch>) -> Result<()> {
+        let r = Recorded {
+            version: 1,
+            applied,
+        };
+        hotsplice_store::write_atomic(&self.index(), &serde_json::to_vec_pretty(&r).unwrap())?;
+        Ok(())
+    }
+
+    pub fn add(&self, info: &ModInfo, ko: &[u8]) -> Result<()> {
+        let file = format!("{}.ko", info.id);
+        hotsplice_store::write_atomic(&self.dir.join("modules").join(&file), ko)?;
+        let mut all = self.load()?;
+        all.retain(|p| p.id != info.id);
+        all.push(AppliedPatch {
+            id: info.id.clone(),
+            module: info.module.clone(),
+            description: info.description.clone(),
+            build_id: info.build_id.clone(),
+            release: info.release.clone(),
+            effective: info.effective.clone(),
+            file,
+        });
+        self.save(all)
+    }
+
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let mut all = self.load()?;
+        let gone: Vec<AppliedPatch> = all.iter().filter(|p| p.id == id).cloned().collect();
+        all.retain(|p| p.id != id);
+        self.save(all)?;
+        for p in gone {
+            let _ = std::fs::remove_file(self.dir.join("modules").join(&p.file));
+        }
+        Ok(())
+    }
+
+    pub fn module_bytes(&self, p: &AppliedPatch) -> Result<Vec<u8>> {
+        let path = self.dir.join("modules").join(&p.file);
+        std::fs::read(&path).map_err(io(path.display().to_string()))
+    }
+}
