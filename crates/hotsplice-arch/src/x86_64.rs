@@ -95,6 +95,29 @@ impl ElfReloc {
         }
     }
 
+    /// The `R_X86_64_*` number.
+    pub fn to_elf(self) -> u32 {
+        match self {
+            ElfReloc::None => 0,
+            ElfReloc::Abs64 => 1,
+            ElfReloc::Pc32 => 2,
+            ElfReloc::Plt32 => 4,
+            ElfReloc::GotPcRel { relax: 0 } => 9,
+            ElfReloc::GotPcRel { relax: 2 } => 41,
+            ElfReloc::GotPcRel { .. } => 42,
+            ElfReloc::Abs32 => 10,
+            ElfReloc::Abs32S => 11,
+            ElfReloc::DtpOff64 => 17,
+            ElfReloc::TlsGd => 19,
+            ElfReloc::TlsLd => 20,
+            ElfReloc::DtpOff32 => 21,
+            ElfReloc::GotTpOff => 22,
+            ElfReloc::TpOff32 => 23,
+            ElfReloc::Pc64 => 24,
+            ElfReloc::Other(n) => n,
+        }
+    }
+
     /// Size of the relocated field.
     pub fn field_size(self) -> usize {
         match self {

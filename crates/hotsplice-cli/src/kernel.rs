@@ -45,6 +45,14 @@ pub enum KernelCommand {
     },
     /// Like uname, with the effective kernel release.
     Uname(UnameArgs),
+    /// Wrap a livepatch module (with hotsplice_* modinfo) into a patch file.
+    Wrap {
+        module: PathBuf,
+        #[arg(short = 'o', long = "output", default_value = ".")]
+        out: PathBuf,
+        #[arg(long)]
+        sign: Option<PathBuf>,
+    },
     /// Boot-time hook: re-apply recorded patches (install_on_reboot), then
     /// the feed's (upgrade_on_reboot).
     Boot {
@@ -262,6 +270,19 @@ pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
             Ok(true)
         }
         KernelCommand::Uname(u) => uname(&k, &u),
+        KernelCommand::Wrap { module, out, sign } => {
+            let ko = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+            let patch = wrap_module(&ko, &module.display().to_string(), Vec::new())?;
+            let path = out.join(format!("vmlinux-{}.hsp", patch.meta.id));
+            std::fs::create_dir_all(&out)?;
+            let mut bytes = patch.to_bytes();
+            if let Some(k) = sign {
+                bytes = hotsplice_trust::sign_file(&bytes, &hotsplice_trust::SecretKey::load(&k)?)?;
+            }
+            hotsplice_store::write_atomic(&path, &bytes)?;
+            println!("{}", path.display());
+            Ok(true)
+        }
         KernelCommand::Boot { from } => {
             for line in k.reapply_at_boot(ctx.config.settings.install_on_reboot)? {
                 println!("hotsplice boot: {line}");
@@ -413,4 +434,21 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
             1
         }
     })
+}
+
+/// A kernel patch file around a livepatch module: the module is the image;
+/// its modinfo says which kernel build it is for.
+pub fn wrap_module(ko: &[u8], origin: &str, functions: Vec<String>) -> Result<hotsplice_patch::Patch> {
+    let info = hotsplice_kernel::modinfo(ko)
+        .map_err(|e| anyhow::anyhow!("{origin} is not a hotsplice kernel patch module: {e}"))?;
+    let patch = hotsplice_create::kernel::kernel_patch(
+        ko,
+        &info.id,
+        &info.description,
+        &info.build_id,
+        &info.release,
+        functions,
+    );
+    patch.validate().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    Ok(patch)
 }

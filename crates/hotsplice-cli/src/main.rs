@@ -98,6 +98,27 @@ struct CreateArgs {
     keep_work: bool,
     #[arg(long)]
     json: bool,
+    /// Build a kernel livepatch module; SRC_DIR is the kernel source tree.
+    #[arg(long)]
+    kernel: bool,
+    /// Kernel configuration (default: /boot/config-$(uname -r)).
+    #[arg(long, requires = "kernel")]
+    config: Option<PathBuf>,
+    /// System.map or a copy of /proc/kallsyms of the target kernel (default: /proc/kallsyms).
+    #[arg(long, requires = "kernel")]
+    system_map: Option<PathBuf>,
+    /// Headers (build) directory of the target kernel (default: /lib/modules/$(uname -r)/build).
+    #[arg(long, requires = "kernel")]
+    kdir: Option<PathBuf>,
+    /// GNU build-id of the target kernel (default: the running kernel's).
+    #[arg(long, requires = "kernel")]
+    build_id: Option<String>,
+    /// Release of the target kernel (default: the running kernel's).
+    #[arg(long, requires = "kernel")]
+    release: Option<String>,
+    /// Release the kernel reports once patched (default: RELEASE.hs-ID).
+    #[arg(long, requires = "kernel")]
+    effective: Option<String>,
     /// The source tree the running binaries were built from.
     src: PathBuf,
 }
@@ -183,6 +204,9 @@ fn create(a: CreateArgs) -> Result<bool> {
         .as_ref()
         .map(|k| hotsplice_trust::SecretKey::load(k))
         .transpose()?;
+    if a.kernel {
+        return create_kernel(a, key);
+    }
     let mut req = hotsplice_create::CreateRequest::new(a.src, a.diff, a.out);
     req.build = a.build;
     req.targets = a.targets;
@@ -201,6 +225,48 @@ fn create(a: CreateArgs) -> Result<bool> {
         for c in created {
             println!("{}", c.path.display());
         }
+    }
+    Ok(true)
+}
+
+fn create_kernel(a: CreateArgs, key: Option<hotsplice_trust::SecretKey>) -> Result<bool> {
+    let k = hotsplice_kernel::Kernel::from_env();
+    let release = match a.release {
+        Some(r) => r,
+        None => k.booted_release()?,
+    };
+    let build_id = match a.build_id {
+        Some(b) => b,
+        None => k.build_id()?,
+    };
+    let system_map = a.system_map.or_else(|| {
+        let p = PathBuf::from("/proc/kallsyms");
+        p.exists().then_some(p)
+    });
+    let req = hotsplice_create::kernel::KernelRequest {
+        src: a.src,
+        diff: a.diff,
+        config: a
+            .config
+            .unwrap_or_else(|| PathBuf::from(format!("/boot/config-{release}"))),
+        kdir: a
+            .kdir
+            .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}/build"))),
+        system_map,
+        build_id,
+        release,
+        effective: a.effective,
+        description: a.description,
+        out_dir: a.out,
+    };
+    let created = hotsplice_create::kernel::create_kernel(&req)?;
+    if let Some(key) = &key {
+        sign_in_place(&created.path, key)?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&created)?);
+    } else {
+        println!("{}", created.path.display());
     }
     Ok(true)
 }

@@ -13,6 +13,7 @@
 mod build;
 pub mod diff;
 pub mod emit;
+pub mod kernel;
 pub mod objfile;
 pub mod wrapper;
 
@@ -64,7 +65,7 @@ pub enum CreateError {
     Unsupported(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CreateError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CreateError {
     let what = what.into();
     move |source| CreateError::Io { what, source }
 }

@@ -1,0 +1,435 @@
+//! The changed functions of kernel objects, turned into one relocatable
+//! object for the livepatch module, plus the livepatch relocations that
+//! must replace references the module loader cannot resolve.
+
+use super::symbols::KernelSymbols;
+use crate::diff::ObjDiff;
+use crate::objfile::{ObjFile, Reloc};
+use crate::CreateError;
+use hotsplice_arch::current::ElfReloc;
+use object::write::{Object, Relocation, SectionId, Symbol, SymbolId, SymbolSection};
+use object::{elf, RelocationFlags, SectionFlags, SectionKind, SymbolFlags, SymbolKind, SymbolScope};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// One changed kernel object file.
+pub struct KObj {
+    pub rel: PathBuf,
+    /// `None`: vmlinux; else the module.
+    pub owner: Option<String>,
+    pub pre: ObjFile,
+    pub post: ObjFile,
+    pub diff: ObjDiff,
+}
+
+/// A relocation for livepatch to apply (`.klp.rela.<sym_obj>.<section>`).
+#[derive(Debug, Clone)]
+pub struct KlpRel {
+    pub section: String,
+    pub offset: u64,
+    pub r_type: u32,
+    pub sym_obj: String,
+    pub sym: String,
+    pub pos: u64,
+    pub addend: i64,
+}
+
+/// A function the module replaces.
+#[derive(Debug, Clone)]
+pub struct KFunc {
+    pub owner: Option<String>,
+    pub old_name: String,
+    pub new_symbol: String,
+    pub sympos: u64,
+}
+
+pub struct Emitted {
+    pub object: Vec<u8>,
+    pub klp: Vec<KlpRel>,
+    pub funcs: Vec<KFunc>,
+}
+
+/// Tables whose entries point at code, entry size, and whether entries
+/// for carried code are copied (true) or make the patch unsupported.
+const TABLES: &[(&str, usize, bool)] = &[
+    ("__ex_table", 12, true),
+    ("__bug_table", 12, true),
+    (".orc_unwind_ip", 4, true),
+    (".return_sites", 4, true),
+    (".retpoline_sites", 4, true),
+    (".call_sites", 4, true),
+    ("__jump_table", 16, false),
+    (".altinstructions", 12, false),
+];
+
+enum Tgt {
+    Sec(usize, u64),
+    Undef(String),
+    Klp { obj: String, name: String, pos: u64, delta: i64 },
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+struct PerObj<'a> {
+    k: &'a KObj,
+    syms: &'a KernelSymbols,
+    included: Vec<usize>,
+    is_inc: HashMap<usize, ()>,
+}
+
+impl<'a> PerObj<'a> {
+    fn include(&mut self, s: usize) {
+        if self.is_inc.insert(s, ()).is_none() {
+            self.included.push(s);
+        }
+    }
+
+    fn neighbours(&self) -> Vec<String> {
+        self.k
+            .pre
+            .symbols
+            .iter()
+            .filter(|s| s.is_func() && !s.is_label() && s.section.is_some())
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    fn klp(&self, name: &str, owner: Option<&str>, delta: i64) -> Result<Tgt, CreateError> {
+        let pos = if self.syms.has_map() {
+            self.syms.position(name, owner, &self.neighbours())?
+        } else {
+            0
+        };
+        Ok(Tgt::Klp {
+            obj: owner.unwrap_or("vmlinux").to_string(),
+            name: name.to_string(),
+            pos,
+            delta,
+        })
+    }
+
+    fn resolve(&mut self, sec: usize, r: &Reloc) -> Result<Tgt, CreateError> {
+        let post = &self.k.post;
+        let sym = &post.symbols[r.sym];
+        if sym.undefined {
+            if self.syms.exported(&sym.name) {
+                return Ok(Tgt::Undef(sym.name.clone()));
+            }
+            // Defined elsewhere in the kernel: in this module if the map
+            // says so, else vmlinux.
+            let owner = match (self.syms.owner_of(&sym.name), &self.k.owner) {
+                (Some(Some(m)), Some(own)) if &m == own => Some(m),
+                _ => None,
+            };
+            return self.klp(&sym.name, owner.as_deref(), 0);
+        }
+        let loc = post.locate(sec, r).ok_or_else(|| {
+            CreateError::Unsupported(format!(
+                "{}: relocation to an absolute symbol `{}`",
+                self.k.rel.display(),
+                sym.name
+            ))
+        })?;
+        let t = loc.section;
+        let s = &post.sections[t];
+        if self.is_inc.contains_key(&t) {
+            return Ok(Tgt::Sec(t, loc.sym_offset));
+        }
+        if s.merge || s.symbols.is_empty() || self.k.diff.new_sections.contains(&t) {
+            self.include(t);
+            return Ok(Tgt::Sec(t, loc.sym_offset));
+        }
+        if s.exec && self.k.diff.changed_text.contains(&t) {
+            self.include(t);
+            return Ok(Tgt::Sec(t, loc.sym_offset));
+        }
+        if let Some((_, name)) = self.k.diff.changed_data.iter().find(|(d, _)| *d == t) {
+            return Err(CreateError::ChangedData {
+                symbol: name.clone(),
+                file: self.k.rel.display().to_string(),
+            });
+        }
+        let anchor = post
+            .symbol_at(t, loc.referenced)
+            .or_else(|| s.symbols.first().copied())
+            .expect("section has symbols");
+        let a = &post.symbols[anchor];
+        let delta = loc.sym_offset as i64 - a.value as i64;
+        if !a.local && self.syms.exported(&a.name) && delta == 0 {
+            return Ok(Tgt::Undef(a.name.clone()));
+        }
+        self.klp(&a.name, self.k.owner.as_deref(), delta)
+    }
+}
+
+/// Build the object and the livepatch relocations for all changed files.
+pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError> {
+    let mut out = Object::new(
+        object::BinaryFormat::Elf,
+        object::Architecture::X86_64,
+        object::Endianness::Little,
+    );
+    let mut klp = Vec::new();
+    let mut funcs = Vec::new();
+    let mut undef: HashMap<String, SymbolId> = HashMap::new();
+    let mut tables: HashMap<&'static str, SectionId> = HashMap::new();
+
+    for (index, k) in objs.iter().enumerate() {
+        if let Some((_, name)) = k.diff.changed_data.first() {
+            return Err(CreateError::ChangedData {
+                symbol: name.clone(),
+                file: k.rel.display().to_string(),
+            });
+        }
+        let mut p = PerObj {
+            k,
+            syms,
+            included: Vec::new(),
+            is_inc: HashMap::new(),
+        };
+        for &s in &k.diff.changed_text {
+            let name = &k.post.sections[s].name;
+            if name.starts_with(".init") || name.starts_with(".exit") {
+                return Err(CreateError::Unsupported(format!(
+                    "{}: the fix changes __init/__exit code ({name}), which has run already and cannot be live patched",
+                    k.rel.display()
+                )));
+            }
+            p.include(s);
+        }
+        // Close over what the carried code needs; resolve as we go.
+        let mut resolved: Vec<(usize, Reloc, Tgt)> = Vec::new();
+        let mut next = 0;
+        while next < p.included.len() {
+            let sec = p.included[next];
+            next += 1;
+            for r in k.post.sections[sec].relocs.clone() {
+                if r.kind == ElfReloc::None {
+                    continue;
+                }
+                let t = p.resolve(sec, &r)?;
+                resolved.push((sec, r, t));
+            }
+        }
+        // Table entries that point into carried code come along.
+        let mut table_entries: Vec<(&'static str, usize, usize)> = Vec::new(); // (table, post section, entry start)
+        for &(table, size, copy) in TABLES {
+            let Some(ts) = k.post.section_named(table) else {
+                continue;
+            };
+            let sec = &k.post.sections[ts];
+            for r in &sec.relocs {
+                if r.offset as usize % size != 0 {
+                    continue;
+                }
+                let Some(loc) = k.post.locate(ts, r) else { continue };
+                if !p.is_inc.contains_key(&loc.section) || !k.post.sections[loc.section].exec {
+                    continue;
+                }
+                if !copy {
+                    return Err(CreateError::Unsupported(format!(
+                        "{}: changed code uses {table} (static keys or alternatives), which this version cannot carry",
+                        k.rel.display()
+                    )));
+                }
+                table_entries.push((table, ts, r.offset as usize));
+            }
+        }
+        for &(_, ts, start) in &table_entries {
+            let size = TABLES.iter().find(|t| k.post.sections[ts].name == t.0).unwrap().1;
+            for r in k.post.sections[ts].relocs.clone() {
+                if (r.offset as usize) >= start && (r.offset as usize) < start + size {
+                    let t = p.resolve(ts, &r)?;
+                    resolved.push((ts, r, t));
+                }
+            }
+        }
+
+        // Emit the carried sections.
+        let mut ids: HashMap<usize, SectionId> = HashMap::new();
+        for &s in &p.included {
+            let sec = &k.post.sections[s];
+            let name = format!("{}.hs{index}", sec.name);
+            let kind = if sec.exec {
+                SectionKind::Text
+            } else if sec.nobits {
+                SectionKind::UninitializedData
+            } else if sec.write {
+                SectionKind::Data
+            } else {
+                SectionKind::ReadOnlyData
+            };
+            let id = out.add_section(Vec::new(), name.into_bytes(), kind);
+            if sec.nobits {
+                out.append_section_bss(id, sec.size, sec.align);
+            } else {
+                out.set_section_data(id, sec.data.clone(), sec.align);
+            }
+            let mut sh_flags = elf::SHF_ALLOC as u64;
+            if sec.exec {
+                sh_flags |= elf::SHF_EXECINSTR as u64;
+            }
+            if sec.write {
+                sh_flags |= elf::SHF_WRITE as u64;
+            }
+            if sec.merge {
+                sh_flags |= elf::SHF_MERGE as u64;
+            }
+            if sec.strings {
+                sh_flags |= elf::SHF_STRINGS as u64;
+            }
+            out.section_mut(id).flags = SectionFlags::Elf { sh_flags };
+            ids.insert(s, id);
+        }
+        // Table entries, renumbered into our own tables.
+        let mut entry_at: HashMap<(usize, usize), u64> = HashMap::new();
+        for &(table, ts, start) in &table_entries {
+            let size = TABLES.iter().find(|t| t.0 == table).unwrap().1;
+            let id = *tables.entry(table).or_insert_with(|| {
+                let kind = if table == ".orc_unwind_ip" || table.starts_with('.') {
+                    SectionKind::ReadOnlyData
+                } else {
+                    SectionKind::Data
+                };
+                out.add_section(Vec::new(), table.as_bytes().to_vec(), kind)
+            });
+            let data = &k.post.sections[ts].data[start..start + size];
+            let at = out.append_section_data(id, data, 4);
+            entry_at.insert((ts, start), at);
+            if table == ".orc_unwind_ip" {
+                // The parallel table: entry i of .orc_unwind goes with ip i.
+                if let Some(u) = k.post.section_named(".orc_unwind") {
+                    let i = start / 4;
+                    let uid = *tables.entry(".orc_unwind").or_insert_with(|| {
+                        out.add_section(Vec::new(), b".orc_unwind".to_vec(), SectionKind::ReadOnlyData)
+                    });
+                    let d = &k.post.sections[u].data;
+                    if d.len() >= (i + 1) * 6 {
+                        out.append_section_data(uid, &d[i * 6..i * 6 + 6], 2);
+                    }
+                }
+            }
+        }
+        for id in tables.values() {
+            out.section_mut(*id).flags = SectionFlags::Elf {
+                sh_flags: elf::SHF_ALLOC as u64,
+            };
+        }
+
+        // The replacements' entry symbols.
+        for &s in &k.diff.changed_text {
+            let Some(f) = k.post.function_of(s) else {
+                continue;
+            };
+            let fsym = &k.post.symbols[f];
+            if fsym.name.ends_with(".cold") || !k.diff.pre_of.contains_key(&s) {
+                continue;
+            }
+            let new_symbol = format!("__hs_new_{index}_{}", sanitize(&fsym.name));
+            out.add_symbol(Symbol {
+                name: new_symbol.clone().into_bytes(),
+                value: 0,
+                size: fsym.size,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Linkage,
+                weak: false,
+                section: SymbolSection::Section(ids[&s]),
+                flags: SymbolFlags::None,
+            });
+            let sympos = if syms.has_map() {
+                syms.position(&fsym.name, k.owner.as_deref(), &p.neighbours())?
+            } else {
+                0
+            };
+            funcs.push(KFunc {
+                owner: k.owner.clone(),
+                old_name: fsym.name.clone(),
+                new_symbol,
+                sympos,
+            });
+        }
+
+        // Relocations: ordinary ones into the object, the rest for livepatch.
+        for (sec, r, t) in resolved {
+            let (place_id, place_off, place_name) = match ids.get(&sec) {
+                Some(&id) => (id, r.offset, format!("{}.hs{index}", k.post.sections[sec].name)),
+                None => {
+                    // A table entry.
+                    let table = k.post.sections[sec].name.clone();
+                    let size = TABLES.iter().find(|x| x.0 == table).unwrap().1;
+                    let start = r.offset as usize / size * size;
+                    let Some(&at) = entry_at.get(&(sec, start)) else { continue };
+                    let id = tables[TABLES.iter().find(|x| x.0 == table).unwrap().0];
+                    (id, at + (r.offset - start as u64), table)
+                }
+            };
+            let r_type = r.kind.to_elf();
+            match t {
+                Tgt::Sec(s, off) => {
+                    let sym = out.section_symbol(ids[&s]);
+                    out.add_relocation(
+                        place_id,
+                        Relocation {
+                            offset: place_off,
+                            symbol: sym,
+                            addend: r.addend + off as i64,
+                            flags: RelocationFlags::Elf { r_type },
+                        },
+                    )
+                    .map_err(|e| CreateError::Target(e.to_string()))?;
+                }
+                Tgt::Undef(name) => {
+                    let sym = *undef.entry(name.clone()).or_insert_with(|| {
+                        out.add_symbol(Symbol {
+                            name: name.into_bytes(),
+                            value: 0,
+                            size: 0,
+                            kind: SymbolKind::Unknown,
+                            scope: SymbolScope::Linkage,
+                            weak: false,
+                            section: SymbolSection::Undefined,
+                            flags: SymbolFlags::None,
+                        })
+                    });
+                    out.add_relocation(
+                        place_id,
+                        Relocation {
+                            offset: place_off,
+                            symbol: sym,
+                            addend: r.addend,
+                            flags: RelocationFlags::Elf { r_type },
+                        },
+                    )
+                    .map_err(|e| CreateError::Target(e.to_string()))?;
+                }
+                Tgt::Klp {
+                    obj,
+                    name,
+                    pos,
+                    delta,
+                } => klp.push(KlpRel {
+                    section: place_name,
+                    offset: place_off,
+                    r_type,
+                    sym_obj: obj,
+                    sym: name,
+                    pos,
+                    addend: r.addend + delta,
+                }),
+            }
+        }
+    }
+    let object = out
+        .write()
+        .map_err(|e| CreateError::Target(format!("writing the patch object: {e}")))?;
+    Ok(Emitted {
+        object,
+        klp,
+        funcs,
+    })
+}
+

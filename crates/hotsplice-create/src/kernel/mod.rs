@@ -1,0 +1,317 @@
+//! `hotsplice create --kernel`: a livepatch module for the kernel's own
+//! livepatch engine, from a kernel source tree and a fix. The changed
+//! objects are built before and after the fix with function and data
+//! sections in the source tree (prepared once with the target's
+//! configuration), compared with the same object diff as userspace, and
+//! the changed functions are linked into a module built against the
+//! target's headers; references the module loader cannot resolve (local
+//! and unexported symbols) become livepatch relocations.
+
+mod emit;
+mod klp;
+mod symbols;
+mod tree;
+
+use crate::diff;
+use crate::objfile::ObjFile;
+use crate::{io, CreateError};
+use hotsplice_patch::{Function, ObjectKind, Patch, PatchMeta, Target, PAGE};
+use std::path::PathBuf;
+use std::process::Command;
+
+pub use symbols::KernelSymbols;
+
+/// What to build a kernel patch from.
+#[derive(Debug, Clone)]
+pub struct KernelRequest {
+    /// Kernel source tree of the running kernel's version.
+    pub src: PathBuf,
+    pub diff: PathBuf,
+    /// The running kernel's configuration.
+    pub config: PathBuf,
+    /// The headers/build directory of the target kernel (for the module
+    /// build and its `Module.symvers`).
+    pub kdir: PathBuf,
+    /// `System.map` or `/proc/kallsyms` of the target kernel.
+    pub system_map: Option<PathBuf>,
+    /// GNU build-id (hex) and release of the target kernel.
+    pub build_id: String,
+    pub release: String,
+    /// Release reported once applied (default: `<release>.hs-<id>`).
+    pub effective: Option<String>,
+    pub description: Option<String>,
+    pub out_dir: PathBuf,
+}
+
+/// What was written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CreatedKernelPatch {
+    pub path: PathBuf,
+    pub module_path: PathBuf,
+    pub id: String,
+    pub module: String,
+    pub functions: Vec<String>,
+    pub livepatch_relocations: usize,
+}
+
+/// A kernel patch file around a built livepatch module.
+pub fn kernel_patch(
+    ko: &[u8],
+    id: &str,
+    description: &str,
+    build_id: &str,
+    release: &str,
+    functions: Vec<String>,
+) -> Patch {
+    let size = (ko.len() as u64).max(1);
+    Patch {
+        meta: PatchMeta {
+            id: id.into(),
+            description: description.into(),
+            level: 1,
+            tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
+            target: Target {
+                name: format!("vmlinux {release}"),
+                build_id: build_id.into(),
+                kind: ObjectKind::Kernel,
+            },
+            code_size: size,
+            data_offset: hotsplice_patch::round_up(size, PAGE),
+            data_size: 0,
+            functions: functions
+                .into_iter()
+                .map(|name| Function {
+                    name,
+                    file: None,
+                    vaddr: 0,
+                    size: 0,
+                    expected: String::new(),
+                    mask: String::new(),
+                    replacement: 0,
+                    jump: false,
+                })
+                .collect(),
+            relocations: vec![],
+            symbols: vec![],
+        },
+        image: ko.to_vec(),
+    }
+}
+
+fn c_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_ascii_graphic() || c == ' ' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Build the kernel patch.
+pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateError> {
+    let diff_text = std::fs::read_to_string(&req.diff)
+        .map_err(io(format!("fix {}", req.diff.display())))?;
+    let diff_abs = req
+        .diff
+        .canonicalize()
+        .map_err(io(format!("fix {}", req.diff.display())))?;
+    let files = tree::changed_files(&diff_text);
+    if files.is_empty() {
+        return Err(CreateError::NothingToPatch("the diff names no file".into()));
+    }
+    for f in &files {
+        match f.extension().and_then(|e| e.to_str()) {
+            Some("c") => {}
+            Some("S") | Some("s") => {
+                return Err(CreateError::Unsupported(format!(
+                    "the fix changes assembly file {}",
+                    f.display()
+                )))
+            }
+            _ => {
+                return Err(CreateError::Unsupported(format!(
+                    "the fix changes {}, not a C file; kernel patches from header or build changes are not supported",
+                    f.display()
+                )))
+            }
+        }
+    }
+    let tree = tree::Tree::prepare(&req.src, &req.config)?;
+    let _lock = hotsplice_store::FileLock::acquire(&tree.src.join(".hotsplice.lock"))
+        .map_err(|e| CreateError::Target(e.to_string()))?;
+    let work = tempfile::Builder::new()
+        .prefix("hotsplice-kcreate.")
+        .tempdir()
+        .map_err(io("scratch directory"))?;
+    for f in &files {
+        tree.compile(f, &work.path().join("pre").join(f).with_extension("o"))?;
+    }
+    tree.patch(&diff_abs, false)?;
+    let post = files.iter().try_for_each(|f| {
+        tree.compile(f, &work.path().join("post").join(f).with_extension("o"))
+    });
+    // The tree goes back to the original whatever happened.
+    tree.patch(&diff_abs, true)?;
+    post?;
+
+    let mut objs = Vec::new();
+    for f in &files {
+        let pre = ObjFile::read(&work.path().join("pre").join(f).with_extension("o"))
+            .map_err(CreateError::Target)?;
+        let postf = ObjFile::read(&work.path().join("post").join(f).with_extension("o"))
+            .map_err(CreateError::Target)?;
+        let d = diff::diff(&pre, &postf);
+        if d.is_empty() {
+            continue;
+        }
+        objs.push(emit::KObj {
+            owner: tree.owner(f)?,
+            rel: f.clone(),
+            pre,
+            post: postf,
+            diff: d,
+        });
+    }
+    if objs.is_empty() {
+        return Err(CreateError::NothingToPatch(
+            "the fix changes no compiled code".into(),
+        ));
+    }
+    let syms = KernelSymbols::load(&req.kdir.join("Module.symvers"), req.system_map.as_deref())?;
+    let emitted = emit::emit(&objs, &syms)?;
+    if emitted.funcs.is_empty() {
+        return Err(CreateError::NothingToPatch(
+            "no changed function exists out of line in the kernel".into(),
+        ));
+    }
+
+    let id = hotsplice_patch::stable_id(&[diff_text.as_bytes(), req.build_id.as_bytes()]);
+    let module = format!("hs_{id}");
+    let effective = req
+        .effective
+        .clone()
+        .unwrap_or_else(|| format!("{}.hs-{id}", req.release));
+    let description = req.description.clone().unwrap_or_else(|| {
+        format!(
+            "{} for {}",
+            req.diff.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            req.release
+        )
+    });
+    let mdir = work.path().join("module");
+    std::fs::create_dir_all(&mdir).map_err(io("module directory"))?;
+    std::fs::write(mdir.join("hs_funcs.o_shipped"), &emitted.object)
+        .map_err(io("writing the patch object"))?;
+    // modpost reads every object's kbuild command file.
+    std::fs::write(
+        mdir.join(".hs_funcs.o.cmd"),
+        format!("cmd_{}/hs_funcs.o := cat hs_funcs.o_shipped > hs_funcs.o\n", mdir.display()),
+    )
+    .map_err(io("writing the object's command file"))?;
+    std::fs::write(
+        mdir.join("Kbuild"),
+        format!("obj-m := {module}.o\n{module}-y := livepatch.o hs_funcs.o\n"),
+    )
+    .map_err(io("writing Kbuild"))?;
+    std::fs::write(
+        mdir.join("livepatch.c"),
+        livepatch_c(&emitted.funcs, &id, &description, &req.build_id, &req.release, &effective),
+    )
+    .map_err(io("writing livepatch.c"))?;
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(&req.kdir)
+        .arg(format!("M={}", mdir.display()))
+        .arg("modules")
+        .output()
+        .map_err(io("running make for the module"))?;
+    if !out.status.success() {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        return Err(CreateError::BuildFailed {
+            stage: "livepatch module",
+            cmd: format!("make -C {} M=... modules", req.kdir.display()),
+            code: out.status.code().unwrap_or(-1),
+            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    let built = std::fs::read(mdir.join(format!("{module}.ko")))
+        .map_err(io("reading the built module"))?;
+    let ko = klp::add_klp(&built, &emitted.klp)?;
+    std::fs::create_dir_all(&req.out_dir).map_err(io("output directory"))?;
+    let module_path = req.out_dir.join(format!("{module}.ko"));
+    std::fs::write(&module_path, &ko).map_err(io("writing the module"))?;
+    let functions: Vec<String> = emitted.funcs.iter().map(|f| f.old_name.clone()).collect();
+    let patch = kernel_patch(&ko, &id, &description, &req.build_id, &req.release, functions.clone());
+    let path = req.out_dir.join(format!("vmlinux-{id}.hsp"));
+    std::fs::write(&path, patch.to_bytes()).map_err(io("writing the patch"))?;
+    Ok(CreatedKernelPatch {
+        path,
+        module_path,
+        id,
+        module,
+        functions,
+        livepatch_relocations: emitted.klp.len(),
+    })
+}
+
+fn livepatch_c(
+    funcs: &[emit::KFunc],
+    id: &str,
+    description: &str,
+    build_id: &str,
+    release: &str,
+    effective: &str,
+) -> String {
+    let mut c = String::from(
+        "// SPDX-License-Identifier: GPL-2.0\n// Generated by hotsplice create --kernel.\n\
+         #include <linux/module.h>\n#include <linux/kernel.h>\n#include <linux/livepatch.h>\n\n",
+    );
+    let mut owners: Vec<Option<String>> = Vec::new();
+    for f in funcs {
+        c.push_str(&format!("void {}(void);\n", f.new_symbol));
+        if !owners.contains(&f.owner) {
+            owners.push(f.owner.clone());
+        }
+    }
+    for (i, o) in owners.iter().enumerate() {
+        c.push_str(&format!("\nstatic struct klp_func hs_funcs_{i}[] = {{\n"));
+        for f in funcs.iter().filter(|f| &f.owner == o) {
+            c.push_str(&format!(
+                "\t{{ .old_name = {}, .new_func = {}, .old_sympos = {} }},\n",
+                c_string(&f.old_name),
+                f.new_symbol,
+                f.sympos
+            ));
+        }
+        c.push_str("\t{ }\n};\n");
+    }
+    c.push_str("\nstatic struct klp_object hs_objs[] = {\n");
+    for (i, o) in owners.iter().enumerate() {
+        let name = o.as_ref().map(|m| c_string(m)).unwrap_or_else(|| "NULL".into());
+        c.push_str(&format!("\t{{ .name = {name}, .funcs = hs_funcs_{i} }},\n"));
+    }
+    c.push_str("\t{ }\n};\n\n");
+    c.push_str(
+        "static struct klp_patch hs_patch = {\n\t.mod = THIS_MODULE,\n\t.objs = hs_objs,\n};\n\n\
+         static int __init hs_init(void)\n{\n\treturn klp_enable_patch(&hs_patch);\n}\n\n\
+         static void __exit hs_exit(void)\n{\n}\n\n\
+         module_init(hs_init);\nmodule_exit(hs_exit);\nMODULE_LICENSE(\"GPL\");\n\
+         MODULE_INFO(livepatch, \"Y\");\n",
+    );
+    c.push_str(&format!("MODULE_DESCRIPTION({});\n", c_string(description)));
+    c.push_str(&format!("MODULE_INFO(hotsplice_id, {});\n", c_string(id)));
+    c.push_str(&format!("MODULE_INFO(hotsplice_build_id, {});\n", c_string(build_id)));
+    c.push_str(&format!("MODULE_INFO(hotsplice_release, {});\n", c_string(release)));
+    c.push_str(&format!("MODULE_INFO(hotsplice_effective, {});\n", c_string(effective)));
+    c
+}

@@ -1,0 +1,123 @@
+//! What the target kernel knows about its symbols: which are exported to
+//! modules (`Module.symvers`), and all of them in order (`System.map` or
+//! `/proc/kallsyms`), which gives the position livepatch needs when two
+//! local symbols share a name.
+
+use crate::{io, CreateError};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct KSym {
+    pub addr: u64,
+    /// `None` for vmlinux.
+    pub module: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct KernelSymbols {
+    exported: HashSet<String>,
+    all: Vec<KSym>,
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl KernelSymbols {
+    pub fn load(symvers: &Path, map: Option<&Path>) -> Result<KernelSymbols, CreateError> {
+        let mut k = KernelSymbols::default();
+        let text = std::fs::read_to_string(symvers)
+            .map_err(io(format!("Module.symvers {}", symvers.display())))?;
+        for l in text.lines() {
+            if let Some(name) = l.split('\t').nth(1) {
+                k.exported.insert(name.to_string());
+            }
+        }
+        if let Some(map) = map {
+            let text =
+                std::fs::read_to_string(map).map_err(io(format!("symbol map {}", map.display())))?;
+            for l in text.lines() {
+                let mut f = l.split_whitespace();
+                let (Some(addr), Some(_ty), Some(name)) = (f.next(), f.next(), f.next()) else {
+                    continue;
+                };
+                let module = f
+                    .next()
+                    .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
+                k.by_name
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(k.all.len());
+                k.all.push(KSym {
+                    addr: u64::from_str_radix(addr, 16).unwrap_or(0),
+                    module,
+                });
+            }
+        }
+        Ok(k)
+    }
+
+    pub fn exported(&self, name: &str) -> bool {
+        self.exported.contains(name)
+    }
+
+    pub fn has_map(&self) -> bool {
+        !self.all.is_empty()
+    }
+
+    fn candidates(&self, name: &str, module: Option<&str>) -> Vec<&KSym> {
+        self.by_name
+            .get(name)
+            .map(|v| {
+                v.iter()
+                    .map(|&i| &self.all[i])
+                    .filter(|s| s.module.as_deref() == module)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Which object defines `name` (vmlinux preferred), if the map says.
+    pub fn owner_of(&self, name: &str) -> Option<Option<String>> {
+        let v = self.by_name.get(name)?;
+        if v.iter().any(|&i| self.all[i].module.is_none()) {
+            return Some(None);
+        }
+        v.first().map(|&i| self.all[i].module.clone())
+    }
+
+    /// The livepatch position of `name` in `module` (0: unique). When
+    /// several local symbols share the name, the one nearest to a symbol of
+    /// the same object file with a unique name (`neighbours`) is meant.
+    pub fn position(
+        &self,
+        name: &str,
+        module: Option<&str>,
+        neighbours: &[String],
+    ) -> Result<u64, CreateError> {
+        let c = self.candidates(name, module);
+        if c.len() <= 1 {
+            return Ok(0);
+        }
+        let anchors: Vec<u64> = neighbours
+            .iter()
+            .filter_map(|n| {
+                let v = self.candidates(n, module);
+                (v.len() == 1).then(|| v[0].addr)
+            })
+            .collect();
+        if anchors.is_empty() {
+            return Err(CreateError::Unsupported(format!(
+                "`{name}` is defined {} times in {} and nothing tells which one the patch means",
+                c.len(),
+                module.unwrap_or("vmlinux")
+            )));
+        }
+        let dist = |s: &KSym| anchors.iter().map(|a| a.abs_diff(s.addr)).min().unwrap_or(u64::MAX);
+        let best = c
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| dist(s))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        Ok(best as u64 + 1)
+    }
+}

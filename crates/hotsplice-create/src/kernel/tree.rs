@@ -1,0 +1,203 @@
+//! The kernel source tree: prepared once with the target's configuration
+//! (cached: a marker records which configuration), then single objects
+//! compiled with function and data sections before and after the fix.
+
+use crate::{io, CreateError};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Tree {
+    pub src: PathBuf,
+}
+
+const MARKER: &str = ".hotsplice-prepared";
+const KCFLAGS: &str = "KCFLAGS=-ffunction-sections -fdata-sections";
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), CreateError> {
+    let out = cmd.output().map_err(io(format!("running {what}")))?;
+    if !out.status.success() {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        return Err(CreateError::BuildFailed {
+            stage: "kernel",
+            cmd: what.into(),
+            code: out.status.code().unwrap_or(-1),
+            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    Ok(())
+}
+
+fn jobs() -> String {
+    format!(
+        "-j{}",
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    )
+}
+
+impl Tree {
+    /// Configure and prepare `src` for `config` unless already done.
+    pub fn prepare(src: &Path, config: &Path) -> Result<Tree, CreateError> {
+        let src = src
+            .canonicalize()
+            .map_err(io(format!("kernel source {}", src.display())))?;
+        if !src.join("Makefile").is_file() || !src.join("kernel").is_dir() {
+            return Err(CreateError::Target(format!(
+                "{} is not a kernel source tree",
+                src.display()
+            )));
+        }
+        let cfg = std::fs::read(config).map_err(io(format!("config {}", config.display())))?;
+        let stamp = hex::encode(sha2::Sha256::digest(&cfg));
+        if std::fs::read_to_string(src.join(MARKER)).ok().as_deref() == Some(stamp.as_str()) {
+            return Ok(Tree { src });
+        }
+        std::fs::write(src.join(".config"), &cfg).map_err(io("writing .config"))?;
+        // Distribution key paths do not exist in a source package.
+        run(
+            Command::new(src.join("scripts/config"))
+                .current_dir(&src)
+                .args(["--file", ".config"])
+                .args(["--set-str", "SYSTEM_TRUSTED_KEYS", ""])
+                .args(["--set-str", "SYSTEM_REVOCATION_KEYS", ""])
+                .args(["--set-str", "MODULE_SIG_KEY", "certs/signing_key.pem"]),
+            "scripts/config",
+        )?;
+        run(
+            Command::new("make").current_dir(&src).arg("olddefconfig"),
+            "make olddefconfig",
+        )?;
+        run(
+            Command::new("make")
+                .current_dir(&src)
+                .arg(jobs())
+                .arg("modules_prepare"),
+            "make modules_prepare",
+        )?;
+        std::fs::write(src.join(MARKER), stamp).map_err(io("writing the prepare marker"))?;
+        Ok(Tree { src })
+    }
+
+    /// Compile `rel` (a `.c` path in the tree) to its object with function
+    /// and data sections; returns a copy of the object at `out`.
+    pub fn compile(&self, rel: &Path, out: &Path) -> Result<(), CreateError> {
+        let obj = rel.with_extension("o");
+        let _ = std::fs::remove_file(self.src.join(&obj));
+        run(
+            Command::new("make")
+                .current_dir(&self.src)
+                .arg(KCFLAGS)
+                .arg(&obj),
+            &format!("make {}", obj.display()),
+        )?;
+        if let Some(d) = out.parent() {
+            std::fs::create_dir_all(d).map_err(io("object directory"))?;
+        }
+        std::fs::copy(self.src.join(&obj), out).map_err(io(format!("copying {}", obj.display())))?;
+        Ok(())
+    }
+
+    /// `patch -p1` (or `-R`) the fix in the tree.
+    pub fn patch(&self, diff: &Path, reverse: bool) -> Result<(), CreateError> {
+        let mut cmd = Command::new("patch");
+        cmd.current_dir(&self.src)
+            .args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-i"])
+            .arg(diff);
+        if reverse {
+            cmd.arg("-R");
+        }
+        let out = cmd.output().map_err(io("running patch"))?;
+        if !out.status.success() {
+            return Err(CreateError::DiffDoesNotApply {
+                src: self.src.display().to_string(),
+                output: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Which object a source file is linked into: `None` for vmlinux, or
+    /// the module's name, read from the directory's kbuild Makefile and the
+    /// configuration.
+    pub fn owner(&self, rel: &Path) -> Result<Option<String>, CreateError> {
+        let dir = rel.parent().unwrap_or(Path::new(""));
+        let obj = rel
+            .with_extension("o")
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let makefile = std::fs::read_to_string(self.src.join(dir).join("Makefile"))
+            .or_else(|_| std::fs::read_to_string(self.src.join(dir).join("Kbuild")))
+            .map_err(io(format!("kbuild Makefile of {}", dir.display())))?;
+        let config = std::fs::read_to_string(self.src.join(".config")).unwrap_or_default();
+        let value = |opt: &str| -> String {
+            let key = format!("{opt}=");
+            config
+                .lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .unwrap_or("n")
+                .to_string()
+        };
+        // Join continuation lines, then split into `lhs op rhs`.
+        let joined = makefile.replace("\\\n", " ");
+        let mut assignments = Vec::new();
+        for line in joined.lines() {
+            let line = line.split('#').next().unwrap_or("");
+            for op in [":=", "+=", "="] {
+                if let Some((l, r)) = line.split_once(op) {
+                    assignments.push((l.trim().to_string(), r.split_whitespace().map(String::from).collect::<Vec<_>>()));
+                    break;
+                }
+            }
+        }
+        let mut wanted = obj.clone();
+        for _ in 0..4 {
+            for (lhs, rhs) in &assignments {
+                if !rhs.contains(&wanted) {
+                    continue;
+                }
+                if let Some(cfg) = lhs.strip_prefix("obj-") {
+                    let v = if cfg == "y" {
+                        "y".to_string()
+                    } else if let Some(o) = cfg.strip_prefix("$(").and_then(|c| c.strip_suffix(')')) {
+                        value(o)
+                    } else {
+                        "n".to_string()
+                    };
+                    return match v.as_str() {
+                        "y" => Ok(None),
+                        "m" => Ok(Some(wanted.trim_end_matches(".o").to_string())),
+                        _ => Err(CreateError::Unsupported(format!(
+                            "{} is not built with this configuration ({lhs} is off)",
+                            rel.display()
+                        ))),
+                    };
+                }
+                // `name-y += file.o`: the file is part of composite `name`.
+                if let Some((composite, _)) = lhs.rsplit_once('-') {
+                    wanted = format!("{composite}.o");
+                }
+            }
+        }
+        Err(CreateError::Unsupported(format!(
+            "cannot tell from {}/Makefile which object {} is linked into",
+            dir.display(),
+            rel.display()
+        )))
+    }
+}
+
+/// Source files a unified diff changes (the `+++ b/...` lines).
+pub fn changed_files(diff: &str) -> Vec<PathBuf> {
+    diff.lines()
+        .filter_map(|l| l.strip_prefix("+++ "))
+        .map(|l| l.split('\t').next().unwrap_or(l).trim())
+        .filter(|p| *p != "/dev/null")
+        .map(|p| PathBuf::from(p.split_once('/').map(|x| x.1).unwrap_or(p)))
+        .collect()
+}
