@@ -271,7 +271,8 @@ pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
         }
         KernelCommand::Uname(u) => uname(&k, &u),
         KernelCommand::Wrap { module, out, sign } => {
-            let ko = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+            let ko =
+                std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
             let patch = wrap_module(&ko, &module.display().to_string(), Vec::new())?;
             let path = out.join(format!("vmlinux-{}.hsp", patch.meta.id));
             std::fs::create_dir_all(&out)?;
@@ -438,7 +439,11 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
 
 /// A kernel patch file around a livepatch module: the module is the image;
 /// its modinfo says which kernel build it is for.
-pub fn wrap_module(ko: &[u8], origin: &str, functions: Vec<String>) -> Result<hotsplice_patch::Patch> {
+pub fn wrap_module(
+    ko: &[u8],
+    origin: &str,
+    functions: Vec<String>,
+) -> Result<hotsplice_patch::Patch> {
     let info = hotsplice_kernel::modinfo(ko)
         .map_err(|e| anyhow::anyhow!("{origin} is not a hotsplice kernel patch module: {e}"))?;
     let patch = hotsplice_create::kernel::kernel_patch(
@@ -449,6 +454,8 @@ pub fn wrap_module(ko: &[u8], origin: &str, functions: Vec<String>) -> Result<ho
         &info.release,
         functions,
     );
-    patch.validate().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    patch
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     Ok(patch)
 }

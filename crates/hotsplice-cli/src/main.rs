@@ -37,7 +37,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build patches from a source tree and a fix (unified diff).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Show what a patch file contains.
     Info {
         file: PathBuf,
@@ -159,7 +159,7 @@ fn main() {
 fn run(cli: Cli) -> Result<bool> {
     let ctx = context::Ctx::new(cli.quiet, cli.verbose, cli.yes, cli.dry_run)?;
     match cli.command {
-        Command::Create(a) => create(a),
+        Command::Create(a) => create(*a),
         Command::Info { file, json } => info(&file, json),
         Command::Keygen { dir, name } => {
             let key = hotsplice_trust::SecretKey::generate()?;
@@ -258,6 +258,7 @@ fn create_kernel(a: CreateArgs, key: Option<hotsplice_trust::SecretKey>) -> Resu
         effective: a.effective,
         description: a.description,
         out_dir: a.out,
+        keep_work: a.keep_work,
     };
     let created = hotsplice_create::kernel::create_kernel(&req)?;
     if let Some(key) = &key {

@@ -126,3 +126,776 @@ fn guest_state_disk_survives_reboot_in_qemu() {
     assert_eq!(b2.value("persist-read"), token, "token survived the reboot");
     assert!(b2.has_line("init-done"));
 }
+
+// ---------------------------------------------------------------------------
+// The hotsplice kernel client (`hotsplice kernel ...`, `uptrack-*`) in the
+// guest, on livepatch modules wrapped into signed patch files.
+//
+// The modules come from tests/kernel/livepatches/* (hand-written, built for
+// the probed kernel by scripts/kernel/build-livepatch.sh) unless
+// HOTSPLICE_KERNEL_TEST_KO_<NAME> names another .ko (e.g. one made by
+// `hotsplice create --kernel`) for NAME in VERSION1, VERSION2, COMBO, PIPE;
+// HOTSPLICE_KERNEL_TEST_MARKER_<NAME> then says what it puts in
+// /proc/version (COMBO_MOUNTS: in the ext4 line of /proc/mounts).
+//
+// Three boots of one VM with its state disk are shared by the tests below:
+//   main:      hs-basic, hs-stack, hs-combo, hs-refuse, hs-stuck, then
+//              hs-persist-apply (leaves two patches applied, state on /mnt)
+//   reboot:    hs-boot-hook (`hotsplice kernel boot` first after the mount)
+//   nouptrack: hs-boot-hook again with `nouptrack` on the command line
+// Everything (patches, logs) stays in target/tmp/kernel-client for a look
+// after a failure.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// One test patch: its module, what its modinfo says, its signed patch file.
+struct Lp {
+    ko: PathBuf,
+    info: hotsplice_kernel::ModInfo,
+    hsp: PathBuf,
+    marker: String,
+}
+
+struct ClientVm {
+    dir: PathBuf,
+    disk: PathBuf,
+    initrd: PathBuf,
+    build_id: String,
+    lp1: Lp,
+    lp2: Lp,
+    combo: Lp,
+    pipe: Lp,
+    combo_mounts_marker: String,
+    wrong_build_id: String,
+    main: kc::Boot,
+}
+
+struct Reboots {
+    reboot: kc::Boot,
+    nouptrack: kc::Boot,
+}
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_string())
+}
+
+fn lp_module(name: &str, dir: &str, build: &Path) -> PathBuf {
+    match std::env::var_os(format!("HOTSPLICE_KERNEL_TEST_KO_{name}")) {
+        Some(p) => PathBuf::from(p),
+        None => kc::build_livepatch(
+            &kc::repo_root().join("tests/kernel/livepatches").join(dir),
+            &build.join(dir),
+        ),
+    }
+}
+
+fn make_lp(ko: PathBuf, patches: &Path, key: &Path, marker: String) -> Lp {
+    let bytes = std::fs::read(&ko).expect("read module");
+    let info = hotsplice_kernel::modinfo(&bytes)
+        .unwrap_or_else(|e| panic!("{}: not a hotsplice livepatch: {e}", ko.display()));
+    let hsp = kc::wrap(&ko, patches, key);
+    Lp {
+        ko,
+        info,
+        hsp,
+        marker,
+    }
+}
+
+/// The build-id `id` with every hex digit moved by one: another kernel's.
+fn other_build_id(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            let v = c.to_digit(16).expect("hex build-id");
+            std::char::from_digit((v + 1) % 16, 16).unwrap()
+        })
+        .collect()
+}
+
+fn replace_once(hay: &mut [u8], needle: &[u8], with: &[u8]) {
+    assert_eq!(needle.len(), with.len());
+    let at = hay
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle in module");
+    hay[at..at + with.len()].copy_from_slice(with);
+}
+
+fn setup_client_vm() -> ClientVm {
+    let k = kc::kernel();
+    let probe = kc::probe();
+    assert_eq!(probe.release, k.kver, "probed release");
+    let guest_hotsplice = kc::static_hotsplice();
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-client");
+    // everything but the module builds (kbuild rebuilds only what changed)
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name() != "build" {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
+    }
+    let (patches, build, keys, bin, feed) = (
+        dir.join("patches"),
+        dir.join("build"),
+        dir.join("keys"),
+        dir.join("bin"),
+        dir.join("feed"),
+    );
+    for d in [&patches, &build, &keys, &bin, &feed, &patches.join("wrong")] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let (key, public) = kc::keygen(&keys, "kerneltest");
+
+    let lp1 = make_lp(
+        lp_module("VERSION1", "version1", &build),
+        &patches,
+        &key,
+        env_or("HOTSPLICE_KERNEL_TEST_MARKER_VERSION1", "[hotsplice-lp1]"),
+    );
+    let lp2 = make_lp(
+        lp_module("VERSION2", "version2", &build),
+        &patches,
+        &key,
+        env_or("HOTSPLICE_KERNEL_TEST_MARKER_VERSION2", "[hotsplice-lp2]"),
+    );
+    let combo = make_lp(
+        lp_module("COMBO", "ext4-combo", &build),
+        &patches,
+        &key,
+        env_or("HOTSPLICE_KERNEL_TEST_MARKER_COMBO", "[hotsplice-combo]"),
+    );
+    let pipe = make_lp(
+        lp_module("PIPE", "pipe-read", &build),
+        &patches,
+        &key,
+        String::new(),
+    );
+    for lp in [&lp1, &lp2, &combo, &pipe] {
+        assert_eq!(
+            lp.info.build_id,
+            probe.build_id,
+            "{}: hotsplice_build_id is not the probed kernel's",
+            lp.ko.display()
+        );
+    }
+
+    // Patch 1's module, claiming another kernel build (same length string).
+    let wrong_build_id = other_build_id(&probe.build_id);
+    let mut ko = std::fs::read(&lp1.ko).unwrap();
+    replace_once(
+        &mut ko,
+        format!("hotsplice_build_id={}", probe.build_id).as_bytes(),
+        format!("hotsplice_build_id={wrong_build_id}").as_bytes(),
+    );
+    let wrong_ko = build.join("wrong-build.ko");
+    std::fs::write(&wrong_ko, &ko).unwrap();
+    let wrong = kc::wrap(&wrong_ko, &patches.join("wrong"), &key);
+    // Patch 1's file with one byte flipped in the middle (inside the module).
+    let mut bytes = std::fs::read(&lp1.hsp).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let corrupt = patches.join("corrupt.hsp");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    // a feed holding the two stackable patches (for show --available)
+    for lp in [&lp1, &lp2] {
+        std::fs::copy(&lp.hsp, feed.join(lp.hsp.file_name().unwrap())).unwrap();
+    }
+
+    // hotsplice and its uptrack-* names
+    std::fs::copy(guest_hotsplice, bin.join("hotsplice")).unwrap();
+    for n in ["install", "remove", "show", "upgrade", "uname"] {
+        std::os::unix::fs::symlink("hotsplice", bin.join(format!("uptrack-{n}"))).unwrap();
+    }
+
+    let g = |p: &Path| format!("/patches/{}", p.strip_prefix(&patches).unwrap().display());
+    let env = format!(
+        "export HOTSPLICE_STATE_DIR=/mnt/hotsplice-state\n\
+         export HOTSPLICE_CONFIG_DIR=/etc/hotsplice\n\
+         LP1={} LP1_ID={} LP1_MOD={}\n\
+         LP2={} LP2_ID={} LP2_MOD={}\n\
+         COMBO={} COMBO_ID={} COMBO_MOD={}\n\
+         PIPE={} PIPE_ID={} PIPE_MOD={}\n\
+         WRONG={} CORRUPT={}\n",
+        g(&lp1.hsp),
+        lp1.info.id,
+        lp1.info.module,
+        g(&lp2.hsp),
+        lp2.info.id,
+        lp2.info.module,
+        g(&combo.hsp),
+        combo.info.id,
+        combo.info.module,
+        g(&pipe.hsp),
+        pipe.info.id,
+        pipe.info.module,
+        g(&wrong),
+        g(&corrupt),
+    );
+    let env_file = dir.join("hs-test.env");
+    std::fs::write(&env_file, env).unwrap();
+
+    let mut extra: Vec<(PathBuf, String)> = vec![
+        (patches.clone(), "/patches".into()),
+        (feed.clone(), "/feed".into()),
+        (public.clone(), "/etc/hotsplice/keys/kerneltest.pub".into()),
+        (env_file, "/etc/hs-test.env".into()),
+    ];
+    for e in std::fs::read_dir(&bin).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        extra.push((e.path(), format!("/usr/sbin/{name}")));
+    }
+    let extra_refs: Vec<(&Path, &str)> = extra
+        .iter()
+        .map(|(p, d)| (p.as_path(), d.as_str()))
+        .collect();
+    let initrd = dir.join("initrd.zst");
+    kc::make_initrd(&initrd, &extra_refs);
+    let disk = dir.join("state.img");
+    kc::make_disk(&disk);
+
+    let main = kc::boot(
+        &initrd,
+        Some(&disk),
+        "hstest=hs-basic,hs-stack,hs-combo,hs-refuse,hs-stuck,hs-persist-apply",
+        &dir.join("serial-main.log"),
+    );
+    ClientVm {
+        dir,
+        disk,
+        initrd,
+        build_id: probe.build_id.clone(),
+        lp1,
+        lp2,
+        combo,
+        pipe,
+        combo_mounts_marker: env_or(
+            "HOTSPLICE_KERNEL_TEST_MARKER_COMBO_MOUNTS",
+            "hotsplice_combo",
+        ),
+        wrong_build_id,
+        main,
+    }
+}
+
+/// Run `f` once for the whole test binary; a panic is kept as a message so
+/// every test depending on it fails with it instead of running it again.
+fn shared<T>(cell: &'static OnceLock<Result<T, String>>, f: fn() -> T) -> &'static T {
+    let r = cell.get_or_init(|| {
+        std::panic::catch_unwind(f).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into())
+        })
+    });
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("shared kernel-client VM setup failed:\n{e}"),
+    }
+}
+
+fn client_vm() -> &'static ClientVm {
+    static VM: OnceLock<Result<ClientVm, String>> = OnceLock::new();
+    shared(&VM, setup_client_vm)
+}
+
+fn reboots() -> &'static Reboots {
+    static R: OnceLock<Result<Reboots, String>> = OnceLock::new();
+    shared(&R, || {
+        let vm = client_vm();
+        let reboot = kc::boot(
+            &vm.initrd,
+            Some(&vm.disk),
+            "hstest=hs-boot-hook",
+            &vm.dir.join("serial-reboot.log"),
+        );
+        let nouptrack = kc::boot(
+            &vm.initrd,
+            Some(&vm.disk),
+            "hstest=hs-boot-hook nouptrack",
+            &vm.dir.join("serial-nouptrack.log"),
+        );
+        Reboots { reboot, nouptrack }
+    })
+}
+
+macro_rules! skip_unless_kernel_tests {
+    ($name:expr) => {
+        if let Some(why) = kc::skip_reason() {
+            eprintln!("SKIPPED {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+/// Print the transition times hotsplice reported in these command outputs.
+fn print_timings(b: &kc::Boot, keys: &[&str]) {
+    for key in keys {
+        for line in b.values(&format!("{key}-out")) {
+            if let Some((t, all)) = kc::transition_times(line) {
+                let what = line.split(':').next().unwrap_or(line);
+                eprintln!("kernel timing [{key}] {what}: transition {t:.1} ms, total {all:.1} ms");
+            }
+        }
+    }
+}
+
+fn booted_version(b: &kc::Boot) -> &str {
+    b.value("basic-version-before")
+}
+
+#[test]
+fn kernel_client_apply_uname_show_undo_in_qemu() {
+    skip_unless_kernel_tests!("kernel_client_apply_uname_show_undo_in_qemu");
+    let vm = client_vm();
+    let b = &vm.main;
+    let kver = &kc::kernel().kver;
+    let lp = &vm.lp1;
+    let before = booted_version(b);
+    assert!(
+        before.starts_with(&format!("Linux version {kver} ")),
+        "{before}"
+    );
+    assert!(!before.contains(&lp.marker));
+    assert_eq!(b.value("basic-kuname-before"), kver);
+    // the feed lists both stackable patches before anything is applied
+    let avail = b.output("basic-available");
+    assert!(
+        avail.contains(&format!("[{}]", vm.lp1.info.id))
+            && avail.contains(&format!("[{}]", vm.lp2.info.id)),
+        "show --available:\n{avail}"
+    );
+
+    assert_eq!(
+        b.status("basic-apply"),
+        0,
+        "apply:\n{}",
+        b.output("basic-apply")
+    );
+    let applied = b.output("basic-apply");
+    assert!(
+        applied.starts_with(&format!(
+            "applied {} ({}): transition ",
+            lp.info.id, lp.info.module
+        )) && applied.ends_with(&format!("effective kernel {}", lp.info.effective)),
+        "{applied}"
+    );
+    let patched = b.value("basic-version-patched");
+    assert!(
+        patched.contains(&lp.marker),
+        "/proc/version not patched: {patched}"
+    );
+    // uname(2) is untouched; hotsplice reports the effective release
+    assert_eq!(b.value("basic-uname-r-patched"), kver);
+    assert_eq!(b.value("basic-kuname-patched"), lp.info.effective);
+    let a = b.value("basic-kuname-a-patched");
+    assert!(
+        a.contains(&lp.info.effective) && a.contains("(hotsplice: 1 update(s))"),
+        "{a}"
+    );
+    let show = b.output("basic-show");
+    assert!(
+        show.contains(&format!("[{}] {}", lp.info.id, lp.info.description))
+            && show.contains(&format!(
+                "Effective kernel version is {}",
+                lp.info.effective
+            )),
+        "show:\n{show}"
+    );
+    assert_eq!(b.value("basic-count-patched"), "1");
+    assert_eq!(b.value("basic-lsmod-patched"), lp.info.module);
+    assert_eq!(b.value("basic-klp-patched"), lp.info.module);
+
+    assert_eq!(
+        b.status("basic-undo"),
+        0,
+        "undo:\n{}",
+        b.output("basic-undo")
+    );
+    let removed = b.output("basic-undo");
+    assert!(
+        removed.starts_with(&format!("removed {} ({})", lp.info.id, lp.info.module))
+            && removed.ends_with(&format!("effective kernel {kver}")),
+        "{removed}"
+    );
+    assert_eq!(
+        b.value("basic-version-after"),
+        before,
+        "/proc/version restored"
+    );
+    assert_eq!(b.value("basic-kuname-after"), kver);
+    assert_eq!(b.value("basic-count-after"), "0");
+    assert_eq!(b.value("basic-lsmod-after"), "");
+    assert_eq!(b.value("basic-klp-after"), "");
+    assert!(b.has_line("scenario-exit hs-basic=0"));
+    print_timings(b, &["basic-apply", "basic-undo"]);
+}
+
+#[test]
+fn kernel_client_uptrack_commands_in_qemu() {
+    skip_unless_kernel_tests!("kernel_client_uptrack_commands_in_qemu");
+    let vm = client_vm();
+    let b = &vm.main;
+    let kver = &kc::kernel().kver;
+    let (lp1, lp2) = (&vm.lp1, &vm.lp2);
+    // uptrack-uname -r: the effective release while patched, the booted one after
+    assert_eq!(b.value("basic-uptrack-uname-patched"), lp1.info.effective);
+    assert_eq!(b.value("basic-uptrack-uname-after"), kver);
+    // uptrack-show lists the applied patches
+    assert_eq!(
+        b.status("basic-uptrack-show"),
+        0,
+        "{}",
+        b.output("basic-uptrack-show")
+    );
+    let show = b.output("basic-uptrack-show");
+    assert!(
+        show.contains(&format!("[{}]", lp1.info.id))
+            && show.contains(&format!(
+                "Effective kernel version is {}",
+                lp1.info.effective
+            )),
+        "uptrack-show:\n{show}"
+    );
+    let show2 = b.output("stack-show-both");
+    assert!(
+        show2.contains(&format!("[{}]", lp1.info.id))
+            && show2.contains(&format!("[{}]", lp2.info.id)),
+        "uptrack-show with two:\n{show2}"
+    );
+    // uptrack-install A B, uptrack-remove --all
+    assert_eq!(
+        b.status("stack-install-two"),
+        0,
+        "{}",
+        b.output("stack-install-two")
+    );
+    assert!(b.value("stack-version-install-two").contains(&lp2.marker));
+    assert_eq!(
+        b.status("stack-uptrack-remove-all"),
+        0,
+        "{}",
+        b.output("stack-uptrack-remove-all")
+    );
+    assert_eq!(
+        b.value("stack-version-uptrack-remove-all"),
+        booted_version(b),
+        "uptrack-remove --all restored /proc/version"
+    );
+    assert_eq!(b.value("stack-lsmod-uptrack-remove-all"), "");
+    assert_eq!(b.value("stack-uptrack-count-end"), "0");
+    // after the reboot: uptrack-uname before and after the boot hook
+    let r = reboots();
+    assert_eq!(r.reboot.value("hook-uptrack-uname-before"), kver);
+    assert_eq!(
+        r.reboot.value("hook-uptrack-uname-after"),
+        lp2.info.effective
+    );
+    assert_eq!(r.reboot.status("hook-uptrack-show"), 0);
+    assert_eq!(r.nouptrack.value("hook-uptrack-uname-after"), kver);
+}
+
+#[test]
+fn kernel_client_stacked_patches_in_qemu() {
+    skip_unless_kernel_tests!("kernel_client_stacked_patches_in_qemu");
+    let vm = client_vm();
+    let b = &vm.main;
+    let kver = &kc::kernel().kver;
+    let (lp1, lp2) = (&vm.lp1, &vm.lp2);
+    let booted = booted_version(b);
+    assert_eq!(b.status("stack-apply1"), 0, "{}", b.output("stack-apply1"));
+    assert_eq!(b.status("stack-apply2"), 0, "{}", b.output("stack-apply2"));
+    // the patch applied last wins; the effective release is the last one's
+    let both = b.value("stack-version-both");
+    assert!(
+        both.contains(&lp2.marker) && !both.contains(&lp1.marker),
+        "{both}"
+    );
+    assert_eq!(b.value("stack-kuname-both"), lp2.info.effective);
+    assert_eq!(b.value("stack-count-both"), "2");
+    // the lower one cannot go while the upper one is applied
+    assert_ne!(b.status("stack-undo-lower"), 0);
+    let refusal = b.output("stack-undo-lower");
+    assert!(
+        refusal.contains(&format!(
+            "patch {} cannot be removed while {} (applied later) is applied",
+            lp1.info.id, lp2.info.id
+        )),
+        "{refusal}"
+    );
+    assert_eq!(b.value("stack-version-after-refusal"), both);
+    let mods = b.value("stack-lsmod-after-refusal");
+    assert!(
+        mods.contains(&lp1.info.module) && mods.contains(&lp2.info.module),
+        "{mods}"
+    );
+    // reverse order works
+    assert_eq!(
+        b.status("stack-undo-upper"),
+        0,
+        "{}",
+        b.output("stack-undo-upper")
+    );
+    assert!(b.value("stack-version-lower-only").contains(&lp1.marker));
+    assert_eq!(b.value("stack-kuname-lower-only"), lp1.info.effective);
+    assert_eq!(
+        b.status("stack-undo-lower-now"),
+        0,
+        "{}",
+        b.output("stack-undo-lower-now")
+    );
+    assert_eq!(b.value("stack-version-none"), booted);
+    assert_eq!(b.value("stack-lsmod-none"), "");
+    // two at once, then remove --all (newest first)
+    assert_eq!(
+        b.status("stack-apply-two"),
+        0,
+        "{}",
+        b.output("stack-apply-two")
+    );
+    assert!(b.value("stack-version-two").contains(&lp2.marker));
+    assert_eq!(
+        b.status("stack-remove-all"),
+        0,
+        "{}",
+        b.output("stack-remove-all")
+    );
+    let out = b.output("stack-remove-all");
+    let (p2, p1) = (
+        out.find(&format!("removed {}", lp2.info.id)),
+        out.find(&format!("removed {}", lp1.info.id)),
+    );
+    assert!(
+        matches!((p2, p1), (Some(a), Some(b)) if a < b),
+        "remove --all order:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("Effective kernel version is {kver}")),
+        "{out}"
+    );
+    assert_eq!(b.value("stack-version-remove-all"), booted);
+    assert_eq!(b.value("stack-lsmod-remove-all"), "");
+    assert_eq!(b.value("stack-klp-remove-all"), "");
+    assert_eq!(b.value("stack-count-end"), "0");
+    assert!(b.has_line("scenario-exit hs-stack=0"));
+    print_timings(
+        b,
+        &[
+            "stack-apply1",
+            "stack-apply2",
+            "stack-undo-upper",
+            "stack-undo-lower-now",
+            "stack-apply-two",
+        ],
+    );
+}
+
+#[test]
+fn kernel_client_vmlinux_and_module_patch_in_qemu() {
+    skip_unless_kernel_tests!("kernel_client_vmlinux_and_module_patch_in_qemu");
+    let vm = client_vm();
+    let b = &vm.main;
+    let lp = &vm.combo;
+    assert_eq!(b.value("combo-traceable ext4_show_options"), "yes");
+    let mounts = b.value("combo-mounts-before");
+    assert!(mounts.starts_with("/dev/vda /mnt ext4 "), "{mounts}");
+    assert!(!mounts.contains(&vm.combo_mounts_marker));
+    assert_eq!(b.status("combo-apply"), 0, "{}", b.output("combo-apply"));
+    // both objects patched by one module: vmlinux and ext4
+    assert_eq!(b.value("combo-klp-objects").trim(), "ext4 vmlinux");
+    let m = b.value("combo-mounts-patched");
+    assert!(m.contains(&vm.combo_mounts_marker), "ext4 not patched: {m}");
+    let v = b.value("combo-version-patched");
+    assert!(v.contains(&lp.marker), "vmlinux not patched: {v}");
+    assert_eq!(b.value("combo-kuname-patched"), lp.info.effective);
+    assert_eq!(b.status("combo-undo"), 0, "{}", b.output("combo-undo"));
+    assert_eq!(b.value("combo-mounts-after"), mounts);
+    assert_eq!(
+        b.value("combo-version-after"),
+        b.value("combo-version-before")
+    );
+    assert_eq!(b.value("combo-lsmod-after"), "");
+    print_timings(b, &["combo-apply", "combo-undo"]);
+}
+
+#[test]
+fn kernel_client_refuses_foreign_and_corrupt_patches_in_qemu() {
+    skip_unless_kernel_tests!("kernel_client_refuses_foreign_and_corrupt_patches_in_qemu");
+    let vm = client_vm();
+    let b = &vm.main;
+    assert_ne!(b.status("refuse-wrong"), 0);
+    let msg = b.output("refuse-wrong");
+    assert!(
+        msg.contains(&format!("is for kernel build {}", vm.wrong_build_id))
+            && msg.contains(&format!("this kernel is build {}", vm.build_id))
+            && msg.contains("refusing"),
+        "foreign-build refusal must name both builds:\n{msg}"
+    );
+    assert_eq!(b.value("refuse-wrong-lsmod"), "", "nothing loaded");
+    assert_eq!(b.value("refuse-wrong-klp"), "");
+    assert_eq!(b.value("refuse-wrong-count"), "0");
+    assert_ne!(b.status("refuse-corrupt"), 0);
+    let msg = b.output("refuse-corrupt");
+    assert!(
+        msg.contains("corrupt.hsp") && msg.contains("corrupt"),
+        "{msg}"
+    );
+    assert_eq!(b.value("refuse-corrupt-lsmod"), "");
+    assert_eq!(b.value("refuse-corrupt-klp"), "");
+    assert_eq!(b.value("refuse-corrupt-count"), "0");
+    assert_eq!(b.value("refuse-version"), booted_version(b));
+}
+
+#[test]
+fn kernel_client_stuck_transition_is_reverted_in_qemu() {
+    skip_unless_kernel_tests!("kernel_client_stuck_transition_is_reverted_in_qemu");
+    let vm = client_vm();
+    let b = &vm.main;
+    let pid = b.value("stuck-reader-pid");
+    let comm = b.value("stuck-reader-comm");
+    assert_eq!(
+        b.value("stuck-reader-stack-has-pipe_read"),
+        "1",
+        "reader blocked in pipe_read"
+    );
+    assert_ne!(b.status("stuck-apply"), 0, "apply must fail");
+    let msg = b.output("stuck-apply");
+    eprintln!("stuck transition report:\n{msg}");
+    assert!(
+        msg.contains(&format!(
+            "the transition of {} did not finish",
+            vm.pipe.info.module
+        )) && msg.contains("it was reverted"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("pid {pid} tid {pid} ({comm})")),
+        "blocked task {pid} ({comm}) not named:\n{msg}"
+    );
+    assert!(
+        msg.lines()
+            .any(|l| l.trim_start().starts_with("[<") && l.contains("pipe_read+")),
+        "no stack line with pipe_read:\n{msg}"
+    );
+    assert_eq!(b.value("stuck-lsmod-after"), "", "module still loaded");
+    assert_eq!(
+        b.value("stuck-klp-after"),
+        "",
+        "/sys/kernel/livepatch not empty"
+    );
+    assert_eq!(b.value("stuck-count-after"), "0");
+    assert_eq!(
+        b.value("stuck-version-after"),
+        b.value("stuck-version-before")
+    );
+    assert_eq!(b.value("stuck-reader-alive"), "yes");
+    eprintln!(
+        "kernel timing [stuck-apply]: failed apply took {} s (timeout 3 s)",
+        b.value("stuck-apply-seconds")
+    );
+}
+
+#[test]
+fn kernel_client_patches_reapplied_after_reboot_in_qemu() {
+    skip_unless_kernel_tests!("kernel_client_patches_reapplied_after_reboot_in_qemu");
+    let vm = client_vm();
+    let kver = &kc::kernel().kver;
+    let (lp1, lp2) = (&vm.lp1, &vm.lp2);
+    // boot 1: two patches applied, recorded on the disk
+    let b1 = &vm.main;
+    assert_eq!(
+        b1.status("persist-apply"),
+        0,
+        "{}",
+        b1.output("persist-apply")
+    );
+    assert!(b1.value("persist-version").contains(&lp2.marker));
+    assert_eq!(b1.value("persist-kuname"), lp2.info.effective);
+    assert_eq!(b1.value("persist-recorded"), "2");
+    assert!(b1.has_line("init-done"));
+
+    let r = reboots();
+    // boot 2: fresh kernel, nothing applied until the hook runs
+    let b2 = &r.reboot;
+    assert!(b2.has_line("disk-mounted dev=/dev/vda"), "{}", b2.log);
+    assert_eq!(b2.value("hook-cmdline-nouptrack"), "0");
+    assert_eq!(b2.value("hook-kuname-before"), kver);
+    assert!(!b2.value("hook-version-before").contains(&lp1.marker));
+    assert!(!b2.value("hook-version-before").contains(&lp2.marker));
+    assert_eq!(b2.status("hook"), 0, "{}", b2.output("hook"));
+    let hook = b2.output("hook");
+    eprintln!("boot hook (reboot):\n{hook}");
+    for lp in [lp1, lp2] {
+        assert!(
+            hook.contains(&format!("hotsplice boot: {}: re-applied", lp.info.id)),
+            "{hook}"
+        );
+    }
+    assert!(hook.contains(&format!(
+        "hotsplice boot: effective kernel {}",
+        lp2.info.effective
+    )));
+    assert_eq!(b2.value("hook-uname-r"), kver);
+    assert_eq!(b2.value("hook-kuname-after"), lp2.info.effective);
+    assert!(b2.value("hook-version-after").contains(&lp2.marker));
+    let mods = b2.value("hook-lsmod");
+    assert!(
+        mods.contains(&lp1.info.module) && mods.contains(&lp2.info.module),
+        "{mods}"
+    );
+    assert_eq!(b2.value("hook-count"), "2");
+    let show = b2.output("hook-show");
+    let (p1, p2) = (
+        show.find(&format!("[{}]", lp1.info.id)),
+        show.find(&format!("[{}]", lp2.info.id)),
+    );
+    assert!(
+        matches!((p1, p2), (Some(a), Some(b)) if a < b),
+        "order kept:\n{show}"
+    );
+
+    // boot 3: nouptrack: nothing applied, and the hook says why
+    let b3 = &r.nouptrack;
+    assert_eq!(b3.value("hook-cmdline-nouptrack"), "1");
+    assert_eq!(b3.status("hook"), 0, "{}", b3.output("hook"));
+    let hook = b3.output("hook");
+    eprintln!("boot hook (nouptrack):\n{hook}");
+    assert!(
+        hook.contains("nouptrack on the kernel command line: no patches applied"),
+        "{hook}"
+    );
+    assert_eq!(b3.value("hook-kuname-after"), kver);
+    assert_eq!(
+        b3.value("hook-version-after"),
+        b3.value("hook-version-before")
+    );
+    assert!(!b3.value("hook-version-after").contains(&lp2.marker));
+    assert_eq!(b3.value("hook-lsmod"), "");
+    assert_eq!(b3.value("hook-count"), "0");
+}
+
+#[test]
+fn kernel_client_timings_in_qemu() {
+    skip_unless_kernel_tests!("kernel_client_timings_in_qemu");
+    let vm = client_vm();
+    let b = &vm.main;
+    let mut n = 0;
+    for l in &b.lines {
+        if let Some((_, line)) = l.split_once("-out=") {
+            if let Some((t, all)) = kc::transition_times(line) {
+                let what = line.split(':').next().unwrap_or(line);
+                eprintln!("kernel timing: {what}: transition {t:.1} ms, {all:.1} ms in all");
+                n += 1;
+            }
+        }
+    }
+    eprintln!(
+        "kernel timing: main boot {:.1}s (builds, wraps and initramfs before it)",
+        b.took.as_secs_f64()
+    );
+    assert!(n > 0, "no timing lines in the serial log");
+}

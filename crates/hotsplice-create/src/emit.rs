@@ -152,7 +152,10 @@ impl<'a> Emitter<'a> {
                 s.name
             )));
         }
-        if s.merge || s.symbols.is_empty() || pair.diff.new_sections.contains(&t) {
+        let numbered = obj
+            .symbol_at(t, loc.referenced)
+            .is_some_and(|i| obj.is_numbered_const(i));
+        if s.merge || s.symbols.is_empty() || numbered || pair.diff.new_sections.contains(&t) {
             self.include(key);
             return Ok(Tgt::Sec(key, loc.sym_offset));
         }

@@ -242,6 +242,22 @@ pub struct Located {
 }
 
 impl ObjFile {
+    /// Compiler-made read-only data with a numbered local name (`CSWTCH.12`,
+    /// `__func__.3`, `descriptor.7`): the number changes from build to
+    /// build, the bytes are what counts, and a copy is as good as the
+    /// original.
+    pub fn is_numbered_const(&self, sym: usize) -> bool {
+        let s = &self.symbols[sym];
+        let Some(sec) = s.section else { return false };
+        let sec = &self.sections[sec];
+        s.local
+            && !sec.exec
+            && !sec.write
+            && s.name.rsplit_once('.').is_some_and(|(base, n)| {
+                !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            })
+    }
+
     /// For a relocation in section `in_sec`: which section and where.
     pub fn locate(&self, in_sec: usize, r: &Reloc) -> Option<Located> {
         let sym = &self.symbols[r.sym];
@@ -269,7 +285,7 @@ impl ObjFile {
                 name: sym.name.clone(),
             };
         }
-        if !sym.is_section() && !sym.is_label() {
+        if !sym.is_section() && !sym.is_label() && !self.is_numbered_const(r.sym) {
             return Ref::Named {
                 name: sym.name.clone(),
                 delta: r.addend,
@@ -288,6 +304,16 @@ impl ObjFile {
         }
         if let Some(i) = self.symbol_at(loc.section, loc.referenced) {
             let s = &self.symbols[i];
+            if self.is_numbered_const(i) {
+                let (bytes, refs) = normalized(self, loc.section);
+                let refs: Vec<String> = refs.iter().map(|r| format!("{r:?}")).collect();
+                let mut content = bytes;
+                content.extend_from_slice(refs.join(";").as_bytes());
+                return Ref::Merged {
+                    content,
+                    delta: loc.sym_offset as i64 + r.addend - s.value as i64,
+                };
+            }
             return Ref::Named {
                 name: s.name.clone(),
                 delta: loc.sym_offset as i64 + r.addend - s.value as i64,

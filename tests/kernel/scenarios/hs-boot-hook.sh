@@ -6,12 +6,15 @@
 . /tests/hslib.sh
 grep -q ' /mnt ' /proc/mounts || { hs "hook=no-disk"; exit 1; }
 hs "hook-cmdline-nouptrack=$(grep -c nouptrack /proc/cmdline)"
-hs "hook-uptrack-uname-before=$(uptrack-uname -r)"
+hs "hook-kuname-before=$(hotsplice kernel uname -r)"
+hs "hook-uptrack-uname-before=$(uptrack-uname -r 2>&1 | head -n1)"
 hs "hook-version-before=$(cat /proc/version)"
 hsrun hook hotsplice kernel boot
 hs "hook-uname-r=$(uname -r)"
-hs "hook-uptrack-uname-after=$(uptrack-uname -r)"
+hs "hook-kuname-after=$(hotsplice kernel uname -r)"
+hs "hook-uptrack-uname-after=$(uptrack-uname -r 2>&1 | head -n1)"
 hs "hook-version-after=$(cat /proc/version)"
 hs "hook-lsmod=$(hs_lsmod)"
-hs "hook-count=$(uptrack-show --count)"
-hsrun hook-show uptrack-show
+hs "hook-count=$(hotsplice kernel show --count)"
+hsrun hook-show hotsplice kernel show
+hsrun hook-uptrack-show uptrack-show

@@ -6,6 +6,7 @@ case $HOTSPLICE_STATE_DIR in /mnt/*) ;; *) hs "persist-apply=state-not-on-disk";
 grep -q ' /mnt ' /proc/mounts || { hs "persist-apply=no-disk"; exit 1; }
 hsrun persist-apply hotsplice kernel apply "$LP1" "$LP2"
 hs "persist-version=$(cat /proc/version)"
-hs "persist-kuname=$(uptrack-uname -r)"
+hs "persist-kuname=$(hotsplice kernel uname -r)"
+hs "persist-uptrack-uname=$(uptrack-uname -r 2>&1 | head -n1)"
 hs "persist-recorded=$(grep -c '"id"' "$HOTSPLICE_STATE_DIR/kernel/applied.json")"
 sync

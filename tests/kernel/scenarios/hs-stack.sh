@@ -31,4 +31,5 @@ hs "stack-version-install-two=$(cat /proc/version)"
 hsrun stack-uptrack-remove-all uptrack-remove --all
 hs "stack-version-uptrack-remove-all=$(cat /proc/version)"
 hs "stack-lsmod-uptrack-remove-all=$(hs_lsmod)"
-hs "stack-count-end=$(uptrack-show --count)"
+hs "stack-count-end=$(hotsplice kernel show --count)"
+hs "stack-uptrack-count-end=$(uptrack-show --count 2>&1 | head -n1)"

@@ -204,3 +204,159 @@ pub fn boot(initrd: &Path, disk: Option<&Path>, append: &str, log: &Path) -> Boo
         took,
     }
 }
+
+impl Boot {
+    /// Every value of `HSTEST key=value` lines for `key`, in order (for
+    /// multi-line command output printed as `KEY-out=LINE`).
+    pub fn values(&self, key: &str) -> Vec<&str> {
+        let prefix = format!("{key}=");
+        self.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
+    }
+
+    /// The output of a command a scenario ran with `hsrun KEY ...`: its
+    /// `KEY-out=` lines joined with newlines.
+    pub fn output(&self, key: &str) -> String {
+        self.values(&format!("{key}-out")).join("\n")
+    }
+
+    /// The exit status of a command a scenario ran with `hsrun KEY ...`.
+    pub fn status(&self, key: &str) -> i32 {
+        self.value(&format!("{key}-rc"))
+            .parse()
+            .unwrap_or_else(|_| panic!("bad exit status for {key}:\n{}", self.log))
+    }
+}
+
+/// Facts of the guest kernel recorded by scripts/kernel/probe.sh (one boot
+/// the first time, cached in .cache/kernel/probe).
+pub struct Probe {
+    pub build_id: String,
+    pub release: String,
+    pub kallsyms: PathBuf,
+    pub dir: PathBuf,
+}
+
+pub fn probe() -> &'static Probe {
+    static P: OnceLock<Probe> = OnceLock::new();
+    P.get_or_init(|| {
+        kernel();
+        let (out, took) = run(&mut Command::new(script("probe.sh")), "probe.sh");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("probe.sh printed no {k}=:\n{text}"))
+                .to_string()
+        };
+        eprintln!(
+            "kernel test: probe.sh took {:.1}s: {}",
+            took.as_secs_f64(),
+            text.trim().replace('\n', " | ")
+        );
+        let dir = PathBuf::from(get("probe-dir"));
+        Probe {
+            build_id: get("build-id"),
+            release: get("release"),
+            kallsyms: dir.join("kallsyms"),
+            dir,
+        }
+    })
+}
+
+/// The statically linked hotsplice for the guest (scripts/kernel/build-static.sh),
+/// or the binary named by `HOTSPLICE_KERNEL_TEST_HOTSPLICE` (it must be static:
+/// the guest has no libc).
+pub fn static_hotsplice() -> &'static PathBuf {
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    B.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HOTSPLICE_KERNEL_TEST_HOTSPLICE") {
+            eprintln!("kernel test: guest hotsplice from HOTSPLICE_KERNEL_TEST_HOTSPLICE");
+            return PathBuf::from(p);
+        }
+        let (out, took) = run(
+            &mut Command::new(script("build-static.sh")),
+            "build-static.sh",
+        );
+        eprintln!(
+            "kernel test: build-static.sh took {:.1}s",
+            took.as_secs_f64()
+        );
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(p.is_file(), "build-static.sh printed {}", p.display());
+        p
+    })
+}
+
+/// The hotsplice binary of this build, for host-side steps (keygen, wrap).
+pub fn host_hotsplice() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hotsplice"))
+}
+
+/// Build a test livepatch (tests/kernel/livepatches/NAME) for the probed
+/// kernel into `out`; returns its one .ko.
+pub fn build_livepatch(src: &Path, out: &Path) -> PathBuf {
+    probe();
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let (o, took) = run(
+        Command::new(script("build-livepatch.sh")).arg(src).arg(out),
+        "build-livepatch.sh",
+    );
+    eprintln!(
+        "kernel test: livepatch build of {} took {:.1}s",
+        src.display(),
+        took.as_secs_f64()
+    );
+    let kos: Vec<PathBuf> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.ends_with(".ko"))
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(kos.len(), 1, "one module from {}: {kos:?}", src.display());
+    kos.into_iter().next().unwrap()
+}
+
+/// `hotsplice keygen -o DIR NAME`: returns (NAME.key, NAME.pub).
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    run(
+        Command::new(host_hotsplice())
+            .arg("keygen")
+            .arg("-o")
+            .arg(dir)
+            .arg(name),
+        "hotsplice keygen",
+    );
+    (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    )
+}
+
+/// `hotsplice kernel wrap KO -o DIR --sign KEY`: returns the .hsp path it printed.
+pub fn wrap(ko: &Path, dir: &Path, key: &Path) -> PathBuf {
+    let (o, _) = run(
+        Command::new(host_hotsplice())
+            .args(["kernel", "wrap"])
+            .arg(ko)
+            .arg("-o")
+            .arg(dir)
+            .arg("--sign")
+            .arg(key),
+        "hotsplice kernel wrap",
+    );
+    let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    assert!(p.is_file(), "wrap printed {}", p.display());
+    p
+}
+
+/// `(transition ms, total ms)` of an apply/undo line such as
+/// `applied ID (MOD): transition 2.3 ms, 230.4 ms in all; ...`.
+pub fn transition_times(line: &str) -> Option<(f64, f64)> {
+    let rest = line.split("transition ").nth(1)?;
+    let (t, rest) = rest.split_once(" ms, ")?;
+    let (all, _) = rest.split_once(" ms in all")?;
+    Some((t.parse().ok()?, all.parse().ok()?))
+}

@@ -8,7 +8,9 @@ use crate::objfile::{ObjFile, Reloc};
 use crate::CreateError;
 use hotsplice_arch::current::ElfReloc;
 use object::write::{Object, Relocation, SectionId, Symbol, SymbolId, SymbolSection};
-use object::{elf, RelocationFlags, SectionFlags, SectionKind, SymbolFlags, SymbolKind, SymbolScope};
+use object::{
+    elf, RelocationFlags, SectionFlags, SectionKind, SymbolFlags, SymbolKind, SymbolScope,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -65,7 +67,12 @@ const TABLES: &[(&str, usize, bool)] = &[
 enum Tgt {
     Sec(usize, u64),
     Undef(String),
-    Klp { obj: String, name: String, pos: u64, delta: i64 },
+    Klp {
+        obj: String,
+        name: String,
+        pos: u64,
+        delta: i64,
+    },
 }
 
 fn sanitize(s: &str) -> String {
@@ -121,9 +128,10 @@ impl<'a> PerObj<'a> {
             }
             // Defined elsewhere in the kernel: in this module if the map
             // says so, else vmlinux.
-            let owner = match (self.syms.owner_of(&sym.name), &self.k.owner) {
-                (Some(Some(m)), Some(own)) if &m == own => Some(m),
-                _ => None,
+            let owner = match self.syms.owner_of(&sym.name) {
+                Some(known) => known,
+                // Not in the map: a global of the object being patched.
+                None => self.k.owner.clone(),
             };
             return self.klp(&sym.name, owner.as_deref(), 0);
         }
@@ -139,7 +147,10 @@ impl<'a> PerObj<'a> {
         if self.is_inc.contains_key(&t) {
             return Ok(Tgt::Sec(t, loc.sym_offset));
         }
-        if s.merge || s.symbols.is_empty() || self.k.diff.new_sections.contains(&t) {
+        let numbered = post
+            .symbol_at(t, loc.referenced)
+            .is_some_and(|i| post.is_numbered_const(i));
+        if s.merge || s.symbols.is_empty() || numbered || self.k.diff.new_sections.contains(&t) {
             self.include(t);
             return Ok(Tgt::Sec(t, loc.sym_offset));
         }
@@ -223,10 +234,12 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             };
             let sec = &k.post.sections[ts];
             for r in &sec.relocs {
-                if r.offset as usize % size != 0 {
+                if !(r.offset as usize).is_multiple_of(size) {
                     continue;
                 }
-                let Some(loc) = k.post.locate(ts, r) else { continue };
+                let Some(loc) = k.post.locate(ts, r) else {
+                    continue;
+                };
                 if !p.is_inc.contains_key(&loc.section) || !k.post.sections[loc.section].exec {
                     continue;
                 }
@@ -240,7 +253,11 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             }
         }
         for &(_, ts, start) in &table_entries {
-            let size = TABLES.iter().find(|t| k.post.sections[ts].name == t.0).unwrap().1;
+            let size = TABLES
+                .iter()
+                .find(|t| k.post.sections[ts].name == t.0)
+                .unwrap()
+                .1;
             for r in k.post.sections[ts].relocs.clone() {
                 if (r.offset as usize) >= start && (r.offset as usize) < start + size {
                     let t = p.resolve(ts, &r)?;
@@ -305,7 +322,11 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                 if let Some(u) = k.post.section_named(".orc_unwind") {
                     let i = start / 4;
                     let uid = *tables.entry(".orc_unwind").or_insert_with(|| {
-                        out.add_section(Vec::new(), b".orc_unwind".to_vec(), SectionKind::ReadOnlyData)
+                        out.add_section(
+                            Vec::new(),
+                            b".orc_unwind".to_vec(),
+                            SectionKind::ReadOnlyData,
+                        )
                     });
                     let d = &k.post.sections[u].data;
                     if d.len() >= (i + 1) * 6 {
@@ -356,13 +377,19 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
         // Relocations: ordinary ones into the object, the rest for livepatch.
         for (sec, r, t) in resolved {
             let (place_id, place_off, place_name) = match ids.get(&sec) {
-                Some(&id) => (id, r.offset, format!("{}.hs{index}", k.post.sections[sec].name)),
+                Some(&id) => (
+                    id,
+                    r.offset,
+                    format!("{}.hs{index}", k.post.sections[sec].name),
+                ),
                 None => {
                     // A table entry.
                     let table = k.post.sections[sec].name.clone();
                     let size = TABLES.iter().find(|x| x.0 == table).unwrap().1;
                     let start = r.offset as usize / size * size;
-                    let Some(&at) = entry_at.get(&(sec, start)) else { continue };
+                    let Some(&at) = entry_at.get(&(sec, start)) else {
+                        continue;
+                    };
                     let id = tables[TABLES.iter().find(|x| x.0 == table).unwrap().0];
                     (id, at + (r.offset - start as u64), table)
                 }
@@ -426,10 +453,5 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
     let object = out
         .write()
         .map_err(|e| CreateError::Target(format!("writing the patch object: {e}")))?;
-    Ok(Emitted {
-        object,
-        klp,
-        funcs,
-    })
+    Ok(Emitted { object, klp, funcs })
 }
-

@@ -112,7 +112,7 @@ pub fn add_klp(ko: &[u8], rels: &[KlpRel]) -> Result<Vec<u8>, CreateError> {
     }
     let mut out = ko.to_vec();
     let append = |out: &mut Vec<u8>, bytes: &[u8], align: usize| -> u64 {
-        while out.len() % align != 0 {
+        while !out.len().is_multiple_of(align) {
             out.push(0);
         }
         let at = out.len() as u64;

@@ -41,6 +41,8 @@ pub struct KernelRequest {
     pub effective: Option<String>,
     pub description: Option<String>,
     pub out_dir: PathBuf,
+    /// Keep the scratch directory (printing where).
+    pub keep_work: bool,
 }
 
 /// What was written.
@@ -114,8 +116,8 @@ fn c_string(s: &str) -> String {
 
 /// Build the kernel patch.
 pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateError> {
-    let diff_text = std::fs::read_to_string(&req.diff)
-        .map_err(io(format!("fix {}", req.diff.display())))?;
+    let diff_text =
+        std::fs::read_to_string(&req.diff).map_err(io(format!("fix {}", req.diff.display())))?;
     let diff_abs = req
         .diff
         .canonicalize()
@@ -144,26 +146,33 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     let tree = tree::Tree::prepare(&req.src, &req.config)?;
     let _lock = hotsplice_store::FileLock::acquire(&tree.src.join(".hotsplice.lock"))
         .map_err(|e| CreateError::Target(e.to_string()))?;
-    let work = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix("hotsplice-kcreate.")
         .tempdir()
         .map_err(io("scratch directory"))?;
+    let (work, _guard) = if req.keep_work {
+        let kept = tmp.keep();
+        eprintln!("hotsplice: keeping scratch files in {}", kept.display());
+        (kept, None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    };
     for f in &files {
-        tree.compile(f, &work.path().join("pre").join(f).with_extension("o"))?;
+        tree.compile(f, &work.join("pre").join(f).with_extension("o"))?;
     }
     tree.patch(&diff_abs, false)?;
-    let post = files.iter().try_for_each(|f| {
-        tree.compile(f, &work.path().join("post").join(f).with_extension("o"))
-    });
+    let post = files
+        .iter()
+        .try_for_each(|f| tree.compile(f, &work.join("post").join(f).with_extension("o")));
     // The tree goes back to the original whatever happened.
     tree.patch(&diff_abs, true)?;
     post?;
 
     let mut objs = Vec::new();
     for f in &files {
-        let pre = ObjFile::read(&work.path().join("pre").join(f).with_extension("o"))
+        let pre = ObjFile::read(&work.join("pre").join(f).with_extension("o"))
             .map_err(CreateError::Target)?;
-        let postf = ObjFile::read(&work.path().join("post").join(f).with_extension("o"))
+        let postf = ObjFile::read(&work.join("post").join(f).with_extension("o"))
             .map_err(CreateError::Target)?;
         let d = diff::diff(&pre, &postf);
         if d.is_empty() {
@@ -199,18 +208,24 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     let description = req.description.clone().unwrap_or_else(|| {
         format!(
             "{} for {}",
-            req.diff.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            req.diff
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             req.release
         )
     });
-    let mdir = work.path().join("module");
+    let mdir = work.join("module");
     std::fs::create_dir_all(&mdir).map_err(io("module directory"))?;
     std::fs::write(mdir.join("hs_funcs.o_shipped"), &emitted.object)
         .map_err(io("writing the patch object"))?;
     // modpost reads every object's kbuild command file.
     std::fs::write(
         mdir.join(".hs_funcs.o.cmd"),
-        format!("cmd_{}/hs_funcs.o := cat hs_funcs.o_shipped > hs_funcs.o\n", mdir.display()),
+        format!(
+            "cmd_{}/hs_funcs.o := cat hs_funcs.o_shipped > hs_funcs.o\n",
+            mdir.display()
+        ),
     )
     .map_err(io("writing the object's command file"))?;
     std::fs::write(
@@ -220,7 +235,14 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     .map_err(io("writing Kbuild"))?;
     std::fs::write(
         mdir.join("livepatch.c"),
-        livepatch_c(&emitted.funcs, &id, &description, &req.build_id, &req.release, &effective),
+        livepatch_c(
+            &emitted.funcs,
+            &id,
+            &description,
+            &req.build_id,
+            &req.release,
+            &effective,
+        ),
     )
     .map_err(io("writing livepatch.c"))?;
     let out = Command::new("make")
@@ -244,14 +266,21 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
             tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
         });
     }
-    let built = std::fs::read(mdir.join(format!("{module}.ko")))
-        .map_err(io("reading the built module"))?;
+    let built =
+        std::fs::read(mdir.join(format!("{module}.ko"))).map_err(io("reading the built module"))?;
     let ko = klp::add_klp(&built, &emitted.klp)?;
     std::fs::create_dir_all(&req.out_dir).map_err(io("output directory"))?;
     let module_path = req.out_dir.join(format!("{module}.ko"));
     std::fs::write(&module_path, &ko).map_err(io("writing the module"))?;
     let functions: Vec<String> = emitted.funcs.iter().map(|f| f.old_name.clone()).collect();
-    let patch = kernel_patch(&ko, &id, &description, &req.build_id, &req.release, functions.clone());
+    let patch = kernel_patch(
+        &ko,
+        &id,
+        &description,
+        &req.build_id,
+        &req.release,
+        functions.clone(),
+    );
     let path = req.out_dir.join(format!("vmlinux-{id}.hsp"));
     std::fs::write(&path, patch.to_bytes()).map_err(io("writing the patch"))?;
     Ok(CreatedKernelPatch {
@@ -297,7 +326,10 @@ fn livepatch_c(
     }
     c.push_str("\nstatic struct klp_object hs_objs[] = {\n");
     for (i, o) in owners.iter().enumerate() {
-        let name = o.as_ref().map(|m| c_string(m)).unwrap_or_else(|| "NULL".into());
+        let name = o
+            .as_ref()
+            .map(|m| c_string(m))
+            .unwrap_or_else(|| "NULL".into());
         c.push_str(&format!("\t{{ .name = {name}, .funcs = hs_funcs_{i} }},\n"));
     }
     c.push_str("\t{ }\n};\n\n");
@@ -310,8 +342,17 @@ fn livepatch_c(
     );
     c.push_str(&format!("MODULE_DESCRIPTION({});\n", c_string(description)));
     c.push_str(&format!("MODULE_INFO(hotsplice_id, {});\n", c_string(id)));
-    c.push_str(&format!("MODULE_INFO(hotsplice_build_id, {});\n", c_string(build_id)));
-    c.push_str(&format!("MODULE_INFO(hotsplice_release, {});\n", c_string(release)));
-    c.push_str(&format!("MODULE_INFO(hotsplice_effective, {});\n", c_string(effective)));
+    c.push_str(&format!(
+        "MODULE_INFO(hotsplice_build_id, {});\n",
+        c_string(build_id)
+    ));
+    c.push_str(&format!(
+        "MODULE_INFO(hotsplice_release, {});\n",
+        c_string(release)
+    ));
+    c.push_str(&format!(
+        "MODULE_INFO(hotsplice_effective, {});\n",
+        c_string(effective)
+    ));
     c
 }

@@ -32,8 +32,8 @@ impl KernelSymbols {
             }
         }
         if let Some(map) = map {
-            let text =
-                std::fs::read_to_string(map).map_err(io(format!("symbol map {}", map.display())))?;
+            let text = std::fs::read_to_string(map)
+                .map_err(io(format!("symbol map {}", map.display())))?;
             for l in text.lines() {
                 let mut f = l.split_whitespace();
                 let (Some(addr), Some(_ty), Some(name)) = (f.next(), f.next(), f.next()) else {
@@ -111,7 +111,13 @@ impl KernelSymbols {
                 module.unwrap_or("vmlinux")
             )));
         }
-        let dist = |s: &KSym| anchors.iter().map(|a| a.abs_diff(s.addr)).min().unwrap_or(u64::MAX);
+        let dist = |s: &KSym| {
+            anchors
+                .iter()
+                .map(|a| a.abs_diff(s.addr))
+                .min()
+                .unwrap_or(u64::MAX)
+        };
         let best = c
             .iter()
             .enumerate()

@@ -98,7 +98,8 @@ impl Tree {
         if let Some(d) = out.parent() {
             std::fs::create_dir_all(d).map_err(io("object directory"))?;
         }
-        std::fs::copy(self.src.join(&obj), out).map_err(io(format!("copying {}", obj.display())))?;
+        std::fs::copy(self.src.join(&obj), out)
+            .map_err(io(format!("copying {}", obj.display())))?;
         Ok(())
     }
 
@@ -106,7 +107,13 @@ impl Tree {
     pub fn patch(&self, diff: &Path, reverse: bool) -> Result<(), CreateError> {
         let mut cmd = Command::new("patch");
         cmd.current_dir(&self.src)
-            .args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-i"])
+            .args([
+                "-p1",
+                "--batch",
+                "--forward",
+                "--no-backup-if-mismatch",
+                "-i",
+            ])
             .arg(diff);
         if reverse {
             cmd.arg("-R");
@@ -150,7 +157,10 @@ impl Tree {
             let line = line.split('#').next().unwrap_or("");
             for op in [":=", "+=", "="] {
                 if let Some((l, r)) = line.split_once(op) {
-                    assignments.push((l.trim().to_string(), r.split_whitespace().map(String::from).collect::<Vec<_>>()));
+                    assignments.push((
+                        l.trim().to_string(),
+                        r.split_whitespace().map(String::from).collect::<Vec<_>>(),
+                    ));
                     break;
                 }
             }
@@ -164,7 +174,8 @@ impl Tree {
                 if let Some(cfg) = lhs.strip_prefix("obj-") {
                     let v = if cfg == "y" {
                         "y".to_string()
-                    } else if let Some(o) = cfg.strip_prefix("$(").and_then(|c| c.strip_suffix(')')) {
+                    } else if let Some(o) = cfg.strip_prefix("$(").and_then(|c| c.strip_suffix(')'))
+                    {
                         value(o)
                     } else {
                         "n".to_string()

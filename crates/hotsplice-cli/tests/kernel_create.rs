@@ -1,0 +1,186 @@
+//! `hotsplice create --kernel` against Debian 12's kernel source, on the
+//! host: the module it builds, its livepatch relocations and symbols, its
+//! metadata, and the changes it refuses. (Loading the modules into a real
+//! kernel is proven in `kernel_vm.rs`.)
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+struct KEnv {
+    src: PathBuf,
+    kdir: PathBuf,
+    config: PathBuf,
+    release: String,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The cached kernel (fetched on first use); None when kernel tests are off.
+fn kenv() -> Option<&'static KEnv> {
+    if std::env::var("HOTSPLICE_SKIP_KERNEL_TESTS").as_deref() == Ok("1") {
+        eprintln!("HOTSPLICE_SKIP_KERNEL_TESTS=1: skipping");
+        return None;
+    }
+    static ENV: OnceLock<KEnv> = OnceLock::new();
+    Some(ENV.get_or_init(|| {
+        let st = Command::new("bash")
+            .arg(repo().join("scripts/kernel/fetch.sh"))
+            .status()
+            .expect("fetch.sh");
+        assert!(st.success(), "scripts/kernel/fetch.sh failed");
+        let cache = std::env::var_os("HOTSPLICE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join(".cache"))
+            .join("kernel");
+        let env = std::fs::read_to_string(cache.join("env.sh")).expect("env.sh");
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .map(|v| v.trim_matches('"').to_string())
+                .unwrap_or_else(|| panic!("{k} in env.sh"))
+        };
+        let release = get("KVER");
+        KEnv {
+            src: PathBuf::from(get("KSRC")),
+            kdir: PathBuf::from(get("KDIR")),
+            config: cache.join(format!("root/boot/config-{release}")),
+            release,
+        }
+    }))
+}
+
+fn create(k: &KEnv, diff: &str, out: &Path) -> CmdOut {
+    let env = test_env();
+    env.hs([
+        "create".as_ref(),
+        "--kernel".as_ref(),
+        "--sign".as_ref(),
+        env.key.as_os_str(),
+        "--patch".as_ref(),
+        repo().join("tests/kernel/fixes").join(diff).as_os_str(),
+        "--config".as_ref(),
+        k.config.as_os_str(),
+        "--kdir".as_ref(),
+        k.kdir.as_os_str(),
+        "--build-id".as_ref(),
+        "0123456789abcdef0123456789abcdef01234567".as_ref(),
+        "--release".as_ref(),
+        k.release.as_ref(),
+        "--json".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        k.src.as_os_str(),
+    ] as [&std::ffi::OsStr; 18])
+}
+
+fn readelf(args: &[&str], file: &Path) -> String {
+    let o = Command::new("readelf")
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("readelf");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn kernel_patch_for_a_module_and_vmlinux_uses_livepatch_relocations() {
+    require_root();
+    let Some(k) = kenv() else { return };
+    let out = TempDir::new("kcreate");
+    let r = create(k, "ext4_version.diff", out.path());
+    r.assert_ok("create --kernel");
+    let module = out.path().join(
+        r.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("\"module_path\": \""))
+            .map(|l| l.trim_end_matches("\",").to_string())
+            .expect("module_path"),
+    );
+    // Functions of both objects, and only them.
+    assert!(
+        r.stdout.contains("\"ext4_show_options\"") && r.stdout.contains("\"version_proc_show\""),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        !r.stdout.contains("_ext4_show_options\""),
+        "only the changed function: {}",
+        r.describe()
+    );
+    let sections = readelf(&["-SW"], &module);
+    assert!(
+        sections.contains(".klp.rela.ext4.text.ext4_show_options"),
+        "{sections}"
+    );
+    assert!(
+        sections.contains(".klp.rela.vmlinux.text.version_proc_show"),
+        "{sections}"
+    );
+    let relocs = readelf(&["-rW"], &module);
+    // A static function of the module and a non-exported vmlinux symbol.
+    assert!(
+        relocs.contains(".klp.sym.ext4._ext4_show_options,0"),
+        "{relocs}"
+    );
+    assert!(
+        relocs.contains(".klp.sym.vmlinux.linux_proc_banner,0"),
+        "{relocs}"
+    );
+    let syms = readelf(&["-sW"], &module);
+    assert!(
+        syms.contains("OS [0xff20] .klp.sym.ext4._ext4_show_options,0"),
+        "SHN_LIVEPATCH: {syms}"
+    );
+    let modinfo = Command::new("modinfo")
+        .arg(&module)
+        .output()
+        .expect("modinfo");
+    let modinfo = String::from_utf8_lossy(&modinfo.stdout);
+    for key in [
+        "livepatch:      Y",
+        "hotsplice_id:",
+        "hotsplice_build_id:",
+        "hotsplice_effective:",
+    ] {
+        assert!(modinfo.contains(key), "{key}: {modinfo}");
+    }
+    assert!(
+        modinfo.contains(&format!("vermagic:       {} SMP", k.release)),
+        "{modinfo}"
+    );
+    let hsp = out.path().join(
+        r.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("\"path\": \""))
+            .map(|l| l.trim_end_matches("\",").to_string())
+            .expect("path"),
+    );
+    let info = test_env().hs(["info", "--json", hsp.to_str().unwrap()]);
+    info.assert_ok("info");
+    assert!(
+        info.stdout.contains("\"kind\": \"kernel\"") && info.stdout.contains("\"signed\": true"),
+        "{}",
+        info.describe()
+    );
+}
+
+#[test]
+fn kernel_create_refuses_init_code_and_header_changes() {
+    require_root();
+    let Some(k) = kenv() else { return };
+    let out = TempDir::new("kcreate-refuse");
+    let r = create(k, "init.diff", out.path());
+    r.assert_failed("__init change");
+    assert!(r.stderr.contains("__init"), "{}", r.describe());
+    let r = create(k, "header.diff", out.path());
+    r.assert_failed("header change");
+    assert!(r.stderr.contains("not a C file"), "{}", r.describe());
+    // The tree is left as it was: the next build works.
+    create(k, "version.diff", out.path()).assert_ok("create after refusals");
+}
