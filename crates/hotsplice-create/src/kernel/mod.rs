@@ -160,12 +160,12 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     for f in &files {
         tree.compile(f, &work.join("pre").join(f).with_extension("o"))?;
     }
-    tree.patch(&diff_abs, false)?;
+    tree.apply_fix(&diff_abs, &files)?;
     let post = files
         .iter()
         .try_for_each(|f| tree.compile(f, &work.join("post").join(f).with_extension("o")));
     // The tree goes back to the original whatever happened.
-    tree.patch(&diff_abs, true)?;
+    tree.restore()?;
     post?;
 
     let mut objs = Vec::new();

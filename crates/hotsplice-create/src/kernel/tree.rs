@@ -12,6 +12,9 @@ pub struct Tree {
 }
 
 const MARKER: &str = ".hotsplice-prepared";
+/// Pristine copies of files the fix changes, while it is applied; if a run
+/// dies with the fix applied, the next run puts them back first.
+const BACKUP: &str = ".hotsplice-backup";
 const KCFLAGS: &str = "KCFLAGS=-ffunction-sections -fdata-sections";
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), CreateError> {
@@ -54,8 +57,10 @@ impl Tree {
         }
         let cfg = std::fs::read(config).map_err(io(format!("config {}", config.display())))?;
         let stamp = hex::encode(sha2::Sha256::digest(&cfg));
+        let tree = Tree { src: src.clone() };
+        tree.restore()?;
         if std::fs::read_to_string(src.join(MARKER)).ok().as_deref() == Some(stamp.as_str()) {
-            return Ok(Tree { src });
+            return Ok(tree);
         }
         std::fs::write(src.join(".config"), &cfg).map_err(io("writing .config"))?;
         // Distribution key paths do not exist in a source package.
@@ -103,10 +108,21 @@ impl Tree {
         Ok(())
     }
 
-    /// `patch -p1` (or `-R`) the fix in the tree.
-    pub fn patch(&self, diff: &Path, reverse: bool) -> Result<(), CreateError> {
-        let mut cmd = Command::new("patch");
-        cmd.current_dir(&self.src)
+    /// Apply the fix in the tree, keeping pristine copies of `files`.
+    pub fn apply_fix(&self, diff: &Path, files: &[PathBuf]) -> Result<(), CreateError> {
+        let backup = self.src.join(BACKUP);
+        for f in files {
+            let to = backup.join(f);
+            if let Some(d) = to.parent() {
+                std::fs::create_dir_all(d).map_err(io("backup directory"))?;
+            }
+            if self.src.join(f).exists() {
+                std::fs::copy(self.src.join(f), &to)
+                    .map_err(io(format!("backing up {}", f.display())))?;
+            }
+        }
+        let out = Command::new("patch")
+            .current_dir(&self.src)
             .args([
                 "-p1",
                 "--batch",
@@ -114,17 +130,43 @@ impl Tree {
                 "--no-backup-if-mismatch",
                 "-i",
             ])
-            .arg(diff);
-        if reverse {
-            cmd.arg("-R");
-        }
-        let out = cmd.output().map_err(io("running patch"))?;
+            .arg(diff)
+            .output()
+            .map_err(io("running patch"))?;
         if !out.status.success() {
+            self.restore()?;
             return Err(CreateError::DiffDoesNotApply {
                 src: self.src.display().to_string(),
                 output: String::from_utf8_lossy(&out.stdout).trim().to_string(),
             });
         }
+        Ok(())
+    }
+
+    /// Put back the pristine copies, if any (and keep the objects built
+    /// from the fixed files from looking newer than the sources).
+    pub fn restore(&self) -> Result<(), CreateError> {
+        let backup = self.src.join(BACKUP);
+        if !backup.exists() {
+            return Ok(());
+        }
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else if let Ok(rel) = p.strip_prefix(base) {
+                    out.push(rel.to_path_buf());
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&backup, &backup, &mut files);
+        for f in files {
+            std::fs::copy(backup.join(&f), self.src.join(&f))
+                .map_err(io(format!("restoring {}", f.display())))?;
+        }
+        std::fs::remove_dir_all(&backup).map_err(io("removing the backup"))?;
         Ok(())
     }
 
