@@ -622,3 +622,67 @@ fn apply_as_non_root_fails_with_permission_error() {
     );
     assert_unharmed(&mut r, mark, "root target after apply as nobody");
 }
+
+// ---------------------------------------------------------------------------
+// What create refuses, and targets whose file is gone
+// ---------------------------------------------------------------------------
+
+/// `hotsplice create` on a case whose fix cannot be live patched: it must
+/// fail naming the reason, and write no patch.
+fn refused_by_create(name: &str) {
+    require_root();
+    let case = Case::load(name);
+    let build = case.build();
+    let out = TempDir::new("refused");
+    let r = hotsplice([
+        OsString::from("create"),
+        "--patch".into(),
+        case.diff("fix.diff").into_os_string(),
+        "-o".into(),
+        out.path().as_os_str().to_os_string(),
+        build.dir.as_os_str().to_os_string(),
+    ]);
+    r.assert_failed(&format!("{name}: create"));
+    let why = case.req("refuse");
+    assert!(
+        r.stderr.contains(why),
+        "{name}: expected `{why}` in\n{}",
+        r.describe()
+    );
+    let written = fs::read_dir(out.path()).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(
+        written, 0,
+        "{name}: a patch was written despite the refusal"
+    );
+}
+
+#[test]
+fn create_refuses_changed_initial_value_of_existing_data() {
+    refused_by_create("refuse_data");
+}
+
+#[test]
+fn create_refuses_function_too_short_for_a_jump() {
+    refused_by_create("refuse_short");
+}
+
+/// After a package upgrade the file a process runs may be gone or replaced:
+/// the target is found by the build-id in the process's memory.
+#[test]
+fn patch_process_whose_executable_was_deleted_on_disk() {
+    let mut r = Running::start("pie_exec");
+    let infos = r.create("fix.diff");
+    fs::remove_file(r.build.dir.join("prog")).expect("delete the running executable");
+    let pid = r.pid();
+    let mark = r.proc.mark(Stream::Stdout);
+    apply(pid, &[], &Running::files(&infos)).assert_ok("apply to a deleted executable");
+    let after = r.case.after().to_string();
+    r.proc.expect_line(Stream::Stdout, mark, &after, "patched");
+    let targets = hotsplice(["user", "list-targets", "--json"]);
+    targets.assert_ok("list-targets");
+    assert!(
+        targets.stdout.contains("prog (deleted)") && targets.stdout.contains(&infos[0].build_id),
+        "{}",
+        targets.describe()
+    );
+}
