@@ -79,6 +79,15 @@
 //! constant, so the same work is done, plus the jump at the old entry),
 //! undoes. Median over R rounds of both, and of the per-round difference:
 //! the cost of the jump.
+//!
+//! # 4. The daemon: processes started later
+//!
+//! The flipper's patch is installed in a private store and `hotsplice
+//! daemon` is started on it; then 20 (`--quick`: 5) flippers are started one
+//! after the other. The daemon logs, per process, the time from the exec
+//! event (netlink) to the patch being in; the harness also checks that each
+//! one flipped. Reported: the median delay, and the daemon's CPU use while
+//! idle (user+system time over 10 s, `--quick`: 3 s, with nothing starting).
 
 mod procs;
 mod targets;
@@ -233,6 +242,123 @@ struct Output {
     stop: Vec<StopResult>,
     apply_all: AllResult,
     call_cost: CostResult,
+    daemon: DaemonResult,
+}
+
+#[derive(Serialize)]
+struct DaemonResult {
+    processes: usize,
+    exec_to_patched_ms: Stat,
+    idle_cpu_percent: f64,
+    idle_seconds: f64,
+}
+
+fn cpu_ticks(pid: i32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+fn bench_daemon(
+    built: &Built,
+    hotsplice: &Path,
+    dir: &Path,
+    count: usize,
+    idle: Duration,
+) -> Result<DaemonResult> {
+    use std::io::BufRead;
+    let env = dir.join("daemon-env");
+    let vars = [
+        ("HOTSPLICE_CONFIG_DIR", env.join("etc")),
+        ("HOTSPLICE_STATE_DIR", env.join("state")),
+        ("HOTSPLICE_RUN_DIR", env.join("run")),
+    ];
+    let out = Command::new(hotsplice)
+        .args(["user", "install", "--allow-unsigned"])
+        .arg(&built.patch_file)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new(hotsplice);
+    cmd.args(["daemon", "--rescan", "60"])
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut daemon = Proc::spawn(cmd)?;
+    let stdout = daemon.take_stdout().context("daemon stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_line = |pred: &dyn Fn(&str) -> bool| -> Result<String> {
+        let deadline = Instant::now() + ANSWER;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).context("waiting for the daemon")?;
+            if pred(&line) {
+                return Ok(line);
+            }
+        }
+    };
+    wait_line(&|l| l.starts_with("hotsplice daemon: watching"))?;
+    let state = dir.join("daemon-slots");
+    std::fs::File::create(&state)?.set_len(4 * count as u64)?;
+    let mut delays = Vec::new();
+    for i in 0..count {
+        let mut cmd = Command::new(&built.exe);
+        cmd.arg(&state)
+            .arg(i.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let p = Proc::spawn(cmd)?;
+        let pid = p.pid();
+        let line = wait_line(&|l| l.starts_with(&format!("patched pid {pid} ")))?;
+        let ms: f64 = line
+            .split(" ms after exec")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .filter(|_| line.contains(" ms after exec"))
+            .with_context(|| format!("no delay in the daemon's log line {line:?}"))?
+            .parse()?;
+        delays.push(ms);
+        // The process really runs the new code.
+        let deadline = Instant::now() + ANSWER;
+        loop {
+            let bytes = std::fs::read(&state)?;
+            let v = i32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+            if v == targets::FLIPPER_AFTER {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "process {pid} was not patched");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(p);
+    }
+    let t0 = cpu_ticks(daemon.pid())?;
+    std::thread::sleep(idle);
+    let t1 = cpu_ticks(daemon.pid())?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(DaemonResult {
+        processes: count,
+        exec_to_patched_ms: Stat::of(&delays),
+        idle_cpu_percent: (t1 - t0) as f64 / hz / idle.as_secs_f64() * 100.0,
+        idle_seconds: idle.as_secs_f64(),
+    })
 }
 
 const ANSWER: Duration = Duration::from_secs(20);
@@ -784,6 +910,20 @@ fn print_human(o: &Output) {
         "   patched - unpatched:    {} (per round; the jump)",
         c.difference_ns.show(3)
     );
+    let d = &o.daemon;
+    println!();
+    println!(
+        "4. hotsplice daemon, {} processes started after the patch was installed",
+        d.processes
+    );
+    println!(
+        "   exec to patched:        {} ms (daemon's log: netlink exec event to patch in)",
+        d.exec_to_patched_ms.show(1)
+    );
+    println!(
+        "   idle CPU:               {:.3} % over {:.0} s",
+        d.idle_cpu_percent, d.idle_seconds
+    );
 }
 
 fn main() {
@@ -829,6 +969,10 @@ fn run() -> Result<()> {
     let apply_all = bench_all(&flipper, &hotsplice, tmp.path(), count, all_rounds)?;
     progress(&format!("call cost, {calls} calls, {reps} rounds"));
     let call_cost = bench_cost(&caller, calls, reps)?;
+    let daemon_n = if args.quick { 5 } else { 20 };
+    progress(&format!("daemon, {daemon_n} new processes"));
+    let idle = Duration::from_secs(if args.quick { 3 } else { 10 });
+    let daemon = bench_daemon(&flipper, &hotsplice, tmp.path(), daemon_n, idle)?;
 
     machine.loadavg_after = loadavg();
     let out = Output {
@@ -844,6 +988,7 @@ fn run() -> Result<()> {
         stop,
         apply_all,
         call_cost,
+        daemon,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -35,6 +35,11 @@ impl Proc {
         self.child.id() as i32
     }
 
+    /// The piped standard output, once.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// Fails if the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         match self.child.try_wait()? {

@@ -366,9 +366,15 @@ struct Uptrack {
     /// Seconds to wait between updates (accepted for compatibility).
     #[arg(long)]
     wait: Option<f64>,
+    args: Vec<String>,
+}
+
+/// `uptrack-uname`: uname's flags (-n is nodename, -v the version).
+#[derive(Parser)]
+#[command(disable_version_flag = true)]
+struct UptrackUname {
     #[command(flatten)]
     uname: UnameArgs,
-    args: Vec<String>,
 }
 
 /// Run as `uptrack-NAME` if `argv0` says so.
@@ -376,7 +382,24 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
     let name = Path::new(argv0).file_name()?.to_str()?.to_string();
     let what = name.strip_prefix("uptrack-")?.to_string();
     let args: Vec<String> = std::env::args().collect();
-    // uname's -n means nodename; elsewhere -n means "no".
+    if what == "uname" {
+        let u = match UptrackUname::try_parse_from(&args) {
+            Ok(u) => u,
+            Err(e) => e.exit(),
+        };
+        return Some(
+            match Ctx::new(false, 0, false, false)
+                .and_then(|ctx| run_kernel(&ctx, KernelCommand::Uname(u.uname)))
+            {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(e) => {
+                    eprintln!("{name}: error: {e:#}");
+                    1
+                }
+            },
+        );
+    }
     let u = match Uptrack::try_parse_from(&args) {
         Ok(u) => u,
         Err(e) => e.exit(),
@@ -416,11 +439,6 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
                     allow_unsigned: false,
                 }
             }
-        }
-        "uname" => {
-            let mut un = u.uname.clone();
-            un.nodename = un.nodename || u.no;
-            KernelCommand::Uname(un)
         }
         _ => {
             eprintln!("{name}: unknown uptrack command");

@@ -180,14 +180,84 @@ fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_string())
 }
 
-fn lp_module(name: &str, dir: &str, build: &Path) -> PathBuf {
-    match std::env::var_os(format!("HOTSPLICE_KERNEL_TEST_KO_{name}")) {
-        Some(p) => PathBuf::from(p),
-        None => kc::build_livepatch(
+/// The module for test patch NAME: made by `hotsplice create --kernel` from
+/// `tests/kernel/fixes/<fix>` against the probed kernel (the default), or a
+/// hand-written one from tests/kernel/livepatches/<dir> when
+/// HOTSPLICE_KERNEL_TEST_HANDWRITTEN=1, or the .ko HOTSPLICE_KERNEL_TEST_KO_<NAME>
+/// names.
+fn lp_module(name: &str, dir: &str, fix: &str, build: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os(format!("HOTSPLICE_KERNEL_TEST_KO_{name}")) {
+        return PathBuf::from(p);
+    }
+    if std::env::var("HOTSPLICE_KERNEL_TEST_HANDWRITTEN").as_deref() == Ok("1") {
+        return kc::build_livepatch(
             &kc::repo_root().join("tests/kernel/livepatches").join(dir),
             &build.join(dir),
-        ),
+        );
     }
+    generated_module(fix, &build.join(format!("gen-{dir}")))
+}
+
+/// `hotsplice create --kernel` of a fix for the probed guest kernel.
+fn generated_module(fix: &str, out: &Path) -> PathBuf {
+    let k = kc::kernel();
+    let probe = kc::probe();
+    let env = std::fs::read_to_string(k.cache.join("env.sh")).expect("env.sh");
+    let get = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| panic!("{key} in env.sh"))
+    };
+    let _ = std::fs::remove_dir_all(out);
+    let started = std::time::Instant::now();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+        .args(["create", "--kernel", "--json", "--patch"])
+        .arg(kc::repo_root().join("tests/kernel/fixes").join(fix))
+        .arg("--config")
+        .arg(k.cache.join(format!("root/boot/config-{}", k.kver)))
+        .arg("--kdir")
+        .arg(get("KDIR"))
+        .arg("--system-map")
+        .arg(&probe.kallsyms)
+        .args(["--build-id", &probe.build_id, "--release", &probe.release])
+        .arg("-o")
+        .arg(out)
+        .arg(get("KSRC"))
+        .output()
+        .expect("hotsplice create --kernel");
+    assert!(
+        o.status.success(),
+        "create --kernel {fix}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!(
+        "kernel test: create --kernel {fix} took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    let ko = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"module_path\": \""))
+        .map(|l| l.trim_end_matches("\",").to_string())
+        .expect("module_path in create's output");
+    PathBuf::from(ko)
+}
+
+fn handwritten() -> bool {
+    std::env::var("HOTSPLICE_KERNEL_TEST_HANDWRITTEN").as_deref() == Ok("1")
+}
+
+fn marker(name: &str, generated: &str, handwritten_marker: &str) -> String {
+    env_or(
+        &format!("HOTSPLICE_KERNEL_TEST_MARKER_{name}"),
+        if handwritten() {
+            handwritten_marker
+        } else {
+            generated
+        },
+    )
 }
 
 fn make_lp(ko: PathBuf, patches: &Path, key: &Path, marker: String) -> Lp {
@@ -251,25 +321,25 @@ fn setup_client_vm() -> ClientVm {
     let (key, public) = kc::keygen(&keys, "kerneltest");
 
     let lp1 = make_lp(
-        lp_module("VERSION1", "version1", &build),
+        lp_module("VERSION1", "version1", "version.diff", &build),
         &patches,
         &key,
-        env_or("HOTSPLICE_KERNEL_TEST_MARKER_VERSION1", "[hotsplice-lp1]"),
+        marker("VERSION1", "[hotsplice-gen1]", "[hotsplice-lp1]"),
     );
     let lp2 = make_lp(
-        lp_module("VERSION2", "version2", &build),
+        lp_module("VERSION2", "version2", "version2.diff", &build),
         &patches,
         &key,
-        env_or("HOTSPLICE_KERNEL_TEST_MARKER_VERSION2", "[hotsplice-lp2]"),
+        marker("VERSION2", "[hotsplice-gen2]", "[hotsplice-lp2]"),
     );
     let combo = make_lp(
-        lp_module("COMBO", "ext4-combo", &build),
+        lp_module("COMBO", "ext4-combo", "ext4_version.diff", &build),
         &patches,
         &key,
-        env_or("HOTSPLICE_KERNEL_TEST_MARKER_COMBO", "[hotsplice-combo]"),
+        marker("COMBO", "[hotsplice-gen3]", "[hotsplice-combo]"),
     );
     let pipe = make_lp(
-        lp_module("PIPE", "pipe-read", &build),
+        lp_module("PIPE", "pipe-read", "pipe.diff", &build),
         &patches,
         &key,
         String::new(),
@@ -372,10 +442,7 @@ fn setup_client_vm() -> ClientVm {
         lp2,
         combo,
         pipe,
-        combo_mounts_marker: env_or(
-            "HOTSPLICE_KERNEL_TEST_MARKER_COMBO_MOUNTS",
-            "hotsplice_combo",
-        ),
+        combo_mounts_marker: marker("COMBO_MOUNTS", ",hotsplice", "hotsplice_combo"),
         wrong_build_id,
         main,
     }

@@ -218,6 +218,12 @@ impl Kernel {
 
     /// Apply a kernel patch module.
     pub fn apply(&self, ko: &[u8], origin: &str) -> Result<KernelReport> {
+        self.apply_inner(ko, origin, true)
+    }
+
+    /// `record`: add it to the applied list first (and take it out again
+    /// if it fails); false when re-applying recorded patches at boot.
+    fn apply_inner(&self, ko: &[u8], origin: &str, record: bool) -> Result<KernelReport> {
         let t0 = Instant::now();
         if self.disabled() {
             return Err(KernelError::Disabled);
@@ -241,10 +247,18 @@ impl Kernel {
         }
         // Recorded first: if we die during the load, boot re-applies and
         // `show` still knows the module.
-        self.state.add(&info, ko)?;
+        if record {
+            self.state.add(&info, ko)?;
+        }
+        let forget = |k: &Kernel| -> Result<()> {
+            if record {
+                k.state.remove(&info.id)?;
+            }
+            Ok(())
+        };
         let load = load_module(ko);
         if let Err(source) = load {
-            self.state.remove(&info.id)?;
+            forget(self)?;
             return Err(KernelError::Load {
                 module: info.module,
                 source,
@@ -254,12 +268,17 @@ impl Kernel {
         match self.wait_transition(&info.module, self.transition_timeout) {
             Ok(_) => {}
             Err(waited) => {
-                let report = self.stuck_tasks("1");
+                let mut report = self.stuck_tasks("1");
                 // Reverse the transition, then take the module out.
                 let _ = std::fs::write(self.sys_livepatch.join(&info.module).join("enabled"), "0");
                 let _ = self.wait_transition(&info.module, self.transition_timeout);
-                let _ = unload_module(&info.module);
-                self.state.remove(&info.id)?;
+                if let Err(e) = self.unload_when_released(&info.module) {
+                    report.push_str(&format!(
+                        "  (the reverted module could not be unloaded: {e}; run `rmmod {}` later)\n",
+                        info.module
+                    ));
+                }
+                forget(self)?;
                 return Err(KernelError::Stuck {
                     module: info.module,
                     waited,
@@ -298,7 +317,10 @@ impl Kernel {
         std::fs::write(&enabled, "0").map_err(io(enabled.display().to_string()))?;
         let t1 = Instant::now();
         if let Err(waited) = self.wait_transition(&p.module, self.transition_timeout) {
-            let report = self.stuck_tasks("0");
+            let mut report = self.stuck_tasks("0");
+            if report.is_empty() {
+                report = "  (none found)".into();
+            }
             // Back to patched: the undo did not happen.
             let _ = std::fs::write(&enabled, "1");
             let _ = self.wait_transition(&p.module, self.transition_timeout);
@@ -309,22 +331,11 @@ impl Kernel {
             });
         }
         let transition = t1.elapsed();
-        // The module can go once the livepatch core released it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match unload_module(&p.module) {
-                Ok(()) => break,
-                Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(source) => {
-                    return Err(KernelError::Unload {
-                        module: p.module.clone(),
-                        source,
-                    })
-                }
-            }
-        }
+        self.unload_when_released(&p.module)
+            .map_err(|source| KernelError::Unload {
+                module: p.module.clone(),
+                source,
+            })?;
         self.state.remove(&p.id)?;
         Ok(KernelReport {
             id: p.id.clone(),
@@ -332,6 +343,29 @@ impl Kernel {
             transition_ms: transition.as_secs_f64() * 1e3,
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// Unload a disabled livepatch module once the livepatch core has let
+    /// go of it (its sysfs directory goes, then its reference is dropped by
+    /// deferred work: until then the unload says busy or try again).
+    fn unload_when_released(&self, module: &str) -> std::io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.sys_livepatch.join(module).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        loop {
+            match unload_module(module) {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if Instant::now() < deadline
+                        && matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) =>
+                {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// At boot: re-apply the recorded patches, in order, if the booted
@@ -358,17 +392,30 @@ impl Kernel {
                 self.booted_release().unwrap_or_default()
             ));
         }
-        for p in same {
+        for (i, p) in same.iter().enumerate() {
             if self.sys_livepatch.join(&p.module).exists() {
                 lines.push(format!("{}: already applied", p.id));
                 continue;
             }
-            let ko = self.state.module_bytes(&p)?;
-            // Re-record through apply (it checks the build again).
-            self.state.remove(&p.id)?;
-            match self.apply(&ko, &p.id) {
+            let result = self
+                .state
+                .module_bytes(p)
+                .and_then(|ko| self.apply_inner(&ko, &p.id, false));
+            match result {
                 Ok(r) => lines.push(format!("{}: re-applied ({:.1} ms)", p.id, r.total_ms)),
-                Err(e) => lines.push(format!("{}: FAILED: {e}", p.id)),
+                Err(e) => {
+                    // Patches stack: the ones above need this one. The
+                    // records stay, for the next boot or a manual retry.
+                    lines.push(format!("{}: FAILED: {e}", p.id));
+                    if i + 1 < same.len() {
+                        lines.push(format!(
+                            "{} later patch(es) not applied because {} failed",
+                            same.len() - i - 1,
+                            p.id
+                        ));
+                    }
+                    break;
+                }
             }
         }
         Ok(lines)

@@ -3,6 +3,7 @@
 # /proc/version, in `hotsplice kernel uname -r` / `uptrack-uname -r` (the
 # effective release) while uname -r stays the booted one, in `show` /
 # `uptrack-show`; undo it and see everything restored.
+# shellcheck disable=SC1091
 . /tests/hslib.sh
 hs "basic-uname-r-before=$(uname -r)"
 hs "basic-version-before=$(cat /proc/version)"

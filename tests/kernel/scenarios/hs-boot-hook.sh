@@ -3,6 +3,7 @@
 # mounted, like a distribution's early boot hook: `hotsplice kernel boot`
 # re-applies the recorded patches (or, with `nouptrack` on the kernel
 # command line, says it does not).
+# shellcheck disable=SC1091
 . /tests/hslib.sh
 grep -q ' /mnt ' /proc/mounts || { hs "hook=no-disk"; exit 1; }
 hs "hook-cmdline-nouptrack=$(grep -c nouptrack /proc/cmdline)"

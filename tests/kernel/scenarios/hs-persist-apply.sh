@@ -1,6 +1,7 @@
 #!/bin/sh
 # Scenario (reboot test, boot 1): apply two patches with the state on the
 # disk (HOTSPLICE_STATE_DIR under /mnt); they stay applied at power-off.
+# shellcheck disable=SC1091
 . /tests/hslib.sh
 case $HOTSPLICE_STATE_DIR in /mnt/*) ;; *) hs "persist-apply=state-not-on-disk"; exit 1 ;; esac
 grep -q ' /mnt ' /proc/mounts || { hs "persist-apply=no-disk"; exit 1; }

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Scenario: patches that must be refused with nothing loaded: one made for
 # another kernel build, and a damaged patch file.
+# shellcheck disable=SC1091
 . /tests/hslib.sh
 hsrun refuse-wrong hotsplice kernel apply "$WRONG"
 hs "refuse-wrong-lsmod=$(hs_lsmod)"

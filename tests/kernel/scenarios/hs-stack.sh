@@ -2,6 +2,7 @@
 # Scenario: two patches of the same function stacked; the lower one cannot be
 # removed while the upper one is applied; removal in reverse order; then
 # `hotsplice kernel remove --all` and `uptrack-remove --all`.
+# shellcheck disable=SC1091
 . /tests/hslib.sh
 hsrun stack-apply1 hotsplice kernel apply "$LP1"
 hsrun stack-apply2 hotsplice kernel apply "$LP2"

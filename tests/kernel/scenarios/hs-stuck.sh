@@ -4,6 +4,7 @@
 # the transition cannot finish (livepatch's fake signals come only after
 # ~15 s), so hotsplice reverts it, names the task with its stack, and the
 # module is gone.
+# shellcheck disable=SC1091
 . /tests/hslib.sh
 rm -f /tmp/hs-fifo
 mkfifo /tmp/hs-fifo

@@ -22,4 +22,8 @@ hsrun() {
 # modules loaded whose name starts with hs_lp_ (the test livepatches)
 hs_lsmod() { grep -o '^hs_lp_[a-z0-9_]*' /proc/modules | tr '\n' ' ' | sed 's/ $//'; }
 # patches known to the kernel's livepatch core
-hs_klp() { ls /sys/kernel/livepatch 2>/dev/null | tr '\n' ' ' | sed 's/ $//'; }
+hs_klp() {
+    _s=
+    for _p in /sys/kernel/livepatch/*; do [ -e "$_p" ] && _s="$_s ${_p##*/}"; done
+    echo "${_s# }"
+}

@@ -8,7 +8,7 @@ grep -q ' /mnt ' /proc/mounts || { hs "probe=no-disk"; exit 1; }
 mkdir -p /mnt/probe
 # /sys/kernel/notes: ELF notes, each namesz(4) descsz(4) type(4) name desc,
 # name and desc padded to 4 bytes; the build-id is type 3, name "GNU".
-bid=$(od -An -v -tx1 /sys/kernel/notes | tr -s ' \n' '\n\n' | grep . | awk '
+bid=$(od -An -v -tx1 /sys/kernel/notes | tr -s ' ' '\n' | grep . | awk '
     { b[n++] = $1 }
     function h(x,  k, v) { v = 0; for (k = 1; k <= length(x); k++) v = v * 16 + index("0123456789abcdef", substr(x, k, 1)) - 1; return v }
     function le32(i) { return h(b[i+3] b[i+2] b[i+1] b[i]) }
