@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints, then every test of the workspace
 # (unit tests, real-process ptrace tests, end-to-end patches of running
-# programs). Needs root (ptrace of processes the tests start).
+# programs, kernel patches built from Debian's kernel source and applied in
+# that kernel under QEMU). Needs root (ptrace, module loading in the guest).
+#
+# Slow downloads and builds (Debian's kernel packages and source, the
+# prepared kernel tree) are cached in $HOTSPLICE_CACHE, by default
+# ~/.cache/hotsplice, which the scripts create; HOTSPLICE_SKIP_KERNEL_TESTS=1
+# leaves the kernel tests out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hotsplice}"
+mkdir -p "$HOTSPLICE_CACHE"
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings

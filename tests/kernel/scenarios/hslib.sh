@@ -20,7 +20,7 @@ hsrun() {
 }
 
 # modules loaded whose name starts with hs_lp_ (the test livepatches)
-hs_lsmod() { grep -o '^hs_lp_[a-z0-9_]*' /proc/modules | tr '\n' ' ' | sed 's/ $//'; }
+hs_lsmod() { grep -o '^hs_[a-z0-9_]*' /proc/modules | tr '\n' ' ' | sed 's/ $//'; }
 # patches known to the kernel's livepatch core
 hs_klp() {
     _s=
