@@ -143,9 +143,10 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
             }
         }
     }
-    let tree = tree::Tree::prepare(&req.src, &req.config)?;
-    let _lock = hotsplice_store::FileLock::acquire(&tree.src.join(".hotsplice.lock"))
+    // One run at a time in a tree, preparing included.
+    let _lock = hotsplice_store::FileLock::acquire(&req.src.join(".hotsplice.lock"))
         .map_err(|e| CreateError::Target(e.to_string()))?;
+    let tree = tree::Tree::prepare(&req.src, &req.config)?;
     let tmp = tempfile::Builder::new()
         .prefix("hotsplice-kcreate.")
         .tempdir()
