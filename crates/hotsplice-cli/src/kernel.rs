@@ -288,7 +288,16 @@ pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
             for line in k.reapply_at_boot(ctx.config.settings.install_on_reboot)? {
                 println!("hotsplice boot: {line}");
             }
-            if ctx.config.settings.upgrade_on_reboot && !k.disabled() {
+            // The machine's first boot with hotsplice: `first_boot` says
+            // whether to bring the kernel up to date from the feed then.
+            let marker = ctx.paths.state_dir.join("kernel/booted-before");
+            let first = !marker.exists();
+            if first {
+                let _ = hotsplice_store::write_atomic(&marker, b"");
+            }
+            let from_feed =
+                ctx.config.settings.upgrade_on_reboot || (first && ctx.config.settings.first_boot);
+            if from_feed && !k.disabled() {
                 let applied: Vec<String> = k.applied()?.into_iter().map(|p| p.id).collect();
                 for (id, p) in feed(ctx, &from, &k)? {
                     if !applied.contains(&id) {

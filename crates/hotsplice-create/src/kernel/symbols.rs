@@ -127,3 +127,45 @@ impl KernelSymbols {
         Ok(best as u64 + 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syms(map: &str) -> KernelSymbols {
+        let dir = tempfile::tempdir().unwrap();
+        let symvers = dir.path().join("Module.symvers");
+        std::fs::write(&symvers, "0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n").unwrap();
+        let m = dir.path().join("System.map");
+        std::fs::write(&m, map).unwrap();
+        KernelSymbols::load(&symvers, Some(&m)).unwrap()
+    }
+
+    const MAP: &str = "\
+ffffffff81000100 t show_a
+ffffffff81000200 t helper
+ffffffff81000300 T first_file_global
+ffffffff81500100 t helper
+ffffffff81500200 T second_file_global
+ffffffffc0000100 t helper\t[ext4]
+";
+
+    #[test]
+    fn unique_local_has_position_zero() {
+        assert_eq!(syms(MAP).position("show_a", None, &[]).unwrap(), 0);
+    }
+
+    #[test]
+    fn same_named_locals_are_told_apart_by_their_neighbours() {
+        let k = syms(MAP);
+        let second = ["second_file_global".to_string()];
+        let first = ["first_file_global".to_string()];
+        assert_eq!(k.position("helper", None, &second).unwrap(), 2);
+        assert_eq!(k.position("helper", None, &first).unwrap(), 1);
+        // The module's own symbol is counted in the module only.
+        assert_eq!(k.position("helper", Some("ext4"), &[]).unwrap(), 0);
+        assert!(k.position("helper", None, &[]).is_err());
+        assert!(k.exported("printk") && !k.exported("helper"));
+        assert_eq!(k.owner_of("helper"), Some(None));
+    }
+}
