@@ -338,6 +338,133 @@ fn daemon_patches_processes_started_later() {
     daemon.assert_alive("daemon keeps running");
 }
 
+#[test]
+fn daemon_patches_a_library_loaded_later_with_dlopen() {
+    require_root();
+    let env = TestEnv::new("dlopen");
+    let case = Case::load("dlopen_lib");
+    let build = case.build();
+    let out = outdir("dlopen");
+    let file = create(
+        &env,
+        &case,
+        &build,
+        "fix.diff",
+        Some(&env.key),
+        1,
+        out.path(),
+    );
+    env.hs(["user", "install", file.to_str().unwrap()])
+        .assert_ok("install");
+    // Rescans every 0.5 s; the exec-time watch lasts 2 s, the library
+    // comes 3 s after exec: only a rescan can find it.
+    let daemon = Proc::spawn(
+        env.command(["daemon", "--rescan", "0.5"]),
+        "hotsplice daemon",
+    );
+    assert!(
+        daemon.wait_for_new_line_prefix(Stream::Stdout, "hotsplice daemon: watching", LINE_TIMEOUT),
+        "{}",
+        daemon.describe()
+    );
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.after(), "library patched after dlopen");
+    let first = proc.lines_since(Stream::Stdout, 0);
+    let unpatched = first.iter().filter(|l| *l == case.before()).count();
+    eprintln!("lines before the patch came in: {unpatched}");
+    let pid = proc.pid();
+    assert!(
+        daemon.wait_for_new_line_prefix(
+            Stream::Stdout,
+            &format!("patched pid {pid} "),
+            LINE_TIMEOUT
+        ),
+        "{}",
+        daemon.describe()
+    );
+}
+
+/// Kills a pid on drop (a process the test did not spawn itself).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall.
+        unsafe { libc_kill(self.0, 9) };
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn process_in_another_mount_namespace_is_patched_through_its_own_view() {
+    require_root();
+    let env = TestEnv::new("mntns");
+    let case = Case::load("new_libc_call");
+    let build = case.build();
+    let out = outdir("mntns");
+    let file = create(
+        &env,
+        &case,
+        &build,
+        "fix.diff",
+        Some(&env.key),
+        1,
+        out.path(),
+    );
+    // In its own mount namespace, the program's directory is then hidden
+    // under an empty tmpfs: only the process's memory and its
+    // /proc/PID/map_files still lead to its files.
+    let dir = build.dir.display().to_string();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "cd {dir} && ./prog & sleep 0.3; mount -t tmpfs hidden {dir}; wait"
+        ))
+        .current_dir(&build.dir);
+    let mut shell = Proc::spawn(cmd, "unshare sh");
+    shell.expect_new_line(Stream::Stdout, case.before(), "started in its namespace");
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", shell.pid()))
+        .expect("children of the shell");
+    let pid: i32 = children
+        .split_whitespace()
+        .next()
+        .expect("the program")
+        .parse()
+        .unwrap();
+    let _guard = KillOnDrop(pid);
+    let ns = |p: &str| fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    assert_ne!(
+        ns(&pid.to_string()),
+        ns("self"),
+        "not in another mount namespace"
+    );
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    while fs::read_dir(format!("/proc/{pid}/root{dir}"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the directory never looked empty from inside"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = env.hs([
+        "user",
+        "apply",
+        "--pid",
+        &pid.to_string(),
+        file.to_str().unwrap(),
+    ]);
+    r.assert_ok("apply across mount namespaces");
+    shell.expect_new_line(Stream::Stdout, case.after(), "patched in its namespace");
+}
+
 /// Kill hotsplice (SIGKILL) at each step of an apply and of an undo; the
 /// target must keep running with every function either old or new, and the
 /// next command must finish or roll back what was in flight.

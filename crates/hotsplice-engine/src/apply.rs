@@ -373,11 +373,11 @@ impl Install<'_> {
 
         let mut functions = Vec::with_capacity(meta.functions.len());
         let mut writes = Vec::new();
-        let mut ranges: Vec<(u64, u64, String)> = Vec::new();
+        let mut ranges: Vec<(u64, u64, String, bool)> = Vec::new();
         for (f, current) in meta.functions.iter().zip(self.current_entries) {
             let addr = bias + f.vaddr;
             let new_addr = base + f.replacement;
-            ranges.push((addr, addr + f.size, f.name.clone()));
+            ranges.push((addr, addr + f.size, f.name.clone(), true));
             // What the jump overwrites and must put back on undo: the
             // original entry, even where the level being replaced jumped.
             let saved = match self.old.and_then(|o| {
@@ -435,6 +435,7 @@ impl Install<'_> {
                 old.code_start,
                 old.code_start + old.code_len,
                 format!("code of patch {}", old.patch_id),
+                false,
             ));
         }
         let header = ImageHeader {

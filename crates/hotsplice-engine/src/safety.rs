@@ -11,29 +11,42 @@ const MAX_STACK: u64 = 8 << 20;
 
 /// Address ranges that must be idle, each with a name for messages.
 pub struct Ranges {
-    spans: Vec<(u64, u64, usize)>,
+    /// (start, end, name, entry_ok): with `entry_ok` the range is a whole
+    /// function whose entry stays valid (the jump goes there), so a stack
+    /// word equal to the entry is a function pointer (or a frame that
+    /// resumes by entering the function anew), not a thread inside it.
+    spans: Vec<(u64, u64, usize, bool)>,
     names: Vec<String>,
 }
 
 impl Ranges {
-    pub fn new(items: impl IntoIterator<Item = (u64, u64, String)>) -> Ranges {
+    /// `(start, end, name, entry_ok)` each.
+    pub fn new(items: impl IntoIterator<Item = (u64, u64, String, bool)>) -> Ranges {
         let mut spans = Vec::new();
         let mut names = Vec::new();
-        for (start, end, name) in items {
-            spans.push((start, end, names.len()));
+        for (start, end, name, entry_ok) in items {
+            spans.push((start, end, names.len(), entry_ok));
             names.push(name);
         }
         spans.sort_unstable();
         Ranges { spans, names }
     }
 
-    fn hit(&self, addr: u64) -> Option<usize> {
+    fn find(&self, addr: u64) -> Option<(u64, u64, usize, bool)> {
         let i = self.spans.partition_point(|s| s.0 <= addr);
-        if i == 0 {
-            return None;
-        }
-        let (start, end, name) = self.spans[i - 1];
-        (addr >= start && addr < end).then_some(name)
+        let span = *self.spans.get(i.checked_sub(1)?)?;
+        (addr < span.1).then_some(span)
+    }
+
+    fn hit(&self, addr: u64) -> Option<usize> {
+        self.find(addr).map(|s| s.2)
+    }
+
+    /// Whether stack word `v` means a thread is inside a range.
+    fn hit_stack(&self, v: u64) -> Option<usize> {
+        self.find(v)
+            .filter(|&(start, _, _, entry_ok)| !(entry_ok && v == start))
+            .map(|s| s.2)
     }
 
     fn bounds(&self) -> (u64, u64) {
@@ -90,7 +103,7 @@ pub fn find_busy(
             if v < lo || v >= hi {
                 continue;
             }
-            if let Some(n) = ranges.hit(v) {
+            if let Some(n) = ranges.hit_stack(v) {
                 return Some(BusyThread {
                     tid: t.tid,
                     function: ranges.names[n].clone(),
@@ -106,4 +119,49 @@ pub fn find_busy(
 /// (a thread created after the maps were read).
 pub fn needs_fresh_maps(spans: &[(u64, usize)]) -> bool {
     spans.iter().any(|s| s.1 == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread(rip: u64) -> StoppedThread {
+        // SAFETY: an all-zero register set is a valid value of this plain struct.
+        let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        regs.rip = rip;
+        StoppedThread { tid: 7, regs }
+    }
+
+    fn stack(words: &[u64]) -> (Vec<Option<(usize, usize)>>, Vec<u8>) {
+        let buf: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        (vec![Some((0, buf.len()))], buf)
+    }
+
+    #[test]
+    fn return_address_inside_a_replaced_function_is_busy() {
+        let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
+        let (s, b) = stack(&[0x5, 0x1010]);
+        let busy = find_busy(&[thread(0x9000)], &s, &b, &r).unwrap();
+        assert_eq!(busy.function, "f");
+    }
+
+    #[test]
+    fn pointer_to_a_function_entry_is_not_a_frame() {
+        let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
+        let (s, b) = stack(&[0x1000]);
+        assert!(find_busy(&[thread(0x9000)], &s, &b, &r).is_none());
+        // ...unless the code goes away (undo): then it counts.
+        let r = Ranges::new([(0x1000, 0x1100, "patch".to_string(), false)]);
+        assert!(find_busy(&[thread(0x9000)], &s, &b, &r).is_some());
+    }
+
+    #[test]
+    fn instruction_pointer_inside_is_busy_even_at_the_entry() {
+        let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
+        let (s, b) = stack(&[]);
+        assert_eq!(
+            find_busy(&[thread(0x1000)], &s, &b, &r).unwrap().frame,
+            "executing"
+        );
+    }
 }

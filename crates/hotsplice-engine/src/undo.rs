@@ -105,6 +105,7 @@ fn remove(
         h.code_start,
         h.code_start + h.code_len,
         format!("code of patch {}", h.patch_id),
+        false,
     )]);
     let journal = opts.journal.as_deref();
     let pending = |step| Pending {
