@@ -68,7 +68,8 @@
 //! median wall time over 3 rounds (`--quick`: 1), per process, the median of
 //! the per-process `stopped` times in apply's JSON report, and how long it
 //! took until all slots showed the new value after apply returned (includes
-//! the targets' 20 ms polling).
+//! the targets' 20 ms polling). Then the same patch installed in a private
+//! store, and `hotsplice -y all upgrade` timed over the same processes.
 //!
 //! # 3. Cost per call of a patched function
 //!
@@ -224,6 +225,9 @@ struct AllResult {
     all_flipped_after_ms: Stat,
     remove_wall_ms: Stat,
     remove_per_process_ms: f64,
+    /// `hotsplice -y all upgrade` from a store holding the patch.
+    upgrade_wall_ms: Stat,
+    upgrade_per_process_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -735,7 +739,55 @@ fn bench_all(
         wait_slots(&state, targets::FLIPPER_BEFORE, &mut procs)?;
         remove_wall.push(millis(wall));
     }
+    // The same through the store: install, then `all upgrade` (kernel part
+    // included; it has nothing to do on a host without livepatch patches).
+    let env = dir.join("upgrade-env");
+    let vars = [
+        ("HOTSPLICE_CONFIG_DIR", env.join("etc")),
+        ("HOTSPLICE_STATE_DIR", env.join("state")),
+        ("HOTSPLICE_RUN_DIR", env.join("run")),
+    ];
+    let out = Command::new(hotsplice)
+        .args(["user", "install", "--allow-unsigned"])
+        .arg(&built.patch_file)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut upgrade_wall = Vec::new();
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let out = Command::new(hotsplice)
+            .args(["-y", "all", "upgrade"])
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .context("running hotsplice all upgrade")?;
+        let wall = t0.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && text.contains(&format!("{count} patched")),
+            "all upgrade did not patch our {count} processes: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_slots(&state, targets::FLIPPER_AFTER, &mut procs)?;
+        upgrade_wall.push(millis(wall));
+        let out = Command::new(hotsplice)
+            .args(["user", "remove", "-y", &built.id])
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "remove: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_slots(&state, targets::FLIPPER_BEFORE, &mut procs)?;
+    }
     drop(procs);
+    let upgrade_wall = Stat::of(&upgrade_wall);
     let apply_wall = Stat::of(&apply_wall);
     let remove_wall = Stat::of(&remove_wall);
     Ok(AllResult {
@@ -747,6 +799,8 @@ fn bench_all(
         all_flipped_after_ms: Stat::of(&flipped),
         remove_per_process_ms: remove_wall.median / count as f64,
         remove_wall_ms: remove_wall,
+        upgrade_per_process_ms: upgrade_wall.median / count as f64,
+        upgrade_wall_ms: upgrade_wall,
     })
 }
 
@@ -883,6 +937,11 @@ fn print_human(o: &Output) {
     println!(
         "   stopped per process:    {} µs (Report.stopped, all processes of all rounds)",
         a.stopped_per_process_us.show(1)
+    );
+    println!(
+        "   `-y all upgrade` wall:  {} ms = {:.3} ms per process (from the store)",
+        a.upgrade_wall_ms.show(1),
+        a.upgrade_per_process_ms
     );
     println!(
         "   all flipped:            {} ms after apply returned (targets poll every 20 ms)",
