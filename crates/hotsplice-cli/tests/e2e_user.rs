@@ -262,10 +262,11 @@ fn apply_waits_for_busy_function_to_return() {
     let mark = r.proc.mark(Stream::Stdout);
     let res = apply(pid, &["--busy-timeout", "10"], &Running::files(&infos));
     res.assert_ok("user apply --busy-timeout 10 on a busy f()");
+    // Not a timing assertion: the report says the code was found busy and
+    // the apply went in on a later stop window.
     assert!(
-        res.elapsed >= Duration::from_millis(500),
-        "apply returned after {:?}: it cannot have waited for f() to return\n{}",
-        res.elapsed,
+        res.stdout.contains("tries: code was busy"),
+        "apply did not report having waited for f() to return\n{}",
         res.describe()
     );
     r.proc
