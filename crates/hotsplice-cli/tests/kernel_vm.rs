@@ -951,14 +951,40 @@ fn kernel_client_timings_in_qemu() {
     let vm = client_vm();
     let b = &vm.main;
     let mut n = 0;
+    // (transition, whole command) of every apply and of every undo.
+    let mut apply: Vec<(f64, f64)> = Vec::new();
+    let mut undo: Vec<(f64, f64)> = Vec::new();
     for l in &b.lines {
         if let Some((_, line)) = l.split_once("-out=") {
             if let Some((t, all)) = kc::transition_times(line) {
                 let what = line.split(':').next().unwrap_or(line);
                 eprintln!("kernel timing: {what}: transition {t:.1} ms, {all:.1} ms in all");
+                if line.starts_with("applied") {
+                    apply.push((t, all));
+                } else if line.starts_with("removed") {
+                    undo.push((t, all));
+                }
                 n += 1;
             }
         }
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            f64::NAN
+        } else if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        }
+    };
+    for (what, v) in [("apply", &apply), ("undo", &undo)] {
+        eprintln!(
+            "kernel timing median over {} kernel {what} runs: transition {:.1} ms, whole command {:.1} ms",
+            v.len(),
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect())
+        );
     }
     eprintln!(
         "kernel timing: main boot {:.1}s (builds, wraps and initramfs before it)",
