@@ -11,7 +11,6 @@ use std::time::Duration;
 
 pub struct Ctx {
     pub quiet: bool,
-    #[allow(dead_code)]
     pub verbose: u8,
     pub yes: bool,
     pub dry_run: bool,

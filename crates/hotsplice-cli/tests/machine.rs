@@ -565,6 +565,3 @@ fn killed_hotsplice_leaves_targets_consistent_and_next_command_recovers() {
         proc.expect_new_line(Stream::Stdout, case.after(), point);
     }
 }
-
-#[allow(dead_code)]
-fn unused(_: Command) {}
