@@ -257,22 +257,13 @@ struct DaemonResult {
     idle_seconds: f64,
 }
 
-fn cpu_ticks(pid: i32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
-}
-
-fn bench_daemon(
-    built: &Built,
+/// Configuration, state and run directories of their own under `env`, with
+/// `built`'s patch installed: the environment to run hotsplice in.
+fn private_store(
     hotsplice: &Path,
-    dir: &Path,
-    count: usize,
-    idle: Duration,
-) -> Result<DaemonResult> {
-    use std::io::BufRead;
-    let env = dir.join("daemon-env");
+    built: &Built,
+    env: &Path,
+) -> Result<[(&'static str, PathBuf); 3]> {
     let vars = [
         ("HOTSPLICE_CONFIG_DIR", env.join("etc")),
         ("HOTSPLICE_STATE_DIR", env.join("state")),
@@ -288,6 +279,25 @@ fn bench_daemon(
         "install: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(vars)
+}
+
+fn cpu_ticks(pid: i32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+fn bench_daemon(
+    built: &Built,
+    hotsplice: &Path,
+    dir: &Path,
+    count: usize,
+    idle: Duration,
+) -> Result<DaemonResult> {
+    use std::io::BufRead;
+    let vars = private_store(hotsplice, built, &dir.join("daemon-env"))?;
     let mut cmd = Command::new(hotsplice);
     cmd.args(["daemon", "--rescan", "60"])
         .envs(vars.iter().map(|(k, v)| (k, v)))
@@ -741,22 +751,7 @@ fn bench_all(
     }
     // The same through the store: install, then `all upgrade` (kernel part
     // included; it has nothing to do on a host without livepatch patches).
-    let env = dir.join("upgrade-env");
-    let vars = [
-        ("HOTSPLICE_CONFIG_DIR", env.join("etc")),
-        ("HOTSPLICE_STATE_DIR", env.join("state")),
-        ("HOTSPLICE_RUN_DIR", env.join("run")),
-    ];
-    let out = Command::new(hotsplice)
-        .args(["user", "install", "--allow-unsigned"])
-        .arg(&built.patch_file)
-        .envs(vars.iter().map(|(k, v)| (k, v)))
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let vars = private_store(hotsplice, built, &dir.join("upgrade-env"))?;
     let mut upgrade_wall = Vec::new();
     for _ in 0..rounds {
         let t0 = Instant::now();

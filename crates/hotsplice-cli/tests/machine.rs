@@ -288,13 +288,22 @@ fn concurrent_commands_on_one_process_both_succeed() {
     proc.assert_alive("after concurrent applies");
 }
 
-#[test]
-fn daemon_patches_processes_started_later() {
+/// A case built, its fix installed (signed) in a fresh environment, and
+/// `hotsplice daemon --rescan SECS` started and watching.
+struct DaemonCase {
+    _env: TestEnv,
+    case: Case,
+    build: Build,
+    _out: TempDir,
+    daemon: Proc,
+}
+
+fn daemon_case(tag: &str, name: &str, rescan: &str) -> DaemonCase {
     require_root();
-    let env = TestEnv::new("daemon");
-    let case = Case::load("shared_lib");
+    let env = TestEnv::new(tag);
+    let case = Case::load(name);
     let build = case.build();
-    let out = outdir("daemon");
+    let out = outdir(tag);
     let file = create(
         &env,
         &case,
@@ -306,8 +315,8 @@ fn daemon_patches_processes_started_later() {
     );
     env.hs(["user", "install", file.to_str().unwrap()])
         .assert_ok("install");
-    let mut daemon = Proc::spawn(
-        env.command(["daemon", "--rescan", "30"]),
+    let daemon = Proc::spawn(
+        env.command(["daemon", "--rescan", rescan]),
         "hotsplice daemon",
     );
     assert!(
@@ -315,6 +324,23 @@ fn daemon_patches_processes_started_later() {
         "daemon did not start\n{}",
         daemon.describe()
     );
+    DaemonCase {
+        _env: env,
+        case,
+        build,
+        _out: out,
+        daemon,
+    }
+}
+
+#[test]
+fn daemon_patches_processes_started_later() {
+    let DaemonCase {
+        case,
+        build,
+        mut daemon,
+        ..
+    } = daemon_case("daemon", "shared_lib", "30");
     // Started after the patch was installed: patched by the daemon alone,
     // and the library it needs is mapped only after exec.
     let started = Instant::now();
@@ -340,33 +366,14 @@ fn daemon_patches_processes_started_later() {
 
 #[test]
 fn daemon_patches_a_library_loaded_later_with_dlopen() {
-    require_root();
-    let env = TestEnv::new("dlopen");
-    let case = Case::load("dlopen_lib");
-    let build = case.build();
-    let out = outdir("dlopen");
-    let file = create(
-        &env,
-        &case,
-        &build,
-        "fix.diff",
-        Some(&env.key),
-        1,
-        out.path(),
-    );
-    env.hs(["user", "install", file.to_str().unwrap()])
-        .assert_ok("install");
     // Rescans every 0.5 s; the exec-time watch lasts 2 s, the library
     // comes 3 s after exec: only a rescan can find it.
-    let daemon = Proc::spawn(
-        env.command(["daemon", "--rescan", "0.5"]),
-        "hotsplice daemon",
-    );
-    assert!(
-        daemon.wait_for_new_line_prefix(Stream::Stdout, "hotsplice daemon: watching", LINE_TIMEOUT),
-        "{}",
-        daemon.describe()
-    );
+    let DaemonCase {
+        case,
+        build,
+        daemon,
+        ..
+    } = daemon_case("dlopen", "dlopen_lib", "0.5");
     let mut proc = build.start(&case);
     proc.expect_new_line(Stream::Stdout, case.after(), "library patched after dlopen");
     let first = proc.lines_since(Stream::Stdout, 0);

@@ -144,12 +144,11 @@ fn build_tree(
         .map_err(io(format!("running `{cmd}`")))?;
     if !status.success() {
         let text = std::fs::read_to_string(&out_log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
         return Err(CreateError::BuildFailed {
             stage,
             cmd: cmd.into(),
             code: status.code().unwrap_or(-1),
-            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            tail: crate::last_lines(&text, 15),
         });
     }
     wrapper::read_log(&log).map_err(io("reading the wrapper log"))

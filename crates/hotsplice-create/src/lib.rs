@@ -65,6 +65,12 @@ pub enum CreateError {
     Unsupported(String),
 }
 
+/// The last `n` lines of a build's output, for error messages.
+pub(crate) fn last_lines(text: &str, n: usize) -> String {
+    let tail: Vec<&str> = text.lines().rev().take(n).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CreateError {
     let what = what.into();
     move |source| CreateError::Io { what, source }

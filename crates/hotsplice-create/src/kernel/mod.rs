@@ -246,27 +246,15 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
         ),
     )
     .map_err(io("writing livepatch.c"))?;
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(&req.kdir)
-        .arg(format!("M={}", mdir.display()))
-        .arg("modules")
-        .output()
-        .map_err(io("running make for the module"))?;
-    if !out.status.success() {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let tail: Vec<&str> = text.lines().rev().take(20).collect();
-        return Err(CreateError::BuildFailed {
-            stage: "livepatch module",
-            cmd: format!("make -C {} M=... modules", req.kdir.display()),
-            code: out.status.code().unwrap_or(-1),
-            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-        });
-    }
+    tree::run_stage(
+        Command::new("make")
+            .arg("-C")
+            .arg(&req.kdir)
+            .arg(format!("M={}", mdir.display()))
+            .arg("modules"),
+        "livepatch module",
+        &format!("make -C {} M=... modules", req.kdir.display()),
+    )?;
     let built =
         std::fs::read(mdir.join(format!("{module}.ko"))).map_err(io("reading the built module"))?;
     let ko = klp::add_klp(&built, &emitted.klp)?;

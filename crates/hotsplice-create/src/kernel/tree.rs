@@ -17,7 +17,12 @@ const MARKER: &str = ".hotsplice-prepared";
 const BACKUP: &str = ".hotsplice-backup";
 const KCFLAGS: &str = "KCFLAGS=-ffunction-sections -fdata-sections";
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), CreateError> {
+/// Run a build step; on failure, the error carries its last output lines.
+pub(super) fn run_stage(
+    cmd: &mut Command,
+    stage: &'static str,
+    what: &str,
+) -> Result<(), CreateError> {
     let out = cmd.output().map_err(io(format!("running {what}")))?;
     if !out.status.success() {
         let text = format!(
@@ -25,15 +30,18 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), CreateError> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let tail: Vec<&str> = text.lines().rev().take(20).collect();
         return Err(CreateError::BuildFailed {
-            stage: "kernel",
+            stage,
             cmd: what.into(),
             code: out.status.code().unwrap_or(-1),
-            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            tail: crate::last_lines(&text, 20),
         });
     }
     Ok(())
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), CreateError> {
+    run_stage(cmd, "kernel", what)
 }
 
 fn jobs() -> String {
