@@ -4,11 +4,12 @@
 //! kernel is proven in `kernel_vm.rs`.)
 
 mod common;
+mod kernel_common;
 
 use common::*;
+use kernel_common as kc;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 struct KEnv {
     src: PathBuf,
@@ -18,41 +19,22 @@ struct KEnv {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    kc::repo_root()
 }
 
 /// The cached kernel (fetched on first use); None when kernel tests are off.
-fn kenv() -> Option<&'static KEnv> {
-    if std::env::var("HOTSPLICE_SKIP_KERNEL_TESTS").as_deref() == Ok("1") {
-        eprintln!("HOTSPLICE_SKIP_KERNEL_TESTS=1: skipping");
+fn kenv() -> Option<KEnv> {
+    if let Some(why) = kc::skip_reason() {
+        eprintln!("{why}: skipping");
         return None;
     }
-    static ENV: OnceLock<KEnv> = OnceLock::new();
-    Some(ENV.get_or_init(|| {
-        let st = Command::new("bash")
-            .arg(repo().join("scripts/kernel/fetch.sh"))
-            .status()
-            .expect("fetch.sh");
-        assert!(st.success(), "scripts/kernel/fetch.sh failed");
-        let cache = std::env::var_os("HOTSPLICE_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join(".cache"))
-            .join("kernel");
-        let env = std::fs::read_to_string(cache.join("env.sh")).expect("env.sh");
-        let get = |k: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .map(|v| v.trim_matches('"').to_string())
-                .unwrap_or_else(|| panic!("{k} in env.sh"))
-        };
-        let release = get("KVER");
-        KEnv {
-            src: PathBuf::from(get("KSRC")),
-            kdir: PathBuf::from(get("KDIR")),
-            config: cache.join(format!("root/boot/config-{release}")),
-            release,
-        }
-    }))
+    let k = kc::kernel();
+    Some(KEnv {
+        src: k.env_path("KSRC"),
+        kdir: k.env_path("KDIR"),
+        config: k.config(),
+        release: k.kver.clone(),
+    })
 }
 
 fn create(k: &KEnv, diff: &str, out: &Path) -> CmdOut {
@@ -92,6 +74,7 @@ fn readelf(args: &[&str], file: &Path) -> String {
 fn kernel_patch_for_a_module_and_vmlinux_uses_livepatch_relocations() {
     require_root();
     let Some(k) = kenv() else { return };
+    let k = &k;
     let out = TempDir::new("kcreate");
     let r = create(k, "ext4_version.diff", out.path());
     r.assert_ok("create --kernel");
@@ -174,6 +157,7 @@ fn kernel_patch_for_a_module_and_vmlinux_uses_livepatch_relocations() {
 fn kernel_create_refuses_init_code_and_header_changes() {
     require_root();
     let Some(k) = kenv() else { return };
+    let k = &k;
     let out = TempDir::new("kcreate-refuse");
     let r = create(k, "init.diff", out.path());
     r.assert_failed("__init change");

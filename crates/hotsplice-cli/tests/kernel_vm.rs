@@ -202,28 +202,21 @@ fn lp_module(name: &str, dir: &str, fix: &str, build: &Path) -> PathBuf {
 fn generated_module(fix: &str, out: &Path) -> PathBuf {
     let k = kc::kernel();
     let probe = kc::probe();
-    let env = std::fs::read_to_string(k.cache.join("env.sh")).expect("env.sh");
-    let get = |key: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .map(|v| v.trim_matches('"').to_string())
-            .unwrap_or_else(|| panic!("{key} in env.sh"))
-    };
     let _ = std::fs::remove_dir_all(out);
     let started = std::time::Instant::now();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_hotsplice"))
         .args(["create", "--kernel", "--json", "--patch"])
         .arg(kc::repo_root().join("tests/kernel/fixes").join(fix))
         .arg("--config")
-        .arg(k.cache.join(format!("root/boot/config-{}", k.kver)))
+        .arg(k.config())
         .arg("--kdir")
-        .arg(get("KDIR"))
+        .arg(k.env_path("KDIR"))
         .arg("--system-map")
         .arg(&probe.kallsyms)
         .args(["--build-id", &probe.build_id, "--release", &probe.release])
         .arg("-o")
         .arg(out)
-        .arg(get("KSRC"))
+        .arg(k.env_path("KSRC"))
         .output()
         .expect("hotsplice create --kernel");
     assert!(

@@ -85,6 +85,22 @@ pub fn kernel() -> &'static Kernel {
     })
 }
 
+impl Kernel {
+    /// A path fetch.sh recorded in `env.sh` (`KDIR`, `KSRC`, ...).
+    pub fn env_path(&self, key: &str) -> PathBuf {
+        let env = std::fs::read_to_string(self.cache.join("env.sh")).expect("env.sh");
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(|v| PathBuf::from(v.trim_matches('"')))
+            .unwrap_or_else(|| panic!("{key} in env.sh"))
+    }
+
+    /// The kernel's configuration.
+    pub fn config(&self) -> PathBuf {
+        self.cache.join(format!("root/boot/config-{}", self.kver))
+    }
+}
+
 /// Build the module in `src` (a kbuild directory) into `out`; returns the .ko files.
 pub fn build_module(src: &Path, out: &Path) -> Vec<PathBuf> {
     // one kbuild at a time: builds share the headers tree
