@@ -3,6 +3,8 @@
 use crate::FieldKind;
 use iced_x86::{Decoder, DecoderOptions};
 
+pub mod remote;
+
 /// Bytes of the jump written over an old function entry (`jmp rel32`).
 pub const JUMP_LEN: usize = 5;
 /// Bytes of an indirect-jump stub (`jmp *slot(%rip)`), padded with `int3`.

@@ -60,6 +60,9 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<bool> {
     };
     let scan = |patches: &[_], blacklist: &_| {
         for pid in hotsplice_process::all_pids() {
+            if crate::terminate::requested().is_some() {
+                return;
+            }
             for o in upgrade_process(ctx, pid, patches, blacklist, &opts, false) {
                 log(&o, None);
             }
@@ -98,6 +101,13 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<bool> {
     let mut watch: HashMap<i32, (Instant, Instant, Duration)> = HashMap::new();
     let mut next_scan = Instant::now() + rescan;
     loop {
+        if let Some(sig) = crate::terminate::requested() {
+            println!(
+                "hotsplice daemon: stopping on {}; no operation was in flight",
+                crate::terminate::name(sig)
+            );
+            return Ok(true);
+        }
         let now = Instant::now();
         let next_watch = watch.values().map(|w| w.1).min();
         let wake = next_watch.map_or(next_scan, |w| w.min(next_scan));
@@ -109,7 +119,8 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<bool> {
                     watch.insert(pid, (t, t, Duration::from_millis(1)));
                 }
             }
-            None => std::thread::sleep(timeout),
+            // In short steps, so that a termination request is seen soon.
+            None => std::thread::sleep(timeout.min(Duration::from_millis(100))),
         }
         let now = Instant::now();
         let due: Vec<i32> = watch
@@ -118,6 +129,9 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<bool> {
             .map(|(p, _)| *p)
             .collect();
         for pid in due {
+            if crate::terminate::requested().is_some() {
+                break;
+            }
             let (born, _, interval) = watch[&pid];
             let outcomes = upgrade_process(ctx, pid, &patches, &blacklist, &opts, false);
             for o in &outcomes {

@@ -4,6 +4,7 @@
 mod context;
 mod daemon;
 mod kernel;
+mod terminate;
 mod user;
 
 use anyhow::{Context as _, Result};
@@ -133,6 +134,7 @@ fn main() {
         std::process::exit(code);
     }
     let cli = Cli::parse();
+    terminate::install();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -147,10 +149,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
-        Ok(true) => {}
-        Ok(false) => std::process::exit(1),
+        Ok(true) => terminate::exit_if_cut_short(),
+        Ok(false) => {
+            terminate::exit_if_cut_short();
+            std::process::exit(1)
+        }
         Err(e) => {
             eprintln!("hotsplice: error: {e:#}");
+            terminate::exit_if_cut_short();
             std::process::exit(1);
         }
     }

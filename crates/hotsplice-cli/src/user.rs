@@ -189,7 +189,8 @@ fn print_report(verb: &str, r: &Report, quiet: bool) {
 }
 
 /// Run `f` for each job on a few worker threads (each process is handled
-/// start to end by one thread, as ptrace requires).
+/// start to end by one thread, as ptrace requires). After a termination
+/// request no job starts; the results are those of the jobs that ran.
 fn run_parallel<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec<T> {
     // More workers than CPUs only stretches each process's stop window.
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -204,6 +205,11 @@ fn run_parallel<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if i >= jobs.len() {
                             break;
+                        }
+                        if crate::terminate::requested().is_some() {
+                            // Finish what is in flight, start nothing new.
+                            crate::terminate::left_undone(1);
+                            continue;
                         }
                         mine.push((i, f(&jobs[i])));
                     }

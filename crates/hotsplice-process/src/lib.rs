@@ -21,10 +21,12 @@
 #![warn(missing_docs)]
 
 mod error;
+mod fault;
 mod mem;
 mod procfs;
 mod remote;
 mod single;
+mod site;
 mod sys;
 mod tracee;
 

@@ -207,6 +207,7 @@ impl MemWriter {
 
     /// Write all of `bytes` at `addr` (short writes are retried; failure is an error).
     pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        crate::fault::point("memory write");
         let mut done = 0;
         while done < bytes.len() {
             match self.file.write_at(&bytes[done..], addr + done as u64) {

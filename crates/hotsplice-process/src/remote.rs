@@ -1,34 +1,45 @@
 //! Running system calls and function calls inside a borrowed, stopped target thread.
+//!
+//! Every operation is *safe to abandon*: see [`hotsplice_arch::current::remote`]. The thread is
+//! sent into a stub that performs the operation and restores the thread's own registers from its
+//! own stack by itself; hotsplice only watches it with `PTRACE_SYSCALL` to read the result at a
+//! syscall stop, then (fast path) puts the registers back itself. If hotsplice dies at any
+//! instant, the kernel detaches the thread and it finishes the stub and carries on exactly
+//! where it was. Signals that arrive meanwhile are delivered at once (a handler runs on the
+//! thread's stack below the stub's frame and returns into the stub), so nothing waits in
+//! hotsplice's memory for re-injection.
 
-use libc::c_int;
+use std::time::{Duration, Instant};
+
+use hotsplice_arch::current::remote::{self as stub, Frame};
 use nix::errno::Errno;
 
-use crate::sys::{self, classify, perr, wait_tid, Ev};
+use crate::sys::{self, classify, perr, wait_tid, Ev, SyscallStop};
 use crate::{procfs, Error, MemWriter, Pid, Result};
 
-const TF: u64 = 0x100;
-const DF: u64 = 0x400;
-/// Size of the x86-64 red zone below rsp that leaf functions may use.
-const RED_ZONE: u64 = 128;
+/// How long a remote operation may take before hotsplice stops waiting for it (the thread then
+/// finishes it on its own).
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A stopped thread borrowed from a [`crate::Tracee`] (see [`crate::Tracee::with_thread`]).
 ///
-/// Its original registers are restored after every remote operation and when the borrow ends,
-/// so a thread interrupted inside a blocking syscall (read, nanosleep, ...) restarts it correctly.
+/// Between operations and when the borrow ends the thread has its own registers, with a system
+/// call it was interrupted in set up to restart; during an operation it runs hotsplice's stub.
 pub struct RemoteThread<'a> {
     pid: Pid,
     tid: Pid,
-    saved: libc::user_regs_struct,
-    gadget: &'a mut Option<u64>,
+    /// The registers as ptrace found them.
+    found: libc::user_regs_struct,
+    /// The registers the thread gets back ([`stub::resumable`] of `found`).
+    back: libc::user_regs_struct,
+    stub: &'a mut Option<u64>,
     mem: &'a Option<MemWriter>,
-    /// Signals that arrived during our operations, re-injected when the borrow ends.
-    deferred: Vec<c_int>,
     /// Threads created during a remote call (the caller adopts them).
     pub(crate) children: Vec<Pid>,
-    /// The thread is in a signal-delivery-stop (so PTRACE_CONT can inject a signal).
-    in_signal_stop: bool,
     /// The thread died under us.
     pub(crate) dead: bool,
+    /// An operation did not finish in time: the thread runs on its own inside the stub.
+    abandoned: bool,
     finished: bool,
 }
 
@@ -41,39 +52,31 @@ impl std::fmt::Debug for RemoteThread<'_> {
     }
 }
 
-fn set_args(r: &mut libc::user_regs_struct, args: &[u64], syscall: bool) {
-    let mut slots: [&mut u64; 6] = if syscall {
-        [
-            &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8, &mut r.r9,
-        ]
-    } else {
-        [
-            &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9,
-        ]
-    };
-    for (slot, &a) in slots.iter_mut().zip(args) {
-        **slot = a;
-    }
+/// Which entry of the stub an operation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Syscall,
+    Call,
 }
 
 impl<'a> RemoteThread<'a> {
     pub(crate) fn new(
         pid: Pid,
         tid: Pid,
-        saved: libc::user_regs_struct,
-        gadget: &'a mut Option<u64>,
+        found: libc::user_regs_struct,
+        stub: &'a mut Option<u64>,
         mem: &'a Option<MemWriter>,
     ) -> Self {
         RemoteThread {
             pid,
             tid,
-            saved,
-            gadget,
+            found,
+            back: stub::resumable(&found),
+            stub,
             mem,
-            deferred: Vec::new(),
             children: Vec::new(),
-            in_signal_stop: false,
             dead: false,
+            abandoned: false,
             finished: false,
         }
     }
@@ -88,9 +91,9 @@ impl<'a> RemoteThread<'a> {
         self.pid
     }
 
-    /// The thread's original registers (restored after every operation).
+    /// The thread's registers as ptrace found them when it was borrowed.
     pub fn regs(&self) -> &libc::user_regs_struct {
-        &self.saved
+        &self.found
     }
 
     fn mem(&self) -> Result<&MemWriter> {
@@ -108,6 +111,11 @@ impl<'a> RemoteThread<'a> {
     fn check(&self) -> Result<()> {
         if self.dead || self.finished {
             Err(Error::ProcessExited { pid: self.pid })
+        } else if self.abandoned {
+            Err(Error::Unexpected {
+                tid: self.tid,
+                detail: "an earlier remote operation did not finish; the thread was left to finish it on its own".into(),
+            })
         } else {
             Ok(())
         }
@@ -118,114 +126,177 @@ impl<'a> RemoteThread<'a> {
         Error::ProcessExited { pid: self.pid }
     }
 
-    fn setregs(&mut self, r: &libc::user_regs_struct) -> Result<()> {
-        match sys::setregs(self.tid, r) {
-            Ok(()) => Ok(()),
+    fn esrch<T>(&mut self, r: std::result::Result<T, Errno>, op: &'static str) -> Result<T> {
+        match r {
+            Ok(v) => Ok(v),
             Err(Errno::ESRCH) => {
                 // Killed while stopped: reap it.
                 let _ = wait_tid(self.tid, 0);
                 Err(self.gone())
             }
-            Err(e) => Err(perr("PTRACE_SETREGS", self.tid, e)),
+            Err(e) => Err(perr(op, self.tid, e)),
         }
+    }
+
+    fn setregs(&mut self, r: &libc::user_regs_struct) -> Result<()> {
+        let r = sys::setregs(self.tid, r);
+        self.esrch(r, "PTRACE_SETREGS")
     }
 
     fn getregs(&mut self) -> Result<libc::user_regs_struct> {
-        match sys::getregs(self.tid) {
-            Ok(r) => Ok(r),
-            Err(Errno::ESRCH) => {
-                let _ = wait_tid(self.tid, 0);
-                Err(self.gone())
-            }
-            Err(e) => Err(perr("PTRACE_GETREGS", self.tid, e)),
-        }
+        let r = sys::getregs(self.tid);
+        self.esrch(r, "PTRACE_GETREGS")
     }
 
-    fn resume(&mut self, step: bool) -> Result<()> {
-        let r = if step {
-            sys::singlestep(self.tid, 0)
-        } else {
-            sys::cont(self.tid, 0)
-        };
-        match r {
-            Ok(()) => Ok(()),
-            Err(Errno::ESRCH) => {
-                let _ = wait_tid(self.tid, 0);
-                Err(self.gone())
-            }
-            Err(e) => Err(perr(
-                if step {
-                    "PTRACE_SINGLESTEP"
-                } else {
-                    "PTRACE_CONT"
-                },
-                self.tid,
-                e,
-            )),
-        }
+    fn resume(&mut self, sig: libc::c_int) -> Result<()> {
+        let r = sys::syscall_resume(self.tid, sig);
+        self.esrch(r, "PTRACE_SYSCALL")
     }
 
-    fn wait(&mut self) -> Result<Ev> {
-        match wait_tid(self.tid, 0) {
-            Ok(Some(st)) => {
-                let ev = classify(st);
-                match ev {
-                    Ev::Exited => Err(self.gone()),
-                    Ev::Clone => {
-                        if let Ok(c) = sys::geteventmsg(self.tid) {
-                            self.children.push(c as Pid);
-                        }
-                        Ok(ev)
-                    }
-                    _ => Ok(ev),
+    /// Wait for the thread's next stop, until `deadline`.
+    fn wait(&mut self, deadline: Instant) -> Result<Option<Ev>> {
+        let mut spins = 0u32;
+        loop {
+            match wait_tid(self.tid, libc::WNOHANG) {
+                Ok(Some(st)) => {
+                    let ev = classify(st);
+                    return match ev {
+                        Ev::Exited => Err(self.gone()),
+                        _ => Ok(Some(ev)),
+                    };
                 }
+                Ok(None) => {}
+                Err(Errno::ECHILD) => return Err(self.gone()),
+                Err(e) => return Err(perr("waitpid", self.tid, e)),
             }
-            Ok(None) | Err(Errno::ECHILD) => Err(self.gone()),
-            Err(e) => Err(perr("waitpid", self.tid, e)),
+            spins = spins.wrapping_add(1);
+            if spins < 2000 {
+                std::hint::spin_loop();
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
 
-    /// Address of a `syscall` instruction (0f 05) in an executable mapping: the vDSO if possible,
-    /// else any readable executable mapping. Cached in the Tracee.
-    fn gadget(&mut self) -> Result<u64> {
-        if let Some(g) = *self.gadget {
-            return Ok(g);
+    /// The stub's address in the target (found or installed once per Tracee).
+    fn stub(&mut self) -> Result<u64> {
+        if let Some(s) = *self.stub {
+            return Ok(s);
         }
-        let maps = procfs::read_maps(self.pid)?;
-        let vdso = maps.iter().filter(|m| m.path.as_deref() == Some("[vdso]"));
-        let others = maps
-            .iter()
-            .filter(|m| m.exec && m.read && m.path.as_deref() != Some("[vdso]"));
-        for m in vdso.chain(others) {
-            let len = m.len().min(4 << 20) as usize;
-            let data = match crate::read_memory(self.pid, m.start, len) {
-                Ok(d) => d,
-                Err(_) => {
-                    let mut d = vec![0u8; len];
-                    match self.mem.as_ref().map(|w| w.read(m.start, &mut d)) {
-                        Some(Ok(())) => d,
-                        _ => continue,
-                    }
-                }
-            };
-            if let Some(off) = data.windows(2).position(|w| w == [0x0f, 0x05]) {
-                let g = m.start + off as u64;
-                *self.gadget = Some(g);
-                return Ok(g);
-            }
-        }
-        Err(Error::Unexpected {
+        let s = crate::site::stub_site(self.pid, self.mem.as_ref())?;
+        *self.stub = Some(s);
+        Ok(s)
+    }
+
+    fn frame(&self) -> Result<Frame> {
+        Frame::below(self.back.rsp).ok_or_else(|| Error::Unexpected {
             tid: self.tid,
-            detail: "no `syscall` instruction found in any executable mapping of the target".into(),
+            detail: format!(
+                "stack pointer {:#x} too low for a remote operation",
+                self.back.rsp
+            ),
+        })
+    }
+
+    /// Send the thread into the stub with `regs` (its own registers already saved at `frame`),
+    /// follow it to the stop at `collect`, and put its registers back. Returns the raw result.
+    fn operate(&mut self, regs: &libc::user_regs_struct, kind: Kind, collect: u64) -> Result<u64> {
+        let stub_at = self.stub()?;
+        let xstate = match kind {
+            Kind::Call => sys::get_xstate(self.tid),
+            Kind::Syscall => None,
+        };
+        self.setregs(regs)?;
+        self.resume(0)?;
+        let deadline = Instant::now() + OP_TIMEOUT;
+        let mut result = None;
+        loop {
+            let Some(ev) = self.wait(deadline)? else {
+                // The thread is inside the stub (or in a signal handler called from it) and
+                // restores itself when done: leave it alone.
+                self.abandoned = true;
+                return Err(Error::Unexpected {
+                    tid: self.tid,
+                    detail: format!(
+                        "remote operation did not finish within {}s; the thread was left to finish it and carry on by itself",
+                        OP_TIMEOUT.as_secs()
+                    ),
+                });
+            };
+            match ev {
+                Ev::Syscall => {
+                    let info = sys::syscall_info(self.tid);
+                    let info = self.esrch(info, "PTRACE_GET_SYSCALL_INFO")?;
+                    match info {
+                        SyscallStop::Exit { ip, value } if ip == collect => {
+                            if kind == Kind::Syscall {
+                                result = Some(value);
+                            }
+                            if result.is_some() {
+                                break;
+                            }
+                        }
+                        SyscallStop::Entry { ip, nr, arg0 }
+                            if ip == collect
+                                && kind == Kind::Call
+                                && nr == stub::COLLECT_SYSCALL =>
+                        {
+                            result = Some(arg0);
+                        }
+                        _ => {}
+                    }
+                    self.resume(0)?;
+                }
+                Ev::Signal(sig) => {
+                    if kind == Kind::Call && is_fault(sig) {
+                        let cur = self.getregs()?;
+                        if !(stub_at..stub_at + stub::STUB.len() as u64).contains(&cur.rip) {
+                            // The called function crashed: suppress the signal, put the
+                            // thread back.
+                            if let Some(x) = &xstate {
+                                let _ = sys::set_xstate(self.tid, x);
+                            }
+                            let back = self.back;
+                            self.setregs(&back)?;
+                            return Err(Error::Unexpected {
+                                tid: self.tid,
+                                detail: format!(
+                                    "remote call crashed with signal {sig} at rip {:#x}; the thread was put back as it was",
+                                    cur.rip
+                                ),
+                            });
+                        }
+                    }
+                    // Delivered now; a handler returns into the stub.
+                    self.resume(sig)?;
+                }
+                Ev::Clone => {
+                    if let Ok(c) = sys::geteventmsg(self.tid) {
+                        self.children.push(c as Pid);
+                    }
+                    self.resume(0)?;
+                }
+                Ev::EventStop(_) | Ev::Other => self.resume(0)?,
+                Ev::Exited => return Err(self.gone()),
+            }
+        }
+        // At the exit stop of the stub's system call: back to its own registers (what the stub
+        // would do itself a few instructions later).
+        let back = self.back;
+        self.setregs(&back)?;
+        result.ok_or_else(|| Error::Unexpected {
+            tid: self.tid,
+            detail: "remote operation ended without a result".into(),
         })
     }
 
     /// Run one system call in the target thread and return its result (`rax`).
     ///
-    /// rip is pointed at a `syscall` instruction, `orig_rax` is set to -1 so the kernel's
-    /// syscall-restart logic leaves our registers alone, args go in rdi, rsi, rdx, r10, r8, r9; the
-    /// thread is single-stepped over the instruction. A result in -4095..=-1 is returned as
-    /// [`Error::RemoteSyscallFailed`]. Registers are restored afterwards.
+    /// Arguments go in rdi, rsi, rdx, r10, r8, r9. A result in -4095..=-1 is returned as
+    /// [`Error::RemoteSyscallFailed`]. The thread's registers are its own again afterwards.
     pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<u64> {
         self.check()?;
         if args.len() > 6 {
@@ -234,44 +305,11 @@ impl<'a> RemoteThread<'a> {
                 detail: format!("syscall {nr}: more than 6 arguments"),
             });
         }
-        let g = self.gadget()?;
-        let mut r = self.saved;
-        r.rip = g;
-        r.rax = nr as u64;
-        r.orig_rax = u64::MAX;
-        r.eflags &= !TF;
-        set_args(&mut r, args, true);
-        self.setregs(&r)?;
-        let mut result = None;
-        for _ in 0..1000 {
-            self.resume(true)?;
-            match self.wait()? {
-                Ev::Signal(libc::SIGTRAP) => {
-                    self.in_signal_stop = true;
-                    let cur = self.getregs()?;
-                    if cur.rip == g + 2 {
-                        result = Some(cur.rax);
-                        break;
-                    }
-                    if cur.rip != g {
-                        self.deferred.push(libc::SIGTRAP);
-                        break;
-                    }
-                }
-                Ev::Signal(s) => {
-                    // A signal arrived before our instruction ran: deliver it later.
-                    self.in_signal_stop = true;
-                    self.deferred.push(s);
-                }
-                _ => self.in_signal_stop = false,
-            }
-        }
-        let saved = self.saved;
-        self.setregs(&saved)?;
-        let rax = result.ok_or_else(|| Error::Unexpected {
-            tid: self.tid,
-            detail: format!("single-stepping syscall {nr} at {g:#x} did not complete"),
-        })?;
+        let s = self.stub()?;
+        let frame = self.frame()?;
+        self.mem()?.write(frame.saved, &frame.bytes(&self.back))?;
+        let regs = stub::syscall_regs(&self.back, &frame, s, nr as u64, args);
+        let rax = self.operate(&regs, Kind::Syscall, s + stub::SYSCALL_RETURN)?;
         let v = rax as i64;
         if (-4095..0).contains(&v) {
             return Err(Error::RemoteSyscallFailed {
@@ -285,10 +323,10 @@ impl<'a> RemoteThread<'a> {
     /// Call the function at `func` in the target with up to 6 integer args (rdi, rsi, rdx, rcx,
     /// r8, r9) and return `rax`.
     ///
-    /// The stack pointer is moved 1 KiB below the thread's rsp (16-byte aligned) and a return
-    /// address of 0 is pushed; the return then faults at rip 0, which ends the call (that SIGSEGV
-    /// is suppressed). Any other crash is an error. General and extended (FPU/SSE/AVX) registers
-    /// are restored afterwards. The function must not block forever.
+    /// The stub saves the thread's FPU/SSE/AVX state with XSAVE on its stack, calls the function
+    /// on the thread's stack below that, restores the state, and makes a `getpid` system call at
+    /// whose entry stop hotsplice reads the result. A crash inside the function is an error and
+    /// the thread is put back as it was. The function must not block for long.
     pub fn call(&mut self, func: u64, args: &[u64]) -> Result<u64> {
         self.check()?;
         if args.len() > 6 {
@@ -297,55 +335,22 @@ impl<'a> RemoteThread<'a> {
                 detail: "call: more than 6 arguments".into(),
             });
         }
-        let xstate = sys::get_xstate(self.tid);
-        let sp = ((self.saved.rsp - 1024) & !0xf) - 8;
-        self.mem()?.write(sp, &0u64.to_le_bytes())?;
-        let mut r = self.saved;
-        r.rsp = sp;
-        r.rip = func;
-        r.rax = 0;
-        r.orig_rax = u64::MAX;
-        r.eflags &= !(TF | DF);
-        set_args(&mut r, args, false);
-        self.setregs(&r)?;
-        let outcome: Result<u64> = loop {
-            self.resume(false)?;
-            match self.wait() {
-                Err(e) => return Err(e),
-                Ok(Ev::Signal(
-                    sig @ (libc::SIGSEGV
-                    | libc::SIGBUS
-                    | libc::SIGILL
-                    | libc::SIGFPE
-                    | libc::SIGTRAP
-                    | libc::SIGABRT),
-                )) => {
-                    self.in_signal_stop = true;
-                    let cur = self.getregs()?;
-                    if sig == libc::SIGSEGV && cur.rip == 0 {
-                        break Ok(cur.rax);
-                    }
-                    break Err(Error::Unexpected {
-                        tid: self.tid,
-                        detail: format!(
-                            "remote call of {func:#x} crashed with signal {sig} at rip {:#x}; target state restored",
-                            cur.rip
-                        ),
-                    });
-                }
-                Ok(Ev::Signal(s)) => {
-                    self.in_signal_stop = true;
-                    self.deferred.push(s);
-                }
-                Ok(_) => self.in_signal_stop = false,
-            }
-        };
-        if let Some(x) = &xstate {
-            let _ = sys::set_xstate(self.tid, x);
-        }
-        let saved = self.saved;
-        self.setregs(&saved)?;
-        outcome
+        let size = stub::xsave_size().ok_or_else(|| Error::Unexpected {
+            tid: self.tid,
+            detail: "remote calls need XSAVE, which this CPU or kernel does not offer".into(),
+        })?;
+        let s = self.stub()?;
+        let frame = self.frame()?;
+        let x = frame.xsave_area(size).ok_or_else(|| Error::Unexpected {
+            tid: self.tid,
+            detail: "stack pointer too low for a remote call".into(),
+        })?;
+        let mem = self.mem()?;
+        let (off, len) = stub::XSAVE_HEADER;
+        mem.write(x + off, &vec![0u8; len])?;
+        mem.write(frame.saved, &frame.bytes(&self.back))?;
+        let regs = stub::call_regs(&self.back, &frame, x, s, func, args);
+        self.operate(&regs, Kind::Call, s + stub::CALL_RETURN)
     }
 
     /// Anonymous `mmap(addr, len, prot, flags, -1, 0)` in the target; returns the address.
@@ -381,10 +386,11 @@ impl<'a> RemoteThread<'a> {
     /// Name an anonymous mapping (`prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, ...)`), shown as
     /// `[anon:NAME]` in /proc/PID/maps. Best effort: `Ok(false)` if the kernel does not support it.
     /// The name (at most 79 printable ASCII characters, none of `[ ] \ $` and backquote) is written
-    /// on the thread's stack below the red zone.
+    /// into the scratch part of the stub's frame on the thread's stack.
     pub fn name_mapping(&mut self, addr: u64, len: u64, name: &str) -> Result<bool> {
         self.check()?;
         if name.len() >= 80
+            || name.len() >= stub::SCRATCH_LEN
             || !name
                 .bytes()
                 .all(|b| (0x20..0x7f).contains(&b) && !b"[]\\$`".contains(&b))
@@ -398,21 +404,8 @@ impl<'a> RemoteThread<'a> {
         }
         let mut bytes = name.as_bytes().to_vec();
         bytes.push(0);
-        let str_addr = (self.saved.rsp - RED_ZONE - 256 - bytes.len() as u64) & !0xf;
-        let mut scratch = None;
-        let str_addr = if self.mem()?.write(str_addr, &bytes).is_ok() {
-            str_addr
-        } else {
-            let page = self.mmap(
-                0,
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            )?;
-            scratch = Some(page);
-            self.mem()?.write(page, &bytes)?;
-            page
-        };
+        let frame = self.frame()?;
+        self.mem()?.write(frame.scratch, &bytes)?;
         let r = self.syscall(
             libc::SYS_prctl,
             &[
@@ -420,12 +413,9 @@ impl<'a> RemoteThread<'a> {
                 libc::PR_SET_VMA_ANON_NAME as u64,
                 addr,
                 len,
-                str_addr,
+                frame.scratch,
             ],
         );
-        if let Some(p) = scratch {
-            let _ = self.munmap(p, 4096);
-        }
         match r {
             Ok(_) => Ok(true),
             Err(Error::RemoteSyscallFailed { errno, .. }) if errno == libc::EINVAL => Ok(false),
@@ -433,33 +423,23 @@ impl<'a> RemoteThread<'a> {
         }
     }
 
-    /// Restore the original registers and let the thread continue, delivering deferred signals.
+    /// Let the thread continue from where it was.
     pub(crate) fn finish(&mut self) -> Result<()> {
-        if self.finished || self.dead {
+        if self.finished || self.dead || self.abandoned {
             self.finished = true;
             return Ok(());
         }
         self.finished = true;
-        let saved = self.saved;
-        self.setregs(&saved)?;
-        let (inject, rest) = if self.in_signal_stop && !self.deferred.is_empty() {
-            (self.deferred[0], &self.deferred[1..])
-        } else {
-            (0, &self.deferred[..])
-        };
-        for &s in rest {
-            // SAFETY: plain syscall.
-            unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.tid, s) };
-        }
-        match sys::cont(self.tid, inject) {
-            Ok(()) => Ok(()),
-            Err(Errno::ESRCH) => {
-                let _ = wait_tid(self.tid, 0);
-                Err(self.gone())
-            }
-            Err(e) => Err(perr("PTRACE_CONT", self.tid, e)),
-        }
+        let r = sys::cont(self.tid, 0);
+        self.esrch(r, "PTRACE_CONT")
     }
+}
+
+fn is_fault(sig: libc::c_int) -> bool {
+    matches!(
+        sig,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP | libc::SIGABRT
+    )
 }
 
 impl Drop for RemoteThread<'_> {

@@ -12,7 +12,12 @@ pub fn with_main_thread<R>(
     f: impl FnOnce(&mut RemoteThread<'_>) -> Result<R>,
 ) -> Result<R> {
     let tid = pid;
-    if let Err(e) = sys::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) {
+    if let Err(e) = sys::ptrace(
+        libc::PTRACE_SEIZE,
+        tid,
+        0,
+        libc::PTRACE_O_TRACESYSGOOD as usize,
+    ) {
         return Err(match e {
             Errno::ESRCH => Error::NoSuchProcess { pid },
             Errno::EPERM => Error::PermissionDenied {
@@ -27,8 +32,8 @@ pub fn with_main_thread<R>(
         Ok(()) => match sys::getregs(tid) {
             Ok(regs) => {
                 let mem = MemWriter::open(pid).ok();
-                let mut gadget = None;
-                let mut rt = RemoteThread::new(pid, tid, regs, &mut gadget, &mem);
+                let mut stub = None;
+                let mut rt = RemoteThread::new(pid, tid, regs, &mut stub, &mem);
                 let r = f(&mut rt);
                 let fin = rt.finish();
                 drop(rt);

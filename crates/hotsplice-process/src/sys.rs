@@ -17,6 +17,7 @@ pub(crate) fn ptrace(
     addr: usize,
     data: usize,
 ) -> Result<libc::c_long, Errno> {
+    crate::fault::point("ptrace");
     // SAFETY: all requests used by this crate take integer or valid pointer arguments supplied by callers.
     let r = unsafe { libc::ptrace(req, tid, addr as *mut c_void, data as *mut c_void) };
     if r == -1 {
@@ -50,9 +51,51 @@ pub(crate) fn listen(tid: Pid) -> Result<(), Errno> {
     ptrace(libc::PTRACE_LISTEN, tid, 0, 0).map(drop)
 }
 
+/// Resume until the next syscall-entry or syscall-exit stop (or signal), delivering `sig`.
 #[inline]
-pub(crate) fn singlestep(tid: Pid, sig: c_int) -> Result<(), Errno> {
-    ptrace(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize).map(drop)
+pub(crate) fn syscall_resume(tid: Pid, sig: c_int) -> Result<(), Errno> {
+    ptrace(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+}
+
+const PTRACE_GET_SYSCALL_INFO: c_uint = 0x420e;
+const PTRACE_SYSCALL_INFO_ENTRY: u8 = 1;
+const PTRACE_SYSCALL_INFO_EXIT: u8 = 2;
+
+/// What `PTRACE_GET_SYSCALL_INFO` says about a syscall stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyscallStop {
+    /// Syscall-entry stop: instruction pointer (after the `syscall` instruction), number, first
+    /// argument.
+    Entry { ip: u64, nr: u64, arg0: u64 },
+    /// Syscall-exit stop: instruction pointer and the raw return value.
+    Exit { ip: u64, value: u64 },
+    /// Not a syscall stop (or a seccomp stop).
+    Other,
+}
+
+pub(crate) fn syscall_info(tid: Pid) -> Result<SyscallStop, Errno> {
+    // struct ptrace_syscall_info: u8 op, pad, u32 arch, u64 ip, u64 sp, then the entry
+    // (nr, args[6]) or exit (rval, is_error) union.
+    let mut buf = [0u64; 12];
+    ptrace(
+        PTRACE_GET_SYSCALL_INFO,
+        tid,
+        std::mem::size_of_val(&buf),
+        buf.as_mut_ptr() as usize,
+    )?;
+    let op = buf[0].to_le_bytes()[0];
+    Ok(match op {
+        PTRACE_SYSCALL_INFO_ENTRY => SyscallStop::Entry {
+            ip: buf[1],
+            nr: buf[3],
+            arg0: buf[4],
+        },
+        PTRACE_SYSCALL_INFO_EXIT => SyscallStop::Exit {
+            ip: buf[1],
+            value: buf[3],
+        },
+        _ => SyscallStop::Other,
+    })
 }
 
 #[inline]
@@ -137,6 +180,9 @@ pub(crate) enum Ev {
     Clone,
     /// Signal-delivery-stop with this signal.
     Signal(c_int),
+    /// Syscall-entry or syscall-exit stop (only while a borrowed thread runs a remote operation
+    /// with `PTRACE_SYSCALL`; seized with `PTRACE_O_TRACESYSGOOD`).
+    Syscall,
     /// Some other ptrace event (not enabled by us).
     Other,
 }
@@ -146,6 +192,7 @@ pub(crate) fn classify(st: c_int) -> Ev {
     if libc::WIFSTOPPED(st) {
         let sig = libc::WSTOPSIG(st);
         match (st >> 16) & 0xffff {
+            0 if sig == libc::SIGTRAP | 0x80 => Ev::Syscall,
             0 => Ev::Signal(sig),
             PTRACE_EVENT_STOP => Ev::EventStop(sig),
             PTRACE_EVENT_CLONE => Ev::Clone,

@@ -89,7 +89,7 @@ pub struct Tracee {
     pid: Pid,
     threads: Vec<Thread>,
     stopped: Vec<StoppedThread>,
-    gadget: Option<u64>,
+    stub: Option<u64>,
     mem: Option<MemWriter>,
     finished: bool,
     leader_zombie: bool,
@@ -127,7 +127,7 @@ impl Tracee {
             pid,
             threads: Vec::new(),
             stopped: Vec::new(),
-            gadget: None,
+            stub: None,
             mem: None,
             finished: false,
             leader_zombie: false,
@@ -158,7 +158,7 @@ impl Tracee {
                     libc::PTRACE_SEIZE,
                     tid,
                     0,
-                    libc::PTRACE_O_TRACECLONE as usize,
+                    (libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACESYSGOOD) as usize,
                 ) {
                     Ok(_) => tr.threads.push(Thread {
                         tid,
@@ -381,7 +381,7 @@ impl Tracee {
             }
             Ev::Signal(s) => sys::cont(tid, s),
             Ev::EventStop(s) if is_stop_signal(s) => sys::listen(tid),
-            Ev::EventStop(_) | Ev::Other => sys::cont(tid, 0),
+            Ev::EventStop(_) | Ev::Other | Ev::Syscall => sys::cont(tid, 0),
         };
         self.threads[i].st = match r {
             Ok(()) => St::Running,
@@ -582,7 +582,7 @@ impl Tracee {
                     Stop::Dirty(0)
                 }
                 Ev::Signal(s) => Stop::Dirty(s),
-                Ev::Other => Stop::Dirty(0),
+                Ev::Other | Ev::Syscall => Stop::Dirty(0),
             };
             self.threads[i].st = St::Stopped(stop);
             if !read_regs {
@@ -759,7 +759,7 @@ impl Tracee {
                     sig = 0;
                 }
                 Ev::Signal(s) => sig = s,
-                Ev::Other => sig = 0,
+                Ev::Other | Ev::Syscall => sig = 0,
             }
         }
         Err(Error::Unexpected {
@@ -798,7 +798,7 @@ impl Tracee {
         if self.mem.is_none() {
             self.mem = MemWriter::open(self.pid).ok();
         }
-        let mut rt = RemoteThread::new(self.pid, tid, regs, &mut self.gadget, &self.mem);
+        let mut rt = RemoteThread::new(self.pid, tid, regs, &mut self.stub, &self.mem);
         let r = f(&mut rt);
         let fin = rt.finish();
         let children = std::mem::take(&mut rt.children);
@@ -867,7 +867,7 @@ impl Tracee {
                         self.drive(i, 0, false)?
                     }
                     Ev::Signal(s) => self.drive(i, s, false)?,
-                    Ev::Other => self.drive(i, 0, false)?,
+                    Ev::Other | Ev::Syscall => self.drive(i, 0, false)?,
                 },
             };
             match outcome {
