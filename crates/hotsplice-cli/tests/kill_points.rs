@@ -1,0 +1,459 @@
+//! hotsplice killed at every ptrace request and every write into the target
+//! that it makes, one run per point: SIGKILL (nothing runs after it) and
+//! SIGTERM (hotsplice must finish or roll back, then exit). For `user apply`,
+//! `user undo`, level replacement by `user upgrade` and the daemon, on a
+//! single-threaded target and on one whose three other threads call the
+//! patched functions all the time.
+//!
+//! At every point: the target lives, no thread of it is left stopped or
+//! traced, every function is fully old or fully new (the target aborts on
+//! any other result, and its output is checked), `user show` agrees with
+//! what runs, and the next command leaves nothing behind (journal empty, no
+//! patch mapping, no stray executable mapping).
+//!
+//! Kill points are counted by the `fault-injection` build of
+//! hotsplice-process (`HOTSPLICE_KILL_AT`, see its `fault.rs`).
+#![cfg(feature = "fault-injection")]
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// No run of these scenarios makes more ptrace calls than this.
+const MAX_POINTS: u64 = 600;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Apply,
+    Undo,
+    /// `-y user upgrade --pid P`: level 2 replaces level 1 in one window.
+    Replace,
+    /// `daemon --once`: the daemon's scan patches the target from the store.
+    Daemon,
+}
+
+struct Scenario {
+    env: TestEnv,
+    case: Case,
+    proc: Proc,
+    l1: PathBuf,
+    l2: Option<PathBuf>,
+    id1: String,
+    id2: String,
+    _build: Build,
+    _out: TempDir,
+    baseline_exec_anon: usize,
+}
+
+fn create(
+    env: &TestEnv,
+    case: &Case,
+    build: &Build,
+    diff: &str,
+    level: u32,
+    out: &Path,
+) -> PathBuf {
+    let dir = out.join(format!("l{level}"));
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let r = env.hs([
+        "create".to_string(),
+        "--sign".into(),
+        env.key.display().to_string(),
+        "--level".into(),
+        level.to_string(),
+        "--patch".into(),
+        case.diff(diff).display().to_string(),
+        "-o".into(),
+        dir.display().to_string(),
+        build.dir.display().to_string(),
+    ]);
+    r.assert_ok("create");
+    PathBuf::from(r.stdout.lines().next().expect("a patch path").trim())
+}
+
+fn info_id(env: &TestEnv, file: &Path) -> String {
+    let r = env.hs(["info", "--json", file.to_str().unwrap()]);
+    r.assert_ok("info");
+    let at = r.stdout.find("\"id\": \"").expect("id in info") + 7;
+    r.stdout[at..at + 8].to_string()
+}
+
+/// Anonymous executable mappings that are not hotsplice patches.
+fn exec_anon(pid: u32) -> usize {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 5
+                && f[1].contains('x')
+                && f[4] == "0"
+                && f.get(5)
+                    .is_none_or(|p| p.starts_with("[anon:") && !p.contains("hotsplice"))
+        })
+        .count()
+}
+
+impl Scenario {
+    fn new(tag: &str, case: &str) -> Scenario {
+        require_root();
+        let env = TestEnv::new(tag);
+        let case = Case::load(case);
+        let build = case.build();
+        let out = TempDir::new(tag);
+        fs::set_permissions(out.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let l1 = create(&env, &case, &build, "fix.diff", 1, out.path());
+        let l2 = case
+            .get("after2")
+            .map(|_| create(&env, &case, &build, "fix2.diff", 2, out.path()));
+        let id1 = info_id(&env, &l1);
+        let id2 = l2.as_ref().map(|f| info_id(&env, f)).unwrap_or_default();
+        let mut proc = build.start(&case);
+        proc.expect_new_line(Stream::Stdout, case.before(), "started");
+        let baseline_exec_anon = exec_anon(proc.pid());
+        Scenario {
+            env,
+            case,
+            proc,
+            l1,
+            l2,
+            id1,
+            id2,
+            _build: build,
+            _out: out,
+            baseline_exec_anon,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.proc.pid().to_string()
+    }
+
+    fn install(&mut self, file: &Path) {
+        self.env
+            .hs(["user", "install", file.to_str().unwrap()])
+            .assert_ok("install");
+    }
+
+    fn journal_len(&self) -> usize {
+        fs::read_dir(self.env.root.join("state/journal"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The patch ids `user show` lists for the target, and its whole output.
+    fn shown(&self) -> (Vec<String>, String) {
+        let r = self.env.hs(["user", "show", "--pid", &self.pid()]);
+        r.assert_ok("show");
+        let ids = [&self.id1, &self.id2]
+            .into_iter()
+            .filter(|id| !id.is_empty() && r.stdout.contains(id.as_str()))
+            .cloned()
+            .collect();
+        (ids, r.stdout + &r.stderr)
+    }
+
+    /// The state the scenario's command starts from.
+    fn prepare(&mut self, op: Op) {
+        let pid = self.pid();
+        match op {
+            Op::Apply => {}
+            Op::Undo | Op::Replace => {
+                self.env
+                    .hs(["user", "apply", "--pid", &pid, self.l1.to_str().unwrap()])
+                    .assert_ok("apply level 1 first");
+                let after = self.case.after().to_string();
+                self.proc
+                    .expect_new_line(Stream::Stdout, &after, "level 1 applied");
+            }
+            Op::Daemon => {}
+        }
+    }
+
+    fn command(&self, op: Op) -> Vec<String> {
+        let pid = self.pid();
+        let v: Vec<&str> = match op {
+            Op::Apply => vec!["user", "apply", "--pid", &pid, self.l1.to_str().unwrap()],
+            Op::Undo => vec!["user", "undo", "--pid", &pid, &self.id1],
+            Op::Replace => vec!["-y", "user", "upgrade", "--pid", &pid],
+            Op::Daemon => vec!["daemon", "--once", "--no-netlink"],
+        };
+        v.into_iter().map(String::from).collect()
+    }
+
+    /// Lines the target may print while `op` is in any state.
+    fn valid(&self, op: Op) -> Vec<String> {
+        let (b, a1, a2) = (
+            self.case.before(),
+            self.case.after(),
+            self.case.get("after2").unwrap_or_default(),
+        );
+        let [ba, bb] = halves(b);
+        let mut firsts = vec![ba.to_string()];
+        let mut seconds = vec![bb.to_string()];
+        let [x, y] = halves(a1);
+        firsts.push(x.into());
+        seconds.push(y.into());
+        if op == Op::Replace {
+            let [x, y] = halves(a2);
+            firsts.push(x.into());
+            seconds.push(y.into());
+        }
+        let mut v = Vec::new();
+        for f in &firsts {
+            for s in &seconds {
+                v.push(format!("{f} {s}"));
+            }
+        }
+        v
+    }
+
+    /// What the command leads to when it runs to the end.
+    fn done_line(&self, op: Op) -> String {
+        match op {
+            Op::Apply | Op::Daemon => self.case.after().into(),
+            Op::Undo => self.case.before().into(),
+            Op::Replace => self.case.req("after2").into(),
+        }
+    }
+
+    /// The patch `user show` must list for each whole state of the output.
+    fn expected_ids(&self, line: &str) -> Option<Vec<String>> {
+        if line == self.case.before() {
+            Some(vec![])
+        } else if line == self.case.after() {
+            Some(vec![self.id1.clone()])
+        } else if Some(line) == self.case.get("after2") {
+            Some(vec![self.id2.clone()])
+        } else {
+            None
+        }
+    }
+
+    /// The target runs on: alive, no thread stopped or traced, printing only
+    /// valid lines. Returns the last line.
+    fn check_target(&mut self, what: &str, valid: &[String]) -> String {
+        self.proc.assert_alive(what);
+        let pid = self.proc.pid();
+        for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            for l in status.lines() {
+                if let Some(v) = l.strip_prefix("TracerPid:") {
+                    assert_eq!(
+                        v.trim(),
+                        "0",
+                        "{what}: thread {:?} still traced",
+                        t.file_name()
+                    );
+                }
+                if let Some(v) = l.strip_prefix("State:") {
+                    assert!(
+                        !v.contains('t') && !v.contains('T'),
+                        "{what}: thread {:?} left stopped: {v}",
+                        t.file_name()
+                    );
+                }
+            }
+        }
+        let mark = self.proc.mark(Stream::Stdout);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.proc.lines_since(Stream::Stdout, mark).len() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: target stopped printing\n{}",
+                self.proc.describe()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let lines = self.proc.lines_since(Stream::Stdout, mark);
+        for l in &lines {
+            assert!(
+                valid.contains(l),
+                "{what}: inconsistent output {l:?}\n{}",
+                self.proc.describe()
+            );
+        }
+        lines.last().cloned().unwrap()
+    }
+
+    /// `user show` agrees with what runs: an interrupted operation is
+    /// reported as such; otherwise the listed patch is the one running.
+    fn check_show(&self, what: &str, line: &str) {
+        let (ids, text) = self.shown();
+        if self.journal_len() > 0 {
+            assert!(
+                text.contains("interrupted"),
+                "{what}: show does not report the interrupted operation:\n{text}"
+            );
+            return;
+        }
+        let want = self.expected_ids(line).unwrap_or_else(|| {
+            panic!("{what}: functions of different states ({line}) with nothing interrupted")
+        });
+        assert_eq!(
+            ids, want,
+            "{what}: show lists {ids:?} while the target prints {line:?}:\n{text}"
+        );
+    }
+
+    /// The next command recovers and leaves nothing behind; the target is
+    /// back to the original.
+    fn recover(&mut self, what: &str) {
+        let pid = self.pid();
+        let r = self.env.hs(["user", "remove", "--all", "--pid", &pid]);
+        r.assert_ok(&format!("{what}: remove after the kill"));
+        let before = self.case.before().to_string();
+        self.proc.expect_new_line(Stream::Stdout, &before, what);
+        assert_eq!(self.journal_len(), 0, "{what}: journal not cleared");
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            !maps.contains("hotsplice:"),
+            "{what}: patch memory left behind\n{maps}"
+        );
+        assert_eq!(
+            exec_anon(self.proc.pid()),
+            self.baseline_exec_anon,
+            "{what}: a stray executable mapping is left\n{maps}"
+        );
+    }
+
+    /// Run the scenario's command once per kill point, until a run reaches
+    /// no point any more. Returns the number of points.
+    fn every_point(&mut self, op: Op, signal: &str) -> u64 {
+        let valid = self.valid(op);
+        let fired = self.env.root.join("fired");
+        for k in 1..=MAX_POINTS {
+            self.prepare(op);
+            let _ = fs::remove_file(&fired);
+            let mut cmd = self.env.command(self.command(op));
+            cmd.env("HOTSPLICE_KILL_AT", k.to_string())
+                .env("HOTSPLICE_KILL_SIGNAL", signal)
+                .env("HOTSPLICE_KILL_FIRED", &fired);
+            let out = run_cmd(cmd, Duration::from_secs(60));
+            let point = fs::read_to_string(&fired).ok();
+            let what = format!(
+                "{op:?}, SIG{signal} at point {k} ({})",
+                point.as_deref().unwrap_or("not reached").trim()
+            );
+            if point.is_none() {
+                // Past the last point: the command ran to the end.
+                out.assert_ok(&what);
+                let line = self.check_target(&what, &valid);
+                assert_eq!(line, self.done_line(op), "{what}: did not take effect");
+                self.check_show(&what, &line);
+                self.recover(&what);
+                return k - 1;
+            }
+            if signal == "KILL" {
+                assert_eq!(
+                    out.status.signal(),
+                    Some(9),
+                    "{what}: not killed\n{}",
+                    out.describe()
+                );
+            } else {
+                // Finished or rolled back by itself, then exited.
+                out.assert_ok(&what);
+                assert_eq!(self.journal_len(), 0, "{what}: left an operation in flight");
+            }
+            let line = self.check_target(&what, &valid);
+            if signal != "KILL" {
+                assert!(
+                    self.expected_ids(&line).is_some(),
+                    "{what}: half done: {line}"
+                );
+            }
+            self.check_show(&what, &line);
+            self.recover(&what);
+        }
+        panic!("{op:?}: more than {MAX_POINTS} kill points");
+    }
+}
+
+fn halves(line: &str) -> [&str; 2] {
+    let (a, b) = line.split_once(' ').expect("two values on the line");
+    [a, b]
+}
+
+fn run(case: &str, op: Op, signal: &str) {
+    let mut s = Scenario::new(&format!("kill-{op:?}-{signal}").to_lowercase(), case);
+    match op {
+        Op::Apply | Op::Undo => {}
+        // The daemon applies level 1 from the store.
+        Op::Daemon => s.install(&s.l1.clone()),
+        // Level 1 is applied by hand before each run; upgrade replaces it
+        // with level 2 from the store.
+        Op::Replace => {
+            let l2 = s.l2.clone().expect("a case with fix2.diff");
+            s.install(&s.l1.clone());
+            s.install(&l2);
+        }
+    }
+    let n = s.every_point(op, signal);
+    eprintln!("{case} {op:?} SIG{signal}: {n} kill points, target consistent at each");
+    assert!(
+        n > 5,
+        "{op:?}: only {n} kill points: the counter is not wired"
+    );
+}
+
+#[test]
+fn apply_single_thread_sigkill() {
+    run("inline_o2", Op::Apply, "KILL");
+}
+
+#[test]
+fn apply_single_thread_sigterm() {
+    run("inline_o2", Op::Apply, "TERM");
+}
+
+#[test]
+fn apply_busy_threads_sigkill() {
+    run("spin_threads", Op::Apply, "KILL");
+}
+
+#[test]
+fn apply_busy_threads_sigterm() {
+    run("spin_threads", Op::Apply, "TERM");
+}
+
+#[test]
+fn undo_single_thread_sigkill() {
+    run("inline_o2", Op::Undo, "KILL");
+}
+
+#[test]
+fn undo_busy_threads_sigkill() {
+    run("spin_threads", Op::Undo, "KILL");
+}
+
+#[test]
+fn undo_busy_threads_sigterm() {
+    run("spin_threads", Op::Undo, "TERM");
+}
+
+#[test]
+fn level_replacement_busy_threads_sigkill() {
+    run("spin_threads", Op::Replace, "KILL");
+}
+
+#[test]
+fn level_replacement_busy_threads_sigterm() {
+    run("spin_threads", Op::Replace, "TERM");
+}
+
+#[test]
+fn daemon_busy_threads_sigkill() {
+    run("spin_threads", Op::Daemon, "KILL");
+}
+
+#[test]
+fn daemon_busy_threads_sigterm() {
+    run("spin_threads", Op::Daemon, "TERM");
+}
