@@ -457,3 +457,61 @@ fn daemon_busy_threads_sigkill() {
 fn daemon_busy_threads_sigterm() {
     run("spin_threads", Op::Daemon, "TERM");
 }
+
+/// SIGTERM during an upgrade of several processes: the operations in flight
+/// finish, no new one starts, and hotsplice says so and exits 128+15.
+#[test]
+fn sigterm_during_upgrade_finishes_in_flight_and_starts_nothing_new() {
+    require_root();
+    let env = TestEnv::new("term-upgrade");
+    let case = Case::load("inline_o2");
+    let build = case.build();
+    let out = TempDir::new("term-upgrade");
+    fs::set_permissions(out.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let l1 = create(&env, &case, &build, "fix.diff", 1, out.path());
+    env.hs(["user", "install", l1.to_str().unwrap()])
+        .assert_ok("install");
+    let mut procs: Vec<Proc> = (0..4).map(|_| build.start(&case)).collect();
+    for p in &mut procs {
+        p.expect_new_line(Stream::Stdout, case.before(), "started");
+    }
+    let mut cmd = env.command(["-y", "user", "upgrade"]);
+    cmd.env("HOTSPLICE_KILL_AT", "3")
+        .env("HOTSPLICE_KILL_SIGNAL", "TERM");
+    let r = run_cmd(cmd, Duration::from_secs(60));
+    assert_eq!(r.status.code(), Some(143), "{}", r.describe());
+    assert!(
+        r.stderr.contains("stopped by SIGTERM") && r.stderr.contains("left as they were"),
+        "{}",
+        r.describe()
+    );
+    let (mut patched, mut untouched) = (0, 0);
+    for p in &mut procs {
+        p.assert_alive("after the upgrade");
+        let mark = p.mark(Stream::Stdout);
+        std::thread::sleep(Duration::from_millis(150));
+        let lines = p.lines_since(Stream::Stdout, mark);
+        let last = lines.last().expect("still printing").clone();
+        assert!(
+            lines.iter().all(|l| *l == last),
+            "a process changed state after hotsplice exited: {lines:?}"
+        );
+        if last == case.after() {
+            patched += 1;
+        } else {
+            assert_eq!(last, case.before(), "half patched");
+            untouched += 1;
+        }
+    }
+    assert!(
+        patched >= 1 && untouched >= 1,
+        "{patched} patched, {untouched} untouched"
+    );
+    assert_eq!(
+        fs::read_dir(env.root.join("state/journal"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "journal left"
+    );
+}

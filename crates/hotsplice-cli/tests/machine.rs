@@ -572,3 +572,50 @@ fn killed_hotsplice_leaves_targets_consistent_and_next_command_recovers() {
         proc.expect_new_line(Stream::Stdout, case.after(), point);
     }
 }
+
+/// `systemctl stop` sends SIGTERM: the daemon stops at once and cleanly
+/// (exit 0), with and without the netlink event stream.
+#[test]
+fn daemon_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    require_root();
+    let env = TestEnv::new("daemon-term");
+    for extra in [&[][..], &["--no-netlink"][..]] {
+        let mut args = vec!["daemon", "--rescan", "30"];
+        args.extend_from_slice(extra);
+        let mut child = env
+            .command(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the daemon");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("daemon output");
+        assert!(line.contains("watching"), "{extra:?}: {line}");
+        let t0 = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{extra:?}: the daemon did not stop within 5 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{extra:?}: {status:?} (signal {:?})",
+            status.signal()
+        );
+        assert!(rest.contains("stopping on SIGTERM"), "{extra:?}: {rest}");
+    }
+}
