@@ -1,10 +1,11 @@
 //! What every command needs: where things are, the configuration, trusted
 //! keys, the journal, and the per-process lock.
 
-use anyhow::{Context as _, Result};
+use crate::output::esc;
+use anyhow::{bail, Context as _, Result};
 use hotsplice_engine::{self as engine, ApplyOptions, Journal, Op, Pending, Step};
 use hotsplice_patch::Patch;
-use hotsplice_store::{Blacklist, Config, FileLock, InFlight, Paths};
+use hotsplice_store::{Blacklist, Config, Entry, FileLock, InFlight, Links, Paths, Store};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,11 @@ impl Ctx {
     }
 
     /// Parse a patch file and check its signature against the trusted keys.
+    /// The trust policy, in one place: a patch is used only if signed by a
+    /// trusted key and the signature verifies, whatever any index says;
+    /// `allow_unsigned` (the explicit `--allow-unsigned`) lets a patch with
+    /// no signature at all through, loudly. A bad signature or an unknown
+    /// key is refused even then.
     pub fn verified(
         &self,
         bytes: &[u8],
@@ -83,7 +89,7 @@ impl Ctx {
             let file =
                 hotsplice_patch::PatchFile::parse(bytes).with_context(|| what.to_string())?;
             if file.signature.is_none() {
-                eprintln!(
+                errln!(
                     "hotsplice: WARNING: --allow-unsigned: using {what}, whose origin is NOT verified; \
                      never do this outside development"
                 );
@@ -98,20 +104,72 @@ impl Ctx {
         Ok((patch, key.id()))
     }
 
+    /// The bytes of a patch file named on the command line: a regular file
+    /// (links followed) of at most 256 MiB; a FIFO, device or directory is
+    /// refused at once.
+    pub fn read_patch_file(&self, path: &Path) -> Result<Vec<u8>> {
+        Ok(hotsplice_store::read_regular(
+            path,
+            "patch file",
+            hotsplice_store::MAX_PATCH_FILE,
+            Links::Follow,
+        )?)
+    }
+
     pub fn read_verified(
         &self,
         path: &Path,
         allow_unsigned: bool,
     ) -> Result<(Vec<u8>, Patch, String)> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading patch {}", path.display()))?;
+        let bytes = self.read_patch_file(path)?;
         let (patch, key) =
             self.verified(&bytes, &format!("patch {}", path.display()), allow_unsigned)?;
         Ok((bytes, patch, key))
     }
 
-    /// Only one hotsplice works on a process at a time.
+    /// The store, with a warning for each index entry that is not valid
+    /// (those are ignored: see `hotsplice_store::Rejected`).
+    pub fn store(&self) -> Result<Store> {
+        let store = Store::open(&self.paths)?;
+        for r in store.rejected()? {
+            errln!("hotsplice: warning: {}", esc(&r.to_string()));
+        }
+        Ok(store)
+    }
+
+    /// An installed patch, read from the store and verified now, as every
+    /// time it is used: the index's record of who signed it counts for
+    /// nothing (an entry without a key gets no pass), and the patch must be
+    /// the one the entry describes.
+    pub fn installed(&self, store: &Store, e: &Entry, allow_unsigned: bool) -> Result<Patch> {
+        let bytes = store.read_patch(e)?;
+        let what = format!(
+            "installed patch {} ({})",
+            e.id,
+            store.patch_path(e).display()
+        );
+        let (patch, _) = self.verified(&bytes, &what, allow_unsigned)?;
+        let m = &patch.meta;
+        if m.id != e.id || m.target.build_id != e.target.build_id || m.level != e.level {
+            bail!(
+                "{what}: the file is patch {} level {} for build-id {}, but the store's index says {} level {} for {}; \
+                 uninstall it and install the patch again",
+                m.id,
+                m.level,
+                m.target.build_id,
+                e.id,
+                e.level,
+                e.target.build_id
+            );
+        }
+        Ok(patch)
+    }
+
+    /// Only one hotsplice works on a process at a time. The run directory
+    /// holding the locks must be ours alone.
     pub fn lock_process(&self, pid: i32) -> Result<FileLock> {
+        hotsplice_store::create_private_dir_all(&self.paths.run_dir)?;
+        hotsplice_store::check_dir(&self.paths.run_dir, "run directory")?;
         Ok(FileLock::acquire(
             &self.paths.run_dir.join(format!("pid-{pid}.lock")),
         )?)
@@ -120,12 +178,17 @@ impl Ctx {
     /// Finish or roll back what an interrupted hotsplice left in flight.
     pub fn recover(&self) -> Result<()> {
         let journal = hotsplice_store::Journal::open(&self.paths);
-        let pending = match journal.pending() {
-            Ok(p) => p,
+        let scan = match journal.scan() {
+            Ok(s) => s,
+            // A journal someone else may write is not taken orders from.
+            Err(e @ hotsplice_store::StoreError::Insecure { .. }) => return Err(e.into()),
             // No state directory we can read: nothing of ours is in flight.
             Err(_) => return Ok(()),
         };
-        for e in pending {
+        for bad in &scan.set_aside {
+            errln!("hotsplice: warning: {bad}");
+        }
+        for e in scan.records {
             let stale = engine::start_time(e.pid).is_none_or(|t| t != e.start_time);
             let (Some(op), Some(step)) = (Op::from_name(&e.op), Step::from_name(&e.step)) else {
                 let _ = journal.clear(e.pid, &e.id);
@@ -147,16 +210,21 @@ impl Ctx {
             match engine::recover(&p, &self.options(None)) {
                 Ok(r) => {
                     if !self.quiet {
-                        eprintln!(
+                        errln!(
                             "hotsplice: recovered an interrupted {} of {} in pid {}: {:?}",
-                            e.op, e.id, e.pid, r
+                            esc(&e.op),
+                            e.id,
+                            e.pid,
+                            r
                         );
                     }
                     let _ = journal.clear(e.pid, &e.id);
                 }
-                Err(err) => eprintln!(
+                Err(err) => errln!(
                     "hotsplice: warning: cannot yet recover the interrupted {} of {} in pid {}: {err}; will retry",
-                    e.op, e.id, e.pid
+                    esc(&e.op),
+                    e.id,
+                    e.pid
                 ),
             }
         }
@@ -166,6 +234,29 @@ impl Ctx {
 
 pub fn comm(pid: i32) -> String {
     hotsplice_process::process_name(pid).unwrap_or_else(|| "?".into())
+}
+
+/// Why there is nothing to patch in `pid` when it has exited: a zombie
+/// (exited, not yet collected by its parent), dead, or no such process.
+pub fn exited(pid: i32) -> Option<String> {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("there is no process {pid}"))
+        }
+        Err(_) => return None,
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    match state {
+        Some('Z') => Some(format!(
+            "process {pid} ({}) has exited: it is a zombie its parent has not collected yet; there is nothing to patch",
+            esc(&comm(pid))
+        )),
+        Some('X') => Some(format!("process {pid} has exited; there is nothing to patch")),
+        _ => None,
+    }
 }
 
 pub fn exe(pid: i32) -> String {

@@ -7,6 +7,7 @@
 //! CAP_NET_ADMIN, or a kernel without the connector) the scans alone run.
 
 use crate::context::{comm, Ctx};
+use crate::output::esc;
 use crate::user::{current_patches, upgrade_process, Outcome};
 use anyhow::Result;
 use clap::Args;
@@ -24,6 +25,10 @@ pub struct DaemonArgs {
     /// Do not use the netlink process-event connector; scan only.
     #[arg(long)]
     no_netlink: bool,
+    /// Use installed patches without a signature (development only):
+    /// every patch is verified again on use, whatever the store says.
+    #[arg(long)]
+    allow_unsigned: bool,
 }
 
 /// How long after an exec a process is watched for libraries to appear.
@@ -32,7 +37,7 @@ const WATCH_FOR: Duration = Duration::from_secs(2);
 pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<bool> {
     ctx.recover()?;
     let opts = ctx.options(None);
-    let mut patches = current_patches(ctx)?;
+    let mut patches = current_patches(ctx, a.allow_unsigned)?;
     let mut blacklist = ctx.blacklist()?;
     let mut stamp_seen = store_stamp(ctx);
     let log = |o: &Outcome, since: Option<Duration>| match o {
@@ -41,21 +46,27 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<bool> {
             id,
             replaced,
             stopped_us,
-        } => println!(
-            "patched pid {pid} ({}) with {id}{}{}; threads stopped {stopped_us} us",
-            comm(*pid),
+        } => outln!(
+            "patched pid {pid} ({}) with {}{}{}; threads stopped {stopped_us} us",
+            esc(&comm(*pid)),
+            esc(id),
             replaced
                 .as_ref()
-                .map(|r| format!(" replacing {r}"))
+                .map(|r| format!(" replacing {}", esc(r)))
                 .unwrap_or_default(),
             since
                 .map(|d| format!(", {:.1} ms after exec", d.as_secs_f64() * 1e3))
                 .unwrap_or_default()
         ),
         Outcome::Failed { pid, id, why } => {
-            eprintln!("failed: {id} in pid {pid} ({}): {why}", comm(*pid))
+            errln!(
+                "failed: {} in pid {pid} ({}): {}",
+                esc(id),
+                esc(&comm(*pid)),
+                esc(why)
+            )
         }
-        Outcome::Skipped { pid, why } => println!("skipped pid {pid}: {why}"),
+        Outcome::Skipped { pid, why } => outln!("skipped pid {pid}: {}", esc(why)),
         _ => {}
     };
     let scan = |patches: &[_], blacklist: &_| {
@@ -83,12 +94,12 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<bool> {
         match ProcEvents::open() {
             Ok(n) => Some(n),
             Err(e) => {
-                eprintln!("hotsplice daemon: no process events ({e}); scanning every {rescan:?}");
+                errln!("hotsplice daemon: no process events ({e}); scanning every {rescan:?}");
                 None
             }
         }
     };
-    println!(
+    outln!(
         "hotsplice daemon: watching {} installed patch(es){}",
         patches.len(),
         if netlink.is_some() {
@@ -102,7 +113,7 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<bool> {
     let mut next_scan = Instant::now() + rescan;
     loop {
         if let Some(sig) = crate::terminate::requested() {
-            println!(
+            outln!(
                 "hotsplice daemon: stopping on {}; no operation was in flight",
                 crate::terminate::name(sig)
             );
@@ -151,12 +162,12 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<bool> {
             let stamp = store_stamp(ctx);
             if stamp != stamp_seen {
                 stamp_seen = stamp;
-                match (current_patches(ctx), ctx.blacklist()) {
+                match (current_patches(ctx, a.allow_unsigned), ctx.blacklist()) {
                     (Ok(p), Ok(b)) => {
                         patches = p;
                         blacklist = b;
                     }
-                    (Err(e), _) | (_, Err(e)) => eprintln!("hotsplice daemon: reload: {e:#}"),
+                    (Err(e), _) | (_, Err(e)) => errln!("hotsplice daemon: reload: {e:#}"),
                 }
             }
             scan(&patches, &blacklist);

@@ -1,6 +1,8 @@
 //! The `hotsplice` command: thin over the library crates. Ksplice's
 //! grammar: `hotsplice [-y|-n] [-v|-q] {user|kernel|all} SUBCOMMAND`.
 
+#[macro_use]
+mod output;
 mod context;
 mod daemon;
 mod kernel;
@@ -10,7 +12,8 @@ mod user;
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use hotsplice_patch::PatchFile;
-use std::path::PathBuf;
+use output::esc;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -125,6 +128,7 @@ struct CreateArgs {
 }
 
 fn main() {
+    output::install_panic_hook();
     let mut args = std::env::args();
     let argv0 = args.next().unwrap_or_default();
     if hotsplice_create::wrapper::invoked_as_wrapper(&argv0) {
@@ -148,29 +152,30 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(cli) {
-        Ok(true) => terminate::exit_if_cut_short(),
-        Ok(false) => {
-            terminate::exit_if_cut_short();
-            std::process::exit(1)
-        }
+    let ok = match run(cli) {
+        Ok(ok) => ok,
         Err(e) => {
-            eprintln!("hotsplice: error: {e:#}");
-            terminate::exit_if_cut_short();
-            std::process::exit(1);
+            errln!("hotsplice: error: {e:#}");
+            false
         }
+    };
+    terminate::exit_if_cut_short();
+    // Output that could not be written (other than to a closed pipe, which
+    // just ends it) fails the command: see docs/exit-codes.md.
+    if !ok || output::failure().is_some() {
+        std::process::exit(1);
     }
 }
 
 fn run(cli: Cli) -> Result<bool> {
     let ctx = context::Ctx::new(cli.quiet, cli.verbose, cli.yes, cli.dry_run)?;
     match cli.command {
-        Command::Create(a) => create(*a),
-        Command::Info { file, json } => info(&file, json),
+        Command::Create(a) => create(&ctx, *a),
+        Command::Info { file, json } => info(&ctx, &file, json),
         Command::Keygen { dir, name } => {
             let key = hotsplice_trust::SecretKey::generate()?;
             hotsplice_trust::write_key_pair(&dir, &name, &key)?;
-            println!(
+            outln!(
                 "{}\n{}\nkey id {}: copy {name}.pub into {} on machines that should trust it",
                 dir.join(format!("{name}.key")).display(),
                 dir.join(format!("{name}.pub")).display(),
@@ -182,9 +187,9 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Sign { key, files } => {
             let key = hotsplice_trust::SecretKey::load(&key)?;
             for f in files {
-                sign_in_place(&f, &key)?;
+                sign_in_place(&ctx, &f, &key)?;
                 if !cli.quiet {
-                    println!("{}: signed by key {}", f.display(), key.public().id());
+                    outln!("{}: signed by key {}", f.display(), key.public().id());
                 }
             }
             Ok(true)
@@ -196,22 +201,27 @@ fn run(cli: Cli) -> Result<bool> {
     }
 }
 
-fn sign_in_place(path: &PathBuf, key: &hotsplice_trust::SecretKey) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+/// Sign a patch file in place, keeping its permissions.
+fn sign_in_place(ctx: &context::Ctx, path: &Path, key: &hotsplice_trust::SecretKey) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let bytes = ctx.read_patch_file(path)?;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0o644);
     let signed = hotsplice_trust::sign_file(&bytes, key)
         .with_context(|| format!("patch {}", path.display()))?;
-    hotsplice_store::write_atomic(path, &signed)?;
+    hotsplice_store::write_atomic_mode(path, &signed, mode)?;
     Ok(())
 }
 
-fn create(a: CreateArgs) -> Result<bool> {
+fn create(ctx: &context::Ctx, a: CreateArgs) -> Result<bool> {
     let key = a
         .sign
         .as_ref()
         .map(|k| hotsplice_trust::SecretKey::load(k))
         .transpose()?;
     if a.kernel {
-        return create_kernel(a, key);
+        return create_kernel(ctx, a, key);
     }
     let mut req = hotsplice_create::CreateRequest::new(a.src, a.diff, a.out);
     req.build = a.build;
@@ -222,20 +232,24 @@ fn create(a: CreateArgs) -> Result<bool> {
     let created = hotsplice_create::create(&req)?;
     if let Some(key) = &key {
         for c in &created {
-            sign_in_place(&c.path, key)?;
+            sign_in_place(ctx, &c.path, key)?;
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&created)?);
+        outln!("{}", serde_json::to_string_pretty(&created)?);
     } else {
         for c in created {
-            println!("{}", c.path.display());
+            outln!("{}", c.path.display());
         }
     }
     Ok(true)
 }
 
-fn create_kernel(a: CreateArgs, key: Option<hotsplice_trust::SecretKey>) -> Result<bool> {
+fn create_kernel(
+    ctx: &context::Ctx,
+    a: CreateArgs,
+    key: Option<hotsplice_trust::SecretKey>,
+) -> Result<bool> {
     let k = hotsplice_kernel::Kernel::from_env();
     let release = match a.release {
         Some(r) => r,
@@ -268,21 +282,26 @@ fn create_kernel(a: CreateArgs, key: Option<hotsplice_trust::SecretKey>) -> Resu
     };
     let created = hotsplice_create::kernel::create_kernel(&req)?;
     if let Some(key) = &key {
-        sign_in_place(&created.path, key)?;
+        sign_in_place(ctx, &created.path, key)?;
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&created)?);
+        outln!("{}", serde_json::to_string_pretty(&created)?);
     } else {
-        println!("{}", created.path.display());
+        outln!("{}", created.path.display());
     }
     Ok(true)
 }
 
-fn info(file: &PathBuf, json: bool) -> Result<bool> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+/// `hotsplice info`: what a patch file holds, and what its signature is
+/// worth here: exactly one of trusted, unknown key, bad, unsigned.
+fn info(ctx: &context::Ctx, file: &Path, json: bool) -> Result<bool> {
+    use hotsplice_trust::SignatureStatus;
+    let bytes = ctx.read_patch_file(file)?;
     let pf = PatchFile::parse(&bytes).with_context(|| format!("patch {}", file.display()))?;
+    let trusted = hotsplice_trust::trusted_keys(&ctx.paths.keys_dir())?;
+    let status = hotsplice_trust::signature_status(&pf, &trusted);
     let m = &pf.patch.meta;
-    let signer = pf.signature.as_ref().map(|s| s.key_id.clone());
+    let signer = status.key_id();
     if json {
         let v = serde_json::json!({
             "id": m.id,
@@ -297,47 +316,55 @@ fn info(file: &PathBuf, json: bool) -> Result<bool> {
             "relocations": m.relocations.len(),
             "signed": signer.is_some(),
             "key_id": signer,
+            "signature": status.name(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(true);
     }
-    println!("id:          {}", m.id);
-    println!("description: {}", m.description);
-    println!("level:       {}", m.level);
-    println!(
+    let signature = match &status {
+        SignatureStatus::Trusted(k) => format!("signed by a trusted key {}", k.id()),
+        SignatureStatus::UnknownKey { key_id } => {
+            format!("signed by an unknown key {}", esc(key_id))
+        }
+        SignatureStatus::Bad { key_id, reason } => {
+            format!("bad signature (claims key {}: {reason})", esc(key_id))
+        }
+        SignatureStatus::Unsigned => "unsigned".into(),
+    };
+    outln!("id:          {}", esc(&m.id));
+    outln!("description: {}", esc(&m.description));
+    outln!("level:       {}", m.level);
+    outln!(
         "target:      {} (build-id {}, {:?})",
-        m.target.name, m.target.build_id, m.target.kind
+        esc(&m.target.name),
+        esc(&m.target.build_id),
+        m.target.kind
     );
-    println!("made by:     {}", m.tool);
-    println!(
-        "signed:      {}",
-        signer
-            .map(|k| format!("yes, key {k}"))
-            .unwrap_or("no".into())
-    );
-    println!(
+    outln!("made by:     {}", esc(&m.tool));
+    outln!("signature:   {signature}");
+    outln!(
         "code:        {} bytes, data {} bytes, {} relocations",
         m.code_size,
         m.data_size,
         m.relocations.len()
     );
-    println!("replaces:");
+    outln!("replaces:");
     for f in &m.functions {
-        println!(
+        outln!(
             "  {:<30} {:#x} {} bytes{}",
-            f.name,
+            esc(&f.name),
             f.vaddr,
             f.size,
             f.file
                 .as_ref()
-                .map(|s| format!(" ({s})"))
+                .map(|s| format!(" ({})", esc(s)))
                 .unwrap_or_default()
         );
     }
     if !m.symbols.is_empty() {
-        println!("adds:");
+        outln!("adds:");
         for s in &m.symbols {
-            println!("  {:<30} {} {} bytes", s.name, s.kind, s.size);
+            outln!("  {:<30} {} {} bytes", esc(&s.name), esc(&s.kind), s.size);
         }
     }
     Ok(true)

@@ -1,11 +1,12 @@
 //! `hotsplice user|kernel|all ...`.
 
-use crate::context::{comm, exe, Ctx};
+use crate::context::{comm, exe, exited, Ctx};
+use crate::output::esc;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use hotsplice_engine::{self as engine, Report};
 use hotsplice_patch::Patch;
-use hotsplice_store::{Entry, Store};
+use hotsplice_store::Entry;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -84,6 +85,10 @@ pub enum UserCommand {
     Upgrade {
         #[arg(long)]
         pid: Option<i32>,
+        /// Use installed patches without a signature (development only):
+        /// every patch is verified again on use, whatever the store says.
+        #[arg(long)]
+        allow_unsigned: bool,
         #[command(flatten)]
         wait: Wait,
         #[arg(long)]
@@ -131,12 +136,12 @@ pub fn run_all(ctx: &Ctx, cmd: AllCommand) -> Result<bool> {
     let mut ok = true;
     if let Some(k) = kernel_cmd {
         if std::path::Path::new("/sys/kernel/livepatch").exists() {
-            println!("== kernel");
+            outln!("== kernel");
             ok &= run_kernel(ctx, k)?;
         } else if !ctx.quiet {
-            println!("== kernel: no livepatch support in this kernel (CONFIG_LIVEPATCH); skipped");
+            outln!("== kernel: no livepatch support in this kernel (CONFIG_LIVEPATCH); skipped");
         }
-        println!("== user");
+        outln!("== user");
     }
     ok &= run_user(
         ctx,
@@ -148,6 +153,7 @@ pub fn run_all(ctx: &Ctx, cmd: AllCommand) -> Result<bool> {
             },
             AllCommand::Upgrade { wait } => UserCommand::Upgrade {
                 pid: None,
+                allow_unsigned: false,
                 wait,
                 json: false,
             },
@@ -167,15 +173,15 @@ fn print_report(verb: &str, r: &Report, quiet: bool) {
     if quiet {
         return;
     }
-    println!(
+    outln!(
         "pid {} ({}): {verb} {} ({}){}: {} function(s); {} thread(s) stopped for {:.3} ms{}",
         r.pid,
-        comm(r.pid),
-        r.id,
-        r.target,
+        esc(&comm(r.pid)),
+        esc(&r.id),
+        esc(&r.target),
         r.replaced
             .as_ref()
-            .map(|o| format!(", replacing {o}"))
+            .map(|o| format!(", replacing {}", esc(o)))
             .unwrap_or_default(),
         r.functions,
         r.threads,
@@ -251,25 +257,34 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
             allow_unsigned,
             files,
         } => {
-            let store = Store::open(&ctx.paths)?;
+            let store = ctx.store()?;
             for f in files {
                 let (bytes, patch, key) = ctx.read_verified(&f, allow_unsigned)?;
                 let e = store.install(&bytes, &patch, &key)?;
                 if !quiet {
-                    println!(
+                    outln!(
                         "installed {} (level {}) for {} build-id {}",
-                        e.id, e.level, e.target.name, e.target.build_id
+                        esc(&e.id),
+                        e.level,
+                        esc(&e.target.name),
+                        esc(&e.target.build_id)
                     );
                 }
             }
             Ok(true)
         }
         UserCommand::Uninstall { ids } => {
-            let store = Store::open(&ctx.paths)?;
+            let store = ctx.store()?;
             for id in ids {
-                store.uninstall(&id)?;
+                let removed = store.uninstall(&id)?;
                 if !quiet {
-                    println!("uninstalled {id}");
+                    match removed {
+                        Some(_) => outln!("uninstalled {}", esc(&id)),
+                        None => outln!(
+                            "removed the invalid index entry for {} (no file deleted)",
+                            esc(&id)
+                        ),
+                    }
                 }
             }
             Ok(true)
@@ -282,6 +297,9 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
             json,
             files,
         } => {
+            if let Some(why) = pid.and_then(exited) {
+                bail!("{why}");
+            }
             let opts = ctx.options(wait.busy_timeout);
             let mut patches: Vec<Patch> = Vec::new();
             for f in &files {
@@ -294,9 +312,10 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
                     None => {
                         let pids = engine::processes_mapping(&p.meta.target.build_id);
                         if pids.is_empty() && !quiet {
-                            eprintln!(
+                            errln!(
                                 "hotsplice: no running process maps {} (build-id {})",
-                                p.meta.target.name, p.meta.target.build_id
+                                esc(&p.meta.target.name),
+                                esc(&p.meta.target.build_id)
                             );
                         }
                         jobs.extend(pids.into_iter().map(|pid| (pid, i)));
@@ -306,10 +325,10 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
             let _ = all;
             if ctx.dry_run {
                 for (p, i) in &jobs {
-                    println!(
+                    outln!(
                         "would apply {} to pid {p} ({})",
-                        patches[*i].meta.id,
-                        comm(*p)
+                        esc(&patches[*i].meta.id),
+                        esc(&comm(*p))
                     );
                 }
                 return Ok(true);
@@ -329,6 +348,9 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
             )
         }
         UserCommand::Undo { pid, id, wait } => {
+            if let Some(why) = exited(pid) {
+                bail!("{why}");
+            }
             let _lock = ctx.lock_process(pid)?;
             let r = engine::undo(pid, &id, &ctx.options(wait.busy_timeout))?;
             print_report("undid", &r, quiet);
@@ -362,7 +384,7 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
             }
             if ctx.dry_run {
                 for (p, id) in &jobs {
-                    println!("would undo {id} in pid {p} ({})", comm(*p));
+                    outln!("would undo {} in pid {p} ({})", esc(id), esc(&comm(*p)));
                 }
                 return Ok(true);
             }
@@ -392,7 +414,12 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
             }
         }
         UserCommand::ListTargets { json } => list_targets(json),
-        UserCommand::Upgrade { pid, wait, json } => upgrade(ctx, pid, wait, json),
+        UserCommand::Upgrade {
+            pid,
+            allow_unsigned,
+            wait,
+            json,
+        } => upgrade(ctx, pid, allow_unsigned, wait, json),
     }
 }
 
@@ -414,12 +441,12 @@ fn report_all(
             }
             Err(e) => {
                 ok = false;
-                eprintln!("hotsplice: error: {e}");
+                errln!("hotsplice: error: {e}");
             }
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(ok)
 }
@@ -456,27 +483,30 @@ fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else if rows.is_empty() {
-        println!("no patches applied");
+        outln!("no patches applied");
     } else {
-        println!(
+        outln!(
             "{:<8} {:<16} {:<9} {:<20} FUNCTIONS",
-            "PID", "COMMAND", "ID", "TARGET"
+            "PID",
+            "COMMAND",
+            "ID",
+            "TARGET"
         );
         for (p, hs) in &rows {
             if hs.is_empty() {
-                println!("{:<8} {:<16} (none)", p, comm(*p));
+                outln!("{:<8} {:<16} (none)", p, esc(&comm(*p)));
             }
             for h in hs {
                 let names: Vec<&str> = h.functions.iter().map(|f| f.name.as_str()).collect();
-                println!(
+                outln!(
                     "{:<8} {:<16} {:<9} {:<20} {}",
                     p,
-                    comm(*p),
-                    h.patch_id,
-                    h.target_name,
-                    names.join(",")
+                    esc(&comm(*p)),
+                    esc(&h.patch_id),
+                    esc(&h.target_name),
+                    esc(&names.join(","))
                 );
             }
         }
@@ -506,12 +536,12 @@ fn list_targets(json: bool) -> Result<bool> {
             .iter()
             .map(|((path, id), pids)| serde_json::json!({"path": path, "build_id": id, "pids": pids}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{:<48} {:<42} PIDS", "OBJECT", "BUILD-ID");
+        outln!("{:<48} {:<42} PIDS", "OBJECT", "BUILD-ID");
         for ((path, id), pids) in &by_object {
             let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
-            println!("{:<48} {:<42} {}", path, id, list.join(","));
+            outln!("{:<48} {:<42} {}", esc(path), esc(id), list.join(","));
         }
     }
     Ok(true)
@@ -547,14 +577,14 @@ pub enum Outcome {
     },
 }
 
-/// Installed patches (highest level per target), verified again on use.
-pub fn current_patches(ctx: &Ctx) -> Result<Vec<(Entry, Patch)>> {
-    let store = Store::open(&ctx.paths)?;
+/// Installed patches (highest level per target), verified again on use:
+/// unsigned ones only with `allow_unsigned` (the explicit flag), whatever
+/// the store's index says.
+pub fn current_patches(ctx: &Ctx, allow_unsigned: bool) -> Result<Vec<(Entry, Patch)>> {
+    let store = ctx.store()?;
     let mut out = Vec::new();
     for e in store.current_levels()? {
-        let bytes = store.read_patch(&e)?;
-        let allow = e.key_id.is_empty();
-        let (patch, _) = ctx.verified(&bytes, &format!("installed patch {}", e.id), allow)?;
+        let patch = ctx.installed(&store, &e, allow_unsigned)?;
         out.push((e, patch));
     }
     Ok(out)
@@ -645,11 +675,17 @@ pub fn upgrade_process(
     out
 }
 
-fn upgrade(ctx: &Ctx, pid: Option<i32>, wait: Wait, json: bool) -> Result<bool> {
-    let patches = current_patches(ctx)?;
+fn upgrade(
+    ctx: &Ctx,
+    pid: Option<i32>,
+    allow_unsigned: bool,
+    wait: Wait,
+    json: bool,
+) -> Result<bool> {
+    let patches = current_patches(ctx, allow_unsigned)?;
     if patches.is_empty() {
         if !ctx.quiet {
-            println!("no patches installed (hotsplice user install FILE...)");
+            outln!("no patches installed (hotsplice user install FILE...)");
         }
         return Ok(true);
     }
@@ -669,11 +705,13 @@ fn upgrade(ctx: &Ctx, pid: Option<i32>, wait: Wait, json: bool) -> Result<bool> 
             .iter()
             .filter(|o| matches!(o, Outcome::Planned { .. }))
             .count();
-        eprint!("{n} patch application(s) to make. Go ahead [y/N]? ");
+        crate::output::progress(format_args!(
+            "{n} patch application(s) to make. Go ahead [y/N]? "
+        ));
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         if !answer.trim().eq_ignore_ascii_case("y") {
-            println!("nothing done");
+            outln!("nothing done");
             return Ok(true);
         }
     }
@@ -686,11 +724,11 @@ fn upgrade(ctx: &Ctx, pid: Option<i32>, wait: Wait, json: bool) -> Result<bool> 
         if progress {
             let width = 30;
             let filled = k * width / total.max(1);
-            eprint!(
+            crate::output::progress(format_args!(
                 "\r[{}{}] {k}/{total} processes",
                 "#".repeat(filled),
                 " ".repeat(width - filled)
-            );
+            ));
         }
         r
     })
@@ -698,48 +736,55 @@ fn upgrade(ctx: &Ctx, pid: Option<i32>, wait: Wait, json: bool) -> Result<bool> 
     .flatten()
     .collect();
     if progress {
-        eprintln!();
+        crate::output::progress(format_args!("\n"));
     }
     let ok = !outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
     if json {
-        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+        outln!("{}", serde_json::to_string_pretty(&outcomes)?);
         return Ok(ok);
     }
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     for o in &outcomes {
         match o {
-            Outcome::Planned { pid, id, replaces } if !ctx.quiet => println!(
-                "would apply {id} to pid {pid} ({}){}",
-                comm(*pid),
+            Outcome::Planned { pid, id, replaces } if !ctx.quiet => outln!(
+                "would apply {} to pid {pid} ({}){}",
+                esc(id),
+                esc(&comm(*pid)),
                 replaces
                     .as_ref()
-                    .map(|r| format!(", replacing {r}"))
+                    .map(|r| format!(", replacing {}", esc(r)))
                     .unwrap_or_default()
             ),
             Outcome::Skipped { pid, why } if !ctx.quiet => {
-                println!("skipped pid {pid} ({}): {why}", comm(*pid))
+                outln!("skipped pid {pid} ({}): {}", esc(&comm(*pid)), esc(why))
             }
             Outcome::Failed { pid, id, why } => {
-                eprintln!("failed: {id} in pid {pid} ({}): {why}", comm(*pid))
+                errln!(
+                    "failed: {} in pid {pid} ({}): {}",
+                    esc(id),
+                    esc(&comm(*pid)),
+                    esc(why)
+                )
             }
             Outcome::Patched {
                 pid,
                 id,
                 replaced,
                 stopped_us,
-            } if ctx.verbose > 0 => println!(
-                "patched pid {pid} ({}) with {id}{}; stopped {stopped_us} us",
-                comm(*pid),
+            } if ctx.verbose > 0 => outln!(
+                "patched pid {pid} ({}) with {}{}; stopped {stopped_us} us",
+                esc(&comm(*pid)),
+                esc(id),
                 replaced
                     .as_ref()
-                    .map(|r| format!(" replacing {r}"))
+                    .map(|r| format!(" replacing {}", esc(r)))
                     .unwrap_or_default()
             ),
             _ => {}
         }
     }
     if !ctx.quiet {
-        println!(
+        outln!(
             "summary: {} patched, {} already patched, {} skipped, {} failed{}",
             count(|o| matches!(o, Outcome::Patched { .. })),
             count(|o| matches!(o, Outcome::AlreadyPatched { .. })),
@@ -759,7 +804,7 @@ fn upgrade(ctx: &Ctx, pid: Option<i32>, wait: Wait, json: bool) -> Result<bool> 
 }
 
 fn show_available(ctx: &Ctx, json: bool) -> Result<bool> {
-    let store = Store::open(&ctx.paths)?;
+    let store = ctx.store()?;
     let entries = store.list()?;
     let current = store.current_levels()?;
     let mut rows = Vec::new();
@@ -788,27 +833,31 @@ fn show_available(ctx: &Ctx, json: bool) -> Result<bool> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(true);
     }
     if rows.is_empty() {
-        println!("no patches installed");
+        outln!("no patches installed");
         return Ok(true);
     }
-    println!(
+    outln!(
         "{:<9} {:<6} {:<20} {:<10} {:<10} DESCRIPTION",
-        "ID", "LEVEL", "TARGET", "APPLIED", "NEEDED"
+        "ID",
+        "LEVEL",
+        "TARGET",
+        "APPLIED",
+        "NEEDED"
     );
     for (e, pids, applied, cur) in rows {
         let needed = if cur { pids.len() - applied.len() } else { 0 };
-        println!(
+        outln!(
             "{:<9} {:<6} {:<20} {:<10} {:<10} {}",
             e.id,
             e.level,
-            e.target.name,
+            esc(&e.target.name),
             applied.len(),
             needed,
-            e.description
+            esc(&e.description)
         );
     }
     Ok(true)

@@ -252,7 +252,13 @@ impl PatchFile {
             });
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version == 0 || version > FORMAT_VERSION {
+        if version == 0 {
+            // Not newer: no hotsplice ever wrote version 0.
+            return Err(FormatError::Invalid(
+                "format version 0 is not a valid version (versions start at 1): the header is damaged; copy the file again".into(),
+            ));
+        }
+        if version > FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion(version));
         }
         let meta_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;

@@ -1,4 +1,4 @@
-use crate::{io_err, Paths, Result, StoreError};
+use crate::{read_regular, Links, Paths, Result, StoreError, MAX_CONFIG_FILE};
 use regex::Regex;
 
 /// Exclusions, as Ksplice's `blacklist.d`: files `*.conf` with sections
@@ -25,7 +25,11 @@ impl Blacklist {
             .collect();
         files.sort();
         for f in files {
-            let text = std::fs::read_to_string(&f).map_err(io_err(&f))?;
+            let bytes = read_regular(&f, "exclusion file", MAX_CONFIG_FILE, Links::Follow)?;
+            let text = String::from_utf8(bytes).map_err(|_| StoreError::Invalid {
+                path: f.display().to_string(),
+                detail: "not UTF-8 text".into(),
+            })?;
             b.add(&text, &f.display().to_string())?;
         }
         Ok(b)

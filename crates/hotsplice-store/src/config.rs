@@ -1,4 +1,4 @@
-use crate::{io_err, Paths, Result, StoreError};
+use crate::{read_regular, Links, Paths, Result, StoreError, MAX_CONFIG_FILE};
 use serde::{Deserialize, Serialize};
 
 /// `/etc/hotsplice/hotsplice.conf`. Every key is optional; see
@@ -65,11 +65,18 @@ impl Config {
     /// The configuration file, or defaults when it does not exist.
     pub fn load(paths: &Paths) -> Result<Config> {
         let path = paths.config_file();
-        let text = match std::fs::read_to_string(&path) {
+        let bytes = match read_regular(&path, "configuration file", MAX_CONFIG_FILE, Links::Follow)
+        {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(e) => return Err(io_err(&path)(e)),
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default())
+            }
+            Err(e) => return Err(e),
         };
+        let text = String::from_utf8(bytes).map_err(|_| StoreError::Invalid {
+            path: path.display().to_string(),
+            detail: "not UTF-8 text".into(),
+        })?;
         toml::from_str(&text).map_err(|e| StoreError::Invalid {
             path: path.display().to_string(),
             detail: e.to_string(),

@@ -23,7 +23,12 @@ mod store;
 
 pub use blacklist::*;
 pub use config::*;
-pub use fsutil::{write_atomic, FileLock};
+pub use fsutil::{
+    check_dir, check_owner_and_mode, create_private_dir_all, euid, kind_of, open_regular,
+    read_bounded, read_regular, write_atomic, write_atomic_mode, FileLock, Links, MAX_CONFIG_FILE,
+    MAX_INDEX_FILE, MAX_JOURNAL_RECORD, MAX_PATCH_FILE, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE,
+    PUBLIC_FILE_MODE,
+};
 pub use journal::*;
 pub use store::*;
 
@@ -46,6 +51,29 @@ pub enum StoreError {
     },
     #[error("patch {0} is not installed")]
     NotInstalled(String),
+    #[error("{path}: refusing to use this {what}: it is {problem} (mode {mode:04o}, owner uid {owner}), so someone else could steer hotsplice through it; check what it holds, then run `{fix}`")]
+    Insecure {
+        path: String,
+        what: &'static str,
+        problem: String,
+        mode: u32,
+        owner: u32,
+        fix: String,
+    },
+    #[error("{path}: this {what} is a {kind}, not a {expected}; give the path of a {what}")]
+    NotRegular {
+        path: String,
+        what: &'static str,
+        kind: &'static str,
+        expected: &'static str,
+    },
+    #[error("{path}: {} is more than a {what} may be ({}); is this the right file?", fsutil::human(*size), fsutil::human(*limit))]
+    TooLarge {
+        path: String,
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

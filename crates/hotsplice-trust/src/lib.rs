@@ -13,6 +13,7 @@
 
 use ed25519_dalek::{Signature as EdSignature, Signer, SigningKey, Verifier, VerifyingKey};
 use hotsplice_patch::{FormatError, Patch, PatchFile, Signature};
+use hotsplice_store::{check_dir, check_owner_and_mode, Links};
 use sha2::Digest;
 use std::path::Path;
 
@@ -41,7 +42,14 @@ pub enum TrustError {
     Algorithm(String),
     #[error("cannot read random bytes for a new key: {0}")]
     Random(std::io::Error),
+    /// A key file or the keys directory that cannot be used: not a regular
+    /// file, too large, or writable by someone else.
+    #[error(transparent)]
+    File(#[from] hotsplice_store::StoreError),
 }
+
+/// Largest key file read (public or secret): a key is one line of text.
+pub const MAX_KEY_FILE: u64 = 4 << 10;
 
 /// A public key and its short fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +121,7 @@ impl SecretKey {
     }
 
     pub fn load(path: &Path) -> Result<SecretKey, TrustError> {
-        let text = read(path)?;
+        let text = read(path, false)?;
         let bad = || TrustError::BadKey {
             path: path.display().to_string(),
             what: "secret",
@@ -133,39 +141,68 @@ impl SecretKey {
     }
 }
 
-fn read(path: &Path) -> Result<String, TrustError> {
-    std::fs::read_to_string(path).map_err(|source| TrustError::Io {
+/// A key file's text: a regular file of at most [`MAX_KEY_FILE`] bytes
+/// (links are followed, the opened file is checked). With `trusted`, the
+/// file must also be one nobody else may write (see
+/// [`hotsplice_store::check_owner_and_mode`]).
+fn read(path: &Path, trusted: bool) -> Result<String, TrustError> {
+    let (file, meta) =
+        hotsplice_store::open_regular(path, "key file", MAX_KEY_FILE, Links::Follow)?;
+    if trusted {
+        check_owner_and_mode(path, &meta, "trusted key file")?;
+    }
+    let bytes = hotsplice_store::read_bounded(&file, path, "key file", MAX_KEY_FILE)?;
+    String::from_utf8(bytes).map_err(|_| TrustError::BadKey {
         path: path.display().to_string(),
-        source,
+        what: "(text)",
     })
 }
 
-/// Write a new key pair as `DIR/NAME.key` (mode 0600) and `DIR/NAME.pub`.
+/// Write a new key pair as `DIR/NAME.key` (mode 0600, never replacing a
+/// file) and `DIR/NAME.pub` (mode 0644), modes set whatever the umask;
+/// `DIR` is created (mode 0700) if missing.
 pub fn write_key_pair(dir: &Path, name: &str, key: &SecretKey) -> Result<(), TrustError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let io = |p: &Path| {
         let path = p.display().to_string();
         move |source| TrustError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    hotsplice_store::create_private_dir_all(dir)?;
     let secret = dir.join(format!("{name}.key"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(hotsplice_store::PRIVATE_FILE_MODE)
         .open(&secret)
         .map_err(io(&secret))?;
+    f.set_permissions(std::fs::Permissions::from_mode(
+        hotsplice_store::PRIVATE_FILE_MODE,
+    ))
+    .map_err(io(&secret))?;
     std::io::Write::write_all(&mut f, key.to_text().as_bytes()).map_err(io(&secret))?;
+    f.sync_all().map_err(io(&secret))?;
     let public = dir.join(format!("{name}.pub"));
-    std::fs::write(&public, key.public().to_text()).map_err(io(&public))?;
+    hotsplice_store::write_atomic_mode(
+        &public,
+        key.public().to_text().as_bytes(),
+        hotsplice_store::PUBLIC_FILE_MODE,
+    )?;
     Ok(())
 }
 
-/// Every `*.pub` key in `dir` (none if it does not exist).
+/// Every `*.pub` key in `dir` (none if it does not exist). The directory
+/// and each key must be writable by nobody but their owner, root or the
+/// caller (else anyone could make hotsplice trust their key): such a
+/// directory or key is an error naming the `chmod`/`chown` that fixes it.
+/// Each key is a regular file of at most [`MAX_KEY_FILE`] bytes.
 pub fn trusted_keys(dir: &Path) -> Result<Vec<PublicKey>, TrustError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    if !check_dir(dir, "trusted keys directory")? {
         return Ok(Vec::new());
-    };
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| TrustError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let mut keys = Vec::new();
     let mut paths: Vec<_> = entries
         .flatten()
@@ -174,7 +211,10 @@ pub fn trusted_keys(dir: &Path) -> Result<Vec<PublicKey>, TrustError> {
         .collect();
     paths.sort();
     for p in paths {
-        keys.push(PublicKey::from_text(&read(&p)?, &p.display().to_string())?);
+        keys.push(PublicKey::from_text(
+            &read(&p, true)?,
+            &p.display().to_string(),
+        )?);
     }
     Ok(keys)
 }
@@ -196,6 +236,74 @@ pub fn verify_file(bytes: &[u8], trusted: &[PublicKey]) -> Result<(Patch, Public
     verify_file_in(bytes, trusted, "the trusted keys directory")
 }
 
+/// What a patch file's signature says, checked against the trusted keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureStatus {
+    /// Signed by this trusted key, and the signature verifies.
+    Trusted(PublicKey),
+    /// Signed by a key that is not trusted here (so not checked).
+    UnknownKey { key_id: String },
+    /// Claims a trusted key (or an unknown algorithm) but does not verify.
+    Bad { key_id: String, reason: String },
+    /// No signature block.
+    Unsigned,
+}
+
+impl SignatureStatus {
+    /// `trusted`, `unknown-key`, `bad` or `unsigned` (for `--json`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SignatureStatus::Trusted(_) => "trusted",
+            SignatureStatus::UnknownKey { .. } => "unknown-key",
+            SignatureStatus::Bad { .. } => "bad",
+            SignatureStatus::Unsigned => "unsigned",
+        }
+    }
+
+    /// The key the signature names, if any.
+    pub fn key_id(&self) -> Option<String> {
+        match self {
+            SignatureStatus::Trusted(k) => Some(k.id()),
+            SignatureStatus::UnknownKey { key_id } | SignatureStatus::Bad { key_id, .. } => {
+                Some(key_id.clone())
+            }
+            SignatureStatus::Unsigned => None,
+        }
+    }
+}
+
+/// Check the signature of a parsed patch file against `trusted`.
+pub fn signature_status(file: &PatchFile, trusted: &[PublicKey]) -> SignatureStatus {
+    let Some(sig) = file.signature.as_ref() else {
+        return SignatureStatus::Unsigned;
+    };
+    if sig.algorithm != ALGORITHM {
+        return SignatureStatus::Bad {
+            key_id: sig.key_id.clone(),
+            reason: format!("unsupported signature algorithm `{}`", sig.algorithm),
+        };
+    }
+    let Some(key) = trusted.iter().find(|k| k.id() == sig.key_id) else {
+        return SignatureStatus::UnknownKey {
+            key_id: sig.key_id.clone(),
+        };
+    };
+    let bad = |reason: &str| SignatureStatus::Bad {
+        key_id: sig.key_id.clone(),
+        reason: reason.into(),
+    };
+    let Ok(bytes) = <[u8; 64]>::try_from(sig.bytes.as_slice()) else {
+        return bad("the signature is not 64 bytes");
+    };
+    match key
+        .key
+        .verify(&file.signed_bytes, &EdSignature::from_bytes(&bytes))
+    {
+        Ok(()) => SignatureStatus::Trusted(key.clone()),
+        Err(_) => bad("the file was changed after signing, or is damaged"),
+    }
+}
+
 /// As [`verify_file`], naming `keys_dir` in messages.
 pub fn verify_file_in(
     bytes: &[u8],
@@ -203,25 +311,22 @@ pub fn verify_file_in(
     keys_dir: &str,
 ) -> Result<(Patch, PublicKey), TrustError> {
     let file = PatchFile::parse(bytes)?;
-    let sig = file.signature.as_ref().ok_or(TrustError::Unsigned)?;
-    if sig.algorithm != ALGORITHM {
-        return Err(TrustError::Algorithm(sig.algorithm.clone()));
-    }
-    let key = trusted
-        .iter()
-        .find(|k| k.id() == sig.key_id)
-        .ok_or_else(|| TrustError::UnknownKey {
-            key_id: sig.key_id.clone(),
+    match signature_status(&file, trusted) {
+        SignatureStatus::Trusted(key) => Ok((file.patch, key)),
+        SignatureStatus::Unsigned => Err(TrustError::Unsigned),
+        SignatureStatus::UnknownKey { key_id } => Err(TrustError::UnknownKey {
+            key_id,
             keys_dir: keys_dir.into(),
-        })?;
-    let bad = || TrustError::BadSignature {
-        key_id: sig.key_id.clone(),
-    };
-    let bytes: [u8; 64] = sig.bytes.as_slice().try_into().map_err(|_| bad())?;
-    key.key
-        .verify(&file.signed_bytes, &EdSignature::from_bytes(&bytes))
-        .map_err(|_| bad())?;
-    Ok((file.patch, key.clone()))
+        }),
+        SignatureStatus::Bad { key_id, .. } => {
+            let sig = file.signature.as_ref().expect("a bad signature exists");
+            if sig.algorithm != ALGORITHM {
+                Err(TrustError::Algorithm(sig.algorithm.clone()))
+            } else {
+                Err(TrustError::BadSignature { key_id })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -267,13 +372,77 @@ mod tests {
 
     #[test]
     fn keys_round_trip_through_files() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // Created by write_key_pair, so private whatever the umask of the
+        // moment (another test sets it to 0).
+        let dir = tmp.path().join("keys");
         let k = SecretKey::generate().unwrap();
-        write_key_pair(dir.path(), "ops", &k).unwrap();
-        let loaded = SecretKey::load(&dir.path().join("ops.key")).unwrap();
+        write_key_pair(&dir, "ops", &k).unwrap();
+        let loaded = SecretKey::load(&dir.join("ops.key")).unwrap();
         assert_eq!(loaded.public().id(), k.public().id());
-        let trusted = trusted_keys(dir.path()).unwrap();
+        let trusted = trusted_keys(&dir).unwrap();
         assert_eq!(trusted.len(), 1);
         assert_eq!(trusted[0].id(), k.public().id());
+    }
+
+    #[test]
+    fn status_names_each_case() {
+        let a = SecretKey::generate().unwrap();
+        let b = SecretKey::generate().unwrap();
+        let status = |bytes: &[u8]| {
+            signature_status(&PatchFile::parse(bytes).unwrap(), &[a.public()]).name()
+        };
+        assert_eq!(status(&patch_bytes()), "unsigned");
+        assert_eq!(status(&sign_file(&patch_bytes(), &a).unwrap()), "trusted");
+        assert_eq!(
+            status(&sign_file(&patch_bytes(), &b).unwrap()),
+            "unknown-key"
+        );
+        let mut forged = sign_file(&patch_bytes(), &a).unwrap();
+        let n = forged.len();
+        forged[n - 3] ^= 0x40;
+        assert_eq!(status(&forged), "bad");
+    }
+
+    #[test]
+    fn key_files_have_explicit_modes_and_bounded_reads() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("new");
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc_umask(0) };
+        let r = write_key_pair(&keys, "ops", &SecretKey::generate().unwrap());
+        unsafe { libc_umask(old) };
+        r.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&keys), 0o700);
+        assert_eq!(mode(&keys.join("ops.key")), 0o600);
+        assert_eq!(mode(&keys.join("ops.pub")), 0o644);
+        // A trusted key anyone may rewrite is refused, naming the fix.
+        std::fs::set_permissions(keys.join("ops.pub"), std::fs::Permissions::from_mode(0o666))
+            .unwrap();
+        let e = trusted_keys(&keys).unwrap_err().to_string();
+        assert!(e.contains("ops.pub") && e.contains("chmod go-w"), "{e}");
+        // Not a regular file, or too large.
+        assert!(SecretKey::load(Path::new("/dev/zero"))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("character device"));
+        let big = dir.path().join("big.key");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        assert!(SecretKey::load(&big)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("4 KiB"));
+    }
+
+    extern "C" {
+        #[link_name = "umask"]
+        fn libc_umask(mask: u32) -> u32;
     }
 }
