@@ -371,12 +371,19 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
                 None => hotsplice_process::all_pids(),
             };
             let mut jobs = Vec::new();
+            let mut refused = Vec::new();
             for p in pids {
-                let Ok(applied) = engine::applied(p) else {
+                let Ok(state) = engine::state(p) else {
                     continue;
                 };
+                // A forged or damaged record is reported, never acted upon.
+                for c in state.corrupt {
+                    if all || c.patch_id.as_ref().is_some_and(|id| ids.contains(id)) {
+                        refused.push(Err(engine::EngineError::CorruptRecord(c)));
+                    }
+                }
                 // Newest first, so stacked patches come off in order.
-                for h in applied.iter().rev() {
+                for h in state.patches.iter().rev() {
                     if all || ids.contains(&h.patch_id) {
                         jobs.push((p, h.patch_id.clone()));
                     }
@@ -386,7 +393,7 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
                 for (p, id) in &jobs {
                     outln!("would undo {} in pid {p} ({})", esc(id), esc(&comm(*p)));
                 }
-                return Ok(true);
+                return report_all("undid", refused, false, quiet);
             }
             let grouped = by_pid(jobs);
             let results = run_parallel(&grouped, |(p, ids)| {
@@ -397,7 +404,10 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
             });
             report_all(
                 "undid",
-                results.into_iter().flatten().collect(),
+                refused
+                    .into_iter()
+                    .chain(results.into_iter().flatten())
+                    .collect(),
                 false,
                 quiet,
             )
@@ -458,8 +468,10 @@ fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
     };
     let mut rows = Vec::new();
     for p in pids {
-        match engine::applied(p) {
-            Ok(h) if !h.is_empty() || pid.is_some() => rows.push((p, h)),
+        match engine::state(p) {
+            Ok(st) if !st.patches.is_empty() || !st.corrupt.is_empty() || pid.is_some() => {
+                rows.push((p, st))
+            }
             Ok(_) => {}
             Err(e) if pid.is_some() => return Err(e.into()),
             Err(_) => {}
@@ -468,7 +480,8 @@ fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
     if json {
         let v: Vec<_> = rows
             .iter()
-            .map(|(p, hs)| {
+            .map(|(p, st)| {
+                let hs = &st.patches;
                 serde_json::json!({
                     "pid": p,
                     "command": comm(*p),
@@ -479,6 +492,12 @@ fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
                         "description": h.description,
                         "applied_at": h.applied_at,
                         "functions": h.functions.iter().map(|f| &f.name).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                    // Forged or damaged records: reported, never acted upon.
+                    "corrupt": st.corrupt.iter().map(|c| serde_json::json!({
+                        "map_start": c.map_start,
+                        "patch_id": c.patch_id,
+                        "why": c.why,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -494,8 +513,12 @@ fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
             "ID",
             "TARGET"
         );
-        for (p, hs) in &rows {
-            if hs.is_empty() {
+        for (p, st) in &rows {
+            let hs = &st.patches;
+            for c in &st.corrupt {
+                corrupt_row(c);
+            }
+            if hs.is_empty() && st.corrupt.is_empty() {
                 outln!("{:<8} {:<16} (none)", p, esc(&comm(*p)));
             }
             for h in hs {
@@ -512,6 +535,18 @@ fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// The line `show` prints for a forged or damaged record.
+fn corrupt_row(c: &engine::Corrupt) {
+    outln!(
+        "{:<8} {:<16} {:<9} forged or corrupt patch record at {:#x}, not acted upon: {}",
+        c.pid,
+        esc(&comm(c.pid)),
+        c.patch_id.as_deref().map_or("?".into(), esc),
+        c.map_start,
+        esc(&c.why)
+    );
 }
 
 fn list_targets(json: bool) -> Result<bool> {

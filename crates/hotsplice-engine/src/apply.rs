@@ -4,15 +4,15 @@ use crate::journal::{fault, record, Journal, Op, Pending, Step};
 use crate::objects::{exports_of, loaded_objects, LoadedObject};
 use crate::place::find_place;
 use crate::safety::Ranges;
-use crate::state::{applied_in, find_target, original_bytes, read_maps, refuse_special};
+use crate::state::{
+    applied_in, find_target, original_bytes, read_maps, refuse_special, saved_bytes,
+};
 use crate::undo::removal_writes;
 use crate::window::{stop_and_write, Write};
 use crate::{EngineError, Result};
 use hotsplice_arch::current as arch;
 use hotsplice_arch::FieldKind;
-use hotsplice_patch::{
-    round_up, AppliedFunction, ImageHeader, ObjectKind, Patch, RelocTarget, IMAGE_PREFIX_LEN, PAGE,
-};
+use hotsplice_patch::{AppliedFunction, ImageHeader, ObjectKind, Patch, RelocTarget};
 use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -84,6 +84,10 @@ pub fn apply_replacing(
     opts: &ApplyOptions,
 ) -> Result<Report> {
     refuse_special(pid)?;
+    // Whoever built the patch: what parsing checks holds here too.
+    patch
+        .validate()
+        .map_err(|error| EngineError::InvalidPatch { pid, error })?;
     let meta = &patch.meta;
     if meta.target.kind == ObjectKind::Kernel {
         return Err(EngineError::Refused {
@@ -152,9 +156,10 @@ pub fn apply_replacing(
                 })
                 .unwrap_or_else(EngineError::Process));
         };
-        let original = original_bytes(addr, current, &applied);
-        let expected = hex::decode(&f.expected).unwrap_or_default();
-        let mask = hex::decode(&f.mask).unwrap_or_default();
+        let original = original_bytes(pid, addr, current, &applied)?;
+        let (expected, mask) = patch
+            .expected_and_mask(f)
+            .map_err(|error| EngineError::InvalidPatch { pid, error })?;
         if let Some(offset) =
             (0..expected.len()).find(|&i| mask[i] != 0 && original.get(i) != Some(&expected[i]))
         {
@@ -197,19 +202,8 @@ pub fn apply_replacing(
     ifuncs.dedup();
 
     // Room for the header, then the image.
-    let header_room = round_up(
-        (IMAGE_PREFIX_LEN
-            + 512
-            + meta
-                .functions
-                .iter()
-                .map(|f| 160 + f.name.len())
-                .sum::<usize>()
-            + meta.target.name.len()
-            + meta.description.len()
-            + meta.target.build_id.len()) as u64,
-        PAGE,
-    );
+    // (Validation bounds it: the record always fits what `state` reads.)
+    let header_room = meta.header_room();
     let total = header_room + meta.mapped_size();
     let low = meta.target.kind == ObjectKind::Fixed;
     let journal = opts.journal.as_deref();
@@ -385,7 +379,7 @@ impl Install<'_> {
                     .iter()
                     .find(|of| of.addr == addr && !of.saved.is_empty())
             }) {
-                Some(of) => hex::decode(&of.saved).unwrap_or_default(),
+                Some(of) => saved_bytes(pid, self.old.map_or(0, |o| o.map_start), of)?,
                 None => current.clone(),
             };
             if f.jump {

@@ -27,7 +27,10 @@ mod window;
 pub use apply::*;
 pub use journal::{Journal, Op, Pending, Step};
 pub use objects::{loaded_objects, LoadedObject};
-pub use state::{applied, find_target, maps_target, processes_mapping, start_time};
+pub use state::{
+    applied, find_target, maps_target, processes_mapping, start_time, state, Corrupt, State,
+    MAX_RECORDS, MAX_RECORD_BYTES,
+};
 pub use undo::{recover, undo, Recovery};
 
 use hotsplice_process::Pid;
@@ -93,6 +96,16 @@ pub enum EngineError {
     },
     #[error("process {pid}: refusing to patch {why}")]
     Refused { pid: Pid, why: String },
+    /// A record in the process that hotsplice did not write as it is.
+    #[error("{0}")]
+    CorruptRecord(Corrupt),
+    /// A patch that breaks the rules of the format (checked again before
+    /// anything is done, whoever built the [`hotsplice_patch::Patch`]).
+    #[error("process {pid}: {error}")]
+    InvalidPatch {
+        pid: Pid,
+        error: hotsplice_patch::FormatError,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -2,7 +2,7 @@
 
 use crate::journal::{fault, record, Op, Pending, Step};
 use crate::safety::Ranges;
-use crate::state::{applied_in, read_maps, refuse_special};
+use crate::state::{applied_in, read_maps, refuse_special, saved_bytes, state_in};
 use crate::window::{stop_and_write, Write};
 use crate::{ApplyOptions, EngineError, Report, Result};
 use hotsplice_arch::current as arch;
@@ -49,7 +49,7 @@ pub(crate) fn removal_writes(
         }
         writes.push(Write {
             addr: f.addr,
-            new: hex::decode(&f.saved).unwrap_or_default(),
+            new: saved_bytes(pid, h.map_start, f)?,
             expect: cur,
             name: f.name.clone(),
         });
@@ -73,7 +73,16 @@ fn entries(pid: Pid, h: &ImageHeader) -> Vec<Option<Vec<u8>>> {
 pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
     refuse_special(pid)?;
     let maps = read_maps(pid)?;
-    let applied = applied_in(pid, &maps)?;
+    let state = state_in(pid, &maps)?;
+    // A forged or damaged record is never acted upon, whatever it says.
+    if let Some(c) = state
+        .corrupt
+        .iter()
+        .find(|c| c.patch_id.as_deref() == Some(id))
+    {
+        return Err(EngineError::CorruptRecord(c.clone()));
+    }
+    let applied = state.patches;
     let Some(h) = applied.iter().find(|h| h.patch_id == id) else {
         return Err(EngineError::NotApplied {
             pid,

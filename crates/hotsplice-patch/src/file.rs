@@ -1,3 +1,4 @@
+use crate::validate::{MAX_MAPPED_SIZE, MAX_META_LEN, MAX_SIGNATURE_FIELD};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -30,6 +31,22 @@ pub enum FormatError {
     Meta(String),
     #[error("patch file is corrupt: {0}")]
     Invalid(String),
+    #[error("patch file is corrupt: {what} is {len} bytes, more than the {max} bytes any patch may have; rebuild the patch with `hotsplice create`")]
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
+    /// A field of the metadata that no patch `hotsplice create` writes can
+    /// have: the patch is refused whatever signed it.
+    #[error("patch {id}: {field} = {value}: {why}; rebuild the patch with `hotsplice create`")]
+    InvalidField {
+        /// The patch's id, quoted as found (it may itself be the bad field).
+        id: String,
+        field: String,
+        value: String,
+        why: String,
+    },
 }
 
 /// What kind of ELF object a patch is for.
@@ -169,9 +186,28 @@ impl PatchMeta {
         }
     }
 
-    /// Total bytes the image occupies once mapped (rounded to pages).
+    /// Total bytes the image occupies once mapped (rounded to pages);
+    /// `u64::MAX` for a layout that overflows (which validation refuses).
     pub fn mapped_size(&self) -> u64 {
-        round_up(self.data_offset + self.data_size, PAGE)
+        self.data_offset
+            .checked_add(self.data_size)
+            .and_then(|end| checked_round_up(end, PAGE))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Bytes `apply` reserves in front of the image for the record it
+    /// leaves in the process ([`crate::ImageHeader`]), rounded to pages.
+    pub fn header_room(&self) -> u64 {
+        let names = self
+            .functions
+            .iter()
+            .fold(0usize, |n, f| n.saturating_add(160 + f.name.len()));
+        let len = (crate::IMAGE_PREFIX_LEN + 512)
+            .saturating_add(names)
+            .saturating_add(self.target.name.len())
+            .saturating_add(self.description.len())
+            .saturating_add(self.target.build_id.len());
+        checked_round_up(len as u64, PAGE).unwrap_or(u64::MAX)
     }
 }
 
@@ -208,6 +244,15 @@ pub fn round_up(v: u64, align: u64) -> u64 {
         v
     } else {
         v.div_ceil(align) * align
+    }
+}
+
+/// [`round_up`], `None` where the result does not fit a `u64`.
+pub fn checked_round_up(v: u64, align: u64) -> Option<u64> {
+    if align <= 1 {
+        Some(v)
+    } else {
+        v.div_ceil(align).checked_mul(align)
     }
 }
 
@@ -262,7 +307,21 @@ impl PatchFile {
             return Err(FormatError::UnsupportedVersion(version));
         }
         let meta_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        if meta_len > MAX_META_LEN {
+            return Err(FormatError::TooLarge {
+                what: "the metadata",
+                len: meta_len as u64,
+                max: MAX_META_LEN as u64,
+            });
+        }
         let image_len = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+        if image_len > MAX_MAPPED_SIZE {
+            return Err(FormatError::TooLarge {
+                what: "the image",
+                len: image_len,
+                max: MAX_MAPPED_SIZE,
+            });
+        }
         let image_len = usize::try_from(image_len)
             .map_err(|_| FormatError::Invalid("image length overflows".into()))?;
         let body_end = HEADER_LEN
@@ -335,6 +394,13 @@ fn parse_signature(rest: &[u8]) -> Result<Option<Signature>, FormatError> {
         })?;
         let len = u32::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
         pos += 4;
+        if len > MAX_SIGNATURE_FIELD {
+            return Err(FormatError::TooLarge {
+                what,
+                len: len as u64,
+                max: MAX_SIGNATURE_FIELD as u64,
+            });
+        }
         let field = rest.get(pos..pos + len).ok_or(FormatError::Truncated {
             what,
             need: pos + len,
@@ -354,57 +420,6 @@ fn parse_signature(rest: &[u8]) -> Result<Option<Signature>, FormatError> {
         key_id: text(&fields[1])?,
         bytes: fields[2].clone(),
     }))
-}
-
-impl Patch {
-    /// Internal consistency: every offset inside the image, hex decodes, ...
-    pub fn validate(&self) -> Result<(), FormatError> {
-        let m = &self.meta;
-        let bad = |s: String| Err(FormatError::Invalid(s));
-        if !crate::is_valid_id(&m.id) {
-            return bad(format!(
-                "patch id `{}` is not 8 lowercase letters/digits",
-                m.id
-            ));
-        }
-        if !m.data_offset.is_multiple_of(PAGE) || m.data_offset < m.code_size {
-            return bad("data_offset must be page aligned and after the code".into());
-        }
-        let total = m.data_offset + m.data_size;
-        if self.image.len() as u64 > total {
-            return bad("image is larger than its layout".into());
-        }
-        if hex::decode(&m.target.build_id).is_err() {
-            return bad("target build-id is not hex".into());
-        }
-        for f in &m.functions {
-            let exp = hex::decode(&f.expected);
-            let mask = hex::decode(&f.mask);
-            match (exp, mask) {
-                (Ok(e), Ok(k)) if e.len() == k.len() && e.len() as u64 == f.size => {}
-                _ => return bad(format!("function `{}`: expected/mask malformed", f.name)),
-            }
-            if f.replacement >= m.code_size {
-                return bad(format!("function `{}`: replacement outside code", f.name));
-            }
-        }
-        for r in &m.relocations {
-            let size = match r.kind.as_str() {
-                "abs64" | "pc64" => 8,
-                "abs32" | "abs32s" | "pc32" => 4,
-                k => return bad(format!("unknown relocation kind `{k}`")),
-            };
-            if r.offset + size > total {
-                return bad(format!("relocation at {:#x} outside the image", r.offset));
-            }
-            if let RelocTarget::Image { offset } = r.target {
-                if offset > total {
-                    return bad(format!("relocation target {offset:#x} outside the image"));
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

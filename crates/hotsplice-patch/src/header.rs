@@ -2,6 +2,9 @@
 //! patched process. `show` and `undo` read it back, so the process itself is
 //! the source of truth about what is applied to it.
 
+use crate::validate::{is_build_id, name_problem, quoted, MAX_FUNCTIONS, MAX_IMAGE_HEADER_LEN};
+use crate::{is_valid_id, PAGE};
+use hotsplice_arch::current as arch;
 use serde::{Deserialize, Serialize};
 
 /// First bytes of every patch mapping in a process.
@@ -45,6 +48,55 @@ pub struct ImageHeader {
     pub functions: Vec<AppliedFunction>,
 }
 
+/// Why bytes found in a process are not a record hotsplice wrote.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("does not start with the record magic")]
+    NoMagic,
+    #[error("claims {len} bytes, more than the {max} bytes hotsplice ever writes")]
+    TooLong { len: u64, max: usize },
+    #[error("is truncated: {need} bytes needed, {have} present")]
+    Truncated { need: usize, have: usize },
+    #[error("is not a patch record: {0}")]
+    Json(String),
+    #[error("has {field} = {value}: {why}")]
+    Field {
+        field: String,
+        value: String,
+        why: String,
+    },
+}
+
+fn bad(
+    field: impl Into<String>,
+    value: impl std::fmt::Display,
+    why: impl Into<String>,
+) -> HeaderError {
+    HeaderError::Field {
+        field: field.into(),
+        value: value.to_string(),
+        why: why.into(),
+    }
+}
+
+impl AppliedFunction {
+    /// The bytes the jump overwrote: exactly a jump's length, or an error
+    /// (a function without a jump has none).
+    pub fn saved_bytes(&self) -> Result<Vec<u8>, HeaderError> {
+        let field = || format!("functions ({}).saved", quoted(&self.name));
+        let bytes = hex::decode(&self.saved)
+            .map_err(|_| bad(field(), quoted(&self.saved), "the saved bytes are not hex"))?;
+        if bytes.len() != arch::JUMP_LEN {
+            return Err(bad(
+                field(),
+                format!("{} byte(s)", bytes.len()),
+                format!("a jump overwrites exactly {} bytes", arch::JUMP_LEN),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
 impl ImageHeader {
     /// Magic, length, JSON.
     pub fn encode(&self) -> Vec<u8> {
@@ -56,22 +108,194 @@ impl ImageHeader {
         out
     }
 
-    /// Length of the JSON part if `prefix` starts a header.
-    pub fn json_len(prefix: &[u8]) -> Option<usize> {
-        if prefix.len() < IMAGE_PREFIX_LEN || &prefix[..16] != IMAGE_MAGIC {
-            return None;
+    /// If `prefix` starts a record: the record's whole length (magic, length
+    /// and JSON), which is never more than [`MAX_IMAGE_HEADER_LEN`]. Only
+    /// the first [`IMAGE_PREFIX_LEN`] bytes are looked at.
+    pub fn record_len(prefix: &[u8]) -> Result<usize, HeaderError> {
+        if prefix.len() < IMAGE_MAGIC.len() || &prefix[..IMAGE_MAGIC.len()] != IMAGE_MAGIC {
+            return Err(HeaderError::NoMagic);
         }
-        Some(u32::from_le_bytes(prefix[16..20].try_into().unwrap()) as usize)
+        let Some(len) = prefix.get(16..IMAGE_PREFIX_LEN) else {
+            return Err(HeaderError::Truncated {
+                need: IMAGE_PREFIX_LEN,
+                have: prefix.len(),
+            });
+        };
+        let total =
+            IMAGE_PREFIX_LEN as u64 + u64::from(u32::from_le_bytes(len.try_into().unwrap()));
+        if total > MAX_IMAGE_HEADER_LEN as u64 {
+            return Err(HeaderError::TooLong {
+                len: total,
+                max: MAX_IMAGE_HEADER_LEN,
+            });
+        }
+        Ok(total as usize)
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<ImageHeader> {
-        let len = Self::json_len(bytes)?;
-        serde_json::from_slice(bytes.get(IMAGE_PREFIX_LEN..IMAGE_PREFIX_LEN + len)?).ok()
+    /// Parse a record (bytes past its end are ignored) and check that it is
+    /// consistent in itself ([`ImageHeader::validate`]). The bytes come
+    /// from a process, which may have written anything there.
+    pub fn decode(bytes: &[u8]) -> Result<ImageHeader, HeaderError> {
+        let h = Self::parse(bytes)?;
+        h.validate(Self::record_len(bytes)?)?;
+        Ok(h)
+    }
+
+    /// Parse a record without checking what it says (see
+    /// [`ImageHeader::decode`], which does).
+    pub fn parse(bytes: &[u8]) -> Result<ImageHeader, HeaderError> {
+        let total = Self::record_len(bytes)?;
+        let json = bytes
+            .get(IMAGE_PREFIX_LEN..total)
+            .ok_or(HeaderError::Truncated {
+                need: total,
+                have: bytes.len(),
+            })?;
+        serde_json::from_slice(json).map_err(|e| HeaderError::Json(e.to_string()))
+    }
+
+    /// What a record hotsplice wrote always is, `record_len` bytes long at
+    /// `map_start`: ids, names and build-id well formed, the mapping and
+    /// code ranges sum without overflow, the code after the record and
+    /// inside the mapping, each replacement inside the code, each saved
+    /// entry exactly a jump's length, jumps not overlapping each other or
+    /// the patch's own mapping. Whether the addresses are mapped in the
+    /// process is the reader's business.
+    pub fn validate(&self, record_len: usize) -> Result<(), HeaderError> {
+        if !is_valid_id(&self.patch_id) {
+            return Err(bad(
+                "patch_id",
+                quoted(&self.patch_id),
+                "a patch id is 8 lowercase letters and digits",
+            ));
+        }
+        if let Some(why) = name_problem(&self.target_name, false) {
+            return Err(bad("target_name", quoted(&self.target_name), why));
+        }
+        if !is_build_id(&self.target_build_id) {
+            return Err(bad(
+                "target_build_id",
+                quoted(&self.target_build_id),
+                "a build-id is an even number of hex digits",
+            ));
+        }
+        let hexa = |v: u64| format!("{v:#x}");
+        if !self.map_start.is_multiple_of(PAGE) || self.map_start == 0 {
+            return Err(bad(
+                "map_start",
+                hexa(self.map_start),
+                "a mapping starts on a page",
+            ));
+        }
+        if !self.map_len.is_multiple_of(PAGE) || self.map_len == 0 {
+            return Err(bad(
+                "map_len",
+                hexa(self.map_len),
+                "a mapping is whole pages",
+            ));
+        }
+        let map_end = self.map_start.checked_add(self.map_len).ok_or_else(|| {
+            bad(
+                "map_len",
+                hexa(self.map_len),
+                "the mapping ends past the address space",
+            )
+        })?;
+        let record_end = self.map_start.saturating_add(record_len as u64);
+        if self.code_start < record_end {
+            return Err(bad(
+                "code_start",
+                hexa(self.code_start),
+                format!("the code must follow the record, which ends at {record_end:#x}"),
+            ));
+        }
+        let code_end = self
+            .code_start
+            .checked_add(self.code_len)
+            .filter(|&e| e <= map_end)
+            .ok_or_else(|| {
+                bad(
+                    "code_len",
+                    hexa(self.code_len),
+                    format!("the code must end inside the mapping, which ends at {map_end:#x}"),
+                )
+            })?;
+        if self.functions.len() > MAX_FUNCTIONS {
+            return Err(bad(
+                "number of functions",
+                self.functions.len(),
+                format!("a patch replaces at most {MAX_FUNCTIONS} functions"),
+            ));
+        }
+        let mut jumps = Vec::new();
+        for (i, f) in self.functions.iter().enumerate() {
+            if let Some(why) = name_problem(&f.name, false) {
+                return Err(bad(format!("functions[{i}].name"), quoted(&f.name), why));
+            }
+            let field = |name: &str| format!("functions[{i}] ({}).{name}", quoted(&f.name));
+            let end = f.addr.checked_add(f.size).ok_or_else(|| {
+                bad(
+                    field("size"),
+                    f.size,
+                    format!("addr {:#x} + size overflows", f.addr),
+                )
+            })?;
+            if f.addr < map_end && end > self.map_start {
+                return Err(bad(
+                    field("addr"),
+                    hexa(f.addr),
+                    "a replaced function cannot lie inside the patch's own mapping",
+                ));
+            }
+            if !(self.code_start..code_end).contains(&f.new_addr) {
+                return Err(bad(
+                    field("new_addr"),
+                    hexa(f.new_addr),
+                    format!(
+                        "the new code must be inside the patch's code [{:#x}, {code_end:#x})",
+                        self.code_start
+                    ),
+                ));
+            }
+            if f.saved.is_empty() {
+                continue;
+            }
+            f.saved_bytes().map_err(|e| match e {
+                HeaderError::Field { value, why, .. } => bad(field("saved"), value, why),
+                e => e,
+            })?;
+            if f.size < arch::JUMP_LEN as u64 {
+                return Err(bad(
+                    field("size"),
+                    f.size,
+                    format!(
+                        "shorter than the {}-byte jump written over it",
+                        arch::JUMP_LEN
+                    ),
+                ));
+            }
+            jumps.push((f.addr, i));
+        }
+        jumps.sort_unstable();
+        for w in jumps.windows(2) {
+            let ((prev, p), (addr, i)) = (w[0], w[1]);
+            if addr < prev + arch::JUMP_LEN as u64 {
+                return Err(bad(
+                    format!("functions[{i}] ({}).addr", quoted(&self.functions[i].name)),
+                    hexa(addr),
+                    format!(
+                        "its jump overlaps the jump of functions[{p}] ({}) at {prev:#x}",
+                        quoted(&self.functions[p].name)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether `addr` lies in this patch's code.
     pub fn code_contains(&self, addr: u64) -> bool {
-        addr >= self.code_start && addr < self.code_start + self.code_len
+        addr >= self.code_start && addr - self.code_start < self.code_len
     }
 }
 
@@ -79,9 +303,8 @@ impl ImageHeader {
 mod tests {
     use super::*;
 
-    #[test]
-    fn header_round_trips() {
-        let h = ImageHeader {
+    fn sample() -> ImageHeader {
+        ImageHeader {
             patch_id: "abcd1234".into(),
             description: String::new(),
             target_name: "prog".into(),
@@ -90,14 +313,146 @@ mod tests {
             applied_at: 1,
             sequence: 2,
             tool: "t".into(),
-            map_start: 0x1000,
+            map_start: 0x7000_0000_0000,
             map_len: 0x3000,
-            code_start: 0x2000,
+            code_start: 0x7000_0000_1000,
             code_len: 0x10,
-            functions: vec![],
-        };
+            functions: vec![AppliedFunction {
+                name: "compute".into(),
+                addr: 0x5555_0000_1130,
+                size: 16,
+                new_addr: 0x7000_0000_1000,
+                saved: "f30f1efa55".into(),
+            }],
+        }
+    }
+
+    /// `h` encodes to a record that decoding refuses, naming `field`.
+    fn refused(h: &ImageHeader, field: &str) -> String {
+        let msg = ImageHeader::decode(&h.encode())
+            .expect_err("decoding must refuse")
+            .to_string();
+        assert!(msg.contains(field), "{field:?} missing from: {msg}");
+        msg
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = sample();
         let b = h.encode();
-        assert_eq!(ImageHeader::decode(&b), Some(h));
-        assert_eq!(ImageHeader::decode(&b[..10]), None);
+        assert_eq!(ImageHeader::decode(&b), Ok(h.clone()));
+        let mut longer = b.clone();
+        longer.extend_from_slice(&[0xcc; 100]);
+        assert_eq!(ImageHeader::decode(&longer), Ok(h));
+        assert_eq!(ImageHeader::decode(&b[..10]), Err(HeaderError::NoMagic));
+        assert!(matches!(
+            ImageHeader::decode(&b[..b.len() - 1]),
+            Err(HeaderError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_length_is_refused_before_reading() {
+        let mut prefix = IMAGE_MAGIC.to_vec();
+        prefix.extend_from_slice(&u32::MAX.to_le_bytes());
+        let err = ImageHeader::record_len(&prefix).unwrap_err();
+        assert_eq!(
+            err,
+            HeaderError::TooLong {
+                len: IMAGE_PREFIX_LEN as u64 + u64::from(u32::MAX),
+                max: MAX_IMAGE_HEADER_LEN,
+            }
+        );
+        assert_eq!(ImageHeader::decode(&prefix).unwrap_err(), err);
+        assert!(matches!(
+            ImageHeader::record_len(&prefix[..18]),
+            Err(HeaderError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_not_a_record() {
+        let mut b = IMAGE_MAGIC.to_vec();
+        b.extend_from_slice(&4u32.to_le_bytes());
+        b.extend_from_slice(b"{]}x");
+        assert!(matches!(ImageHeader::decode(&b), Err(HeaderError::Json(_))));
+    }
+
+    #[test]
+    fn undecodable_or_short_saved_bytes_are_refused() {
+        let mut h = sample();
+        h.functions[0].saved = "zz".into();
+        let msg = refused(&h, "functions[0] (\"compute\").saved");
+        assert!(msg.contains("not hex"), "{msg}");
+        h.functions[0].saved = "90".into();
+        let msg = refused(&h, "functions[0] (\"compute\").saved = 1 byte(s)");
+        assert!(msg.contains("exactly 5 bytes"), "{msg}");
+        assert!(h.functions[0].saved_bytes().is_err());
+    }
+
+    #[test]
+    fn function_shorter_than_its_jump_is_refused() {
+        let mut h = sample();
+        h.functions[0].size = 2;
+        refused(&h, "functions[0] (\"compute\").size = 2");
+    }
+
+    #[test]
+    fn addresses_that_overflow_or_point_astray_are_refused() {
+        let mut h = sample();
+        h.functions[0].addr = u64::MAX - 3;
+        refused(&h, "functions[0] (\"compute\").size");
+        let mut h = sample();
+        h.functions[0].new_addr = 0x1000;
+        refused(&h, "functions[0] (\"compute\").new_addr = 0x1000");
+        let mut h = sample();
+        h.functions[0].addr = h.map_start + 0x2000;
+        refused(&h, "functions[0] (\"compute\").addr");
+        let mut h = sample();
+        h.map_len = !0xfff;
+        refused(&h, "map_len");
+        let mut h = sample();
+        h.map_start += 1;
+        refused(&h, "map_start");
+        let mut h = sample();
+        h.code_len = u64::MAX;
+        refused(&h, "code_len");
+        let mut h = sample();
+        h.code_start = h.map_start + 8;
+        refused(&h, "code_start");
+    }
+
+    #[test]
+    fn overlapping_jumps_are_refused() {
+        let mut h = sample();
+        let mut g = h.functions[0].clone();
+        g.name = "other".into();
+        g.addr += 2;
+        h.functions.push(g);
+        refused(&h, "functions[1] (\"other\").addr");
+    }
+
+    #[test]
+    fn bad_ids_and_names_are_refused() {
+        let mut h = sample();
+        h.patch_id = "../../x".into();
+        refused(&h, "patch_id");
+        let mut h = sample();
+        h.functions[0].name = "\x1b]0;owned\x07".into();
+        refused(&h, "functions[0].name");
+        let mut h = sample();
+        h.target_name = "x".repeat(5000);
+        refused(&h, "target_name");
+        let mut h = sample();
+        h.target_build_id = "abc".into();
+        refused(&h, "target_build_id");
+    }
+
+    #[test]
+    fn function_without_a_jump_saves_nothing() {
+        let mut h = sample();
+        h.functions[0].saved.clear();
+        h.functions[0].size = 1;
+        assert_eq!(ImageHeader::decode(&h.encode()), Ok(h));
     }
 }

@@ -15,7 +15,9 @@
 mod file;
 mod header;
 mod id;
+mod validate;
 
 pub use file::*;
 pub use header::*;
 pub use id::*;
+pub use validate::*;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Fuzzes the parsers of untrusted input: patch files (`patch_file`; and
+# `patch_body`, which frames its input with a valid checksum so that every
+# input reaches the metadata checks) and the records read out of processes
+# (`image_header`). Besides "never panics", each target checks what the
+# engine relies on of everything the parsers accept (fuzz/src/lib.rs).
+#
+# Each target runs for FUZZ_SECONDS (default 60) from the checked-in seeds
+# (fuzz/seeds/<target>) and what earlier runs kept (fuzz/corpus/<target>,
+# not checked in). A crash, leak, timeout or out-of-memory fails the script;
+# the input is left in fuzz/artifacts/<target>/ (reproduce it with
+# `cargo fuzz run <target> fuzz/artifacts/<target>/<file>` from fuzz/).
+# FUZZ_TARGETS names targets (default: all); FUZZ_ARGS adds libFuzzer flags.
+#
+# cargo-fuzz needs nightly features of the compiler; on a stable toolchain
+# RUSTC_BOOTSTRAP=1 enables them.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+export RUSTC_BOOTSTRAP=1
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+seconds="${FUZZ_SECONDS:-60}"
+targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
+cargo fetch --locked
+for t in $targets; do
+    mkdir -p "corpus/$t"
+    echo "== fuzz: $t for ${seconds}s"
+    # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
+    cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+        -max_total_time="$seconds" -dict=dict/formats.dict -print_final_stats=1 \
+        ${FUZZ_ARGS:-}
+done
+echo "== fuzz: no crash in ${targets//$'\n'/ }"
