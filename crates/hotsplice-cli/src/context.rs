@@ -175,6 +175,20 @@ impl Ctx {
         )?)
     }
 
+    /// Operations an interrupted hotsplice left in flight in live processes
+    /// (the next command that changes patches finishes or rolls them back).
+    /// Read-only: for `show`, which must not report as applied what only
+    /// half happened.
+    pub fn interrupted(&self) -> Vec<hotsplice_store::InFlight> {
+        let Ok(scan) = hotsplice_store::Journal::open(&self.paths).scan() else {
+            return Vec::new();
+        };
+        scan.records
+            .into_iter()
+            .filter(|e| engine::start_time(e.pid) == Some(e.start_time))
+            .collect()
+    }
+
     /// Finish or roll back what an interrupted hotsplice left in flight.
     pub fn recover(&self) -> Result<()> {
         let journal = hotsplice_store::Journal::open(&self.paths);

@@ -420,7 +420,7 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
             if available {
                 show_available(ctx, json)
             } else {
-                show_applied(pid, json)
+                show_applied(ctx, pid, json)
             }
         }
         UserCommand::ListTargets { json } => list_targets(json),
@@ -461,15 +461,24 @@ fn report_all(
     Ok(ok)
 }
 
-fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
+fn show_applied(ctx: &Ctx, pid: Option<i32>, json: bool) -> Result<bool> {
     let pids = match pid {
         Some(p) => vec![p],
         None => hotsplice_process::all_pids(),
     };
+    // What a killed hotsplice left half done: shown as such, so that a
+    // patch is never reported as applied while old code runs.
+    let interrupted = ctx.interrupted();
+    let in_flight = |p: i32| interrupted.iter().filter(move |e| e.pid == p);
     let mut rows = Vec::new();
     for p in pids {
         match engine::state(p) {
-            Ok(st) if !st.patches.is_empty() || !st.corrupt.is_empty() || pid.is_some() => {
+            Ok(st)
+                if !st.patches.is_empty()
+                    || !st.corrupt.is_empty()
+                    || in_flight(p).next().is_some()
+                    || pid.is_some() =>
+            {
                 rows.push((p, st))
             }
             Ok(_) => {}
@@ -492,6 +501,13 @@ fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
                         "description": h.description,
                         "applied_at": h.applied_at,
                         "functions": h.functions.iter().map(|f| &f.name).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                    // Left half done by a killed hotsplice; the next
+                    // command that changes patches finishes or rolls back.
+                    "interrupted": in_flight(*p).map(|e| serde_json::json!({
+                        "op": e.op,
+                        "id": e.id,
+                        "step": e.step,
                     })).collect::<Vec<_>>(),
                     // Forged or damaged records: reported, never acted upon.
                     "corrupt": st.corrupt.iter().map(|c| serde_json::json!({
@@ -518,7 +534,19 @@ fn show_applied(pid: Option<i32>, json: bool) -> Result<bool> {
             for c in &st.corrupt {
                 corrupt_row(c);
             }
-            if hs.is_empty() && st.corrupt.is_empty() {
+            let mut half_done = false;
+            for e in in_flight(*p) {
+                half_done = true;
+                outln!(
+                    "{:<8} {:<16} {:<9} interrupted {} (hotsplice was stopped at step {}): some functions may be old, some new; the next `hotsplice user` command that changes patches finishes or rolls it back",
+                    p,
+                    esc(&comm(*p)),
+                    esc(&e.id),
+                    esc(&e.op),
+                    esc(&e.step)
+                );
+            }
+            if hs.is_empty() && st.corrupt.is_empty() && !half_done {
                 outln!("{:<8} {:<16} (none)", p, esc(&comm(*p)));
             }
             for h in hs {
