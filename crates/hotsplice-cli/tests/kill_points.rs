@@ -236,6 +236,18 @@ impl Scenario {
         }
     }
 
+    fn state_name(&self, line: &str) -> &'static str {
+        if line == self.case.before() {
+            "old"
+        } else if line == self.case.after() {
+            "new"
+        } else if Some(line) == self.case.get("after2") {
+            "level 2"
+        } else {
+            "mixed"
+        }
+    }
+
     /// The target runs on: alive, no thread stopped or traced, printing only
     /// valid lines. Returns the last line.
     fn check_target(&mut self, what: &str, valid: &[String]) -> String {
@@ -328,6 +340,7 @@ impl Scenario {
     fn every_point(&mut self, op: Op, signal: &str) -> u64 {
         let valid = self.valid(op);
         let fired = self.env.root.join("fired");
+        let mut outcomes: Vec<String> = Vec::new();
         for k in 1..=MAX_POINTS {
             self.prepare(op);
             let _ = fs::remove_file(&fired);
@@ -348,6 +361,11 @@ impl Scenario {
                 assert_eq!(line, self.done_line(op), "{what}: did not take effect");
                 self.check_show(&what, &line);
                 self.recover(&what);
+                eprintln!(
+                    "{} {op:?} SIG{signal}, outcome at each kill point: {}",
+                    self.case.name,
+                    ranges(&outcomes)
+                );
                 return k - 1;
             }
             if signal == "KILL" {
@@ -369,11 +387,39 @@ impl Scenario {
                     "{what}: half done: {line}"
                 );
             }
+            outcomes.push(format!(
+                "{}{}",
+                self.state_name(&line),
+                if self.journal_len() > 0 {
+                    " (interrupted)"
+                } else {
+                    ""
+                }
+            ));
             self.check_show(&what, &line);
             self.recover(&what);
         }
         panic!("{op:?}: more than {MAX_POINTS} kill points");
     }
+}
+
+/// "1-4 old, 5 new (interrupted), ..." from one outcome per point.
+fn ranges(outcomes: &[String]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < outcomes.len() {
+        let mut j = i;
+        while j + 1 < outcomes.len() && outcomes[j + 1] == outcomes[i] {
+            j += 1;
+        }
+        parts.push(if i == j {
+            format!("{} {}", i + 1, outcomes[i])
+        } else {
+            format!("{}-{} {}", i + 1, j + 1, outcomes[i])
+        });
+        i = j + 1;
+    }
+    parts.join(", ")
 }
 
 fn halves(line: &str) -> [&str; 2] {
@@ -426,6 +472,11 @@ fn apply_busy_threads_sigterm() {
 #[test]
 fn undo_single_thread_sigkill() {
     run("inline_o2", Op::Undo, "KILL");
+}
+
+#[test]
+fn undo_single_thread_sigterm() {
+    run("inline_o2", Op::Undo, "TERM");
 }
 
 #[test]
