@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fuzzes the parsers of untrusted input: patch files (`patch_file`; and
+# Fuzzes the parsers of untrusted input: patch files (`patch_file`;
 # `patch_body`, which frames its input with a valid checksum so that every
-# input reaches the metadata checks) and the records read out of processes
-# (`image_header`). Besides "never panics", each target checks what the
-# engine relies on of everything the parsers accept (fuzz/src/lib.rs).
+# input reaches the metadata checks; `patch_meta`, which builds the
+# metadata field by field around the limits the checks keep) and the
+# records read out of processes (`image_header`). Besides "never panics",
+# each target checks what the engine relies on of everything the parsers
+# accept (fuzz/src/lib.rs).
 #
 # Each target runs for FUZZ_SECONDS (default 60) from the checked-in seeds
 # (fuzz/seeds/<target>) and what earlier runs kept (fuzz/corpus/<target>,
@@ -26,8 +28,8 @@ cargo fetch --locked
 for t in $targets; do
     mkdir -p "corpus/$t"
     echo "== fuzz: $t for ${seconds}s"
-    # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
-    cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+    # shellcheck disable=SC2046,SC2086 # optional seeds; FUZZ_ARGS is a list of flags
+    cargo fuzz run "$t" "corpus/$t" $(test -d "seeds/$t" && echo "seeds/$t") -- \
         -max_total_time="$seconds" -dict=dict/formats.dict -print_final_stats=1 \
         ${FUZZ_ARGS:-}
 done

@@ -66,19 +66,25 @@ static struct region regions[8];
 static int nregions;
 static unsigned long next_hint;
 
-/* A mapping within jump reach of the code, never next to another one. */
-static unsigned char *map_near(size_t len, const char *name)
+/* A mapping within jump reach of the code, never next to another one,
+   its first `writable` bytes writable (read-only pages cost no memory
+   commitment, whatever the overcommit policy). */
+static unsigned char *map_near(size_t len, size_t writable, const char *name)
 {
 	for (int i = 0; i < 256; i++) {
 		unsigned long hint = next_hint;
 		next_hint += (len + (64UL << 20)) & ~(PAGE - 1);
-		void *p = mmap((void *)hint, len, PROT_READ | PROT_WRITE,
+		void *p = mmap((void *)hint, len, PROT_READ,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
 		if (p == MAP_FAILED)
 			continue;
 		if ((unsigned long)p != hint) {
 			munmap(p, len);
 			continue;
+		}
+		if (mprotect(p, writable, PROT_READ | PROT_WRITE) != 0) {
+			perror("mprotect");
+			exit(1);
 		}
 		prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)p, len, (unsigned long)name);
 		regions[nregions].at = p;
@@ -131,7 +137,7 @@ static void forge(const char *id, void *fn, unsigned long addr, const char *save
 	size_t len = 4 * PAGE;
 	char name[32];
 	snprintf(name, sizeof name, "hotsplice:%s", id);
-	unsigned char *at = map_near(len, name);
+	unsigned char *at = map_near(len, len, name);
 	unsigned long code = (unsigned long)at + PAGE;
 	memset(at + PAGE, 0xcc, 64);
 	char saved[11] = "";
@@ -172,12 +178,12 @@ int main(void)
 	/* Below the executable (the heap grows above it), all within 2 GiB. */
 	next_hint = (((unsigned long)&main) & ~((1UL << 20) - 1)) - (15UL << 27);
 
-	unsigned char *a1 = map_near(PAGE, "hotsplice:fourgib1");
+	unsigned char *a1 = map_near(PAGE, PAGE, "hotsplice:fourgib1");
 	put_prefix(a1, 0xfffffff0u);
 	seal(a1, PAGE);
 
 	size_t big = (1UL << 30) + PAGE;
-	unsigned char *a2 = map_near(big, "hotsplice:onegib01");
+	unsigned char *a2 = map_near(big, PAGE, "hotsplice:onegib01");
 	put_prefix(a2, 1u << 30);
 	seal(a2, big);
 
