@@ -4,6 +4,7 @@ use crate::FieldKind;
 use iced_x86::{Decoder, DecoderOptions};
 
 pub mod remote;
+pub mod sigframe;
 
 /// Bytes of the jump written over an old function entry (`jmp rel32`).
 pub const JUMP_LEN: usize = 5;

@@ -2,8 +2,13 @@
 //! executing, or have a return address into, code that is being replaced
 //! (apply) or removed (undo). Stacks are scanned conservatively (every
 //! aligned word from the stack pointer to the end of the stack mapping), as
-//! Ksplice does: a stale value costs a retry, never a crash.
+//! Ksplice does: a stale value costs a retry, never a crash. A thread in a
+//! signal handler on an alternate signal stack has the frames it
+//! interrupted on another stack: the signal frames found on the scanned
+//! stack name it, and it is scanned too ([`interrupted_spans`]). A thread
+//! whose stack cannot be read counts as busy.
 
+use hotsplice_arch::current::sigframe;
 use hotsplice_process::{Mapping, Pid, StoppedThread};
 
 /// Largest stack slice scanned per thread.
@@ -97,7 +102,15 @@ pub fn find_busy(
                 frame: "executing",
             });
         }
-        let Some(stack) = stack else { continue };
+        let Some(stack) = stack.filter(|s| !s.is_empty()) else {
+            // Fail closed: what cannot be read may hold a return address.
+            return Some(BusyThread {
+                tid: t.tid,
+                function: "code being changed (its stack cannot be read, so it may be inside)"
+                    .into(),
+                frame: "stopped with an unreadable stack,",
+            });
+        };
         for w in stack.chunks_exact(8) {
             let v = u64::from_le_bytes(w.try_into().unwrap());
             if v < lo || v >= hi {
@@ -113,6 +126,43 @@ pub fn find_busy(
         }
     }
     None
+}
+
+/// Stacks that signal handlers interrupted, found through the signal
+/// frames on the stacks just read (`spans`, read into `buf` as `stacks`):
+/// for each, the thread it belongs to (index into `threads`) and the span
+/// from the saved stack pointer to the end of its mapping. Spans inside a
+/// stack already read are left out.
+pub fn interrupted_spans(
+    threads: &[StoppedThread],
+    spans: &[(u64, usize)],
+    stacks: &[Option<(usize, usize)>],
+    buf: &[u8],
+    maps: &[Mapping],
+) -> Vec<(usize, (u64, usize))> {
+    let mut out: Vec<(usize, (u64, usize))> = Vec::new();
+    for (i, ((t, span), stack)) in threads.iter().zip(spans).zip(stacks).enumerate() {
+        let Some((o, l)) = *stack else { continue };
+        sigframe::interrupted_stacks(&buf[o..o + l], t.regs.rsp, |sp| {
+            let inside = |s: &(u64, usize)| sp >= s.0 && sp - s.0 < s.1 as u64;
+            if inside(span) || out.iter().any(|(_, s)| inside(s)) {
+                return;
+            }
+            let k = maps.partition_point(|m| m.start <= sp);
+            match k.checked_sub(1).map(|k| &maps[k]).filter(|m| sp < m.end) {
+                Some(m) if m.read && m.write && !m.exec => {
+                    let at = sp & !7;
+                    out.push((i, (at, (m.end - at).min(MAX_STACK) as usize)));
+                }
+                // Not a stack: a stale frame.
+                Some(_) => {}
+                // Not mapped as far as we know: fail closed (an empty span
+                // counts as unreadable, so busy).
+                None => out.push((i, (sp, 0))),
+            }
+        });
+    }
+    out
 }
 
 /// Whether any thread's stack pointer lies outside the known mappings
@@ -153,6 +203,12 @@ mod tests {
         // ...unless the code goes away (undo): then it counts.
         let r = Ranges::new([(0x1000, 0x1100, "patch".to_string(), false)]);
         assert!(find_busy(&[thread(0x9000)], &s, &b, &r).is_some());
+    }
+
+    #[test]
+    fn unreadable_stack_is_busy() {
+        let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
+        assert!(find_busy(&[thread(0x9000)], &[None], &[], &r).is_some());
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The stop window, retried while code is busy.
 
 use crate::journal::fault;
-use crate::safety::{find_busy, needs_fresh_maps, stack_spans, Ranges};
+use crate::safety::{find_busy, interrupted_spans, needs_fresh_maps, stack_spans, Ranges};
 use crate::state::read_maps;
 use crate::{ApplyOptions, EngineError, Result};
-use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
+use hotsplice_process::{self as process, Mapping, MemWriter, Pid, StoppedThread, Tracee};
 use std::time::{Duration, Instant};
 
 /// One write of the window: at `addr`, replace `expect` with `new`.
@@ -45,6 +45,7 @@ pub(crate) fn stop_and_write(
     // Stacks are read into one buffer, sized before the window so the
     // window itself does not allocate.
     let mut stack_buf: Vec<u8> = Vec::with_capacity(tracee.thread_count().max(1) * 32 * 1024);
+    let mut extra_buf: Vec<u8> = Vec::new();
     loop {
         attempts += 1;
         let t0 = Instant::now();
@@ -56,7 +57,31 @@ pub(crate) fn stop_and_write(
             spans = stack_spans(threads, &maps);
         }
         let stacks = process::read_memory_into(pid, &spans, &mut stack_buf);
-        if let Some(busy) = find_busy(threads, &stacks, &stack_buf, ranges) {
+        let mut busy = find_busy(threads, &stacks, &stack_buf, ranges);
+        if busy.is_none() {
+            // Threads in handlers on alternate signal stacks: the stacks
+            // they interrupted too (and those these name, for nested
+            // signals). Allocates only when there are such frames.
+            let mut extra = interrupted_spans(threads, &spans, &stacks, &stack_buf, &maps);
+            let mut owners: Vec<StoppedThread> = Vec::new();
+            for _ in 0..4 {
+                if extra.is_empty() || busy.is_some() {
+                    break;
+                }
+                let prev = if owners.is_empty() {
+                    threads
+                } else {
+                    &owners[..]
+                };
+                let next: Vec<StoppedThread> = extra.iter().map(|(i, _)| prev[*i]).collect();
+                let more: Vec<(u64, usize)> = extra.iter().map(|(_, s)| *s).collect();
+                let got = process::read_memory_into(pid, &more, &mut extra_buf);
+                busy = find_busy(&next, &got, &extra_buf, ranges);
+                extra = interrupted_spans(&next, &more, &got, &extra_buf, &maps);
+                owners = next;
+            }
+        }
+        if let Some(busy) = busy {
             window.resume()?;
             if Instant::now() >= deadline {
                 return Err(EngineError::Busy {
