@@ -2,7 +2,8 @@
 # The test command: formatting, lints, then every test of the workspace
 # (unit tests, real-process ptrace tests, end-to-end patches of running
 # programs, kernel patches built from Debian's kernel source and applied in
-# that kernel under QEMU). Needs root (ptrace, module loading in the guest).
+# that kernel under QEMU), then each fuzz target for FUZZ_SECONDS (default
+# 15). Needs root (ptrace, module loading in the guest).
 #
 # Slow downloads and builds (Debian's kernel packages and source, the
 # prepared kernel tree) are cached in $HOTSPLICE_CACHE, by default
@@ -16,3 +17,5 @@ bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 cargo test --workspace --locked --all-features
+# The parsers of untrusted input, fuzzed for a bounded time per target.
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh
