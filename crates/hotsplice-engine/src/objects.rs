@@ -111,8 +111,12 @@ pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
         if phnum == 0 || phnum > 64 {
             continue;
         }
+        // Read out of the process: any value at all.
+        let Some(at) = g.first.0.checked_add(phoff) else {
+            continue;
+        };
         elfs.push(g);
-        phdr_ranges.push((g.first.0 + phoff, phnum * PHDR_LEN));
+        phdr_ranges.push((at, phnum * PHDR_LEN));
     }
     let phdrs = process::read_memory_many(pid, &phdr_ranges);
     let mut partial = Vec::new();
@@ -184,13 +188,34 @@ pub fn exports_of(pid: Pid, obj: &LoadedObject) -> Option<ExportMap> {
     );
     let plain = obj.path.trim_end_matches(" (deleted)");
     let via_root = format!("/proc/{pid}/root{plain}");
-    let data = std::fs::read(&via_map_files)
-        .or_else(|_| std::fs::read(&via_root))
-        .ok()?;
+    let data = read_bounded(&via_map_files).or_else(|| read_bounded(&via_root))?;
     let exports = Arc::new(hotsplice_elf::exports(&data).ok()?);
     cache()
         .lock()
         .unwrap()
         .insert(obj.inode.clone(), exports.clone());
     Some(exports)
+}
+
+/// The largest object file whose exports are read (any process may map
+/// any file; this keeps one from making hotsplice read gigabytes).
+const MAX_OBJECT_FILE: u64 = 1 << 30;
+
+/// A regular file of at most [`MAX_OBJECT_FILE`] bytes.
+fn read_bounded(path: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that a FIFO put in place of a library cannot hang us.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_OBJECT_FILE {
+        return None;
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_OBJECT_FILE).read_to_end(&mut data).ok()?;
+    Some(data)
 }
