@@ -376,10 +376,17 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
                 let Ok(state) = engine::state(p) else {
                     continue;
                 };
-                // A forged or damaged record is reported, never acted upon.
+                // A forged or damaged record is reported, never acted upon:
+                // an error for the process asked about, a warning when
+                // going over the machine (any user can forge one in their
+                // own process; that must not fail root's removal).
                 for c in state.corrupt {
                     if all || c.patch_id.as_ref().is_some_and(|id| ids.contains(id)) {
-                        refused.push(Err(engine::EngineError::CorruptRecord(c)));
+                        if pid.is_some() {
+                            refused.push(Err(engine::EngineError::CorruptRecord(c)));
+                        } else {
+                            errln!("hotsplice: warning: {}", esc(&c.to_string()));
+                        }
                     }
                 }
                 // Newest first, so stacked patches come off in order.

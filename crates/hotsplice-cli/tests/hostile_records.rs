@@ -509,6 +509,16 @@ fn forged_records_are_reported_and_never_acted_upon() {
     r.assert_failed("user remove forgedbb");
     assert!(r.stderr.contains("forged or corrupt"), "{}", r.describe());
     assert_untouched(&mut hostile, &sum, "after undo");
+    // Over the whole machine, a record someone forged in their own process
+    // is a warning: it must not make root's removal fail.
+    let r = hotsplice(["user", "remove", "forgedbb"]);
+    r.assert_ok("machine-wide user remove forgedbb");
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("forged or corrupt"),
+        "{}",
+        r.describe()
+    );
+    assert_untouched(&mut hostile, &sum, "after the machine-wide remove");
 
     // The real patch is unaffected, and still comes off.
     good.expect_new_line(Stream::Stdout, case.after(), "still patched");
