@@ -48,12 +48,6 @@ fn shared() -> &'static Shared {
     })
 }
 
-fn outdir(tag: &str) -> TempDir {
-    let d = TempDir::new(tag);
-    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
-
 /// `hotsplice create` of the case's fix, unsigned, with a description.
 fn create(
     env: &TestEnv,

@@ -50,7 +50,8 @@ struct Scenario {
     baseline_exec_anon: usize,
 }
 
-fn create(
+/// A patch of `level` for `diff`, signed, in its own directory under `out`.
+fn create_level(
     env: &TestEnv,
     case: &Case,
     build: &Build,
@@ -61,27 +62,7 @@ fn create(
     let dir = out.join(format!("l{level}"));
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let r = env.hs([
-        "create".to_string(),
-        "--sign".into(),
-        env.key.display().to_string(),
-        "--level".into(),
-        level.to_string(),
-        "--patch".into(),
-        case.diff(diff).display().to_string(),
-        "-o".into(),
-        dir.display().to_string(),
-        build.dir.display().to_string(),
-    ]);
-    r.assert_ok("create");
-    PathBuf::from(r.stdout.lines().next().expect("a patch path").trim())
-}
-
-fn info_id(env: &TestEnv, file: &Path) -> String {
-    let r = env.hs(["info", "--json", file.to_str().unwrap()]);
-    r.assert_ok("info");
-    let at = r.stdout.find("\"id\": \"").expect("id in info") + 7;
-    r.stdout[at..at + 8].to_string()
+    create(env, case, build, diff, Some(&env.key), level, &dir)
 }
 
 /// Anonymous executable mappings that are not hotsplice patches.
@@ -108,10 +89,10 @@ impl Scenario {
         let build = case.build();
         let out = TempDir::new(tag);
         fs::set_permissions(out.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let l1 = create(&env, &case, &build, "fix.diff", 1, out.path());
+        let l1 = create_level(&env, &case, &build, "fix.diff", 1, out.path());
         let l2 = case
             .get("after2")
-            .map(|_| create(&env, &case, &build, "fix2.diff", 2, out.path()));
+            .map(|_| create_level(&env, &case, &build, "fix2.diff", 2, out.path()));
         let id1 = info_id(&env, &l1);
         let id2 = l2.as_ref().map(|f| info_id(&env, f)).unwrap_or_default();
         let mut proc = build.start(&case);
@@ -519,7 +500,7 @@ fn sigterm_during_upgrade_finishes_in_flight_and_starts_nothing_new() {
     let build = case.build();
     let out = TempDir::new("term-upgrade");
     fs::set_permissions(out.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let l1 = create(&env, &case, &build, "fix.diff", 1, out.path());
+    let l1 = create_level(&env, &case, &build, "fix.diff", 1, out.path());
     env.hs(["user", "install", l1.to_str().unwrap()])
         .assert_ok("install");
     let mut procs: Vec<Proc> = (0..4).map(|_| build.start(&case)).collect();

@@ -1210,3 +1210,47 @@ impl JsonParser<'_> {
         }
     }
 }
+
+/// `hotsplice create` of `diff` for a built case, signed with `key` (or not).
+pub fn create(
+    env: &TestEnv,
+    case: &Case,
+    build: &Build,
+    diff: &str,
+    key: Option<&Path>,
+    level: u32,
+    out: &Path,
+) -> PathBuf {
+    let mut args: Vec<String> = vec!["create".into()];
+    if let Some(k) = key {
+        args.push("--sign".into());
+        args.push(k.display().to_string());
+    }
+    args.extend([
+        "--level".into(),
+        level.to_string(),
+        "--patch".into(),
+        case.diff(diff).display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        build.dir.display().to_string(),
+    ]);
+    let r = env.hs(&args);
+    r.assert_ok("create");
+    PathBuf::from(r.stdout.lines().next().expect("a patch path").trim())
+}
+
+/// The patch id `hotsplice info` gives for `file`.
+pub fn info_id(env: &TestEnv, file: &Path) -> String {
+    let r = env.hs(["info", "--json", file.to_str().unwrap()]);
+    r.assert_ok("info");
+    let at = r.stdout.find("\"id\": \"").expect("id in info") + 7;
+    r.stdout[at..at + 8].to_string()
+}
+
+/// A temporary output directory others may read (patches are read by root's tests).
+pub fn outdir(tag: &str) -> TempDir {
+    let d = TempDir::new(tag);
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
