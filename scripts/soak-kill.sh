@@ -21,6 +21,7 @@ T="$(mktemp -d /tmp/hotsplice-soak.XXXXXX)"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  if [ -n "${DAEMON:-}" ]; then kill -9 "$DAEMON" 2>/dev/null || true; fi
   wait 2>/dev/null || true
   rm -rf "$T"
 }
@@ -62,16 +63,19 @@ check_recovered() {
   ! grep -q 'hotsplice:' /proc/"$pid"/maps || fail "$what: patch mapping left in $pid"
 }
 
+# Starts a target (not in a subshell, so that cleanup knows it): its pid
+# is in $TARGET.
 start_target() {
   local out=$1
   "$T/src/prog" >>"$out" 2>"$out.err" &
-  PIDS+=($!)
-  echo $!
+  TARGET=$!
+  PIDS+=("$TARGET")
 }
 
 # Part 1: apply and undo, killed after a random delay.
 out="$T/target.out"
-pid=$(start_target "$out")
+start_target "$out"
+pid=$TARGET
 sleep 0.1
 killed=0 completed=0
 for ((i = 1; i <= RUNS; i++)); do
@@ -83,9 +87,12 @@ for ((i = 1; i <= RUNS; i++)); do
   fi
   "$HS" -q "${cmd[@]}" >/dev/null 2>&1 &
   hs=$!
-  sleep "$(printf '0.%03d' $((RANDOM % 12)))"
-  if kill -9 "$hs" 2>/dev/null; then killed=$((killed + 1)); else completed=$((completed + 1)); fi
-  wait "$hs" 2>/dev/null || true
+  sleep "$(printf '0.%03d' $((RANDOM % 7)))"
+  kill -9 "$hs" 2>/dev/null || true
+  # 137: the kill came first; otherwise hotsplice had already exited.
+  st=0
+  wait "$hs" 2>/dev/null || st=$?
+  if [ "$st" -eq 137 ]; then killed=$((killed + 1)); else completed=$((completed + 1)); fi
   check_target "$pid" "$out" "run $i (${cmd[1]})"
   check_recovered "$pid" "run $i (${cmd[1]})"
   : >"$out"
@@ -98,11 +105,13 @@ harmed=0 total=0
 for ((b = 1; b <= BURSTS; b++)); do
   "$HS" daemon --rescan 0.05 >/dev/null 2>&1 &
   d=$!
+  DAEMON=$d
   sleep 0.05
   burst=()
   for ((k = 0; k < 6; k++)); do
     o="$T/burst$k.out"
-    burst+=("$(start_target "$o"):$o")
+    start_target "$o"
+    burst+=("$TARGET:$o")
   done
   sleep "$(printf '0.%03d' $((RANDOM % 40)))"
   kill -9 "$d" 2>/dev/null || true
@@ -114,6 +123,9 @@ for ((b = 1; b <= BURSTS; b++)); do
     check_target "$p" "$o" "burst $b"
     check_recovered "$p" "burst $b"
     kill -9 "$p"
+    wait "$p" 2>/dev/null || true
   done
+  # Only live processes stay listed for the cleanup (pids get reused).
+  PIDS=("$pid")
 done
 echo "soak: $BURSTS daemon bursts killed at random, $total new processes: none harmed, each recovered"
