@@ -303,6 +303,13 @@ pub fn apply_replacing(
             }
             Ok(r)
         }
+        // A jump into the new code is in and could not be taken out: the
+        // code stays mapped, and the journal record stays for the next
+        // command's recovery to finish the rollback.
+        Err(e @ EngineError::PartlyApplied { .. }) => {
+            let _ = tracee.detach();
+            Err(e)
+        }
         Err(e) => {
             let _ = tracee.with_thread(|t| t.munmap(place, total));
             let _ = tracee.detach();

@@ -106,6 +106,16 @@ pub enum EngineError {
         pid: Pid,
         error: hotsplice_patch::FormatError,
     },
+    /// Writing the jumps failed midway and putting back one already written
+    /// failed too: that function now jumps into the patch, so the patch's
+    /// code was left mapped (and recorded) rather than unmapped under it.
+    #[error("process {pid}: writing the jumps failed ({cause}) and `{function}` at {addr:#x} could not be put back; it runs the patched code, which stays mapped; `hotsplice user undo` takes the patch out")]
+    PartlyApplied {
+        pid: Pid,
+        function: String,
+        addr: u64,
+        cause: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -133,14 +133,31 @@ pub(crate) fn stop_and_write(
         }
         if let Some(e) = failure {
             // Back to fully old before anything runs.
+            let mut stuck = None;
             for w in writes[..done].iter().rev() {
-                let _ = mem.write(w.addr, &w.expect);
+                if mem.write(w.addr, &w.expect).is_err() {
+                    stuck.get_or_insert(w);
+                }
             }
-            window.resume()?;
-            return Err(e.into());
+            let _ = window.resume();
+            return Err(match stuck {
+                // The caller must not unmap the code this jumps into.
+                Some(w) => EngineError::PartlyApplied {
+                    pid,
+                    function: w.name.clone(),
+                    addr: w.addr,
+                    cause: e.to_string(),
+                },
+                None => e.into(),
+            });
         }
         let n = threads.len();
-        window.detach_all()?;
+        // The jumps are in: whatever detaching says, the change took effect
+        // (and exiting lets the kernel detach what is left), so it is not
+        // reported as a failure, which would make the caller unmap live code.
+        if let Err(e) = window.detach_all() {
+            tracing::warn!(pid, error = %e, "detaching after the jumps were written");
+        }
         return Ok(WindowResult {
             threads: n,
             attempts,
