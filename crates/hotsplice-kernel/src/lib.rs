@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// A recorded patch that cannot be verified, so it is not loaded.
+    #[error("recorded kernel patch {id} not re-applied: {why}")]
+    Unverifiable { id: String, why: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -217,13 +220,16 @@ impl Kernel {
     }
 
     /// Apply a kernel patch module.
-    pub fn apply(&self, ko: &[u8], origin: &str) -> Result<KernelReport> {
-        self.apply_inner(ko, origin, true)
+    /// Load module `ko`, which came out of the verified patch file
+    /// `patch_file` (kept, so that the boot hook verifies it again).
+    pub fn apply(&self, ko: &[u8], patch_file: &[u8], origin: &str) -> Result<KernelReport> {
+        self.apply_inner(ko, Some(patch_file), origin)
     }
 
-    /// `record`: add it to the applied list first (and take it out again
-    /// if it fails); false when re-applying recorded patches at boot.
-    fn apply_inner(&self, ko: &[u8], origin: &str, record: bool) -> Result<KernelReport> {
+    /// With `record` (the signed patch file), add it to the applied list
+    /// first (and take it out again if it fails); None when re-applying
+    /// recorded patches at boot.
+    fn apply_inner(&self, ko: &[u8], record: Option<&[u8]>, origin: &str) -> Result<KernelReport> {
         let t0 = Instant::now();
         if self.disabled() {
             return Err(KernelError::Disabled);
@@ -247,11 +253,11 @@ impl Kernel {
         }
         // Recorded first: if we die during the load, boot re-applies and
         // `show` still knows the module.
-        if record {
-            self.state.add(&info, ko)?;
+        if let Some(file) = record {
+            self.state.add(&info, file)?;
         }
         let forget = |k: &Kernel| -> Result<()> {
-            if record {
+            if record.is_some() {
                 k.state.remove(&info.id)?;
             }
             Ok(())
@@ -371,7 +377,16 @@ impl Kernel {
     /// At boot: re-apply the recorded patches, in order, if the booted
     /// kernel is the build they were made for; otherwise apply nothing and
     /// say why. Returns a line per patch for the log.
-    pub fn reapply_at_boot(&self, install_on_reboot: bool) -> Result<Vec<String>> {
+    ///
+    /// Each recorded patch file is verified again by `verify` (which checks
+    /// its signature against the trusted keys and returns its module), as
+    /// on every other use: nothing on disk is loaded into the kernel
+    /// unverified.
+    pub fn reapply_at_boot(
+        &self,
+        install_on_reboot: bool,
+        verify: &VerifyPatch<'_>,
+    ) -> Result<Vec<String>> {
         if self.disabled() {
             return Ok(vec![
                 "nouptrack on the kernel command line: no patches applied".into(),
@@ -397,10 +412,20 @@ impl Kernel {
                 lines.push(format!("{}: already applied", p.id));
                 continue;
             }
-            let result = self
-                .state
-                .module_bytes(p)
-                .and_then(|ko| self.apply_inner(&ko, &p.id, false));
+            let result = self.state.patch_file(p).and_then(|(path, bytes)| {
+                let ko = verify(&bytes, &path).map_err(|why| KernelError::Unverifiable {
+                    id: p.id.clone(),
+                    why,
+                })?;
+                let id = modinfo(&ko).map(|m| m.id).unwrap_or_default();
+                if id != p.id {
+                    return Err(KernelError::Unverifiable {
+                        id: p.id.clone(),
+                        why: format!("{path} holds patch {id:?}, not {}", p.id),
+                    });
+                }
+                self.apply_inner(&ko, None, &p.id)
+            });
             match result {
                 Ok(r) => lines.push(format!("{}: re-applied ({:.1} ms)", p.id, r.total_ms)),
                 Err(e) => {
@@ -421,6 +446,10 @@ impl Kernel {
         Ok(lines)
     }
 }
+
+/// Verifies a recorded patch file (bytes, and where it was read from for
+/// messages) and returns its module, or says why not.
+pub type VerifyPatch<'a> = dyn Fn(&[u8], &str) -> std::result::Result<Vec<u8>, String> + 'a;
 
 fn load_module(ko: &[u8]) -> std::io::Result<()> {
     let params = std::ffi::CString::new("").unwrap();
@@ -447,4 +476,87 @@ fn unload_module(name: &str) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel whose /sys and /proc are files in `dir`, with build-id `id`.
+    fn fake_kernel(dir: &std::path::Path, id: &[u8; 20]) -> Kernel {
+        let mut note = Vec::new();
+        note.extend(4u32.to_le_bytes());
+        note.extend(20u32.to_le_bytes());
+        note.extend(3u32.to_le_bytes()); // NT_GNU_BUILD_ID
+        note.extend(b"GNU\0");
+        note.extend(id);
+        std::fs::write(dir.join("notes"), note).unwrap();
+        std::fs::create_dir_all(dir.join("proc/sys/kernel")).unwrap();
+        std::fs::write(dir.join("proc/cmdline"), "quiet\n").unwrap();
+        std::fs::write(dir.join("proc/sys/kernel/osrelease"), "6.1.0-test\n").unwrap();
+        std::fs::create_dir_all(dir.join("livepatch")).unwrap();
+        Kernel {
+            sys_livepatch: dir.join("livepatch"),
+            notes: dir.join("notes"),
+            proc_dir: dir.join("proc"),
+            state: KernelState::new(dir.join("state")),
+            transition_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn dir_of(k: &Kernel) -> std::path::PathBuf {
+        k.notes.parent().unwrap().join("state")
+    }
+
+    fn record(k: &Kernel, id: &str, file: &str, build_id: &str) {
+        let info = ModInfo {
+            id: id.into(),
+            module: format!("hs_{id}"),
+            description: String::new(),
+            build_id: build_id.into(),
+            release: "6.1.0-test".into(),
+            effective: String::new(),
+        };
+        k.state.add(&info, b"signed patch bytes").unwrap();
+        if file != format!("{id}.hsp") {
+            // An edited record, or one of an earlier version.
+            let index = dir_of(k).join("applied.json");
+            let text = std::fs::read_to_string(&index).unwrap();
+            std::fs::write(&index, text.replace(&format!("{id}.hsp"), file)).unwrap();
+        }
+    }
+
+    #[test]
+    fn boot_verifies_every_recorded_patch_and_loads_nothing_unverified() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = fake_kernel(dir.path(), &[0xab; 20]);
+        let build = hex::encode([0xab; 20]);
+        record(&k, "aaaa1111", "aaaa1111.hsp", &build);
+        let refused = |bytes: &[u8], what: &str| -> std::result::Result<Vec<u8>, String> {
+            assert_eq!(bytes, b"signed patch bytes");
+            Err(format!("{what}: bad signature"))
+        };
+        let lines = k.reapply_at_boot(true, &refused).unwrap();
+        assert!(
+            lines[0]
+                .starts_with("aaaa1111: FAILED: recorded kernel patch aaaa1111 not re-applied:")
+                && lines[0].ends_with("bad signature"),
+            "{lines:?}"
+        );
+        // A record naming a path, or a bare module of an earlier version,
+        // is never read or loaded.
+        for file in ["../../etc/x.hsp", "bbbb2222.ko"] {
+            let dir = tempfile::tempdir().unwrap();
+            let k = fake_kernel(dir.path(), &[0xab; 20]);
+            record(&k, "bbbb2222", file, &build);
+            let never = |_: &[u8], _: &str| -> std::result::Result<Vec<u8>, String> {
+                panic!("verify called for {file}")
+            };
+            let lines = k.reapply_at_boot(true, &never).unwrap();
+            assert!(
+                lines[0].contains("not re-applied") && lines[0].contains("apply the patch again"),
+                "{file}: {lines:?}"
+            );
+        }
+    }
 }

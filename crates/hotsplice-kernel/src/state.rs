@@ -13,7 +13,10 @@ pub struct AppliedPatch {
     pub release: String,
     #[serde(default)]
     pub effective: String,
-    /// The module file kept for re-application at boot.
+    /// The file kept for re-application at boot: `ID.hsp`, the signed
+    /// patch file, verified again at each boot (records of earlier versions
+    /// name the bare module, `ID.ko`, which is not re-applied: it cannot be
+    /// verified).
     pub file: String,
 }
 
@@ -57,9 +60,10 @@ impl KernelState {
         Ok(())
     }
 
-    pub fn add(&self, info: &ModInfo, ko: &[u8]) -> Result<()> {
-        let file = format!("{}.ko", info.id);
-        hotsplice_store::write_atomic(&self.dir.join("modules").join(&file), ko)?;
+    /// Record `info`, keeping `patch_file` (the signed patch it came from).
+    pub fn add(&self, info: &ModInfo, patch_file: &[u8]) -> Result<()> {
+        let file = format!("{}.hsp", info.id);
+        hotsplice_store::write_atomic(&self.dir.join("modules").join(&file), patch_file)?;
         let mut all = self.load()?;
         all.retain(|p| p.id != info.id);
         all.push(AppliedPatch {
@@ -85,8 +89,33 @@ impl KernelState {
         Ok(())
     }
 
-    pub fn module_bytes(&self, p: &AppliedPatch) -> Result<Vec<u8>> {
+    /// The signed patch file kept for `p`, to be verified before use.
+    pub fn patch_file(&self, p: &AppliedPatch) -> Result<(String, Vec<u8>)> {
+        let plain = !p.file.is_empty()
+            && !p.file.contains('/')
+            && p.file != ".."
+            && p.file == format!("{}.hsp", p.id);
         let path = self.dir.join("modules").join(&p.file);
-        std::fs::read(&path).map_err(io(path.display().to_string()))
+        let shown = path.display().to_string();
+        if !plain {
+            return Err(crate::KernelError::Unverifiable {
+                id: p.id.clone(),
+                why: format!(
+                    "its record names {:?}, not the signed patch file {}.hsp (recorded by an earlier hotsplice, or edited); apply the patch again with `hotsplice kernel apply`",
+                    p.file, p.id
+                ),
+            });
+        }
+        let bytes = hotsplice_store::read_regular(
+            &path,
+            "recorded kernel patch file",
+            hotsplice_store::MAX_PATCH_FILE,
+            hotsplice_store::Links::Refuse,
+        )
+        .map_err(|e| crate::KernelError::Unverifiable {
+            id: p.id.clone(),
+            why: e.to_string(),
+        })?;
+        Ok((shown, bytes))
     }
 }
