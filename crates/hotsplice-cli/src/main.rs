@@ -134,11 +134,12 @@ fn main() {
     if hotsplice_create::wrapper::invoked_as_wrapper(&argv0) {
         hotsplice_create::wrapper::wrapper_main(&argv0, args.collect());
     }
+    // Before any work, the uptrack-* names included.
+    terminate::install();
     if let Some(code) = kernel::uptrack_main(&argv0) {
         std::process::exit(code);
     }
     let cli = Cli::parse();
-    terminate::install();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
