@@ -66,6 +66,8 @@ impl Ctx {
         ApplyOptions {
             busy_timeout: Duration::from_secs_f64(secs.max(0.0)),
             journal: Some(self.journal.clone()),
+            // SIGTERM & co. end a wait for busy code at once.
+            stop_waiting: Some(|| crate::terminate::requested().is_some()),
         }
     }
 

@@ -160,7 +160,7 @@ fn main() {
             false
         }
     };
-    terminate::exit_if_cut_short();
+    terminate::exit_if_cut_short(!ok);
     // Output that could not be written (other than to a closed pipe, which
     // just ends it) fails the command: see docs/exit-codes.md.
     if !ok || output::failure().is_some() {

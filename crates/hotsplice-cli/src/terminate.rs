@@ -57,13 +57,14 @@ pub fn left_undone(n: usize) {
     LEFT_UNDONE.fetch_add(n, Ordering::SeqCst);
 }
 
-/// If a termination request left work undone, say so and exit with
-/// 128 + the signal number.
-pub fn exit_if_cut_short() {
+/// If a termination request left work undone (processes not started, or,
+/// with `failed`, an operation given up, such as a wait for busy code),
+/// say so and exit with 128 + the signal number.
+pub fn exit_if_cut_short(failed: bool) {
     let undone = LEFT_UNDONE.load(Ordering::SeqCst);
-    if let (Some(sig), true) = (requested(), undone > 0) {
+    if let (Some(sig), true) = (requested(), undone > 0 || failed) {
         eprintln!(
-            "hotsplice: stopped by {}: the operations in flight were finished; {undone} process(es) were left as they were",
+            "hotsplice: stopped by {}: the operations in flight were finished or rolled back; {undone} more process(es) were left as they were",
             name(sig)
         );
         std::process::exit(128 + sig);

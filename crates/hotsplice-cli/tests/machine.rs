@@ -576,3 +576,72 @@ fn daemon_stops_cleanly_on_sigterm() {
         assert!(rest.contains("stopping on SIGTERM"), "{extra:?}: {rest}");
     }
 }
+
+/// SIGTERM while apply waits for busy code: the wait ends at once, the
+/// process is left unchanged, and hotsplice says why and exits 128+15.
+#[test]
+fn sigterm_ends_a_wait_for_busy_code() {
+    require_root();
+    let env = TestEnv::new("term-busy");
+    let case = Case::load("busy_forever_top");
+    let build = case.build();
+    let out = outdir("term-busy");
+    let file = create(
+        &env,
+        &case,
+        &build,
+        "fix.diff",
+        Some(&env.key),
+        1,
+        out.path(),
+    );
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let pid = proc.pid().to_string();
+    let mut child = env
+        .command([
+            "user",
+            "apply",
+            "--busy-timeout",
+            "60",
+            "--pid",
+            &pid,
+            file.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start hotsplice");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "apply did not wait for the busy code"
+    );
+    let t0 = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("stopped waiting for busy code") && stderr.contains("stopped by SIGTERM"),
+        "{stderr}"
+    );
+    proc.assert_running_with(Stream::Stdout, case.before(), "left unchanged");
+    assert!(
+        !shown(&env, proc.pid()).contains("\"id\""),
+        "nothing applied"
+    );
+    assert_eq!(
+        fs::read_dir(env.root.join("state/journal"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "journal left"
+    );
+}

@@ -26,6 +26,9 @@ pub struct ApplyOptions {
     pub busy_timeout: Duration,
     /// Where each step is recorded before it is taken.
     pub journal: Option<Arc<dyn Journal>>,
+    /// Asked while waiting for busy code: `true` stops the wait at once
+    /// (the process is left unchanged), e.g. on a termination request.
+    pub stop_waiting: Option<fn() -> bool>,
 }
 
 impl Default for ApplyOptions {
@@ -33,6 +36,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             busy_timeout: Duration::from_secs(5),
             journal: None,
+            stop_waiting: None,
         }
     }
 }

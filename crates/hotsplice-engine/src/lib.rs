@@ -106,6 +106,14 @@ pub enum EngineError {
         pid: Pid,
         error: hotsplice_patch::FormatError,
     },
+    /// Waiting for busy code was stopped by the caller (`stop_waiting`).
+    #[error("process {pid}: stopped waiting for busy code (thread {tid} is {frame} `{function}`) because hotsplice was asked to terminate; the process was left running unchanged")]
+    StoppedWaiting {
+        pid: Pid,
+        tid: Pid,
+        function: String,
+        frame: &'static str,
+    },
     /// Writing the jumps failed midway and putting back one already written
     /// failed too: that function now jumps into the patch, so the patch's
     /// code was left mapped (and recorded) rather than unmapped under it.

@@ -83,6 +83,14 @@ pub(crate) fn stop_and_write(
         }
         if let Some(busy) = busy {
             window.resume()?;
+            if opts.stop_waiting.is_some_and(|stop| stop()) {
+                return Err(EngineError::StoppedWaiting {
+                    pid,
+                    tid: busy.tid,
+                    function: busy.function,
+                    frame: busy.frame,
+                });
+            }
             if Instant::now() >= deadline {
                 return Err(EngineError::Busy {
                     pid,
@@ -96,7 +104,7 @@ pub(crate) fn stop_and_write(
             // waits for us: collect such stops while we wait.
             let until =
                 Instant::now() + backoff.min(deadline.saturating_duration_since(Instant::now()));
-            while Instant::now() < until {
+            while Instant::now() < until && !opts.stop_waiting.is_some_and(|stop| stop()) {
                 tracee.service_events()?;
                 std::thread::sleep(
                     Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())),
