@@ -1,9 +1,9 @@
 //! Termination requests: SIGTERM (what `systemctl stop` sends), SIGINT and
 //! SIGHUP. They never cut an operation short. The operation in flight on
-//! each process finishes (or, where the engine gives up, rolls back), no new
-//! operation starts, and hotsplice then exits with status 128 + the signal
-//! number when it left work undone, or 0 for the daemon, whose work is never
-//! done. The handler only records the signal; system calls hotsplice is
+//! each process finishes (or rolls back: a wait for busy code ends at once,
+//! leaving that process unchanged), no new operation starts, and hotsplice
+//! then exits with status 128 + the signal number when it left work undone,
+//! or 0 for the daemon, whose work is never done. The handler only records the signal; system calls hotsplice is
 //! blocked in are restarted (`SA_RESTART`), except `poll`, which the daemon
 //! uses to notice the request at once.
 
