@@ -645,3 +645,44 @@ fn sigterm_ends_a_wait_for_busy_code() {
         "journal left"
     );
 }
+
+/// An undo refused because the code is busy changes nothing and leaves no
+/// journal record behind: the next command must not carry it out.
+#[test]
+fn a_refused_undo_is_not_carried_out_by_the_next_command() {
+    require_root();
+    let env = TestEnv::new("refused-undo");
+    let case = Case::load("undo_busy");
+    let build = case.build();
+    let out = outdir("refused-undo");
+    let file = create(
+        &env,
+        &case,
+        &build,
+        "fix.diff",
+        Some(&env.key),
+        1,
+        out.path(),
+    );
+    let id = info_id(&env, &file);
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let pid = proc.pid().to_string();
+    env.hs(["user", "apply", "--pid", &pid, file.to_str().unwrap()])
+        .assert_ok("apply");
+    proc.expect_new_line(Stream::Stdout, case.after(), "patched");
+    // The new f() never returns: undo is refused.
+    env.hs(["user", "undo", "--busy-timeout", "0.3", "--pid", &pid, &id])
+        .assert_failed("undo of code that never leaves the stack");
+    let journal = env.root.join("state/journal");
+    assert_eq!(
+        fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the refused undo left a journal record"
+    );
+    // A command that recovers first: the patch stays.
+    env.hs(["user", "remove", "--pid", &pid, "zzzzzzzz"])
+        .assert_ok("remove of nothing");
+    proc.assert_running_with(Stream::Stdout, case.after(), "still patched");
+    assert!(shown(&env, proc.pid()).contains(&id), "still shown");
+}

@@ -319,6 +319,11 @@ pub fn apply_replacing(
             let _ = tracee.detach();
             if let Some(j) = journal {
                 j.clear(pid, &meta.id);
+                // The level it was to replace stays as it is: no recovery
+                // may finish taking it out.
+                if let Some(o) = &old {
+                    j.clear(pid, &o.patch_id);
+                }
             }
             Err(e)
         }

@@ -126,9 +126,10 @@ fn remove(
         step,
     };
     record(journal, &pending(Step::Window))?;
-    let (threads, attempts, stopped) = if writes.is_empty() {
-        (0, 0, Duration::ZERO)
-    } else {
+    let window = || -> Result<(usize, u32, Duration)> {
+        if writes.is_empty() {
+            return Ok((0, 0, Duration::ZERO));
+        }
         let mut tracee = Tracee::seize(pid)?;
         let mem = MemWriter::open(pid)?;
         let w = stop_and_write(
@@ -141,7 +142,20 @@ fn remove(
             &writes,
             "undo:restore",
         )?;
-        (w.threads, w.attempts, w.stopped)
+        Ok((w.threads, w.attempts, w.stopped))
+    };
+    let (threads, attempts, stopped) = match window() {
+        Ok(w) => w,
+        // Nothing changed (code busy, process gone, ...): the record goes
+        // too, or the next command's recovery would carry out the undo
+        // that was just refused.
+        Err(e) if !matches!(e, EngineError::PartlyApplied { .. }) => {
+            if let Some(j) = journal {
+                j.clear(pid, &h.patch_id);
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
     };
     fault("undo:restored");
     process::with_main_thread(pid, |t| t.munmap(h.map_start, h.map_len))?;
