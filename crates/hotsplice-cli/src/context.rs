@@ -185,10 +185,7 @@ impl Ctx {
         let Ok(scan) = hotsplice_store::Journal::open(&self.paths).scan() else {
             return Vec::new();
         };
-        scan.records
-            .into_iter()
-            .filter(|e| engine::start_time(e.pid) == Some(e.start_time))
-            .collect()
+        scan.records.into_iter().filter(is_live).collect()
     }
 
     /// Finish or roll back what an interrupted hotsplice left in flight.
@@ -205,7 +202,7 @@ impl Ctx {
             errln!("hotsplice: warning: {bad}");
         }
         for e in scan.records {
-            let stale = engine::start_time(e.pid).is_none_or(|t| t != e.start_time);
+            let stale = !is_live(&e);
             let (Some(op), Some(step)) = (Op::from_name(&e.op), Step::from_name(&e.step)) else {
                 let _ = journal.clear(e.pid, &e.id);
                 continue;
@@ -246,6 +243,12 @@ impl Ctx {
         }
         Ok(())
     }
+}
+
+/// Whether a journal record is about a process that still runs (same pid
+/// and start time, so not a reused pid).
+fn is_live(e: &hotsplice_store::InFlight) -> bool {
+    engine::start_time(e.pid) == Some(e.start_time)
 }
 
 pub fn comm(pid: i32) -> String {

@@ -123,9 +123,7 @@ impl Scenario {
     }
 
     fn journal_len(&self) -> usize {
-        fs::read_dir(self.env.root.join("state/journal"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        self.env.journal_len()
     }
 
     /// The patch ids `user show` lists for the target, and its whole output.
@@ -548,11 +546,5 @@ fn sigterm_during_upgrade_finishes_in_flight_and_starts_nothing_new() {
         patched >= 1 && untouched >= 1,
         "{patched} patched, {untouched} untouched"
     );
-    assert_eq!(
-        fs::read_dir(env.root.join("state/journal"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        0,
-        "journal left"
-    );
+    assert_eq!(env.journal_len(), 0, "journal left");
 }

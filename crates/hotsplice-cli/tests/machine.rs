@@ -255,7 +255,9 @@ struct DaemonCase {
     daemon: Proc,
 }
 
-fn daemon_case(tag: &str, name: &str, rescan: &str) -> DaemonCase {
+/// A fresh environment, case `name` built, and its fix as a signed level-1
+/// patch.
+fn prepared(tag: &str, name: &str) -> (TestEnv, Case, Build, TempDir, PathBuf) {
     require_root();
     let env = TestEnv::new(tag);
     let case = Case::load(name);
@@ -270,6 +272,11 @@ fn daemon_case(tag: &str, name: &str, rescan: &str) -> DaemonCase {
         1,
         out.path(),
     );
+    (env, case, build, out, file)
+}
+
+fn daemon_case(tag: &str, name: &str, rescan: &str) -> DaemonCase {
+    let (env, case, build, out, file) = prepared(tag, name);
     env.hs(["user", "install", file.to_str().unwrap()])
         .assert_ok("install");
     let daemon = Proc::spawn(
@@ -581,20 +588,7 @@ fn daemon_stops_cleanly_on_sigterm() {
 /// process is left unchanged, and hotsplice says why and exits 128+15.
 #[test]
 fn sigterm_ends_a_wait_for_busy_code() {
-    require_root();
-    let env = TestEnv::new("term-busy");
-    let case = Case::load("busy_forever_top");
-    let build = case.build();
-    let out = outdir("term-busy");
-    let file = create(
-        &env,
-        &case,
-        &build,
-        "fix.diff",
-        Some(&env.key),
-        1,
-        out.path(),
-    );
+    let (env, case, build, _out, file) = prepared("term-busy", "busy_forever_top");
     let mut proc = build.start(&case);
     proc.expect_new_line(Stream::Stdout, case.before(), "started");
     let pid = proc.pid().to_string();
@@ -637,33 +631,14 @@ fn sigterm_ends_a_wait_for_busy_code() {
         !shown(&env, proc.pid()).contains("\"id\""),
         "nothing applied"
     );
-    assert_eq!(
-        fs::read_dir(env.root.join("state/journal"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        0,
-        "journal left"
-    );
+    assert_eq!(env.journal_len(), 0, "journal left");
 }
 
 /// An undo refused because the code is busy changes nothing and leaves no
 /// journal record behind: the next command must not carry it out.
 #[test]
 fn a_refused_undo_is_not_carried_out_by_the_next_command() {
-    require_root();
-    let env = TestEnv::new("refused-undo");
-    let case = Case::load("undo_busy");
-    let build = case.build();
-    let out = outdir("refused-undo");
-    let file = create(
-        &env,
-        &case,
-        &build,
-        "fix.diff",
-        Some(&env.key),
-        1,
-        out.path(),
-    );
+    let (env, case, build, _out, file) = prepared("refused-undo", "undo_busy");
     let id = info_id(&env, &file);
     let mut proc = build.start(&case);
     proc.expect_new_line(Stream::Stdout, case.before(), "started");
@@ -674,9 +649,8 @@ fn a_refused_undo_is_not_carried_out_by_the_next_command() {
     // The new f() never returns: undo is refused.
     env.hs(["user", "undo", "--busy-timeout", "0.3", "--pid", &pid, &id])
         .assert_failed("undo of code that never leaves the stack");
-    let journal = env.root.join("state/journal");
     assert_eq!(
-        fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0),
+        env.journal_len(),
         0,
         "the refused undo left a journal record"
     );

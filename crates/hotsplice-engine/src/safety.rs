@@ -85,15 +85,18 @@ pub fn stack_spans(threads: &[StoppedThread], maps: &[Mapping]) -> Vec<(u64, usi
         .collect()
 }
 
-/// The first thread found busy, if any.
+/// The first thread found busy, if any. In the same pass over each stack,
+/// the stack pointers saved by signal frames found on it go into `frames`
+/// (with the thread's index): see [`interrupted_spans`].
 pub fn find_busy(
     threads: &[StoppedThread],
     stacks: &[Option<(usize, usize)>],
     buf: &[u8],
     ranges: &Ranges,
+    frames: &mut Vec<(usize, u64)>,
 ) -> Option<BusyThread> {
     let (lo, hi) = ranges.bounds();
-    for (t, stack) in threads.iter().zip(stacks) {
+    for (k, (t, stack)) in threads.iter().zip(stacks).enumerate() {
         let stack = stack.map(|(o, l)| &buf[o..o + l]);
         if let Some(n) = ranges.hit(t.regs.rip) {
             return Some(BusyThread {
@@ -111,8 +114,15 @@ pub fn find_busy(
                 frame: "stopped with an unreadable stack,",
             });
         };
-        for w in stack.chunks_exact(8) {
+        let sp = t.regs.rsp;
+        for (i, w) in stack.chunks_exact(8).enumerate() {
             let v = u64::from_le_bytes(w.try_into().unwrap());
+            // Cheap first test of a signal frame's `uc_stack.ss_sp`.
+            if v <= sp {
+                if let Some(saved) = sigframe::interrupted_at(stack, i, sp) {
+                    frames.push((k, saved));
+                }
+            }
             if v < lo || v >= hi {
                 continue;
             }
@@ -128,39 +138,34 @@ pub fn find_busy(
     None
 }
 
-/// Stacks that signal handlers interrupted, found through the signal
-/// frames on the stacks just read (`spans`, read into `buf` as `stacks`):
-/// for each, the thread it belongs to (index into `threads`) and the span
-/// from the saved stack pointer to the end of its mapping. Spans inside a
-/// stack already read are left out.
+/// The stacks that signal handlers interrupted, from the saved stack
+/// pointers [`find_busy`] found (`frames`, indices into `threads`, whose
+/// stacks were read as `spans`): for each, the thread and the span from the
+/// saved stack pointer to the end of its mapping. Spans inside a stack
+/// already read are left out.
 pub fn interrupted_spans(
-    threads: &[StoppedThread],
     spans: &[(u64, usize)],
-    stacks: &[Option<(usize, usize)>],
-    buf: &[u8],
+    frames: &[(usize, u64)],
     maps: &[Mapping],
 ) -> Vec<(usize, (u64, usize))> {
     let mut out: Vec<(usize, (u64, usize))> = Vec::new();
-    for (i, ((t, span), stack)) in threads.iter().zip(spans).zip(stacks).enumerate() {
-        let Some((o, l)) = *stack else { continue };
-        sigframe::interrupted_stacks(&buf[o..o + l], t.regs.rsp, |sp| {
-            let inside = |s: &(u64, usize)| sp >= s.0 && sp - s.0 < s.1 as u64;
-            if inside(span) || out.iter().any(|(_, s)| inside(s)) {
-                return;
+    for &(i, sp) in frames {
+        let inside = |s: &(u64, usize)| sp >= s.0 && sp - s.0 < s.1 as u64;
+        if inside(&spans[i]) || out.iter().any(|(_, s)| inside(s)) {
+            continue;
+        }
+        let k = maps.partition_point(|m| m.start <= sp);
+        match k.checked_sub(1).map(|k| &maps[k]).filter(|m| sp < m.end) {
+            Some(m) if m.read && m.write && !m.exec => {
+                let at = sp & !7;
+                out.push((i, (at, (m.end - at).min(MAX_STACK) as usize)));
             }
-            let k = maps.partition_point(|m| m.start <= sp);
-            match k.checked_sub(1).map(|k| &maps[k]).filter(|m| sp < m.end) {
-                Some(m) if m.read && m.write && !m.exec => {
-                    let at = sp & !7;
-                    out.push((i, (at, (m.end - at).min(MAX_STACK) as usize)));
-                }
-                // Not a stack: a stale frame.
-                Some(_) => {}
-                // Not mapped as far as we know: fail closed (an empty span
-                // counts as unreadable, so busy).
-                None => out.push((i, (sp, 0))),
-            }
-        });
+            // Not a stack: a stale frame.
+            Some(_) => {}
+            // Not mapped as far as we know: fail closed (an empty span
+            // counts as unreadable, so busy).
+            None => out.push((i, (sp, 0))),
+        }
     }
     out
 }
@@ -191,7 +196,7 @@ mod tests {
     fn return_address_inside_a_replaced_function_is_busy() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[0x5, 0x1010]);
-        let busy = find_busy(&[thread(0x9000)], &s, &b, &r).unwrap();
+        let busy = find_busy(&[thread(0x9000)], &s, &b, &r, &mut Vec::new()).unwrap();
         assert_eq!(busy.function, "f");
     }
 
@@ -199,16 +204,16 @@ mod tests {
     fn pointer_to_a_function_entry_is_not_a_frame() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[0x1000]);
-        assert!(find_busy(&[thread(0x9000)], &s, &b, &r).is_none());
+        assert!(find_busy(&[thread(0x9000)], &s, &b, &r, &mut Vec::new()).is_none());
         // ...unless the code goes away (undo): then it counts.
         let r = Ranges::new([(0x1000, 0x1100, "patch".to_string(), false)]);
-        assert!(find_busy(&[thread(0x9000)], &s, &b, &r).is_some());
+        assert!(find_busy(&[thread(0x9000)], &s, &b, &r, &mut Vec::new()).is_some());
     }
 
     #[test]
     fn unreadable_stack_is_busy() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
-        assert!(find_busy(&[thread(0x9000)], &[None], &[], &r).is_some());
+        assert!(find_busy(&[thread(0x9000)], &[None], &[], &r, &mut Vec::new()).is_some());
     }
 
     #[test]
@@ -216,7 +221,9 @@ mod tests {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[]);
         assert_eq!(
-            find_busy(&[thread(0x1000)], &s, &b, &r).unwrap().frame,
+            find_busy(&[thread(0x1000)], &s, &b, &r, &mut Vec::new())
+                .unwrap()
+                .frame,
             "executing"
         );
     }

@@ -46,6 +46,8 @@ pub(crate) fn stop_and_write(
     // window itself does not allocate.
     let mut stack_buf: Vec<u8> = Vec::with_capacity(tracee.thread_count().max(1) * 32 * 1024);
     let mut extra_buf: Vec<u8> = Vec::new();
+    // Stack pointers saved by signal frames, found during the busy scan.
+    let mut frames: Vec<(usize, u64)> = Vec::with_capacity(16);
     loop {
         attempts += 1;
         let t0 = Instant::now();
@@ -57,12 +59,13 @@ pub(crate) fn stop_and_write(
             spans = stack_spans(threads, &maps);
         }
         let stacks = process::read_memory_into(pid, &spans, &mut stack_buf);
-        let mut busy = find_busy(threads, &stacks, &stack_buf, ranges);
-        if busy.is_none() {
+        frames.clear();
+        let mut busy = find_busy(threads, &stacks, &stack_buf, ranges, &mut frames);
+        if busy.is_none() && !frames.is_empty() {
             // Threads in handlers on alternate signal stacks: the stacks
             // they interrupted too (and those these name, for nested
             // signals). Allocates only when there are such frames.
-            let mut extra = interrupted_spans(threads, &spans, &stacks, &stack_buf, &maps);
+            let mut extra = interrupted_spans(&spans, &frames, &maps);
             let mut owners: Vec<StoppedThread> = Vec::new();
             for _ in 0..4 {
                 if extra.is_empty() || busy.is_some() {
@@ -76,8 +79,9 @@ pub(crate) fn stop_and_write(
                 let next: Vec<StoppedThread> = extra.iter().map(|(i, _)| prev[*i]).collect();
                 let more: Vec<(u64, usize)> = extra.iter().map(|(_, s)| *s).collect();
                 let got = process::read_memory_into(pid, &more, &mut extra_buf);
-                busy = find_busy(&next, &got, &extra_buf, ranges);
-                extra = interrupted_spans(&next, &more, &got, &extra_buf, &maps);
+                frames.clear();
+                busy = find_busy(&next, &got, &extra_buf, ranges, &mut frames);
+                extra = interrupted_spans(&more, &frames, &maps);
                 owners = next;
             }
         }

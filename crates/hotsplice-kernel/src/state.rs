@@ -91,10 +91,8 @@ impl KernelState {
 
     /// The signed patch file kept for `p`, to be verified before use.
     pub fn patch_file(&self, p: &AppliedPatch) -> Result<(String, Vec<u8>)> {
-        let plain = !p.file.is_empty()
-            && !p.file.contains('/')
-            && p.file != ".."
-            && p.file == format!("{}.hsp", p.id);
+        // Its own signed file, a plain name inside modules/, nothing else.
+        let plain = !p.file.contains('/') && p.file == format!("{}.hsp", p.id);
         let path = self.dir.join("modules").join(&p.file);
         let shown = path.display().to_string();
         if !plain {

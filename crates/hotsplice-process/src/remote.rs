@@ -201,10 +201,16 @@ impl<'a> RemoteThread<'a> {
         })
     }
 
-    /// Send the thread into the stub with `regs` (its own registers already saved at `frame`),
-    /// follow it to the stop at `collect`, and put its registers back. Returns the raw result.
-    fn operate(&mut self, regs: &libc::user_regs_struct, kind: Kind, collect: u64) -> Result<u64> {
-        let stub_at = self.stub()?;
+    /// Send the thread into the stub at `stub_at` with `regs` (its own registers already saved
+    /// at the frame), follow it to the stop at `collect`, and put its registers back. Returns
+    /// the raw result.
+    fn operate(
+        &mut self,
+        regs: &libc::user_regs_struct,
+        kind: Kind,
+        stub_at: u64,
+        collect: u64,
+    ) -> Result<u64> {
         let xstate = match kind {
             Kind::Call => sys::get_xstate(self.tid),
             Kind::Syscall => None,
@@ -309,7 +315,7 @@ impl<'a> RemoteThread<'a> {
         let frame = self.frame()?;
         self.mem()?.write(frame.saved, &frame.bytes(&self.back))?;
         let regs = stub::syscall_regs(&self.back, &frame, s, nr as u64, args);
-        let rax = self.operate(&regs, Kind::Syscall, s + stub::SYSCALL_RETURN)?;
+        let rax = self.operate(&regs, Kind::Syscall, s, s + stub::SYSCALL_RETURN)?;
         let v = rax as i64;
         if (-4095..0).contains(&v) {
             return Err(Error::RemoteSyscallFailed {
@@ -350,7 +356,7 @@ impl<'a> RemoteThread<'a> {
         mem.write(x + off, &vec![0u8; len])?;
         mem.write(frame.saved, &frame.bytes(&self.back))?;
         let regs = stub::call_regs(&self.back, &frame, x, s, func, args);
-        self.operate(&regs, Kind::Call, s + stub::CALL_RETURN)
+        self.operate(&regs, Kind::Call, s, s + stub::CALL_RETURN)
     }
 
     /// Anonymous `mmap(addr, len, prot, flags, -1, 0)` in the target; returns the address.

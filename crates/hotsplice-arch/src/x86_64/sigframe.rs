@@ -22,31 +22,31 @@ const SS_SIZE: std::ops::RangeInclusive<u64> = 2048..=(1 << 32);
 /// `SS_ONSTACK | SS_DISABLE | SS_AUTODISARM`: every bit `ss_flags` may have.
 const SS_FLAGS: u64 = 1 | 2 | (1 << 31);
 
-/// The stack pointers saved in signal frames found in `stack` (the live
-/// part of a stack, 8-byte little-endian words read from `sp` upwards) whose
-/// `uc_stack` contains `sp`: where the code each handler interrupted had its
-/// stack, passed to `found`. Over-approximates (a stale frame still
-/// matches), which only makes the busy check scan more. Allocates nothing.
-pub fn interrupted_stacks(stack: &[u8], sp: u64, mut found: impl FnMut(u64)) {
-    let n = stack.len() / 8;
+/// If word `i` of `stack` (the live part of a stack, 8-byte little-endian
+/// words read from `sp` upwards) starts the `uc_stack` of a signal frame
+/// that contains `sp`: the stack pointer that frame saved, where the code
+/// its handler interrupted had its stack. Meant to be asked for every word
+/// during a scan that reads them anyway (the busy check), so that the
+/// stack is walked once. Over-approximates (a stale frame still matches),
+/// which only makes the busy check scan more.
+#[inline]
+pub fn interrupted_at(stack: &[u8], i: usize, sp: u64) -> Option<u64> {
     let word = |i: usize| u64::from_le_bytes(stack[i * 8..i * 8 + 8].try_into().unwrap());
-    if n <= SS_SP_TO_RSP {
-        return;
+    if (i + SS_SP_TO_RSP + 1) * 8 > stack.len() {
+        return None;
     }
-    for i in 0..n - SS_SP_TO_RSP {
-        let ss_sp = word(i);
-        if ss_sp > sp {
-            continue;
-        }
-        let size = word(i + SS_SP_TO_SIZE);
-        if !SS_SIZE.contains(&size) || sp - ss_sp >= size {
-            continue;
-        }
-        if word(i + 1) & 0xffff_ffff & !SS_FLAGS != 0 {
-            continue;
-        }
-        found(word(i + SS_SP_TO_RSP));
+    let ss_sp = word(i);
+    if ss_sp > sp {
+        return None;
     }
+    let size = word(i + SS_SP_TO_SIZE);
+    if !SS_SIZE.contains(&size) || sp - ss_sp >= size {
+        return None;
+    }
+    if word(i + 1) & 0xffff_ffff & !SS_FLAGS != 0 {
+        return None;
+    }
+    Some(word(i + SS_SP_TO_RSP))
 }
 
 #[cfg(test)]
@@ -66,9 +66,9 @@ mod tests {
         w.extend([0; 8]);
         let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
         let all = |sp| {
-            let mut v = Vec::new();
-            interrupted_stacks(&bytes, sp, |s| v.push(s));
-            v
+            (0..w.len())
+                .filter_map(|i| interrupted_at(&bytes, i, sp))
+                .collect::<Vec<_>>()
         };
         assert_eq!(all(sp), vec![0x7fff_1234_5678]);
         // Not the stack this thread runs on: no frame.

@@ -737,6 +737,13 @@ impl TestEnv {
         run_cmd(cmd, CMD_TIMEOUT)
     }
 
+    /// Records in this environment's journal (operations in flight).
+    pub fn journal_len(&self) -> usize {
+        fs::read_dir(self.root.join("state/journal"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// A `hotsplice ARGS...` command in this environment, not started.
     pub fn command<I, S>(&self, args: I) -> Command
     where
