@@ -4,8 +4,8 @@
 use crate::output::esc;
 use anyhow::{bail, Context as _, Result};
 use hotsplice_engine::{self as engine, ApplyOptions, Journal, Op, Pending, Step};
-use hotsplice_patch::Patch;
 use hotsplice_store::{Blacklist, Config, Entry, FileLock, InFlight, Links, Paths, Store};
+use hotsplice_trust::{Signer, Verified};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,29 +81,23 @@ impl Ctx {
     /// `allow_unsigned` (the explicit `--allow-unsigned`) lets a patch with
     /// no signature at all through, loudly. A bad signature or an unknown
     /// key is refused even then.
-    pub fn verified(
-        &self,
-        bytes: &[u8],
-        what: &str,
-        allow_unsigned: bool,
-    ) -> Result<(Patch, String)> {
-        if allow_unsigned {
-            let file =
-                hotsplice_patch::PatchFile::parse(bytes).with_context(|| what.to_string())?;
-            if file.signature.is_none() {
-                errln!(
-                    "hotsplice: WARNING: --allow-unsigned: using {what}, whose origin is NOT verified; \
-                     never do this outside development"
-                );
-                return Ok((file.patch, String::new()));
-            }
-        }
+    pub fn verified(&self, bytes: &[u8], what: &str, allow_unsigned: bool) -> Result<Verified> {
         let keys_dir = self.paths.keys_dir();
         let trusted = hotsplice_trust::trusted_keys(&keys_dir)?;
-        let (patch, key) =
-            hotsplice_trust::verify_file_in(bytes, &trusted, &keys_dir.display().to_string())
-                .with_context(|| what.to_string())?;
-        Ok((patch, key.id()))
+        let shown = keys_dir.display().to_string();
+        let v = if allow_unsigned {
+            hotsplice_trust::accept_unsigned(bytes, &trusted, &shown)
+        } else {
+            hotsplice_trust::verify(bytes, &trusted, &shown)
+        }
+        .with_context(|| what.to_string())?;
+        if *v.signer() == Signer::UnsignedAllowed {
+            errln!(
+                "hotsplice: WARNING: --allow-unsigned: using {what}, whose origin is NOT verified; \
+                 never do this outside development"
+            );
+        }
+        Ok(v)
     }
 
     /// The bytes of a patch file named on the command line: a regular file
@@ -118,15 +112,9 @@ impl Ctx {
         )?)
     }
 
-    pub fn read_verified(
-        &self,
-        path: &Path,
-        allow_unsigned: bool,
-    ) -> Result<(Vec<u8>, Patch, String)> {
+    pub fn read_verified(&self, path: &Path, allow_unsigned: bool) -> Result<Verified> {
         let bytes = self.read_patch_file(path)?;
-        let (patch, key) =
-            self.verified(&bytes, &format!("patch {}", path.display()), allow_unsigned)?;
-        Ok((bytes, patch, key))
+        self.verified(&bytes, &format!("patch {}", path.display()), allow_unsigned)
     }
 
     /// The store, with a warning for each index entry that is not valid
@@ -143,14 +131,14 @@ impl Ctx {
     /// time it is used: the index's record of who signed it counts for
     /// nothing (an entry without a key gets no pass), and the patch must be
     /// the one the entry describes.
-    pub fn installed(&self, store: &Store, e: &Entry, allow_unsigned: bool) -> Result<Patch> {
+    pub fn installed(&self, store: &Store, e: &Entry, allow_unsigned: bool) -> Result<Verified> {
         let bytes = store.read_patch(e)?;
         let what = format!(
             "installed patch {} ({})",
             e.id,
             store.patch_path(e).display()
         );
-        let (patch, _) = self.verified(&bytes, &what, allow_unsigned)?;
+        let patch = self.verified(&bytes, &what, allow_unsigned)?;
         let m = &patch.meta;
         if m.id != e.id || m.target.build_id != e.target.build_id || m.level != e.level {
             bail!(

@@ -122,31 +122,13 @@ fn feed(ctx: &Ctx, from: &Option<PathBuf>, k: &Kernel) -> Result<Vec<(String, Pa
     Ok(out)
 }
 
-/// Verify a kernel patch file and return its id, module and the file.
-fn module_of(ctx: &Ctx, path: &Path, allow_unsigned: bool) -> Result<(String, Vec<u8>, Vec<u8>)> {
-    let (bytes, patch, _) = ctx.read_verified(path, allow_unsigned)?;
-    let ko = kernel_module(patch, &path.display().to_string())?;
-    Ok((ko.0, ko.1, bytes))
-}
-
-/// The id and module of a verified kernel patch.
-fn kernel_module(patch: hotsplice_patch::Patch, what: &str) -> Result<(String, Vec<u8>)> {
-    if patch.meta.target.kind != ObjectKind::Kernel {
-        bail!(
-            "{what} is a userspace patch (for {}): use `hotsplice user apply`",
-            patch.meta.target.name
-        );
-    }
-    Ok((patch.meta.id.clone(), patch.image))
-}
-
 fn apply_one(ctx: &Ctx, k: &Kernel, path: &Path, allow_unsigned: bool) -> Result<()> {
-    let (id, ko, file) = module_of(ctx, path, allow_unsigned)?;
+    let patch = ctx.read_verified(path, allow_unsigned)?;
     if ctx.dry_run {
-        println!("would apply {id}");
+        println!("would apply {}", patch.meta.id);
         return Ok(());
     }
-    let r = k.apply(&ko, &file, &path.display().to_string())?;
+    let r = k.apply(&patch, &path.display().to_string())?;
     if !ctx.quiet {
         println!(
             "applied {} ({}): transition {:.1} ms, {:.1} ms in all; effective kernel {}",
@@ -293,8 +275,6 @@ pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
             // Verified again, as on every use.
             let verify = |bytes: &[u8], what: &str| {
                 ctx.verified(bytes, what, false)
-                    .and_then(|(patch, _)| kernel_module(patch, what))
-                    .map(|(_, ko)| ko)
                     .map_err(|e| format!("{e:#}"))
             };
             for line in k.reapply_at_boot(ctx.config.settings.install_on_reboot, &verify)? {

@@ -5,8 +5,8 @@ use crate::output::esc;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use hotsplice_engine::{self as engine, Report};
-use hotsplice_patch::Patch;
 use hotsplice_store::Entry;
+use hotsplice_trust::Verified;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -259,8 +259,8 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
         } => {
             let store = ctx.store()?;
             for f in files {
-                let (bytes, patch, key) = ctx.read_verified(&f, allow_unsigned)?;
-                let e = store.install(&bytes, &patch, &key)?;
+                let patch = ctx.read_verified(&f, allow_unsigned)?;
+                let e = store.install(patch.file(), &patch, &patch.signer().key_id())?;
                 if !quiet {
                     outln!(
                         "installed {} (level {}) for {} build-id {}",
@@ -301,9 +301,9 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
                 bail!("{why}");
             }
             let opts = ctx.options(wait.busy_timeout);
-            let mut patches: Vec<Patch> = Vec::new();
+            let mut patches: Vec<Verified> = Vec::new();
             for f in &files {
-                patches.push(ctx.read_verified(f, allow_unsigned)?.1);
+                patches.push(ctx.read_verified(f, allow_unsigned)?);
             }
             let mut jobs: Vec<(i32, usize)> = Vec::new();
             for (i, p) in patches.iter().enumerate() {
@@ -650,7 +650,7 @@ pub enum Outcome {
 /// Installed patches (highest level per target), verified again on use:
 /// unsigned ones only with `allow_unsigned` (the explicit flag), whatever
 /// the store's index says.
-pub fn current_patches(ctx: &Ctx, allow_unsigned: bool) -> Result<Vec<(Entry, Patch)>> {
+pub fn current_patches(ctx: &Ctx, allow_unsigned: bool) -> Result<Vec<(Entry, Verified)>> {
     let store = ctx.store()?;
     let mut out = Vec::new();
     for e in store.current_levels()? {
@@ -665,7 +665,7 @@ pub fn current_patches(ctx: &Ctx, allow_unsigned: bool) -> Result<Vec<(Entry, Pa
 pub fn upgrade_process(
     ctx: &Ctx,
     pid: i32,
-    patches: &[(Entry, Patch)],
+    patches: &[(Entry, Verified)],
     blacklist: &hotsplice_store::Blacklist,
     opts: &engine::ApplyOptions,
     dry_run: bool,
@@ -680,7 +680,7 @@ pub fn upgrade_process(
     let Ok(objects) = engine::loaded_objects(pid, &maps) else {
         return vec![];
     };
-    let wanted: Vec<&(Entry, Patch)> = patches
+    let wanted: Vec<&(Entry, Verified)> = patches
         .iter()
         .filter(|(e, _)| objects.iter().any(|o| o.build_id == e.target.build_id))
         .collect();

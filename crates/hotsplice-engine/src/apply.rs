@@ -14,6 +14,7 @@ use hotsplice_arch::current as arch;
 use hotsplice_arch::FieldKind;
 use hotsplice_patch::{AppliedFunction, ImageHeader, ObjectKind, Patch, RelocTarget};
 use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
+use hotsplice_trust::Verified;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,8 +74,9 @@ fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok
     s.serialize_u128(d.as_micros())
 }
 
-/// Apply `patch` to process `pid`.
-pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
+/// Apply `patch` to process `pid`. Only a patch that passed the trust
+/// policy ([`hotsplice_trust::Verified`]) gets in.
+pub fn apply(pid: Pid, patch: &Verified<Patch>, opts: &ApplyOptions) -> Result<Report> {
     apply_replacing(pid, patch, None, opts)
 }
 
@@ -83,10 +85,11 @@ pub fn apply(pid: Pid, patch: &Patch, opts: &ApplyOptions) -> Result<Report> {
 /// either as before or as the new patch has it, never a mix of levels.
 pub fn apply_replacing(
     pid: Pid,
-    patch: &Patch,
+    patch: &Verified<Patch>,
     replace: Option<&str>,
     opts: &ApplyOptions,
 ) -> Result<Report> {
+    let patch: &Patch = patch.get();
     refuse_special(pid)?;
     // Whoever built the patch: what parsing checks holds here too.
     patch

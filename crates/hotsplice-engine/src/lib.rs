@@ -10,7 +10,8 @@
 //! ```no_run
 //! use hotsplice_engine::{apply, ApplyOptions};
 //! let bytes = std::fs::read("fix.hsp").unwrap();
-//! let patch = hotsplice_patch::Patch::from_bytes(&bytes).unwrap();
+//! let keys = hotsplice_trust::trusted_keys("/etc/hotsplice/keys".as_ref()).unwrap();
+//! let patch = hotsplice_trust::verify(&bytes, &keys, "/etc/hotsplice/keys").unwrap();
 //! let report = apply(1234, &patch, &ApplyOptions::default()).unwrap();
 //! println!("threads stopped for {:?}", report.stopped);
 //! ```

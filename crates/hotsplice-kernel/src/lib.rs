@@ -17,6 +17,8 @@ mod state;
 pub use modinfo::{modinfo, ModInfo};
 pub use state::{AppliedPatch, KernelState};
 
+use hotsplice_patch::{ObjectKind, Patch};
+use hotsplice_trust::Verified;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,8 @@ pub enum KernelError {
     },
     #[error("{0} is not a hotsplice kernel patch: {1}")]
     NotAPatch(String, String),
+    #[error("{origin} is a userspace patch (for {target}): use `hotsplice user apply`")]
+    NotKernelPatch { origin: String, target: String },
     #[error("patch {id} is for kernel build {want} ({release}); this kernel is build {have} ({running}); refusing")]
     WrongKernel {
         id: String,
@@ -219,11 +223,12 @@ impl Kernel {
         out
     }
 
-    /// Apply a kernel patch module.
-    /// Load module `ko`, which came out of the verified patch file
-    /// `patch_file` (kept, so that the boot hook verifies it again).
-    pub fn apply(&self, ko: &[u8], patch_file: &[u8], origin: &str) -> Result<KernelReport> {
-        self.apply_inner(ko, Some(patch_file), origin)
+    /// Apply a verified kernel patch: load the livepatch module it
+    /// carries, and record the patch file (so that the boot hook verifies
+    /// it again). `origin` names where it came from, for messages.
+    pub fn apply(&self, patch: &Verified<Patch>, origin: &str) -> Result<KernelReport> {
+        let ko = kernel_module(patch, origin)?;
+        self.apply_inner(ko, Some(patch.file()), origin)
     }
 
     /// With `record` (the signed patch file), add it to the applied list
@@ -413,18 +418,19 @@ impl Kernel {
                 continue;
             }
             let result = self.state.patch_file(p).and_then(|(path, bytes)| {
-                let ko = verify(&bytes, &path).map_err(|why| KernelError::Unverifiable {
+                let patch = verify(&bytes, &path).map_err(|why| KernelError::Unverifiable {
                     id: p.id.clone(),
                     why,
                 })?;
-                let id = modinfo(&ko).map(|m| m.id).unwrap_or_default();
+                let ko = kernel_module(&patch, &path)?;
+                let id = modinfo(ko).map(|m| m.id).unwrap_or_default();
                 if id != p.id {
                     return Err(KernelError::Unverifiable {
                         id: p.id.clone(),
                         why: format!("{path} holds patch {id:?}, not {}", p.id),
                     });
                 }
-                self.apply_inner(&ko, None, &p.id)
+                self.apply_inner(ko, None, &p.id)
             });
             match result {
                 Ok(r) => lines.push(format!("{}: re-applied ({:.1} ms)", p.id, r.total_ms)),
@@ -448,8 +454,20 @@ impl Kernel {
 }
 
 /// Verifies a recorded patch file (bytes, and where it was read from for
-/// messages) and returns its module, or says why not.
-pub type VerifyPatch<'a> = dyn Fn(&[u8], &str) -> std::result::Result<Vec<u8>, String> + 'a;
+/// messages) against the trust policy, or says why not.
+pub type VerifyPatch<'a> = dyn Fn(&[u8], &str) -> std::result::Result<Verified<Patch>, String> + 'a;
+
+/// The livepatch module a verified kernel patch carries.
+fn kernel_module<'a>(patch: &'a Verified<Patch>, origin: &str) -> Result<&'a [u8]> {
+    let meta = &patch.meta;
+    if meta.target.kind != ObjectKind::Kernel {
+        return Err(KernelError::NotKernelPatch {
+            origin: origin.into(),
+            target: meta.target.name.clone(),
+        });
+    }
+    Ok(&patch.image)
+}
 
 fn load_module(ko: &[u8]) -> std::io::Result<()> {
     let params = std::ffi::CString::new("").unwrap();
@@ -532,7 +550,7 @@ mod tests {
         let k = fake_kernel(dir.path(), &[0xab; 20]);
         let build = hex::encode([0xab; 20]);
         record(&k, "aaaa1111", "aaaa1111.hsp", &build);
-        let refused = |bytes: &[u8], what: &str| -> std::result::Result<Vec<u8>, String> {
+        let refused = |bytes: &[u8], what: &str| -> std::result::Result<Verified, String> {
             assert_eq!(bytes, b"signed patch bytes");
             Err(format!("{what}: bad signature"))
         };
@@ -549,7 +567,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let k = fake_kernel(dir.path(), &[0xab; 20]);
             record(&k, "bbbb2222", file, &build);
-            let never = |_: &[u8], _: &str| -> std::result::Result<Vec<u8>, String> {
+            let never = |_: &[u8], _: &str| -> std::result::Result<Verified, String> {
                 panic!("verify called for {file}")
             };
             let lines = k.reapply_at_boot(true, &never).unwrap();

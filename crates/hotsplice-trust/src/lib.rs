@@ -11,7 +11,7 @@
 //! assert!(verify_file(&signed, &trusted).is_ok());
 //! ```
 
-use ed25519_dalek::{Signature as EdSignature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature as EdSignature, Signer as _, SigningKey, Verifier, VerifyingKey};
 use hotsplice_patch::{FormatError, Patch, PatchFile, Signature};
 use hotsplice_store::{check_dir, check_owner_and_mode, Links};
 use sha2::Digest;
@@ -310,9 +310,87 @@ pub fn verify_file_in(
     trusted: &[PublicKey],
     keys_dir: &str,
 ) -> Result<(Patch, PublicKey), TrustError> {
+    let v = verify(bytes, trusted, keys_dir)?;
+    let Signer::Key(key) = v.signer else {
+        unreachable!("verify returns only signed patches")
+    };
+    Ok((v.value, *key))
+}
+
+/// Who vouches for a [`Verified`] patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signer {
+    /// A trusted key, whose signature verified.
+    Key(Box<PublicKey>),
+    /// Nobody: the file carries no signature and the caller allowed that
+    /// explicitly ([`accept_unsigned`], the loud `--allow-unsigned`).
+    UnsignedAllowed,
+}
+
+impl Signer {
+    /// The key's fingerprint, or the empty string for an allowed unsigned patch.
+    pub fn key_id(&self) -> String {
+        match self {
+            Signer::Key(k) => k.id(),
+            Signer::UnsignedAllowed => String::new(),
+        }
+    }
+}
+
+/// A patch that passed the trust policy: parsed (so valid) and signed by a
+/// trusted key whose signature verified, or explicitly accepted unsigned.
+///
+/// Only this crate makes one ([`verify`], [`accept_unsigned`]); the engine
+/// and the kernel client take nothing else, so no code path can put an
+/// unchecked patch into a process or the kernel. It keeps the file's bytes
+/// (what was verified), for records that must be verified again later
+/// (the kernel's boot hook).
+#[derive(Debug, Clone)]
+pub struct Verified<T = Patch> {
+    value: T,
+    file: Vec<u8>,
+    signer: Signer,
+}
+
+impl<T> Verified<T> {
+    /// Who vouches for it.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// The patch file, byte for byte as verified.
+    pub fn file(&self) -> &[u8] {
+        &self.file
+    }
+
+    /// The verified value.
+    pub fn get(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// Parse a patch file and check its signature against `trusted` (naming
+/// `keys_dir` in messages): the patch, if signed by a trusted key and the
+/// signature verifies; otherwise why not.
+pub fn verify(
+    bytes: &[u8],
+    trusted: &[PublicKey],
+    keys_dir: &str,
+) -> Result<Verified<Patch>, TrustError> {
     let file = PatchFile::parse(bytes)?;
     match signature_status(&file, trusted) {
-        SignatureStatus::Trusted(key) => Ok((file.patch, key)),
+        SignatureStatus::Trusted(key) => Ok(Verified {
+            value: file.patch,
+            file: bytes.to_vec(),
+            signer: Signer::Key(Box::new(key)),
+        }),
         SignatureStatus::Unsigned => Err(TrustError::Unsigned),
         SignatureStatus::UnknownKey { key_id } => Err(TrustError::UnknownKey {
             key_id,
@@ -327,6 +405,27 @@ pub fn verify_file_in(
             }
         }
     }
+}
+
+/// A patch file with no signature at all, accepted because the caller
+/// explicitly allowed it (`--allow-unsigned`, tests, benchmarks): it is
+/// still parsed and validated. A file that carries a signature is checked
+/// as by [`verify`] instead: a bad signature or an unknown key is refused
+/// even here.
+pub fn accept_unsigned(
+    bytes: &[u8],
+    trusted: &[PublicKey],
+    keys_dir: &str,
+) -> Result<Verified<Patch>, TrustError> {
+    let file = PatchFile::parse(bytes)?;
+    if file.signature.is_some() {
+        return verify(bytes, trusted, keys_dir);
+    }
+    Ok(Verified {
+        value: file.patch,
+        file: bytes.to_vec(),
+        signer: Signer::UnsignedAllowed,
+    })
 }
 
 #[cfg(test)]
