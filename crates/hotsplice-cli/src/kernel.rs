@@ -1,10 +1,11 @@
-//! `hotsplice kernel ...` and the `uptrack-*` commands.
+//! `hotsplice kernel ...` and the `uptrack-*` commands: the agent's kernel
+//! answers, rendered.
 
-use crate::context::Ctx;
+use crate::app::App;
+use crate::output::esc;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use hotsplice_kernel::Kernel;
-use hotsplice_patch::ObjectKind;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
@@ -77,73 +78,30 @@ pub struct UnameArgs {
     machine: bool,
 }
 
-fn kernel() -> Kernel {
-    let mut k = Kernel::from_env();
-    if let Some(t) = std::env::var("HOTSPLICE_TRANSITION_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-    {
-        k.transition_timeout = std::time::Duration::from_secs_f64(t);
-    }
-    k
-}
-
-fn feed_dir(ctx: &Ctx, from: &Option<PathBuf>) -> Option<PathBuf> {
-    from.clone()
-        .or_else(|| ctx.config.settings.feed.clone().map(PathBuf::from))
-}
-
-/// Kernel patches in the feed: `(id, path)` of those for this kernel.
-fn feed(ctx: &Ctx, from: &Option<PathBuf>, k: &Kernel) -> Result<Vec<(String, PathBuf)>> {
-    let Some(dir) = feed_dir(ctx, from) else {
-        return Ok(Vec::new());
-    };
-    let me = k.build_id()?;
-    let mut out = Vec::new();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("feed {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "hsp"))
-        .collect();
-    paths.sort();
-    for p in paths {
-        let Ok(bytes) = std::fs::read(&p) else {
-            continue;
-        };
-        let Ok(file) = hotsplice_patch::PatchFile::parse(&bytes) else {
-            continue;
-        };
-        let m = &file.patch.meta;
-        if m.target.kind == ObjectKind::Kernel && m.target.build_id == me {
-            out.push((m.id.clone(), p));
-        }
-    }
-    Ok(out)
-}
-
-fn apply_one(ctx: &Ctx, k: &Kernel, path: &Path, allow_unsigned: bool) -> Result<()> {
-    let patch = ctx.read_verified(path, allow_unsigned)?;
-    if ctx.dry_run {
-        println!("would apply {}", patch.meta.id);
+fn apply_one(app: &App, k: &Kernel, path: &Path, allow_unsigned: bool) -> Result<()> {
+    let (id, report) = app
+        .agent
+        .kernel_apply(k, path, allow_unsigned, app.dry_run)?;
+    let Some(r) = report else {
+        outln!("would apply {}", esc(&id));
         return Ok(());
-    }
-    let r = k.apply(&patch, &path.display().to_string())?;
-    if !ctx.quiet {
-        println!(
+    };
+    if !app.quiet {
+        outln!(
             "applied {} ({}): transition {:.1} ms, {:.1} ms in all; effective kernel {}",
-            r.id,
-            r.module,
+            esc(&r.id),
+            esc(&r.module),
             r.transition_ms,
             r.total_ms,
-            k.effective_release()?
+            esc(&k.effective_release()?)
         );
     }
     Ok(())
 }
 
-pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
-    let k = kernel();
+pub fn run_kernel(app: &App, cmd: KernelCommand) -> Result<bool> {
+    let agent = &app.agent;
+    let k = agent.kernel();
     match cmd {
         KernelCommand::Show {
             available,
@@ -151,31 +109,30 @@ pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
             from,
         } => {
             if available {
-                let applied: Vec<String> = k.applied()?.into_iter().map(|p| p.id).collect();
-                let todo: Vec<(String, PathBuf)> = feed(ctx, &from, &k)?
-                    .into_iter()
-                    .filter(|(id, _)| !applied.contains(id))
-                    .collect();
+                let todo = agent.kernel_available(from.as_deref(), &k)?;
                 if count {
-                    println!("{}", todo.len());
+                    outln!("{}", todo.len());
                 } else {
-                    println!("Available updates:");
-                    for (id, p) in todo {
-                        println!("[{id}] {}", p.display());
+                    outln!("Available updates:");
+                    for f in todo {
+                        outln!("[{}] {}", esc(&f.id), esc(&f.path.display().to_string()));
                     }
                 }
                 return Ok(true);
             }
             let applied = k.applied()?;
             if count {
-                println!("{}", applied.len());
+                outln!("{}", applied.len());
                 return Ok(true);
             }
-            println!("Installed updates:");
+            outln!("Installed updates:");
             for p in &applied {
-                println!("[{}] {}", p.id, p.description);
+                outln!("[{}] {}", esc(&p.id), esc(&p.description));
             }
-            println!("Effective kernel version is {}", k.effective_release()?);
+            outln!(
+                "Effective kernel version is {}",
+                esc(&k.effective_release()?)
+            );
             Ok(true)
         }
         KernelCommand::Apply {
@@ -184,32 +141,21 @@ pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
             patches,
         } => {
             for p in patches {
-                let path = PathBuf::from(&p);
-                let path = if path.exists() {
-                    path
-                } else {
-                    feed(ctx, &from, &k)?
-                        .into_iter()
-                        .find(|(id, _)| *id == p)
-                        .map(|(_, f)| f)
-                        .with_context(|| {
-                            format!("{p}: no such file, and no patch with that ID in the feed")
-                        })?
-                };
-                apply_one(ctx, &k, &path, allow_unsigned)?;
+                let path = agent.kernel_patch_path(&p, from.as_deref(), &k)?;
+                apply_one(app, &k, &path, allow_unsigned)?;
             }
             Ok(true)
         }
         KernelCommand::Undo { id } => {
             let r = k.undo(&id)?;
-            if !ctx.quiet {
-                println!(
+            if !app.quiet {
+                outln!(
                     "removed {} ({}): transition {:.1} ms, {:.1} ms in all; effective kernel {}",
-                    r.id,
-                    r.module,
+                    esc(&r.id),
+                    esc(&r.module),
                     r.transition_ms,
                     r.total_ms,
-                    k.effective_release()?
+                    esc(&k.effective_release()?)
                 );
             }
             Ok(true)
@@ -221,18 +167,21 @@ pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
             let applied = k.applied()?;
             for p in applied.iter().rev() {
                 if all || ids.contains(&p.id) {
-                    if ctx.dry_run {
-                        println!("would remove {}", p.id);
+                    if app.dry_run {
+                        outln!("would remove {}", esc(&p.id));
                         continue;
                     }
                     let r = k.undo(&p.id)?;
-                    if !ctx.quiet {
-                        println!("removed {} ({:.1} ms)", r.id, r.total_ms);
+                    if !app.quiet {
+                        outln!("removed {} ({:.1} ms)", esc(&r.id), r.total_ms);
                     }
                 }
             }
-            if !ctx.quiet {
-                println!("Effective kernel version is {}", k.effective_release()?);
+            if !app.quiet {
+                outln!(
+                    "Effective kernel version is {}",
+                    esc(&k.effective_release()?)
+                );
             }
             Ok(true)
         }
@@ -240,27 +189,24 @@ pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
             from,
             allow_unsigned,
         } => {
-            let applied: Vec<String> = k.applied()?.into_iter().map(|p| p.id).collect();
-            let todo: Vec<(String, PathBuf)> = feed(ctx, &from, &k)?
-                .into_iter()
-                .filter(|(id, _)| !applied.contains(id))
-                .collect();
+            let todo = agent.kernel_available(from.as_deref(), &k)?;
             if todo.is_empty() {
-                if !ctx.quiet {
-                    println!("Nothing to be done: the kernel has every available update");
+                if !app.quiet {
+                    outln!("Nothing to be done: the kernel has every available update");
                 }
                 return Ok(true);
             }
-            for (_, p) in todo {
-                apply_one(ctx, &k, &p, allow_unsigned)?;
+            for f in todo {
+                apply_one(app, &k, &f.path, allow_unsigned)?;
             }
             Ok(true)
         }
-        KernelCommand::Uname(u) => uname(&k, &u),
+        KernelCommand::Uname(u) => uname(app, &k, &u),
         KernelCommand::Wrap { module, out, sign } => {
             let ko =
                 std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
-            let patch = wrap_module(&ko, &module.display().to_string(), Vec::new())?;
+            let patch =
+                hotsplice_agent::wrap_module(&ko, &module.display().to_string(), Vec::new())?;
             let path = out.join(format!("vmlinux-{}.hsp", patch.meta.id));
             std::fs::create_dir_all(&out)?;
             let mut bytes = patch.to_bytes();
@@ -268,81 +214,57 @@ pub fn run_kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<bool> {
                 bytes = hotsplice_trust::sign_file(&bytes, &hotsplice_trust::SecretKey::load(&k)?)?;
             }
             hotsplice_store::write_atomic(&path, &bytes)?;
-            println!("{}", path.display());
+            outln!("{}", path.display());
             Ok(true)
         }
         KernelCommand::Boot { from } => {
-            // Verified again, as on every use.
-            let verify = |bytes: &[u8], what: &str| {
-                ctx.verified(bytes, what, false)
-                    .map_err(|e| format!("{e:#}"))
-            };
-            for line in k.reapply_at_boot(ctx.config.settings.install_on_reboot, &verify)? {
-                println!("hotsplice boot: {line}");
+            let r = agent.kernel_boot(from.as_deref())?;
+            for line in &r.recorded {
+                outln!("hotsplice boot: {}", esc(line));
             }
-            // The machine's first boot with hotsplice: `first_boot` says
-            // whether to bring the kernel up to date from the feed then.
-            let marker = ctx.paths.state_dir.join("kernel/booted-before");
-            let first = !marker.exists();
-            if first {
-                let _ = hotsplice_store::write_atomic(&marker, b"");
-            }
-            let from_feed =
-                ctx.config.settings.upgrade_on_reboot || (first && ctx.config.settings.first_boot);
-            if from_feed && !k.disabled() {
-                let applied: Vec<String> = k.applied()?.into_iter().map(|p| p.id).collect();
-                for (id, p) in feed(ctx, &from, &k)? {
-                    if !applied.contains(&id) {
-                        match apply_one(ctx, &k, &p, false) {
-                            Ok(()) => println!("hotsplice boot: {id}: applied from the feed"),
-                            Err(e) => println!("hotsplice boot: {id}: FAILED: {e:#}"),
+            for (id, result) in &r.from_feed {
+                match result {
+                    Ok(a) => {
+                        if !app.quiet {
+                            outln!(
+                                "applied {} ({}): transition {:.1} ms, {:.1} ms in all",
+                                esc(&a.id),
+                                esc(&a.module),
+                                a.transition_ms,
+                                a.total_ms
+                            );
                         }
+                        outln!("hotsplice boot: {}: applied from the feed", esc(id))
                     }
+                    Err(e) => outln!("hotsplice boot: {}: FAILED: {}", esc(id), esc(e)),
                 }
             }
-            println!(
-                "hotsplice boot: effective kernel {}",
-                k.effective_release()?
-            );
+            outln!("hotsplice boot: effective kernel {}", esc(&r.effective));
             Ok(true)
         }
     }
 }
 
-fn uname(k: &Kernel, u: &UnameArgs) -> Result<bool> {
-    // SAFETY: uname fills a struct we own.
-    let mut un: libc::utsname = unsafe { std::mem::zeroed() };
-    unsafe { libc::uname(&mut un) };
-    let field = |f: &[libc::c_char]| {
-        // SAFETY: utsname fields are NUL-terminated.
-        unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let release = k.effective_release()?;
-    let mut version = field(&un.version);
-    let applied = k.applied()?;
-    if !applied.is_empty() {
-        version = format!("{version} (hotsplice: {} update(s))", applied.len());
-    }
+fn uname(app: &App, k: &Kernel, u: &UnameArgs) -> Result<bool> {
+    let un = app.agent.uname(k)?;
     let mut parts = Vec::new();
     let none = !(u.all || u.release || u.version || u.sysname || u.nodename || u.machine);
     if u.all || u.sysname || none {
-        parts.push(field(&un.sysname));
+        parts.push(un.sysname);
     }
     if u.all || u.nodename {
-        parts.push(field(&un.nodename));
+        parts.push(un.nodename);
     }
     if u.all || u.release {
-        parts.push(release);
+        parts.push(un.release);
     }
     if u.all || u.version {
-        parts.push(version);
+        parts.push(un.version);
     }
     if u.all || u.machine {
-        parts.push(field(&un.machine));
+        parts.push(un.machine);
     }
-    println!("{}", parts.join(" "));
+    outln!("{}", esc(&parts.join(" ")));
     Ok(true)
 }
 
@@ -389,13 +311,13 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
             Err(e) => e.exit(),
         };
         return Some(
-            match Ctx::new(false, 0, false, false)
-                .and_then(|ctx| run_kernel(&ctx, KernelCommand::Uname(u.uname)))
+            match App::new(false, 0, false, false)
+                .and_then(|app| run_kernel(&app, KernelCommand::Uname(u.uname)))
             {
                 Ok(true) => 0,
                 Ok(false) => 1,
                 Err(e) => {
-                    eprintln!("{name}: error: {e:#}");
+                    crate::show_error(&name, &e);
                     1
                 }
             },
@@ -405,10 +327,10 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
         Ok(u) => u,
         Err(e) => e.exit(),
     };
-    let ctx = match Ctx::new(u.quiet, u.verbose, u.yes, u.no && what != "uname") {
+    let app = match App::new(u.quiet, u.verbose, u.yes, u.no && what != "uname") {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{name}: {e:#}");
+            crate::show_error(&name, &e);
             return Some(1);
         }
     };
@@ -446,35 +368,12 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
             return Some(2);
         }
     };
-    Some(match run_kernel(&ctx, cmd) {
+    Some(match run_kernel(&app, cmd) {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
-            eprintln!("{name}: error: {e:#}");
+            crate::show_error(&name, &e);
             1
         }
     })
-}
-
-/// A kernel patch file around a livepatch module: the module is the image;
-/// its modinfo says which kernel build it is for.
-pub fn wrap_module(
-    ko: &[u8],
-    origin: &str,
-    functions: Vec<String>,
-) -> Result<hotsplice_patch::Patch> {
-    let info = hotsplice_kernel::modinfo(ko)
-        .map_err(|e| anyhow::anyhow!("{origin} is not a hotsplice kernel patch module: {e}"))?;
-    let patch = hotsplice_create::kernel::kernel_patch(
-        ko,
-        &info.id,
-        &info.description,
-        &info.build_id,
-        &info.release,
-        functions,
-    );
-    patch
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
-    Ok(patch)
 }

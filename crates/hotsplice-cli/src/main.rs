@@ -3,7 +3,7 @@
 
 #[macro_use]
 mod output;
-mod context;
+mod app;
 mod daemon;
 mod kernel;
 mod terminate;
@@ -11,7 +11,6 @@ mod user;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use hotsplice_patch::PatchFile;
 use output::esc;
 use std::path::{Path, PathBuf};
 
@@ -156,7 +155,7 @@ fn main() {
     let ok = match run(cli) {
         Ok(ok) => ok,
         Err(e) => {
-            errln!("hotsplice: error: {e:#}");
+            show_error("hotsplice", &e);
             false
         }
     };
@@ -168,8 +167,26 @@ fn main() {
     }
 }
 
+/// An error as cargo shows one: `NAME: error: what`, then a `Caused by:`
+/// line for each cause, none said twice.
+pub fn show_error(name: &str, e: &anyhow::Error) {
+    let links = hotsplice_agent::links(e.as_ref());
+    let mut it = links.iter();
+    errln!(
+        "{name}: error: {}",
+        it.next().map_or("(no message)".into(), |l| esc(l))
+    );
+    let rest: Vec<_> = it.collect();
+    if !rest.is_empty() {
+        errln!("Caused by:");
+        for l in rest {
+            errln!("    {}", esc(l));
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<bool> {
-    let ctx = context::Ctx::new(cli.quiet, cli.verbose, cli.yes, cli.dry_run)?;
+    let ctx = app::App::new(cli.quiet, cli.verbose, cli.yes, cli.dry_run)?;
     match cli.command {
         Command::Create(a) => create(&ctx, *a),
         Command::Info { file, json } => info(&ctx, &file, json),
@@ -181,7 +198,7 @@ fn run(cli: Cli) -> Result<bool> {
                 dir.join(format!("{name}.key")).display(),
                 dir.join(format!("{name}.pub")).display(),
                 key.public().id(),
-                ctx.paths.keys_dir().display()
+                ctx.agent.paths.keys_dir().display()
             );
             Ok(true)
         }
@@ -203,9 +220,9 @@ fn run(cli: Cli) -> Result<bool> {
 }
 
 /// Sign a patch file in place, keeping its permissions.
-fn sign_in_place(ctx: &context::Ctx, path: &Path, key: &hotsplice_trust::SecretKey) -> Result<()> {
+fn sign_in_place(ctx: &app::App, path: &Path, key: &hotsplice_trust::SecretKey) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let bytes = ctx.read_patch_file(path)?;
+    let bytes = ctx.agent.read_patch_file(path)?;
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o644);
@@ -215,7 +232,7 @@ fn sign_in_place(ctx: &context::Ctx, path: &Path, key: &hotsplice_trust::SecretK
     Ok(())
 }
 
-fn create(ctx: &context::Ctx, a: CreateArgs) -> Result<bool> {
+fn create(ctx: &app::App, a: CreateArgs) -> Result<bool> {
     let key = a
         .sign
         .as_ref()
@@ -247,7 +264,7 @@ fn create(ctx: &context::Ctx, a: CreateArgs) -> Result<bool> {
 }
 
 fn create_kernel(
-    ctx: &context::Ctx,
+    ctx: &app::App,
     a: CreateArgs,
     key: Option<hotsplice_trust::SecretKey>,
 ) -> Result<bool> {
@@ -295,42 +312,22 @@ fn create_kernel(
 
 /// `hotsplice info`: what a patch file holds, and what its signature is
 /// worth here: exactly one of trusted, unknown key, bad, unsigned.
-fn info(ctx: &context::Ctx, file: &Path, json: bool) -> Result<bool> {
-    use hotsplice_trust::SignatureStatus;
-    let bytes = ctx.read_patch_file(file)?;
-    let pf = PatchFile::parse(&bytes).with_context(|| format!("patch {}", file.display()))?;
-    let trusted = hotsplice_trust::trusted_keys(&ctx.paths.keys_dir())?;
-    let status = hotsplice_trust::signature_status(&pf, &trusted);
-    let m = &pf.patch.meta;
-    let signer = status.key_id();
+fn info(ctx: &app::App, file: &Path, json: bool) -> Result<bool> {
+    let info = ctx.agent.info(file)?;
     if json {
-        let v = serde_json::json!({
-            "id": m.id,
-            "description": m.description,
-            "level": m.level,
-            "tool": m.tool,
-            "target": m.target,
-            "functions": m.functions.iter().map(|f| &f.name).collect::<Vec<_>>(),
-            "new_symbols": m.symbols.iter().map(|s| &s.name).collect::<Vec<_>>(),
-            "code_size": m.code_size,
-            "data_size": m.data_size,
-            "relocations": m.relocations.len(),
-            "signed": signer.is_some(),
-            "key_id": signer,
-            "signature": status.name(),
-        });
-        outln!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(true);
     }
-    let signature = match &status {
-        SignatureStatus::Trusted(k) => format!("signed by a trusted key {}", k.id()),
-        SignatureStatus::UnknownKey { key_id } => {
-            format!("signed by an unknown key {}", esc(key_id))
-        }
-        SignatureStatus::Bad { key_id, reason } => {
-            format!("bad signature (claims key {}: {reason})", esc(key_id))
-        }
-        SignatureStatus::Unsigned => "unsigned".into(),
+    let m = &info.meta;
+    let key = info.key_id.as_deref().map(esc).unwrap_or_default();
+    let signature = match info.signature {
+        "trusted" => format!("signed by a trusted key {key}"),
+        "unknown-key" => format!("signed by an unknown key {key}"),
+        "bad" => format!(
+            "bad signature (claims key {key}: {})",
+            esc(info.signature_problem.as_deref().unwrap_or("?"))
+        ),
+        _ => "unsigned".into(),
     };
     outln!("id:          {}", esc(&m.id));
     outln!("description: {}", esc(&m.description));

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 static REQUESTED: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(sig: libc::c_int) {
+extern "C" fn on_signal(sig: i32) {
     REQUESTED.store(sig, Ordering::SeqCst);
 }
 
@@ -42,10 +42,9 @@ pub fn requested() -> Option<i32> {
 
 /// The signal's name, for messages.
 pub fn name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGHUP => "SIGHUP",
+    use nix::sys::signal::Signal;
+    match Signal::try_from(sig) {
+        Ok(s @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)) => s.as_str(),
         _ => "a signal",
     }
 }

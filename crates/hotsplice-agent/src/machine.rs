@@ -1,8 +1,9 @@
-//! What every command needs: where things are, the configuration, trusted
-//! keys, the journal, and the per-process lock.
+//! The agent: where things are, the configuration, the trust policy, the
+//! journal, the per-process lock and recovery — what every operation on
+//! this machine needs.
 
-use crate::output::esc;
-use anyhow::{bail, Context as _, Result};
+use crate::error::{About as _, AgentError, Result};
+use crate::event::{Event, Sink};
 use hotsplice_engine::{self as engine, ApplyOptions, Journal, Op, Pending, Step};
 use hotsplice_store::{Blacklist, Config, Entry, FileLock, InFlight, Links, Paths, Store};
 use hotsplice_trust::{Signer, Verified};
@@ -10,18 +11,37 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct Ctx {
-    pub quiet: bool,
-    pub verbose: u8,
-    pub yes: bool,
-    pub dry_run: bool,
+/// How the caller wants the agent to behave.
+#[derive(Clone)]
+pub struct AgentOptions {
+    /// Where events go.
+    pub events: Sink,
+    /// Asked between operations and while waiting for busy code: `true`
+    /// (e.g. after SIGTERM) finishes the operation in flight and starts no
+    /// new one.
+    pub stop_requested: fn() -> bool,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            events: Arc::new(|_| {}),
+            stop_requested: || false,
+        }
+    }
+}
+
+/// hotsplice on this machine.
+pub struct Agent {
     pub paths: Paths,
     pub config: Config,
     journal: Arc<DiskJournal>,
+    events: Sink,
+    stop_requested: fn() -> bool,
 }
 
 /// The engine's journal, kept in the state directory.
-pub struct DiskJournal(hotsplice_store::Journal);
+struct DiskJournal(hotsplice_store::Journal);
 
 impl Journal for DiskJournal {
     fn record(&self, p: &Pending) -> Result<(), String> {
@@ -45,29 +65,50 @@ impl Journal for DiskJournal {
     }
 }
 
-impl Ctx {
-    pub fn new(quiet: bool, verbose: u8, yes: bool, dry_run: bool) -> Result<Ctx> {
-        let paths = Paths::from_env();
+impl Agent {
+    /// The agent for the locations of `Paths::from_env()` (the machine's,
+    /// or a test's private ones).
+    pub fn new(opts: AgentOptions) -> Result<Agent> {
+        Agent::with_paths(Paths::from_env(), opts)
+    }
+
+    pub fn with_paths(paths: Paths, opts: AgentOptions) -> Result<Agent> {
         let config = Config::load(&paths)?;
         let journal = Arc::new(DiskJournal(hotsplice_store::Journal::open(&paths)));
-        Ok(Ctx {
-            quiet,
-            verbose,
-            yes,
-            dry_run,
+        Ok(Agent {
             paths,
             config,
             journal,
+            events: opts.events,
+            stop_requested: opts.stop_requested,
         })
     }
 
+    pub(crate) fn emit(&self, e: Event) {
+        (self.events)(e)
+    }
+
+    pub(crate) fn warn(&self, message: String) {
+        self.emit(Event::Warning { message })
+    }
+
+    /// Whether the caller asked to stop (no new operation starts).
+    pub fn stop_requested(&self) -> bool {
+        (self.stop_requested)()
+    }
+
+    pub(crate) fn stop_requested_fn(&self) -> fn() -> bool {
+        self.stop_requested
+    }
+
+    /// Apply/undo options: the configured busy timeout unless given, the
+    /// journal, and the caller's stop request ending a wait at once.
     pub fn options(&self, busy_timeout: Option<f64>) -> ApplyOptions {
         let secs = busy_timeout.unwrap_or(self.config.settings.busy_timeout);
         ApplyOptions {
             busy_timeout: Duration::from_secs_f64(secs.max(0.0)),
             journal: Some(self.journal.clone()),
-            // SIGTERM & co. end a wait for busy code at once.
-            stop_waiting: Some(|| crate::terminate::requested().is_some()),
+            stop_waiting: Some(self.stop_requested),
         }
     }
 
@@ -79,8 +120,8 @@ impl Ctx {
     /// The trust policy, in one place: a patch is used only if signed by a
     /// trusted key and the signature verifies, whatever any index says;
     /// `allow_unsigned` (the explicit `--allow-unsigned`) lets a patch with
-    /// no signature at all through, loudly. A bad signature or an unknown
-    /// key is refused even then.
+    /// no signature at all through, with an [`Event::UnsignedAllowed`]. A
+    /// bad signature or an unknown key is refused even then.
     pub fn verified(&self, bytes: &[u8], what: &str, allow_unsigned: bool) -> Result<Verified> {
         let keys_dir = self.paths.keys_dir();
         let trusted = hotsplice_trust::trusted_keys(&keys_dir)?;
@@ -90,17 +131,14 @@ impl Ctx {
         } else {
             hotsplice_trust::verify(bytes, &trusted, &shown)
         }
-        .with_context(|| what.to_string())?;
+        .about(|| what.to_string())?;
         if *v.signer() == Signer::UnsignedAllowed {
-            errln!(
-                "hotsplice: WARNING: --allow-unsigned: using {what}, whose origin is NOT verified; \
-                 never do this outside development"
-            );
+            self.emit(Event::UnsignedAllowed { what: what.into() });
         }
         Ok(v)
     }
 
-    /// The bytes of a patch file named on the command line: a regular file
+    /// The bytes of a patch file named by the caller: a regular file
     /// (links followed) of at most 256 MiB; a FIFO, device or directory is
     /// refused at once.
     pub fn read_patch_file(&self, path: &Path) -> Result<Vec<u8>> {
@@ -112,17 +150,18 @@ impl Ctx {
         )?)
     }
 
+    /// A patch file, read and verified.
     pub fn read_verified(&self, path: &Path, allow_unsigned: bool) -> Result<Verified> {
         let bytes = self.read_patch_file(path)?;
         self.verified(&bytes, &format!("patch {}", path.display()), allow_unsigned)
     }
 
-    /// The store, with a warning for each index entry that is not valid
-    /// (those are ignored: see `hotsplice_store::Rejected`).
+    /// The store; each index entry that is not valid is ignored, with a
+    /// warning (see `hotsplice_store::Rejected`).
     pub fn store(&self) -> Result<Store> {
         let store = Store::open(&self.paths)?;
         for r in store.rejected()? {
-            errln!("hotsplice: warning: {}", esc(&r.to_string()));
+            self.warn(r.to_string());
         }
         Ok(store)
     }
@@ -141,22 +180,18 @@ impl Ctx {
         let patch = self.verified(&bytes, &what, allow_unsigned)?;
         let m = &patch.meta;
         if m.id != e.id || m.target.build_id != e.target.build_id || m.level != e.level {
-            bail!(
+            return Err(AgentError::Request(format!(
                 "{what}: the file is patch {} level {} for build-id {}, but the store's index says {} level {} for {}; \
                  uninstall it and install the patch again",
-                m.id,
-                m.level,
-                m.target.build_id,
-                e.id,
-                e.level,
-                e.target.build_id
-            );
+                m.id, m.level, m.target.build_id, e.id, e.level, e.target.build_id
+            )));
         }
         Ok(patch)
     }
 
     /// Only one hotsplice works on a process at a time. The run directory
-    /// holding the locks must be ours alone.
+    /// holding the locks must be ours alone. Waits for another hotsplice
+    /// working on the same process.
     pub fn lock_process(&self, pid: i32) -> Result<FileLock> {
         hotsplice_store::create_private_dir_all(&self.paths.run_dir)?;
         hotsplice_store::check_dir(&self.paths.run_dir, "run directory")?;
@@ -169,14 +204,15 @@ impl Ctx {
     /// (the next command that changes patches finishes or rolls them back).
     /// Read-only: for `show`, which must not report as applied what only
     /// half happened.
-    pub fn interrupted(&self) -> Vec<hotsplice_store::InFlight> {
+    pub fn interrupted(&self) -> Vec<InFlight> {
         let Ok(scan) = hotsplice_store::Journal::open(&self.paths).scan() else {
             return Vec::new();
         };
         scan.records.into_iter().filter(is_live).collect()
     }
 
-    /// Finish or roll back what an interrupted hotsplice left in flight.
+    /// Finish or roll back what an interrupted hotsplice left in flight
+    /// (each told as an [`Event`]).
     pub fn recover(&self) -> Result<()> {
         let journal = hotsplice_store::Journal::open(&self.paths);
         let scan = match journal.scan() {
@@ -187,7 +223,7 @@ impl Ctx {
             Err(_) => return Ok(()),
         };
         for bad in &scan.set_aside {
-            errln!("hotsplice: warning: {bad}");
+            self.warn(bad.to_string());
         }
         for e in scan.records {
             let stale = !is_live(&e);
@@ -210,23 +246,20 @@ impl Ctx {
             };
             match engine::recover(&p, &self.options(None)) {
                 Ok(r) => {
-                    if !self.quiet {
-                        errln!(
-                            "hotsplice: recovered an interrupted {} of {} in pid {}: {:?}",
-                            esc(&e.op),
-                            e.id,
-                            e.pid,
-                            r
-                        );
-                    }
+                    self.emit(Event::Recovered {
+                        op: e.op.clone(),
+                        id: e.id.clone(),
+                        pid: e.pid,
+                        result: format!("{r:?}"),
+                    });
                     let _ = journal.clear(e.pid, &e.id);
                 }
-                Err(err) => errln!(
-                    "hotsplice: warning: cannot yet recover the interrupted {} of {} in pid {}: {err}; will retry",
-                    esc(&e.op),
-                    e.id,
-                    e.pid
-                ),
+                Err(err) => self.emit(Event::RecoveryPending {
+                    op: e.op.clone(),
+                    id: e.id.clone(),
+                    pid: e.pid,
+                    why: crate::error::chain(&err),
+                }),
             }
         }
         Ok(())
@@ -235,10 +268,11 @@ impl Ctx {
 
 /// Whether a journal record is about a process that still runs (same pid
 /// and start time, so not a reused pid).
-fn is_live(e: &hotsplice_store::InFlight) -> bool {
+fn is_live(e: &InFlight) -> bool {
     engine::start_time(e.pid) == Some(e.start_time)
 }
 
+/// The process's command name, or `?`.
 pub fn comm(pid: i32) -> String {
     hotsplice_process::process_name(pid).unwrap_or_else(|| "?".into())
 }
@@ -259,15 +293,30 @@ pub fn exited(pid: i32) -> Option<String> {
     match state {
         Some('Z') => Some(format!(
             "process {pid} ({}) has exited: it is a zombie its parent has not collected yet; there is nothing to patch",
-            esc(&comm(pid))
+            printable(&comm(pid))
         )),
         Some('X') => Some(format!("process {pid} has exited; there is nothing to patch")),
         _ => None,
     }
 }
 
+/// The process's executable, or the empty string.
 pub fn exe(pid: i32) -> String {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.display().to_string())
         .unwrap_or_default()
+}
+
+/// `s` with control characters escaped (`\n` as `\u{a}`), for names a
+/// process chose that go into messages.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }

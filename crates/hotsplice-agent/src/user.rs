@@ -1,0 +1,386 @@
+//! Patches of running processes: install into the store, apply, undo,
+//! remove, and what is applied, available and patchable — as data.
+
+use crate::error::{AgentError, Result};
+use crate::machine::{comm, exited, Agent};
+use crate::pool::{by_pid, run_parallel, PoolRun};
+use hotsplice_engine::{self as engine, ApplyOptions, EngineError, Report};
+use hotsplice_store::Entry;
+use hotsplice_trust::Verified;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// One engine operation on one process: its report or why it failed.
+pub type OpResult = std::result::Result<Report, EngineError>;
+
+/// Work over many processes: what each operation did, how many processes
+/// were not started because a stop was requested.
+pub struct Run {
+    pub results: Vec<OpResult>,
+    pub not_started: usize,
+}
+
+/// Applying patch files: which process gets which patch.
+pub struct ApplyPlan {
+    pub patches: Vec<Verified>,
+    /// `(pid, index into patches)`, in order.
+    pub jobs: Vec<(i32, usize)>,
+    /// Patches no running process maps (with `--all`).
+    pub unused: Vec<usize>,
+}
+
+/// Removing patches: which are to be undone where, newest first.
+pub struct RemovalPlan {
+    /// `(pid, patch id)`.
+    pub jobs: Vec<(i32, String)>,
+    /// Forged or damaged records in the process asked about: refused.
+    pub refused: Vec<EngineError>,
+    /// Such records met while going over the machine: reported only (any
+    /// user can forge one in their own process; that must not fail root's
+    /// removal).
+    pub warnings: Vec<engine::Corrupt>,
+}
+
+/// A patch applied in a process, as `show` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppliedView {
+    pub id: String,
+    pub target: String,
+    pub build_id: String,
+    pub description: String,
+    pub applied_at: u64,
+    pub functions: Vec<String>,
+}
+
+/// An operation a killed hotsplice left half done in a process.
+#[derive(Debug, Clone, Serialize)]
+pub struct InterruptedView {
+    pub op: String,
+    pub id: String,
+    pub step: String,
+}
+
+/// A forged or damaged record: reported, never acted upon.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorruptView {
+    pub map_start: u64,
+    pub patch_id: Option<String>,
+    pub why: String,
+}
+
+/// What is applied in one process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessPatches {
+    pub pid: i32,
+    pub command: String,
+    pub patches: Vec<AppliedView>,
+    /// Left half done by a killed hotsplice; the next command that changes
+    /// patches finishes or rolls back.
+    pub interrupted: Vec<InterruptedView>,
+    pub corrupt: Vec<CorruptView>,
+}
+
+/// A patchable object and the processes mapping it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetObject {
+    pub path: String,
+    pub build_id: String,
+    pub pids: Vec<i32>,
+}
+
+/// An installed patch and where it applies.
+#[derive(Debug, Clone, Serialize)]
+pub struct AvailablePatch {
+    pub id: String,
+    pub level: u32,
+    pub target: hotsplice_patch::Target,
+    pub description: String,
+    /// The highest installed level for its target (lower ones are kept
+    /// for the record, not applied).
+    pub current: bool,
+    pub processes: Vec<i32>,
+    pub applied_in: Vec<i32>,
+    pub needed_by: Vec<i32>,
+}
+
+/// Which processes: one, or all.
+pub fn pids(pid: Option<i32>) -> Vec<i32> {
+    match pid {
+        Some(p) => vec![p],
+        None => hotsplice_process::all_pids(),
+    }
+}
+
+impl Agent {
+    /// Verify patch files and put them into the store.
+    pub fn install(&self, files: &[PathBuf], allow_unsigned: bool) -> Result<Vec<Entry>> {
+        let store = self.store()?;
+        let mut out = Vec::new();
+        for f in files {
+            let patch = self.read_verified(f, allow_unsigned)?;
+            out.push(store.install(patch.file(), &patch, &patch.signer().key_id())?);
+        }
+        Ok(out)
+    }
+
+    /// Drop a patch from the store: `Some` when its file was removed, `None`
+    /// when only an invalid index entry was (no file deleted).
+    pub fn uninstall(&self, id: &str) -> Result<Option<Entry>> {
+        Ok(self.store()?.uninstall(id)?)
+    }
+
+    /// Which processes each patch file goes to: `pid`, or every process
+    /// that maps the patch's target.
+    pub fn plan_apply(
+        &self,
+        pid: Option<i32>,
+        files: &[PathBuf],
+        allow_unsigned: bool,
+    ) -> Result<ApplyPlan> {
+        if let Some(why) = pid.and_then(exited) {
+            return Err(AgentError::Request(why));
+        }
+        let mut patches = Vec::new();
+        for f in files {
+            patches.push(self.read_verified(f, allow_unsigned)?);
+        }
+        let mut jobs = Vec::new();
+        let mut unused = Vec::new();
+        for (i, p) in patches.iter().enumerate() {
+            match pid {
+                Some(pid) => jobs.push((pid, i)),
+                None => {
+                    let pids = engine::processes_mapping(&p.meta.target.build_id);
+                    if pids.is_empty() {
+                        unused.push(i);
+                    }
+                    jobs.extend(pids.into_iter().map(|pid| (pid, i)));
+                }
+            }
+        }
+        Ok(ApplyPlan {
+            patches,
+            jobs,
+            unused,
+        })
+    }
+
+    /// Carry out an apply plan, each process under its lock.
+    pub fn apply(&self, plan: &ApplyPlan, opts: &ApplyOptions) -> Run {
+        let grouped = by_pid(plan.jobs.clone());
+        self.per_process(&grouped, |p, list: &Vec<usize>| {
+            list.iter()
+                .map(|&i| engine::apply(p, &plan.patches[i], opts))
+                .collect()
+        })
+    }
+
+    /// Undo one applied patch in a process.
+    pub fn undo(&self, pid: i32, id: &str, opts: &ApplyOptions) -> Result<Report> {
+        if let Some(why) = exited(pid) {
+            return Err(AgentError::Request(why));
+        }
+        let _lock = self.lock_process(pid)?;
+        Ok(engine::undo(pid, id, opts)?)
+    }
+
+    /// Which patches to undo where: those named (or all), in `pid` or in
+    /// every process, newest first so stacked patches come off in order.
+    pub fn plan_removal(&self, all: bool, pid: Option<i32>, ids: &[String]) -> Result<RemovalPlan> {
+        if !all && ids.is_empty() {
+            return Err(AgentError::Request(
+                "say which patches to remove: IDs, or --all".into(),
+            ));
+        }
+        let mut plan = RemovalPlan {
+            jobs: Vec::new(),
+            refused: Vec::new(),
+            warnings: Vec::new(),
+        };
+        for p in pids(pid) {
+            let Ok(state) = engine::state(p) else {
+                continue;
+            };
+            for c in state.corrupt {
+                if all || c.patch_id.as_ref().is_some_and(|id| ids.contains(id)) {
+                    if pid.is_some() {
+                        plan.refused.push(EngineError::CorruptRecord(c));
+                    } else {
+                        plan.warnings.push(c);
+                    }
+                }
+            }
+            for h in state.patches.iter().rev() {
+                if all || ids.contains(&h.patch_id) {
+                    plan.jobs.push((p, h.patch_id.clone()));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Carry out a removal plan, each process under its lock.
+    pub fn remove(&self, plan: &RemovalPlan, opts: &ApplyOptions) -> Run {
+        let grouped = by_pid(plan.jobs.clone());
+        self.per_process(&grouped, |p, ids: &Vec<String>| {
+            ids.iter().map(|id| engine::undo(p, id, opts)).collect()
+        })
+    }
+
+    /// Run `f` for each process on the worker pool, holding its lock; a
+    /// process whose lock cannot be taken is left alone, with an error for
+    /// each of its jobs.
+    fn per_process<T: Sync>(
+        &self,
+        grouped: &[(i32, Vec<T>)],
+        f: impl Fn(i32, &Vec<T>) -> Vec<OpResult> + Sync,
+    ) -> Run {
+        let PoolRun {
+            results,
+            not_started,
+        } = run_parallel(grouped, self.stop_requested_fn(), |(p, list)| {
+            match self.lock_process(*p) {
+                Ok(_lock) => f(*p, list),
+                Err(e) => list
+                    .iter()
+                    .map(|_| {
+                        Err(EngineError::Refused {
+                            pid: *p,
+                            why: format!(
+                                "without the process lock, which cannot be taken: {}",
+                                crate::error::chain(&e)
+                            ),
+                        })
+                    })
+                    .collect(),
+            }
+        });
+        Run {
+            results: results.into_iter().flatten().collect(),
+            not_started,
+        }
+    }
+
+    /// What is applied: in `pid` (always listed, an error if it cannot be
+    /// read), or in every process that has patches, damaged records or
+    /// operations left half done.
+    pub fn applied(&self, pid: Option<i32>) -> Result<Vec<ProcessPatches>> {
+        let interrupted = self.interrupted();
+        let mut rows = Vec::new();
+        for p in pids(pid) {
+            let in_flight: Vec<InterruptedView> = interrupted
+                .iter()
+                .filter(|e| e.pid == p)
+                .map(|e| InterruptedView {
+                    op: e.op.clone(),
+                    id: e.id.clone(),
+                    step: e.step.clone(),
+                })
+                .collect();
+            match engine::state(p) {
+                Ok(st)
+                    if !st.patches.is_empty()
+                        || !st.corrupt.is_empty()
+                        || !in_flight.is_empty()
+                        || pid.is_some() =>
+                {
+                    rows.push(ProcessPatches {
+                        pid: p,
+                        command: comm(p),
+                        patches: st
+                            .patches
+                            .iter()
+                            .map(|h| AppliedView {
+                                id: h.patch_id.clone(),
+                                target: h.target_name.clone(),
+                                build_id: h.target_build_id.clone(),
+                                description: h.description.clone(),
+                                applied_at: h.applied_at,
+                                functions: h.functions.iter().map(|f| f.name.clone()).collect(),
+                            })
+                            .collect(),
+                        interrupted: in_flight,
+                        corrupt: st
+                            .corrupt
+                            .iter()
+                            .map(|c| CorruptView {
+                                map_start: c.map_start,
+                                patch_id: c.patch_id.clone(),
+                                why: c.why.clone(),
+                            })
+                            .collect(),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if pid.is_some() => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Every patchable object mapped by a process, with the processes.
+    pub fn targets(&self) -> Vec<TargetObject> {
+        let me = std::process::id() as i32;
+        let mut by_object: std::collections::BTreeMap<(String, String), Vec<i32>> =
+            Default::default();
+        for p in hotsplice_process::all_pids() {
+            if p == me {
+                continue;
+            }
+            let Ok(maps) = hotsplice_process::read_maps(p) else {
+                continue;
+            };
+            let Ok(objs) = engine::loaded_objects(p, &maps) else {
+                continue;
+            };
+            for o in objs {
+                by_object.entry((o.path, o.build_id)).or_default().push(p);
+            }
+        }
+        by_object
+            .into_iter()
+            .map(|((path, build_id), pids)| TargetObject {
+                path,
+                build_id,
+                pids,
+            })
+            .collect()
+    }
+
+    /// The installed patches and where each applies.
+    pub fn available(&self) -> Result<Vec<AvailablePatch>> {
+        let store = self.store()?;
+        let entries = store.list()?;
+        let current = store.current_levels()?;
+        let mut rows = Vec::new();
+        for e in entries {
+            let processes = engine::processes_mapping(&e.target.build_id);
+            let applied_in: Vec<i32> = processes
+                .iter()
+                .copied()
+                .filter(|&p| {
+                    engine::applied(p)
+                        .map(|hs| hs.iter().any(|h| h.patch_id == e.id))
+                        .unwrap_or(false)
+                })
+                .collect();
+            let needed_by = processes
+                .iter()
+                .copied()
+                .filter(|p| !applied_in.contains(p))
+                .collect();
+            rows.push(AvailablePatch {
+                current: current.iter().any(|c| c.id == e.id),
+                id: e.id,
+                level: e.level,
+                target: e.target,
+                description: e.description,
+                processes,
+                applied_in,
+                needed_by,
+            });
+        }
+        Ok(rows)
+    }
+}
