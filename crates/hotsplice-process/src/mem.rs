@@ -105,7 +105,7 @@ pub fn read_memory_into(
         idx.clear();
         let mut local = recycle(std::mem::take(&mut spare));
         // Ranges i.. lie back to back in `buf` from offsets[i] on.
-        let mut rest: &mut [u8] = &mut buf[offsets.get(i).copied().unwrap_or(total)..];
+        let mut rest: &mut [u8] = &mut buf[offsets[i]..];
         let mut j = i;
         while j < ranges.len() && remote.len() < IOV_MAX {
             let (a, l) = ranges[j];

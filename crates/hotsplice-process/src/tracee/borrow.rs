@@ -20,7 +20,7 @@ impl Tracee {
     ///
     /// The thread is given back on every path: when `f` returns (`Ok` or `Err`) and when it
     /// panics, the thread continues from where it was and the `Tracee` stays usable (a guard
-    /// restores its bookkeeping; see [`Lease`]).
+    /// restores its bookkeeping).
     pub fn with_thread<R>(
         &mut self,
         f: impl FnOnce(&mut RemoteThread<'_>) -> Result<R>,
@@ -305,7 +305,10 @@ mod tests {
 
     impl Sleeper {
         fn start() -> Sleeper {
-            let c = Command::new("sleep").arg("60").spawn().expect("start sleep");
+            let c = Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .expect("start sleep");
             let s = Sleeper(c);
             // Wait until it runs `sleep` itself (not the forked test binary any more).
             let deadline = Instant::now() + Duration::from_secs(5);

@@ -96,7 +96,7 @@ impl Book {
     }
 
     #[inline]
-    pub(super) fn known(&self, tid: Pid) -> bool {
+    fn known(&self, tid: Pid) -> bool {
         self.threads
             .iter()
             .any(|t| t.tid == tid && t.st != St::Dead)
@@ -159,7 +159,7 @@ impl Book {
     /// Slow path while the leader does not report: reap traced zombie threads we do not know
     /// (they block the leader's exit report), adopt unknown stopped ones, and detect a zombie
     /// leader whose other threads still live. Returns true if the leader is such a zombie.
-    pub(super) fn rescue_leader_wait(&mut self) -> bool {
+    fn rescue_leader_wait(&mut self) -> bool {
         let Ok(tids) = procfs::thread_ids(self.pid) else {
             return false;
         };
@@ -201,7 +201,7 @@ impl Book {
     }
 
     /// Handle a stop of a thread we did NOT interrupt (outside the window): let it go on.
-    pub(super) fn dispatch_outside(&mut self, i: usize, ev: Ev) -> Result<()> {
+    fn dispatch_outside(&mut self, i: usize, ev: Ev) -> Result<()> {
         let tid = self.threads[i].tid;
         let r = match ev {
             Ev::Exited => {
@@ -270,7 +270,7 @@ impl Book {
         Ok(())
     }
 
-    pub(super) fn reap_one(&mut self, i: usize) -> Result<()> {
+    fn reap_one(&mut self, i: usize) -> Result<()> {
         let tid = self.threads[i].tid;
         for _ in 0..16 {
             match self.wait_thread(tid)? {

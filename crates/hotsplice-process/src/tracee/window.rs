@@ -46,6 +46,8 @@ impl Tracee {
 }
 
 impl Book {
+    /// Interrupt every running thread, then collect each one's stop (with its registers into
+    /// `stopped` if `read_regs`); on an error the threads stopped so far are resumed.
     pub(super) fn collect(&mut self, read_regs: bool) -> Result<()> {
         self.check_live()?;
         self.stopped.clear();
@@ -75,7 +77,7 @@ impl Book {
         Ok(())
     }
 
-    pub(super) fn collect_wait(&mut self, read_regs: bool) -> Result<()> {
+    fn collect_wait(&mut self, read_regs: bool) -> Result<()> {
         let mut i = 0;
         let mut leader_left = true;
         loop {
@@ -98,7 +100,7 @@ impl Book {
 
     /// Wait for one thread's stop in the window and classify it. Hot path: no allocation except
     /// the push onto `stopped`.
-    pub(super) fn collect_one(&mut self, i: usize, read_regs: bool) -> Result<()> {
+    fn collect_one(&mut self, i: usize, read_regs: bool) -> Result<()> {
         let tid = self.threads[i].tid;
         loop {
             if !matches!(
@@ -235,7 +237,7 @@ impl Book {
         }
     }
 
-    pub(super) fn settle_initial_any(&mut self, detach: bool) -> Result<()> {
+    fn settle_initial_any(&mut self, detach: bool) -> Result<()> {
         if detach {
             // New threads adopted during a failed window: stop and detach them too.
             let mut i = 0;
