@@ -14,11 +14,14 @@ mod on {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
 
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::getpid;
+
     static HITS: AtomicU64 = AtomicU64::new(0);
 
     struct Spec {
         at: Option<u64>,
-        signal: libc::c_int,
+        signal: Signal,
         fired: Option<String>,
     }
 
@@ -31,18 +34,17 @@ mod on {
                         let _ = std::fs::write(p, HITS.load(Ordering::SeqCst).to_string());
                     }
                 }
-                // SAFETY: registering a plain extern "C" function.
-                unsafe { libc::atexit(write_count) };
+                crate::sys::at_exit(write_count);
             }
             Spec {
                 at: std::env::var("HOTSPLICE_KILL_AT")
                     .ok()
                     .and_then(|v| v.parse().ok()),
                 signal: match std::env::var("HOTSPLICE_KILL_SIGNAL").as_deref() {
-                    Ok("TERM") => libc::SIGTERM,
-                    Ok("INT") => libc::SIGINT,
-                    Ok("HUP") => libc::SIGHUP,
-                    _ => libc::SIGKILL,
+                    Ok("TERM") => Signal::SIGTERM,
+                    Ok("INT") => Signal::SIGINT,
+                    Ok("HUP") => Signal::SIGHUP,
+                    _ => Signal::SIGKILL,
                 },
                 fired: std::env::var("HOTSPLICE_KILL_FIRED").ok(),
             }
@@ -56,8 +58,7 @@ mod on {
             if let Some(f) = &s.fired {
                 let _ = std::fs::write(f, format!("{n} {what}\n"));
             }
-            // SAFETY: plain syscall; this is the point of the function.
-            unsafe { libc::kill(libc::getpid(), s.signal) };
+            let _ = kill(getpid(), s.signal);
         }
     }
 }

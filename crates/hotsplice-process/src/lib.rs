@@ -5,7 +5,12 @@
 //!   (/proc/PID/mem, writes through page protections).
 //! * Threads: [`Tracee`] seizes every thread without stopping it; [`Tracee::stop_all`] opens the
 //!   short [`StopWindow`] in which all threads are stopped; [`Tracee::with_thread`] borrows one
-//!   thread as a [`RemoteThread`] to run syscalls or call functions inside the target.
+//!   thread as a [`RemoteThread`] to run syscalls or call functions inside the target;
+//!   [`with_main_thread`] borrows the main thread of a process not otherwise traced.
+//! * Registers are the architecture's [`Regs`], read through [`ip`] and [`sp`]; which register
+//!   holds what in a remote operation is `hotsplice-arch`'s business.
+//! * All raw system calls are in one module (`sys`), with nix's typed calls wherever nix has
+//!   them.
 //!
 //! ptrace semantics relied upon (all with PTRACE_SEIZE):
 //! * PTRACE_INTERRUPT sets a pending "trap stop"; *any* ptrace-stop the thread enters clears it,
@@ -25,7 +30,6 @@ mod fault;
 mod mem;
 mod procfs;
 mod remote;
-mod single;
 mod site;
 mod sys;
 mod tracee;
@@ -34,12 +38,15 @@ pub use error::{Error, Result};
 pub use mem::{read_memory, read_memory_into, read_memory_many, MemWriter};
 pub use procfs::{all_pids, process_name, read_maps, thread_ids, tracer_pid, Mapping};
 pub use remote::RemoteThread;
-pub use single::with_main_thread;
-pub use tracee::{StopWindow, StoppedThread, Tracee};
+pub use tracee::{with_main_thread, StopWindow, StoppedThread, Tracee};
 
 /// Process / thread id.
 pub type Pid = i32;
 
-/// Full x86-64 general-purpose register set (rip, rsp, ... fs_base, gs_base) as used by
-/// PTRACE_GETREGS / PTRACE_SETREGS.
-pub use libc::user_regs_struct as Regs;
+/// A thread's general-purpose register set as PTRACE_GETREGS / PTRACE_SETREGS transfer it
+/// (on x86-64 `libc::user_regs_struct`), defined by `hotsplice-arch`.
+pub use hotsplice_arch::current::remote::Regs;
+
+/// The instruction pointer and the stack pointer of a register set (from `hotsplice-arch`,
+/// which alone names registers).
+pub use hotsplice_arch::current::remote::{ip, sp};

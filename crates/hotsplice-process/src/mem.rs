@@ -3,7 +3,11 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use std::io::IoSliceMut;
+
 use nix::errno::Errno;
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::unistd::Pid as NixPid;
 
 use crate::{procfs, Error, Pid, Result};
 
@@ -30,30 +34,20 @@ pub fn read_memory(pid: Pid, addr: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut done = 0usize;
     while done < len {
-        let local = libc::iovec {
-            iov_base: buf[done..].as_mut_ptr().cast(),
-            iov_len: len - done,
-        };
-        let remote = libc::iovec {
-            iov_base: (addr + done as u64) as *mut libc::c_void,
-            iov_len: len - done,
-        };
-        // SAFETY: local iovec points into `buf`, which is valid for `len - done` bytes.
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-        if n < 0 {
-            let e = Errno::last();
-            if e == Errno::EINTR {
-                continue;
-            }
-            if done == 0 {
-                return Err(mem_err(pid, addr, len, e));
-            }
-            break;
+        let remote = [RemoteIoVec {
+            base: (addr + done as u64) as usize,
+            len: len - done,
+        }];
+        match process_vm_readv(
+            NixPid::from_raw(pid),
+            &mut [IoSliceMut::new(&mut buf[done..])],
+            &remote,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) if done == 0 => return Err(mem_err(pid, addr, len, e)),
+            Err(_) | Ok(0) => break,
+            Ok(n) => done += n,
         }
-        if n == 0 {
-            break;
-        }
-        done += n as usize;
     }
     if done < len {
         return Err(Error::Memory {
@@ -100,57 +94,52 @@ pub fn read_memory_into(
         .zip(&offsets)
         .map(|(&(_, l), &o)| Some((o, l)))
         .collect();
-    let mut local: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX.min(ranges.len()));
-    let mut remote: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX.min(ranges.len()));
-    let mut idx = Vec::with_capacity(IOV_MAX.min(ranges.len()));
-    let base = buf.as_mut_ptr();
+    let cap = IOV_MAX.min(ranges.len());
+    let mut remote: Vec<RemoteIoVec> = Vec::with_capacity(cap);
+    let mut idx = Vec::with_capacity(cap);
+    // The local iovecs borrow `buf` for one call only; their vector's allocation is kept.
+    let mut spare: Vec<IoSliceMut<'static>> = Vec::with_capacity(cap);
     let mut i = 0;
     while i < ranges.len() {
-        local.clear();
         remote.clear();
         idx.clear();
+        let mut local = recycle(std::mem::take(&mut spare));
+        // Ranges i.. lie back to back in `buf` from offsets[i] on.
+        let mut rest: &mut [u8] = &mut buf[offsets[i]..];
         let mut j = i;
-        while j < ranges.len() && local.len() < IOV_MAX {
+        while j < ranges.len() && remote.len() < IOV_MAX {
             let (a, l) = ranges[j];
             if l > 0 {
-                local.push(libc::iovec {
-                    // SAFETY: offsets[j] + l <= total == buf.len().
-                    iov_base: unsafe { base.add(offsets[j]) }.cast(),
-                    iov_len: l,
-                });
-                remote.push(libc::iovec {
-                    iov_base: a as *mut libc::c_void,
-                    iov_len: l,
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(l);
+                rest = tail;
+                local.push(IoSliceMut::new(head));
+                remote.push(RemoteIoVec {
+                    base: a as usize,
+                    len: l,
                 });
                 idx.push(j);
             }
             j += 1;
         }
-        if local.is_empty() {
+        if remote.is_empty() {
             break;
         }
-        // SAFETY: every local iovec points into a distinct part of `buf` of exactly iov_len bytes.
-        let n = unsafe {
-            libc::process_vm_readv(
-                pid,
-                local.as_ptr(),
-                local.len() as libc::c_ulong,
-                remote.as_ptr(),
-                remote.len() as libc::c_ulong,
-                0,
-            )
-        };
-        if n < 0 && Errno::last() == Errno::EINTR {
-            continue;
-        }
-        if n < 0 && Errno::last() != Errno::EFAULT {
-            // Process gone or permission problem: nothing is readable.
-            for o in out[i..].iter_mut() {
-                *o = None;
+        let r = process_vm_readv(NixPid::from_raw(pid), &mut local, &remote);
+        spare = recycle(local);
+        let n = match r {
+            Err(Errno::EINTR) => continue,
+            // The first range of the batch is unreadable: handled below like a short read.
+            Err(Errno::EFAULT) => 0,
+            Err(_) => {
+                // Process gone or permission problem: nothing is readable.
+                for o in out[i..].iter_mut() {
+                    *o = None;
+                }
+                return out;
             }
-            return out;
-        }
-        let mut got = n.max(0) as usize;
+            Ok(n) => n,
+        };
+        let mut got = n;
         let mut next = j;
         for &k in &idx {
             let l = ranges[k].1;
@@ -166,6 +155,13 @@ pub fn read_memory_into(
         i = next;
     }
     out
+}
+
+/// An empty vector of slices with another lifetime, keeping `v`'s allocation (collecting a
+/// vector's own iterator into a vector of an element of the same size reuses it in place).
+fn recycle<'b>(mut v: Vec<IoSliceMut<'_>>) -> Vec<IoSliceMut<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
 }
 
 /// Writer into target memory through /proc/PID/mem.

@@ -23,8 +23,8 @@ pub struct Mapping {
     pub dev: String,
     /// Inode (0 for anonymous).
     pub inode: u64,
-    /// Path text as printed; `None` for anonymous mappings. Keeps "[stack]", "[vdso]",
-    /// "/x (deleted)" etc. verbatim.
+    /// Path text as printed; `None` for anonymous mappings. Keeps `[stack]`, `[vdso]`,
+    /// `/x (deleted)` etc. verbatim.
     pub path: Option<String>,
 }
 

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use hotsplice_arch::current::remote::{self as stub, Frame};
+use hotsplice_arch::current::remote::{self as stub, Frame, Regs};
 use nix::errno::Errno;
 
 use crate::sys::{self, classify, perr, wait_tid, Ev, SyscallStop};
@@ -29,9 +29,9 @@ pub struct RemoteThread<'a> {
     pid: Pid,
     tid: Pid,
     /// The registers as ptrace found them.
-    found: libc::user_regs_struct,
+    found: Regs,
     /// The registers the thread gets back ([`stub::resumable`] of `found`).
-    back: libc::user_regs_struct,
+    back: Regs,
     stub: &'a mut Option<u64>,
     mem: &'a Option<MemWriter>,
     /// Threads created during a remote call (the caller adopts them).
@@ -63,7 +63,7 @@ impl<'a> RemoteThread<'a> {
     pub(crate) fn new(
         pid: Pid,
         tid: Pid,
-        found: libc::user_regs_struct,
+        found: Regs,
         stub: &'a mut Option<u64>,
         mem: &'a Option<MemWriter>,
     ) -> Self {
@@ -92,7 +92,7 @@ impl<'a> RemoteThread<'a> {
     }
 
     /// The thread's registers as ptrace found them when it was borrowed.
-    pub fn regs(&self) -> &libc::user_regs_struct {
+    pub fn regs(&self) -> &Regs {
         &self.found
     }
 
@@ -138,12 +138,12 @@ impl<'a> RemoteThread<'a> {
         }
     }
 
-    fn setregs(&mut self, r: &libc::user_regs_struct) -> Result<()> {
+    fn setregs(&mut self, r: &Regs) -> Result<()> {
         let r = sys::setregs(self.tid, r);
         self.esrch(r, "PTRACE_SETREGS")
     }
 
-    fn getregs(&mut self) -> Result<libc::user_regs_struct> {
+    fn getregs(&mut self) -> Result<Regs> {
         let r = sys::getregs(self.tid);
         self.esrch(r, "PTRACE_GETREGS")
     }
@@ -192,11 +192,11 @@ impl<'a> RemoteThread<'a> {
     }
 
     fn frame(&self) -> Result<Frame> {
-        Frame::below(self.back.rsp).ok_or_else(|| Error::Unexpected {
+        Frame::below(stub::sp(&self.back)).ok_or_else(|| Error::Unexpected {
             tid: self.tid,
             detail: format!(
                 "stack pointer {:#x} too low for a remote operation",
-                self.back.rsp
+                stub::sp(&self.back)
             ),
         })
     }
@@ -204,13 +204,7 @@ impl<'a> RemoteThread<'a> {
     /// Send the thread into the stub at `stub_at` with `regs` (its own registers already saved
     /// at the frame), follow it to the stop at `collect`, and put its registers back. Returns
     /// the raw result.
-    fn operate(
-        &mut self,
-        regs: &libc::user_regs_struct,
-        kind: Kind,
-        stub_at: u64,
-        collect: u64,
-    ) -> Result<u64> {
+    fn operate(&mut self, regs: &Regs, kind: Kind, stub_at: u64, collect: u64) -> Result<u64> {
         let xstate = match kind {
             Kind::Call => sys::get_xstate(self.tid),
             Kind::Syscall => None,
@@ -259,7 +253,7 @@ impl<'a> RemoteThread<'a> {
                 Ev::Signal(sig) => {
                     if kind == Kind::Call && is_fault(sig) {
                         let cur = self.getregs()?;
-                        if !(stub_at..stub_at + stub::STUB.len() as u64).contains(&cur.rip) {
+                        if !(stub_at..stub_at + stub::STUB.len() as u64).contains(&stub::ip(&cur)) {
                             // The called function crashed: suppress the signal, put the
                             // thread back.
                             if let Some(x) = &xstate {
@@ -270,8 +264,8 @@ impl<'a> RemoteThread<'a> {
                             return Err(Error::Unexpected {
                                 tid: self.tid,
                                 detail: format!(
-                                    "remote call crashed with signal {sig} at rip {:#x}; the thread was put back as it was",
-                                    cur.rip
+                                    "remote call crashed with signal {sig} at instruction pointer {:#x}; the thread was put back as it was",
+                                    stub::ip(&cur)
                                 ),
                             });
                         }
@@ -299,13 +293,14 @@ impl<'a> RemoteThread<'a> {
         })
     }
 
-    /// Run one system call in the target thread and return its result (`rax`).
+    /// Run one system call in the target thread and return its result.
     ///
-    /// Arguments go in rdi, rsi, rdx, r10, r8, r9. A result in -4095..=-1 is returned as
+    /// At most 6 arguments, in the architecture's system-call argument registers
+    /// ([`stub::syscall_regs`]). A result in -4095..=-1 is returned as
     /// [`Error::RemoteSyscallFailed`]. The thread's registers are its own again afterwards.
     pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<u64> {
         self.check()?;
-        if args.len() > 6 {
+        if args.len() > stub::MAX_ARGS {
             return Err(Error::Unexpected {
                 tid: self.tid,
                 detail: format!("syscall {nr}: more than 6 arguments"),
@@ -315,27 +310,27 @@ impl<'a> RemoteThread<'a> {
         let frame = self.frame()?;
         self.mem()?.write(frame.saved, &frame.bytes(&self.back))?;
         let regs = stub::syscall_regs(&self.back, &frame, s, nr as u64, args);
-        let rax = self.operate(&regs, Kind::Syscall, s, s + stub::SYSCALL_RETURN)?;
-        let v = rax as i64;
+        let value = self.operate(&regs, Kind::Syscall, s, s + stub::SYSCALL_RETURN)?;
+        let v = value as i64;
         if (-4095..0).contains(&v) {
             return Err(Error::RemoteSyscallFailed {
                 nr,
                 errno: (-v) as i32,
             });
         }
-        Ok(rax)
+        Ok(value)
     }
 
-    /// Call the function at `func` in the target with up to 6 integer args (rdi, rsi, rdx, rcx,
-    /// r8, r9) and return `rax`.
+    /// Call the function at `func` in the target with up to 6 integer args (passed as the
+    /// architecture's calling convention does, [`stub::call_regs`]) and return its integer result.
     ///
-    /// The stub saves the thread's FPU/SSE/AVX state with XSAVE on its stack, calls the function
-    /// on the thread's stack below that, restores the state, and makes a `getpid` system call at
-    /// whose entry stop hotsplice reads the result. A crash inside the function is an error and
+    /// The stub saves the thread's extended FPU state on its stack, calls the function on the
+    /// thread's stack below that, restores the state, and makes a system call at whose entry stop
+    /// hotsplice reads the result. A crash inside the function is an error and
     /// the thread is put back as it was. The function must not block for long.
     pub fn call(&mut self, func: u64, args: &[u64]) -> Result<u64> {
         self.check()?;
-        if args.len() > 6 {
+        if args.len() > stub::MAX_ARGS {
             return Err(Error::Unexpected {
                 tid: self.tid,
                 detail: "call: more than 6 arguments".into(),

@@ -1,24 +1,55 @@
-//! Thin, allocation-free wrappers over ptrace(2) and waitpid(2).
+//! The system interface of this crate: ptrace(2) requests and waitpid(2), allocation-free.
+//!
+//! Every ptrace request goes through one function here and is one fault-injection point
+//! ([`crate::fault`]), in the order the callers make them. nix's typed calls are used wherever
+//! nix covers the request; the few raw `libc` calls that remain live in this module only, each
+//! with the reason nix cannot do it and why the call is sound:
+//!
+//! * `waitpid`: nix's `WaitStatus` cannot represent a stop with a real-time signal
+//!   (`SIGRTMIN`...), and its `waitpid` fails with `EINVAL` *after* the kernel consumed the
+//!   event, which would lose the stop; the raw status is classified by [`classify`].
+//! * `PTRACE_CONT`/`PTRACE_SYSCALL`/`PTRACE_DETACH` re-injecting a real-time signal (nix's
+//!   `Signal` has none); every other signal goes through nix.
+//! * `PTRACE_LISTEN`, `PTRACE_GET_SYSCALL_INFO` and `PTRACE_GETREGSET`/`PTRACE_SETREGSET` of the
+//!   extended FPU state: nix 0.29 has no call for them.
+//! * `atexit` (fault-injection builds only).
 
-use libc::{c_int, c_uint, c_void};
+use hotsplice_arch::current::remote::{Regs, XSTATE_REGSET};
+use libc::{c_int, c_long, c_uint, c_void};
 use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid as NixPid;
 
 use crate::{Error, Pid};
 
 pub(crate) const PTRACE_EVENT_CLONE: c_int = 3;
 pub(crate) const PTRACE_EVENT_STOP: c_int = 128;
-pub(crate) const NT_X86_XSTATE: usize = 0x202;
 
-/// Raw ptrace; `Err(errno)` on -1.
 #[inline]
-pub(crate) fn ptrace(
-    req: c_uint,
-    tid: Pid,
-    addr: usize,
-    data: usize,
-) -> Result<libc::c_long, Errno> {
-    crate::fault::point("ptrace");
-    // SAFETY: all requests used by this crate take integer or valid pointer arguments supplied by callers.
+fn npid(tid: Pid) -> NixPid {
+    NixPid::from_raw(tid)
+}
+
+/// `sig` as nix sees it: `Some(None)` for no signal, `Some(Some(s))` for a signal nix knows,
+/// `None` for one it cannot name (real-time signals), which must go through [`raw`].
+#[inline]
+fn typed(sig: c_int) -> Option<Option<Signal>> {
+    if sig == 0 {
+        Some(None)
+    } else {
+        Signal::try_from(sig).ok().map(Some)
+    }
+}
+
+/// A raw ptrace request with integer arguments; `Err(errno)` on -1. Not a fault point by itself
+/// (its callers are).
+#[inline]
+fn raw(req: c_uint, tid: Pid, addr: usize, data: usize) -> Result<c_long, Errno> {
+    // SAFETY: every request passed here (PTRACE_CONT, PTRACE_SYSCALL, PTRACE_DETACH,
+    // PTRACE_LISTEN with integer `addr`/`data`; PTRACE_GET_SYSCALL_INFO, PTRACE_GETREGSET and
+    // PTRACE_SETREGSET with `data` pointing to a live buffer or iovec of the size given in
+    // `addr` or the iovec) only reads or writes memory the caller lent for this call.
     let r = unsafe { libc::ptrace(req, tid, addr as *mut c_void, data as *mut c_void) };
     if r == -1 {
         Err(Errno::last())
@@ -31,30 +62,55 @@ pub(crate) fn perr(op: &'static str, tid: Pid, errno: Errno) -> Error {
     Error::Ptrace { op, tid, errno }
 }
 
+/// `PTRACE_SEIZE` with `PTRACE_O_TRACESYSGOOD`, and with `PTRACE_O_TRACECLONE` if `clones`.
+#[inline]
+pub(crate) fn seize(tid: Pid, clones: bool) -> Result<(), Errno> {
+    crate::fault::point("ptrace");
+    let mut o = Options::PTRACE_O_TRACESYSGOOD;
+    if clones {
+        o |= Options::PTRACE_O_TRACECLONE;
+    }
+    ptrace::seize(npid(tid), o)
+}
+
 #[inline]
 pub(crate) fn interrupt(tid: Pid) -> Result<(), Errno> {
-    ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+    crate::fault::point("ptrace");
+    ptrace::interrupt(npid(tid))
 }
 
 #[inline]
 pub(crate) fn cont(tid: Pid, sig: c_int) -> Result<(), Errno> {
-    ptrace(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+    crate::fault::point("ptrace");
+    match typed(sig) {
+        Some(s) => ptrace::cont(npid(tid), s),
+        None => raw(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop),
+    }
 }
 
 #[inline]
 pub(crate) fn detach(tid: Pid, sig: c_int) -> Result<(), Errno> {
-    ptrace(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
+    crate::fault::point("ptrace");
+    match typed(sig) {
+        Some(s) => ptrace::detach(npid(tid), s),
+        None => raw(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop),
+    }
 }
 
 #[inline]
 pub(crate) fn listen(tid: Pid) -> Result<(), Errno> {
-    ptrace(libc::PTRACE_LISTEN, tid, 0, 0).map(drop)
+    crate::fault::point("ptrace");
+    raw(libc::PTRACE_LISTEN, tid, 0, 0).map(drop)
 }
 
 /// Resume until the next syscall-entry or syscall-exit stop (or signal), delivering `sig`.
 #[inline]
 pub(crate) fn syscall_resume(tid: Pid, sig: c_int) -> Result<(), Errno> {
-    ptrace(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+    crate::fault::point("ptrace");
+    match typed(sig) {
+        Some(s) => ptrace::syscall(npid(tid), s),
+        None => raw(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop),
+    }
 }
 
 const PTRACE_GET_SYSCALL_INFO: c_uint = 0x420e;
@@ -64,8 +120,8 @@ const PTRACE_SYSCALL_INFO_EXIT: u8 = 2;
 /// What `PTRACE_GET_SYSCALL_INFO` says about a syscall stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SyscallStop {
-    /// Syscall-entry stop: instruction pointer (after the `syscall` instruction), number, first
-    /// argument.
+    /// Syscall-entry stop: instruction pointer (after the system-call instruction), number,
+    /// first argument.
     Entry { ip: u64, nr: u64, arg0: u64 },
     /// Syscall-exit stop: instruction pointer and the raw return value.
     Exit { ip: u64, value: u64 },
@@ -74,10 +130,11 @@ pub(crate) enum SyscallStop {
 }
 
 pub(crate) fn syscall_info(tid: Pid) -> Result<SyscallStop, Errno> {
-    // struct ptrace_syscall_info: u8 op, pad, u32 arch, u64 ip, u64 sp, then the entry
-    // (nr, args[6]) or exit (rval, is_error) union.
+    crate::fault::point("ptrace");
+    // struct ptrace_syscall_info (the same on every architecture): u8 op, pad, u32 arch,
+    // u64 ip, u64 sp, then the entry (nr, args[6]) or exit (rval, is_error) union.
     let mut buf = [0u64; 12];
-    ptrace(
+    raw(
         PTRACE_GET_SYSCALL_INFO,
         tid,
         std::mem::size_of_val(&buf),
@@ -99,35 +156,35 @@ pub(crate) fn syscall_info(tid: Pid) -> Result<SyscallStop, Errno> {
 }
 
 #[inline]
-pub(crate) fn getregs(tid: Pid) -> Result<libc::user_regs_struct, Errno> {
-    // SAFETY: user_regs_struct is plain old data; all-zero is valid.
-    let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    ptrace(libc::PTRACE_GETREGS, tid, 0, &mut r as *mut _ as usize)?;
-    Ok(r)
+pub(crate) fn getregs(tid: Pid) -> Result<Regs, Errno> {
+    crate::fault::point("ptrace");
+    ptrace::getregs(npid(tid))
 }
 
 #[inline]
-pub(crate) fn setregs(tid: Pid, r: &libc::user_regs_struct) -> Result<(), Errno> {
-    ptrace(libc::PTRACE_SETREGS, tid, 0, r as *const _ as usize).map(drop)
+pub(crate) fn setregs(tid: Pid, r: &Regs) -> Result<(), Errno> {
+    crate::fault::point("ptrace");
+    ptrace::setregs(npid(tid), *r)
 }
 
 pub(crate) fn geteventmsg(tid: Pid) -> Result<u64, Errno> {
-    let mut v: libc::c_ulong = 0;
-    ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut v as *mut _ as usize)?;
-    Ok(v as u64)
+    crate::fault::point("ptrace");
+    ptrace::getevent(npid(tid)).map(|v| v as u64)
 }
 
-/// Save the extended FPU state (XSAVE area); `None` if unsupported.
+/// Save the extended FPU state (the architecture's XSAVE register set); `None` if unsupported.
 pub(crate) fn get_xstate(tid: Pid) -> Option<Vec<u8>> {
+    crate::fault::point("ptrace");
     let mut buf = vec![0u8; 64 * 1024];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    ptrace(
+    // The kernel writes at most `iov_len` bytes into `buf` and shrinks `iov_len` to what it wrote.
+    raw(
         libc::PTRACE_GETREGSET,
         tid,
-        NT_X86_XSTATE,
+        XSTATE_REGSET,
         &mut iov as *mut _ as usize,
     )
     .ok()?;
@@ -136,25 +193,29 @@ pub(crate) fn get_xstate(tid: Pid) -> Option<Vec<u8>> {
 }
 
 pub(crate) fn set_xstate(tid: Pid, buf: &[u8]) -> Result<(), Errno> {
+    crate::fault::point("ptrace");
+    // The kernel only reads through this iovec.
     let iov = libc::iovec {
         iov_base: buf.as_ptr() as *mut c_void,
         iov_len: buf.len(),
     };
-    ptrace(
+    raw(
         libc::PTRACE_SETREGSET,
         tid,
-        NT_X86_XSTATE,
+        XSTATE_REGSET,
         &iov as *const _ as usize,
     )
     .map(drop)
 }
 
 /// waitpid(tid, __WALL | extra), retrying EINTR. `Ok(None)` only with WNOHANG and nothing ready.
+/// Raw: see the module docs (real-time signal stops).
 #[inline]
 pub(crate) fn wait_tid(tid: Pid, extra: c_int) -> Result<Option<c_int>, Errno> {
     loop {
         let mut st: c_int = 0;
-        // SAFETY: plain syscall with a valid out-pointer.
+        // SAFETY: `st` is a live, writable c_int for the duration of the call; waitpid writes
+        // nothing else.
         let r = unsafe { libc::waitpid(tid, &mut st, libc::__WALL | extra) };
         if r == tid {
             return Ok(Some(st));
@@ -212,6 +273,14 @@ pub(crate) fn is_stop_signal(sig: c_int) -> bool {
 }
 
 pub(crate) fn gettid() -> Pid {
-    // SAFETY: trivial syscall.
-    unsafe { libc::gettid() }
+    nix::unistd::gettid().as_raw()
+}
+
+/// Run `f` when the process exits normally (fault-injection builds: report the point count).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain `extern "C"` function with no arguments that lives for the whole
+    // program; atexit only stores it. The result (nonzero only when out of memory) is ignored:
+    // the count file is then not written, which the tests report.
+    unsafe { libc::atexit(f) };
 }

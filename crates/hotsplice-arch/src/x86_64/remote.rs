@@ -23,7 +23,30 @@
 //!   X = (F - xsave_size) & !63 .. F     XSAVE area of the thread's FPU/SSE/AVX state (calls only)
 //! ```
 
-use libc::user_regs_struct as Regs;
+/// The general-purpose register set of a thread as `PTRACE_GETREGS` and
+/// `PTRACE_SETREGS` transfer it. Code outside this crate passes it through
+/// and reads it only with [`ip`] and [`sp`].
+pub use libc::user_regs_struct as Regs;
+
+/// The instruction pointer in `r`.
+#[inline]
+pub fn ip(r: &Regs) -> u64 {
+    r.rip
+}
+
+/// The stack pointer in `r`.
+#[inline]
+pub fn sp(r: &Regs) -> u64 {
+    r.rsp
+}
+
+/// The ELF note type of the register set that holds the extended FPU/SSE/AVX
+/// state (`NT_X86_XSTATE`), for `PTRACE_GETREGSET`/`PTRACE_SETREGSET`:
+/// saved around a remote call and put back if the called function crashes.
+pub const XSTATE_REGSET: usize = 0x202;
+
+/// Most system-call arguments the stub passes (registers it loads).
+pub const MAX_ARGS: usize = 6;
 
 /// Bytes of the red zone below the stack pointer that leaf code may use.
 pub const RED_ZONE: u64 = 128;

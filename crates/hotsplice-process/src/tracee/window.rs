@@ -1,0 +1,320 @@
+//! The stop window: every thread interrupted back to back, collected, its registers read
+//! ([`Tracee::stop_all`]), and ended by resuming or detaching all of them ([`StopWindow`]).
+//!
+//! This is the hot path hotsplice's pause time is measured on: no allocation, `/proc` read or
+//! system call per thread beyond interrupt, wait, read registers and resume.
+
+use hotsplice_arch::current::remote::{self as regs, Regs};
+use nix::errno::Errno;
+
+use super::state::{Book, St, Stop};
+use super::Tracee;
+use crate::sys::{self, classify, is_stop_signal, perr, wait_tid, Ev};
+use crate::{Error, MemWriter, Pid, Result};
+
+/// A thread stopped inside the stop window, with its registers.
+#[derive(Clone, Copy)]
+pub struct StoppedThread {
+    /// Thread id.
+    pub tid: Pid,
+    /// Its general-purpose registers at the stop.
+    pub regs: Regs,
+}
+
+impl std::fmt::Debug for StoppedThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoppedThread")
+            .field("tid", &self.tid)
+            .field("ip", &format_args!("{:#x}", regs::ip(&self.regs)))
+            .field("sp", &format_args!("{:#x}", regs::sp(&self.regs)))
+            .finish()
+    }
+}
+
+impl Tracee {
+    /// THE STOP WINDOW START: interrupt every thread back-to-back, then wait for each and read its
+    /// registers. Threads created meanwhile are included; exited threads are dropped; if the whole
+    /// process exits the result is [`Error::ProcessExited`]. On any error, threads that were
+    /// stopped are resumed.
+    pub fn stop_all(&mut self) -> Result<StopWindow<'_>> {
+        self.book.collect(true)?;
+        Ok(StopWindow {
+            tracee: self,
+            done: false,
+        })
+    }
+}
+
+impl Book {
+    /// Interrupt every running thread, then collect each one's stop (with its registers into
+    /// `stopped` if `read_regs`); on an error the threads stopped so far are resumed.
+    pub(super) fn collect(&mut self, read_regs: bool) -> Result<()> {
+        self.check_live()?;
+        self.stopped.clear();
+        for t in &self.threads {
+            if t.st == St::Running {
+                // ESRCH (thread dying) is resolved by the wait below.
+                let _ = sys::interrupt(t.tid);
+            }
+        }
+        if let Err(e) = self.collect_wait(read_regs) {
+            if !self.finished {
+                let _ = self.release(false);
+            }
+            return Err(e);
+        }
+        if self.leader_zombie
+            && self
+                .threads
+                .iter()
+                .all(|t| t.st == St::Dead || t.tid == self.pid)
+        {
+            // Every thread is gone; the zombie leader can now be reaped.
+            let _ = wait_tid(self.pid, 0);
+            return Err(self.process_gone());
+        }
+        self.compact();
+        Ok(())
+    }
+
+    fn collect_wait(&mut self, read_regs: bool) -> Result<()> {
+        let mut i = 0;
+        let mut leader_left = true;
+        loop {
+            while i < self.threads.len() {
+                if self.threads[i].tid != self.pid {
+                    self.collect_one(i, read_regs)?;
+                }
+                i += 1;
+            }
+            if leader_left {
+                leader_left = false;
+                if let Some(li) = self.threads.iter().position(|t| t.tid == self.pid) {
+                    self.collect_one(li, read_regs)?;
+                }
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Wait for one thread's stop in the window and classify it. Hot path: no allocation except
+    /// the push onto `stopped`.
+    fn collect_one(&mut self, i: usize, read_regs: bool) -> Result<()> {
+        let tid = self.threads[i].tid;
+        loop {
+            if !matches!(
+                self.threads[i].st,
+                St::Running | St::AwaitInitial | St::Dying
+            ) {
+                return Ok(());
+            }
+            let st = match self.wait_thread(tid)? {
+                Some(st) => st,
+                None => {
+                    self.threads[i].st = St::Dead;
+                    return Ok(());
+                }
+            };
+            let stop = match classify(st) {
+                Ev::Exited => {
+                    self.threads[i].st = St::Dead;
+                    if tid == self.pid {
+                        return Err(self.process_gone());
+                    }
+                    return Ok(());
+                }
+                Ev::EventStop(s) if is_stop_signal(s) => Stop::Group,
+                Ev::EventStop(_) => Stop::Clean,
+                Ev::Clone => {
+                    match sys::geteventmsg(tid) {
+                        Ok(child) => self.adopt(child as Pid),
+                        Err(_) => {
+                            self.threads[i].st = St::Dying;
+                            continue;
+                        }
+                    }
+                    Stop::Dirty(0)
+                }
+                Ev::Signal(s) => Stop::Dirty(s),
+                Ev::Other | Ev::Syscall => Stop::Dirty(0),
+            };
+            self.threads[i].st = St::Stopped(stop);
+            if !read_regs {
+                return Ok(());
+            }
+            match sys::getregs(tid) {
+                Ok(regs) => {
+                    self.stopped.push(StoppedThread { tid, regs });
+                    return Ok(());
+                }
+                // Killed while stopped: reap it.
+                Err(Errno::ESRCH) => self.threads[i].st = St::Dying,
+                Err(e) => return Err(perr("PTRACE_GETREGS", tid, e)),
+            }
+        }
+    }
+
+    /// End a window: resume (stay seized) or detach every stopped thread.
+    pub(super) fn release(&mut self, detach: bool) -> Result<()> {
+        let mut first_err: Option<Error> = None;
+        let mut dirty = false;
+        for t in self.threads.iter_mut() {
+            let r = match t.st {
+                St::Stopped(Stop::Clean) => {
+                    if detach {
+                        sys::detach(t.tid, 0)
+                    } else {
+                        sys::cont(t.tid, 0)
+                    }
+                }
+                St::Stopped(Stop::Group) => {
+                    if detach {
+                        sys::detach(t.tid, 0)
+                    } else {
+                        sys::listen(t.tid)
+                    }
+                }
+                St::Stopped(Stop::Dirty(sig)) => {
+                    if detach {
+                        sys::detach(t.tid, sig)
+                    } else {
+                        dirty = true;
+                        continue;
+                    }
+                }
+                _ => continue,
+            };
+            match r {
+                Ok(()) => t.st = if detach { St::Dead } else { St::Running },
+                Err(Errno::ESRCH) => t.st = St::Dying,
+                Err(e) => {
+                    first_err.get_or_insert(perr(
+                        if detach {
+                            "PTRACE_DETACH"
+                        } else {
+                            "PTRACE_CONT"
+                        },
+                        t.tid,
+                        e,
+                    ));
+                }
+            }
+        }
+        self.stopped.clear();
+        let mut result = Ok(());
+        if dirty {
+            // Rare: threads stopped in a clone event or signal-delivery-stop. Deliver their signal
+            // and consume the interrupt that may still be pending, so no stray stop remains.
+            let mut i = 0;
+            while i < self.threads.len() {
+                if let St::Stopped(Stop::Dirty(sig)) = self.threads[i].st {
+                    match self.drive(i, sig, true) {
+                        Ok(_) => {}
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                i += 1;
+            }
+        }
+        if self.finished {
+            return result;
+        }
+        let r2 = self.settle_initial_any(detach);
+        if detach && !self.finished {
+            // Anything still listed could not be detached; it is stopped or gone.
+            self.threads.clear();
+            self.finished = true;
+        }
+        result?;
+        r2?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn settle_initial_any(&mut self, detach: bool) -> Result<()> {
+        if detach {
+            // New threads adopted during a failed window: stop and detach them too.
+            let mut i = 0;
+            while i < self.threads.len() {
+                if self.threads[i].st == St::AwaitInitial {
+                    let tid = self.threads[i].tid;
+                    if let Some(st) = self.wait_thread(tid)? {
+                        if classify(st) != Ev::Exited {
+                            let _ = sys::detach(tid, 0);
+                        }
+                    }
+                    self.threads[i].st = St::Dead;
+                }
+                i += 1;
+            }
+            self.reap_dying()?;
+            self.compact();
+            Ok(())
+        } else {
+            self.settle_initial()
+        }
+    }
+}
+
+/// The stop window: every traced thread is stopped. End it with [`StopWindow::resume`] or
+/// [`StopWindow::detach_all`]; dropping it resumes all threads (also on panic).
+pub struct StopWindow<'a> {
+    tracee: &'a mut Tracee,
+    done: bool,
+}
+
+impl std::fmt::Debug for StopWindow<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopWindow")
+            .field("pid", &self.tracee.book.pid)
+            .field("threads", &self.tracee.book.stopped)
+            .finish()
+    }
+}
+
+impl StopWindow<'_> {
+    /// The stopped threads and their registers.
+    pub fn threads(&self) -> &[StoppedThread] {
+        &self.tracee.book.stopped
+    }
+
+    /// The target pid.
+    pub fn pid(&self) -> Pid {
+        self.tracee.book.pid
+    }
+
+    /// Writer on /proc/PID/mem (opened on first use).
+    pub fn mem(&mut self) -> Result<&MemWriter> {
+        self.tracee.mem()
+    }
+
+    /// Let every thread run again but stay seized (PTRACE_CONT, re-injecting recorded signals).
+    pub fn resume(mut self) -> Result<()> {
+        self.done = true;
+        self.tracee.book.release(false)
+    }
+
+    /// End the window and the tracing: PTRACE_DETACH every thread (re-injecting recorded signals).
+    /// The `Tracee` is finished afterwards: further operations on it return [`Error::Detached`]
+    /// and dropping it does nothing.
+    pub fn detach_all(mut self) -> Result<()> {
+        self.done = true;
+        self.tracee.book.release(true)?;
+        self.tracee.book.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for StopWindow<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.tracee.book.release(false);
+        }
+    }
+}
