@@ -470,30 +470,15 @@ fn kernel_module<'a>(patch: &'a Verified<Patch>, origin: &str) -> Result<&'a [u8
 }
 
 fn load_module(ko: &[u8]) -> std::io::Result<()> {
-    let params = std::ffi::CString::new("").unwrap();
-    // SAFETY: init_module reads `len` bytes from the pointer and a C string.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_init_module,
-            ko.as_ptr(),
-            ko.len() as libc::c_ulong,
-            params.as_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(nix::kmod::init_module(ko, c"")?)
 }
 
 fn unload_module(name: &str) -> std::io::Result<()> {
     let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: delete_module takes a C string and flags.
-    let r = unsafe { libc::syscall(libc::SYS_delete_module, c.as_ptr(), libc::O_NONBLOCK) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(nix::kmod::delete_module(
+        &c,
+        nix::kmod::DeleteModuleFlags::O_NONBLOCK,
+    )?)
 }
 
 #[cfg(test)]

@@ -119,8 +119,7 @@ pub fn create_private_dir_all(dir: &Path) -> Result<()> {
 
 /// The effective user id of this process.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Whether `meta` (a directory or file) is safe to take orders from: not
@@ -281,11 +280,11 @@ pub fn open_regular(
         });
     }
     // Regular files never block; reads of the rest are ordinary.
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        if fl >= 0 {
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        if let Ok(fl) = fcntl(file.as_raw_fd(), FcntlArg::F_GETFL) {
+            let fl = OFlag::from_bits_truncate(fl) - OFlag::O_NONBLOCK;
+            let _ = fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(fl));
         }
     }
     Ok((file, meta))
@@ -318,7 +317,7 @@ pub fn read_regular(path: &Path, what: &'static str, limit: u64, links: Links) -
 
 /// An exclusive advisory lock on a file, released on drop.
 pub struct FileLock {
-    _file: File,
+    _file: nix::fcntl::Flock<File>,
     pub path: PathBuf,
 }
 
@@ -347,19 +346,16 @@ impl FileLock {
                 expected: "regular file",
             });
         }
-        loop {
-            // SAFETY: flock on a descriptor we own.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if r == 0 {
-                break;
+        let mut file = file;
+        let locked = loop {
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
+                Ok(l) => break l,
+                Err((f, nix::errno::Errno::EINTR)) => file = f,
+                Err((_, e)) => return Err(io_err(path)(e.into())),
             }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io_err(path)(e));
-            }
-        }
+        };
         Ok(FileLock {
-            _file: file,
+            _file: locked,
             path: path.to_path_buf(),
         })
     }
