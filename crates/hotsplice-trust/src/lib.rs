@@ -51,6 +51,12 @@ pub enum TrustError {
 /// Largest key file read (public or secret): a key is one line of text.
 pub const MAX_KEY_FILE: u64 = 4 << 10;
 
+/// The 32 key bytes of a key file: the hex after `tag` on its line.
+fn key_bytes(text: &str, tag: &str) -> Option<[u8; 32]> {
+    let hexed = text.lines().find_map(|l| l.strip_prefix(tag))?.trim();
+    hex::decode(hexed).ok()?.try_into().ok()
+}
+
 /// A public key and its short fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicKey {
@@ -74,15 +80,7 @@ impl PublicKey {
             path: origin.into(),
             what: "public",
         };
-        let hexed = text
-            .lines()
-            .find_map(|l| l.strip_prefix(PUBLIC_TAG))
-            .ok_or_else(bad)?
-            .trim();
-        let bytes: [u8; 32] = hex::decode(hexed)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(bad)?;
+        let bytes = key_bytes(text, PUBLIC_TAG).ok_or_else(bad)?;
         Ok(PublicKey {
             key: VerifyingKey::from_bytes(&bytes).map_err(|_| bad())?,
             origin: origin.into(),
@@ -126,15 +124,7 @@ impl SecretKey {
             path: path.display().to_string(),
             what: "secret",
         };
-        let hexed = text
-            .lines()
-            .find_map(|l| l.strip_prefix(SECRET_TAG))
-            .ok_or_else(bad)?
-            .trim();
-        let bytes: [u8; 32] = hex::decode(hexed)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(bad)?;
+        let bytes = key_bytes(&text, SECRET_TAG).ok_or_else(bad)?;
         Ok(SecretKey {
             key: SigningKey::from_bytes(&bytes),
         })
