@@ -383,4 +383,24 @@ impl Agent {
         }
         Ok(rows)
     }
+
+    /// The stacks of `pid`'s threads (or of every process but this one),
+    /// walked as the busy check walks them: each thread stopped for the
+    /// walk, then let go. Processes that cannot be read are left out.
+    pub fn stacks(&self, pid: Option<i32>) -> Result<Vec<engine::ProcessStacks>> {
+        let me = std::process::id() as i32;
+        let mut cache = engine::unwind::TableCache::default();
+        let mut out = Vec::new();
+        for p in pids(pid) {
+            if p == me {
+                continue;
+            }
+            match engine::stacks(p, &mut cache) {
+                Ok(s) => out.push(s),
+                Err(e) if pid.is_some() => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        Ok(out)
+    }
 }

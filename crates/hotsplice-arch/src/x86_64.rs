@@ -3,6 +3,7 @@
 use crate::FieldKind;
 use iced_x86::{Decoder, DecoderOptions};
 
+pub mod dwarf;
 pub mod remote;
 pub mod sigframe;
 

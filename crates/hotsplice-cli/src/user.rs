@@ -75,6 +75,14 @@ pub enum UserCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Each thread's stack as the busy check walks it (unwind tables);
+    /// without --pid, a summary over every process.
+    Stacks {
+        #[arg(long)]
+        pid: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Processes and the patchable objects they map, with build-ids.
     ListTargets {
         #[arg(long)]
@@ -197,7 +205,7 @@ pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
     let agent = &app.agent;
     if !matches!(
         cmd,
-        UserCommand::ListTargets { .. } | UserCommand::Show { .. }
+        UserCommand::ListTargets { .. } | UserCommand::Show { .. } | UserCommand::Stacks { .. }
     ) {
         // Finish or roll back what a killed hotsplice left half done.
         agent.recover()?;
@@ -315,6 +323,7 @@ pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
             }
         }
         UserCommand::ListTargets { json } => list_targets(app, json),
+        UserCommand::Stacks { pid, json } => show_stacks(app, pid, json),
         UserCommand::Upgrade {
             pid,
             allow_unsigned,
@@ -586,6 +595,68 @@ fn show_available(app: &App, json: bool) -> Result<bool> {
             needed,
             esc(&r.description)
         );
+    }
+    Ok(true)
+}
+
+fn show_stacks(app: &App, pid: Option<i32>, json: bool) -> Result<bool> {
+    let all = app.agent.stacks(pid)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(true);
+    }
+    if pid.is_some() {
+        for p in &all {
+            for t in &p.threads {
+                outln!(
+                    "thread {} ({}): {}",
+                    t.tid,
+                    if t.exact { "exact" } else { "incomplete" },
+                    esc(&t.end)
+                );
+                for (i, f) in t.frames.iter().enumerate() {
+                    outln!(
+                        "  #{i:<3} {:#018x} {}+{:#x}",
+                        f.pc,
+                        esc(f.object.as_deref().unwrap_or("?")),
+                        f.vaddr
+                    );
+                }
+            }
+            outln!(
+                "threads stopped for {:.3} ms",
+                p.stopped.as_secs_f64() * 1e3
+            );
+        }
+        return Ok(true);
+    }
+    // Over the machine: how many stacks walked exactly, and why not.
+    let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+    let (mut threads, mut exact) = (0, 0);
+    for p in &all {
+        for t in &p.threads {
+            threads += 1;
+            if t.exact {
+                exact += 1;
+            } else {
+                // The reason without addresses, to group by.
+                let key: String = t
+                    .end
+                    .split_whitespace()
+                    .filter(|w| !w.starts_with("0x") && !w.starts_with("(0x"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                *why.entry(key).or_default() += 1;
+            }
+        }
+    }
+    outln!(
+        "{} processes, {threads} threads: {exact} stacks walked exactly, {} not",
+        all.len(),
+        threads - exact
+    );
+    for (w, n) in why {
+        outln!("  {n:>5}  {}", esc(&w));
     }
     Ok(true)
 }

@@ -21,8 +21,11 @@ pub mod journal;
 pub mod objects;
 pub mod place;
 mod safety;
+mod stacks;
 mod state;
 mod undo;
+pub mod unwind;
+pub use stacks::{stacks, Frame, ProcessStacks, ThreadStack};
 mod window;
 
 pub use apply::*;
