@@ -119,4 +119,3 @@ pub fn run_cmd(mut cmd: Command, timeout: Duration) -> CmdOut {
         elapsed,
     }
 }
-

@@ -21,11 +21,7 @@ impl Status {
 }
 
 fn parse_status(text: &str) -> Option<Status> {
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(str::trim)
-    };
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
     Some(Status {
         state: field("State:")?.chars().next()?,
         tracer_pid: field("TracerPid:")?.parse().ok()?,
@@ -93,7 +89,10 @@ pub fn held_threads(pid: i32) -> Vec<(i32, char, i32)> {
 /// stopped or traced.
 pub fn assert_running(pid: i32, what: &str) {
     let st = status(pid).unwrap_or_else(|e| panic!("{what}: process {pid} is gone: {e}"));
-    assert!(st.state != 'Z' && st.state != 'X', "{what}: process {pid} exited: {st:?}");
+    assert!(
+        st.state != 'Z' && st.state != 'X',
+        "{what}: process {pid} exited: {st:?}"
+    );
     let held = held_threads(pid);
     assert!(
         held.is_empty(),

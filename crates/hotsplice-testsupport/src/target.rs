@@ -182,8 +182,20 @@ impl Target {
         let out = Arc::new(Lines::default());
         let err = Arc::new(Lines::default());
         for (pipe, buf) in [
-            (child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), &out),
-            (child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>), &err),
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                &out,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                &err,
+            ),
         ] {
             match pipe {
                 Some(p) => spawn_reader(p, buf.clone()),
@@ -485,7 +497,10 @@ mod tests {
         let mut t = Target::spawn(sh("echo a; echo b >&2; echo c; echo d"), "sh");
         assert!(t.wait_for_line(Stream::Stdout, 0, "d", LINE_TIMEOUT));
         assert_eq!(t.lines_since(Stream::Stdout, 1), ["c", "d"]);
-        assert_eq!(t.wait_for_line_index(Stream::Stderr, 0, "b", LINE_TIMEOUT), Some(0));
+        assert_eq!(
+            t.wait_for_line_index(Stream::Stderr, 0, "b", LINE_TIMEOUT),
+            Some(0)
+        );
         assert_eq!(t.line(LINE_TIMEOUT).unwrap(), "a");
         assert_eq!(t.wait_for(LINE_TIMEOUT, |l| l == "d"), "d");
         assert_eq!(t.seen_containing("c"), ["c"]);
