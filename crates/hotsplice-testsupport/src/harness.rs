@@ -28,7 +28,13 @@ pub fn main(skip: Option<String>, tests: Vec<Test>) -> ! {
     }
     let trials = tests
         .into_iter()
-        .map(|(name, f)| Trial::test(name, move || Ok(f())).with_ignored_flag(skip.is_some()))
+        .map(|(name, f)| {
+            Trial::test(name, move || {
+                f();
+                Ok(())
+            })
+            .with_ignored_flag(skip.is_some())
+        })
         .collect();
     libtest_mimic::run(&args, trials).exit()
 }
