@@ -123,7 +123,7 @@ mod tests {
     fn own_status_and_threads() {
         let me = std::process::id() as i32;
         let st = status(me).unwrap();
-        assert!(!st.stopped() && st.tracer_pid == 0, "{st:?}");
+        assert!(!st.stopped(), "{st:?}");
         assert!(st.threads >= 1);
         // This thread is running while it reads its own status.
         assert_eq!(status_of("thread-self").unwrap().state, 'R');
