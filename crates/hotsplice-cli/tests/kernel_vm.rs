@@ -991,8 +991,28 @@ fn kernel_client_timings_in_qemu() {
     );
 }
 
+/// Only a kernel panic before the guest's init printed anything makes
+/// `boot` try again; a panic once the scenarios run is the test's failure.
+fn boot_retried_only_for_a_panic_before_init() {
+    use std::os::unix::process::ExitStatusExt;
+    let failure = |log: &str| kc::BootFailure {
+        status: std::process::ExitStatus::from_raw(1 << 8),
+        stderr: String::new(),
+        log: log.to_string(),
+    };
+    let early = "[    0.2] ..MP-BIOS bug: 8254 timer not connected to IO-APIC\n\
+                 [    0.3] Kernel panic - not syncing: IO-APIC + timer doesn't work!\n";
+    assert!(failure(early).panicked_before_init());
+    let late = "[    1.0] Run /init as init process\n\
+                HSTEST init-start uname-r=6.1.0\n\
+                [    9.0] Kernel panic - not syncing: Fatal exception\n";
+    assert!(!failure(late).panicked_before_init());
+    let no_panic = "[    1.0] Run /init as init process\n";
+    assert!(!failure(no_panic).panicked_before_init());
+}
+
 fn main() {
-    harness::main(
+    harness::main_with(
         kc::skip_reason(),
         hotsplice_testsupport::tests![
             livepatch_module_changes_kernel_behaviour_in_qemu,
@@ -1006,5 +1026,6 @@ fn main() {
             kernel_client_patches_reapplied_after_reboot_in_qemu,
             kernel_client_timings_in_qemu,
         ],
+        hotsplice_testsupport::tests![boot_retried_only_for_a_panic_before_init],
     );
 }

@@ -22,19 +22,26 @@ macro_rules! tests {
 /// reason), every test is ignored: it runs only when asked for with
 /// `--ignored` or `--include-ignored`; the reason is printed once.
 pub fn main(skip: Option<String>, tests: Vec<Test>) -> ! {
+    main_with(skip, tests, Vec::new())
+}
+
+/// [`main`], with `always` tests too, which `skip` does not concern.
+pub fn main_with(skip: Option<String>, tests: Vec<Test>, always: Vec<Test>) -> ! {
     let args = Arguments::from_args();
     if let Some(why) = &skip {
-        eprintln!("ignoring these tests: {why}");
+        eprintln!("ignoring the tests that need it: {why}");
     }
+    let trial = |(name, f): Test, ignored: bool| {
+        Trial::test(name, move || {
+            f();
+            Ok(())
+        })
+        .with_ignored_flag(ignored)
+    };
     let trials = tests
         .into_iter()
-        .map(|(name, f)| {
-            Trial::test(name, move || {
-                f();
-                Ok(())
-            })
-            .with_ignored_flag(skip.is_some())
-        })
+        .map(|t| trial(t, skip.is_some()))
+        .chain(always.into_iter().map(|t| trial(t, false)))
         .collect();
     libtest_mimic::run(&args, trials).exit()
 }

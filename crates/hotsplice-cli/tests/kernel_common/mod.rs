@@ -201,15 +201,16 @@ pub fn boot(initrd: &Path, disk: Option<&Path>, append: &str, log: &Path) -> Boo
 }
 
 /// A boot.sh run that failed.
-struct BootFailure {
-    status: std::process::ExitStatus,
-    stderr: String,
-    log: String,
+pub struct BootFailure {
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
+    /// The serial log, `\r` removed.
+    pub log: String,
 }
 
 impl BootFailure {
     /// The kernel panicked, and the guest's init printed nothing yet.
-    fn panicked_before_init(&self) -> bool {
+    pub fn panicked_before_init(&self) -> bool {
         self.log.contains("Kernel panic") && !self.log.lines().any(|l| l.starts_with("HSTEST "))
     }
 
