@@ -9,7 +9,7 @@ use crate::state::{
 };
 use crate::undo::removal_writes;
 use crate::window::{stop_and_write, Write};
-use crate::{EngineError, Result};
+use crate::{add, EngineError, Result};
 use hotsplice_arch::current as arch;
 use hotsplice_arch::FieldKind;
 use hotsplice_patch::{AppliedFunction, ImageHeader, ObjectKind, Patch, RelocTarget};
@@ -142,17 +142,34 @@ pub fn apply_replacing(
 
     // Check the running code against what the patch expects.
     let bias = target.bias;
+    let addrs = meta
+        .functions
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let field = format!("functions[{i}] ({}).vaddr", f.name);
+            let addr = add(pid, bias, f.vaddr, field, "the target's load bias")?;
+            add(
+                pid,
+                addr,
+                f.size,
+                format!("functions[{i}] ({}).size", f.name),
+                "its address",
+            )?;
+            Ok(addr)
+        })
+        .collect::<Result<Vec<u64>>>()?;
     let code = process::read_memory_many(
         pid,
         &meta
             .functions
             .iter()
-            .map(|f| (bias + f.vaddr, f.size as usize))
+            .zip(&addrs)
+            .map(|(f, &addr)| (addr, f.size as usize))
             .collect::<Vec<_>>(),
     );
     let mut current_entries = Vec::with_capacity(meta.functions.len());
-    for (f, current) in meta.functions.iter().zip(&code) {
-        let addr = bias + f.vaddr;
+    for ((f, current), &addr) in meta.functions.iter().zip(&code).zip(&addrs) {
         let Some(current) = current else {
             return Err(process::read_memory(pid, addr, f.size as usize)
                 .map(|_| EngineError::CodeMismatch {
@@ -200,9 +217,10 @@ pub fn apply_replacing(
         }
     }
     let mut ifuncs: Vec<u64> = dynamic.values().filter(|v| v.1).map(|v| v.0).collect();
-    for r in &meta.relocations {
+    for (i, r) in meta.relocations.iter().enumerate() {
         if let RelocTarget::ObjectIfunc { vaddr } = r.target {
-            ifuncs.push(bias + vaddr);
+            let field = format!("relocations[{i}].target.vaddr");
+            ifuncs.push(add(pid, bias, vaddr, field, "the target's load bias")?);
         }
     }
     ifuncs.sort_unstable();
@@ -211,7 +229,13 @@ pub fn apply_replacing(
     // Room for the header, then the image.
     // (Validation bounds it: the record always fits what `state` reads.)
     let header_room = meta.header_room();
-    let total = header_room + meta.mapped_size();
+    let total = add(
+        pid,
+        header_room,
+        meta.mapped_size(),
+        "mapped size",
+        "the record's room",
+    )?;
     let low = meta.target.kind == ObjectKind::Fixed;
     let journal = opts.journal.as_deref();
 
@@ -240,10 +264,11 @@ pub fn apply_replacing(
                     slot.insert(t.call(f, &[])?);
                 }
             }
+            // Sums checked below the room `total` (and `a + total`) fit.
             let code_len = header_room + meta.data_offset;
             let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
             t.mmap(a, code_len, libc::PROT_READ | libc::PROT_EXEC, flags)?;
-            let data_len = meta.mapped_size() - meta.data_offset;
+            let data_len = total - code_len;
             if data_len > 0 {
                 let rw = libc::PROT_READ | libc::PROT_WRITE;
                 if let Err(e) = t.mmap(a + code_len, data_len, rw, flags) {
@@ -353,41 +378,20 @@ impl Install<'_> {
         let pid = self.pid;
         let meta = &self.patch.meta;
         let bias = self.target.bias;
-        let base = self.place + self.header_room;
-        let mut image = self.patch.image.clone();
-        image.resize((meta.data_offset + meta.data_size) as usize, 0);
-        for r in &meta.relocations {
-            let (sym, name) = match &r.target {
-                RelocTarget::Image { offset } => (base + offset, format!("patch+{offset:#x}")),
-                RelocTarget::Object { vaddr } => {
-                    (bias + vaddr, format!("{}+{vaddr:#x}", meta.target.name))
-                }
-                RelocTarget::ObjectIfunc { vaddr } => (
-                    self.ifuncs[&(bias + vaddr)],
-                    format!("ifunc {}+{vaddr:#x}", meta.target.name),
-                ),
-                RelocTarget::Dynamic { name } => {
-                    let (v, ifunc) = self.dynamic[name];
-                    (if ifunc { self.ifuncs[&v] } else { v }, name.clone())
-                }
-                RelocTarget::Absolute { value } => (*value, format!("{value:#x}")),
-            };
-            let kind = FieldKind::from_name(&r.kind).expect("validated kind");
-            let at = base + r.offset;
-            kind.write(&mut image, r.offset as usize, at, sym, r.addend)
-                .map_err(|e| EngineError::OutOfReach {
-                    pid,
-                    name,
-                    addr: sym,
-                    place: at,
-                    detail: e.to_string(),
-                })?;
-        }
+        let base = add(
+            pid,
+            self.place,
+            self.header_room,
+            "record room",
+            "the mapping",
+        )?;
+        let image = relocated(pid, self.patch, base, bias, self.dynamic, self.ifuncs)?;
 
         let mut functions = Vec::with_capacity(meta.functions.len());
         let mut writes = Vec::new();
         let mut ranges: Vec<(u64, u64, String, bool)> = Vec::new();
         for (f, current) in meta.functions.iter().zip(self.current_entries) {
+            // Checked before the code was read.
             let addr = bias + f.vaddr;
             let new_addr = base + f.replacement;
             ranges.push((addr, addr + f.size, f.name.clone(), true));
@@ -446,7 +450,7 @@ impl Install<'_> {
             }
             ranges.push((
                 old.code_start,
-                old.code_start + old.code_len,
+                old.code_end(),
                 format!("code of patch {}", old.patch_id),
                 false,
             ));
@@ -461,7 +465,7 @@ impl Install<'_> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            sequence: self.applied.iter().map(|h| h.sequence).max().unwrap_or(0) + 1,
+            sequence: next_sequence(pid, self.applied)?,
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             map_start: self.place,
             map_len: self.header_room + meta.mapped_size(),
@@ -477,6 +481,7 @@ impl Install<'_> {
             });
         }
         let mem = MemWriter::open(pid)?;
+        // `relocated` sized the image to data_offset + data_size.
         mem.write(base, &image[..meta.code_size as usize])?;
         if meta.data_size > 0 {
             mem.write(base + meta.data_offset, &image[meta.data_offset as usize..])?;
@@ -518,5 +523,220 @@ impl Install<'_> {
             functions: meta.functions.len(),
             replaced: self.old.map(|o| o.patch_id.clone()),
         })
+    }
+}
+
+/// The stacking order of a new record: one more than the highest applied.
+fn next_sequence(pid: Pid, applied: &[ImageHeader]) -> Result<u64> {
+    let top = applied.iter().map(|h| h.sequence).max().unwrap_or(0);
+    add(
+        pid,
+        top,
+        1,
+        "sequence",
+        "the highest sequence applied in the process",
+    )
+}
+
+/// The patch's image, sized to its layout, with every relocation filled in
+/// for code at `base` and the target at load bias `bias`; `dynamic` holds
+/// the symbols of other objects (address, whether an IFUNC), `ifuncs` what
+/// each IFUNC resolver returned.
+fn relocated(
+    pid: Pid,
+    patch: &Patch,
+    base: u64,
+    bias: u64,
+    dynamic: &HashMap<String, (u64, bool)>,
+    ifuncs: &HashMap<u64, u64>,
+) -> Result<Vec<u8>> {
+    let meta = &patch.meta;
+    let end = add(
+        pid,
+        meta.data_offset,
+        meta.data_size,
+        "data_size",
+        "data_offset",
+    )?;
+    let len = usize::try_from(end).map_err(|_| EngineError::Overflow {
+        pid,
+        field: "data_size".into(),
+        value: meta.data_size.to_string(),
+        why: "the image does not fit this machine's memory".into(),
+    })?;
+    let mut image = patch.image.clone();
+    image.resize(len, 0);
+    for (i, r) in meta.relocations.iter().enumerate() {
+        let field = |name: &str| format!("relocations[{i}].{name}");
+        let (sym, name) = match &r.target {
+            RelocTarget::Image { offset } => (
+                add(pid, base, *offset, field("target.offset"), "the patch code")?,
+                format!("patch+{offset:#x}"),
+            ),
+            RelocTarget::Object { vaddr } => (
+                add(
+                    pid,
+                    bias,
+                    *vaddr,
+                    field("target.vaddr"),
+                    "the target's load bias",
+                )?,
+                format!("{}+{vaddr:#x}", meta.target.name),
+            ),
+            RelocTarget::ObjectIfunc { vaddr } => {
+                let at = add(
+                    pid,
+                    bias,
+                    *vaddr,
+                    field("target.vaddr"),
+                    "the target's load bias",
+                )?;
+                (
+                    resolved(pid, ifuncs, at, &field("target.vaddr"))?,
+                    format!("ifunc {}+{vaddr:#x}", meta.target.name),
+                )
+            }
+            RelocTarget::Dynamic { name } => {
+                let &(v, ifunc) = dynamic.get(name).ok_or_else(|| EngineError::Unresolved {
+                    pid,
+                    name: name.clone(),
+                })?;
+                let v = if ifunc {
+                    resolved(pid, ifuncs, v, &field("target.name"))?
+                } else {
+                    v
+                };
+                (v, name.clone())
+            }
+            RelocTarget::Absolute { value } => (*value, format!("{value:#x}")),
+        };
+        let kind = FieldKind::from_name(&r.kind).ok_or_else(|| EngineError::InvalidPatch {
+            pid,
+            error: hotsplice_patch::FormatError::Invalid(format!(
+                "{} = {:?}: not a relocation kind",
+                field("kind"),
+                r.kind
+            )),
+        })?;
+        let at = add(pid, base, r.offset, field("offset"), "the patch code")?;
+        let offset = usize::try_from(r.offset).unwrap_or(usize::MAX);
+        kind.write(&mut image, offset, at, sym, r.addend)
+            .map_err(|e| EngineError::OutOfReach {
+                pid,
+                name,
+                addr: sym,
+                place: at,
+                detail: e.to_string(),
+            })?;
+    }
+    Ok(image)
+}
+
+/// What the IFUNC resolver at `at` returned (every one was called).
+fn resolved(pid: Pid, ifuncs: &HashMap<u64, u64>, at: u64, field: &str) -> Result<u64> {
+    ifuncs
+        .get(&at)
+        .copied()
+        .ok_or_else(|| EngineError::Refused {
+            pid,
+            why: format!("{field}: the IFUNC resolver at {at:#x} was not called (a bug)"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotsplice_patch::{PatchMeta, Relocation, MAX_ADDRESS};
+
+    fn patch(relocations: Vec<Relocation>) -> Patch {
+        let mut meta = PatchMeta::example();
+        meta.code_size = 0x10;
+        meta.relocations = relocations;
+        Patch {
+            meta,
+            image: vec![0; 0x10],
+        }
+    }
+
+    fn reloc(offset: u64, target: RelocTarget) -> Relocation {
+        Relocation {
+            offset,
+            kind: "abs64".into(),
+            target,
+            addend: 0,
+        }
+    }
+
+    fn overflow_field(r: Result<Vec<u8>>) -> String {
+        match r {
+            Err(EngineError::Overflow { field, value, .. }) => format!("{field} = {value}"),
+            other => panic!("not an overflow: {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn relocation_against_a_bias_near_u64_max_is_an_overflow() {
+        let p = patch(vec![reloc(0, RelocTarget::Object { vaddr: MAX_ADDRESS })]);
+        let (d, f) = (HashMap::new(), HashMap::new());
+        let r = relocated(7, &p, 0x7000_0000_0000, u64::MAX - 0x10, &d, &f);
+        assert_eq!(
+            overflow_field(r),
+            format!("relocations[0].target.vaddr = {MAX_ADDRESS:#x}")
+        );
+        let p = patch(vec![reloc(0, RelocTarget::ObjectIfunc { vaddr: 0x1000 })]);
+        let r = relocated(7, &p, 0x7000_0000_0000, u64::MAX - 0x10, &d, &f);
+        assert_eq!(overflow_field(r), "relocations[0].target.vaddr = 0x1000");
+    }
+
+    #[test]
+    fn relocation_offset_near_u64_max_is_an_overflow_not_a_panic() {
+        // Validation refuses this patch; the engine does not rely on it.
+        let p = patch(vec![reloc(
+            u64::MAX - 2,
+            RelocTarget::Absolute { value: 1 },
+        )]);
+        let (d, f) = (HashMap::new(), HashMap::new());
+        let r = relocated(7, &p, 0x1000, 0, &d, &f);
+        assert_eq!(
+            overflow_field(r),
+            "relocations[0].offset = 0xfffffffffffffffd"
+        );
+        let p = patch(vec![reloc(0, RelocTarget::Image { offset: u64::MAX })]);
+        let r = relocated(7, &p, 0x1000, 0, &d, &f);
+        assert_eq!(
+            overflow_field(r),
+            "relocations[0].target.offset = 0xffffffffffffffff"
+        );
+    }
+
+    #[test]
+    fn data_size_u64_max_is_an_overflow_not_a_panic() {
+        let mut p = patch(vec![]);
+        p.meta.data_size = u64::MAX;
+        let (d, f) = (HashMap::new(), HashMap::new());
+        let r = relocated(7, &p, 0x1000, 0, &d, &f);
+        assert_eq!(overflow_field(r), "data_size = 0xffffffffffffffff");
+    }
+
+    #[test]
+    fn a_record_with_the_last_sequence_is_an_overflow() {
+        let h = ImageHeader {
+            patch_id: "abcd1234".into(),
+            description: String::new(),
+            target_name: "prog".into(),
+            target_build_id: "ab".into(),
+            target_bias: 0,
+            applied_at: 0,
+            sequence: u64::MAX,
+            tool: "t".into(),
+            map_start: 0x7000_0000_0000,
+            map_len: 0x2000,
+            code_start: 0x7000_0000_1000,
+            code_len: 0x10,
+            functions: vec![],
+        };
+        assert_eq!(next_sequence(7, &[]).unwrap(), 1);
+        let err = next_sequence(7, &[h]).unwrap_err();
+        assert!(matches!(err, EngineError::Overflow { .. }), "{err}");
     }
 }

@@ -115,6 +115,15 @@ pub enum EngineError {
         function: String,
         frame: &'static str,
     },
+    /// A sum or size computed from the patch and the process does not fit
+    /// the address space (a hostile or damaged patch, record or object).
+    #[error("process {pid}: {field} = {value}: {why}; nothing was changed")]
+    Overflow {
+        pid: Pid,
+        field: String,
+        value: String,
+        why: String,
+    },
     /// Writing the jumps failed midway and putting back one already written
     /// failed too: that function now jumps into the patch, so the patch's
     /// code was left mapped (and recorded) rather than unmapped under it.
@@ -128,3 +137,14 @@ pub enum EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// `a + b`, or [`EngineError::Overflow`] naming `field` (whose value is `b`)
+/// and what it was added to.
+pub(crate) fn add(pid: Pid, a: u64, b: u64, field: impl Into<String>, to: &str) -> Result<u64> {
+    a.checked_add(b).ok_or_else(|| EngineError::Overflow {
+        pid,
+        field: field.into(),
+        value: format!("{b:#x}"),
+        why: format!("{to} ({a:#x}) + it is past the end of the address space"),
+    })
+}

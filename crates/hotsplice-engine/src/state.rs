@@ -364,7 +364,7 @@ pub fn processes_mapping(build_id: &str) -> Vec<Pid> {
 /// field 22): with the pid, it names one process even if pids are reused.
 pub fn start_time(pid: Pid) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
+    let after = stat.get(stat.rfind(')')?.checked_add(2)?..)?;
     after.split_whitespace().nth(19)?.parse().ok()
 }
 

@@ -112,7 +112,7 @@ fn remove(
     let writes = removal_writes(pid, h, applied, &entries(pid, h), tolerant)?;
     let ranges = Ranges::new([(
         h.code_start,
-        h.code_start + h.code_len,
+        h.code_end(),
         format!("code of patch {}", h.patch_id),
         false,
     )]);

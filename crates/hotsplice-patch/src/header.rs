@@ -279,7 +279,7 @@ impl ImageHeader {
         jumps.sort_unstable();
         for w in jumps.windows(2) {
             let ((prev, p), (addr, i)) = (w[0], w[1]);
-            if addr < prev + arch::JUMP_LEN as u64 {
+            if addr < prev.saturating_add(arch::JUMP_LEN as u64) {
                 return Err(bad(
                     format!("functions[{i}] ({}).addr", quoted(&self.functions[i].name)),
                     hexa(addr),
@@ -291,6 +291,12 @@ impl ImageHeader {
             }
         }
         Ok(())
+    }
+
+    /// End of the patch's code (saturating: a record that passed
+    /// [`ImageHeader::validate`] never needs it).
+    pub fn code_end(&self) -> u64 {
+        self.code_start.saturating_add(self.code_len)
     }
 
     /// Whether `addr` lies in this patch's code.
