@@ -7,8 +7,8 @@ use crate::safety::Ranges;
 use crate::state::{
     applied_in, find_target, original_bytes, read_maps, refuse_special, saved_bytes,
 };
-use crate::undo::removal_writes;
-use crate::window::{stop_and_write, Write};
+use crate::undo::{removal_writes, retirement, unmap_retired};
+use crate::window::{stop_and_write, Outcome, Unreachable, Write};
 use crate::{add, EngineError, Result};
 use hotsplice_arch::current as arch;
 use hotsplice_arch::FieldKind;
@@ -68,6 +68,12 @@ pub struct Report {
     /// The lower-level patch this one replaced, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaced: Option<String>,
+    /// The change was made, but something after it was not: the mapping of
+    /// the patch taken out (undo, or the level replaced) could not be
+    /// unmapped. Its record is retired (no longer listed as applied) and
+    /// its journal record kept, so the next command unmaps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -322,28 +328,37 @@ pub fn apply_replacing(
         header_room,
         current_entries: &current_entries,
     };
-    match ctx.run(&mut tracee) {
-        Ok(r) => {
-            if let Some(o) = &old {
-                let _ = process::with_main_thread(pid, |t| t.munmap(o.map_start, o.map_len));
-            }
+    match ctx.run(&mut tracee, Unreachable::fresh_mapping()) {
+        Outcome::Committed(w) => {
+            fault("apply:done");
+            drop(tracee);
             if let Some(j) = journal {
                 j.clear(pid, &meta.id);
-                if let Some(o) = &old {
-                    j.clear(pid, &o.patch_id);
-                }
             }
-            Ok(r)
+            // The old level is out and its record retired: unmapping it
+            // is what is left (see `Report::warning`).
+            let warning = old.as_ref().and_then(|o| unmap_retired(pid, o, journal));
+            Ok(Report {
+                pid,
+                id: meta.id.clone(),
+                target: target.path.clone(),
+                threads: w.threads,
+                attempts: w.attempts,
+                stopped: w.stopped,
+                functions: meta.functions.len(),
+                replaced: old.map(|o| o.patch_id),
+                warning,
+            })
         }
         // A jump into the new code is in and could not be taken out: the
         // code stays mapped, and the journal record stays for the next
         // command's recovery to finish the rollback.
-        Err(e @ EngineError::PartlyApplied { .. }) => {
+        Outcome::PartlyApplied(e) => {
             let _ = tracee.detach();
             Err(e)
         }
-        Err(e) => {
-            let _ = tracee.with_thread(|t| t.munmap(place, total));
+        Outcome::Unchanged(e, unreachable) => {
+            unmap_new(&mut tracee, place, total, unreachable);
             let _ = tracee.detach();
             if let Some(j) = journal {
                 j.clear(pid, &meta.id);
@@ -355,6 +370,14 @@ pub fn apply_replacing(
             }
             Err(e)
         }
+    }
+}
+
+/// Unmap the new code of a failed apply: only with the proof that no jump
+/// leads into it. A failure leaves an unused mapping, not a broken process.
+fn unmap_new(tracee: &mut Tracee, place: u64, total: u64, _: Unreachable) {
+    if let Err(e) = tracee.with_thread(|t| t.munmap(place, total)) {
+        tracing::warn!(place, total, "cannot unmap the code of a failed apply: {e}");
     }
 }
 
@@ -374,7 +397,29 @@ struct Install<'a> {
 }
 
 impl Install<'_> {
-    fn run(&self, tracee: &mut Tracee) -> Result<Report> {
+    /// Everything before the window, then the window; `unreachable`
+    /// comes back unless the window wrote a jump that stays.
+    fn run(&self, tracee: &mut Tracee, unreachable: Unreachable) -> Outcome<Unreachable> {
+        let (mem, writes, ranges) = match self.prepare() {
+            Ok(prepared) => prepared,
+            Err(e) => return Outcome::Unchanged(e, unreachable),
+        };
+        stop_and_write(
+            self.pid,
+            tracee,
+            &mem,
+            self.maps,
+            &ranges,
+            self.opts,
+            &writes,
+            "apply:jump",
+            unreachable,
+        )
+    }
+
+    /// Relocate and write the new code and its record, record the step in
+    /// the journal: everything before the window.
+    fn prepare(&self) -> Result<(MemWriter, Vec<Write>, Ranges)> {
         let pid = self.pid;
         let meta = &self.patch.meta;
         let bias = self.target.bias;
@@ -448,6 +493,8 @@ impl Install<'_> {
                     writes.push(w);
                 }
             }
+            // Last: in only when every jump is.
+            writes.push(retirement(old));
             ranges.push((
                 old.code_start,
                 old.code_end(),
@@ -502,27 +549,7 @@ impl Install<'_> {
                 },
             )?;
         }
-        let w = stop_and_write(
-            pid,
-            tracee,
-            &mem,
-            self.maps,
-            &Ranges::new(ranges),
-            self.opts,
-            &writes,
-            "apply:jump",
-        )?;
-        fault("apply:done");
-        Ok(Report {
-            pid,
-            id: meta.id.clone(),
-            target: self.target.path.clone(),
-            threads: w.threads,
-            attempts: w.attempts,
-            stopped: w.stopped,
-            functions: meta.functions.len(),
-            replaced: self.old.map(|o| o.patch_id.clone()),
-        })
+        Ok((mem, writes, Ranges::new(ranges)))
     }
 }
 

@@ -4,7 +4,8 @@ use crate::objects::{loaded_objects, LoadedObject};
 use crate::{EngineError, Result};
 use hotsplice_arch::current as arch;
 use hotsplice_patch::{
-    is_valid_id, AppliedFunction, HeaderError, ImageHeader, Patch, IMAGE_PREFIX_LEN,
+    is_valid_id, AppliedFunction, HeaderError, ImageHeader, Patch, IMAGE_MAGIC, IMAGE_PREFIX_LEN,
+    RETIRED_MAGIC,
 };
 use hotsplice_process::{self as process, Mapping, Pid};
 use serde::Serialize;
@@ -217,6 +218,35 @@ pub(crate) fn state_in(pid: Pid, maps: &[Mapping]) -> Result<State> {
     st.patches = good;
     st.corrupt.sort_by_key(|c| c.map_start);
     Ok(st)
+}
+
+/// The retired record of patch `id` at `map_start` (see
+/// [`hotsplice_patch::RETIRED_MAGIC`]), if that is what the mapping there
+/// holds: a patch taken out whose mapping is still there. Checked as a live
+/// record is, so that only what hotsplice mapped is ever unmapped.
+pub(crate) fn retired_in(
+    pid: Pid,
+    maps: &[Mapping],
+    map_start: u64,
+    id: &str,
+) -> Option<ImageHeader> {
+    let m = maps
+        .iter()
+        .find(|m| m.start == map_start && may_hold_record(m))?;
+    let prefix = process::read_memory(pid, m.start, IMAGE_PREFIX_LEN.min(m.len() as usize)).ok()?;
+    if prefix.get(..RETIRED_MAGIC.len())? != RETIRED_MAGIC {
+        return None;
+    }
+    let mut live = prefix.clone();
+    live[..IMAGE_MAGIC.len()].copy_from_slice(IMAGE_MAGIC);
+    let len = ImageHeader::record_len(&live).ok()?;
+    if len as u64 > m.len() {
+        return None;
+    }
+    let mut bytes = process::read_memory(pid, m.start, len).ok()?;
+    bytes[..IMAGE_MAGIC.len()].copy_from_slice(IMAGE_MAGIC);
+    let h = ImageHeader::decode(&bytes).ok()?;
+    (h.patch_id == id && fits_process(&h, m, maps).is_ok()).then_some(h)
 }
 
 /// Whether `[start, end)` is covered by consecutive mappings of `maps`
@@ -532,6 +562,26 @@ mod tests {
         let second = a.max(b);
         assert_eq!(state_at(first).0.map(|g| g.patch_id), Some(h.patch_id));
         assert!(corrupt_at(second).why.contains("another mapping"));
+    }
+
+    #[test]
+    fn a_retired_record_is_not_listed_but_found_for_unmapping() {
+        let (h, start) = mapped(|h| h.patch_id = "retired1".into());
+        // SAFETY: the first page of the test's own mapping.
+        unsafe {
+            libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE);
+            std::ptr::copy_nonoverlapping(RETIRED_MAGIC.as_ptr(), start as *mut u8, 16);
+            libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_EXEC);
+        }
+        assert_eq!(state_at(start), (None, None));
+        let me = std::process::id() as Pid;
+        let maps = read_maps(me).unwrap();
+        assert_eq!(retired_in(me, &maps, start, "retired1"), Some(h));
+        assert_eq!(retired_in(me, &maps, start, "other123"), None);
+        // A live record is not retired.
+        let (_, live) = mapped(|h| h.patch_id = "notyet12".into());
+        let maps = read_maps(me).unwrap();
+        assert_eq!(retired_in(me, &maps, live, "notyet12"), None);
     }
 
     #[test]

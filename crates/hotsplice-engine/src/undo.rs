@@ -2,13 +2,69 @@
 
 use crate::journal::{fault, record, Op, Pending, Step};
 use crate::safety::Ranges;
-use crate::state::{applied_in, read_maps, refuse_special, saved_bytes, state_in};
-use crate::window::{stop_and_write, Write};
-use crate::{ApplyOptions, EngineError, Report, Result};
+use crate::state::{applied_in, read_maps, refuse_special, retired_in, saved_bytes, state_in};
+use crate::window::{stop_and_write, Outcome, Write};
+use crate::{ApplyOptions, EngineError, Journal, Report, Result};
 use hotsplice_arch::current as arch;
-use hotsplice_patch::ImageHeader;
+use hotsplice_patch::{ImageHeader, IMAGE_MAGIC, RETIRED_MAGIC};
 use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
-use std::time::Duration;
+
+/// The write that retires the record of `h` (see [`RETIRED_MAGIC`]): the
+/// last of the window that takes `h` out, so that it is in only when every
+/// jump is.
+pub(crate) fn retirement(h: &ImageHeader) -> Write {
+    Write {
+        addr: h.map_start,
+        new: RETIRED_MAGIC.to_vec(),
+        expect: IMAGE_MAGIC.to_vec(),
+        name: format!("the record of patch {}", h.patch_id),
+    }
+}
+
+/// After the window that took `h` out: tell the journal, then unmap `h`.
+/// The change is made whatever happens here, so a failure is not an error
+/// but the warning returned (the journal record stays, for the next
+/// command's recovery to unmap the retired mapping).
+pub(crate) fn unmap_retired(
+    pid: Pid,
+    h: &ImageHeader,
+    journal: Option<&dyn Journal>,
+) -> Option<String> {
+    if let Some(j) = journal {
+        let p = Pending {
+            op: Op::Undo,
+            pid,
+            id: h.patch_id.clone(),
+            map_start: h.map_start,
+            map_len: h.map_len,
+            step: Step::Unmapping,
+        };
+        if let Err(e) = j.record(&p) {
+            // The record of the window stays, which recovery treats alike.
+            tracing::warn!(pid, id = %h.patch_id, "cannot record the unmapping step: {e}");
+        }
+    }
+    fault("undo:restored");
+    match process::with_main_thread(pid, |t| t.munmap(h.map_start, h.map_len)) {
+        Ok(()) => {
+            fault("undo:unmapped");
+            if let Some(j) = journal {
+                j.clear(pid, &h.patch_id);
+            }
+            None
+        }
+        Err(e) => {
+            let w = format!(
+                "patch {} is out, but its code at {:#x}-{:#x} stays mapped (unmapping failed: {e}); the next `hotsplice user` command that changes patches unmaps it",
+                h.patch_id,
+                h.map_start,
+                h.map_start.saturating_add(h.map_len)
+            );
+            tracing::warn!(pid, "{w}");
+            Some(w)
+        }
+    }
+}
 
 /// The writes that put back what patch `h` overwrote. `current` holds the
 /// first bytes of each of its jumped functions, in order. Strict: every
@@ -109,7 +165,8 @@ fn remove(
     tolerant: bool,
     opts: &ApplyOptions,
 ) -> Result<Report> {
-    let writes = removal_writes(pid, h, applied, &entries(pid, h), tolerant)?;
+    let mut writes = removal_writes(pid, h, applied, &entries(pid, h), tolerant)?;
+    writes.push(retirement(h));
     let ranges = Ranges::new([(
         h.code_start,
         h.code_end(),
@@ -126,13 +183,8 @@ fn remove(
         step,
     };
     record(journal, &pending(Step::Window))?;
-    let window = || -> Result<(usize, u32, Duration)> {
-        if writes.is_empty() {
-            return Ok((0, 0, Duration::ZERO));
-        }
-        let mut tracee = Tracee::seize(pid)?;
-        let mem = MemWriter::open(pid)?;
-        let w = stop_and_write(
+    let outcome = match Tracee::seize(pid).and_then(|t| Ok((t, MemWriter::open(pid)?))) {
+        Ok((mut tracee, mem)) => stop_and_write(
             pid,
             &mut tracee,
             &mem,
@@ -141,37 +193,35 @@ fn remove(
             opts,
             &writes,
             "undo:restore",
-        )?;
-        Ok((w.threads, w.attempts, w.stopped))
+            (),
+        ),
+        Err(e) => Outcome::Unchanged(e.into(), ()),
     };
-    let (threads, attempts, stopped) = match window() {
-        Ok(w) => w,
+    let w = match outcome {
+        Outcome::Committed(w) => w,
         // Nothing changed (code busy, process gone, ...): the record goes
         // too, or the next command's recovery would carry out the undo
         // that was just refused.
-        Err(e) if !matches!(e, EngineError::PartlyApplied { .. }) => {
+        Outcome::Unchanged(e, ()) => {
             if let Some(j) = journal {
                 j.clear(pid, &h.patch_id);
             }
             return Err(e);
         }
-        Err(e) => return Err(e),
+        // Some entries are back, some not: the record stays for recovery.
+        Outcome::PartlyApplied(e) => return Err(e),
     };
-    fault("undo:restored");
-    process::with_main_thread(pid, |t| t.munmap(h.map_start, h.map_len))?;
-    fault("undo:unmapped");
-    if let Some(j) = journal {
-        j.clear(pid, &h.patch_id);
-    }
+    let warning = unmap_retired(pid, h, journal);
     Ok(Report {
         pid,
         id: h.patch_id.clone(),
         target: h.target_name.clone(),
-        threads,
-        attempts,
-        stopped,
+        threads: w.threads,
+        attempts: w.attempts,
+        stopped: w.stopped,
         functions: h.functions.len(),
         replaced: None,
+        warning,
     })
 }
 
@@ -246,7 +296,14 @@ pub fn recover(p: &Pending, opts: &ApplyOptions) -> Result<Recovery> {
             remove(p.pid, h, &applied, &maps, true, &no_journal)?;
             Ok(Recovery::RolledBack)
         }
-        (Op::Undo, None) => Ok(Recovery::Completed),
+        // The window that took it out was done; unmapping may not have been.
+        (Op::Undo, None) => match retired_in(p.pid, &maps, p.map_start, &p.id) {
+            Some(h) => {
+                process::with_main_thread(p.pid, |t| t.munmap(h.map_start, h.map_len))?;
+                Ok(Recovery::Finished)
+            }
+            None => Ok(Recovery::Completed),
+        },
         (Op::Undo, Some(h)) => {
             remove(p.pid, h, &applied, &maps, true, &no_journal)?;
             Ok(Recovery::Finished)

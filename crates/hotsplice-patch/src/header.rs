@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 /// First bytes of every patch mapping in a process.
 pub const IMAGE_MAGIC: &[u8; 16] = b"HOTSPLICE-IMAGE1";
+/// What the magic of a record becomes in the stop window that takes its
+/// patch out (undo, or replacement by a higher level): the mapping is
+/// about to go, and no reader lists it as applied even if unmapping it
+/// fails; the rest of the record is left as it was.
+pub const RETIRED_MAGIC: &[u8; 16] = b"HOTSPLICE-RETIRE";
 /// Magic, then a little-endian u32 length of the JSON that follows.
 pub const IMAGE_PREFIX_LEN: usize = 20;
 
