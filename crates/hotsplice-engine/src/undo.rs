@@ -113,7 +113,8 @@ pub(crate) fn removal_writes(
     Ok(writes)
 }
 
-fn entries(pid: Pid, h: &ImageHeader) -> Vec<Option<Vec<u8>>> {
+/// The first bytes of each function `h` jumps from, as they are now.
+pub(crate) fn jumped_entries(pid: Pid, h: &ImageHeader) -> Vec<Option<Vec<u8>>> {
     process::read_memory_many(
         pid,
         &h.functions
@@ -165,7 +166,7 @@ fn remove(
     tolerant: bool,
     opts: &ApplyOptions,
 ) -> Result<Report> {
-    let mut writes = removal_writes(pid, h, applied, &entries(pid, h), tolerant)?;
+    let mut writes = removal_writes(pid, h, applied, &jumped_entries(pid, h), tolerant)?;
     writes.push(retirement(h));
     let ranges = Ranges::new([(
         h.code_start,
@@ -277,7 +278,7 @@ pub fn recover(p: &Pending, opts: &ApplyOptions) -> Result<Recovery> {
             Ok(Recovery::RolledBack)
         }
         (Op::Apply, Some(h)) => {
-            let current = entries(p.pid, h);
+            let current = jumped_entries(p.pid, h);
             let jumps: Vec<bool> = h
                 .functions
                 .iter()
