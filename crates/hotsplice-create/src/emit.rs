@@ -478,7 +478,7 @@ pub fn emit(
         image[at..at + arch::STUB_LEN].copy_from_slice(&arch::stub_template());
         relocations.push(Relocation {
             offset: (at + arch::STUB_FIELD) as u64,
-            kind: FieldKind::Pc32.name().into(),
+            kind: FieldKind::Pc32,
             target: final_target(&Tgt::Slot(slot)),
             addend: arch::PC_FIELD_ADDEND,
         });
@@ -488,7 +488,7 @@ pub fn emit(
         image[at as usize..at as usize + 8].fill(0);
         relocations.push(Relocation {
             offset: at,
-            kind: FieldKind::Abs64.name().into(),
+            kind: FieldKind::Abs64,
             target: final_target(t),
             addend: 0,
         });
@@ -496,7 +496,7 @@ pub fn emit(
     for r in &e.relocs {
         relocations.push(Relocation {
             offset: layout[&r.at] + r.offset,
-            kind: r.kind.name().into(),
+            kind: r.kind,
             target: final_target(&r.target),
             addend: r.addend,
         });

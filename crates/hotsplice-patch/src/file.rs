@@ -1,4 +1,5 @@
 use crate::validate::{MAX_MAPPED_SIZE, MAX_META_LEN, MAX_SIGNATURE_FIELD};
+pub use hotsplice_arch::FieldKind;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -97,10 +98,34 @@ pub enum RelocTarget {
 pub struct Relocation {
     /// Offset of the field in the image.
     pub offset: u64,
-    /// `abs64`, `abs32`, `abs32s`, `pc32` or `pc64`.
-    pub kind: String,
+    /// What the field is and how it is computed; stored as its name
+    /// (`abs64`, `abs32`, `abs32s`, `pc32` or `pc64`).
+    #[serde(with = "field_kind")]
+    pub kind: FieldKind,
     pub target: RelocTarget,
     pub addend: i64,
+}
+
+/// [`FieldKind`] as the format stores it: its name.
+mod field_kind {
+    use super::FieldKind;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &FieldKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(k.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FieldKind, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        FieldKind::from_name(&name).ok_or_else(|| {
+            let known: Vec<&str> = FieldKind::ALL.iter().map(|k| k.name()).collect();
+            D::Error::custom(format!(
+                "unknown relocation kind {:?}: known kinds are {}",
+                crate::validate::quoted(&name),
+                known.join(", ")
+            ))
+        })
+    }
 }
 
 /// A function of the target replaced by new code.

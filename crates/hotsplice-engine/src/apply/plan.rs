@@ -10,7 +10,6 @@ use crate::undo::{removal_writes, retirement};
 use crate::window::Write;
 use crate::{add, EngineError, Result};
 use hotsplice_arch::current as arch;
-use hotsplice_arch::FieldKind;
 use hotsplice_patch::{AppliedFunction, ImageHeader, Patch, PatchMeta, RelocTarget};
 use hotsplice_process::Pid;
 use std::collections::HashMap;
@@ -275,14 +274,7 @@ fn relocated(
             }
             RelocTarget::Absolute { value } => (*value, format!("{value:#x}")),
         };
-        let kind = FieldKind::from_name(&r.kind).ok_or_else(|| EngineError::InvalidPatch {
-            pid,
-            error: hotsplice_patch::FormatError::Invalid(format!(
-                "{} = {:?}: not a relocation kind",
-                field("kind"),
-                r.kind
-            )),
-        })?;
+        let kind = r.kind;
         let at = add(pid, base, r.offset, field("offset"), "the patch code")?;
         let offset = usize::try_from(r.offset).unwrap_or(usize::MAX);
         kind.write(&mut image, offset, at, sym, r.addend)
@@ -327,7 +319,7 @@ mod tests {
     fn reloc(offset: u64, target: RelocTarget) -> Relocation {
         Relocation {
             offset,
-            kind: "abs64".into(),
+            kind: hotsplice_patch::FieldKind::Abs64,
             target,
             addend: 0,
         }
