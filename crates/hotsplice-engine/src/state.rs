@@ -4,7 +4,7 @@ use crate::objects::{loaded_objects, LoadedObject};
 use crate::{EngineError, Result};
 use hotsplice_arch::current as arch;
 use hotsplice_patch::{
-    is_valid_id, AppliedFunction, HeaderError, ImageHeader, Patch, IMAGE_MAGIC, IMAGE_PREFIX_LEN,
+    is_valid_id, AppliedFunction, AppliedRecord, Patch, RecordError, IMAGE_MAGIC, IMAGE_PREFIX_LEN,
     RETIRED_MAGIC,
 };
 use hotsplice_process::{self as process, Mapping, Pid};
@@ -68,7 +68,7 @@ impl std::fmt::Display for Corrupt {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct State {
     /// Well-formed records, oldest first.
-    pub patches: Vec<ImageHeader>,
+    pub patches: Vec<AppliedRecord>,
     /// Forged or damaged records, by address.
     pub corrupt: Vec<Corrupt>,
 }
@@ -81,7 +81,7 @@ pub const MAX_RECORD_BYTES: usize = 16 << 20;
 
 /// Patches applied to `pid`, oldest first, read from the process itself.
 /// Records that are forged or damaged are left out: [`state`] lists them.
-pub fn applied(pid: Pid) -> Result<Vec<ImageHeader>> {
+pub fn applied(pid: Pid) -> Result<Vec<AppliedRecord>> {
     Ok(state(pid)?.patches)
 }
 
@@ -92,7 +92,7 @@ pub fn state(pid: Pid) -> Result<State> {
     state_in(pid, &maps)
 }
 
-pub(crate) fn applied_in(pid: Pid, maps: &[Mapping]) -> Result<Vec<ImageHeader>> {
+pub(crate) fn applied_in(pid: Pid, maps: &[Mapping]) -> Result<Vec<AppliedRecord>> {
     Ok(state_in(pid, maps)?.patches)
 }
 
@@ -127,9 +127,9 @@ pub(crate) fn state_in(pid: Pid, maps: &[Mapping]) -> Result<State> {
         let Some(prefix) = prefix.as_deref() else {
             continue;
         };
-        let len = match ImageHeader::record_len(prefix) {
+        let len = match AppliedRecord::record_len(prefix) {
             Ok(len) => len,
-            Err(HeaderError::NoMagic) => continue,
+            Err(RecordError::NoMagic) => continue,
             Err(e) => {
                 st.corrupt
                     .push(corrupt(m.start, None, format!("the record {e}")));
@@ -177,11 +177,12 @@ pub(crate) fn state_in(pid: Pid, maps: &[Mapping]) -> Result<State> {
                 continue;
             }
         };
-        let h = match ImageHeader::parse(&bytes) {
+        let h = match AppliedRecord::parse(&bytes) {
             Ok(h) => h,
             Err(e) => {
+                let id = AppliedRecord::claimed_id(&bytes);
                 st.corrupt
-                    .push(corrupt(m.start, None, format!("the record {e}")));
+                    .push(corrupt(m.start, id, format!("the record {e}")));
                 continue;
             }
         };
@@ -229,7 +230,7 @@ pub(crate) fn retired_in(
     maps: &[Mapping],
     map_start: u64,
     id: &str,
-) -> Option<ImageHeader> {
+) -> Option<AppliedRecord> {
     let m = maps
         .iter()
         .find(|m| m.start == map_start && may_hold_record(m))?;
@@ -239,13 +240,13 @@ pub(crate) fn retired_in(
     }
     let mut live = prefix.clone();
     live[..IMAGE_MAGIC.len()].copy_from_slice(IMAGE_MAGIC);
-    let len = ImageHeader::record_len(&live).ok()?;
+    let len = AppliedRecord::record_len(&live).ok()?;
     if len as u64 > m.len() {
         return None;
     }
     let mut bytes = process::read_memory(pid, m.start, len).ok()?;
     bytes[..IMAGE_MAGIC.len()].copy_from_slice(IMAGE_MAGIC);
-    let h = ImageHeader::decode(&bytes).ok()?;
+    let h = AppliedRecord::decode(&bytes).ok()?;
     (h.patch_id == id && fits_process(&h, m, maps).is_ok()).then_some(h)
 }
 
@@ -268,7 +269,11 @@ fn covered(maps: &[Mapping], start: u64, end: u64, ok: impl Fn(&Mapping) -> bool
 
 /// Checks of a (self-consistent) record against the mapping it was found
 /// at and the process's other mappings: what `apply` wrote always passes.
-fn fits_process(h: &ImageHeader, m: &Mapping, maps: &[Mapping]) -> std::result::Result<(), String> {
+fn fits_process(
+    h: &AppliedRecord,
+    m: &Mapping,
+    maps: &[Mapping],
+) -> std::result::Result<(), String> {
     // The record sits at the start of the read+execute part of what apply
     // mapped; the rest of map_len is its data, mapped right after.
     // (The mapping may be longer than map_len: the kernel merges an
@@ -306,7 +311,7 @@ fn fits_process(h: &ImageHeader, m: &Mapping, maps: &[Mapping]) -> std::result::
 
 /// The bytes the jump over `f` (in the record at `map_start`) overwrote.
 pub(crate) fn saved_bytes(pid: Pid, map_start: u64, f: &AppliedFunction) -> Result<Vec<u8>> {
-    f.saved_bytes().map_err(|e| {
+    f.saved_bytes().map(<[u8]>::to_vec).map_err(|e| {
         EngineError::CorruptRecord(Corrupt {
             pid,
             map_start,
@@ -322,7 +327,7 @@ pub(crate) fn original_bytes(
     pid: Pid,
     addr: u64,
     current: &[u8],
-    applied: &[ImageHeader],
+    applied: &[AppliedRecord],
 ) -> Result<Vec<u8>> {
     let mut bytes = current.to_vec();
     for _ in 0..applied.len() {
@@ -332,7 +337,7 @@ pub(crate) fn original_bytes(
         let Some((h, f)) = applied.iter().find_map(|h| {
             h.functions
                 .iter()
-                .find(|f| f.addr == addr && f.new_addr == dest && !f.saved.is_empty())
+                .find(|f| f.addr == addr && f.new_addr == dest && f.jumped())
                 .map(|f| (h, f))
         }) else {
             break;
@@ -414,7 +419,7 @@ mod tests {
     /// An anonymous read+execute mapping of this process holding the
     /// record `edit` makes of a well-formed one; returns the record as
     /// written and the mapping's start.
-    fn mapped(edit: impl FnOnce(&mut ImageHeader)) -> (ImageHeader, u64) {
+    fn mapped(edit: impl FnOnce(&mut AppliedRecord)) -> (AppliedRecord, u64) {
         let len = (PAGES * 4096) as usize;
         // SAFETY: a fresh private anonymous mapping, owned by the test, with
         // an inaccessible page on each side so that the kernel does not
@@ -438,7 +443,7 @@ mod tests {
         };
         let start = at as u64;
         let addr = victim as *const () as u64;
-        let mut h = ImageHeader {
+        let mut h = AppliedRecord {
             patch_id: "abcd1234".into(),
             description: String::new(),
             target_name: "test".into(),
@@ -456,7 +461,7 @@ mod tests {
                 addr,
                 size: 16,
                 new_addr: start + 4096,
-                saved: "f30f1efa55".into(),
+                saved: Some(vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55]),
             }],
         };
         edit(&mut h);
@@ -472,7 +477,7 @@ mod tests {
         (h, start)
     }
 
-    fn state_at(start: u64) -> (Option<ImageHeader>, Option<Corrupt>) {
+    fn state_at(start: u64) -> (Option<AppliedRecord>, Option<Corrupt>) {
         let me = std::process::id() as Pid;
         let st = state(me).unwrap();
         (
@@ -518,12 +523,35 @@ mod tests {
         assert!(c.why.contains("more than its mapping"), "{c}");
     }
 
+    /// Overwrite `from` (in the record's first page) with `to`.
+    fn poke(start: u64, from: &[u8], to: &[u8]) {
+        assert_eq!(from.len(), to.len());
+        // SAFETY: the first page of the test's own mapping.
+        unsafe {
+            let page = std::slice::from_raw_parts(start as *const u8, 4096);
+            let at = page.windows(from.len()).position(|w| w == from).unwrap();
+            libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE);
+            std::ptr::copy_nonoverlapping(to.as_ptr(), (start as *mut u8).add(at), to.len());
+            libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_EXEC);
+        }
+    }
+
     #[test]
     fn undecodable_or_short_saved_bytes_are_corrupt() {
-        for saved in ["zz", "90", "f30f1efa5590"] {
-            let (_, start) = mapped(|h| h.functions[0].saved = saved.into());
+        let (_, start) = mapped(|h| h.patch_id = "badhex12".into());
+        // Same length: JSON whitespace after the string.
+        poke(start, b"\"f30f1efa55\"", b"\"zz\"        ");
+        let c = corrupt_at(start);
+        assert!(
+            c.why
+                .contains("saved = \"zz\": the saved bytes are not hex"),
+            "{c}"
+        );
+        assert_eq!(c.patch_id.as_deref(), Some("badhex12"), "{c}");
+        for saved in [vec![0x90], vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x90]] {
+            let (_, start) = mapped(|h| h.functions[0].saved = Some(saved.clone()));
             let c = corrupt_at(start);
-            assert!(c.why.contains(".saved"), "{saved}: {c}");
+            assert!(c.why.contains(".saved"), "{saved:?}: {c}");
             assert!(c.to_string().contains("forged or corrupt"), "{c}");
         }
     }
@@ -588,19 +616,20 @@ mod tests {
     fn undo_and_original_bytes_refuse_bad_saved_bytes() {
         let (mut h, _) = mapped(|_| {});
         h.functions[0].new_addr = h.functions[0].addr + 4096;
-        h.functions[0].saved = "zz".into();
+        h.functions[0].saved = Some(vec![0x90]);
         let f = &h.functions[0];
         let jump = arch::encode_jump(f.addr, f.new_addr).unwrap().to_vec();
-        let Err(err) = removal_writes(1234, &h, &[], &[Some(jump.clone())], false) else {
-            panic!("undo would write what it cannot decode");
-        };
-        assert!(matches!(err, EngineError::CorruptRecord(_)), "{err}");
         let err = original_bytes(1234, f.addr, &jump, std::slice::from_ref(&h)).unwrap_err();
-        assert!(err.to_string().contains("not hex"), "{err}");
-        h.functions[0].saved = "90".into();
+        assert!(err.to_string().contains("exactly 5 bytes"), "{err}");
         let Err(err) = removal_writes(1234, &h, &[], &[Some(jump)], false) else {
             panic!("undo would write a short entry");
         };
+        assert!(matches!(err, EngineError::CorruptRecord(_)), "{err}");
         assert!(err.to_string().contains("exactly 5 bytes"), "{err}");
+        // An entry that cannot be read is refused, never taken as not ours.
+        let Err(err) = removal_writes(1234, &h, &[], &[None], true) else {
+            panic!("recovery would skip an unreadable entry");
+        };
+        assert!(err.to_string().contains("cannot be read"), "{err}");
     }
 }

@@ -6,13 +6,13 @@ use crate::state::{applied_in, read_maps, refuse_special, retired_in, saved_byte
 use crate::window::{stop_and_write, Outcome, Write};
 use crate::{ApplyOptions, EngineError, Journal, Report, Result};
 use hotsplice_arch::current as arch;
-use hotsplice_patch::{ImageHeader, IMAGE_MAGIC, RETIRED_MAGIC};
+use hotsplice_patch::{AppliedRecord, IMAGE_MAGIC, RETIRED_MAGIC};
 use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
 
 /// The write that retires the record of `h` (see [`RETIRED_MAGIC`]): the
 /// last of the window that takes `h` out, so that it is in only when every
 /// jump is.
-pub(crate) fn retirement(h: &ImageHeader) -> Write {
+pub(crate) fn retirement(h: &AppliedRecord) -> Write {
     Write {
         addr: h.map_start,
         new: RETIRED_MAGIC.to_vec(),
@@ -27,7 +27,7 @@ pub(crate) fn retirement(h: &ImageHeader) -> Write {
 /// command's recovery to unmap the retired mapping).
 pub(crate) fn unmap_retired(
     pid: Pid,
-    h: &ImageHeader,
+    h: &AppliedRecord,
     journal: Option<&dyn Journal>,
 ) -> Option<String> {
     if let Some(j) = journal {
@@ -72,15 +72,24 @@ pub(crate) fn unmap_retired(
 /// tolerant (recovery): entries without our jump are left alone.
 pub(crate) fn removal_writes(
     pid: Pid,
-    h: &ImageHeader,
-    applied: &[ImageHeader],
+    h: &AppliedRecord,
+    applied: &[AppliedRecord],
     current: &[Option<Vec<u8>>],
     tolerant: bool,
 ) -> Result<Vec<Write>> {
     let mut writes = Vec::new();
-    let jumped = h.functions.iter().filter(|f| !f.saved.is_empty());
+    let jumped = h.functions.iter().filter(|f| f.jumped());
     for (f, cur) in jumped.zip(current) {
-        let cur = cur.clone().unwrap_or_default();
+        // What cannot be read may hold our jump: never unmap under it.
+        let Some(cur) = cur.clone() else {
+            return Err(EngineError::Refused {
+                pid,
+                why: format!(
+                    "to take out patch {}: the entry of `{}` at {:#x} cannot be read; nothing was changed",
+                    h.patch_id, f.name, f.addr
+                ),
+            });
+        };
         let ours = arch::encode_jump(f.addr, f.new_addr).map(|j| j.to_vec());
         if Some(&cur) != ours.as_ref() {
             if tolerant {
@@ -114,12 +123,12 @@ pub(crate) fn removal_writes(
 }
 
 /// The first bytes of each function `h` jumps from, as they are now.
-pub(crate) fn jumped_entries(pid: Pid, h: &ImageHeader) -> Vec<Option<Vec<u8>>> {
+pub(crate) fn jumped_entries(pid: Pid, h: &AppliedRecord) -> Vec<Option<Vec<u8>>> {
     process::read_memory_many(
         pid,
         &h.functions
             .iter()
-            .filter(|f| !f.saved.is_empty())
+            .filter(|f| f.jumped())
             .map(|f| (f.addr, arch::JUMP_LEN))
             .collect::<Vec<_>>(),
     )
@@ -160,8 +169,8 @@ pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
 
 fn remove(
     pid: Pid,
-    h: &ImageHeader,
-    applied: &[ImageHeader],
+    h: &AppliedRecord,
+    applied: &[AppliedRecord],
     maps: &[Mapping],
     tolerant: bool,
     opts: &ApplyOptions,
@@ -270,8 +279,11 @@ pub fn recover(p: &Pending, opts: &ApplyOptions) -> Result<Recovery> {
                     && m.path.as_deref().is_none_or(|n| n.starts_with("[anon:"))
             });
             if ours {
-                let head = process::read_memory(p.pid, p.map_start, 16).unwrap_or_default();
-                if head.iter().all(|&b| b == 0) {
+                // Only what is readable and still blank (an unreadable
+                // head may be a record): the rest is left alone.
+                let blank = process::read_memory(p.pid, p.map_start, 16)
+                    .is_ok_and(|head| head.iter().all(|&b| b == 0));
+                if blank {
                     process::with_main_thread(p.pid, |t| t.munmap(p.map_start, p.map_len))?;
                 }
             }
@@ -282,7 +294,7 @@ pub fn recover(p: &Pending, opts: &ApplyOptions) -> Result<Recovery> {
             let jumps: Vec<bool> = h
                 .functions
                 .iter()
-                .filter(|f| !f.saved.is_empty())
+                .filter(|f| f.jumped())
                 .zip(&current)
                 .map(|(f, c)| {
                     c.as_deref()

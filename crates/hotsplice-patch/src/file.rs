@@ -221,7 +221,7 @@ impl PatchMeta {
     }
 
     /// Bytes `apply` reserves in front of the image for the record it
-    /// leaves in the process ([`crate::ImageHeader`]), rounded to pages.
+    /// leaves in the process ([`crate::AppliedRecord`]), rounded to pages.
     pub fn header_room(&self) -> u64 {
         let names = self
             .functions

@@ -7,7 +7,7 @@ use crate::state::{applied_in, find_target, original_bytes, read_maps};
 use crate::undo::jumped_entries;
 use crate::{add, EngineError, Result};
 use hotsplice_arch::current as arch;
-use hotsplice_patch::{ImageHeader, ObjectKind, Patch, RelocTarget};
+use hotsplice_patch::{AppliedRecord, ObjectKind, Patch, RelocTarget};
 use hotsplice_process::{self as process, Mapping, Pid};
 use std::collections::HashMap;
 
@@ -17,9 +17,9 @@ pub(crate) struct Found {
     pub maps: Vec<Mapping>,
     pub target: LoadedObject,
     /// Patches applied, oldest first.
-    pub applied: Vec<ImageHeader>,
+    pub applied: Vec<AppliedRecord>,
     /// The applied patch to take out in the same window, if any.
-    pub old: Option<ImageHeader>,
+    pub old: Option<AppliedRecord>,
     /// The first bytes (at most a jump's length) of each function the patch
     /// replaces, as they are now, in the patch's order.
     pub entries: Vec<Vec<u8>>,
@@ -91,7 +91,12 @@ pub(crate) fn inspect(pid: Pid, patch: &Patch, replace: Option<&str>) -> Result<
 
 /// Check the running code against what the patch expects (looking through
 /// the jumps of applied patches); returns each function's first bytes.
-fn check_code(pid: Pid, patch: &Patch, bias: u64, applied: &[ImageHeader]) -> Result<Vec<Vec<u8>>> {
+fn check_code(
+    pid: Pid,
+    patch: &Patch,
+    bias: u64,
+    applied: &[AppliedRecord],
+) -> Result<Vec<Vec<u8>>> {
     let meta = &patch.meta;
     let addrs = meta
         .functions

@@ -10,7 +10,7 @@ use crate::undo::{removal_writes, retirement};
 use crate::window::Write;
 use crate::{add, EngineError, Result};
 use hotsplice_arch::current as arch;
-use hotsplice_patch::{AppliedFunction, ImageHeader, Patch, PatchMeta, RelocTarget};
+use hotsplice_patch::{AppliedFunction, AppliedRecord, Patch, PatchMeta, RelocTarget};
 use hotsplice_process::Pid;
 use std::collections::HashMap;
 
@@ -100,14 +100,11 @@ pub(crate) fn plan(
         ranges.push((addr, addr + f.size, f.name.clone(), true));
         // What the jump overwrites and must put back on undo: the
         // original entry, even where the level being replaced jumped.
-        let saved = match old.and_then(|o| {
-            o.functions
-                .iter()
-                .find(|of| of.addr == addr && !of.saved.is_empty())
-        }) {
-            Some(of) => saved_bytes(pid, old.map_or(0, |o| o.map_start), of)?,
-            None => current.clone(),
-        };
+        let saved =
+            match old.and_then(|o| o.functions.iter().find(|of| of.addr == addr && of.jumped())) {
+                Some(of) => saved_bytes(pid, old.map_or(0, |o| o.map_start), of)?,
+                None => current.clone(),
+            };
         if f.jump {
             let jump = arch::encode_jump(addr, new_addr).ok_or_else(|| EngineError::NoRoom {
                 pid,
@@ -126,11 +123,7 @@ pub(crate) fn plan(
             addr,
             size: f.size,
             new_addr,
-            saved: if f.jump {
-                hex::encode(&saved)
-            } else {
-                String::new()
-            },
+            saved: f.jump.then_some(saved),
         });
     }
     if let Some(old) = old {
@@ -151,7 +144,7 @@ pub(crate) fn plan(
             false,
         ));
     }
-    let header = ImageHeader {
+    let header = AppliedRecord {
         patch_id: meta.id.clone(),
         description: meta.description.clone(),
         target_name: meta.target.name.clone(),
@@ -191,7 +184,7 @@ pub(crate) fn plan(
 }
 
 /// The stacking order of a new record: one more than the highest applied.
-fn next_sequence(pid: Pid, applied: &[ImageHeader]) -> Result<u64> {
+fn next_sequence(pid: Pid, applied: &[AppliedRecord]) -> Result<u64> {
     let top = applied.iter().map(|h| h.sequence).max().unwrap_or(0);
     add(
         pid,
@@ -378,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_record_with_the_last_sequence_is_an_overflow() {
-        let h = ImageHeader {
+        let h = AppliedRecord {
             patch_id: "abcd1234".into(),
             description: String::new(),
             target_name: "prog".into(),
@@ -451,8 +444,8 @@ mod tests {
         let w = &plan.writes[0];
         assert_eq!((w.addr, &w.expect), (bias + 0x1130, &entry));
         assert_eq!(arch::decode_jump(&w.new, w.addr), Some(plan.base));
-        let h = ImageHeader::decode(&plan.record).unwrap();
-        assert_eq!(h.functions[0].saved, "f30f1efa55");
+        let h = AppliedRecord::decode(&plan.record).unwrap();
+        assert_eq!(h.functions[0].saved, Some(entry));
         assert_eq!((h.map_start, h.map_len), (mapped.place, layout.total));
         assert_eq!((h.applied_at, h.sequence), (42, 1));
     }
