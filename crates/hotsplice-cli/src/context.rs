@@ -3,7 +3,7 @@
 
 use crate::output::esc;
 use anyhow::{bail, Context as _, Result};
-use hotsplice_engine::{self as engine, ApplyOptions, Journal, Op, Pending, Step};
+use hotsplice_engine::{self as engine, ApplyOptions, Journal};
 use hotsplice_store::{Blacklist, Config, Entry, FileLock, InFlight, Links, Paths, Store};
 use hotsplice_trust::{Signer, Verified};
 use std::path::Path;
@@ -24,18 +24,8 @@ pub struct Ctx {
 pub struct DiskJournal(hotsplice_store::Journal);
 
 impl Journal for DiskJournal {
-    fn record(&self, p: &Pending) -> Result<(), String> {
-        self.0
-            .record(&InFlight {
-                op: p.op.name().into(),
-                pid: p.pid,
-                start_time: engine::start_time(p.pid).unwrap_or(0),
-                id: p.id.clone(),
-                map_start: p.map_start,
-                map_len: p.map_len,
-                step: p.step.name().into(),
-            })
-            .map_err(|e| e.to_string())
+    fn record(&self, r: &InFlight) -> Result<(), String> {
+        self.0.record(r).map_err(|e| e.to_string())
     }
 
     fn clear(&self, pid: i32, id: &str) {
@@ -190,30 +180,17 @@ impl Ctx {
             errln!("hotsplice: warning: {bad}");
         }
         for e in scan.records {
-            let stale = !is_live(&e);
-            let (Some(op), Some(step)) = (Op::from_name(&e.op), Step::from_name(&e.step)) else {
-                let _ = journal.clear(e.pid, &e.id);
-                continue;
-            };
-            if stale {
+            if !is_live(&e) {
                 let _ = journal.clear(e.pid, &e.id);
                 continue;
             }
             let _lock = self.lock_process(e.pid)?;
-            let p = Pending {
-                op,
-                pid: e.pid,
-                id: e.id.clone(),
-                map_start: e.map_start,
-                map_len: e.map_len,
-                step,
-            };
-            match engine::recover(&p, &self.options(None)) {
+            match engine::recover(&e, &self.options(None)) {
                 Ok(r) => {
                     if !self.quiet {
                         errln!(
                             "hotsplice: recovered an interrupted {} of {} in pid {}: {:?}",
-                            esc(&e.op),
+                            e.op,
                             e.id,
                             e.pid,
                             r
@@ -223,7 +200,7 @@ impl Ctx {
                 }
                 Err(err) => errln!(
                     "hotsplice: warning: cannot yet recover the interrupted {} of {} in pid {}: {err}; will retry",
-                    esc(&e.op),
+                    e.op,
                     e.id,
                     e.pid
                 ),

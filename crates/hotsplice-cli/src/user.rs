@@ -549,8 +549,8 @@ fn show_applied(ctx: &Ctx, pid: Option<i32>, json: bool) -> Result<bool> {
                     p,
                     esc(&comm(*p)),
                     esc(&e.id),
-                    esc(&e.op),
-                    esc(&e.step)
+                    e.op,
+                    e.step
                 );
             }
             if hs.is_empty() && st.corrupt.is_empty() && !half_done {

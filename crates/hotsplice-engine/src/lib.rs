@@ -26,7 +26,7 @@ mod undo;
 mod window;
 
 pub use apply::*;
-pub use journal::{Journal, Op, Pending, Step};
+pub use journal::{InFlight, Journal, Op, Step};
 pub use objects::{loaded_objects, LoadedObject};
 pub use state::{
     applied, find_target, maps_target, processes_mapping, start_time, state, Corrupt, State,

@@ -1,6 +1,6 @@
 //! Undo, and finishing or rolling back what an interrupted run left.
 
-use crate::journal::{fault, record, Op, Pending, Step};
+use crate::journal::{fault, in_flight, record, InFlight, Op, Step};
 use crate::safety::Ranges;
 use crate::state::{applied_in, read_maps, refuse_special, retired_in, saved_bytes, state_in};
 use crate::window::{stop_and_write, Outcome, Write};
@@ -31,14 +31,13 @@ pub(crate) fn unmap_retired(
     journal: Option<&dyn Journal>,
 ) -> Option<String> {
     if let Some(j) = journal {
-        let p = Pending {
-            op: Op::Undo,
+        let p = in_flight(
+            Op::Undo,
             pid,
-            id: h.patch_id.clone(),
-            map_start: h.map_start,
-            map_len: h.map_len,
-            step: Step::Unmapping,
-        };
+            &h.patch_id,
+            (h.map_start, h.map_len),
+            Step::Unmapping,
+        );
         if let Err(e) = j.record(&p) {
             // The record of the window stays, which recovery treats alike.
             tracing::warn!(pid, id = %h.patch_id, "cannot record the unmapping step: {e}");
@@ -184,15 +183,14 @@ fn remove(
         false,
     )]);
     let journal = opts.journal.as_deref();
-    let pending = |step| Pending {
-        op: Op::Undo,
+    let window = in_flight(
+        Op::Undo,
         pid,
-        id: h.patch_id.clone(),
-        map_start: h.map_start,
-        map_len: h.map_len,
-        step,
-    };
-    record(journal, &pending(Step::Window))?;
+        &h.patch_id,
+        (h.map_start, h.map_len),
+        Step::Window,
+    );
+    record(journal, &window)?;
     let outcome = match Tracee::seize(pid).and_then(|t| Ok((t, MemWriter::open(pid)?))) {
         Ok((mut tracee, mem)) => stop_and_write(
             pid,
@@ -252,7 +250,7 @@ pub enum Recovery {
 /// an interrupted apply is rolled back unless every jump was written; an
 /// interrupted undo is finished. The caller checks the record is about this
 /// very process (start time) and clears the record afterwards.
-pub fn recover(p: &Pending, opts: &ApplyOptions) -> Result<Recovery> {
+pub fn recover(p: &InFlight, opts: &ApplyOptions) -> Result<Recovery> {
     let no_journal = ApplyOptions {
         journal: None,
         ..opts.clone()

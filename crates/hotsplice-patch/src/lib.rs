@@ -14,10 +14,12 @@
 
 mod file;
 mod id;
+mod journal;
 mod record;
 mod validate;
 
 pub use file::*;
 pub use id::*;
+pub use journal::*;
 pub use record::*;
 pub use validate::*;

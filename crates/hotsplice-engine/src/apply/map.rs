@@ -3,7 +3,7 @@
 //! and unmapping it when the apply fails before any jump leads into it.
 
 use super::plan::Layout;
-use crate::journal::{fault, record, Journal, Op, Pending, Step};
+use crate::journal::{fault, in_flight, record, Journal, Op, Step};
 use crate::objects::LoadedObject;
 use crate::place::find_place;
 use crate::state::read_maps;
@@ -48,17 +48,8 @@ pub(crate) fn map(
         let Some(a) = find_place(&maps_now, target.start, target.end, total, low) else {
             break;
         };
-        record(
-            journal,
-            &Pending {
-                op: Op::Apply,
-                pid,
-                id: meta.id.clone(),
-                map_start: a,
-                map_len: total,
-                step: Step::Mapping,
-            },
-        )?;
+        let mapping = in_flight(Op::Apply, pid, &meta.id, (a, total), Step::Mapping);
+        record(journal, &mapping)?;
         let mapped = tracee.with_thread(|t| {
             for &f in ifuncs {
                 if let std::collections::hash_map::Entry::Vacant(slot) = resolved.entry(f) {

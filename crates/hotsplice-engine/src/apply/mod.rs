@@ -9,7 +9,7 @@ mod install;
 mod map;
 mod plan;
 
-use crate::journal::{fault, record, Journal, Op, Pending, Step};
+use crate::journal::{fault, in_flight, record, Journal, Op, Step};
 use crate::state::refuse_special;
 use crate::undo::unmap_retired;
 use crate::window::{stop_and_write, Outcome, Unreachable};
@@ -199,14 +199,8 @@ fn commit(
 ) -> Outcome<Unreachable> {
     if let Some(old) = &found.old {
         // The old level is taken out by this same window.
-        let pending = Pending {
-            op: Op::Undo,
-            pid,
-            id: old.patch_id.clone(),
-            map_start: old.map_start,
-            map_len: old.map_len,
-            step: Step::Window,
-        };
+        let span = (old.map_start, old.map_len);
+        let pending = in_flight(Op::Undo, pid, &old.patch_id, span, Step::Window);
         if let Err(e) = record(opts.journal.as_deref(), &pending) {
             return Outcome::Unchanged(e, unreachable);
         }
