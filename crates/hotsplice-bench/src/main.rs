@@ -560,7 +560,7 @@ fn bench_stop(
         );
         t.reset()?;
         let t1 = Instant::now();
-        let u = hotsplice_engine::undo(pid, &built.id, &opts)
+        let u = hotsplice_engine::undo(pid, &built.patch.meta.id, &opts)
             .with_context(|| format!("undo in stopper {n}"))?;
         let uwall = t1.elapsed();
         let ug = t.gap()?;
@@ -634,7 +634,7 @@ fn bench_stop(
             r == targets::STOPPER_AFTER,
             "stopper: compute() = {r} after CLI apply"
         );
-        hotsplice_engine::undo(pid, &built.id, &opts)
+        hotsplice_engine::undo(pid, &built.patch.meta.id, &opts)
             .with_context(|| format!("undo in stopper {n}"))?;
         cli_wall.push(millis(wall));
         cli_gap.push(gap);
@@ -854,7 +854,7 @@ fn bench_cost(built: &Built, calls: u64, rounds: usize) -> Result<CostResult> {
         let u = measure_calls(&mut t, calls, targets::CALLER_BEFORE)?;
         hotsplice_engine::apply(pid, &built.patch, &opts).context("apply to caller")?;
         let p = measure_calls(&mut t, calls, targets::CALLER_AFTER)?;
-        hotsplice_engine::undo(pid, &built.id, &opts).context("undo in caller")?;
+        hotsplice_engine::undo(pid, &built.patch.meta.id, &opts).context("undo in caller")?;
         before.push(u);
         after.push(p);
         diff.push(p - u);

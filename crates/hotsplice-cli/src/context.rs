@@ -28,7 +28,7 @@ impl Journal for DiskJournal {
         self.0.record(r).map_err(|e| e.to_string())
     }
 
-    fn clear(&self, pid: i32, id: &str) {
+    fn clear(&self, pid: i32, id: &hotsplice_patch::PatchId) {
         if let Err(e) = self.0.clear(pid, id) {
             tracing::warn!("cannot clear journal record of {id} in {pid}: {e}");
         }

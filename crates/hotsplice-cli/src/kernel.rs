@@ -116,7 +116,7 @@ fn feed(ctx: &Ctx, from: &Option<PathBuf>, k: &Kernel) -> Result<Vec<(String, Pa
         };
         let m = &file.patch.meta;
         if m.target.kind == ObjectKind::Kernel && m.target.build_id == me {
-            out.push((m.id.clone(), p));
+            out.push((m.id.to_string(), p));
         }
     }
     Ok(out)

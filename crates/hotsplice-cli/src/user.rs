@@ -352,6 +352,8 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
                 bail!("{why}");
             }
             let _lock = ctx.lock_process(pid)?;
+            // As typed: the engine says whether such a patch is applied.
+            let id = hotsplice_patch::PatchId::unchecked(id);
             let r = engine::undo(pid, &id, &ctx.options(wait.busy_timeout))?;
             print_report("undid", &r, quiet);
             Ok(true)
@@ -381,7 +383,11 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
                 // going over the machine (any user can forge one in their
                 // own process; that must not fail root's removal).
                 for c in state.corrupt {
-                    if all || c.patch_id.as_ref().is_some_and(|id| ids.contains(id)) {
+                    if all
+                        || c.patch_id
+                            .as_ref()
+                            .is_some_and(|id| ids.iter().any(|i| id == i))
+                    {
                         if pid.is_some() {
                             refused.push(Err(engine::EngineError::CorruptRecord(c)));
                         } else {
@@ -391,7 +397,7 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<bool> {
                 }
                 // Newest first, so stacked patches come off in order.
                 for h in state.patches.iter().rev() {
-                    if all || ids.contains(&h.patch_id) {
+                    if all || ids.iter().any(|i| h.patch_id == *i) {
                         jobs.push((p, h.patch_id.clone()));
                     }
                 }
@@ -598,7 +604,10 @@ fn list_targets(json: bool) -> Result<bool> {
             continue;
         };
         for o in objs {
-            by_object.entry((o.path, o.build_id)).or_default().push(p);
+            by_object
+                .entry((o.path, o.build_id.into()))
+                .or_default()
+                .push(p);
         }
     }
     if json {
@@ -710,7 +719,7 @@ pub fn upgrade_process(
         if applied.iter().any(|h| h.patch_id == e.id) {
             out.push(Outcome::AlreadyPatched {
                 pid,
-                id: e.id.clone(),
+                id: e.id.to_string(),
             });
             continue;
         }
@@ -721,22 +730,22 @@ pub fn upgrade_process(
         if dry_run {
             out.push(Outcome::Planned {
                 pid,
-                id: e.id.clone(),
-                replaces: lower,
+                id: e.id.to_string(),
+                replaces: lower.map(String::from),
             });
             continue;
         }
         out.push(
-            match engine::apply_replacing(pid, patch, lower.as_deref(), opts) {
+            match engine::apply_replacing(pid, patch, lower.as_ref(), opts) {
                 Ok(r) => Outcome::Patched {
                     pid,
-                    id: r.id,
-                    replaced: r.replaced,
+                    id: r.id.into(),
+                    replaced: r.replaced.map(String::from),
                     stopped_us: r.stopped.as_micros(),
                 },
                 Err(err) => Outcome::Failed {
                     pid,
-                    id: e.id.clone(),
+                    id: e.id.to_string(),
                     why: err.to_string(),
                 },
             },

@@ -9,8 +9,8 @@ use hotsplice_arch::current::{self as arch, ElfReloc};
 use hotsplice_arch::FieldKind;
 use hotsplice_elf::{LinkedElf, SymKind, TlsGot};
 use hotsplice_patch::{
-    round_up, Function, NewSymbol, ObjectKind, Patch, PatchMeta, RelocTarget, Relocation, Target,
-    PAGE,
+    round_up, BuildId, Function, NewSymbol, ObjectKind, Patch, PatchId, PatchMeta, RelocTarget,
+    Relocation, Target, PAGE,
 };
 use std::collections::HashMap;
 
@@ -390,7 +390,7 @@ impl<'a> Emitter<'a> {
 pub fn emit(
     objs: &[ObjPair],
     target: &TargetElf<'_>,
-    id: String,
+    id: PatchId,
     description: String,
 ) -> Result<Patch, CreateError> {
     let mut e = Emitter {
@@ -613,7 +613,7 @@ pub fn emit(
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             target: Target {
                 name: target.name.clone(),
-                build_id: hex::encode(build_id),
+                build_id: BuildId::from_bytes(&build_id),
                 kind: if target.elf.fixed {
                     ObjectKind::Fixed
                 } else {

@@ -3,6 +3,7 @@
 //! `fault-injection` feature, for tests only) named points can kill
 //! hotsplice on the spot.
 
+use hotsplice_patch::PatchId;
 pub use hotsplice_patch::{InFlight, Op, Step};
 use hotsplice_process::Pid;
 
@@ -10,7 +11,7 @@ use hotsplice_process::Pid;
 /// before it returns.
 pub trait Journal: Send + Sync {
     fn record(&self, r: &InFlight) -> Result<(), String>;
-    fn clear(&self, pid: Pid, id: &str);
+    fn clear(&self, pid: Pid, id: &PatchId);
 }
 
 /// The record of `op` on patch `id` in `pid`, at `step`, with the
@@ -18,7 +19,7 @@ pub trait Journal: Send + Sync {
 pub(crate) fn in_flight(
     op: Op,
     pid: Pid,
-    id: &str,
+    id: &PatchId,
     (map_start, map_len): (u64, u64),
     step: Step,
 ) -> InFlight {
@@ -26,7 +27,7 @@ pub(crate) fn in_flight(
         op,
         pid,
         start_time: crate::state::start_time(pid).unwrap_or(0),
-        id: id.to_string(),
+        id: id.clone(),
         map_start,
         map_len,
         step,

@@ -34,6 +34,7 @@ pub use state::{
 };
 pub use undo::{recover, undo, Recovery};
 
+use hotsplice_patch::{BuildId, PatchId};
 use hotsplice_process::Pid;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +45,7 @@ pub enum EngineError {
     WrongBuild {
         pid: Pid,
         target: String,
-        want: String,
+        want: BuildId,
         found: String,
     },
     #[error("process {pid}: the code of `{function}` at {addr:#x} does not match what the patch expects (byte {offset:#x} differs): the process runs another build, or someone else changed that code; nothing was changed")]
@@ -55,18 +56,18 @@ pub enum EngineError {
         offset: usize,
     },
     #[error("process {pid}: patch {id} is already applied")]
-    AlreadyApplied { pid: Pid, id: String },
+    AlreadyApplied { pid: Pid, id: PatchId },
     #[error("process {pid}: patch {id} is not applied (applied: {applied})")]
     NotApplied {
         pid: Pid,
-        id: String,
+        id: PatchId,
         applied: String,
     },
     #[error("process {pid}: patch {id} cannot be undone while patch {over} (applied later) replaces `{function}` again; undo {over} first")]
     Stacked {
         pid: Pid,
-        id: String,
-        over: String,
+        id: PatchId,
+        over: PatchId,
         function: String,
     },
     #[error("process {pid}: `{function}` at {addr:#x} was changed by something other than hotsplice; refusing to touch it")]

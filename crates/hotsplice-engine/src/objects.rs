@@ -4,6 +4,7 @@
 
 use crate::{EngineError, Result};
 use hotsplice_elf::Export;
+use hotsplice_patch::BuildId;
 use hotsplice_process::{self as process, Mapping, Pid};
 use object::elf::{
     FileHeader64, ProgramHeader64, ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_LOAD, PT_NOTE,
@@ -24,7 +25,7 @@ pub struct LoadedObject {
     /// Load bias: run-time address minus link-time address.
     pub bias: u64,
     /// GNU build-id, hex; empty when the object has none.
-    pub build_id: String,
+    pub build_id: BuildId,
     /// Start and end of the mapping at file offset 0 (for map_files).
     #[serde(skip)]
     pub first_map: (u64, u64),
@@ -155,7 +156,7 @@ pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
             .iter()
             .flatten()
             .find_map(|n| hotsplice_elf::build_id_from_notes(n))
-            .map(hex::encode)
+            .map(|b| BuildId::from_bytes(&b))
             .unwrap_or_default();
         out.push(LoadedObject {
             path: g.path.clone(),

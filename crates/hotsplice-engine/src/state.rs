@@ -4,8 +4,8 @@ use crate::objects::{loaded_objects, LoadedObject};
 use crate::{EngineError, Result};
 use hotsplice_arch::current as arch;
 use hotsplice_patch::{
-    is_valid_id, AppliedFunction, AppliedRecord, Patch, RecordError, IMAGE_MAGIC, IMAGE_PREFIX_LEN,
-    RETIRED_MAGIC,
+    AppliedFunction, AppliedRecord, BuildId, Patch, PatchId, RecordError, IMAGE_MAGIC,
+    IMAGE_PREFIX_LEN, RETIRED_MAGIC,
 };
 use hotsplice_process::{self as process, Mapping, Pid};
 use serde::Serialize;
@@ -43,7 +43,7 @@ pub struct Corrupt {
     pub map_start: u64,
     /// The patch id the record names, if it names a well-formed one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch_id: Option<String>,
+    pub patch_id: Option<PatchId>,
     /// What is wrong with it.
     pub why: String,
 }
@@ -115,7 +115,7 @@ pub(crate) fn state_in(pid: Pid, maps: &[Mapping]) -> Result<State> {
             .collect::<Vec<_>>(),
     );
     let mut st = State::default();
-    let corrupt = |map_start: u64, patch_id: Option<String>, why: String| Corrupt {
+    let corrupt = |map_start: u64, patch_id: Option<PatchId>, why: String| Corrupt {
         pid,
         map_start,
         patch_id,
@@ -186,7 +186,7 @@ pub(crate) fn state_in(pid: Pid, maps: &[Mapping]) -> Result<State> {
                 continue;
             }
         };
-        let id = is_valid_id(&h.patch_id).then(|| h.patch_id.clone());
+        let id = h.patch_id.is_valid().then(|| h.patch_id.clone());
         if let Err(e) = h.validate(len) {
             st.corrupt
                 .push(corrupt(m.start, id, format!("the record {e}")));
@@ -229,7 +229,7 @@ pub(crate) fn retired_in(
     pid: Pid,
     maps: &[Mapping],
     map_start: u64,
-    id: &str,
+    id: &PatchId,
 ) -> Option<AppliedRecord> {
     let m = maps
         .iter()
@@ -247,7 +247,7 @@ pub(crate) fn retired_in(
     let mut bytes = process::read_memory(pid, m.start, len).ok()?;
     bytes[..IMAGE_MAGIC.len()].copy_from_slice(IMAGE_MAGIC);
     let h = AppliedRecord::decode(&bytes).ok()?;
-    (h.patch_id == id && fits_process(&h, m, maps).is_ok()).then_some(h)
+    (h.patch_id == *id && fits_process(&h, m, maps).is_ok()).then_some(h)
 }
 
 /// Whether `[start, end)` is covered by consecutive mappings of `maps`
@@ -376,17 +376,17 @@ pub fn find_target(pid: Pid, patch: &Patch, objects: &[LoadedObject]) -> Result<
 }
 
 /// Whether `pid` maps the object a patch is for.
-pub fn maps_target(pid: Pid, build_id: &str) -> bool {
+pub fn maps_target(pid: Pid, build_id: &BuildId) -> bool {
     let Ok(maps) = read_maps(pid) else {
         return false;
     };
     loaded_objects(pid, &maps)
-        .map(|objs| objs.iter().any(|o| o.build_id == build_id))
+        .map(|objs| objs.iter().any(|o| o.build_id == *build_id))
         .unwrap_or(false)
 }
 
 /// Processes that map an object with `build_id` (never PID 1 or ourselves).
-pub fn processes_mapping(build_id: &str) -> Vec<Pid> {
+pub fn processes_mapping(build_id: &BuildId) -> Vec<Pid> {
     let me = std::process::id() as Pid;
     process::all_pids()
         .into_iter()
@@ -444,10 +444,10 @@ mod tests {
         let start = at as u64;
         let addr = victim as *const () as u64;
         let mut h = AppliedRecord {
-            patch_id: "abcd1234".into(),
+            patch_id: hotsplice_patch::PatchId::unchecked("abcd1234"),
             description: String::new(),
             target_name: "test".into(),
-            target_build_id: "ab".into(),
+            target_build_id: hotsplice_patch::BuildId::unchecked("ab"),
             target_bias: 0,
             applied_at: 0,
             sequence: 1,
@@ -501,7 +501,7 @@ mod tests {
 
     #[test]
     fn a_four_gib_length_is_refused_without_reading() {
-        let (_, start) = mapped(|h| h.patch_id = "fourgib1".into());
+        let (_, start) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("fourgib1"));
         // SAFETY: the first page of the test's own mapping.
         unsafe {
             libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE);
@@ -538,7 +538,7 @@ mod tests {
 
     #[test]
     fn undecodable_or_short_saved_bytes_are_corrupt() {
-        let (_, start) = mapped(|h| h.patch_id = "badhex12".into());
+        let (_, start) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("badhex12"));
         // Same length: JSON whitespace after the string.
         poke(start, b"\"f30f1efa55\"", b"\"zz\"        ");
         let c = corrupt_at(start);
@@ -584,8 +584,8 @@ mod tests {
 
     #[test]
     fn a_second_record_of_one_patch_is_corrupt() {
-        let (h, a) = mapped(|h| h.patch_id = "twice123".into());
-        let (_, b) = mapped(|h| h.patch_id = "twice123".into());
+        let (h, a) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("twice123"));
+        let (_, b) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("twice123"));
         let first = a.min(b);
         let second = a.max(b);
         assert_eq!(state_at(first).0.map(|g| g.patch_id), Some(h.patch_id));
@@ -594,7 +594,7 @@ mod tests {
 
     #[test]
     fn a_retired_record_is_not_listed_but_found_for_unmapping() {
-        let (h, start) = mapped(|h| h.patch_id = "retired1".into());
+        let (h, start) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("retired1"));
         // SAFETY: the first page of the test's own mapping.
         unsafe {
             libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE);
@@ -604,12 +604,21 @@ mod tests {
         assert_eq!(state_at(start), (None, None));
         let me = std::process::id() as Pid;
         let maps = read_maps(me).unwrap();
-        assert_eq!(retired_in(me, &maps, start, "retired1"), Some(h));
-        assert_eq!(retired_in(me, &maps, start, "other123"), None);
+        assert_eq!(
+            retired_in(me, &maps, start, &PatchId::unchecked("retired1")),
+            Some(h)
+        );
+        assert_eq!(
+            retired_in(me, &maps, start, &PatchId::unchecked("other123")),
+            None
+        );
         // A live record is not retired.
-        let (_, live) = mapped(|h| h.patch_id = "notyet12".into());
+        let (_, live) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("notyet12"));
         let maps = read_maps(me).unwrap();
-        assert_eq!(retired_in(me, &maps, live, "notyet12"), None);
+        assert_eq!(
+            retired_in(me, &maps, live, &PatchId::unchecked("notyet12")),
+            None
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::state::{applied_in, read_maps, refuse_special, retired_in, saved_byte
 use crate::window::{stop_and_write, Outcome, Write};
 use crate::{ApplyOptions, EngineError, Journal, Report, Result};
 use hotsplice_arch::current as arch;
-use hotsplice_patch::{AppliedRecord, IMAGE_MAGIC, RETIRED_MAGIC};
+use hotsplice_patch::{AppliedRecord, PatchId, IMAGE_MAGIC, RETIRED_MAGIC};
 use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
 
 /// The write that retires the record of `h` (see [`RETIRED_MAGIC`]): the
@@ -135,7 +135,7 @@ pub(crate) fn jumped_entries(pid: Pid, h: &AppliedRecord) -> Vec<Option<Vec<u8>>
 
 /// Undo patch `id` in process `pid`: restore the original entries (after
 /// the same safety check, against the patch's own code), then unmap it.
-pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
+pub fn undo(pid: Pid, id: &PatchId, opts: &ApplyOptions) -> Result<Report> {
     refuse_special(pid)?;
     let maps = read_maps(pid)?;
     let state = state_in(pid, &maps)?;
@@ -143,15 +143,15 @@ pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
     if let Some(c) = state
         .corrupt
         .iter()
-        .find(|c| c.patch_id.as_deref() == Some(id))
+        .find(|c| c.patch_id.as_ref() == Some(id))
     {
         return Err(EngineError::CorruptRecord(c.clone()));
     }
     let applied = state.patches;
-    let Some(h) = applied.iter().find(|h| h.patch_id == id) else {
+    let Some(h) = applied.iter().find(|h| h.patch_id == *id) else {
         return Err(EngineError::NotApplied {
             pid,
-            id: id.into(),
+            id: id.clone(),
             applied: if applied.is_empty() {
                 "none".into()
             } else {

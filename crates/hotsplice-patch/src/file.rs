@@ -1,4 +1,5 @@
 use crate::validate::{MAX_MAPPED_SIZE, MAX_META_LEN, MAX_SIGNATURE_FIELD};
+use crate::{BuildId, PatchId};
 pub use hotsplice_arch::FieldKind;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -71,7 +72,7 @@ pub struct Target {
     /// File name of the object, for people (matching is by build-id).
     pub name: String,
     /// GNU build-id, lowercase hex.
-    pub build_id: String,
+    pub build_id: BuildId,
     pub kind: ObjectKind,
 }
 
@@ -162,7 +163,7 @@ pub struct NewSymbol {
 /// Everything about a patch except its code and data bytes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PatchMeta {
-    pub id: String,
+    pub id: PatchId,
     #[serde(default)]
     pub description: String,
     /// Order among patches for the same target: a higher level replaces a
@@ -193,13 +194,13 @@ impl PatchMeta {
     /// A small valid metadata record, for examples and tests.
     pub fn example() -> Self {
         PatchMeta {
-            id: "abcd1234".into(),
+            id: PatchId::unchecked("abcd1234"),
             description: "example".into(),
             level: 1,
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             target: Target {
                 name: "prog".into(),
-                build_id: "00".into(),
+                build_id: BuildId::unchecked("00"),
                 kind: ObjectKind::Relocatable,
             },
             code_size: 1,

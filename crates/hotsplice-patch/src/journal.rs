@@ -70,7 +70,7 @@ pub struct InFlight {
     /// pid is not mistaken for the process the record is about.
     pub start_time: u64,
     /// The patch.
-    pub id: String,
+    pub id: crate::PatchId,
     /// Where the patch is (to be) mapped in the process.
     pub map_start: u64,
     pub map_len: u64,
@@ -88,7 +88,7 @@ mod tests {
             op: Op::Undo,
             pid: 12,
             start_time: 3,
-            id: "abcd1234".into(),
+            id: "abcd1234".parse().unwrap(),
             map_start: 4096,
             map_len: 8192,
             step: Step::Unmapping,

@@ -3,7 +3,7 @@
 //! the source of truth about what is applied to it.
 
 use crate::validate::{is_build_id, name_problem, quoted, MAX_FUNCTIONS, MAX_IMAGE_HEADER_LEN};
-use crate::{is_valid_id, PAGE};
+use crate::{is_valid_id, BuildId, PatchId, PAGE};
 use hotsplice_arch::current as arch;
 use serde::{Deserialize, Serialize};
 
@@ -58,11 +58,11 @@ pub struct AppliedFunction {
 /// which says what is applied there.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AppliedRecord {
-    pub patch_id: String,
+    pub patch_id: PatchId,
     #[serde(default)]
     pub description: String,
     pub target_name: String,
-    pub target_build_id: String,
+    pub target_build_id: BuildId,
     /// Load bias of the target object when the patch was applied.
     pub target_bias: u64,
     /// Unix time of the apply, seconds.
@@ -180,12 +180,12 @@ impl AppliedRecord {
 
     /// The patch id a record claims, if well formed, even when the rest of
     /// it does not parse (for reports about it).
-    pub fn claimed_id(bytes: &[u8]) -> Option<String> {
+    pub fn claimed_id(bytes: &[u8]) -> Option<PatchId> {
         let total = Self::record_len(bytes).ok()?;
         let json = bytes.get(IMAGE_PREFIX_LEN..total)?;
         let v: serde_json::Value = serde_json::from_slice(json).ok()?;
         let id = v.get("patch_id")?.as_str()?;
-        is_valid_id(id).then(|| id.to_string())
+        id.parse().ok()
     }
 
     /// Parse a record without checking what it says (see
@@ -358,10 +358,10 @@ mod tests {
 
     fn sample() -> AppliedRecord {
         AppliedRecord {
-            patch_id: "abcd1234".into(),
+            patch_id: crate::PatchId::unchecked("abcd1234"),
             description: String::new(),
             target_name: "prog".into(),
-            target_build_id: "ab".into(),
+            target_build_id: crate::BuildId::unchecked("ab"),
             target_bias: 0x5555_0000_0000,
             applied_at: 1,
             sequence: 2,
@@ -516,7 +516,7 @@ mod tests {
     #[test]
     fn bad_ids_and_names_are_refused() {
         let mut h = sample();
-        h.patch_id = "../../x".into();
+        h.patch_id = crate::PatchId::unchecked("../../x");
         refused(&h, "patch_id");
         let mut h = sample();
         h.functions[0].name = "\x1b]0;owned\x07".into();
@@ -525,7 +525,7 @@ mod tests {
         h.target_name = "x".repeat(5000);
         refused(&h, "target_name");
         let mut h = sample();
-        h.target_build_id = "abc".into();
+        h.target_build_id = crate::BuildId::unchecked("abc");
         refused(&h, "target_build_id");
     }
 

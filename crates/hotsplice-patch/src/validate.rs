@@ -585,10 +585,10 @@ mod tests {
         };
         refused(&p, "relocations[0].target.name", "xxxx");
         let mut p = valid();
-        p.meta.target.build_id = "xyz".into();
+        p.meta.target.build_id = crate::BuildId::unchecked("xyz");
         refused(&p, "target.build_id", "\"xyz\"");
         let mut p = valid();
-        p.meta.id = "NOT-AN-ID".into();
+        p.meta.id = crate::PatchId::unchecked("NOT-AN-ID");
         let msg = p.validate().unwrap_err().to_string();
         assert!(msg.contains("patch \"NOT-AN-ID\": id"), "{msg}");
     }

@@ -203,7 +203,7 @@ mod tests {
             op: Op::Apply,
             pid,
             start_time: 1,
-            id: id.into(),
+            id: hotsplice_patch::PatchId::unchecked(id),
             map_start: 0,
             map_len: 0,
             step: Step::Mapping,

@@ -7,7 +7,7 @@ use crate::state::{applied_in, find_target, original_bytes, read_maps};
 use crate::undo::jumped_entries;
 use crate::{add, EngineError, Result};
 use hotsplice_arch::current as arch;
-use hotsplice_patch::{AppliedRecord, ObjectKind, Patch, RelocTarget};
+use hotsplice_patch::{AppliedRecord, ObjectKind, Patch, PatchId, RelocTarget};
 use hotsplice_process::{self as process, Mapping, Pid};
 use std::collections::HashMap;
 
@@ -35,7 +35,7 @@ pub(crate) struct Found {
 /// refuse what cannot be applied: no target of the patch's build, a patch
 /// already applied, a `replace` that is not, running code that is not what
 /// the patch expects, a symbol no object exports.
-pub(crate) fn inspect(pid: Pid, patch: &Patch, replace: Option<&str>) -> Result<Found> {
+pub(crate) fn inspect(pid: Pid, patch: &Patch, replace: Option<&PatchId>) -> Result<Found> {
     let meta = &patch.meta;
     let maps = read_maps(pid)?;
     let objects = loaded_objects(pid, &maps)?;
@@ -57,11 +57,11 @@ pub(crate) fn inspect(pid: Pid, patch: &Patch, replace: Option<&str>) -> Result<
         Some(id) => Some(
             applied
                 .iter()
-                .find(|h| h.patch_id == id)
+                .find(|h| h.patch_id == *id)
                 .cloned()
                 .ok_or_else(|| EngineError::NotApplied {
                     pid,
-                    id: id.into(),
+                    id: id.clone(),
                     applied: applied
                         .iter()
                         .map(|h| h.patch_id.clone())

@@ -14,7 +14,7 @@ use crate::state::refuse_special;
 use crate::undo::unmap_retired;
 use crate::window::{stop_and_write, Outcome, Unreachable};
 use crate::{EngineError, Result};
-use hotsplice_patch::{ObjectKind, Patch};
+use hotsplice_patch::{ObjectKind, Patch, PatchId};
 use hotsplice_process::{Pid, Tracee};
 use hotsplice_trust::Verified;
 use inspect::Found;
@@ -58,7 +58,7 @@ impl std::fmt::Debug for ApplyOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub pid: Pid,
-    pub id: String,
+    pub id: PatchId,
     pub target: String,
     /// Threads in the process during the final stop.
     pub threads: usize,
@@ -70,7 +70,7 @@ pub struct Report {
     pub functions: usize,
     /// The lower-level patch this one replaced, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub replaced: Option<String>,
+    pub replaced: Option<PatchId>,
     /// The change was made, but something after it was not: the mapping of
     /// the patch taken out (undo, or the level replaced) could not be
     /// unmapped. Its record is retired (no longer listed as applied) and
@@ -95,7 +95,7 @@ pub fn apply(pid: Pid, patch: &Verified<Patch>, opts: &ApplyOptions) -> Result<R
 pub fn apply_replacing(
     pid: Pid,
     patch: &Verified<Patch>,
-    replace: Option<&str>,
+    replace: Option<&PatchId>,
     opts: &ApplyOptions,
 ) -> Result<Report> {
     let patch: &Patch = patch.get();

@@ -372,10 +372,10 @@ mod tests {
     #[test]
     fn a_record_with_the_last_sequence_is_an_overflow() {
         let h = AppliedRecord {
-            patch_id: "abcd1234".into(),
+            patch_id: hotsplice_patch::PatchId::unchecked("abcd1234"),
             description: String::new(),
             target_name: "prog".into(),
-            target_build_id: "ab".into(),
+            target_build_id: hotsplice_patch::BuildId::unchecked("ab"),
             target_bias: 0,
             applied_at: 0,
             sequence: u64::MAX,
@@ -399,7 +399,7 @@ mod tests {
                 start: bias,
                 end: bias + 0x10000,
                 bias,
-                build_id: "00".into(),
+                build_id: hotsplice_patch::BuildId::unchecked("00"),
                 first_map: (bias, bias + 0x1000),
                 inode: ("00:00".into(), 1),
             },
