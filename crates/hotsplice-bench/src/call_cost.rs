@@ -42,7 +42,7 @@ pub fn bench_cost(built: &Built, calls: u64, rounds: usize) -> Result<CostResult
         let u = measure_calls(&mut t, calls, targets::CALLER_BEFORE)?;
         hotsplice_engine::apply(pid, &built.patch, &opts).context("apply to caller")?;
         let p = measure_calls(&mut t, calls, targets::CALLER_AFTER)?;
-        hotsplice_engine::undo(pid, &built.id, &opts).context("undo in caller")?;
+        hotsplice_engine::undo(pid, &built.patch.meta.id, &opts).context("undo in caller")?;
         before.push(u);
         after.push(p);
         diff.push(p - u);

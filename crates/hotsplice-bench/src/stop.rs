@@ -120,7 +120,7 @@ pub fn bench_stop(
         );
         t.reset()?;
         let t1 = Instant::now();
-        let u = hotsplice_engine::undo(pid, &built.id, &opts)
+        let u = hotsplice_engine::undo(pid, &built.patch.meta.id, &opts)
             .with_context(|| format!("undo in stopper {n}"))?;
         let uwall = t1.elapsed();
         let ug = t.gap()?;
@@ -194,7 +194,7 @@ pub fn bench_stop(
             r == targets::STOPPER_AFTER,
             "stopper: compute() = {r} after CLI apply"
         );
-        hotsplice_engine::undo(pid, &built.id, &opts)
+        hotsplice_engine::undo(pid, &built.patch.meta.id, &opts)
             .with_context(|| format!("undo in stopper {n}"))?;
         cli_wall.push(millis(wall));
         cli_gap.push(gap);

@@ -180,7 +180,7 @@ pub fn build(root: &Path, prog: &Program, hotsplice: &Path) -> Result<Built> {
         prog.name,
         patch.meta.functions.len()
     );
-    let id = patch.meta.id.clone();
+    let id = patch.meta.id.to_string();
     Ok(Built {
         exe: src.join("prog"),
         patch_file,
