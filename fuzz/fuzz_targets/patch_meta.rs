@@ -102,7 +102,7 @@ fn build(input: &Input) -> Patch {
         .take(16)
         .map(|r| Relocation {
             offset: r.offset.get(),
-            kind: ["abs64", "abs32", "abs32s", "pc32", "pc64", "got"][r.kind as usize % 6].into(),
+            kind: FieldKind::ALL[r.kind as usize % FieldKind::ALL.len()],
             target: match r.target % 5 {
                 0 => RelocTarget::Image {
                     offset: r.value.get(),

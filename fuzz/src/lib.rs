@@ -1,9 +1,9 @@
 //! What the fuzz targets check besides "never panics": what the engine
 //! relies on of everything the parsers accept.
 
-use hotsplice_arch::{current as arch, FieldError, FieldKind};
+use hotsplice_arch::{current as arch, FieldError};
 use hotsplice_patch::{
-    ImageHeader, ObjectKind, Patch, PatchFile, FORMAT_VERSION, MAGIC, MAX_ADDRESS,
+    AppliedRecord, ObjectKind, Patch, PatchFile, FORMAT_VERSION, MAGIC, MAX_ADDRESS,
     MAX_IMAGE_HEADER_LEN, MAX_MAPPED_SIZE,
 };
 use sha2::{Digest, Sha256};
@@ -63,7 +63,7 @@ pub fn check_patch(p: &Patch) {
         image.resize(total as usize, 0);
         let base = 0x7000_0000_0000u64;
         for r in &m.relocations {
-            let kind = FieldKind::from_name(&r.kind).expect("a known relocation kind");
+            let kind = r.kind;
             let end = r.offset + kind.size() as u64;
             assert!(end <= m.code_size || (r.offset >= m.data_offset && end <= total));
             match kind.write(
@@ -85,21 +85,21 @@ pub fn check_patch(p: &Patch) {
 /// Decode `bytes` as a record read from a process, as is and framed by a
 /// magic and length; whatever is accepted is checked.
 pub fn decode_header(bytes: &[u8]) {
-    if let Ok(h) = ImageHeader::decode(bytes) {
-        check_header(&h, ImageHeader::record_len(bytes).expect("record length"));
+    if let Ok(h) = AppliedRecord::decode(bytes) {
+        check_header(&h, AppliedRecord::record_len(bytes).expect("record length"));
     }
     if bytes.len() <= MAX_IMAGE_HEADER_LEN - 20 {
         let mut framed = hotsplice_patch::IMAGE_MAGIC.to_vec();
         framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         framed.extend_from_slice(bytes);
-        if let Ok(h) = ImageHeader::decode(&framed) {
+        if let Ok(h) = AppliedRecord::decode(&framed) {
             check_header(&h, framed.len());
         }
     }
 }
 
 /// What every decoded record is, and what undo relies on.
-pub fn check_header(h: &ImageHeader, record_len: usize) {
+pub fn check_header(h: &AppliedRecord, record_len: usize) {
     h.validate(record_len).expect("a decoded record is valid");
     let map_end = h.map_start.checked_add(h.map_len).expect("mapping sums");
     assert!(h.code_start >= h.map_start + record_len as u64);
@@ -110,7 +110,7 @@ pub fn check_header(h: &ImageHeader, record_len: usize) {
     for f in &h.functions {
         assert!(h.code_contains(f.new_addr));
         assert!(f.addr.checked_add(f.size).is_some());
-        if !f.saved.is_empty() {
+        if f.jumped() {
             assert_eq!(
                 f.saved_bytes().expect("saved bytes decode").len(),
                 arch::JUMP_LEN
@@ -120,6 +120,6 @@ pub fn check_header(h: &ImageHeader, record_len: usize) {
     }
     let encoded = h.encode();
     if encoded.len() <= record_len {
-        assert_eq!(ImageHeader::decode(&encoded).as_ref(), Ok(h));
+        assert_eq!(AppliedRecord::decode(&encoded).as_ref(), Ok(h));
     }
 }

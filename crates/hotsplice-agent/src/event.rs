@@ -4,6 +4,7 @@
 //! patches, processes or disk: escape it before showing it on a terminal.
 
 use crate::upgrade::Outcome;
+use hotsplice_patch::{Op, PatchId};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -17,15 +18,15 @@ pub enum Event {
     /// An operation a killed hotsplice left half done was finished or
     /// rolled back.
     Recovered {
-        op: String,
-        id: String,
+        op: Op,
+        id: PatchId,
         pid: i32,
         result: String,
     },
     /// Such an operation could not be recovered yet (retried next time).
     RecoveryPending {
-        op: String,
-        id: String,
+        op: Op,
+        id: PatchId,
         pid: i32,
         why: String,
     },

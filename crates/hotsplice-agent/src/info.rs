@@ -10,7 +10,7 @@ use std::path::Path;
 /// A patch file described (`hotsplice info`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PatchInfo {
-    pub id: String,
+    pub id: hotsplice_patch::PatchId,
     pub description: String,
     pub level: u32,
     pub tool: String,

@@ -5,14 +5,14 @@
 use crate::error::{About as _, AgentError, Result};
 use crate::machine::Agent;
 use hotsplice_kernel::{Kernel, KernelReport};
-use hotsplice_patch::ObjectKind;
+use hotsplice_patch::{ObjectKind, PatchId};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// A kernel patch of the feed made for the running kernel.
 #[derive(Debug, Clone, Serialize)]
 pub struct FeedPatch {
-    pub id: String,
+    pub id: PatchId,
     pub path: PathBuf,
 }
 
@@ -23,7 +23,7 @@ pub struct BootReport {
     pub recorded: Vec<String>,
     /// Patches applied from the feed (`upgrade_on_reboot`, or `first_boot`
     /// on the first boot): what each did, or why it failed.
-    pub from_feed: Vec<(String, std::result::Result<KernelReport, String>)>,
+    pub from_feed: Vec<(PatchId, std::result::Result<KernelReport, String>)>,
     pub effective: String,
 }
 
@@ -97,7 +97,7 @@ impl Agent {
         Ok(self
             .feed(from, k)?
             .into_iter()
-            .filter(|f| !applied.contains(&f.id))
+            .filter(|f| !applied.iter().any(|a| a.as_str() == f.id.as_ref()))
             .collect())
     }
 
@@ -134,7 +134,7 @@ impl Agent {
     ) -> Result<(String, Option<KernelReport>)> {
         let patch = self.read_verified(path, allow_unsigned)?;
         if dry_run {
-            return Ok((patch.meta.id.clone(), None));
+            return Ok((patch.meta.id.to_string(), None));
         }
         let r = k.apply(&patch, &path.display().to_string())?;
         Ok((r.id.clone(), Some(r)))

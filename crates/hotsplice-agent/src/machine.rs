@@ -4,7 +4,7 @@
 
 use crate::error::{About as _, AgentError, Result};
 use crate::event::{Event, Sink};
-use hotsplice_engine::{self as engine, ApplyOptions, Journal, Op, Pending, Step};
+use hotsplice_engine::{self as engine, ApplyOptions, Journal};
 use hotsplice_store::{Blacklist, Config, Entry, FileLock, InFlight, Links, Paths, Store};
 use hotsplice_trust::{Signer, Verified};
 use std::path::Path;
@@ -44,21 +44,11 @@ pub struct Agent {
 struct DiskJournal(hotsplice_store::Journal);
 
 impl Journal for DiskJournal {
-    fn record(&self, p: &Pending) -> Result<(), String> {
-        self.0
-            .record(&InFlight {
-                op: p.op.name().into(),
-                pid: p.pid,
-                start_time: engine::start_time(p.pid).unwrap_or(0),
-                id: p.id.clone(),
-                map_start: p.map_start,
-                map_len: p.map_len,
-                step: p.step.name().into(),
-            })
-            .map_err(|e| e.to_string())
+    fn record(&self, r: &InFlight) -> Result<(), String> {
+        self.0.record(r).map_err(|e| e.to_string())
     }
 
-    fn clear(&self, pid: i32, id: &str) {
+    fn clear(&self, pid: i32, id: &hotsplice_patch::PatchId) {
         if let Err(e) = self.0.clear(pid, id) {
             tracing::warn!("cannot clear journal record of {id} in {pid}: {e}");
         }
@@ -226,28 +216,15 @@ impl Agent {
             self.warn(bad.to_string());
         }
         for e in scan.records {
-            let stale = !is_live(&e);
-            let (Some(op), Some(step)) = (Op::from_name(&e.op), Step::from_name(&e.step)) else {
-                let _ = journal.clear(e.pid, &e.id);
-                continue;
-            };
-            if stale {
+            if !is_live(&e) {
                 let _ = journal.clear(e.pid, &e.id);
                 continue;
             }
             let _lock = self.lock_process(e.pid)?;
-            let p = Pending {
-                op,
-                pid: e.pid,
-                id: e.id.clone(),
-                map_start: e.map_start,
-                map_len: e.map_len,
-                step,
-            };
-            match engine::recover(&p, &self.options(None)) {
+            match engine::recover(&e, &self.options(None)) {
                 Ok(r) => {
                     self.emit(Event::Recovered {
-                        op: e.op.clone(),
+                        op: e.op,
                         id: e.id.clone(),
                         pid: e.pid,
                         result: format!("{r:?}"),
@@ -255,7 +232,7 @@ impl Agent {
                     let _ = journal.clear(e.pid, &e.id);
                 }
                 Err(err) => self.emit(Event::RecoveryPending {
-                    op: e.op.clone(),
+                    op: e.op,
                     id: e.id.clone(),
                     pid: e.pid,
                     why: crate::error::chain(&err),

@@ -7,6 +7,7 @@ use crate::event::Event;
 use crate::machine::{exe, Agent};
 use crate::pool::run_parallel;
 use hotsplice_engine::{self as engine, ApplyOptions};
+use hotsplice_patch::PatchId;
 use hotsplice_store::{Blacklist, Entry};
 use hotsplice_trust::Verified;
 use serde::Serialize;
@@ -17,13 +18,13 @@ use serde::Serialize;
 pub enum Outcome {
     Patched {
         pid: i32,
-        id: String,
-        replaced: Option<String>,
+        id: PatchId,
+        replaced: Option<PatchId>,
         stopped_us: u128,
     },
     AlreadyPatched {
         pid: i32,
-        id: String,
+        id: PatchId,
     },
     Skipped {
         pid: i32,
@@ -31,14 +32,14 @@ pub enum Outcome {
     },
     Failed {
         pid: i32,
-        id: String,
+        id: PatchId,
         why: String,
     },
     /// To be done (a plan, or a dry run).
     Planned {
         pid: i32,
-        id: String,
-        replaces: Option<String>,
+        id: PatchId,
+        replaces: Option<PatchId>,
     },
 }
 
@@ -158,7 +159,7 @@ impl Agent {
                 why: "the plan names a patch that is not installed".into(),
             };
         };
-        match engine::apply_replacing(pid, patch, replaces.as_deref(), opts) {
+        match engine::apply_replacing(pid, patch, replaces.as_ref(), opts) {
             Ok(r) => Outcome::Patched {
                 pid,
                 id: r.id,

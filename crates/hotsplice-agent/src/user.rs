@@ -5,6 +5,7 @@ use crate::error::{AgentError, Result};
 use crate::machine::{comm, exited, Agent};
 use crate::pool::{by_pid, run_parallel, PoolRun};
 use hotsplice_engine::{self as engine, ApplyOptions, EngineError, Report};
+use hotsplice_patch::{BuildId, Op, PatchId, Step};
 use hotsplice_store::Entry;
 use hotsplice_trust::Verified;
 use serde::Serialize;
@@ -32,7 +33,7 @@ pub struct ApplyPlan {
 /// Removing patches: which are to be undone where, newest first.
 pub struct RemovalPlan {
     /// `(pid, patch id)`.
-    pub jobs: Vec<(i32, String)>,
+    pub jobs: Vec<(i32, PatchId)>,
     /// Forged or damaged records in the process asked about: refused.
     pub refused: Vec<EngineError>,
     /// Such records met while going over the machine: reported only (any
@@ -44,9 +45,9 @@ pub struct RemovalPlan {
 /// A patch applied in a process, as `show` reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppliedView {
-    pub id: String,
+    pub id: PatchId,
     pub target: String,
-    pub build_id: String,
+    pub build_id: BuildId,
     pub description: String,
     pub applied_at: u64,
     pub functions: Vec<String>,
@@ -55,16 +56,16 @@ pub struct AppliedView {
 /// An operation a killed hotsplice left half done in a process.
 #[derive(Debug, Clone, Serialize)]
 pub struct InterruptedView {
-    pub op: String,
-    pub id: String,
-    pub step: String,
+    pub op: Op,
+    pub id: PatchId,
+    pub step: Step,
 }
 
 /// A forged or damaged record: reported, never acted upon.
 #[derive(Debug, Clone, Serialize)]
 pub struct CorruptView {
     pub map_start: u64,
-    pub patch_id: Option<String>,
+    pub patch_id: Option<PatchId>,
     pub why: String,
 }
 
@@ -84,14 +85,14 @@ pub struct ProcessPatches {
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetObject {
     pub path: String,
-    pub build_id: String,
+    pub build_id: BuildId,
     pub pids: Vec<i32>,
 }
 
 /// An installed patch and where it applies.
 #[derive(Debug, Clone, Serialize)]
 pub struct AvailablePatch {
-    pub id: String,
+    pub id: PatchId,
     pub level: u32,
     pub target: hotsplice_patch::Target,
     pub description: String,
@@ -176,7 +177,7 @@ impl Agent {
     }
 
     /// Undo one applied patch in a process.
-    pub fn undo(&self, pid: i32, id: &str, opts: &ApplyOptions) -> Result<Report> {
+    pub fn undo(&self, pid: i32, id: &PatchId, opts: &ApplyOptions) -> Result<Report> {
         if let Some(why) = exited(pid) {
             return Err(AgentError::Request(why));
         }
@@ -186,7 +187,12 @@ impl Agent {
 
     /// Which patches to undo where: those named (or all), in `pid` or in
     /// every process, newest first so stacked patches come off in order.
-    pub fn plan_removal(&self, all: bool, pid: Option<i32>, ids: &[String]) -> Result<RemovalPlan> {
+    pub fn plan_removal(
+        &self,
+        all: bool,
+        pid: Option<i32>,
+        ids: &[PatchId],
+    ) -> Result<RemovalPlan> {
         if !all && ids.is_empty() {
             return Err(AgentError::Request(
                 "say which patches to remove: IDs, or --all".into(),
@@ -222,7 +228,7 @@ impl Agent {
     /// Carry out a removal plan, each process under its lock.
     pub fn remove(&self, plan: &RemovalPlan, opts: &ApplyOptions) -> Run {
         let grouped = by_pid(plan.jobs.clone());
-        self.per_process(&grouped, |p, ids: &Vec<String>| {
+        self.per_process(&grouped, |p, ids: &Vec<PatchId>| {
             ids.iter().map(|id| engine::undo(p, id, opts)).collect()
         })
     }
@@ -272,9 +278,9 @@ impl Agent {
                 .iter()
                 .filter(|e| e.pid == p)
                 .map(|e| InterruptedView {
-                    op: e.op.clone(),
+                    op: e.op,
                     id: e.id.clone(),
-                    step: e.step.clone(),
+                    step: e.step,
                 })
                 .collect();
             match engine::state(p) {
@@ -322,7 +328,7 @@ impl Agent {
     /// Every patchable object mapped by a process, with the processes.
     pub fn targets(&self) -> Vec<TargetObject> {
         let me = std::process::id() as i32;
-        let mut by_object: std::collections::BTreeMap<(String, String), Vec<i32>> =
+        let mut by_object: std::collections::BTreeMap<(String, BuildId), Vec<i32>> =
             Default::default();
         for p in hotsplice_process::all_pids() {
             if p == me {

@@ -39,6 +39,16 @@ pub enum FieldError {
 }
 
 impl FieldKind {
+    /// Every kind, in the order of [`FieldKind::name`]'s list.
+    pub const ALL: [FieldKind; 5] = [
+        FieldKind::Abs64,
+        FieldKind::Abs32,
+        FieldKind::Abs32S,
+        FieldKind::Pc32,
+        FieldKind::Pc64,
+    ];
+
+    /// Bytes of the field: the one size table of the patch format.
     pub fn size(self) -> usize {
         match self {
             FieldKind::Abs64 | FieldKind::Pc64 => 8,
@@ -46,6 +56,8 @@ impl FieldKind {
         }
     }
 
+    /// The name the patch format stores (`abs64`, `abs32`, `abs32s`,
+    /// `pc32`, `pc64`).
     pub fn name(self) -> &'static str {
         match self {
             FieldKind::Abs64 => "abs64",
@@ -57,14 +69,7 @@ impl FieldKind {
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
-        Some(match s {
-            "abs64" => FieldKind::Abs64,
-            "abs32" => FieldKind::Abs32,
-            "abs32s" => FieldKind::Abs32S,
-            "pc32" => FieldKind::Pc32,
-            "pc64" => FieldKind::Pc64,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|k| k.name() == s)
     }
 
     /// Compute and store the field at `buf[offset..]`, where the field will
@@ -130,6 +135,14 @@ mod tests {
             .write(&mut buf, 0, 0, 1 << 40, 0)
             .unwrap_err();
         assert!(matches!(err, FieldError::Overflow { .. }));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for k in FieldKind::ALL {
+            assert_eq!(FieldKind::from_name(k.name()), Some(k));
+        }
+        assert_eq!(FieldKind::from_name("got32"), None);
     }
 
     #[test]

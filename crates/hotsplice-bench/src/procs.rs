@@ -1,123 +1,54 @@
-//! Processes the benchmarks start. Every one is owned by a guard that kills
-//! (SIGKILL) and reaps it when dropped, also while unwinding from a panic;
-//! each also gets PR_SET_PDEATHSIG so it dies if the harness is killed.
+//! Processes the benchmarks start. Every one is a
+//! [`hotsplice_testsupport::Target`]: killed (SIGKILL) and reaped when
+//! dropped, also while unwinding from a panic; each also gets
+//! PR_SET_PDEATHSIG so it dies if the harness is killed (all are started
+//! and dropped by the main thread).
 
-use anyhow::{anyhow, bail, Context, Result};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
+use anyhow::{bail, Result};
+use hotsplice_testsupport::{Options, Output, Target};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::process::Command;
 
-/// A started process, killed and reaped on drop.
-pub struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    /// Starts `cmd` with PR_SET_PDEATHSIG(SIGKILL).
-    pub fn spawn(mut cmd: Command) -> Result<Proc> {
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-        Ok(Proc { child })
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// The piped standard output, once.
-    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
-        self.child.stdout.take()
-    }
-
-    /// Fails if the process has exited.
-    pub fn check_alive(&mut self) -> Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(st) => bail!("process {} exited: {st}", self.child.id()),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(cmd: Command, name: &str, opts: Options) -> Result<Target> {
+    Ok(Target::start(cmd, name, opts)?)
 }
 
 /// A target driven by line commands on stdin, answering on stdout (read by
-/// a helper thread so that every answer can be waited for with a timeout).
-pub struct Target {
-    // Declared first: dropped (killed) before the pipes close.
-    proc: Proc,
-    stdin: ChildStdin,
-    lines: Receiver<std::io::Result<String>>,
-    name: String,
+/// a helper thread so that every answer can be waited for with a timeout);
+/// its stderr is the harness's.
+pub fn driven(exe: &Path, args: &[String], name: &str) -> Result<Target> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    let opts = Options {
+        stdin: true,
+        stdout: Output::Lines,
+        stderr: Output::Inherit,
+        die_with_parent: true,
+    };
+    start(cmd, name, opts)
 }
 
-impl Target {
-    pub fn spawn(exe: &Path, args: &[String], name: &str) -> Result<Target> {
-        let mut cmd = Command::new(exe);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut proc = Proc::spawn(cmd)?;
-        let stdin = proc.child.stdin.take().expect("piped stdin");
-        let stdout = proc.child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Target {
-            proc,
-            stdin,
-            lines,
-            name: name.into(),
-        })
-    }
+/// A process that reads nothing and whose stdout is not looked at (its
+/// stderr is the harness's).
+pub fn quiet(cmd: Command, name: &str) -> Result<Target> {
+    let opts = Options {
+        stdin: false,
+        stdout: Output::Null,
+        stderr: Output::Inherit,
+        die_with_parent: true,
+    };
+    start(cmd, name, opts)
+}
 
-    pub fn pid(&self) -> i32 {
-        self.proc.pid()
-    }
-
-    /// The next line the target prints.
-    pub fn line(&mut self, timeout: Duration) -> Result<String> {
-        match self.lines.recv_timeout(timeout) {
-            Ok(Ok(l)) => Ok(l),
-            Ok(Err(e)) => Err(anyhow!("{}: reading its output: {e}", self.name)),
-            Err(RecvTimeoutError::Timeout) => {
-                bail!("{}: no answer within {timeout:?}", self.name)
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let st = self.proc.child.try_wait().ok().flatten();
-                bail!("{}: output closed (exit status {st:?})", self.name)
-            }
-        }
-    }
-
-    /// Sends one command line and waits for the one-line answer.
-    pub fn ask(&mut self, cmd: &str, timeout: Duration) -> Result<String> {
-        writeln!(self.stdin, "{cmd}")
-            .and_then(|_| self.stdin.flush())
-            .with_context(|| format!("{}: sending {cmd:?}", self.name))?;
-        self.line(timeout)
-    }
+/// A process whose stdout is read line by line (its stderr is discarded).
+pub fn watched(cmd: Command, name: &str) -> Result<Target> {
+    let opts = Options {
+        stdin: false,
+        stdout: Output::Lines,
+        stderr: Output::Null,
+        die_with_parent: true,
+    };
+    start(cmd, name, opts)
 }
 
 /// Keeps the calling thread (and so the processes and threads it starts)

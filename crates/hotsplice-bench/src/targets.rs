@@ -1,6 +1,7 @@
-//! The C targets the benchmarks patch: their sources, the one-line fix for
-//! each, and how they are built (with `make`) and turned into a patch file
-//! (with `hotsplice create`).
+//! The C targets the benchmarks patch: their sources (`fixtures/NAME/`,
+//! built into the binary), the one-line fix for each, and how they are
+//! built (with `make`) and turned into a patch file (with `hotsplice
+//! create`).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::fs;
@@ -8,26 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Shared by all targets: two objects, `-O2`, like a real build.
-const MAKEFILE: &str = "\
-CC ?= cc
-CFLAGS = -g -O2
-
-all: prog
-
-prog: main.o work.o
-\t$(CC) $(CFLAGS) -pthread -o $@ main.o work.o
-
-main.o: main.c work.h
-\t$(CC) $(CFLAGS) -pthread -c -o $@ main.c
-
-work.o: work.c work.h
-\t$(CC) $(CFLAGS) -pthread -c -o $@ work.c
-
-clean:
-\trm -f prog *.o
-
-.PHONY: all clean
-";
+const MAKEFILE: &str = include_str!("../fixtures/Makefile");
 
 /// One C program and the fix the benchmarks apply to it.
 pub struct Program {
@@ -51,157 +33,9 @@ pub struct Program {
 /// ended, and a compute() call after it, are included).
 pub const STOPPER: Program = Program {
     name: "stopper",
-    main_c: r#"#define _GNU_SOURCE
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-#include "work.h"
-
-/* Gaps at least this long count as pauses. */
-#define PAUSE_NS 50000L
-
-volatile int input = 7;
-
-static _Alignas(64) atomic_long max_gap;
-static _Alignas(64) atomic_ulong spins;
-static _Alignas(64) atomic_int reset_req;
-static _Alignas(64) atomic_int reset_ack;
-static _Alignas(64) atomic_int result;
-static atomic_long pauses, paused_ns;
-
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-
-static long now_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1000000000L + t.tv_nsec;
-}
-
-static void *spinner(void *arg)
-{
-	long last = now_ns(), max = 0;
-	unsigned long n = 0;
-	int seen = 0;
-	int cpu = *(int *)arg;
-
-	if (cpu >= 0) {
-		cpu_set_t set;
-
-		CPU_ZERO(&set);
-		CPU_SET(cpu, &set);
-		if (sched_setaffinity(0, sizeof(set), &set))
-			perror("sched_setaffinity");
-	}
-	for (;;) {
-		long t = now_ns();
-		int r;
-
-		if (t - last > max) {
-			max = t - last;
-			atomic_store_explicit(&max_gap, max, memory_order_relaxed);
-		}
-		if (t - last >= PAUSE_NS) {
-			atomic_fetch_add_explicit(&pauses, 1, memory_order_relaxed);
-			atomic_fetch_add_explicit(&paused_ns, t - last, memory_order_relaxed);
-		}
-		last = t;
-		r = atomic_load_explicit(&reset_req, memory_order_acquire);
-		if (r != seen) {
-			seen = r;
-			max = 0;
-			atomic_store_explicit(&max_gap, 0, memory_order_relaxed);
-			atomic_store_explicit(&pauses, 0, memory_order_relaxed);
-			atomic_store_explicit(&paused_ns, 0, memory_order_relaxed);
-			last = now_ns();
-			atomic_store_explicit(&reset_ack, r, memory_order_release);
-		}
-		if ((++n & 1023) == 0)
-			atomic_store_explicit(&result, compute(input), memory_order_relaxed);
-		atomic_store_explicit(&spins, n, memory_order_release);
-	}
-	return NULL;
-}
-
-static void *idler(void *arg)
-{
-	(void)arg;
-	pthread_mutex_lock(&mu);
-	for (;;)
-		pthread_cond_wait(&cv, &mu);
-	return NULL;
-}
-
-int main(int argc, char **argv)
-{
-	int n = argc > 1 ? atoi(argv[1]) : 2;
-	int spin_cpu = argc > 2 ? atoi(argv[2]) : -1;
-	char line[64];
-	pthread_t t;
-
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (spin_cpu >= 0) {
-		/* Everything but the spinner stays off its CPU. */
-		cpu_set_t set;
-
-		sched_getaffinity(0, sizeof(set), &set);
-		CPU_CLR(spin_cpu, &set);
-		if (sched_setaffinity(0, sizeof(set), &set))
-			perror("sched_setaffinity");
-	}
-	/* Idle threads first: the engine stops and resumes threads in thread
-	 * id order, so the spinner, created last, is resumed last. */
-	for (int i = 2; i < n; i++) {
-		if (pthread_create(&t, NULL, idler, NULL)) {
-			perror("pthread_create");
-			return 1;
-		}
-	}
-	if (pthread_create(&t, NULL, spinner, &spin_cpu)) {
-		perror("pthread_create");
-		return 1;
-	}
-	printf("ready %d\n", n);
-	while (fgets(line, sizeof(line), stdin)) {
-		if (line[0] == 'r') {
-			int r = atomic_load(&reset_req) + 1;
-
-			atomic_store(&reset_req, r);
-			while (atomic_load(&reset_ack) != r)
-				sched_yield();
-			printf("ok\n");
-		} else if (line[0] == 'g') {
-			unsigned long s0 = atomic_load(&spins);
-
-			while (atomic_load(&spins) - s0 < 2048)
-				sched_yield();
-			printf("%ld %d %ld %ld\n", atomic_load(&max_gap), atomic_load(&result),
-			       atomic_load(&pauses), atomic_load(&paused_ns));
-		} else if (line[0] == 'q') {
-			break;
-		}
-	}
-	return 0;
-}
-"#,
-    work_c: r#"#include "work.h"
-
-/* Called by the spinner thread every 1024 clock readings. */
-int compute(int n)
-{
-	int s = 0;
-
-	for (int i = 0; i < n; i++)
-		s += 3 * i;
-	return s + 1;		/* version 1 */
-}
-"#,
-    work_h: "#ifndef WORK_H\n#define WORK_H\nint compute(int n);\n#endif\n",
+    main_c: include_str!("../fixtures/stopper/main.c"),
+    work_c: include_str!("../fixtures/stopper/work.c"),
+    work_h: include_str!("../fixtures/stopper/work.h"),
     old_line: "\treturn s + 1;\t\t/* version 1 */",
     new_line: "\treturn s + 2;\t\t/* version 2 */",
 };
@@ -216,48 +50,9 @@ pub const STOPPER_AFTER: i64 = 65;
 /// files at once spend their time blocked in the file system.)
 pub const FLIPPER: Program = Program {
     name: "flipper",
-    main_c: r#"#include <fcntl.h>
-#include <stdlib.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-#include "work.h"
-
-volatile int input = 4;
-
-int main(int argc, char **argv)
-{
-	struct timespec nap = { 0, 20 * 1000 * 1000 };
-	volatile int *slots;
-	long index;
-	int fd;
-
-	if (argc < 3)
-		return 2;
-	index = atol(argv[2]);
-	fd = open(argv[1], O_RDWR);
-	if (fd < 0)
-		return 1;
-	slots = mmap(NULL, (index + 1) * sizeof(int), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (slots == MAP_FAILED)
-		return 1;
-	close(fd);
-	for (;;) {
-		slots[index] = answer(input);
-		if (getppid() == 1)
-			return 0;
-		nanosleep(&nap, NULL);
-	}
-}
-"#,
-    work_c: r#"#include "work.h"
-
-int answer(int n)
-{
-	return n * 10 + 1;	/* version 1 */
-}
-"#,
-    work_h: "#ifndef WORK_H\n#define WORK_H\nint answer(int n);\n#endif\n",
+    main_c: include_str!("../fixtures/flipper/main.c"),
+    work_c: include_str!("../fixtures/flipper/work.c"),
+    work_h: include_str!("../fixtures/flipper/work.h"),
     old_line: "\treturn n * 10 + 1;\t/* version 1 */",
     new_line: "\treturn n * 10 + 2;\t/* version 2 */",
 };
@@ -271,48 +66,9 @@ pub const FLIPPER_AFTER: i32 = 42;
 /// `<ns per iteration> <work(arg)> <checksum>`.
 pub const CALLER: Program = Program {
     name: "caller",
-    main_c: r#"#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-#include "work.h"
-
-volatile int arg = 5;
-
-int main(void)
-{
-	char line[64];
-
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	printf("ready\n");
-	while (fgets(line, sizeof(line), stdin)) {
-		struct timespec a, b;
-		unsigned int s = 0;
-		long iters;
-		double ns;
-
-		if (line[0] != 'm')
-			break;
-		iters = atol(line + 1);
-		if (iters <= 0)
-			iters = 1;
-		clock_gettime(CLOCK_MONOTONIC, &a);
-		for (long i = 0; i < iters; i++)
-			s += work(arg);
-		clock_gettime(CLOCK_MONOTONIC, &b);
-		ns = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / iters;
-		printf("%.4f %d %u\n", ns, work(arg), s);
-	}
-	return 0;
-}
-"#,
-    work_c: r#"#include "work.h"
-
-__attribute__((noinline)) int work(int x)
-{
-	return x * 3 + 1;	/* version 1 */
-}
-"#,
-    work_h: "#ifndef WORK_H\n#define WORK_H\nint work(int x);\n#endif\n",
+    main_c: include_str!("../fixtures/caller/main.c"),
+    work_c: include_str!("../fixtures/caller/work.c"),
+    work_h: include_str!("../fixtures/caller/work.h"),
     old_line: "\treturn x * 3 + 1;\t/* version 1 */",
     new_line: "\treturn x * 3 + 2;\t/* version 2 */",
 };
@@ -424,13 +180,65 @@ pub fn build(root: &Path, prog: &Program, hotsplice: &Path) -> Result<Built> {
         prog.name,
         patch.meta.functions.len()
     );
-    let id = patch.meta.id.clone();
+    let id = patch.meta.id.to_string();
     Ok(Built {
         exe: src.join("prog"),
         patch_file,
         patch,
         id,
     })
+}
+
+/// Configuration, state and run directories of their own under `env`, with
+/// `built`'s patch installed: the environment to run hotsplice in.
+pub fn private_store(
+    hotsplice: &Path,
+    built: &Built,
+    env: &Path,
+) -> Result<[(&'static str, PathBuf); 3]> {
+    let vars = [
+        ("HOTSPLICE_CONFIG_DIR", env.join("etc")),
+        ("HOTSPLICE_STATE_DIR", env.join("state")),
+        ("HOTSPLICE_RUN_DIR", env.join("run")),
+    ];
+    // The store takes signed patches only: a key of its own, trusted
+    // there, and a signed copy of the patch.
+    let keys = env.join("etc/keys");
+    let signing = env.join("signing");
+    std::fs::create_dir_all(&keys)?;
+    std::fs::create_dir_all(&signing)?;
+    let signed = signing.join("patch.hsp");
+    std::fs::copy(&built.patch_file, &signed)?;
+    let steps: [Vec<std::ffi::OsString>; 3] = [
+        vec![
+            "keygen".into(),
+            "-o".into(),
+            signing.clone().into(),
+            "bench".into(),
+        ],
+        vec![
+            "sign".into(),
+            signing.join("bench.key").into(),
+            signed.clone().into(),
+        ],
+        vec!["user".into(), "install".into(), signed.into()],
+    ];
+    for (i, args) in steps.iter().enumerate() {
+        if i == 1 {
+            std::fs::copy(signing.join("bench.pub"), keys.join("bench.pub"))?;
+        }
+        let out = Command::new(hotsplice)
+            .args(args)
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "hotsplice {:?}: {}",
+            args,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(vars)
 }
 
 #[cfg(test)]

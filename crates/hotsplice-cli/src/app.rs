@@ -51,7 +51,7 @@ fn show_event(e: &Event, quiet: bool) {
             if !quiet {
                 errln!(
                     "hotsplice: recovered an interrupted {} of {} in pid {pid}: {}",
-                    esc(op),
+                    op.name(),
                     esc(id),
                     esc(result)
                 )
@@ -59,7 +59,7 @@ fn show_event(e: &Event, quiet: bool) {
         }
         Event::RecoveryPending { op, id, pid, why } => errln!(
             "hotsplice: warning: cannot yet recover the interrupted {} of {} in pid {pid}: {}; will retry",
-            esc(op),
+            op.name(),
             esc(id),
             esc(why)
         ),

@@ -277,6 +277,8 @@ pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
             report_all("applied", agent.apply(&plan, &opts), json, quiet)
         }
         UserCommand::Undo { pid, id, wait } => {
+            // Any text: an id that names nothing gets the engine's "not applied".
+            let id = hotsplice_patch::PatchId::unchecked(id);
             let r = agent.undo(pid, &id, &agent.options(wait.busy_timeout))?;
             print_report("undid", &r, quiet);
             Ok(true)
@@ -288,6 +290,10 @@ pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
             wait,
         } => {
             let opts = agent.options(wait.busy_timeout);
+            let ids: Vec<_> = ids
+                .into_iter()
+                .map(hotsplice_patch::PatchId::unchecked)
+                .collect();
             let mut plan = agent.plan_removal(all, pid, &ids)?;
             for c in &plan.warnings {
                 errln!("hotsplice: warning: {}", esc(&c.to_string()));
@@ -397,8 +403,8 @@ fn applied_rows(row: &ProcessPatches) {
             p,
             cmd,
             esc(&e.id),
-            esc(&e.op),
-            esc(&e.step)
+            e.op.name(),
+            e.step.name()
         );
     }
     if row.patches.is_empty() && row.corrupt.is_empty() && row.interrupted.is_empty() {

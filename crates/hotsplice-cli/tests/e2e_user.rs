@@ -24,7 +24,7 @@ const QUIET_WINDOW: Duration = Duration::from_millis(500);
 struct Running {
     case: Case,
     build: Build,
-    proc: Proc,
+    proc: Target,
     out: TempDir,
 }
 
@@ -41,7 +41,7 @@ impl Running {
             case,
             build,
             proc,
-            out: TempDir::new("patches"),
+            out: temp_dir("patches"),
         }
     }
 
@@ -414,12 +414,11 @@ fn list_targets_and_show_give_json() {
     apply(r.pid(), &[], &Running::files(&infos)).assert_ok("user apply");
     let res = hotsplice(["user", "list-targets", "--json"]);
     res.assert_ok("user list-targets --json");
-    Json::parse(&res.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{}", res.describe()));
+    parse_json(&res.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{}", res.describe()));
     // show without --pid lists every patched process, this one included.
     let res = hotsplice(["user", "show", "--json"]);
     res.assert_ok("user show --json");
-    let j =
-        Json::parse(&res.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{}", res.describe()));
+    let j = parse_json(&res.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{}", res.describe()));
     assert!(j.as_array().is_some(), "user show --json: not an array");
     assert!(
         res.stdout.contains(&infos[0].id),
@@ -502,17 +501,12 @@ int main(int argc, char **argv)
 fn apply_to_already_traced_process_fails() {
     let mut r = Running::start("pie_exec");
     let infos = r.create("fix.diff");
-    let tdir = TempDir::new("tracer");
-    let src = tdir.path().join("hs_tracer.c");
-    let bin = tdir.path().join("hs_tracer");
-    fs::write(&src, TRACER_C).expect("write tracer");
-    let mut cc = Command::new(std::env::var_os("CC").unwrap_or_else(|| OsString::from("cc")));
-    cc.arg("-O1").arg("-o").arg(&bin).arg(&src);
-    run_cmd(cc, Duration::from_secs(120)).assert_ok("compile the tracer");
+    let tdir = temp_dir("tracer");
+    let bin = compile_with(tdir.path(), "hs_tracer", TRACER_C, &["-O1"]);
     let mut tcmd = Command::new(&bin);
     tcmd.arg(r.pid().to_string());
     // Declared after `r`: dropped (killed, so the target is detached) first.
-    let mut tracer = Proc::spawn(tcmd, "hs_tracer");
+    let mut tracer = Target::spawn(tcmd, "hs_tracer");
     tracer.expect_line(Stream::Stdout, 0, "seized", "tracer attach");
     let tracer_pid = tracer.pid();
 
@@ -555,7 +549,7 @@ fn apply_to_process_without_the_target_fails() {
     let infos = r.create("fix.diff");
     let mut cmd = Command::new("sleep");
     cmd.arg("1000");
-    let mut sleeper = Proc::spawn(cmd, "sleep");
+    let mut sleeper = Target::spawn(cmd, "sleep");
     thread::sleep(Duration::from_millis(100));
     let res = apply(sleeper.pid(), &[], &Running::files(&infos));
     res.assert_failed("user apply of prog's patch to `sleep`");
@@ -634,7 +628,7 @@ fn refused_by_create(name: &str) {
     require_root();
     let case = Case::load(name);
     let build = case.build();
-    let out = TempDir::new("refused");
+    let out = temp_dir("refused");
     let r = hotsplice([
         OsString::from("create"),
         "--patch".into(),

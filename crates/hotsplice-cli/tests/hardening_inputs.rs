@@ -37,7 +37,7 @@ fn shared() -> &'static Shared {
         let env = TestEnv::new("hardening-create");
         let case = Case::load("pie_exec");
         let build = case.build();
-        let out = outdir("hardening");
+        let out = temp_dir("hardening");
         let unsigned = create(&env, &build, &case, None, out.path());
         Shared {
             case,
@@ -75,7 +75,7 @@ fn create(
 
 /// A copy of the shared patch signed with `env`'s key, in its own directory.
 fn signed(env: &TestEnv, tag: &str) -> (TempDir, PathBuf) {
-    let dir = outdir(tag);
+    let dir = temp_dir(tag);
     let file = dir.path().join("signed.hsp");
     fs::copy(&shared().unsigned, &file).unwrap();
     env.hs([OsStr::new("sign"), env.key.as_os_str(), file.as_os_str()])
@@ -83,16 +83,16 @@ fn signed(env: &TestEnv, tag: &str) -> (TempDir, PathBuf) {
     (dir, file)
 }
 
-fn info_json(env: &TestEnv, file: &Path) -> Json {
+fn info_json(env: &TestEnv, file: &Path) -> Value {
     let r = env.hs([OsStr::new("info"), OsStr::new("--json"), file.as_os_str()]);
     r.assert_ok("info --json");
-    Json::parse(&r.stdout).unwrap_or_else(|e| panic!("info --json: {e}\n{}", r.describe()))
+    parse_json(&r.stdout).unwrap_or_else(|e| panic!("info --json: {e}\n{}", r.describe()))
 }
 
 fn id_of(env: &TestEnv, file: &Path) -> String {
     info_json(env, file)
         .get("id")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .expect("id")
         .to_string()
 }
@@ -552,7 +552,7 @@ fn info_tells_trusted_unknown_key_bad_and_unsigned_apart() {
     let (dir, file) = signed(&env, "h-info");
     let trusted_id = info_json(&env, &file)
         .get("key_id")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .expect("key id")
         .to_string();
 
@@ -574,7 +574,7 @@ fn info_tells_trusted_unknown_key_bad_and_unsigned_apart() {
     r.assert_ok("sign with mallory");
     let mallory_id = info_json(&env, &foreign)
         .get("key_id")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .expect("key id")
         .to_string();
 
@@ -618,7 +618,7 @@ fn info_tells_trusted_unknown_key_bad_and_unsigned_apart() {
         assert!(!r.stdout.contains("signed: yes"), "{}", r.describe());
         let j = info_json(&env, f);
         assert_eq!(
-            j.get("signature").and_then(Json::as_str),
+            j.get("signature").and_then(Value::as_str),
             Some(json),
             "{}",
             f.display()
@@ -631,7 +631,7 @@ fn control_characters_from_patches_and_processes_are_escaped() {
     require_root();
     let env = TestEnv::new("h-escape");
     let s = shared();
-    let out = outdir("h-escape");
+    let out = temp_dir("h-escape");
     let nasty = "CVE-1 \x1b[2J\x1b]0;owned\x07 done\nfake: line";
     let file = create(&env, &s.build, &s.case, Some(nasty), out.path());
     env.hs([OsStr::new("sign"), env.key.as_os_str(), file.as_os_str()])
@@ -657,7 +657,7 @@ fn control_characters_from_patches_and_processes_are_escaped() {
     );
     // JSON keeps the text, escaped the JSON way.
     let j = info_json(&env, &file);
-    assert_eq!(j.get("description").and_then(Json::as_str), Some(nasty));
+    assert_eq!(j.get("description").and_then(Value::as_str), Some(nasty));
 
     env.hs([OsStr::new("user"), OsStr::new("install"), file.as_os_str()])
         .assert_ok("install");
@@ -674,7 +674,7 @@ fn control_characters_from_patches_and_processes_are_escaped() {
     fs::copy(s.build.dir.join("prog"), &odd).unwrap();
     let mut cmd = Command::new(&odd);
     cmd.current_dir(&s.build.dir);
-    let mut proc = Proc::spawn(cmd, "oddly named prog");
+    let mut proc = Target::spawn(cmd, "oddly named prog");
     proc.expect_new_line(Stream::Stdout, s.case.before(), "started");
     let pid = proc.pid().to_string();
     let r = env.hs([

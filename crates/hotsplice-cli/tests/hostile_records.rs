@@ -204,17 +204,12 @@ int main(void)
 "#;
 
 /// Builds and starts the hostile program as nobody.
-fn start_hostile(dir: &TempDir) -> Proc {
-    let src = dir.path().join("hostile.c");
-    let bin = dir.path().join("hostile");
-    fs::write(&src, HOSTILE_C).expect("write hostile.c");
-    let mut cc = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()));
-    cc.args(["-O1", "-o"]).arg(&bin).arg(&src);
-    run_cmd(cc, Duration::from_secs(120)).assert_ok("compile the hostile program");
+fn start_hostile(dir: &TempDir) -> Target {
+    let bin = compile_with(dir.path(), "hostile", HOSTILE_C, &["-O1"]);
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
         .arg(&bin);
-    let mut p = Proc::spawn(cmd, "hostile");
+    let mut p = Target::spawn(cmd, "hostile");
     p.expect_line(Stream::Stdout, 0, "ready", "hostile program started");
     let maps = fs::read_to_string(format!("/proc/{}/maps", p.pid())).expect("maps");
     let forged = maps
@@ -238,7 +233,7 @@ fn start_hostile(dir: &TempDir) -> Proc {
 }
 
 /// The latest `sum X` the hostile program printed.
-fn last_sum(p: &Proc) -> String {
+fn last_sum(p: &Target) -> String {
     let deadline = Instant::now() + LINE_TIMEOUT;
     loop {
         if let Some(l) = p
@@ -255,7 +250,7 @@ fn last_sum(p: &Proc) -> String {
 }
 
 /// Alive, its code and forged mappings as they were: it prints `sum` again.
-fn assert_untouched(p: &mut Proc, sum: &str, what: &str) {
+fn assert_untouched(p: &mut Target, sum: &str, what: &str) {
     p.assert_alive(what);
     p.expect_new_line(Stream::Stdout, sum, what);
 }
@@ -360,22 +355,25 @@ type Shown = (Option<String>, String);
 /// The `corrupt` entries `show --json` gives for `pid`, and the ids of its
 /// patches.
 fn shown_json(stdout: &str, pid: u32) -> Option<(Vec<Shown>, Vec<String>)> {
-    let j = Json::parse(stdout).unwrap_or_else(|e| panic!("show --json: {e}\n{stdout}"));
+    let j = parse_json(stdout).unwrap_or_else(|e| panic!("show --json: {e}\n{stdout}"));
     let entry = j
         .as_array()
         .expect("an array")
         .iter()
-        .find(|e| matches!(e.get("pid"), Some(Json::Num(n)) if *n as u32 == pid))?;
+        .find(|e| e.get("pid").and_then(Value::as_u64) == Some(u64::from(pid)))?;
     let corrupt = entry
         .get("corrupt")
-        .and_then(Json::as_array)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
         .unwrap_or(&[])
         .iter()
         .map(|c| {
             (
-                c.get("patch_id").and_then(Json::as_str).map(str::to_string),
+                c.get("patch_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 c.get("why")
-                    .and_then(Json::as_str)
+                    .and_then(Value::as_str)
                     .expect("a why")
                     .to_string(),
             )
@@ -383,10 +381,11 @@ fn shown_json(stdout: &str, pid: u32) -> Option<(Vec<Shown>, Vec<String>)> {
         .collect();
     let ids = entry
         .get("patches")
-        .and_then(Json::as_array)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
         .unwrap_or(&[])
         .iter()
-        .filter_map(|p| p.get("id").and_then(Json::as_str).map(str::to_string))
+        .filter_map(|p| p.get("id").and_then(Value::as_str).map(str::to_string))
         .collect();
     Some((corrupt, ids))
 }
@@ -399,7 +398,7 @@ fn forged_records_are_reported_and_never_acted_upon() {
     let build = case.build();
     let mut good = build.start(&case);
     good.expect_line(Stream::Stdout, 0, case.before(), "unpatched program");
-    let out = TempDir::new("hostile-patches");
+    let out = temp_dir("hostile-patches");
     let files = create_patches(&case, &build, "fix.diff", out.path());
     apply(good.pid(), &[], &files).assert_ok("user apply");
     good.expect_new_line(Stream::Stdout, case.after(), "patched program");
@@ -407,7 +406,7 @@ fn forged_records_are_reported_and_never_acted_upon() {
         .pop()
         .expect("the real patch is shown");
 
-    let dir = TempDir::new("hostile");
+    let dir = temp_dir("hostile");
     let mut hostile = start_hostile(&dir);
     let hpid = hostile.pid();
     let sum = last_sum(&hostile);

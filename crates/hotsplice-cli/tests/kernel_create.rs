@@ -1,12 +1,14 @@
 //! `hotsplice create --kernel` against Debian 12's kernel source, on the
 //! host: the module it builds, its livepatch relocations and symbols, its
 //! metadata, and the changes it refuses. (Loading the modules into a real
-//! kernel is proven in `kernel_vm.rs`.)
+//! kernel is proven in `kernel_vm.rs`.) Reported as ignored with
+//! HOTSPLICE_SKIP_KERNEL_TESTS=1 (`harness = false`: a harness of its own).
 
 mod common;
 mod kernel_common;
 
 use common::*;
+use hotsplice_testsupport::harness;
 use kernel_common as kc;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,19 +24,15 @@ fn repo() -> PathBuf {
     kc::repo_root()
 }
 
-/// The cached kernel (fetched on first use); None when kernel tests are off.
-fn kenv() -> Option<KEnv> {
-    if let Some(why) = kc::skip_reason() {
-        eprintln!("{why}: skipping");
-        return None;
-    }
+/// The cached kernel (fetched on first use).
+fn kenv() -> KEnv {
     let k = kc::kernel();
-    Some(KEnv {
+    KEnv {
         src: k.env_path("KSRC"),
         kdir: k.env_path("KDIR"),
         config: k.config(),
         release: k.kver.clone(),
-    })
+    }
 }
 
 fn create(k: &KEnv, diff: &str, out: &Path) -> CmdOut {
@@ -70,12 +68,11 @@ fn readelf(args: &[&str], file: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-#[test]
 fn kernel_patch_for_a_module_and_vmlinux_uses_livepatch_relocations() {
     require_root();
-    let Some(k) = kenv() else { return };
+    let k = kenv();
     let k = &k;
-    let out = TempDir::new("kcreate");
+    let out = temp_dir("kcreate");
     let r = create(k, "ext4_version.diff", out.path());
     r.assert_ok("create --kernel");
     let module = out.path().join(
@@ -153,12 +150,11 @@ fn kernel_patch_for_a_module_and_vmlinux_uses_livepatch_relocations() {
     );
 }
 
-#[test]
 fn kernel_create_refuses_init_code_and_header_changes() {
     require_root();
-    let Some(k) = kenv() else { return };
+    let k = kenv();
     let k = &k;
-    let out = TempDir::new("kcreate-refuse");
+    let out = temp_dir("kcreate-refuse");
     let r = create(k, "init.diff", out.path());
     r.assert_failed("__init change");
     assert!(r.stderr.contains("__init"), "{}", r.describe());
@@ -167,4 +163,14 @@ fn kernel_create_refuses_init_code_and_header_changes() {
     assert!(r.stderr.contains("not a C file"), "{}", r.describe());
     // The tree is left as it was: the next build works.
     create(k, "version.diff", out.path()).assert_ok("create after refusals");
+}
+
+fn main() {
+    harness::main(
+        kc::skip_reason(),
+        hotsplice_testsupport::tests![
+            kernel_patch_for_a_module_and_vmlinux_uses_livepatch_relocations,
+            kernel_create_refuses_init_code_and_header_changes,
+        ],
+    );
 }

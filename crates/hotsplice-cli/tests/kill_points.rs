@@ -40,7 +40,7 @@ enum Op {
 struct Scenario {
     env: TestEnv,
     case: Case,
-    proc: Proc,
+    proc: Target,
     l1: PathBuf,
     l2: Option<PathBuf>,
     id1: String,
@@ -87,7 +87,7 @@ impl Scenario {
         let env = TestEnv::new(tag);
         let case = Case::load(case);
         let build = case.build();
-        let out = TempDir::new(tag);
+        let out = temp_dir(tag);
         fs::set_permissions(out.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let l1 = create_level(&env, &case, &build, "fix.diff", 1, out.path());
         let l2 = case
@@ -232,26 +232,11 @@ impl Scenario {
     fn check_target(&mut self, what: &str, valid: &[String]) -> String {
         self.proc.assert_alive(what);
         let pid = self.proc.pid();
-        for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-            let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            for l in status.lines() {
-                if let Some(v) = l.strip_prefix("TracerPid:") {
-                    assert_eq!(
-                        v.trim(),
-                        "0",
-                        "{what}: thread {:?} still traced",
-                        t.file_name()
-                    );
-                }
-                if let Some(v) = l.strip_prefix("State:") {
-                    assert!(
-                        !v.contains('t') && !v.contains('T'),
-                        "{what}: thread {:?} left stopped: {v}",
-                        t.file_name()
-                    );
-                }
-            }
-        }
+        let held = hotsplice_testsupport::proc::held_threads(pid as i32);
+        assert!(
+            held.is_empty(),
+            "{what}: threads left stopped or traced (tid, state, tracer): {held:?}"
+        );
         let mark = self.proc.mark(Stream::Stdout);
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.proc.lines_since(Stream::Stdout, mark).len() < 3 {
@@ -505,12 +490,12 @@ fn sigterm_during_upgrade_finishes_in_flight_and_starts_nothing_new() {
     let env = TestEnv::new("term-upgrade");
     let case = Case::load("inline_o2");
     let build = case.build();
-    let out = TempDir::new("term-upgrade");
+    let out = temp_dir("term-upgrade");
     fs::set_permissions(out.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let l1 = create_level(&env, &case, &build, "fix.diff", 1, out.path());
     env.hs(["user", "install", l1.to_str().unwrap()])
         .assert_ok("install");
-    let mut procs: Vec<Proc> = (0..4).map(|_| build.start(&case)).collect();
+    let mut procs: Vec<Target> = (0..4).map(|_| build.start(&case)).collect();
     for p in &mut procs {
         p.expect_new_line(Stream::Stdout, case.before(), "started");
     }

@@ -26,7 +26,7 @@ fn unsigned_foreign_and_tampered_patches_are_refused() {
     let build = case.build();
     let mut proc = build.start(&case);
     proc.expect_new_line(Stream::Stdout, case.before(), "started");
-    let out = outdir("trust");
+    let out = temp_dir("trust");
     let pid = proc.pid().to_string();
 
     let unsigned = create(&env, &case, &build, "fix.diff", None, 1, out.path());
@@ -34,7 +34,7 @@ fn unsigned_foreign_and_tampered_patches_are_refused() {
     r.assert_failed("unsigned");
     assert!(r.stderr.contains("not signed"), "{}", r.describe());
 
-    let stranger = TempDir::new("stranger");
+    let stranger = temp_dir("stranger");
     env.hs(["keygen", "-o", stranger.path().to_str().unwrap(), "mallory"])
         .assert_ok("keygen");
     let foreign = out.path().join("foreign.hsp");
@@ -91,11 +91,11 @@ fn upgrade_patches_every_process_and_a_higher_level_replaces_the_lower() {
     let env = TestEnv::new("upgrade");
     let case = Case::load("stacked");
     let build = case.build();
-    let mut procs: Vec<Proc> = (0..3).map(|_| build.start(&case)).collect();
+    let mut procs: Vec<Target> = (0..3).map(|_| build.start(&case)).collect();
     for p in &mut procs {
         p.expect_new_line(Stream::Stdout, case.before(), "started");
     }
-    let out = outdir("upgrade");
+    let out = temp_dir("upgrade");
     let l1 = create(
         &env,
         &case,
@@ -171,7 +171,7 @@ fn blacklisted_executable_is_skipped_with_the_reason() {
     let build = case.build();
     let mut proc = build.start(&case);
     proc.expect_new_line(Stream::Stdout, case.before(), "started");
-    let out = outdir("blacklist");
+    let out = temp_dir("blacklist");
     let file = create(
         &env,
         &case,
@@ -211,7 +211,7 @@ fn concurrent_commands_on_one_process_both_succeed() {
     let build = case.build();
     let mut proc = build.start(&case);
     proc.expect_new_line(Stream::Stdout, case.before(), "started");
-    let out = outdir("concurrent");
+    let out = temp_dir("concurrent");
     let a = create(
         &env,
         &case,
@@ -252,7 +252,7 @@ struct DaemonCase {
     case: Case,
     build: Build,
     _out: TempDir,
-    daemon: Proc,
+    daemon: Target,
 }
 
 /// A fresh environment, case `name` built, and its fix as a signed level-1
@@ -262,7 +262,7 @@ fn prepared(tag: &str, name: &str) -> (TestEnv, Case, Build, TempDir, PathBuf) {
     let env = TestEnv::new(tag);
     let case = Case::load(name);
     let build = case.build();
-    let out = outdir(tag);
+    let out = temp_dir(tag);
     let file = create(
         &env,
         &case,
@@ -279,7 +279,7 @@ fn daemon_case(tag: &str, name: &str, rescan: &str) -> DaemonCase {
     let (env, case, build, out, file) = prepared(tag, name);
     env.hs(["user", "install", file.to_str().unwrap()])
         .assert_ok("install");
-    let daemon = Proc::spawn(
+    let daemon = Target::spawn(
         env.command(["daemon", "--rescan", rescan]),
         "hotsplice daemon",
     );
@@ -376,7 +376,7 @@ fn process_in_another_mount_namespace_is_patched_through_its_own_view() {
     let env = TestEnv::new("mntns");
     let case = Case::load("new_libc_call");
     let build = case.build();
-    let out = outdir("mntns");
+    let out = temp_dir("mntns");
     let file = create(
         &env,
         &case,
@@ -396,7 +396,7 @@ fn process_in_another_mount_namespace_is_patched_through_its_own_view() {
             "cd {dir} && ./prog & sleep 0.3; mount -t tmpfs hidden {dir}; wait"
         ))
         .current_dir(&build.dir);
-    let mut shell = Proc::spawn(cmd, "unshare sh");
+    let mut shell = Target::spawn(cmd, "unshare sh");
     shell.expect_new_line(Stream::Stdout, case.before(), "started in its namespace");
     let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", shell.pid()))
         .expect("children of the shell");
@@ -458,7 +458,7 @@ fn killed_hotsplice_leaves_targets_consistent_and_next_command_recovers() {
     let undo_points = ["undo:restore#1", "undo:restored", "undo:unmapped"];
     for point in apply_points.iter().chain(&undo_points) {
         let env = TestEnv::new("fault");
-        let out = outdir("fault");
+        let out = temp_dir("fault");
         let file = create(
             &env,
             &case,

@@ -16,7 +16,7 @@ fn undo_waits_for_a_thread_whose_handler_runs_on_an_alternate_stack() {
     let build = case.build();
     let mut proc = build.start(&case);
     proc.expect_new_line(Stream::Stdout, case.before(), "started");
-    let out = TempDir::new("altstack");
+    let out = temp_dir("altstack");
     fs::set_permissions(out.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let files = create_patches(&case, &build, "fix.diff", out.path());
     let id = patch_info(&files[0]).id;

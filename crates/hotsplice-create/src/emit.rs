@@ -9,8 +9,8 @@ use hotsplice_arch::current::{self as arch, ElfReloc};
 use hotsplice_arch::FieldKind;
 use hotsplice_elf::{LinkedElf, SymKind, TlsGot};
 use hotsplice_patch::{
-    round_up, Function, NewSymbol, ObjectKind, Patch, PatchMeta, RelocTarget, Relocation, Target,
-    PAGE,
+    round_up, BuildId, Function, NewSymbol, ObjectKind, Patch, PatchId, PatchMeta, RelocTarget,
+    Relocation, Target, PAGE,
 };
 use std::collections::HashMap;
 
@@ -390,7 +390,7 @@ impl<'a> Emitter<'a> {
 pub fn emit(
     objs: &[ObjPair],
     target: &TargetElf<'_>,
-    id: String,
+    id: PatchId,
     description: String,
 ) -> Result<Patch, CreateError> {
     let mut e = Emitter {
@@ -478,7 +478,7 @@ pub fn emit(
         image[at..at + arch::STUB_LEN].copy_from_slice(&arch::stub_template());
         relocations.push(Relocation {
             offset: (at + arch::STUB_FIELD) as u64,
-            kind: FieldKind::Pc32.name().into(),
+            kind: FieldKind::Pc32,
             target: final_target(&Tgt::Slot(slot)),
             addend: arch::PC_FIELD_ADDEND,
         });
@@ -488,7 +488,7 @@ pub fn emit(
         image[at as usize..at as usize + 8].fill(0);
         relocations.push(Relocation {
             offset: at,
-            kind: FieldKind::Abs64.name().into(),
+            kind: FieldKind::Abs64,
             target: final_target(t),
             addend: 0,
         });
@@ -496,7 +496,7 @@ pub fn emit(
     for r in &e.relocs {
         relocations.push(Relocation {
             offset: layout[&r.at] + r.offset,
-            kind: r.kind.name().into(),
+            kind: r.kind,
             target: final_target(&r.target),
             addend: r.addend,
         });
@@ -613,7 +613,7 @@ pub fn emit(
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             target: Target {
                 name: target.name.clone(),
-                build_id: hex::encode(build_id),
+                build_id: BuildId::from_bytes(&build_id),
                 kind: if target.elf.fixed {
                     ObjectKind::Fixed
                 } else {

@@ -251,7 +251,7 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
             elf: &elf,
             data: &data,
         };
-        let id = hotsplice_patch::stable_id(&[&diff_bytes, &build_id, name.as_bytes()]);
+        let id = hotsplice_patch::PatchId::stable(&[&diff_bytes, &build_id, name.as_bytes()]);
         let description = req.description.clone().unwrap_or_else(|| {
             format!(
                 "{} for {}",
@@ -279,7 +279,7 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
             .map_err(io(format!("writing {}", path.display())))?;
         created.push(CreatedPatch {
             path,
-            id,
+            id: id.into(),
             target: name,
             target_path,
             build_id: hex::encode(build_id),

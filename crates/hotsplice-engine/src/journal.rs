@@ -3,79 +3,38 @@
 //! `fault-injection` feature, for tests only) named points can kill
 //! hotsplice on the spot.
 
+use hotsplice_patch::PatchId;
+pub use hotsplice_patch::{InFlight, Op, Step};
 use hotsplice_process::Pid;
 
-/// Which change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Apply,
-    Undo,
-}
-
-impl Op {
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Apply => "apply",
-            Op::Undo => "undo",
-        }
-    }
-    pub fn from_name(s: &str) -> Option<Op> {
-        match s {
-            "apply" => Some(Op::Apply),
-            "undo" => Some(Op::Undo),
-            _ => None,
-        }
-    }
-}
-
-/// The step about to be taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// About to map the patch at the recorded address.
-    Mapping,
-    /// About to stop the threads and write (or restore) jumps.
-    Window,
-    /// Jumps are restored; about to unmap the patch.
-    Unmapping,
-}
-
-impl Step {
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::Mapping => "mapping",
-            Step::Window => "window",
-            Step::Unmapping => "unmapping",
-        }
-    }
-    pub fn from_name(s: &str) -> Option<Step> {
-        match s {
-            "mapping" => Some(Step::Mapping),
-            "window" => Some(Step::Window),
-            "unmapping" => Some(Step::Unmapping),
-            _ => None,
-        }
-    }
-}
-
-/// A record of one change in flight.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
-    pub op: Op,
-    pub pid: Pid,
-    pub id: String,
-    pub map_start: u64,
-    pub map_len: u64,
-    pub step: Step,
-}
-
-/// Where the caller keeps [`Pending`] records. `record` must be durable
+/// Where the caller keeps [`InFlight`] records. `record` must be durable
 /// before it returns.
 pub trait Journal: Send + Sync {
-    fn record(&self, p: &Pending) -> Result<(), String>;
-    fn clear(&self, pid: Pid, id: &str);
+    fn record(&self, r: &InFlight) -> Result<(), String>;
+    fn clear(&self, pid: Pid, id: &PatchId);
 }
 
-pub(crate) fn record(j: Option<&dyn Journal>, p: &Pending) -> crate::Result<()> {
+/// The record of `op` on patch `id` in `pid`, at `step`, with the
+/// process's start time (so that a reused pid is not taken for it).
+pub(crate) fn in_flight(
+    op: Op,
+    pid: Pid,
+    id: &PatchId,
+    (map_start, map_len): (u64, u64),
+    step: Step,
+) -> InFlight {
+    InFlight {
+        op,
+        pid,
+        start_time: crate::state::start_time(pid).unwrap_or(0),
+        id: id.clone(),
+        map_start,
+        map_len,
+        step,
+    }
+}
+
+pub(crate) fn record(j: Option<&dyn Journal>, p: &InFlight) -> crate::Result<()> {
     if let Some(j) = j {
         j.record(p).map_err(|e| crate::EngineError::Refused {
             pid: p.pid,

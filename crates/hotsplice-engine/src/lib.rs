@@ -29,7 +29,7 @@ pub use stacks::{stacks, Frame, ProcessStacks, ThreadStack};
 mod window;
 
 pub use apply::*;
-pub use journal::{Journal, Op, Pending, Step};
+pub use journal::{InFlight, Journal, Op, Step};
 pub use objects::{loaded_objects, LoadedObject};
 pub use state::{
     applied, find_target, maps_target, processes_mapping, start_time, state, Corrupt, State,
@@ -37,6 +37,7 @@ pub use state::{
 };
 pub use undo::{recover, undo, Recovery};
 
+use hotsplice_patch::{BuildId, PatchId};
 use hotsplice_process::Pid;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,7 @@ pub enum EngineError {
     WrongBuild {
         pid: Pid,
         target: String,
-        want: String,
+        want: BuildId,
         found: String,
     },
     #[error("process {pid}: the code of `{function}` at {addr:#x} does not match what the patch expects (byte {offset:#x} differs): the process runs another build, or someone else changed that code; nothing was changed")]
@@ -58,18 +59,18 @@ pub enum EngineError {
         offset: usize,
     },
     #[error("process {pid}: patch {id} is already applied")]
-    AlreadyApplied { pid: Pid, id: String },
+    AlreadyApplied { pid: Pid, id: PatchId },
     #[error("process {pid}: patch {id} is not applied (applied: {applied})")]
     NotApplied {
         pid: Pid,
-        id: String,
+        id: PatchId,
         applied: String,
     },
     #[error("process {pid}: patch {id} cannot be undone while patch {over} (applied later) replaces `{function}` again; undo {over} first")]
     Stacked {
         pid: Pid,
-        id: String,
-        over: String,
+        id: PatchId,
+        over: PatchId,
         function: String,
     },
     #[error("process {pid}: `{function}` at {addr:#x} was changed by something other than hotsplice; refusing to touch it")]
@@ -118,6 +119,15 @@ pub enum EngineError {
         function: String,
         frame: &'static str,
     },
+    /// A sum or size computed from the patch and the process does not fit
+    /// the address space (a hostile or damaged patch, record or object).
+    #[error("process {pid}: {field} = {value}: {why}; nothing was changed")]
+    Overflow {
+        pid: Pid,
+        field: String,
+        value: String,
+        why: String,
+    },
     /// Writing the jumps failed midway and putting back one already written
     /// failed too: that function now jumps into the patch, so the patch's
     /// code was left mapped (and recorded) rather than unmapped under it.
@@ -131,3 +141,14 @@ pub enum EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// `a + b`, or [`EngineError::Overflow`] naming `field` (whose value is `b`)
+/// and what it was added to.
+pub(crate) fn add(pid: Pid, a: u64, b: u64, field: impl Into<String>, to: &str) -> Result<u64> {
+    a.checked_add(b).ok_or_else(|| EngineError::Overflow {
+        pid,
+        field: field.into(),
+        value: format!("{b:#x}"),
+        why: format!("{to} ({a:#x}) + it is past the end of the address space"),
+    })
+}

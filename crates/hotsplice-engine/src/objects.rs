@@ -4,7 +4,12 @@
 
 use crate::{EngineError, Result};
 use hotsplice_elf::Export;
+use hotsplice_patch::BuildId;
 use hotsplice_process::{self as process, Mapping, Pid};
+use object::elf::{
+    FileHeader64, ProgramHeader64, ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_LOAD, PT_NOTE,
+};
+use object::{pod, LittleEndian as LE};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,7 +25,7 @@ pub struct LoadedObject {
     /// Load bias: run-time address minus link-time address.
     pub bias: u64,
     /// GNU build-id, hex; empty when the object has none.
-    pub build_id: String,
+    pub build_id: BuildId,
     /// Start and end of the mapping at file offset 0 (for map_files).
     #[serde(skip)]
     pub first_map: (u64, u64),
@@ -28,19 +33,15 @@ pub struct LoadedObject {
     pub inode: (String, u64),
 }
 
-const EHDR_LEN: usize = 64;
-const PHDR_LEN: usize = 56;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
+const EHDR_LEN: usize = std::mem::size_of::<FileHeader64<LE>>();
+const PHDR_LEN: usize = std::mem::size_of::<ProgramHeader64<LE>>();
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+/// The ELF header at the start of `bytes`, if it is one of a 64-bit
+/// little-endian object (read out of a process: any bytes at all).
+fn elf_header(bytes: &[u8]) -> Option<&FileHeader64<LE>> {
+    let (h, _) = pod::from_bytes::<FileHeader64<LE>>(bytes).ok()?;
+    let id = &h.e_ident;
+    (id.magic == ELFMAG && id.class == ELFCLASS64 && id.data == ELFDATA2LSB).then_some(h)
 }
 
 /// The objects `pid` maps, from its memory: three batched reads in all.
@@ -102,12 +103,11 @@ pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
     let mut elfs = Vec::new();
     let mut phdr_ranges = Vec::new();
     for (g, h) in groups.iter().zip(&headers) {
-        let Some(h) = h else { continue };
-        if &h[..4] != b"\x7fELF" || h[4] != 2 {
+        let Some(h) = h.as_deref().and_then(elf_header) else {
             continue;
-        }
-        let phoff = u64_at(h, 32);
-        let phnum = u16_at(h, 56) as usize;
+        };
+        let phoff = h.e_phoff.get(LE);
+        let phnum = usize::from(h.e_phnum.get(LE));
         if phnum == 0 || phnum > 64 {
             continue;
         }
@@ -123,14 +123,17 @@ pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
     let mut note_ranges = Vec::new();
     for (g, ph) in elfs.iter().zip(&phdrs) {
         let Some(ph) = ph else { continue };
+        let Ok((ph, _)) = pod::slice_from_bytes::<ProgramHeader64<LE>>(ph, ph.len() / PHDR_LEN)
+        else {
+            continue;
+        };
         let mut first_load = None;
         let mut notes = Vec::new();
-        for i in 0..ph.len() / PHDR_LEN {
-            let p = &ph[i * PHDR_LEN..(i + 1) * PHDR_LEN];
-            let p_type = u32_at(p, 0);
-            let p_offset = u64_at(p, 8);
-            let p_vaddr = u64_at(p, 16);
-            let p_memsz = u64_at(p, 40);
+        for p in ph {
+            let p_type = p.p_type.get(LE);
+            let p_offset = p.p_offset.get(LE);
+            let p_vaddr = p.p_vaddr.get(LE);
+            let p_memsz = p.p_memsz.get(LE);
             if p_type == PT_LOAD && first_load.is_none() && p_offset == 0 {
                 first_load = Some(p_vaddr);
             }
@@ -153,7 +156,7 @@ pub fn loaded_objects(pid: Pid, maps: &[Mapping]) -> Result<Vec<LoadedObject>> {
             .iter()
             .flatten()
             .find_map(|n| hotsplice_elf::build_id_from_notes(n))
-            .map(hex::encode)
+            .map(|b| BuildId::from_bytes(&b))
             .unwrap_or_default();
         out.push(LoadedObject {
             path: g.path.clone(),

@@ -23,7 +23,8 @@ pub fn find_place(
     size: u64,
     low: bool,
 ) -> Option<u64> {
-    let size = size.div_ceil(PAGE) * PAGE;
+    // Sizes come from patches: one that overflows has no place.
+    let size = size.div_ceil(PAGE).checked_mul(PAGE)?;
     let lo = obj_end.saturating_sub(REACH).max(MIN_ADDR);
     let mut hi = obj_start.saturating_add(REACH); // new range must end below this
     if low {
@@ -48,12 +49,18 @@ pub fn find_place(
             let addr = if a_hi <= obj_start {
                 (a_hi - size) & !(PAGE - 1)
             } else {
-                a_lo.div_ceil(PAGE) * PAGE
+                match a_lo.div_ceil(PAGE).checked_mul(PAGE) {
+                    Some(a) => a,
+                    None => return,
+                }
             };
-            if addr < a_lo || addr + size > a_hi {
+            let Some(end) = addr.checked_add(size) else {
+                return;
+            };
+            if addr < a_lo || end > a_hi {
                 return;
             }
-            let dist = if addr + size <= obj_start {
+            let dist = if end <= obj_start {
                 obj_start - addr
             } else {
                 addr.saturating_sub(obj_end)
@@ -118,6 +125,20 @@ mod tests {
         let a = find_place(&maps, 0x400000, 0x401000, 0x2000, true).unwrap();
         assert!(a + 0x2000 <= 1 << 31);
         assert!(a >= MIN_ADDR);
+    }
+
+    #[test]
+    fn sizes_near_u64_max_have_no_place() {
+        let maps = vec![m(0x5555_0000_0000, 0x5555_0001_0000, Some("/prog"))];
+        for size in [u64::MAX, u64::MAX - PAGE, 1 << 63] {
+            assert_eq!(
+                find_place(&maps, 0x5555_0000_0000, 0x5555_0001_0000, size, false),
+                None
+            );
+        }
+        // An object at the top of the address space.
+        let top = !(PAGE - 1);
+        assert_eq!(find_place(&[], top - PAGE, top, PAGE, false), None);
     }
 
     #[test]

@@ -217,6 +217,35 @@ mod tests {
     }
 
     #[test]
+    fn stack_outside_every_known_mapping_is_busy() {
+        // A thread started after the maps were read: its stack pointer is in
+        // none of them; its span is empty, which the check counts as busy.
+        let maps = [Mapping {
+            start: 0x7000,
+            end: 0x8000,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            dev: "00:00".into(),
+            inode: 0,
+            path: None,
+        }];
+        let mut t = thread(0x9000);
+        t.regs.rsp = 0x10_0000;
+        let spans = stack_spans(&[t], &maps);
+        assert_eq!(spans, vec![(0x10_0000, 0)]);
+        assert!(needs_fresh_maps(&spans));
+        let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
+        let busy = find_busy(&[t], &[Some((0, 0))], &[], &r, &mut Vec::new()).unwrap();
+        assert!(busy.frame.contains("unreadable"), "{}", busy.frame);
+        // A signal frame naming an unmapped stack: scanned as unreadable.
+        let extra = interrupted_spans(&[(0x7800, 0x800)], &[(0, 0x20_0000)], &maps);
+        assert_eq!(extra, vec![(0, (0x20_0000, 0))]);
+    }
+
+    #[test]
     fn instruction_pointer_inside_is_busy_even_at_the_entry() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[]);

@@ -4,7 +4,8 @@ use crate::objects::{loaded_objects, LoadedObject};
 use crate::{EngineError, Result};
 use hotsplice_arch::current as arch;
 use hotsplice_patch::{
-    is_valid_id, AppliedFunction, HeaderError, ImageHeader, Patch, IMAGE_PREFIX_LEN,
+    AppliedFunction, AppliedRecord, BuildId, Patch, PatchId, RecordError, IMAGE_MAGIC,
+    IMAGE_PREFIX_LEN, RETIRED_MAGIC,
 };
 use hotsplice_process::{self as process, Mapping, Pid};
 use serde::Serialize;
@@ -42,7 +43,7 @@ pub struct Corrupt {
     pub map_start: u64,
     /// The patch id the record names, if it names a well-formed one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch_id: Option<String>,
+    pub patch_id: Option<PatchId>,
     /// What is wrong with it.
     pub why: String,
 }
@@ -67,7 +68,7 @@ impl std::fmt::Display for Corrupt {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct State {
     /// Well-formed records, oldest first.
-    pub patches: Vec<ImageHeader>,
+    pub patches: Vec<AppliedRecord>,
     /// Forged or damaged records, by address.
     pub corrupt: Vec<Corrupt>,
 }
@@ -80,7 +81,7 @@ pub const MAX_RECORD_BYTES: usize = 16 << 20;
 
 /// Patches applied to `pid`, oldest first, read from the process itself.
 /// Records that are forged or damaged are left out: [`state`] lists them.
-pub fn applied(pid: Pid) -> Result<Vec<ImageHeader>> {
+pub fn applied(pid: Pid) -> Result<Vec<AppliedRecord>> {
     Ok(state(pid)?.patches)
 }
 
@@ -91,7 +92,7 @@ pub fn state(pid: Pid) -> Result<State> {
     state_in(pid, &maps)
 }
 
-pub(crate) fn applied_in(pid: Pid, maps: &[Mapping]) -> Result<Vec<ImageHeader>> {
+pub(crate) fn applied_in(pid: Pid, maps: &[Mapping]) -> Result<Vec<AppliedRecord>> {
     Ok(state_in(pid, maps)?.patches)
 }
 
@@ -114,7 +115,7 @@ pub(crate) fn state_in(pid: Pid, maps: &[Mapping]) -> Result<State> {
             .collect::<Vec<_>>(),
     );
     let mut st = State::default();
-    let corrupt = |map_start: u64, patch_id: Option<String>, why: String| Corrupt {
+    let corrupt = |map_start: u64, patch_id: Option<PatchId>, why: String| Corrupt {
         pid,
         map_start,
         patch_id,
@@ -126,9 +127,9 @@ pub(crate) fn state_in(pid: Pid, maps: &[Mapping]) -> Result<State> {
         let Some(prefix) = prefix.as_deref() else {
             continue;
         };
-        let len = match ImageHeader::record_len(prefix) {
+        let len = match AppliedRecord::record_len(prefix) {
             Ok(len) => len,
-            Err(HeaderError::NoMagic) => continue,
+            Err(RecordError::NoMagic) => continue,
             Err(e) => {
                 st.corrupt
                     .push(corrupt(m.start, None, format!("the record {e}")));
@@ -176,15 +177,16 @@ pub(crate) fn state_in(pid: Pid, maps: &[Mapping]) -> Result<State> {
                 continue;
             }
         };
-        let h = match ImageHeader::parse(&bytes) {
+        let h = match AppliedRecord::parse(&bytes) {
             Ok(h) => h,
             Err(e) => {
+                let id = AppliedRecord::claimed_id(&bytes);
                 st.corrupt
-                    .push(corrupt(m.start, None, format!("the record {e}")));
+                    .push(corrupt(m.start, id, format!("the record {e}")));
                 continue;
             }
         };
-        let id = is_valid_id(&h.patch_id).then(|| h.patch_id.clone());
+        let id = h.patch_id.is_valid().then(|| h.patch_id.clone());
         if let Err(e) = h.validate(len) {
             st.corrupt
                 .push(corrupt(m.start, id, format!("the record {e}")));
@@ -219,6 +221,35 @@ pub(crate) fn state_in(pid: Pid, maps: &[Mapping]) -> Result<State> {
     Ok(st)
 }
 
+/// The retired record of patch `id` at `map_start` (see
+/// [`hotsplice_patch::RETIRED_MAGIC`]), if that is what the mapping there
+/// holds: a patch taken out whose mapping is still there. Checked as a live
+/// record is, so that only what hotsplice mapped is ever unmapped.
+pub(crate) fn retired_in(
+    pid: Pid,
+    maps: &[Mapping],
+    map_start: u64,
+    id: &PatchId,
+) -> Option<AppliedRecord> {
+    let m = maps
+        .iter()
+        .find(|m| m.start == map_start && may_hold_record(m))?;
+    let prefix = process::read_memory(pid, m.start, IMAGE_PREFIX_LEN.min(m.len() as usize)).ok()?;
+    if prefix.get(..RETIRED_MAGIC.len())? != RETIRED_MAGIC {
+        return None;
+    }
+    let mut live = prefix.clone();
+    live[..IMAGE_MAGIC.len()].copy_from_slice(IMAGE_MAGIC);
+    let len = AppliedRecord::record_len(&live).ok()?;
+    if len as u64 > m.len() {
+        return None;
+    }
+    let mut bytes = process::read_memory(pid, m.start, len).ok()?;
+    bytes[..IMAGE_MAGIC.len()].copy_from_slice(IMAGE_MAGIC);
+    let h = AppliedRecord::decode(&bytes).ok()?;
+    (h.patch_id == *id && fits_process(&h, m, maps).is_ok()).then_some(h)
+}
+
 /// Whether `[start, end)` is covered by consecutive mappings of `maps`
 /// (sorted) that all satisfy `ok`.
 fn covered(maps: &[Mapping], start: u64, end: u64, ok: impl Fn(&Mapping) -> bool) -> bool {
@@ -238,7 +269,11 @@ fn covered(maps: &[Mapping], start: u64, end: u64, ok: impl Fn(&Mapping) -> bool
 
 /// Checks of a (self-consistent) record against the mapping it was found
 /// at and the process's other mappings: what `apply` wrote always passes.
-fn fits_process(h: &ImageHeader, m: &Mapping, maps: &[Mapping]) -> std::result::Result<(), String> {
+fn fits_process(
+    h: &AppliedRecord,
+    m: &Mapping,
+    maps: &[Mapping],
+) -> std::result::Result<(), String> {
     // The record sits at the start of the read+execute part of what apply
     // mapped; the rest of map_len is its data, mapped right after.
     // (The mapping may be longer than map_len: the kernel merges an
@@ -276,7 +311,7 @@ fn fits_process(h: &ImageHeader, m: &Mapping, maps: &[Mapping]) -> std::result::
 
 /// The bytes the jump over `f` (in the record at `map_start`) overwrote.
 pub(crate) fn saved_bytes(pid: Pid, map_start: u64, f: &AppliedFunction) -> Result<Vec<u8>> {
-    f.saved_bytes().map_err(|e| {
+    f.saved_bytes().map(<[u8]>::to_vec).map_err(|e| {
         EngineError::CorruptRecord(Corrupt {
             pid,
             map_start,
@@ -292,7 +327,7 @@ pub(crate) fn original_bytes(
     pid: Pid,
     addr: u64,
     current: &[u8],
-    applied: &[ImageHeader],
+    applied: &[AppliedRecord],
 ) -> Result<Vec<u8>> {
     let mut bytes = current.to_vec();
     for _ in 0..applied.len() {
@@ -302,7 +337,7 @@ pub(crate) fn original_bytes(
         let Some((h, f)) = applied.iter().find_map(|h| {
             h.functions
                 .iter()
-                .find(|f| f.addr == addr && f.new_addr == dest && !f.saved.is_empty())
+                .find(|f| f.addr == addr && f.new_addr == dest && f.jumped())
                 .map(|f| (h, f))
         }) else {
             break;
@@ -341,17 +376,17 @@ pub fn find_target(pid: Pid, patch: &Patch, objects: &[LoadedObject]) -> Result<
 }
 
 /// Whether `pid` maps the object a patch is for.
-pub fn maps_target(pid: Pid, build_id: &str) -> bool {
+pub fn maps_target(pid: Pid, build_id: &BuildId) -> bool {
     let Ok(maps) = read_maps(pid) else {
         return false;
     };
     loaded_objects(pid, &maps)
-        .map(|objs| objs.iter().any(|o| o.build_id == build_id))
+        .map(|objs| objs.iter().any(|o| o.build_id == *build_id))
         .unwrap_or(false)
 }
 
 /// Processes that map an object with `build_id` (never PID 1 or ourselves).
-pub fn processes_mapping(build_id: &str) -> Vec<Pid> {
+pub fn processes_mapping(build_id: &BuildId) -> Vec<Pid> {
     let me = std::process::id() as Pid;
     process::all_pids()
         .into_iter()
@@ -364,7 +399,7 @@ pub fn processes_mapping(build_id: &str) -> Vec<Pid> {
 /// field 22): with the pid, it names one process even if pids are reused.
 pub fn start_time(pid: Pid) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
+    let after = stat.get(stat.rfind(')')?.checked_add(2)?..)?;
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
@@ -384,7 +419,7 @@ mod tests {
     /// An anonymous read+execute mapping of this process holding the
     /// record `edit` makes of a well-formed one; returns the record as
     /// written and the mapping's start.
-    fn mapped(edit: impl FnOnce(&mut ImageHeader)) -> (ImageHeader, u64) {
+    fn mapped(edit: impl FnOnce(&mut AppliedRecord)) -> (AppliedRecord, u64) {
         let len = (PAGES * 4096) as usize;
         // SAFETY: a fresh private anonymous mapping, owned by the test, with
         // an inaccessible page on each side so that the kernel does not
@@ -408,11 +443,11 @@ mod tests {
         };
         let start = at as u64;
         let addr = victim as *const () as u64;
-        let mut h = ImageHeader {
-            patch_id: "abcd1234".into(),
+        let mut h = AppliedRecord {
+            patch_id: hotsplice_patch::PatchId::unchecked("abcd1234"),
             description: String::new(),
             target_name: "test".into(),
-            target_build_id: "ab".into(),
+            target_build_id: hotsplice_patch::BuildId::unchecked("ab"),
             target_bias: 0,
             applied_at: 0,
             sequence: 1,
@@ -426,7 +461,7 @@ mod tests {
                 addr,
                 size: 16,
                 new_addr: start + 4096,
-                saved: "f30f1efa55".into(),
+                saved: Some(vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55]),
             }],
         };
         edit(&mut h);
@@ -442,7 +477,7 @@ mod tests {
         (h, start)
     }
 
-    fn state_at(start: u64) -> (Option<ImageHeader>, Option<Corrupt>) {
+    fn state_at(start: u64) -> (Option<AppliedRecord>, Option<Corrupt>) {
         let me = std::process::id() as Pid;
         let st = state(me).unwrap();
         (
@@ -466,7 +501,7 @@ mod tests {
 
     #[test]
     fn a_four_gib_length_is_refused_without_reading() {
-        let (_, start) = mapped(|h| h.patch_id = "fourgib1".into());
+        let (_, start) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("fourgib1"));
         // SAFETY: the first page of the test's own mapping.
         unsafe {
             libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE);
@@ -488,12 +523,35 @@ mod tests {
         assert!(c.why.contains("more than its mapping"), "{c}");
     }
 
+    /// Overwrite `from` (in the record's first page) with `to`.
+    fn poke(start: u64, from: &[u8], to: &[u8]) {
+        assert_eq!(from.len(), to.len());
+        // SAFETY: the first page of the test's own mapping.
+        unsafe {
+            let page = std::slice::from_raw_parts(start as *const u8, 4096);
+            let at = page.windows(from.len()).position(|w| w == from).unwrap();
+            libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE);
+            std::ptr::copy_nonoverlapping(to.as_ptr(), (start as *mut u8).add(at), to.len());
+            libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_EXEC);
+        }
+    }
+
     #[test]
     fn undecodable_or_short_saved_bytes_are_corrupt() {
-        for saved in ["zz", "90", "f30f1efa5590"] {
-            let (_, start) = mapped(|h| h.functions[0].saved = saved.into());
+        let (_, start) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("badhex12"));
+        // Same length: JSON whitespace after the string.
+        poke(start, b"\"f30f1efa55\"", b"\"zz\"        ");
+        let c = corrupt_at(start);
+        assert!(
+            c.why
+                .contains("saved = \"zz\": the saved bytes are not hex"),
+            "{c}"
+        );
+        assert_eq!(c.patch_id.as_deref(), Some("badhex12"), "{c}");
+        for saved in [vec![0x90], vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x90]] {
+            let (_, start) = mapped(|h| h.functions[0].saved = Some(saved.clone()));
             let c = corrupt_at(start);
-            assert!(c.why.contains(".saved"), "{saved}: {c}");
+            assert!(c.why.contains(".saved"), "{saved:?}: {c}");
             assert!(c.to_string().contains("forged or corrupt"), "{c}");
         }
     }
@@ -526,8 +584,8 @@ mod tests {
 
     #[test]
     fn a_second_record_of_one_patch_is_corrupt() {
-        let (h, a) = mapped(|h| h.patch_id = "twice123".into());
-        let (_, b) = mapped(|h| h.patch_id = "twice123".into());
+        let (h, a) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("twice123"));
+        let (_, b) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("twice123"));
         let first = a.min(b);
         let second = a.max(b);
         assert_eq!(state_at(first).0.map(|g| g.patch_id), Some(h.patch_id));
@@ -535,22 +593,52 @@ mod tests {
     }
 
     #[test]
+    fn a_retired_record_is_not_listed_but_found_for_unmapping() {
+        let (h, start) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("retired1"));
+        // SAFETY: the first page of the test's own mapping.
+        unsafe {
+            libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE);
+            std::ptr::copy_nonoverlapping(RETIRED_MAGIC.as_ptr(), start as *mut u8, 16);
+            libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_EXEC);
+        }
+        assert_eq!(state_at(start), (None, None));
+        let me = std::process::id() as Pid;
+        let maps = read_maps(me).unwrap();
+        assert_eq!(
+            retired_in(me, &maps, start, &PatchId::unchecked("retired1")),
+            Some(h)
+        );
+        assert_eq!(
+            retired_in(me, &maps, start, &PatchId::unchecked("other123")),
+            None
+        );
+        // A live record is not retired.
+        let (_, live) = mapped(|h| h.patch_id = hotsplice_patch::PatchId::unchecked("notyet12"));
+        let maps = read_maps(me).unwrap();
+        assert_eq!(
+            retired_in(me, &maps, live, &PatchId::unchecked("notyet12")),
+            None
+        );
+    }
+
+    #[test]
     fn undo_and_original_bytes_refuse_bad_saved_bytes() {
         let (mut h, _) = mapped(|_| {});
         h.functions[0].new_addr = h.functions[0].addr + 4096;
-        h.functions[0].saved = "zz".into();
+        h.functions[0].saved = Some(vec![0x90]);
         let f = &h.functions[0];
         let jump = arch::encode_jump(f.addr, f.new_addr).unwrap().to_vec();
-        let Err(err) = removal_writes(1234, &h, &[], &[Some(jump.clone())], false) else {
-            panic!("undo would write what it cannot decode");
-        };
-        assert!(matches!(err, EngineError::CorruptRecord(_)), "{err}");
         let err = original_bytes(1234, f.addr, &jump, std::slice::from_ref(&h)).unwrap_err();
-        assert!(err.to_string().contains("not hex"), "{err}");
-        h.functions[0].saved = "90".into();
+        assert!(err.to_string().contains("exactly 5 bytes"), "{err}");
         let Err(err) = removal_writes(1234, &h, &[], &[Some(jump)], false) else {
             panic!("undo would write a short entry");
         };
+        assert!(matches!(err, EngineError::CorruptRecord(_)), "{err}");
         assert!(err.to_string().contains("exactly 5 bytes"), "{err}");
+        // An entry that cannot be read is refused, never taken as not ours.
+        let Err(err) = removal_writes(1234, &h, &[], &[None], true) else {
+            panic!("recovery would skip an unreadable entry");
+        };
+        assert!(err.to_string().contains("cannot be read"), "{err}");
     }
 }

@@ -1,14 +1,69 @@
 //! Undo, and finishing or rolling back what an interrupted run left.
 
-use crate::journal::{fault, record, Op, Pending, Step};
+use crate::journal::{fault, in_flight, record, InFlight, Op, Step};
 use crate::safety::Ranges;
-use crate::state::{applied_in, read_maps, refuse_special, saved_bytes, state_in};
-use crate::window::{stop_and_write, Write};
-use crate::{ApplyOptions, EngineError, Report, Result};
+use crate::state::{applied_in, read_maps, refuse_special, retired_in, saved_bytes, state_in};
+use crate::window::{stop_and_write, Outcome, Write};
+use crate::{ApplyOptions, EngineError, Journal, Report, Result};
 use hotsplice_arch::current as arch;
-use hotsplice_patch::ImageHeader;
+use hotsplice_patch::{AppliedRecord, PatchId, IMAGE_MAGIC, RETIRED_MAGIC};
 use hotsplice_process::{self as process, Mapping, MemWriter, Pid, Tracee};
-use std::time::Duration;
+
+/// The write that retires the record of `h` (see [`RETIRED_MAGIC`]): the
+/// last of the window that takes `h` out, so that it is in only when every
+/// jump is.
+pub(crate) fn retirement(h: &AppliedRecord) -> Write {
+    Write {
+        addr: h.map_start,
+        new: RETIRED_MAGIC.to_vec(),
+        expect: IMAGE_MAGIC.to_vec(),
+        name: format!("the record of patch {}", h.patch_id),
+    }
+}
+
+/// After the window that took `h` out: tell the journal, then unmap `h`.
+/// The change is made whatever happens here, so a failure is not an error
+/// but the warning returned (the journal record stays, for the next
+/// command's recovery to unmap the retired mapping).
+pub(crate) fn unmap_retired(
+    pid: Pid,
+    h: &AppliedRecord,
+    journal: Option<&dyn Journal>,
+) -> Option<String> {
+    if let Some(j) = journal {
+        let p = in_flight(
+            Op::Undo,
+            pid,
+            &h.patch_id,
+            (h.map_start, h.map_len),
+            Step::Unmapping,
+        );
+        if let Err(e) = j.record(&p) {
+            // The record of the window stays, which recovery treats alike.
+            tracing::warn!(pid, id = %h.patch_id, "cannot record the unmapping step: {e}");
+        }
+    }
+    fault("undo:restored");
+    match process::with_main_thread(pid, |t| t.munmap(h.map_start, h.map_len)) {
+        Ok(()) => {
+            fault("undo:unmapped");
+            if let Some(j) = journal {
+                j.clear(pid, &h.patch_id);
+            }
+            None
+        }
+        Err(e) => {
+            let w = format!(
+                "patch {} is out, but its code at {:#x}-{:#x} stays mapped (unmapping failed: {e}); the next `hotsplice user` command that changes patches unmaps it",
+                h.patch_id,
+                h.map_start,
+                h.map_start.saturating_add(h.map_len)
+            );
+            tracing::warn!(pid, "{w}");
+            Some(w)
+        }
+    }
+}
 
 /// The writes that put back what patch `h` overwrote. `current` holds the
 /// first bytes of each of its jumped functions, in order. Strict: every
@@ -16,15 +71,24 @@ use std::time::Duration;
 /// tolerant (recovery): entries without our jump are left alone.
 pub(crate) fn removal_writes(
     pid: Pid,
-    h: &ImageHeader,
-    applied: &[ImageHeader],
+    h: &AppliedRecord,
+    applied: &[AppliedRecord],
     current: &[Option<Vec<u8>>],
     tolerant: bool,
 ) -> Result<Vec<Write>> {
     let mut writes = Vec::new();
-    let jumped = h.functions.iter().filter(|f| !f.saved.is_empty());
+    let jumped = h.functions.iter().filter(|f| f.jumped());
     for (f, cur) in jumped.zip(current) {
-        let cur = cur.clone().unwrap_or_default();
+        // What cannot be read may hold our jump: never unmap under it.
+        let Some(cur) = cur.clone() else {
+            return Err(EngineError::Refused {
+                pid,
+                why: format!(
+                    "to take out patch {}: the entry of `{}` at {:#x} cannot be read; nothing was changed",
+                    h.patch_id, f.name, f.addr
+                ),
+            });
+        };
         let ours = arch::encode_jump(f.addr, f.new_addr).map(|j| j.to_vec());
         if Some(&cur) != ours.as_ref() {
             if tolerant {
@@ -57,12 +121,13 @@ pub(crate) fn removal_writes(
     Ok(writes)
 }
 
-fn entries(pid: Pid, h: &ImageHeader) -> Vec<Option<Vec<u8>>> {
+/// The first bytes of each function `h` jumps from, as they are now.
+pub(crate) fn jumped_entries(pid: Pid, h: &AppliedRecord) -> Vec<Option<Vec<u8>>> {
     process::read_memory_many(
         pid,
         &h.functions
             .iter()
-            .filter(|f| !f.saved.is_empty())
+            .filter(|f| f.jumped())
             .map(|f| (f.addr, arch::JUMP_LEN))
             .collect::<Vec<_>>(),
     )
@@ -70,7 +135,7 @@ fn entries(pid: Pid, h: &ImageHeader) -> Vec<Option<Vec<u8>>> {
 
 /// Undo patch `id` in process `pid`: restore the original entries (after
 /// the same safety check, against the patch's own code), then unmap it.
-pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
+pub fn undo(pid: Pid, id: &PatchId, opts: &ApplyOptions) -> Result<Report> {
     refuse_special(pid)?;
     let maps = read_maps(pid)?;
     let state = state_in(pid, &maps)?;
@@ -78,15 +143,15 @@ pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
     if let Some(c) = state
         .corrupt
         .iter()
-        .find(|c| c.patch_id.as_deref() == Some(id))
+        .find(|c| c.patch_id.as_ref() == Some(id))
     {
         return Err(EngineError::CorruptRecord(c.clone()));
     }
     let applied = state.patches;
-    let Some(h) = applied.iter().find(|h| h.patch_id == id) else {
+    let Some(h) = applied.iter().find(|h| h.patch_id == *id) else {
         return Err(EngineError::NotApplied {
             pid,
-            id: id.into(),
+            id: id.clone(),
             applied: if applied.is_empty() {
                 "none".into()
             } else {
@@ -103,36 +168,31 @@ pub fn undo(pid: Pid, id: &str, opts: &ApplyOptions) -> Result<Report> {
 
 fn remove(
     pid: Pid,
-    h: &ImageHeader,
-    applied: &[ImageHeader],
+    h: &AppliedRecord,
+    applied: &[AppliedRecord],
     maps: &[Mapping],
     tolerant: bool,
     opts: &ApplyOptions,
 ) -> Result<Report> {
-    let writes = removal_writes(pid, h, applied, &entries(pid, h), tolerant)?;
+    let mut writes = removal_writes(pid, h, applied, &jumped_entries(pid, h), tolerant)?;
+    writes.push(retirement(h));
     let ranges = Ranges::new([(
         h.code_start,
-        h.code_start + h.code_len,
+        h.code_end(),
         format!("code of patch {}", h.patch_id),
         false,
     )]);
     let journal = opts.journal.as_deref();
-    let pending = |step| Pending {
-        op: Op::Undo,
+    let window = in_flight(
+        Op::Undo,
         pid,
-        id: h.patch_id.clone(),
-        map_start: h.map_start,
-        map_len: h.map_len,
-        step,
-    };
-    record(journal, &pending(Step::Window))?;
-    let window = || -> Result<(usize, u32, Duration)> {
-        if writes.is_empty() {
-            return Ok((0, 0, Duration::ZERO));
-        }
-        let mut tracee = Tracee::seize(pid)?;
-        let mem = MemWriter::open(pid)?;
-        let w = stop_and_write(
+        &h.patch_id,
+        (h.map_start, h.map_len),
+        Step::Window,
+    );
+    record(journal, &window)?;
+    let outcome = match Tracee::seize(pid).and_then(|t| Ok((t, MemWriter::open(pid)?))) {
+        Ok((mut tracee, mem)) => stop_and_write(
             pid,
             &mut tracee,
             &mem,
@@ -141,37 +201,35 @@ fn remove(
             opts,
             &writes,
             "undo:restore",
-        )?;
-        Ok((w.threads, w.attempts, w.stopped))
+            (),
+        ),
+        Err(e) => Outcome::Unchanged(e.into(), ()),
     };
-    let (threads, attempts, stopped) = match window() {
-        Ok(w) => w,
+    let w = match outcome {
+        Outcome::Committed(w) => w,
         // Nothing changed (code busy, process gone, ...): the record goes
         // too, or the next command's recovery would carry out the undo
         // that was just refused.
-        Err(e) if !matches!(e, EngineError::PartlyApplied { .. }) => {
+        Outcome::Unchanged(e, ()) => {
             if let Some(j) = journal {
                 j.clear(pid, &h.patch_id);
             }
             return Err(e);
         }
-        Err(e) => return Err(e),
+        // Some entries are back, some not: the record stays for recovery.
+        Outcome::PartlyApplied(e) => return Err(e),
     };
-    fault("undo:restored");
-    process::with_main_thread(pid, |t| t.munmap(h.map_start, h.map_len))?;
-    fault("undo:unmapped");
-    if let Some(j) = journal {
-        j.clear(pid, &h.patch_id);
-    }
+    let warning = unmap_retired(pid, h, journal);
     Ok(Report {
         pid,
         id: h.patch_id.clone(),
         target: h.target_name.clone(),
-        threads,
-        attempts,
-        stopped,
+        threads: w.threads,
+        attempts: w.attempts,
+        stopped: w.stopped,
         functions: h.functions.len(),
         replaced: None,
+        warning,
     })
 }
 
@@ -192,7 +250,7 @@ pub enum Recovery {
 /// an interrupted apply is rolled back unless every jump was written; an
 /// interrupted undo is finished. The caller checks the record is about this
 /// very process (start time) and clears the record afterwards.
-pub fn recover(p: &Pending, opts: &ApplyOptions) -> Result<Recovery> {
+pub fn recover(p: &InFlight, opts: &ApplyOptions) -> Result<Recovery> {
     let no_journal = ApplyOptions {
         journal: None,
         ..opts.clone()
@@ -219,19 +277,22 @@ pub fn recover(p: &Pending, opts: &ApplyOptions) -> Result<Recovery> {
                     && m.path.as_deref().is_none_or(|n| n.starts_with("[anon:"))
             });
             if ours {
-                let head = process::read_memory(p.pid, p.map_start, 16).unwrap_or_default();
-                if head.iter().all(|&b| b == 0) {
+                // Only what is readable and still blank (an unreadable
+                // head may be a record): the rest is left alone.
+                let blank = process::read_memory(p.pid, p.map_start, 16)
+                    .is_ok_and(|head| head.iter().all(|&b| b == 0));
+                if blank {
                     process::with_main_thread(p.pid, |t| t.munmap(p.map_start, p.map_len))?;
                 }
             }
             Ok(Recovery::RolledBack)
         }
         (Op::Apply, Some(h)) => {
-            let current = entries(p.pid, h);
+            let current = jumped_entries(p.pid, h);
             let jumps: Vec<bool> = h
                 .functions
                 .iter()
-                .filter(|f| !f.saved.is_empty())
+                .filter(|f| f.jumped())
                 .zip(&current)
                 .map(|(f, c)| {
                     c.as_deref()
@@ -246,7 +307,14 @@ pub fn recover(p: &Pending, opts: &ApplyOptions) -> Result<Recovery> {
             remove(p.pid, h, &applied, &maps, true, &no_journal)?;
             Ok(Recovery::RolledBack)
         }
-        (Op::Undo, None) => Ok(Recovery::Completed),
+        // The window that took it out was done; unmapping may not have been.
+        (Op::Undo, None) => match retired_in(p.pid, &maps, p.map_start, &p.id) {
+            Some(h) => {
+                process::with_main_thread(p.pid, |t| t.munmap(h.map_start, h.map_len))?;
+                Ok(Recovery::Finished)
+            }
+            None => Ok(Recovery::Completed),
+        },
         (Op::Undo, Some(h)) => {
             remove(p.pid, h, &applied, &maps, true, &no_journal)?;
             Ok(Recovery::Finished)

@@ -3,7 +3,7 @@
 use crate::journal::fault;
 use crate::safety::{find_busy, interrupted_spans, needs_fresh_maps, stack_spans, Ranges};
 use crate::state::read_maps;
-use crate::{ApplyOptions, EngineError, Result};
+use crate::{ApplyOptions, EngineError};
 use hotsplice_process::{self as process, Mapping, MemWriter, Pid, StoppedThread, Tracee};
 use std::time::{Duration, Instant};
 
@@ -15,18 +15,51 @@ pub(crate) struct Write {
     pub name: String,
 }
 
-pub(crate) struct WindowResult {
+/// Every write of a window is in: the change took effect.
+pub(crate) struct Committed {
     pub threads: usize,
     pub attempts: u32,
     pub stopped: Duration,
 }
 
+/// Proof that no jump leads into a patch mapping, so that it may be
+/// unmapped. Made once, when the mapping is new
+/// ([`Unreachable::fresh_mapping`]); a window that writes jumps takes it,
+/// and gives it back only when it left the process unchanged.
+#[must_use]
+pub(crate) struct Unreachable(());
+
+impl Unreachable {
+    /// For a mapping just made, which nothing can jump into yet.
+    pub(crate) fn fresh_mapping() -> Unreachable {
+        Unreachable(())
+    }
+}
+
+/// How a stop window ended. `held` is what the caller gave the window to
+/// keep (an [`Unreachable`] for the new code of an apply): it comes back
+/// only with [`Outcome::Unchanged`].
+#[must_use]
+pub(crate) enum Outcome<T> {
+    /// Every write is in (a detach error after that is only logged: the
+    /// change counts as made).
+    Committed(Committed),
+    /// The process is as before the window: nothing was written, or what
+    /// was written was put back before any thread ran.
+    Unchanged(EngineError, T),
+    /// A write failed and one already made could not be put back
+    /// ([`EngineError::PartlyApplied`]): what it leads into must stay.
+    PartlyApplied(EngineError),
+}
+
 /// Stop all threads, check none is inside `ranges`, check the bytes to
 /// overwrite are still what they were, write, detach. While busy, let the
-/// process run and retry until the timeout. On any failure the bytes are
-/// as they were and every thread runs.
+/// process run and retry until the timeout. `maps` (read before, sorted)
+/// locate the stacks; when a thread's stack is not in them (a thread
+/// started since), the threads are let go, the maps read again and the
+/// window retried: no `/proc` read happens while threads are stopped.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn stop_and_write(
+pub(crate) fn stop_and_write<T>(
     pid: Pid,
     tracee: &mut Tracee,
     mem: &MemWriter,
@@ -35,7 +68,16 @@ pub(crate) fn stop_and_write(
     opts: &ApplyOptions,
     writes: &[Write],
     fault_point: &str,
-) -> Result<WindowResult> {
+    held: T,
+) -> Outcome<T> {
+    macro_rules! unchanged {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Outcome::Unchanged(e.into(), held),
+            }
+        };
+    }
     let started = Instant::now();
     let deadline = started + opts.busy_timeout;
     let mut backoff = Duration::from_millis(5);
@@ -48,16 +90,22 @@ pub(crate) fn stop_and_write(
     let mut extra_buf: Vec<u8> = Vec::new();
     // Stack pointers saved by signal frames, found during the busy scan.
     let mut frames: Vec<(usize, u64)> = Vec::with_capacity(16);
+    // Whether `maps` were read after the last window (then a stack still
+    // not in them counts as unreadable, so busy).
+    let mut fresh = false;
     loop {
         attempts += 1;
         let t0 = Instant::now();
-        let window = tracee.stop_all()?;
+        let window = unchanged!(tracee.stop_all());
         let threads = window.threads();
-        let mut spans = stack_spans(threads, &maps);
-        if needs_fresh_maps(&spans) {
-            maps = read_maps(pid)?;
-            spans = stack_spans(threads, &maps);
+        let spans = stack_spans(threads, &maps);
+        if needs_fresh_maps(&spans) && !fresh {
+            unchanged!(window.resume());
+            maps = unchanged!(read_maps(pid));
+            fresh = true;
+            continue;
         }
+        fresh = false;
         let stacks = process::read_memory_into(pid, &spans, &mut stack_buf);
         frames.clear();
         let mut busy = find_busy(threads, &stacks, &stack_buf, ranges, &mut frames);
@@ -86,30 +134,32 @@ pub(crate) fn stop_and_write(
             }
         }
         if let Some(busy) = busy {
-            window.resume()?;
+            unchanged!(window.resume());
             if opts.stop_waiting.is_some_and(|stop| stop()) {
-                return Err(EngineError::StoppedWaiting {
+                let e = EngineError::StoppedWaiting {
                     pid,
                     tid: busy.tid,
                     function: busy.function,
                     frame: busy.frame,
-                });
+                };
+                return Outcome::Unchanged(e, held);
             }
             if Instant::now() >= deadline {
-                return Err(EngineError::Busy {
+                let e = EngineError::Busy {
                     pid,
                     tid: busy.tid,
                     function: busy.function,
                     frame: busy.frame,
                     waited_ms: started.elapsed().as_millis(),
-                });
+                };
+                return Outcome::Unchanged(e, held);
             }
             // While seized, a thread that gets a signal or starts a thread
             // waits for us: collect such stops while we wait.
             let until =
                 Instant::now() + backoff.min(deadline.saturating_duration_since(Instant::now()));
             while Instant::now() < until && !opts.stop_waiting.is_some_and(|stop| stop()) {
-                tracee.service_events()?;
+                unchanged!(tracee.service_events());
                 std::thread::sleep(
                     Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())),
                 );
@@ -124,12 +174,13 @@ pub(crate) fn stop_and_write(
             .find(|(w, cur)| cur.as_deref() != Some(w.expect.as_slice()))
             .map(|(w, _)| w)
         {
-            window.resume()?;
-            return Err(EngineError::ForeignChange {
+            unchanged!(window.resume());
+            let e = EngineError::ForeignChange {
                 pid,
                 function: w.name.clone(),
                 addr: w.addr,
-            });
+            };
+            return Outcome::Unchanged(e, held);
         }
         let mut done = 0;
         let mut failure = None;
@@ -151,17 +202,19 @@ pub(crate) fn stop_and_write(
                     stuck.get_or_insert(w);
                 }
             }
+            // Resuming or not, the bytes are as they were (a thread left
+            // stopped is resumed when the window is dropped or we exit).
             let _ = window.resume();
-            return Err(match stuck {
+            return match stuck {
                 // The caller must not unmap the code this jumps into.
-                Some(w) => EngineError::PartlyApplied {
+                Some(w) => Outcome::PartlyApplied(EngineError::PartlyApplied {
                     pid,
                     function: w.name.clone(),
                     addr: w.addr,
                     cause: e.to_string(),
-                },
-                None => e.into(),
-            });
+                }),
+                None => Outcome::Unchanged(e.into(), held),
+            };
         }
         let n = threads.len();
         // The jumps are in: whatever detaching says, the change took effect
@@ -170,7 +223,7 @@ pub(crate) fn stop_and_write(
         if let Err(e) = window.detach_all() {
             tracing::warn!(pid, error = %e, "detaching after the jumps were written");
         }
-        return Ok(WindowResult {
+        return Outcome::Committed(Committed {
             threads: n,
             attempts,
             stopped: t0.elapsed(),

@@ -1,4 +1,6 @@
 use crate::validate::{MAX_MAPPED_SIZE, MAX_META_LEN, MAX_SIGNATURE_FIELD};
+use crate::{BuildId, PatchId};
+pub use hotsplice_arch::FieldKind;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -70,7 +72,7 @@ pub struct Target {
     /// File name of the object, for people (matching is by build-id).
     pub name: String,
     /// GNU build-id, lowercase hex.
-    pub build_id: String,
+    pub build_id: BuildId,
     pub kind: ObjectKind,
 }
 
@@ -97,10 +99,34 @@ pub enum RelocTarget {
 pub struct Relocation {
     /// Offset of the field in the image.
     pub offset: u64,
-    /// `abs64`, `abs32`, `abs32s`, `pc32` or `pc64`.
-    pub kind: String,
+    /// What the field is and how it is computed; stored as its name
+    /// (`abs64`, `abs32`, `abs32s`, `pc32` or `pc64`).
+    #[serde(with = "field_kind")]
+    pub kind: FieldKind,
     pub target: RelocTarget,
     pub addend: i64,
+}
+
+/// [`FieldKind`] as the format stores it: its name.
+mod field_kind {
+    use super::FieldKind;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &FieldKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(k.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FieldKind, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        FieldKind::from_name(&name).ok_or_else(|| {
+            let known: Vec<&str> = FieldKind::ALL.iter().map(|k| k.name()).collect();
+            D::Error::custom(format!(
+                "unknown relocation kind {:?}: known kinds are {}",
+                crate::validate::quoted(&name),
+                known.join(", ")
+            ))
+        })
+    }
 }
 
 /// A function of the target replaced by new code.
@@ -137,7 +163,7 @@ pub struct NewSymbol {
 /// Everything about a patch except its code and data bytes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PatchMeta {
-    pub id: String,
+    pub id: PatchId,
     #[serde(default)]
     pub description: String,
     /// Order among patches for the same target: a higher level replaces a
@@ -168,13 +194,13 @@ impl PatchMeta {
     /// A small valid metadata record, for examples and tests.
     pub fn example() -> Self {
         PatchMeta {
-            id: "abcd1234".into(),
+            id: PatchId::unchecked("abcd1234"),
             description: "example".into(),
             level: 1,
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             target: Target {
                 name: "prog".into(),
-                build_id: "00".into(),
+                build_id: BuildId::unchecked("00"),
                 kind: ObjectKind::Relocatable,
             },
             code_size: 1,
@@ -196,7 +222,7 @@ impl PatchMeta {
     }
 
     /// Bytes `apply` reserves in front of the image for the record it
-    /// leaves in the process ([`crate::ImageHeader`]), rounded to pages.
+    /// leaves in the process ([`crate::AppliedRecord`]), rounded to pages.
     pub fn header_room(&self) -> u64 {
         let names = self
             .functions

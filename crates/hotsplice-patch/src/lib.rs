@@ -1,4 +1,4 @@
-//! The patch file format and the in-process image header.
+//! The patch file format and the record of a patch applied in a process.
 //!
 //! A patch file is what `hotsplice create` writes and `hotsplice user apply`
 //! reads: metadata (which build of which object it fixes, which functions it
@@ -13,11 +13,13 @@
 //! ```
 
 mod file;
-mod header;
 mod id;
+mod journal;
+mod record;
 mod validate;
 
 pub use file::*;
-pub use header::*;
 pub use id::*;
+pub use journal::*;
+pub use record::*;
 pub use validate::*;

@@ -10,7 +10,6 @@ use crate::{
     checked_round_up, is_valid_id, FormatError, Function, ObjectKind, Patch, RelocTarget, PAGE,
 };
 use hotsplice_arch::current as arch;
-use hotsplice_arch::FieldKind;
 use std::fmt::Display;
 
 /// Largest metadata a patch file may carry.
@@ -282,13 +281,7 @@ impl Patch {
         // Relocations: each field inside the code or the data.
         for (i, rel) in m.relocations.iter().enumerate() {
             let field = |name: &str| format!("relocations[{i}].{name}");
-            let Some(kind) = FieldKind::from_name(&rel.kind) else {
-                return Err(r.field(
-                    field("kind"),
-                    quoted(&rel.kind),
-                    "known kinds are abs64, abs32, abs32s, pc32 and pc64",
-                ));
-            };
+            let kind = rel.kind;
             let end = rel.offset.checked_add(kind.size() as u64);
             let in_code = end.is_some_and(|e| e <= m.code_size);
             let in_data = rel.offset >= m.data_offset && end.is_some_and(|e| e <= total);
@@ -394,7 +387,7 @@ mod tests {
         meta.relocations = vec![
             Relocation {
                 offset: 1,
-                kind: "pc32".into(),
+                kind: FieldKind::Pc32,
                 target: RelocTarget::Dynamic {
                     name: "strtol".into(),
                 },
@@ -402,7 +395,7 @@ mod tests {
             },
             Relocation {
                 offset: PAGE,
-                kind: "abs64".into(),
+                kind: FieldKind::Abs64,
                 target: RelocTarget::Image { offset: 0x20 },
                 addend: 0,
             },
@@ -497,9 +490,17 @@ mod tests {
 
     #[test]
     fn unknown_relocation_kind_is_refused() {
-        let mut p = valid();
-        p.meta.relocations[0].kind = "got32".into();
-        refused(&p, "relocations[0].kind", "\"got32\"");
+        let json = serde_json::to_string(&valid().meta).unwrap();
+        assert!(json.contains(r#""kind":"pc32""#), "{json}");
+        let bad = json.replacen(r#""kind":"pc32""#, r#""kind":"got32""#, 1);
+        let err = serde_json::from_str::<PatchMeta>(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown relocation kind \"\\\"got32\\\"\""),
+            "{err}"
+        );
+        assert!(err.contains("abs64, abs32, abs32s, pc32, pc64"), "{err}");
     }
 
     #[test]
@@ -584,10 +585,10 @@ mod tests {
         };
         refused(&p, "relocations[0].target.name", "xxxx");
         let mut p = valid();
-        p.meta.target.build_id = "xyz".into();
+        p.meta.target.build_id = crate::BuildId::unchecked("xyz");
         refused(&p, "target.build_id", "\"xyz\"");
         let mut p = valid();
-        p.meta.id = "NOT-AN-ID".into();
+        p.meta.id = crate::PatchId::unchecked("NOT-AN-ID");
         let msg = p.validate().unwrap_err().to_string();
         assert!(msg.contains("patch \"NOT-AN-ID\": id"), "{msg}");
     }

@@ -10,7 +10,7 @@ use hotsplice_process::*;
 
 fn start_basic(dir: &tempfile::TempDir, threads: usize) -> (Target, u64, u64, i32) {
     let exe = compile(dir.path(), "target", TARGET_C);
-    let mut t = Target::spawn(&exe, &[&threads.to_string()]);
+    let mut t = Target::exe(&exe, &[&threads.to_string()]);
     let rl = t.wait_for(T, |l| l.starts_with("reader_tid="));
     let reader = field(&rl, "reader_tid") as i32;
     let ready = t.wait_for(T, |l| l.starts_with("ready"));
@@ -21,9 +21,9 @@ fn start_basic(dir: &tempfile::TempDir, threads: usize) -> (Target, u64, u64, i3
 fn seize_stop_detach_single_thread_keeps_ticking() {
     let dir = tempfile::tempdir().unwrap();
     let exe = compile(dir.path(), "target", TARGET_C);
-    let mut t = Target::spawn(&exe, &["0"]);
+    let mut t = Target::exe(&exe, &["0"]);
     t.wait_for(T, |l| l.starts_with("ready"));
-    let pid = t.pid();
+    let pid = t.pid_i32();
     let before = tick_no(&t.ticks(2, T));
     let mut tr = Tracee::seize(pid).unwrap();
     assert_eq!(tracer_pid(pid).unwrap(), Some(unsafe { libc::gettid() }));
@@ -52,7 +52,7 @@ fn seize_stop_detach_single_thread_keeps_ticking() {
 fn remote_mmap_in_blocked_threads_and_syscall_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (mut t, _add3, _value, reader) = start_basic(&dir, 0);
-    let pid = t.pid();
+    let pid = t.pid_i32();
     t.ticks(2, T);
     let mut tr = Tracee::seize(pid).unwrap();
     let prot = libc::PROT_READ | libc::PROT_WRITE;
@@ -136,7 +136,7 @@ fn remote_mmap_in_blocked_threads_and_syscall_restart() {
 fn remote_call_returns_value() {
     let dir = tempfile::tempdir().unwrap();
     let (mut t, add3, _value, reader) = start_basic(&dir, 2);
-    let pid = t.pid();
+    let pid = t.pid_i32();
     let mut tr = Tracee::seize(pid).unwrap();
     let v = tr.with_thread(|rt| rt.call(add3, &[1, 2, 3])).unwrap();
     assert_eq!(v, 6);
@@ -166,7 +166,7 @@ fn remote_call_returns_value() {
 fn memwriter_patches_readonly_text_in_window() {
     let dir = tempfile::tempdir().unwrap();
     let (mut t, _add3, value, _reader) = start_basic(&dir, 1);
-    let pid = t.pid();
+    let pid = t.pid_i32();
     t.wait_for(T, |l| l.starts_with("tick ") && l.ends_with("value=7"));
     let text = read_maps(pid)
         .unwrap()
@@ -190,7 +190,7 @@ fn memwriter_patches_readonly_text_in_window() {
 fn fifty_threads_all_stop_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let (mut t, _add3, _value, _reader) = start_basic(&dir, 50);
-    let pid = t.pid();
+    let pid = t.pid_i32();
     let mut tr = Tracee::seize(pid).unwrap();
     assert_eq!(tr.thread_count(), 52);
     for _ in 0..5 {
@@ -215,9 +215,9 @@ fn fifty_threads_all_stop_and_resume() {
 fn thread_churn_during_seize_and_stop() {
     let dir = tempfile::tempdir().unwrap();
     let exe = compile(dir.path(), "churn", CHURN_C);
-    let mut t = Target::spawn(&exe, &["4"]);
+    let mut t = Target::exe(&exe, &["4"]);
     t.wait_for(T, |l| l == "ready");
-    let pid = t.pid();
+    let pid = t.pid_i32();
     t.ticks(2, T);
     let mut tr = Tracee::seize(pid).unwrap();
     let mut max_seen = 0;
@@ -251,9 +251,9 @@ fn thread_churn_during_seize_and_stop() {
 fn signals_during_windows_are_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let exe = compile(dir.path(), "signals", SIGNALS_C);
-    let mut t = Target::spawn(&exe, &[]);
+    let mut t = Target::exe(&exe, &[]);
     t.wait_for(T, |l| l == "ready");
-    let pid = t.pid();
+    let pid = t.pid_i32();
     let h0 = field(&t.ticks(2, T), "handled");
     let mut tr = Tracee::seize(pid).unwrap();
     for i in 0..50 {
@@ -277,7 +277,7 @@ fn signals_during_windows_are_delivered() {
 fn getpid_via_remote_syscall() {
     let dir = tempfile::tempdir().unwrap();
     let (mut t, _, _, _) = start_basic(&dir, 0);
-    let pid = t.pid();
+    let pid = t.pid_i32();
     let mut tr = Tracee::seize(pid).unwrap();
     let r = tr
         .with_thread(|rt| rt.syscall(libc::SYS_getpid, &[]))
@@ -317,24 +317,24 @@ fn error_already_traced_names_tracer() {
     let dir = tempfile::tempdir().unwrap();
     let (t, _, _, _) = start_basic(&dir, 0);
     let tracer_exe = compile(dir.path(), "mytracer", TRACER_C);
-    let mut tracer = Target::spawn(&tracer_exe, &[&t.pid().to_string()]);
+    let mut tracer = Target::exe(&tracer_exe, &[&t.pid_i32().to_string()]);
     tracer.wait_for(T, |l| l == "seized");
-    let e = Tracee::seize(t.pid()).unwrap_err();
+    let e = Tracee::seize(t.pid_i32()).unwrap_err();
     match &e {
         Error::AlreadyTraced {
             pid,
             tracer_pid,
             tracer_name,
         } => {
-            assert_eq!(*pid, t.pid());
-            assert_eq!(*tracer_pid, tracer.pid());
+            assert_eq!(*pid, t.pid_i32());
+            assert_eq!(*tracer_pid, tracer.pid_i32());
             assert_eq!(tracer_name.as_deref(), Some("mytracer"));
         }
         other => panic!("expected AlreadyTraced, got {other:?}"),
     }
     let msg = e.to_string();
     assert!(
-        msg.contains("mytracer") && msg.contains(&tracer.pid().to_string()),
+        msg.contains("mytracer") && msg.contains(&tracer.pid_i32().to_string()),
         "{msg}"
     );
     drop(tracer);
@@ -345,10 +345,10 @@ fn error_already_traced_names_tracer() {
 fn process_killed_during_window_does_not_hang() {
     let dir = tempfile::tempdir().unwrap();
     let (mut t, _, _, _) = start_basic(&dir, 5);
-    let pid = t.pid();
+    let pid = t.pid_i32();
     let mut tr = Tracee::seize(pid).unwrap();
     let w = tr.stop_all().unwrap();
-    t.child.kill().unwrap();
+    t.kill().unwrap();
     let r = w.resume();
     assert!(
         r.is_ok() || matches!(r, Err(Error::ProcessExited { .. })),
@@ -365,7 +365,7 @@ fn process_killed_during_window_does_not_hang() {
     drop(tr);
     // Nothing hangs; the process is gone (we are both its parent and its tracer, so the tracer's
     // waitpid may already have reaped it).
-    match t.child.wait() {
+    match t.wait() {
         Ok(st) => assert!(!st.success()),
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ECHILD)),
     }
@@ -376,9 +376,9 @@ fn process_exiting_during_stop_loop_gives_process_exited() {
     let dir = tempfile::tempdir().unwrap();
     let exe = compile(dir.path(), "churn", CHURN_C);
     for exit_ms in [30, 60] {
-        let mut t = Target::spawn(&exe, &["3", &exit_ms.to_string()]);
+        let mut t = Target::exe(&exe, &["3", &exit_ms.to_string()]);
         t.wait_for(T, |l| l == "ready");
-        let pid = t.pid();
+        let pid = t.pid_i32();
         let mut tr = match Tracee::seize(pid) {
             Ok(tr) => tr,
             Err(Error::ProcessExited { .. } | Error::NoSuchProcess { .. }) => continue,
@@ -417,7 +417,7 @@ fn process_exiting_during_stop_loop_gives_process_exited() {
 fn dropping_window_resumes_target() {
     let dir = tempfile::tempdir().unwrap();
     let (mut t, _, _, _) = start_basic(&dir, 3);
-    let pid = t.pid();
+    let pid = t.pid_i32();
     let mut tr = Tracee::seize(pid).unwrap();
     {
         let w = tr.stop_all().unwrap();
@@ -443,7 +443,7 @@ fn dropping_window_resumes_target() {
 
 /// We are the target's parent and its tracer: the tracer's waitpid may reap the exit itself.
 fn reaped_or_success(t: &mut Target) {
-    match t.child.wait() {
+    match t.wait() {
         Ok(st) => assert!(st.success(), "{st:?}"),
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ECHILD)),
     }

@@ -1,25 +1,11 @@
 use crate::fsutil::{temp_writer, MAX_JOURNAL_RECORD};
 use crate::{check_dir, io_err, read_regular, write_atomic, Links, Paths, Result, StoreError};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// What a change to a process was doing when it was last recorded.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InFlight {
-    /// `apply` or `undo`.
-    pub op: String,
-    pub pid: i32,
-    /// The process's start time (`/proc/PID/stat` field 22), so a reused
-    /// pid is not mistaken for the process the record is about.
-    pub start_time: u64,
-    pub id: String,
-    /// Where the patch is mapped in the process (0 before it is).
-    pub map_start: u64,
-    pub map_len: u64,
-    /// The last step reached (see `hotsplice_engine::Step`).
-    pub step: String,
-}
+/// The record kept per change in flight: one type for the engine, the
+/// store and recovery (see [`hotsplice_patch::InFlight`]).
+pub use hotsplice_patch::{InFlight, Op, Step};
 
 /// A journal record that could not be used, renamed so that it is not read
 /// again (report it once).
@@ -214,13 +200,13 @@ mod tests {
 
     fn rec(pid: i32, id: &str) -> InFlight {
         InFlight {
-            op: "apply".into(),
+            op: Op::Apply,
             pid,
             start_time: 1,
-            id: id.into(),
+            id: hotsplice_patch::PatchId::unchecked(id),
             map_start: 0,
             map_len: 0,
-            step: "mapped".into(),
+            step: Step::Mapping,
         }
     }
 

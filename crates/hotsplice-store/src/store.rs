@@ -15,7 +15,7 @@ pub const STORE_VERSION: u32 = 1;
 /// One installed patch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
-    pub id: String,
+    pub id: hotsplice_patch::PatchId,
     pub target: Target,
     /// Ordering among patches for the same target: a higher level replaces
     /// a lower one in each process.
@@ -395,7 +395,7 @@ mod tests {
 
     fn patch(id: &str, level: u32) -> (Vec<u8>, Patch) {
         let mut meta = PatchMeta::example();
-        meta.id = id.into();
+        meta.id = hotsplice_patch::PatchId::unchecked(id);
         meta.level = level;
         let p = Patch {
             meta,
@@ -475,7 +475,7 @@ mod tests {
         arr.push(serde_json::json!({"id": 7}));
         std::fs::write(s.index_path(), serde_json::to_vec(&index).unwrap()).unwrap();
 
-        let listed: Vec<String> = s.list().unwrap().into_iter().map(|e| e.id).collect();
+        let listed: Vec<String> = s.list().unwrap().into_iter().map(|e| e.id.into()).collect();
         assert_eq!(listed, vec!["ddddddd1"]);
         let rejected = s.rejected().unwrap();
         assert_eq!(rejected.len(), 3, "{rejected:?}");

@@ -1,83 +1,34 @@
-//! Shared helpers of the end-to-end tests: fixture cases, temporary build
-//! directories, target processes whose output is watched line by line, and
-//! running the `hotsplice` binary with a timeout.
-//!
-//! Standard library only (the crate has no dev-dependencies): a small
-//! temporary-directory type and a small JSON reader live here.
+//! Shared helpers of the end-to-end tests: fixture cases and their
+//! builds, and running the `hotsplice` binary in a test environment of its
+//! own. Starting and watching processes, temporary directories and running
+//! commands with a timeout come from `hotsplice-testsupport`.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+pub use hotsplice_testsupport::proc::{euid, pid_exists, require_root, unused_pid};
+pub use hotsplice_testsupport::{
+    compile_with, run_cmd, temp_dir, CmdOut, Stream, Target, LINE_TIMEOUT,
+};
+pub use serde_json::Value;
+pub use tempfile::TempDir;
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
-use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// How long to wait for an expected output line.
-pub const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound for one `hotsplice` command (create builds twice, so be generous).
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Upper bound for one `make` of a fixture.
 pub const MAKE_TIMEOUT: Duration = Duration::from_secs(300);
 
-// ---------------------------------------------------------------------------
-// Temporary directories
-// ---------------------------------------------------------------------------
-
-/// A directory under the system temp dir, removed on drop (kept when the
-/// environment variable `HOTSPLICE_KEEP_TMP` is set, for debugging).
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let base = std::env::temp_dir();
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let path = base.join(format!(
-                "hotsplice-test-{tag}-{}-{n}-{nanos:x}",
-                std::process::id()
-            ));
-            match fs::create_dir(&path) {
-                Ok(()) => {
-                    // World-traversable: the "not root" test runs hotsplice as
-                    // `nobody`, which must be able to read the patch files.
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-                        .expect("chmod temp dir");
-                    return TempDir { path };
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => panic!("cannot create temp dir {}: {e}", path.display()),
-            }
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("HOTSPLICE_KEEP_TMP").is_some() {
-            eprintln!("keeping {}", self.path.display());
-            return;
-        }
-        let _ = fs::remove_dir_all(&self.path);
-    }
+/// Parses a command's JSON output.
+pub fn parse_json(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str(text)
 }
 
 /// Recursive copy of a directory (regular files and directories).
@@ -93,124 +44,6 @@ pub fn copy_dir(src: &Path, dst: &Path) {
             fs::copy(&from, &to)
                 .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Running commands
-// ---------------------------------------------------------------------------
-
-/// Result of a finished command.
-pub struct CmdOut {
-    pub cmdline: String,
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-    pub elapsed: Duration,
-}
-
-impl CmdOut {
-    pub fn success(&self) -> bool {
-        self.status.success()
-    }
-
-    pub fn describe(&self) -> String {
-        format!(
-            "command: {}\nstatus: {}\nelapsed: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.cmdline, self.status, self.elapsed, self.stdout, self.stderr
-        )
-    }
-
-    /// Panics (with the full output) unless the command exited 0.
-    pub fn assert_ok(&self, what: &str) -> &Self {
-        assert!(self.success(), "{what} failed\n{}", self.describe());
-        self
-    }
-
-    /// Panics unless the command failed with a non-empty message on stderr.
-    pub fn assert_failed(&self, what: &str) -> &Self {
-        assert!(
-            !self.success(),
-            "{what} was expected to fail but exited 0\n{}",
-            self.describe()
-        );
-        assert!(
-            self.status.code().is_some(),
-            "{what} must fail with an exit code, not die of a signal\n{}",
-            self.describe()
-        );
-        assert!(
-            !self.stderr.trim().is_empty(),
-            "{what} failed without a message on stderr\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    pub fn stderr_lower(&self) -> String {
-        self.stderr.to_lowercase()
-    }
-}
-
-fn cmdline_of(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-/// Runs `cmd` to completion with stdin closed and both outputs captured.
-/// Panics if it does not finish within `timeout` (after killing it).
-pub fn run_cmd(mut cmd: Command, timeout: Duration) -> CmdOut {
-    let cmdline = cmdline_of(&cmd);
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{cmdline}`: {e}"));
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let t_out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = start + timeout;
-    let status = loop {
-        match child.try_wait().expect("try_wait") {
-            Some(st) => break st,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let o = t_out.join().unwrap_or_default();
-                let e = t_err.join().unwrap_or_default();
-                panic!(
-                    "`{cmdline}` did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                    String::from_utf8_lossy(&o),
-                    String::from_utf8_lossy(&e)
-                );
-            }
-            None => thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    let elapsed = start.elapsed();
-    let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-    CmdOut {
-        cmdline,
-        status,
-        stdout,
-        stderr,
-        elapsed,
     }
 }
 
@@ -237,26 +70,6 @@ pub fn apply_diff(dir: &Path, diff: &Path) {
     run_cmd(cmd, Duration::from_secs(60)).assert_ok(&format!("patch -p1 < {}", diff.display()));
 }
 
-/// Effective uid of this test process (from /proc, no libc needed).
-pub fn euid() -> u32 {
-    let status = fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("Uid line")
-}
-
-/// The end-to-end tests attach to processes with ptrace: they need root.
-pub fn require_root() {
-    assert_eq!(
-        euid(),
-        0,
-        "the hotsplice end-to-end tests must run as root (they ptrace their targets)"
-    );
-}
-
 /// Reads the GNU build-id of an ELF file with `readelf -n` (None if absent
 /// or readelf is unavailable).
 pub fn elf_build_id(file: &Path) -> Option<String> {
@@ -265,23 +78,6 @@ pub fn elf_build_id(file: &Path) -> Option<String> {
     text.lines()
         .find_map(|l| l.trim().strip_prefix("Build ID:"))
         .map(|s| s.trim().to_lowercase())
-}
-
-/// True if a process with this pid exists.
-pub fn pid_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// A pid that no process currently has.
-pub fn unused_pid() -> u32 {
-    let max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768);
-    (1000..max)
-        .rev()
-        .find(|p| !pid_exists(*p))
-        .expect("no free pid")
 }
 
 // ---------------------------------------------------------------------------
@@ -304,12 +100,6 @@ pub fn all_cases() -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
 }
 
 /// One fixture case: tests/fixtures/<name>/{src/, fix.diff, case.txt}.
@@ -392,7 +182,7 @@ impl Case {
     /// Copies src/ into a fresh temp dir, optionally applies diffs with
     /// `patch -p1`, and runs `make` there.
     pub fn build_with(&self, diffs: &[&str]) -> Build {
-        let tmp = TempDir::new(&self.name);
+        let tmp = temp_dir(&self.name);
         let dir = tmp.path().join("src");
         copy_dir(&self.dir.join("src"), &dir);
         for d in diffs {
@@ -416,234 +206,18 @@ pub struct Build {
 
 impl Build {
     /// Starts `argv` (relative to the build dir) with LD_LIBRARY_PATH set to it.
-    pub fn start_argv(&self, argv: &[String]) -> Proc {
+    pub fn start_argv(&self, argv: &[String]) -> Target {
         assert!(!argv.is_empty(), "empty run command");
         let prog = self.dir.join(&argv[0]);
         let mut cmd = Command::new(&prog);
         cmd.args(&argv[1..])
             .current_dir(&self.dir)
             .env("LD_LIBRARY_PATH", &self.dir);
-        Proc::spawn(cmd, &argv.join(" "))
+        Target::spawn(cmd, &argv.join(" "))
     }
 
-    pub fn start(&self, case: &Case) -> Proc {
+    pub fn start(&self, case: &Case) -> Target {
         self.start_argv(&case.run_argv())
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Watched processes
-// ---------------------------------------------------------------------------
-
-#[derive(Default)]
-struct LinesInner {
-    lines: Vec<String>,
-    eof: bool,
-}
-
-#[derive(Default)]
-struct Lines {
-    inner: Mutex<LinesInner>,
-    cv: Condvar,
-}
-
-fn spawn_reader<R: Read + Send + 'static>(r: R, buf: Arc<Lines>) {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(r);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    while matches!(line.last(), Some(b'\n' | b'\r')) {
-                        line.pop();
-                    }
-                    let s = String::from_utf8_lossy(&line).into_owned();
-                    buf.inner.lock().unwrap().lines.push(s);
-                    buf.cv.notify_all();
-                }
-            }
-        }
-        buf.inner.lock().unwrap().eof = true;
-        buf.cv.notify_all();
-    });
-}
-
-/// A running process whose stdout and stderr are collected line by line.
-/// Dropping it kills and reaps the process (also when a test panics).
-pub struct Proc {
-    child: Child,
-    pid: u32,
-    name: String,
-    out: Arc<Lines>,
-    err: Arc<Lines>,
-}
-
-impl Proc {
-    pub fn spawn(mut cmd: Command, name: &str) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", cmdline_of(&cmd)));
-        let out = Arc::new(Lines::default());
-        let err = Arc::new(Lines::default());
-        let so: ChildStdout = child.stdout.take().expect("stdout");
-        let se: ChildStderr = child.stderr.take().expect("stderr");
-        spawn_reader(so, out.clone());
-        spawn_reader(se, err.clone());
-        Proc {
-            pid: child.id(),
-            child,
-            name: name.to_string(),
-            out,
-            err,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    fn buf(&self, s: Stream) -> &Lines {
-        match s {
-            Stream::Stdout => &self.out,
-            Stream::Stderr => &self.err,
-        }
-    }
-
-    /// Number of lines seen so far on `s`: lines printed later have an index >= mark.
-    pub fn mark(&self, s: Stream) -> usize {
-        self.buf(s).inner.lock().unwrap().lines.len()
-    }
-
-    /// Lines printed on `s` at or after `mark`.
-    pub fn lines_since(&self, s: Stream, mark: usize) -> Vec<String> {
-        let g = self.buf(s).inner.lock().unwrap();
-        g.lines.get(mark..).map(|l| l.to_vec()).unwrap_or_default()
-    }
-
-    /// Waits until a line printed at or after `mark` equals `text`; returns
-    /// the index of that line.
-    pub fn wait_for_line_index(
-        &self,
-        s: Stream,
-        mark: usize,
-        text: &str,
-        timeout: Duration,
-    ) -> Option<usize> {
-        let deadline = Instant::now() + timeout;
-        let buf = self.buf(s);
-        let mut g = buf.inner.lock().unwrap();
-        let mut from = mark;
-        loop {
-            if let Some(i) = g.lines.iter().skip(from).position(|l| l == text) {
-                return Some(from + i);
-            }
-            from = from.max(g.lines.len());
-            let now = Instant::now();
-            if g.eof || now >= deadline {
-                return None;
-            }
-            g = buf.cv.wait_timeout(g, deadline - now).unwrap().0;
-        }
-    }
-
-    /// True once a line printed at or after `mark` equals `text`.
-    pub fn wait_for_line(&self, s: Stream, mark: usize, text: &str, timeout: Duration) -> bool {
-        self.wait_for_line_index(s, mark, text, timeout).is_some()
-    }
-
-    /// True once a line printed from now on equals `text`.
-    /// Waits for a line starting with `prefix`, printed at any time.
-    pub fn wait_for_new_line_prefix(&self, s: Stream, prefix: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.lines_since(s, 0).iter().any(|l| l.starts_with(prefix)) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn wait_for_new_line(&self, s: Stream, text: &str, timeout: Duration) -> bool {
-        let m = self.mark(s);
-        self.wait_for_line(s, m, text, timeout)
-    }
-
-    /// Like `wait_for_line`, panicking with context on timeout.
-    pub fn expect_line(&mut self, s: Stream, mark: usize, text: &str, what: &str) -> usize {
-        match self.wait_for_line_index(s, mark, text, LINE_TIMEOUT) {
-            Some(i) => i,
-            None => panic!(
-                "{what}: `{}` did not print {text:?} on {s:?} within {LINE_TIMEOUT:?}\n{}",
-                self.name,
-                self.describe()
-            ),
-        }
-    }
-
-    /// Like `wait_for_new_line`, panicking with context on timeout.
-    pub fn expect_new_line(&mut self, s: Stream, text: &str, what: &str) -> usize {
-        let m = self.mark(s);
-        self.expect_line(s, m, text, what)
-    }
-
-    /// True while the process has not exited (it may still be stopped: use
-    /// `expect_new_line` to check it is really running).
-    pub fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    pub fn assert_alive(&mut self, what: &str) {
-        let alive = self.is_alive();
-        assert!(
-            alive,
-            "{what}: `{}` (pid {}) is gone: {:?}\n{}",
-            self.name,
-            self.pid,
-            self.child.try_wait(),
-            self.describe()
-        );
-    }
-
-    /// Alive, and still printing `text` (a fresh line) on `s`.
-    pub fn assert_running_with(&mut self, s: Stream, text: &str, what: &str) {
-        self.assert_alive(what);
-        self.expect_new_line(s, text, what);
-    }
-
-    /// Last lines of both streams, for failure messages.
-    pub fn describe(&self) -> String {
-        let mut s = String::new();
-        for (label, st) in [("stdout", Stream::Stdout), ("stderr", Stream::Stderr)] {
-            let g = self.buf(st).inner.lock().unwrap();
-            let n = g.lines.len();
-            let _ = writeln!(s, "--- {} {label}: {n} lines, last ones ---", self.name);
-            for l in &g.lines[n.saturating_sub(8)..] {
-                let _ = writeln!(s, "{l}");
-            }
-        }
-        if let Ok(st) = fs::read_to_string(format!("/proc/{}/status", self.pid)) {
-            for l in st.lines() {
-                if l.starts_with("State:") || l.starts_with("TracerPid:") {
-                    let _ = writeln!(s, "{l}");
-                }
-            }
-        }
-        s
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -851,11 +425,11 @@ pub struct PatchInfo {
 pub fn patch_info(file: &Path) -> PatchInfo {
     let r = hotsplice([OsStr::new("info"), file.as_os_str(), OsStr::new("--json")]);
     r.assert_ok("hotsplice info --json");
-    let j = Json::parse(&r.stdout)
+    let j = parse_json(&r.stdout)
         .unwrap_or_else(|e| panic!("info --json is not JSON ({e})\n{}", r.describe()));
     let id = j
         .get("id")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("info --json: no string `id`\n{}", r.describe()))
         .to_string();
     assert!(
@@ -870,23 +444,23 @@ pub fn patch_info(file: &Path) -> PatchInfo {
         .unwrap_or_else(|| panic!("info --json: no `target`\n{}", r.describe()));
     let target_name = target
         .get("name")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("info --json: no target.name\n{}", r.describe()))
         .to_string();
     let build_id = target
         .get("build_id")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("info --json: no target.build_id\n{}", r.describe()))
         .to_lowercase();
     let functions = j
         .get("functions")
-        .and_then(Json::as_array)
+        .and_then(Value::as_array)
         .unwrap_or_else(|| panic!("info --json: no `functions` array\n{}", r.describe()))
         .iter()
         .map(|f| {
             f.as_str()
                 .map(str::to_string)
-                .or_else(|| f.get("name").and_then(Json::as_str).map(str::to_string))
+                .or_else(|| f.get("name").and_then(Value::as_str).map(str::to_string))
                 .unwrap_or_else(|| panic!("info --json: odd functions entry {f:?}"))
         })
         .collect();
@@ -967,7 +541,7 @@ pub fn shown_ids(pid: u32) -> Vec<String> {
     let p = pid.to_string();
     let r = hotsplice(["user", "show", "--pid", p.as_str(), "--json"]);
     r.assert_ok("hotsplice user show --json");
-    let j = Json::parse(&r.stdout)
+    let j = parse_json(&r.stdout)
         .unwrap_or_else(|e| panic!("user show --json is not JSON ({e})\n{}", r.describe()));
     let arr = j
         .as_array()
@@ -975,16 +549,16 @@ pub fn shown_ids(pid: u32) -> Vec<String> {
     let mut ids = Vec::new();
     for entry in arr {
         let epid = entry.get("pid").and_then(|v| match v {
-            Json::Num(n) => Some(*n as u64),
-            Json::Str(s) => s.parse().ok(),
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
             _ => None,
         });
         if epid != Some(u64::from(pid)) {
             continue;
         }
-        if let Some(patches) = entry.get("patches").and_then(Json::as_array) {
+        if let Some(patches) = entry.get("patches").and_then(Value::as_array) {
             for p in patches {
-                if let Some(id) = p.get("id").and_then(Json::as_str) {
+                if let Some(id) = p.get("id").and_then(Value::as_str) {
                     ids.push(id.to_string());
                 }
             }
@@ -998,224 +572,6 @@ pub fn words(s: &str) -> Vec<&str> {
     s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty())
         .collect()
-}
-
-// ---------------------------------------------------------------------------
-// A small JSON reader
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    pub fn parse(text: &str) -> Result<Json, String> {
-        let mut p = JsonParser {
-            s: text.as_bytes(),
-            i: 0,
-        };
-        let v = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            return Err(format!("trailing characters at byte {}", p.i));
-        }
-        Ok(v)
-    }
-
-    pub fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> Option<&[Json]> {
-        match self {
-            Json::Arr(a) => Some(a),
-            _ => None,
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
-            self.i += 1;
-        }
-    }
-
-    fn err<T>(&self, what: &str) -> Result<T, String> {
-        Err(format!("{what} at byte {}", self.i))
-    }
-
-    fn lit(&mut self, word: &str, v: Json) -> Result<Json, String> {
-        if self.s[self.i..].starts_with(word.as_bytes()) {
-            self.i += word.len();
-            Ok(v)
-        } else {
-            self.err("bad literal")
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        match self.s.get(self.i) {
-            None => self.err("unexpected end"),
-            Some(b'n') => self.lit("null", Json::Null),
-            Some(b't') => self.lit("true", Json::Bool(true)),
-            Some(b'f') => self.lit("false", Json::Bool(false)),
-            Some(b'"') => self.string().map(Json::Str),
-            Some(b'[') => {
-                self.i += 1;
-                let mut v = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(v));
-                }
-                loop {
-                    v.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(v));
-                        }
-                        _ => return self.err("expected , or ]"),
-                    }
-                }
-            }
-            Some(b'{') => {
-                self.i += 1;
-                let mut m = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(m));
-                }
-                loop {
-                    self.ws();
-                    if self.s.get(self.i) != Some(&b'"') {
-                        return self.err("expected key");
-                    }
-                    let k = self.string()?;
-                    self.ws();
-                    if self.s.get(self.i) != Some(&b':') {
-                        return self.err("expected :");
-                    }
-                    self.i += 1;
-                    let v = self.value()?;
-                    m.push((k, v));
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(m));
-                        }
-                        _ => return self.err("expected , or }"),
-                    }
-                }
-            }
-            Some(_) => {
-                let start = self.i;
-                while self.i < self.s.len()
-                    && matches!(
-                        self.s[self.i],
-                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-                    )
-                {
-                    self.i += 1;
-                }
-                let t = std::str::from_utf8(&self.s[start..self.i]).unwrap_or("");
-                match t.parse::<f64>() {
-                    Ok(n) if !t.is_empty() => Ok(Json::Num(n)),
-                    _ => self.err("bad value"),
-                }
-            }
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let h = self
-            .s
-            .get(self.i..self.i + 4)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|t| u32::from_str_radix(t, 16).ok());
-        match h {
-            Some(v) => {
-                self.i += 4;
-                Ok(v)
-            }
-            None => self.err("bad \\u escape"),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.i += 1; // opening quote
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            let Some(&c) = self.s.get(self.i) else {
-                return self.err("unterminated string");
-            };
-            self.i += 1;
-            match c {
-                b'"' => return String::from_utf8(out).or_else(|_| self.err("bad UTF-8")),
-                b'\\' => {
-                    let Some(&e) = self.s.get(self.i) else {
-                        return self.err("bad escape");
-                    };
-                    self.i += 1;
-                    let ch = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let mut cp = self.hex4()?;
-                            if (0xD800..0xDC00).contains(&cp)
-                                && self.s[self.i..].starts_with(b"\\u")
-                            {
-                                self.i += 2;
-                                let lo = self.hex4()?;
-                                cp = 0x10000
-                                    + ((cp - 0xD800) << 10)
-                                    + (lo.wrapping_sub(0xDC00) & 0x3ff);
-                            }
-                            char::from_u32(cp).unwrap_or('\u{fffd}')
-                        }
-                        _ => return self.err("bad escape"),
-                    };
-                    let mut b = [0u8; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
-                }
-                _ => out.push(c),
-            }
-        }
-    }
 }
 
 /// `hotsplice create` of `diff` for a built case, signed with `key` (or not).
@@ -1253,11 +609,4 @@ pub fn info_id(env: &TestEnv, file: &Path) -> String {
     r.assert_ok("info");
     let at = r.stdout.find("\"id\": \"").expect("id in info") + 7;
     r.stdout[at..at + 8].to_string()
-}
-
-/// A temporary output directory others may read (patches are read by root's tests).
-pub fn outdir(tag: &str) -> TempDir {
-    let d = TempDir::new(tag);
-    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    d
 }

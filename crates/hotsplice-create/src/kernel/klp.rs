@@ -6,35 +6,20 @@
 
 use super::emit::KlpRel;
 use crate::CreateError;
+use object::elf::{
+    FileHeader64, Rela64, SectionHeader64, Sym64, ELFCLASS64, ELFDATA2LSB, ELFMAG, SHF_ALLOC,
+    SHF_INFO_LINK, SHT_RELA, SHT_SYMTAB, STB_GLOBAL, STT_NOTYPE,
+};
+use object::{pod, LittleEndian as LE, I64, U16, U32, U64};
 use std::collections::BTreeMap;
 
+// Livepatch's own ELF values, which `object::elf` does not define
+// (include/uapi/linux/elf.h).
+/// Section index of a livepatch symbol.
 const SHN_LIVEPATCH: u16 = 0xff20;
+/// Flag of a livepatch relocation section.
 const SHF_RELA_LIVEPATCH: u64 = 0x0010_0000;
-const SHF_ALLOC: u64 = 0x2;
-const SHF_INFO_LINK: u64 = 0x40;
-const SHT_RELA: u32 = 4;
-const SHT_SYMTAB: u32 = 2;
-const EHDR: usize = 64;
-const SHDR: usize = 64;
-const SYM: usize = 24;
-
-#[derive(Clone)]
-struct Shdr {
-    name: u32,
-    ty: u32,
-    flags: u64,
-    addr: u64,
-    offset: u64,
-    size: u64,
-    link: u32,
-    info: u32,
-    align: u64,
-    entsize: u64,
-}
-
-fn rd<const N: usize>(b: &[u8], o: usize) -> [u8; N] {
-    b[o..o + N].try_into().unwrap()
-}
+const EHDR: usize = std::mem::size_of::<FileHeader64<LE>>();
 
 fn bad(s: &str) -> CreateError {
     CreateError::Target(format!("built livepatch module: {s}"))
@@ -45,43 +30,44 @@ pub fn add_klp(ko: &[u8], rels: &[KlpRel]) -> Result<Vec<u8>, CreateError> {
     if rels.is_empty() {
         return Ok(ko.to_vec());
     }
-    if ko.len() < EHDR || &ko[..4] != b"\x7fELF" || ko[4] != 2 {
-        return Err(bad("not an ELF64 file"));
-    }
-    let shoff = u64::from_le_bytes(rd(ko, 0x28)) as usize;
-    let shnum = u16::from_le_bytes(rd(ko, 0x3c)) as usize;
-    let shstrndx = u16::from_le_bytes(rd(ko, 0x3e)) as usize;
-    let mut sh: Vec<Shdr> = (0..shnum)
-        .map(|i| {
-            let o = shoff + i * SHDR;
-            Shdr {
-                name: u32::from_le_bytes(rd(ko, o)),
-                ty: u32::from_le_bytes(rd(ko, o + 4)),
-                flags: u64::from_le_bytes(rd(ko, o + 8)),
-                addr: u64::from_le_bytes(rd(ko, o + 16)),
-                offset: u64::from_le_bytes(rd(ko, o + 24)),
-                size: u64::from_le_bytes(rd(ko, o + 32)),
-                link: u32::from_le_bytes(rd(ko, o + 40)),
-                info: u32::from_le_bytes(rd(ko, o + 44)),
-                align: u64::from_le_bytes(rd(ko, o + 48)),
-                entsize: u64::from_le_bytes(rd(ko, o + 56)),
-            }
+    let ehdr = pod::from_bytes::<FileHeader64<LE>>(ko)
+        .ok()
+        .map(|(h, _)| *h)
+        .filter(|h| {
+            let id = &h.e_ident;
+            id.magic == ELFMAG && id.class == ELFCLASS64 && id.data == ELFDATA2LSB
         })
-        .collect();
-    let data = |s: &Shdr| ko[s.offset as usize..(s.offset + s.size) as usize].to_vec();
-    let mut shstr = data(&sh[shstrndx]);
+        .ok_or_else(|| bad("not a little-endian ELF64 file"))?;
+    let shoff = ehdr.e_shoff.get(LE) as usize;
+    let shnum = usize::from(ehdr.e_shnum.get(LE));
+    let shstrndx = usize::from(ehdr.e_shstrndx.get(LE));
+    let mut sh: Vec<SectionHeader64<LE>> = ko
+        .get(shoff..)
+        .and_then(|t| pod::slice_from_bytes::<SectionHeader64<LE>>(t, shnum).ok())
+        .ok_or_else(|| bad("section headers outside the file"))?
+        .0
+        .to_vec();
+    let data = |s: &SectionHeader64<LE>| -> Result<Vec<u8>, CreateError> {
+        let at = s.sh_offset.get(LE) as usize;
+        at.checked_add(s.sh_size.get(LE) as usize)
+            .and_then(|end| ko.get(at..end))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| bad("a section lies outside the file"))
+    };
+    let mut shstr = data(sh.get(shstrndx).ok_or_else(|| bad("no section names"))?)?;
     let name_of = |shstr: &[u8], off: u32| -> String {
-        let o = off as usize;
-        let end = shstr[o..].iter().position(|&c| c == 0).unwrap_or(0) + o;
-        String::from_utf8_lossy(&shstr[o..end]).into_owned()
+        let tail = shstr.get(off as usize..).unwrap_or_default();
+        let end = tail.iter().position(|&c| c == 0).unwrap_or(tail.len());
+        String::from_utf8_lossy(&tail[..end]).into_owned()
     };
     let symtab_idx = sh
         .iter()
-        .position(|s| s.ty == SHT_SYMTAB)
+        .position(|s| s.sh_type.get(LE) == SHT_SYMTAB)
         .ok_or_else(|| bad("no symbol table"))?;
-    let strtab_idx = sh[symtab_idx].link as usize;
-    let mut symtab = data(&sh[symtab_idx]);
-    let mut strtab = data(&sh[strtab_idx]);
+    let strtab_idx = sh[symtab_idx].sh_link.get(LE) as usize;
+    let mut symtab = data(&sh[symtab_idx])?;
+    let mut strtab = data(sh.get(strtab_idx).ok_or_else(|| bad("no symbol names"))?)?;
+    const SYM: usize = std::mem::size_of::<Sym64<LE>>();
 
     // One livepatch symbol per distinct (object, name, position).
     let mut sym_index: BTreeMap<String, u32> = BTreeMap::new();
@@ -94,11 +80,15 @@ pub fn add_klp(ko: &[u8], rels: &[KlpRel]) -> Result<Vec<u8>, CreateError> {
         let st_name = strtab.len() as u32;
         strtab.extend_from_slice(name.as_bytes());
         strtab.push(0);
-        let mut e = [0u8; SYM];
-        e[0..4].copy_from_slice(&st_name.to_le_bytes());
-        e[4] = 0x10; // STB_GLOBAL, STT_NOTYPE
-        e[6..8].copy_from_slice(&SHN_LIVEPATCH.to_le_bytes());
-        symtab.extend_from_slice(&e);
+        let sym = Sym64::<LE> {
+            st_name: U32::new(LE, st_name),
+            st_info: (STB_GLOBAL << 4) | STT_NOTYPE,
+            st_other: 0,
+            st_shndx: U16::new(LE, SHN_LIVEPATCH),
+            st_value: U64::new(LE, 0),
+            st_size: U64::new(LE, 0),
+        };
+        symtab.extend_from_slice(pod::bytes_of(&sym));
         sym_index.insert(name, idx);
     }
 
@@ -122,59 +112,117 @@ pub fn add_klp(ko: &[u8], rels: &[KlpRel]) -> Result<Vec<u8>, CreateError> {
     for ((obj, section), list) in &groups {
         let target = sh
             .iter()
-            .position(|s| name_of(&shstr, s.name) == *section)
+            .position(|s| name_of(&shstr, s.sh_name.get(LE)) == *section)
             .ok_or_else(|| bad(&format!("section {section} missing after linking")))?;
-        let mut rela = Vec::with_capacity(list.len() * 24);
+        let entsize = std::mem::size_of::<Rela64<LE>>();
+        let mut rela = Vec::with_capacity(list.len() * entsize);
         for r in list {
             let name = format!(".klp.sym.{}.{},{}", r.sym_obj, r.sym, r.pos);
             let info = ((sym_index[&name] as u64) << 32) | r.r_type as u64;
-            rela.extend_from_slice(&r.offset.to_le_bytes());
-            rela.extend_from_slice(&info.to_le_bytes());
-            rela.extend_from_slice(&r.addend.to_le_bytes());
+            let entry = Rela64::<LE> {
+                r_offset: U64::new(LE, r.offset),
+                r_info: U64::new(LE, info),
+                r_addend: I64::new(LE, r.addend),
+            };
+            rela.extend_from_slice(pod::bytes_of(&entry));
         }
         let rela_name = format!(".klp.rela.{obj}.{}", section.trim_start_matches('.'));
         let name = shstr.len() as u32;
         shstr.extend_from_slice(rela_name.as_bytes());
         shstr.push(0);
         let offset = append(&mut out, &rela, 8);
-        sh.push(Shdr {
-            name,
-            ty: SHT_RELA,
-            flags: SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH,
-            addr: 0,
-            offset,
-            size: rela.len() as u64,
-            link: symtab_idx as u32,
-            info: target as u32,
-            align: 8,
-            entsize: 24,
+        sh.push(SectionHeader64 {
+            sh_name: U32::new(LE, name),
+            sh_type: U32::new(LE, SHT_RELA),
+            sh_flags: U64::new(
+                LE,
+                u64::from(SHF_ALLOC | SHF_INFO_LINK) | SHF_RELA_LIVEPATCH,
+            ),
+            sh_addr: U64::new(LE, 0),
+            sh_offset: U64::new(LE, offset),
+            sh_size: U64::new(LE, rela.len() as u64),
+            sh_link: U32::new(LE, symtab_idx as u32),
+            sh_info: U32::new(LE, target as u32),
+            sh_addralign: U64::new(LE, 8),
+            sh_entsize: U64::new(LE, entsize as u64),
         });
     }
     // The grown tables move to the end of the file.
-    let symtab_off = append(&mut out, &symtab, 8);
-    sh[symtab_idx].offset = symtab_off;
-    sh[symtab_idx].size = symtab.len() as u64;
-    let strtab_off = append(&mut out, &strtab, 1);
-    sh[strtab_idx].offset = strtab_off;
-    sh[strtab_idx].size = strtab.len() as u64;
-    let shstr_off = append(&mut out, &shstr, 1);
-    sh[shstrndx].offset = shstr_off;
-    sh[shstrndx].size = shstr.len() as u64;
+    for (idx, bytes, align) in [
+        (symtab_idx, &symtab, 8),
+        (strtab_idx, &strtab, 1),
+        (shstrndx, &shstr, 1),
+    ] {
+        let at = append(&mut out, bytes, align);
+        sh[idx].sh_offset = U64::new(LE, at);
+        sh[idx].sh_size = U64::new(LE, bytes.len() as u64);
+    }
     let new_shoff = append(&mut out, &[], 8);
     for s in &sh {
-        for v in [s.name.to_le_bytes().to_vec(), s.ty.to_le_bytes().to_vec()] {
-            out.extend_from_slice(&v);
-        }
-        out.extend_from_slice(&s.flags.to_le_bytes());
-        out.extend_from_slice(&s.addr.to_le_bytes());
-        out.extend_from_slice(&s.offset.to_le_bytes());
-        out.extend_from_slice(&s.size.to_le_bytes());
-        out.extend_from_slice(&s.link.to_le_bytes());
-        out.extend_from_slice(&s.info.to_le_bytes());
-        out.extend_from_slice(&s.align.to_le_bytes());
-        out.extend_from_slice(&s.entsize.to_le_bytes());
+        out.extend_from_slice(pod::bytes_of(s));
     }
-    out[0x28..0x30].copy_from_slice(&(new_shoff).to_le_bytes());
-    out[0x3c..0x3e].copy_from_slice(&(sh.len() as u16).to_le_bytes());
+    let mut ehdr = ehdr;
+    ehdr.e_shoff = U64::new(LE, new_shoff);
+    ehdr.e_shnum = U16::new(LE, sh.len() as u16);
+    out[..EHDR].copy_from_slice(pod::bytes_of(&ehdr));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    #[test]
+    fn livepatch_symbols_and_relocation_sections_are_added() {
+        let mut o = object::write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.section_id(object::write::StandardSection::Text);
+        o.append_section_data(text, &[0x90; 16], 16);
+        let ko = o.write().unwrap();
+        let rel = KlpRel {
+            section: ".text".into(),
+            offset: 4,
+            r_type: 2,
+            sym_obj: "vmlinux".into(),
+            sym: "helper".into(),
+            pos: 1,
+            addend: -4,
+        };
+        let out = add_klp(&ko, &[rel]).unwrap();
+        let f = object::read::elf::ElfFile64::<LE>::parse(&*out).unwrap();
+        let sym = f
+            .symbols()
+            .find(|s| s.name() == Ok(".klp.sym.vmlinux.helper,1"))
+            .expect("livepatch symbol");
+        let raw = sym.elf_symbol();
+        assert_eq!(raw.st_shndx.get(LE), SHN_LIVEPATCH);
+        let sec = f
+            .section_by_name(".klp.rela.vmlinux.text")
+            .expect("livepatch relocation section");
+        let object::SectionFlags::Elf { sh_flags } = sec.flags() else {
+            panic!("not ELF flags");
+        };
+        assert_ne!(sh_flags & SHF_RELA_LIVEPATCH, 0);
+        let (entries, _) = pod::slice_from_bytes::<Rela64<LE>>(sec.data().unwrap(), 1).unwrap();
+        assert_eq!(entries[0].r_offset.get(LE), 4);
+        assert_eq!(entries[0].r_addend.get(LE), -4);
+        assert_eq!(entries[0].r_info.get(LE) & 0xffff_ffff, 2);
+        assert!(add_klp(
+            b"not an elf file at all, just some bytes.........................",
+            &[KlpRel {
+                section: ".text".into(),
+                offset: 0,
+                r_type: 2,
+                sym_obj: "vmlinux".into(),
+                sym: "x".into(),
+                pos: 0,
+                addend: 0,
+            }]
+        )
+        .is_err());
+    }
 }

@@ -67,14 +67,15 @@ pub fn kernel_patch(
 ) -> Patch {
     let size = (ko.len() as u64).max(1);
     Patch {
+        // Taken as they are: `Patch::validate` checks them, as for any patch.
         meta: PatchMeta {
-            id: id.into(),
+            id: hotsplice_patch::PatchId::unchecked(id),
             description: description.into(),
             level: 1,
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             target: Target {
                 name: format!("vmlinux {release}"),
-                build_id: build_id.into(),
+                build_id: hotsplice_patch::BuildId::unchecked(build_id),
                 kind: ObjectKind::Kernel,
             },
             code_size: size,

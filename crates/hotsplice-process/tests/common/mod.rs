@@ -1,11 +1,9 @@
-//! Shared helpers: compile small C programs, run them as guarded children, read their output.
+//! The C programs of the process tests, and reading their output (the
+//! machinery to compile, start and watch them is `hotsplice-testsupport`).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+pub use hotsplice_testsupport::{compile, Target};
+use std::time::Duration;
 
 pub const TARGET_C: &str = r#"
 #define _GNU_SOURCE
@@ -155,144 +153,18 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// Compile `src` into `dir/name` with cc.
-pub fn compile(dir: &Path, name: &str, src: &str) -> PathBuf {
-    let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, src).unwrap();
-    let out = dir.join(name);
-    let st = Command::new("cc")
-        .args(["-O1", "-g", "-pthread", "-o"])
-        .arg(&out)
-        .arg(&c)
-        .status()
-        .expect("running cc");
-    assert!(st.success(), "compiling {name} failed");
-    out
+/// Waits until `n` more "tick" lines arrived; returns the last one.
+pub trait Ticks {
+    fn ticks(&mut self, n: usize, timeout: Duration) -> String;
 }
 
-/// A child process that is killed and reaped on drop; its stdout lines arrive on a channel.
-pub struct Target {
-    pub child: Child,
-    pub stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    pub seen: Vec<String>,
-}
-
-impl Target {
-    pub fn spawn(exe: &Path, args: &[&str]) -> Target {
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn target");
-        let out = child.stdout.take().unwrap();
-        let stdin = child.stdin.take();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Target {
-            child,
-            stdin,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Wait for a line satisfying `pred`; panics after `timeout`.
-    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if pred(&l) {
-                        return l;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("timeout waiting for output; last lines: {:?}", self.tail())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("target output closed; last lines: {:?}", self.tail())
-                }
-            }
-        }
-    }
-
-    /// Try to wait for a line; `None` on timeout or EOF.
-    pub fn try_wait_for(
-        &mut self,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if pred(&l) {
-                        return Some(l);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Drain lines that are already available.
-    pub fn drain(&mut self) {
-        while let Ok(l) = self.lines.try_recv() {
-            self.seen.push(l);
-        }
-    }
-
-    /// Wait until `n` more "tick" lines arrived; returns the last one.
-    pub fn ticks(&mut self, n: usize, timeout: Duration) -> String {
+impl Ticks for Target {
+    fn ticks(&mut self, n: usize, timeout: Duration) -> String {
         let mut last = String::new();
         for _ in 0..n {
             last = self.wait_for(timeout, |l| l.starts_with("tick "));
         }
         last
-    }
-
-    pub fn send(&mut self, s: &str) {
-        let w = self.stdin.as_mut().unwrap();
-        w.write_all(s.as_bytes()).unwrap();
-        w.flush().unwrap();
-    }
-
-    fn tail(&self) -> Vec<String> {
-        self.seen.iter().rev().take(8).rev().cloned().collect()
-    }
-
-    /// Lines seen so far containing `pat`.
-    pub fn seen_containing(&self, pat: &str) -> Vec<String> {
-        self.seen
-            .iter()
-            .filter(|l| l.contains(pat))
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -3,14 +3,41 @@
 //! the source of truth about what is applied to it.
 
 use crate::validate::{is_build_id, name_problem, quoted, MAX_FUNCTIONS, MAX_IMAGE_HEADER_LEN};
-use crate::{is_valid_id, PAGE};
+use crate::{is_valid_id, BuildId, PatchId, PAGE};
 use hotsplice_arch::current as arch;
 use serde::{Deserialize, Serialize};
 
 /// First bytes of every patch mapping in a process.
 pub const IMAGE_MAGIC: &[u8; 16] = b"HOTSPLICE-IMAGE1";
+/// What the magic of a record becomes in the stop window that takes its
+/// patch out (undo, or replacement by a higher level): the mapping is
+/// about to go, and no reader lists it as applied even if unmapping it
+/// fails; the rest of the record is left as it was.
+pub const RETIRED_MAGIC: &[u8; 16] = b"HOTSPLICE-RETIRE";
 /// Magic, then a little-endian u32 length of the JSON that follows.
 pub const IMAGE_PREFIX_LEN: usize = 20;
+
+/// [`AppliedFunction::saved`] as records store it: hex, `""` for none.
+mod saved_hex {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.as_deref().map(hex::encode).unwrap_or_default())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        hex::decode(&text).map(Some).map_err(|_| {
+            D::Error::custom(format!(
+                "saved = {}: the saved bytes are not hex",
+                crate::validate::quoted(&text)
+            ))
+        })
+    }
+}
 
 /// One replaced function, as applied.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,18 +48,21 @@ pub struct AppliedFunction {
     pub size: u64,
     /// Run-time address of the replacement.
     pub new_addr: u64,
-    /// Bytes the jump overwrote (hex); empty when no jump was written.
-    pub saved: String,
+    /// Bytes the jump overwrote; `None` when no jump was written (stored
+    /// as hex, `""` for none).
+    #[serde(with = "saved_hex")]
+    pub saved: Option<Vec<u8>>,
 }
 
-/// What is applied in one mapping.
+/// A patch applied in a process: the record at the start of its mapping,
+/// which says what is applied there.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ImageHeader {
-    pub patch_id: String,
+pub struct AppliedRecord {
+    pub patch_id: PatchId,
     #[serde(default)]
     pub description: String,
     pub target_name: String,
-    pub target_build_id: String,
+    pub target_build_id: BuildId,
     /// Load bias of the target object when the patch was applied.
     pub target_bias: u64,
     /// Unix time of the apply, seconds.
@@ -50,7 +80,7 @@ pub struct ImageHeader {
 
 /// Why bytes found in a process are not a record hotsplice wrote.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeaderError {
+pub enum RecordError {
     #[error("does not start with the record magic")]
     NoMagic,
     #[error("claims {len} bytes, more than the {max} bytes hotsplice ever writes")]
@@ -71,8 +101,8 @@ fn bad(
     field: impl Into<String>,
     value: impl std::fmt::Display,
     why: impl Into<String>,
-) -> HeaderError {
-    HeaderError::Field {
+) -> RecordError {
+    RecordError::Field {
         field: field.into(),
         value: value.to_string(),
         why: why.into(),
@@ -82,10 +112,12 @@ fn bad(
 impl AppliedFunction {
     /// The bytes the jump overwrote: exactly a jump's length, or an error
     /// (a function without a jump has none).
-    pub fn saved_bytes(&self) -> Result<Vec<u8>, HeaderError> {
+    pub fn saved_bytes(&self) -> Result<&[u8], RecordError> {
         let field = || format!("functions ({}).saved", quoted(&self.name));
-        let bytes = hex::decode(&self.saved)
-            .map_err(|_| bad(field(), quoted(&self.saved), "the saved bytes are not hex"))?;
+        let bytes = self
+            .saved
+            .as_deref()
+            .ok_or_else(|| bad(field(), "\"\"", "no jump was written over it"))?;
         if bytes.len() != arch::JUMP_LEN {
             return Err(bad(
                 field(),
@@ -95,9 +127,14 @@ impl AppliedFunction {
         }
         Ok(bytes)
     }
+
+    /// Whether a jump was written over the function.
+    pub fn jumped(&self) -> bool {
+        self.saved.is_some()
+    }
 }
 
-impl ImageHeader {
+impl AppliedRecord {
     /// Magic, length, JSON.
     pub fn encode(&self) -> Vec<u8> {
         let json = serde_json::to_vec(self).expect("header serializes");
@@ -111,12 +148,12 @@ impl ImageHeader {
     /// If `prefix` starts a record: the record's whole length (magic, length
     /// and JSON), which is never more than [`MAX_IMAGE_HEADER_LEN`]. Only
     /// the first [`IMAGE_PREFIX_LEN`] bytes are looked at.
-    pub fn record_len(prefix: &[u8]) -> Result<usize, HeaderError> {
+    pub fn record_len(prefix: &[u8]) -> Result<usize, RecordError> {
         if prefix.len() < IMAGE_MAGIC.len() || &prefix[..IMAGE_MAGIC.len()] != IMAGE_MAGIC {
-            return Err(HeaderError::NoMagic);
+            return Err(RecordError::NoMagic);
         }
         let Some(len) = prefix.get(16..IMAGE_PREFIX_LEN) else {
-            return Err(HeaderError::Truncated {
+            return Err(RecordError::Truncated {
                 need: IMAGE_PREFIX_LEN,
                 have: prefix.len(),
             });
@@ -124,7 +161,7 @@ impl ImageHeader {
         let total =
             IMAGE_PREFIX_LEN as u64 + u64::from(u32::from_le_bytes(len.try_into().unwrap()));
         if total > MAX_IMAGE_HEADER_LEN as u64 {
-            return Err(HeaderError::TooLong {
+            return Err(RecordError::TooLong {
                 len: total,
                 max: MAX_IMAGE_HEADER_LEN,
             });
@@ -133,25 +170,35 @@ impl ImageHeader {
     }
 
     /// Parse a record (bytes past its end are ignored) and check that it is
-    /// consistent in itself ([`ImageHeader::validate`]). The bytes come
+    /// consistent in itself ([`AppliedRecord::validate`]). The bytes come
     /// from a process, which may have written anything there.
-    pub fn decode(bytes: &[u8]) -> Result<ImageHeader, HeaderError> {
+    pub fn decode(bytes: &[u8]) -> Result<AppliedRecord, RecordError> {
         let h = Self::parse(bytes)?;
         h.validate(Self::record_len(bytes)?)?;
         Ok(h)
     }
 
+    /// The patch id a record claims, if well formed, even when the rest of
+    /// it does not parse (for reports about it).
+    pub fn claimed_id(bytes: &[u8]) -> Option<PatchId> {
+        let total = Self::record_len(bytes).ok()?;
+        let json = bytes.get(IMAGE_PREFIX_LEN..total)?;
+        let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+        let id = v.get("patch_id")?.as_str()?;
+        id.parse().ok()
+    }
+
     /// Parse a record without checking what it says (see
-    /// [`ImageHeader::decode`], which does).
-    pub fn parse(bytes: &[u8]) -> Result<ImageHeader, HeaderError> {
+    /// [`AppliedRecord::decode`], which does).
+    pub fn parse(bytes: &[u8]) -> Result<AppliedRecord, RecordError> {
         let total = Self::record_len(bytes)?;
         let json = bytes
             .get(IMAGE_PREFIX_LEN..total)
-            .ok_or(HeaderError::Truncated {
+            .ok_or(RecordError::Truncated {
                 need: total,
                 have: bytes.len(),
             })?;
-        serde_json::from_slice(json).map_err(|e| HeaderError::Json(e.to_string()))
+        serde_json::from_slice(json).map_err(|e| RecordError::Json(e.to_string()))
     }
 
     /// What a record hotsplice wrote always is, `record_len` bytes long at
@@ -161,7 +208,7 @@ impl ImageHeader {
     /// entry exactly a jump's length, jumps not overlapping each other or
     /// the patch's own mapping. Whether the addresses are mapped in the
     /// process is the reader's business.
-    pub fn validate(&self, record_len: usize) -> Result<(), HeaderError> {
+    pub fn validate(&self, record_len: usize) -> Result<(), RecordError> {
         if !is_valid_id(&self.patch_id) {
             return Err(bad(
                 "patch_id",
@@ -257,11 +304,11 @@ impl ImageHeader {
                     ),
                 ));
             }
-            if f.saved.is_empty() {
+            if !f.jumped() {
                 continue;
             }
             f.saved_bytes().map_err(|e| match e {
-                HeaderError::Field { value, why, .. } => bad(field("saved"), value, why),
+                RecordError::Field { value, why, .. } => bad(field("saved"), value, why),
                 e => e,
             })?;
             if f.size < arch::JUMP_LEN as u64 {
@@ -279,7 +326,7 @@ impl ImageHeader {
         jumps.sort_unstable();
         for w in jumps.windows(2) {
             let ((prev, p), (addr, i)) = (w[0], w[1]);
-            if addr < prev + arch::JUMP_LEN as u64 {
+            if addr < prev.saturating_add(arch::JUMP_LEN as u64) {
                 return Err(bad(
                     format!("functions[{i}] ({}).addr", quoted(&self.functions[i].name)),
                     hexa(addr),
@@ -293,6 +340,12 @@ impl ImageHeader {
         Ok(())
     }
 
+    /// End of the patch's code (saturating: a record that passed
+    /// [`AppliedRecord::validate`] never needs it).
+    pub fn code_end(&self) -> u64 {
+        self.code_start.saturating_add(self.code_len)
+    }
+
     /// Whether `addr` lies in this patch's code.
     pub fn code_contains(&self, addr: u64) -> bool {
         addr >= self.code_start && addr - self.code_start < self.code_len
@@ -303,12 +356,12 @@ impl ImageHeader {
 mod tests {
     use super::*;
 
-    fn sample() -> ImageHeader {
-        ImageHeader {
-            patch_id: "abcd1234".into(),
+    fn sample() -> AppliedRecord {
+        AppliedRecord {
+            patch_id: crate::PatchId::unchecked("abcd1234"),
             description: String::new(),
             target_name: "prog".into(),
-            target_build_id: "ab".into(),
+            target_build_id: crate::BuildId::unchecked("ab"),
             target_bias: 0x5555_0000_0000,
             applied_at: 1,
             sequence: 2,
@@ -322,14 +375,14 @@ mod tests {
                 addr: 0x5555_0000_1130,
                 size: 16,
                 new_addr: 0x7000_0000_1000,
-                saved: "f30f1efa55".into(),
+                saved: Some(vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55]),
             }],
         }
     }
 
     /// `h` encodes to a record that decoding refuses, naming `field`.
-    fn refused(h: &ImageHeader, field: &str) -> String {
-        let msg = ImageHeader::decode(&h.encode())
+    fn refused(h: &AppliedRecord, field: &str) -> String {
+        let msg = AppliedRecord::decode(&h.encode())
             .expect_err("decoding must refuse")
             .to_string();
         assert!(msg.contains(field), "{field:?} missing from: {msg}");
@@ -340,14 +393,14 @@ mod tests {
     fn header_round_trips() {
         let h = sample();
         let b = h.encode();
-        assert_eq!(ImageHeader::decode(&b), Ok(h.clone()));
+        assert_eq!(AppliedRecord::decode(&b), Ok(h.clone()));
         let mut longer = b.clone();
         longer.extend_from_slice(&[0xcc; 100]);
-        assert_eq!(ImageHeader::decode(&longer), Ok(h));
-        assert_eq!(ImageHeader::decode(&b[..10]), Err(HeaderError::NoMagic));
+        assert_eq!(AppliedRecord::decode(&longer), Ok(h));
+        assert_eq!(AppliedRecord::decode(&b[..10]), Err(RecordError::NoMagic));
         assert!(matches!(
-            ImageHeader::decode(&b[..b.len() - 1]),
-            Err(HeaderError::Truncated { .. })
+            AppliedRecord::decode(&b[..b.len() - 1]),
+            Err(RecordError::Truncated { .. })
         ));
     }
 
@@ -355,18 +408,18 @@ mod tests {
     fn huge_length_is_refused_before_reading() {
         let mut prefix = IMAGE_MAGIC.to_vec();
         prefix.extend_from_slice(&u32::MAX.to_le_bytes());
-        let err = ImageHeader::record_len(&prefix).unwrap_err();
+        let err = AppliedRecord::record_len(&prefix).unwrap_err();
         assert_eq!(
             err,
-            HeaderError::TooLong {
+            RecordError::TooLong {
                 len: IMAGE_PREFIX_LEN as u64 + u64::from(u32::MAX),
                 max: MAX_IMAGE_HEADER_LEN,
             }
         );
-        assert_eq!(ImageHeader::decode(&prefix).unwrap_err(), err);
+        assert_eq!(AppliedRecord::decode(&prefix).unwrap_err(), err);
         assert!(matches!(
-            ImageHeader::record_len(&prefix[..18]),
-            Err(HeaderError::Truncated { .. })
+            AppliedRecord::record_len(&prefix[..18]),
+            Err(RecordError::Truncated { .. })
         ));
     }
 
@@ -375,16 +428,44 @@ mod tests {
         let mut b = IMAGE_MAGIC.to_vec();
         b.extend_from_slice(&4u32.to_le_bytes());
         b.extend_from_slice(b"{]}x");
-        assert!(matches!(ImageHeader::decode(&b), Err(HeaderError::Json(_))));
+        assert!(matches!(
+            AppliedRecord::decode(&b),
+            Err(RecordError::Json(_))
+        ));
+    }
+
+    /// The record of `h`, its JSON edited by `edit`.
+    fn edited(h: &AppliedRecord, edit: impl FnOnce(String) -> String) -> Vec<u8> {
+        let b = h.encode();
+        let json = edit(String::from_utf8(b[IMAGE_PREFIX_LEN..].to_vec()).unwrap());
+        let mut out = IMAGE_MAGIC.to_vec();
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(json.as_bytes());
+        out
+    }
+
+    #[test]
+    fn saved_bytes_are_hex_in_the_record() {
+        let h = sample();
+        let json = String::from_utf8(h.encode()[IMAGE_PREFIX_LEN..].to_vec()).unwrap();
+        assert!(json.contains(r#""saved":"f30f1efa55""#), "{json}");
+        let mut none = h.clone();
+        none.functions[0].saved = None;
+        let json = String::from_utf8(none.encode()[IMAGE_PREFIX_LEN..].to_vec()).unwrap();
+        assert!(json.contains(r#""saved":"""#), "{json}");
     }
 
     #[test]
     fn undecodable_or_short_saved_bytes_are_refused() {
         let mut h = sample();
-        h.functions[0].saved = "zz".into();
-        let msg = refused(&h, "functions[0] (\"compute\").saved");
-        assert!(msg.contains("not hex"), "{msg}");
-        h.functions[0].saved = "90".into();
+        let b = edited(&h, |j| j.replace("f30f1efa55", "zz"));
+        let msg = AppliedRecord::decode(&b).unwrap_err().to_string();
+        assert!(
+            msg.contains("saved = \"zz\": the saved bytes are not hex"),
+            "{msg}"
+        );
+        assert_eq!(AppliedRecord::claimed_id(&b).as_deref(), Some("abcd1234"));
+        h.functions[0].saved = Some(vec![0x90]);
         let msg = refused(&h, "functions[0] (\"compute\").saved = 1 byte(s)");
         assert!(msg.contains("exactly 5 bytes"), "{msg}");
         assert!(h.functions[0].saved_bytes().is_err());
@@ -435,7 +516,7 @@ mod tests {
     #[test]
     fn bad_ids_and_names_are_refused() {
         let mut h = sample();
-        h.patch_id = "../../x".into();
+        h.patch_id = crate::PatchId::unchecked("../../x");
         refused(&h, "patch_id");
         let mut h = sample();
         h.functions[0].name = "\x1b]0;owned\x07".into();
@@ -444,15 +525,15 @@ mod tests {
         h.target_name = "x".repeat(5000);
         refused(&h, "target_name");
         let mut h = sample();
-        h.target_build_id = "abc".into();
+        h.target_build_id = crate::BuildId::unchecked("abc");
         refused(&h, "target_build_id");
     }
 
     #[test]
     fn function_without_a_jump_saves_nothing() {
         let mut h = sample();
-        h.functions[0].saved.clear();
+        h.functions[0].saved = None;
         h.functions[0].size = 1;
-        assert_eq!(ImageHeader::decode(&h.encode()), Ok(h));
+        assert_eq!(AppliedRecord::decode(&h.encode()), Ok(h));
     }
 }

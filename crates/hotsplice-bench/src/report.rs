@@ -1,0 +1,214 @@
+//! What a run found: the machine, the settings, each benchmark's result,
+//! printed as tables or as JSON.
+
+use crate::apply_all::AllResult;
+use crate::call_cost::CostResult;
+use crate::daemon::DaemonResult;
+use crate::stop::StopResult;
+use serde::Serialize;
+use std::path::Path;
+use std::process::Command;
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub kernel: String,
+    pub cpu: String,
+    pub hotsplice: String,
+    /// /proc/loadavg before and after the run (other load shows up as noise).
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+}
+
+#[derive(Serialize)]
+pub struct Settings {
+    pub reps: usize,
+    pub threads: Vec<usize>,
+    pub processes: usize,
+    pub all_rounds: usize,
+    pub calls: u64,
+    /// CPU the stop-time spinner had to itself (None: not pinned).
+    pub spinner_cpu: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct Output {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub stop: Vec<StopResult>,
+    pub apply_all: AllResult,
+    pub call_cost: CostResult,
+    pub daemon: DaemonResult,
+}
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+pub fn machine(hotsplice: &Path) -> Machine {
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/osrelease").ok())
+        .unwrap_or_else(|| "?".into())
+        .trim()
+        .to_string();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    Machine {
+        nproc: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        kernel,
+        cpu,
+        hotsplice: hotsplice.display().to_string(),
+        loadavg_before: loadavg(),
+        loadavg_after: String::new(),
+    }
+}
+
+pub fn print_human(o: &Output) {
+    let m = &o.machine;
+    let s = &o.settings;
+    println!("hotsplice-bench");
+    println!(
+        "machine: {} CPUs ({}), kernel {}; hotsplice: {}",
+        m.nproc, m.cpu, m.kernel, m.hotsplice
+    );
+    println!(
+        "load average before / after: {} / {} (other load shows as background gap)",
+        m.loadavg_before, m.loadavg_after
+    );
+    println!("all values: median (min..max) over the repetitions given");
+    println!();
+    println!(
+        "1. Stop time of a one-function apply, {} reps each (in-process engine; µs unless noted)",
+        s.reps
+    );
+    println!("   gap in target = largest gap seen by a thread spinning on CLOCK_MONOTONIC");
+    println!(
+        "   stopped = engine's Report.stopped; background = largest gap over as long, no apply"
+    );
+    println!(
+        "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<26}",
+        "threads",
+        "gap in target",
+        "Report.stopped",
+        "apply() wall",
+        "background gap",
+        "CLI apply wall (ms)"
+    );
+    for r in &o.stop {
+        println!(
+            "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<26}",
+            r.threads,
+            r.apply_gap_us.show(1),
+            r.apply_stopped_us.show(1),
+            r.apply_wall_us.show(1),
+            r.background_gap_us.show(1),
+            r.cli_apply_wall_ms.show(2),
+        );
+    }
+    println!();
+    println!("   undo of the same patch, the gap during the CLI apply, and pauses (gaps >= 50 µs)");
+    println!("   the spinner saw during apply | undo: median count, median total (µs)");
+    println!(
+        "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<9} {:<19} {:>7}",
+        "threads",
+        "undo gap in target",
+        "undo Report.stopped",
+        "undo() wall",
+        "CLI apply gap",
+        "pauses",
+        "paused total",
+        "retried"
+    );
+    for r in &o.stop {
+        println!(
+            "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<9} {:<19} {:>7}",
+            r.threads,
+            r.undo_gap_us.show(1),
+            r.undo_stopped_us.show(1),
+            r.undo_wall_us.show(1),
+            r.cli_apply_gap_us.show(1),
+            format!("{} | {}", r.apply_pauses.median, r.undo_pauses.median),
+            format!(
+                "{:.1} | {:.1}",
+                r.apply_paused_us.median, r.undo_paused_us.median
+            ),
+            r.retried,
+        );
+    }
+    println!();
+    let a = &o.apply_all;
+    println!(
+        "2. hotsplice user apply --all over {} single-thread processes ({} round(s))",
+        a.processes, a.rounds
+    );
+    println!(
+        "   apply --all wall:       {} ms = {:.3} ms per process",
+        a.apply_wall_ms.show(1),
+        a.apply_per_process_ms
+    );
+    println!(
+        "   stopped per process:    {} µs (Report.stopped, all processes of all rounds)",
+        a.stopped_per_process_us.show(1)
+    );
+    println!(
+        "   `-y all upgrade` wall:  {} ms = {:.3} ms per process (from the store)",
+        a.upgrade_wall_ms.show(1),
+        a.upgrade_per_process_ms
+    );
+    println!(
+        "   all flipped:            {} ms after apply returned (targets poll every 20 ms)",
+        a.all_flipped_after_ms.show(1)
+    );
+    println!(
+        "   remove ID wall:         {} ms = {:.3} ms per process",
+        a.remove_wall_ms.show(1),
+        a.remove_per_process_ms
+    );
+    println!();
+    let c = &o.call_cost;
+    println!(
+        "3. Cost per call, {} calls per measurement, {} rounds (ns per loop iteration)",
+        if c.calls / 1_000_000 * 1_000_000 == c.calls {
+            format!("{}M", c.calls / 1_000_000)
+        } else {
+            c.calls.to_string()
+        },
+        c.rounds
+    );
+    println!("   unpatched:              {}", c.unpatched_ns.show(3));
+    println!("   patched:                {}", c.patched_ns.show(3));
+    println!(
+        "   patched - unpatched:    {} (per round; the jump)",
+        c.difference_ns.show(3)
+    );
+    let d = &o.daemon;
+    println!();
+    println!(
+        "4. hotsplice daemon, {} processes started after the patch was installed",
+        d.processes
+    );
+    println!(
+        "   exec to patched:        {} ms (daemon's log: netlink exec event to patch in)",
+        d.exec_to_patched_ms.show(1)
+    );
+    println!(
+        "   idle CPU:               {:.3} % over {:.0} s",
+        d.idle_cpu_percent, d.idle_seconds
+    );
+}

@@ -1,0 +1,219 @@
+//! Apply a patch to a process (optionally replacing a lower level), by
+//! job: [`inspect`] reads the process and refuses what cannot be applied,
+//! [`map`] makes room for the patch, [`plan`] computes (without I/O) what
+//! goes where, [`install`] writes the code and its record, and the commit
+//! (the stop window) writes the jumps.
+
+mod inspect;
+mod install;
+mod map;
+mod plan;
+
+use crate::journal::{fault, in_flight, record, Journal, Op, Step};
+use crate::state::refuse_special;
+use crate::undo::unmap_retired;
+use crate::window::{stop_and_write, Outcome, Unreachable};
+use crate::{EngineError, Result};
+use hotsplice_patch::{ObjectKind, Patch, PatchId};
+use hotsplice_process::{Pid, Tracee};
+use hotsplice_trust::Verified;
+use inspect::Found;
+use plan::{Layout, Plan};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How apply and undo behave.
+#[derive(Clone)]
+pub struct ApplyOptions {
+    /// How long to keep retrying while code is busy.
+    pub busy_timeout: Duration,
+    /// Where each step is recorded before it is taken.
+    pub journal: Option<Arc<dyn Journal>>,
+    /// Asked while waiting for busy code: `true` stops the wait at once
+    /// (the process is left unchanged), e.g. on a termination request.
+    pub stop_waiting: Option<fn() -> bool>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            busy_timeout: Duration::from_secs(5),
+            journal: None,
+            stop_waiting: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApplyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyOptions")
+            .field("busy_timeout", &self.busy_timeout)
+            .field("journal", &self.journal.is_some())
+            .finish()
+    }
+}
+
+/// What one apply or undo did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub pid: Pid,
+    pub id: PatchId,
+    pub target: String,
+    /// Threads in the process during the final stop.
+    pub threads: usize,
+    /// Stop windows needed (more than one when code was busy).
+    pub attempts: u32,
+    /// How long all threads were stopped in the successful window.
+    #[serde(serialize_with = "micros")]
+    pub stopped: Duration,
+    pub functions: usize,
+    /// The lower-level patch this one replaced, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<PatchId>,
+    /// The change was made, but something after it was not: the mapping of
+    /// the patch taken out (undo, or the level replaced) could not be
+    /// unmapped. Its record is retired (no longer listed as applied) and
+    /// its journal record kept, so the next command unmaps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_micros())
+}
+
+/// Apply `patch` to process `pid`. Only a patch that passed the trust
+/// policy ([`hotsplice_trust::Verified`]) gets in.
+pub fn apply(pid: Pid, patch: &Verified<Patch>, opts: &ApplyOptions) -> Result<Report> {
+    apply_replacing(pid, patch, None, opts)
+}
+
+/// Apply `patch`, and in the same stop window take out the applied patch
+/// `replace` (a lower level for the same target): every function ends up
+/// either as before or as the new patch has it, never a mix of levels.
+pub fn apply_replacing(
+    pid: Pid,
+    patch: &Verified<Patch>,
+    replace: Option<&PatchId>,
+    opts: &ApplyOptions,
+) -> Result<Report> {
+    let patch: &Patch = patch.get();
+    refuse_special(pid)?;
+    // Whoever built the patch: what parsing checks holds here too.
+    patch
+        .validate()
+        .map_err(|error| EngineError::InvalidPatch { pid, error })?;
+    let meta = &patch.meta;
+    if meta.target.kind == ObjectKind::Kernel {
+        return Err(EngineError::Refused {
+            pid,
+            why: format!(
+                "with kernel patch {}: use `hotsplice kernel apply`",
+                meta.id
+            ),
+        });
+    }
+    let found = inspect::inspect(pid, patch, replace)?;
+    let layout = Layout::of(pid, meta)?;
+    let journal = opts.journal.as_deref();
+
+    let mut tracee = Tracee::seize(pid)?;
+    let (mapped, unreachable) = map::map(
+        pid,
+        &mut tracee,
+        meta,
+        &found.target,
+        &found.maps,
+        &layout,
+        &found.ifuncs,
+        journal,
+    )?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let outcome = match plan::plan(pid, patch, &found, &layout, &mapped, now)
+        .and_then(|plan| Ok((install::install(pid, &plan)?, plan)))
+    {
+        Ok((mem, plan)) => commit(pid, &mut tracee, &mem, &found, &plan, opts, unreachable),
+        Err(e) => Outcome::Unchanged(e, unreachable),
+    };
+    let old = found.old.as_ref();
+    match outcome {
+        Outcome::Committed(w) => {
+            fault("apply:done");
+            drop(tracee);
+            if let Some(j) = journal {
+                j.clear(pid, &meta.id);
+            }
+            // The old level is out and its record retired: unmapping it
+            // is what is left (see `Report::warning`).
+            let warning = old.and_then(|o| unmap_retired(pid, o, journal));
+            Ok(Report {
+                pid,
+                id: meta.id.clone(),
+                target: found.target.path.clone(),
+                threads: w.threads,
+                attempts: w.attempts,
+                stopped: w.stopped,
+                functions: meta.functions.len(),
+                replaced: old.map(|o| o.patch_id.clone()),
+                warning,
+            })
+        }
+        // A jump into the new code is in and could not be taken out: the
+        // code stays mapped, and the journal record stays for the next
+        // command's recovery to finish the rollback.
+        Outcome::PartlyApplied(e) => {
+            let _ = tracee.detach();
+            Err(e)
+        }
+        Outcome::Unchanged(e, unreachable) => {
+            map::unmap(&mut tracee, &mapped, &layout, unreachable);
+            let _ = tracee.detach();
+            if let Some(j) = journal {
+                j.clear(pid, &meta.id);
+                // The level it was to replace stays as it is: no recovery
+                // may finish taking it out.
+                if let Some(o) = old {
+                    j.clear(pid, &o.patch_id);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The stop window of an apply: write the plan's jumps (and take out the
+/// old level, whose undo is journaled first). `unreachable` comes back
+/// only if the process is left unchanged.
+fn commit(
+    pid: Pid,
+    tracee: &mut Tracee,
+    mem: &hotsplice_process::MemWriter,
+    found: &Found,
+    plan: &Plan,
+    opts: &ApplyOptions,
+    unreachable: Unreachable,
+) -> Outcome<Unreachable> {
+    if let Some(old) = &found.old {
+        // The old level is taken out by this same window.
+        let span = (old.map_start, old.map_len);
+        let pending = in_flight(Op::Undo, pid, &old.patch_id, span, Step::Window);
+        if let Err(e) = record(opts.journal.as_deref(), &pending) {
+            return Outcome::Unchanged(e, unreachable);
+        }
+    }
+    stop_and_write(
+        pid,
+        tracee,
+        mem,
+        &found.maps,
+        &plan.ranges,
+        opts,
+        &plan.writes,
+        "apply:jump",
+        unreachable,
+    )
+}
