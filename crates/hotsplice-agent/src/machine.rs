@@ -99,6 +99,12 @@ impl Agent {
             busy_timeout: Duration::from_secs_f64(secs.max(0.0)),
             journal: Some(self.journal.clone()),
             stop_waiting: Some(self.stop_requested),
+            // `HOTSPLICE_STACK_WALK=scan`: the conservative scan alone (to
+            // compare, or to work around a bad unwind table).
+            stack_walk: match std::env::var("HOTSPLICE_STACK_WALK").as_deref() {
+                Ok("scan") => hotsplice_engine::StackWalk::Scan,
+                _ => hotsplice_engine::StackWalk::Exact,
+            },
         }
     }
 

@@ -176,7 +176,7 @@ pub fn run_all(app: &App, cmd: AllCommand) -> Result<bool> {
     Ok(ok)
 }
 
-fn print_report(verb: &str, r: &Report, quiet: bool) {
+fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
     if quiet {
         return;
     }
@@ -199,6 +199,19 @@ fn print_report(verb: &str, r: &Report, quiet: bool) {
             String::new()
         }
     );
+    if let Some(w) = &r.warning {
+        errln!("hotsplice: warning: pid {}: {}", r.pid, esc(w));
+    }
+    if verbose {
+        outln!(
+            "  stacks: {} walked exactly, {} scanned conservatively",
+            r.stacks.exact,
+            r.stacks.scanned
+        );
+        for f in &r.stacks.fallbacks {
+            outln!("    {}", esc(f));
+        }
+    }
 }
 
 pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
@@ -274,13 +287,19 @@ pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
                 }
                 return Ok(true);
             }
-            report_all("applied", agent.apply(&plan, &opts), json, quiet)
+            report_all(
+                "applied",
+                agent.apply(&plan, &opts),
+                json,
+                quiet,
+                app.verbose > 0,
+            )
         }
         UserCommand::Undo { pid, id, wait } => {
             // Any text: an id that names nothing gets the engine's "not applied".
             let id = hotsplice_patch::PatchId::unchecked(id);
             let r = agent.undo(pid, &id, &agent.options(wait.busy_timeout))?;
-            print_report("undid", &r, quiet);
+            print_report("undid", &r, quiet, app.verbose > 0);
             Ok(true)
         }
         UserCommand::Remove {
@@ -311,11 +330,12 @@ pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
                     },
                     false,
                     quiet,
+                    false,
                 );
             }
             let mut run = agent.remove(&plan, &opts);
             run.results.splice(0..0, refused);
-            report_all("undid", run, false, quiet)
+            report_all("undid", run, false, quiet, app.verbose > 0)
         }
         UserCommand::Show {
             pid,
@@ -339,7 +359,7 @@ pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
     }
 }
 
-fn report_all(verb: &str, run: Run, json: bool, quiet: bool) -> Result<bool> {
+fn report_all(verb: &str, run: Run, json: bool, quiet: bool, verbose: bool) -> Result<bool> {
     crate::terminate::left_undone(run.not_started);
     let mut ok = true;
     let mut reports = Vec::new();
@@ -347,7 +367,7 @@ fn report_all(verb: &str, run: Run, json: bool, quiet: bool) -> Result<bool> {
         match r {
             Ok(r) => {
                 if !json {
-                    print_report(verb, &r, quiet);
+                    print_report(verb, &r, quiet, verbose);
                 }
                 reports.push(r);
             }

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod objects;
 pub mod place;
 mod safety;
+pub use safety::StackCheck;
 mod stacks;
 mod state;
 mod undo;

@@ -8,7 +8,8 @@
 //! stack name it, and it is scanned too ([`interrupted_spans`]). A thread
 //! whose stack cannot be read counts as busy.
 
-use hotsplice_arch::current::sigframe;
+use crate::unwind::{ProcessMemory, StackMemory, Unwinder};
+use hotsplice_arch::current::{dwarf, sigframe};
 use hotsplice_process::{Mapping, Pid, StoppedThread};
 
 /// Largest stack slice scanned per thread.
@@ -95,7 +96,71 @@ pub fn find_busy(
     ranges: &Ranges,
     frames: &mut Vec<(usize, u64)>,
 ) -> Option<BusyThread> {
+    find_busy_walking(threads, stacks, buf, ranges, frames, None)
+}
+
+/// Exact walks for the busy check: the unwinder, where the stacks read lie
+/// in memory, and what the walks found.
+pub struct Walker<'a> {
+    pub unwinder: &'a mut Unwinder,
+    pub pid: Pid,
+    /// The address each thread's stack was read from (`stack_spans`).
+    pub spans: &'a [(u64, usize)],
+    pcs: Vec<(u64, bool)>,
+    pub check: StackCheck,
+}
+
+impl<'a> Walker<'a> {
+    pub fn new(unwinder: &'a mut Unwinder, pid: Pid, spans: &'a [(u64, usize)]) -> Walker<'a> {
+        Walker {
+            unwinder,
+            pid,
+            spans,
+            pcs: Vec::with_capacity(64),
+            check: StackCheck::default(),
+        }
+    }
+}
+
+/// How the stacks of a stop window were checked.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StackCheck {
+    /// Threads whose stack was walked exactly (unwind tables all the way).
+    pub exact: usize,
+    /// Threads scanned conservatively instead (every stack word), because
+    /// an exact walk was not possible for them.
+    pub scanned: usize,
+    /// Why, for the first few of those.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+}
+
+/// As [`find_busy`]; with a `walker`, each thread's stack is first walked
+/// exactly, and scanned conservatively only when the walk cannot finish.
+pub fn find_busy_walking(
+    threads: &[StoppedThread],
+    stacks: &[Option<(usize, usize)>],
+    buf: &[u8],
+    ranges: &Ranges,
+    frames: &mut Vec<(usize, u64)>,
+    mut walker: Option<&mut Walker<'_>>,
+) -> Option<BusyThread> {
     let (lo, hi) = ranges.bounds();
+    // The stacks read, by address, for the walks.
+    let mem = walker.as_ref().map(|w| {
+        let pid = w.pid;
+        let mut read: Vec<(u64, &[u8])> = w
+            .spans
+            .iter()
+            .zip(stacks)
+            .filter_map(|(s, r)| r.map(|(o, l)| (s.0, &buf[o..o + l])))
+            .collect();
+        read.sort_unstable_by_key(|r| r.0);
+        StackMemory {
+            spans: read,
+            fallback: move |a| ProcessMemory(pid).word_at(a),
+        }
+    });
     for (k, (t, stack)) in threads.iter().zip(stacks).enumerate() {
         let stack = stack.map(|(o, l)| &buf[o..o + l]);
         if let Some(n) = ranges.hit(t.regs.rip) {
@@ -114,6 +179,32 @@ pub fn find_busy(
                 frame: "stopped with an unreadable stack,",
             });
         };
+        if let (Some(w), Some(mem)) = (walker.as_deref_mut(), mem.as_ref()) {
+            w.pcs.clear();
+            let end = w.unwinder.walk(&dwarf::initial(&t.regs), mem, &mut w.pcs);
+            // Every frame found, even by a walk that stopped early, is real.
+            for &(pc, exact_pc) in w.pcs.iter().skip(1) {
+                let at = if exact_pc { pc } else { pc.wrapping_sub(1) };
+                if let Some(n) = ranges.hit(at) {
+                    return Some(BusyThread {
+                        tid: t.tid,
+                        function: ranges.names[n].clone(),
+                        frame: "inside (a frame of its stack returns into)",
+                    });
+                }
+            }
+            if end.exact() {
+                w.check.exact += 1;
+                continue;
+            }
+            // Never less safe than a scan: this thread gets one.
+            w.check.scanned += 1;
+            if w.check.fallbacks.len() < 4 {
+                w.check
+                    .fallbacks
+                    .push(format!("thread {}: {end}; its stack was scanned", t.tid));
+            }
+        }
         let sp = t.regs.rsp;
         for (i, w) in stack.chunks_exact(8).enumerate() {
             let v = u64::from_le_bytes(w.try_into().unwrap());

@@ -90,7 +90,7 @@ pub fn stacks(pid: Pid, cache: &mut TableCache) -> Result<ProcessStacks> {
                 tid,
                 frames: pcs
                     .into_iter()
-                    .map(|pc| {
+                    .map(|(pc, _)| {
                         let (object, vaddr) = name(pc);
                         Frame { pc, object, vaddr }
                     })

@@ -227,6 +227,7 @@ fn remove(
         threads: w.threads,
         attempts: w.attempts,
         stopped: w.stopped,
+        stacks: w.stacks,
         functions: h.functions.len(),
         replaced: None,
         warning,

@@ -368,12 +368,15 @@ impl Unwinder {
     }
 
     /// Walk from the registers of a stopped thread: `out` receives its
-    /// instruction pointer, then each return address, innermost first.
+    /// instruction pointer, then each return address, innermost first, each
+    /// with whether it is exact (the instruction pointer, and where a signal
+    /// interrupted) — a return address is the instruction after a call, so
+    /// the code a frame is in is at `pc - 1` then.
     pub fn walk(
         &mut self,
         regs: &[Option<u64>; dwarf::REGS],
         mem: &impl Memory,
-        out: &mut Vec<u64>,
+        out: &mut Vec<(u64, bool)>,
     ) -> Stop {
         let mut regs = *regs;
         let Some(ip) = regs[dwarf::RA as usize] else {
@@ -382,7 +385,7 @@ impl Unwinder {
                 what: "no instruction pointer",
             };
         };
-        out.push(ip);
+        out.push((ip, true));
         // The first frame's pc is exact; a return address is the
         // instruction after a call, so the call is looked up at pc - 1 —
         // except after a signal frame, which resumes exactly there.
@@ -458,7 +461,7 @@ impl Unwinder {
             if !row.signal && cfa <= sp {
                 return Stop::NoProgress { pc };
             }
-            out.push(ra);
+            out.push((ra, row.signal));
             exact_pc = row.signal;
             regs = next;
         }
@@ -543,7 +546,7 @@ pub fn for_process(
             key: if o.build_id.is_empty() {
                 format!("{}:{}:{}", o.inode.0, o.inode.1, o.path)
             } else {
-                o.build_id.clone()
+                o.build_id.to_string()
             },
         })
         .collect();
@@ -638,4 +641,11 @@ impl<F: Fn(u64) -> Option<u64>> Memory for StackMemory<'_, F> {
         }
         (self.fallback)(addr)
     }
+}
+
+/// Tables shared by every walk of this process's hotsplice (the daemon and
+/// upgrades meet the same libraries again and again).
+pub fn shared_cache() -> &'static std::sync::Mutex<TableCache> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<TableCache>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
 }

@@ -1,9 +1,12 @@
 //! The stop window, retried while code is busy.
 
 use crate::journal::fault;
-use crate::safety::{find_busy, interrupted_spans, needs_fresh_maps, stack_spans, Ranges};
+use crate::safety::{
+    find_busy, find_busy_walking, interrupted_spans, needs_fresh_maps, stack_spans, Ranges,
+    StackCheck, Walker,
+};
 use crate::state::read_maps;
-use crate::{ApplyOptions, EngineError};
+use crate::{ApplyOptions, EngineError, StackWalk};
 use hotsplice_process::{self as process, Mapping, MemWriter, Pid, StoppedThread, Tracee};
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,8 @@ pub(crate) struct Committed {
     pub threads: usize,
     pub attempts: u32,
     pub stopped: Duration,
+    /// How the stacks were checked in the window that committed.
+    pub stacks: StackCheck,
 }
 
 /// Proof that no jump leads into a patch mapping, so that it may be
@@ -93,6 +98,17 @@ pub(crate) fn stop_and_write<T>(
     // Whether `maps` were read after the last window (then a stack still
     // not in them counts as unreadable, so busy).
     let mut fresh = false;
+    // Unwind tables, read now, with every thread running.
+    let mut unwinder = match opts.stack_walk {
+        StackWalk::Exact => {
+            let objects = crate::objects::loaded_objects(pid, &maps).unwrap_or_default();
+            let mut cache = crate::unwind::shared_cache()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            Some(crate::unwind::for_process(pid, &maps, &objects, &mut cache))
+        }
+        StackWalk::Scan => None,
+    };
     loop {
         attempts += 1;
         let t0 = Instant::now();
@@ -108,7 +124,19 @@ pub(crate) fn stop_and_write<T>(
         fresh = false;
         let stacks = process::read_memory_into(pid, &spans, &mut stack_buf);
         frames.clear();
-        let mut busy = find_busy(threads, &stacks, &stack_buf, ranges, &mut frames);
+        let mut walker = unwinder.as_mut().map(|u| Walker::new(u, pid, &spans));
+        let mut busy = find_busy_walking(
+            threads,
+            &stacks,
+            &stack_buf,
+            ranges,
+            &mut frames,
+            walker.as_mut(),
+        );
+        let check = walker.map(|w| w.check).unwrap_or_else(|| StackCheck {
+            scanned: threads.len(),
+            ..StackCheck::default()
+        });
         if busy.is_none() && !frames.is_empty() {
             // Threads in handlers on alternate signal stacks: the stacks
             // they interrupted too (and those these name, for nested
@@ -135,6 +163,12 @@ pub(crate) fn stop_and_write<T>(
         }
         if let Some(busy) = busy {
             unchanged!(window.resume());
+            if attempts == 1 {
+                // Said once, with every thread running again (`-v`).
+                for f in &check.fallbacks {
+                    tracing::info!(pid, "{f}");
+                }
+            }
             if opts.stop_waiting.is_some_and(|stop| stop()) {
                 let e = EngineError::StoppedWaiting {
                     pid,
@@ -227,6 +261,7 @@ pub(crate) fn stop_and_write<T>(
             threads: n,
             attempts,
             stopped: t0.elapsed(),
+            stacks: check,
         });
     }
 }

@@ -10,6 +10,7 @@ mod map;
 mod plan;
 
 use crate::journal::{fault, in_flight, record, Journal, Op, Step};
+use crate::safety::StackCheck;
 use crate::state::refuse_special;
 use crate::undo::unmap_retired;
 use crate::window::{stop_and_write, Outcome, Unreachable};
@@ -33,6 +34,21 @@ pub struct ApplyOptions {
     /// Asked while waiting for busy code: `true` stops the wait at once
     /// (the process is left unchanged), e.g. on a termination request.
     pub stop_waiting: Option<fn() -> bool>,
+    /// How the busy check reads stacks.
+    pub stack_walk: StackWalk,
+}
+
+/// How the busy check finds the frames of a stopped thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StackWalk {
+    /// Walk each stack with the unwind tables (`.eh_frame`) of the objects
+    /// it runs, through signal frames; a thread whose walk cannot finish
+    /// is scanned conservatively instead.
+    #[default]
+    Exact,
+    /// Scan every word of every stack conservatively (a stale value costs
+    /// a retry, never a crash): the behaviour before exact walks.
+    Scan,
 }
 
 impl Default for ApplyOptions {
@@ -41,6 +57,7 @@ impl Default for ApplyOptions {
             busy_timeout: Duration::from_secs(5),
             journal: None,
             stop_waiting: None,
+            stack_walk: StackWalk::Exact,
         }
     }
 }
@@ -77,6 +94,8 @@ pub struct Report {
     /// its journal record kept, so the next command unmaps it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// How the stacks were checked in the window that made the change.
+    pub stacks: StackCheck,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -160,6 +179,7 @@ pub fn apply_replacing(
                 functions: meta.functions.len(),
                 replaced: old.map(|o| o.patch_id.clone()),
                 warning,
+                stacks: w.stacks,
             })
         }
         // A jump into the new code is in and could not be taken out: the

@@ -1,0 +1,213 @@
+//! Exact stacks: the busy check walks each thread's stack with the unwind
+//! tables, so a stale return address in an unused stack slot no longer
+//! makes a program unpatchable; where a walk cannot finish (a frame
+//! without unwind information) that thread is scanned conservatively,
+//! which `-v` reports, and which still refuses a busy function.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+fn patch_for(case: &Case, build: &Build, tag: &str) -> (TempDir, std::path::PathBuf, String) {
+    let out = temp_dir(tag);
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let files = create_patches(case, build, "fix.diff", out.path());
+    let id = patch_info(&files[0]).id;
+    let file = files[0].clone();
+    (out, file, id)
+}
+
+fn json_of(r: &CmdOut) -> Value {
+    parse_json(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.describe()))
+}
+
+#[test]
+fn a_stale_return_address_in_a_live_frame_does_not_make_the_code_busy() {
+    require_root();
+    let case = Case::load("stale_return");
+    let build = case.build();
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let (_out, file, id) = patch_for(&case, &build, "stale");
+    let pid = proc.pid();
+
+    // The conservative scan alone sees the stale word and never lets go.
+    let mut cmd = test_env().command([
+        "user",
+        "apply",
+        "--busy-timeout",
+        "0.5",
+        "--pid",
+        &pid.to_string(),
+        file.to_str().unwrap(),
+    ]);
+    cmd.env("HOTSPLICE_STACK_WALK", "scan");
+    let r = run_cmd(cmd, CMD_TIMEOUT);
+    r.assert_failed("apply with the scan alone");
+    assert!(r.stderr.contains("code busy"), "{}", r.describe());
+
+    // The exact walk applies it at the first try, and undoes it.
+    let r = apply(pid, &["--json", "--busy-timeout", "5"], &[file]);
+    r.assert_ok("apply");
+    let j = json_of(&r);
+    assert_eq!(j[0]["attempts"], 1, "{}", r.describe());
+    assert_eq!(j[0]["stacks"]["exact"], 1, "{}", r.describe());
+    assert_eq!(j[0]["stacks"]["scanned"], 0, "{}", r.describe());
+    proc.expect_new_line(Stream::Stdout, case.after(), "patched");
+    undo(pid, &id).assert_ok("undo");
+    proc.expect_new_line(Stream::Stdout, case.before(), "undone");
+    proc.assert_alive("after undo");
+}
+
+#[test]
+fn a_frame_without_unwind_information_falls_back_to_a_scan_and_says_so() {
+    require_root();
+    let case = Case::load("nocfi_frame");
+    let build = case.build();
+    let (_out, file, id) = patch_for(&case, &build, "nocfi");
+
+    // The parked thread's walk stops in the assembly function: that thread
+    // is scanned, nothing of compute() is on its stack, the apply goes on.
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let pid = proc.pid().to_string();
+    let r = hotsplice(["-v", "user", "apply", "--pid", &pid, file.to_str().unwrap()]);
+    r.assert_ok("apply");
+    assert!(
+        r.stdout
+            .contains("1 walked exactly, 1 scanned conservatively")
+            && r.stdout.contains("no unwind information")
+            && r.stdout.contains("its stack was scanned"),
+        "{}",
+        r.describe()
+    );
+    proc.expect_new_line(Stream::Stdout, case.after(), "patched");
+    undo(proc.pid(), &id).assert_ok("undo");
+    drop(proc);
+
+    // Now compute() itself is below the frame without unwind information:
+    // the scan finds it, and the patch is refused, the process unchanged.
+    let mut proc = build.start_argv(&["./prog".into(), "below".into()]);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started below");
+    let r = apply(proc.pid(), &["--busy-timeout", "0.3"], &[file]);
+    r.assert_failed("apply with compute() below the frame without CFI");
+    assert!(
+        r.stderr.contains("code busy") && r.stderr.contains("compute"),
+        "{}",
+        r.describe()
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    proc.expect_new_line(Stream::Stdout, case.before(), "unchanged");
+    proc.assert_alive("after the refusal");
+    assert!(shown_ids(proc.pid()).is_empty());
+}
+
+/// A program whose main thread sits in a signal handler on an alternate
+/// stack, interrupted inside `inner()` (called by `middle()`), while a
+/// second thread sleeps.
+const SIGNALLED: &str = r#"
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static void handler(int s) { (void)s; for (;;) pause(); }
+__attribute__((noinline)) int inner(int n) { volatile int x = n; while (x) { } return x; }
+__attribute__((noinline)) int middle(int n) { return inner(n) + 1; }
+static void *worker(void *a) { (void)a; for (;;) sleep(1); return 0; }
+int main(void) {
+    stack_t ss = { .ss_sp = malloc(1 << 16), .ss_size = 1 << 16 };
+    sigaltstack(&ss, 0);
+    struct sigaction sa = { .sa_handler = handler, .sa_flags = SA_ONSTACK };
+    sigaction(SIGUSR1, &sa, 0);
+    pthread_t t;
+    pthread_create(&t, 0, worker, 0);
+    printf("ready\n");
+    fflush(stdout);
+    return middle(1);
+}
+"#;
+
+/// The link-time address range of `name` in `exe` (from `nm -S`).
+fn symbol_range(exe: &std::path::Path, name: &str) -> (u64, u64) {
+    let out = std::process::Command::new("nm")
+        .arg("-S")
+        .arg(exe)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() == 4 && w[3] == name {
+            let start = u64::from_str_radix(w[0], 16).unwrap();
+            let size = u64::from_str_radix(w[1], 16).unwrap();
+            return (start, start + size);
+        }
+    }
+    panic!("{name} not in {}", exe.display());
+}
+
+#[test]
+fn walks_go_through_a_signal_frame_from_an_alternate_stack() {
+    require_root();
+    let dir = temp_dir("signalled");
+    let exe = compile_with(
+        dir.path(),
+        "signalled",
+        SIGNALLED,
+        &["-O1", "-g", "-pthread"],
+    );
+    let mut proc = Target::exe(&exe, &[]);
+    proc.expect_new_line(Stream::Stdout, "ready", "started");
+    // Into inner()'s loop, then into the handler.
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(proc.pid_i32(), libc::SIGUSR1) };
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = proc.pid().to_string();
+    let r = hotsplice(["user", "stacks", "--pid", &pid, "--json"]);
+    r.assert_ok("stacks");
+    let j = json_of(&r);
+    let threads = j[0]["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 2, "{}", r.stdout);
+    for t in threads {
+        assert_eq!(t["exact"], true, "{}", r.stdout);
+    }
+    // The main thread: the handler, then (past the signal frame, on the
+    // normal stack) inner() exactly where it was interrupted, middle(),
+    // main().
+    let main = threads
+        .iter()
+        .find(|t| t["tid"] == proc.pid())
+        .expect("main thread");
+    let in_exe: Vec<u64> = main["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["object"].as_str() == Some(exe.to_str().unwrap()))
+        .map(|f| f["vaddr"].as_u64().unwrap())
+        .collect();
+    let within = |name: &str, v: u64| {
+        let (a, b) = symbol_range(&exe, name);
+        a <= v && v <= b
+    };
+    let names: Vec<&str> = in_exe
+        .iter()
+        .map(|&v| {
+            ["handler", "inner", "middle", "main"]
+                .into_iter()
+                .find(|n| within(n, v))
+                .unwrap_or("?")
+        })
+        .collect();
+    let at = |n: &str| names.iter().position(|x| *x == n);
+    assert!(
+        at("handler") < at("inner") && at("inner") < at("middle") && at("middle") < at("main"),
+        "frames in the program: {names:?}\n{}",
+        r.stdout
+    );
+    assert!(at("handler").is_some(), "{names:?}");
+    proc.assert_alive("after the walk");
+}
