@@ -133,6 +133,11 @@ struct Args {
     /// Machine-readable output (JSON on stdout; progress still on stderr).
     #[arg(long)]
     json: bool,
+    /// How the busy check reads stacks: `exact` (unwind tables, the
+    /// default) or `scan` (every stack word), to measure what the exact
+    /// walk costs. Passed to the CLI runs as HOTSPLICE_STACK_WALK.
+    #[arg(long, default_value = "exact", value_parser = ["exact", "scan"])]
+    stack_walk: String,
 }
 
 const ANSWER: Duration = Duration::from_secs(20);
@@ -171,6 +176,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    std::env::set_var("HOTSPLICE_STACK_WALK", &args.stack_walk);
     let reps = args.reps.unwrap_or(if args.quick { 3 } else { 11 }).max(1);
     let count = args
         .procs

@@ -98,7 +98,10 @@ pub fn bench_stop(
     let pid = t.0.pid_i32();
     let have = thread_count(pid)?;
     ensure!(have == n, "stopper has {have} threads, expected {n}");
-    let opts = ApplyOptions::default();
+    let opts = ApplyOptions {
+        stack_walk: stack_walk(),
+        ..ApplyOptions::default()
+    };
     let r = t.gap()?.result;
     ensure!(
         r == targets::STOPPER_BEFORE,
@@ -218,4 +221,13 @@ pub fn bench_stop(
         cli_apply_gap_us: Stat::of(&cli_gap),
         retried,
     })
+}
+
+/// The stack walk the bench was asked for (`--stack-walk`, passed on as
+/// HOTSPLICE_STACK_WALK so the CLI runs use it too).
+pub fn stack_walk() -> hotsplice_engine::StackWalk {
+    match std::env::var("HOTSPLICE_STACK_WALK").as_deref() {
+        Ok("scan") => hotsplice_engine::StackWalk::Scan,
+        _ => hotsplice_engine::StackWalk::Exact,
+    }
 }
