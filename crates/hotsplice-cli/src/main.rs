@@ -170,17 +170,19 @@ fn main() {
 /// An error as cargo shows one: `NAME: error: what`, then a `Caused by:`
 /// line for each cause, none said twice.
 pub fn show_error(name: &str, e: &anyhow::Error) {
+    // Multi-line messages (a kernel transition report) keep their lines;
+    // `errln!` escapes every other control character.
     let links = hotsplice_agent::links(e.as_ref());
     let mut it = links.iter();
     errln!(
         "{name}: error: {}",
-        it.next().map_or("(no message)".into(), |l| esc(l))
+        it.next().map_or("(no message)", |l| l.as_str())
     );
     let rest: Vec<_> = it.collect();
     if !rest.is_empty() {
         errln!("Caused by:");
         for l in rest {
-            errln!("    {}", esc(l));
+            errln!("    {l}");
         }
     }
 }

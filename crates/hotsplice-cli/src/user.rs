@@ -199,6 +199,14 @@ fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
             String::new()
         }
     );
+    if r.lead_out.threads > 0 && !quiet {
+        outln!(
+            "  led {} thread(s) out of busy code first ({} slice(s), {:.3} ms, the other threads stopped)",
+            r.lead_out.threads,
+            r.lead_out.slices,
+            r.lead_out.time.as_secs_f64() * 1e3
+        );
+    }
     if let Some(w) = &r.warning {
         errln!("hotsplice: warning: pid {}: {}", r.pid, esc(w));
     }

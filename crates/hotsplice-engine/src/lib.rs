@@ -22,6 +22,7 @@ pub mod objects;
 pub mod place;
 mod safety;
 pub use safety::StackCheck;
+pub use window::LeadOut;
 mod stacks;
 mod state;
 mod undo;

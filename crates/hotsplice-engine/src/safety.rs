@@ -68,6 +68,9 @@ pub struct BusyThread {
     pub function: String,
     /// "executing" (instruction pointer) or "returning into" (stack word).
     pub frame: &'static str,
+    /// Running it alone for a while may bring it out (it is in the code;
+    /// not a stack that cannot be read).
+    pub can_lead_out: bool,
 }
 
 /// For each thread, the live part of its stack: from the stack pointer to
@@ -168,6 +171,7 @@ pub fn find_busy_walking(
                 tid: t.tid,
                 function: ranges.names[n].clone(),
                 frame: "executing",
+                can_lead_out: true,
             });
         }
         let Some(stack) = stack.filter(|s| !s.is_empty()) else {
@@ -177,6 +181,7 @@ pub fn find_busy_walking(
                 function: "code being changed (its stack cannot be read, so it may be inside)"
                     .into(),
                 frame: "stopped with an unreadable stack,",
+                can_lead_out: false,
             });
         };
         if let (Some(w), Some(mem)) = (walker.as_deref_mut(), mem.as_ref()) {
@@ -190,6 +195,7 @@ pub fn find_busy_walking(
                         tid: t.tid,
                         function: ranges.names[n].clone(),
                         frame: "inside (a frame of its stack returns into)",
+                        can_lead_out: true,
                     });
                 }
             }
@@ -222,6 +228,7 @@ pub fn find_busy_walking(
                     tid: t.tid,
                     function: ranges.names[n].clone(),
                     frame: "inside (a return address on its stack points into)",
+                    can_lead_out: true,
                 });
             }
         }

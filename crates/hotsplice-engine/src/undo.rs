@@ -228,6 +228,7 @@ fn remove(
         attempts: w.attempts,
         stopped: w.stopped,
         stacks: w.stacks,
+        lead_out: w.lead_out,
         functions: h.functions.len(),
         replaced: None,
         warning,

@@ -7,7 +7,9 @@ use crate::safety::{
 };
 use crate::state::read_maps;
 use crate::{ApplyOptions, EngineError, StackWalk};
-use hotsplice_process::{self as process, Mapping, MemWriter, Pid, StoppedThread, Tracee};
+use hotsplice_process::{
+    self as process, Mapping, MemWriter, Pid, RunAlone, StoppedThread, Tracee,
+};
 use std::time::{Duration, Instant};
 
 /// One write of the window: at `addr`, replace `expect` with `new`.
@@ -25,6 +27,8 @@ pub(crate) struct Committed {
     pub stopped: Duration,
     /// How the stacks were checked in the window that committed.
     pub stacks: StackCheck,
+    /// Threads led out of busy code, over all windows.
+    pub lead_out: LeadOut,
 }
 
 /// Proof that no jump leads into a patch mapping, so that it may be
@@ -98,6 +102,7 @@ pub(crate) fn stop_and_write<T>(
     // Whether `maps` were read after the last window (then a stack still
     // not in them counts as unreadable, so busy).
     let mut fresh = false;
+    let mut led = LeadOut::default();
     // Unwind tables, read now, with every thread running.
     let mut unwinder = match opts.stack_walk {
         StackWalk::Exact => {
@@ -112,9 +117,8 @@ pub(crate) fn stop_and_write<T>(
     loop {
         attempts += 1;
         let t0 = Instant::now();
-        let window = unchanged!(tracee.stop_all());
-        let threads = window.threads();
-        let spans = stack_spans(threads, &maps);
+        let mut window = unchanged!(tracee.stop_all());
+        let spans = stack_spans(window.threads(), &maps);
         if needs_fresh_maps(&spans) && !fresh {
             unchanged!(window.resume());
             maps = unchanged!(read_maps(pid));
@@ -122,45 +126,77 @@ pub(crate) fn stop_and_write<T>(
             continue;
         }
         fresh = false;
-        let stacks = process::read_memory_into(pid, &spans, &mut stack_buf);
-        frames.clear();
-        let mut walker = unwinder.as_mut().map(|u| Walker::new(u, pid, &spans));
-        let mut busy = find_busy_walking(
-            threads,
-            &stacks,
-            &stack_buf,
+        let mut bufs = Buffers {
+            stack: &mut stack_buf,
+            extra: &mut extra_buf,
+            frames: &mut frames,
+        };
+        let (mut busy, mut check) = check_threads(
+            pid,
+            window.threads(),
+            &maps,
             ranges,
-            &mut frames,
-            walker.as_mut(),
+            unwinder.as_mut(),
+            &mut bufs,
         );
-        let check = walker.map(|w| w.check).unwrap_or_else(|| StackCheck {
-            scanned: threads.len(),
-            ..StackCheck::default()
-        });
-        if busy.is_none() && !frames.is_empty() {
-            // Threads in handlers on alternate signal stacks: the stacks
-            // they interrupted too (and those these name, for nested
-            // signals). Allocates only when there are such frames.
-            let mut extra = interrupted_spans(&spans, &frames, &maps);
-            let mut owners: Vec<StoppedThread> = Vec::new();
-            for _ in 0..4 {
-                if extra.is_empty() || busy.is_some() {
-                    break;
-                }
-                let prev = if owners.is_empty() {
-                    threads
-                } else {
-                    &owners[..]
-                };
-                let next: Vec<StoppedThread> = extra.iter().map(|(i, _)| prev[*i]).collect();
-                let more: Vec<(u64, usize)> = extra.iter().map(|(_, s)| *s).collect();
-                let got = process::read_memory_into(pid, &more, &mut extra_buf);
-                frames.clear();
-                busy = find_busy(&next, &got, &extra_buf, ranges, &mut frames);
-                extra = interrupted_spans(&more, &frames, &maps);
-                owners = next;
+        // Lead busy threads out: each alone, the others stopped, in short
+        // slices until its stack no longer holds busy code; then everything
+        // is checked again. Bounded; a thread that does not come out (it
+        // waits for a lock a stopped thread holds, or never returns) ends
+        // it, and the process runs while we retry.
+        let lead_started = Instant::now();
+        while let Some(b) = busy.as_ref() {
+            if !b.can_lead_out
+                || lead_started.elapsed() >= LEAD_OUT
+                || opts.stop_waiting.is_some_and(|stop| stop())
+            {
+                break;
             }
+            let tid = b.tid;
+            let mut out = false;
+            while lead_started.elapsed() < LEAD_OUT {
+                let t = match unchanged!(window.run_alone(tid, LEAD_SLICE)) {
+                    RunAlone::Stopped(t) => t,
+                    RunAlone::Changed => break,
+                };
+                led.slices += 1;
+                let (still, _) = check_threads(
+                    pid,
+                    std::slice::from_ref(&t),
+                    &maps,
+                    ranges,
+                    unwinder.as_mut(),
+                    &mut bufs,
+                );
+                match still {
+                    None => {
+                        out = true;
+                        break;
+                    }
+                    Some(b) if !b.can_lead_out => break,
+                    Some(_) => {}
+                }
+            }
+            if !out {
+                break;
+            }
+            led.threads += 1;
+            // Its stack moved and it may have written memory: all again.
+            let spans = stack_spans(window.threads(), &maps);
+            if needs_fresh_maps(&spans) {
+                break;
+            }
+            (busy, check) = check_threads(
+                pid,
+                window.threads(),
+                &maps,
+                ranges,
+                unwinder.as_mut(),
+                &mut bufs,
+            );
         }
+        led.time += lead_started.elapsed();
+        let threads = window.threads();
         if let Some(busy) = busy {
             unchanged!(window.resume());
             if attempts == 1 {
@@ -262,6 +298,88 @@ pub(crate) fn stop_and_write<T>(
             attempts,
             stopped: t0.elapsed(),
             stacks: check,
+            lead_out: led,
         });
     }
+}
+
+/// How long a window may lead busy threads out, all in all.
+const LEAD_OUT: Duration = Duration::from_millis(10);
+/// How long a busy thread runs alone before it is looked at again.
+const LEAD_SLICE: Duration = Duration::from_micros(30);
+
+/// What leading threads out of busy code took.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct LeadOut {
+    /// Threads that came out of busy code while the others were stopped.
+    pub threads: usize,
+    /// Slices they ran alone.
+    pub slices: usize,
+    /// Time spent so, in every window (part of the stop for the others).
+    #[serde(serialize_with = "micros")]
+    pub time: Duration,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_micros())
+}
+
+/// The window's buffers, allocated before it.
+struct Buffers<'a> {
+    stack: &'a mut Vec<u8>,
+    extra: &'a mut Vec<u8>,
+    frames: &'a mut Vec<(usize, u64)>,
+}
+
+/// The busy check of `threads` (stopped): read their stacks, walk or scan
+/// them, follow signal frames to the stacks they interrupted.
+fn check_threads(
+    pid: Pid,
+    threads: &[StoppedThread],
+    maps: &[Mapping],
+    ranges: &Ranges,
+    unwinder: Option<&mut crate::unwind::Unwinder>,
+    bufs: &mut Buffers<'_>,
+) -> (Option<crate::safety::BusyThread>, StackCheck) {
+    let spans = stack_spans(threads, maps);
+    let stacks = process::read_memory_into(pid, &spans, bufs.stack);
+    bufs.frames.clear();
+    let mut walker = unwinder.map(|u| Walker::new(u, pid, &spans));
+    let mut busy = find_busy_walking(
+        threads,
+        &stacks,
+        bufs.stack,
+        ranges,
+        bufs.frames,
+        walker.as_mut(),
+    );
+    let check = walker.map(|w| w.check).unwrap_or_else(|| StackCheck {
+        scanned: threads.len(),
+        ..StackCheck::default()
+    });
+    if busy.is_none() && !bufs.frames.is_empty() {
+        // Threads in handlers on alternate signal stacks: the stacks they
+        // interrupted too (and those these name, for nested signals).
+        // Allocates only when there are such frames.
+        let mut extra = interrupted_spans(&spans, bufs.frames, maps);
+        let mut owners: Vec<StoppedThread> = Vec::new();
+        for _ in 0..4 {
+            if extra.is_empty() || busy.is_some() {
+                break;
+            }
+            let prev = if owners.is_empty() {
+                threads
+            } else {
+                &owners[..]
+            };
+            let next: Vec<StoppedThread> = extra.iter().map(|(i, _)| prev[*i]).collect();
+            let more: Vec<(u64, usize)> = extra.iter().map(|(_, s)| *s).collect();
+            let got = process::read_memory_into(pid, &more, bufs.extra);
+            bufs.frames.clear();
+            busy = find_busy(&next, &got, bufs.extra, ranges, bufs.frames);
+            extra = interrupted_spans(&more, bufs.frames, maps);
+            owners = next;
+        }
+    }
+    (busy, check)
 }

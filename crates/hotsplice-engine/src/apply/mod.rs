@@ -13,7 +13,7 @@ use crate::journal::{fault, in_flight, record, Journal, Op, Step};
 use crate::safety::StackCheck;
 use crate::state::refuse_special;
 use crate::undo::unmap_retired;
-use crate::window::{stop_and_write, Outcome, Unreachable};
+use crate::window::{stop_and_write, LeadOut, Outcome, Unreachable};
 use crate::{EngineError, Result};
 use hotsplice_patch::{ObjectKind, Patch, PatchId};
 use hotsplice_process::{Pid, Tracee};
@@ -96,6 +96,9 @@ pub struct Report {
     pub warning: Option<String>,
     /// How the stacks were checked in the window that made the change.
     pub stacks: StackCheck,
+    /// Threads led out of busy code (run alone, the others stopped) before
+    /// the change; that time is part of `stopped` for the other threads.
+    pub lead_out: LeadOut,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -180,6 +183,7 @@ pub fn apply_replacing(
                 replaced: old.map(|o| o.patch_id.clone()),
                 warning,
                 stacks: w.stacks,
+                lead_out: w.lead_out,
             })
         }
         // A jump into the new code is in and could not be taken out: the

@@ -262,6 +262,22 @@ impl Book {
     }
 }
 
+/// What [`StopWindow::run_alone`] found.
+#[derive(Debug, Clone, Copy)]
+pub enum RunAlone {
+    /// The thread ran and is stopped again, with these registers.
+    Stopped(StoppedThread),
+    /// The window's threads changed: end the window.
+    Changed,
+}
+
+/// Let the thread run for about `d`: sleeping frees our CPU for it, and the
+/// timer brings us back (spinning, or yielding to it, would hold it off or
+/// hand it our CPU for a whole scheduler slice).
+fn spin_for(d: std::time::Duration) {
+    std::thread::sleep(d);
+}
+
 /// The stop window: every traced thread is stopped. End it with [`StopWindow::resume`] or
 /// [`StopWindow::detach_all`]; dropping it resumes all threads (also on panic).
 pub struct StopWindow<'a> {
@@ -292,6 +308,49 @@ impl StopWindow<'_> {
     /// Writer on /proc/PID/mem (opened on first use).
     pub fn mem(&mut self) -> Result<&MemWriter> {
         self.tracee.mem()
+    }
+
+    /// Let thread `tid` alone run for about `slice`, every other thread
+    /// staying stopped, then stop it again and read its registers (for
+    /// leading a thread out of code about to be replaced). Only a thread in
+    /// a clean stop (our interrupt) is let go; what it does meanwhile is
+    /// its own business — no register is changed, no breakpoint or single
+    /// step is used, so hotsplice vanishing at any point leaves it running
+    /// correctly. Returns [`RunAlone::Stopped`] with its new registers, or
+    /// [`RunAlone::Changed`] when the window no longer holds exactly the
+    /// threads it held (the thread exited, or started a thread, or it was
+    /// not in a clean stop): the caller should end the window then.
+    pub fn run_alone(&mut self, tid: Pid, slice: std::time::Duration) -> Result<RunAlone> {
+        let book = &mut self.tracee.book;
+        let Some(i) = book.threads.iter().position(|t| t.tid == tid) else {
+            return Ok(RunAlone::Changed);
+        };
+        if book.threads[i].st != St::Stopped(Stop::Clean) {
+            return Ok(RunAlone::Changed);
+        }
+        let Some(slot) = book.stopped.iter().position(|t| t.tid == tid) else {
+            return Ok(RunAlone::Changed);
+        };
+        let before = book.threads.len();
+        match sys::cont(tid, 0) {
+            Ok(()) => book.threads[i].st = St::Running,
+            Err(Errno::ESRCH) => {
+                book.threads[i].st = St::Dying;
+                return Ok(RunAlone::Changed);
+            }
+            Err(e) => return Err(perr("PTRACE_CONT", tid, e)),
+        }
+        spin_for(slice);
+        // ESRCH (exiting) is resolved by the wait.
+        let _ = sys::interrupt(tid);
+        let had = book.stopped.len();
+        book.collect_one(i, true)?;
+        if book.stopped.len() != had + 1 || book.threads.len() != before {
+            return Ok(RunAlone::Changed);
+        }
+        let fresh = book.stopped.pop().expect("just pushed");
+        book.stopped[slot] = fresh;
+        Ok(RunAlone::Stopped(fresh))
     }
 
     /// Let every thread run again but stay seized (PTRACE_CONT, re-injecting recorded signals).
