@@ -31,7 +31,11 @@ fn apply_and_undo_of_a_function_four_threads_hammer() {
     for round in 0..3 {
         let what = format!("round {round}");
         // The threads abort on any result but 1 or 2: mixed code kills it.
-        let r = apply(pid, &["--json", "--busy-timeout", "30"], &[file.clone()]);
+        let r = apply(
+            pid,
+            &["--json", "--busy-timeout", "30"],
+            std::slice::from_ref(&file),
+        );
         r.assert_ok(&format!("{what}: apply"));
         let j = parse_json(&r.stdout).unwrap();
         eprintln!(

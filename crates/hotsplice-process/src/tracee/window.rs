@@ -263,6 +263,9 @@ impl Book {
 }
 
 /// What [`StopWindow::run_alone`] found.
+// Returned by value once per slice, never stored: boxing would only add an
+// allocation to the window.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy)]
 pub enum RunAlone {
     /// The thread ran and is stopped again, with these registers.
