@@ -226,6 +226,7 @@ fn run() -> Result<()> {
             all_rounds,
             calls,
             spinner_cpu: pin,
+            stack_walk: args.stack_walk.clone(),
         },
         stop,
         apply_all,

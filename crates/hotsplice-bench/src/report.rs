@@ -29,6 +29,8 @@ pub struct Settings {
     pub calls: u64,
     /// CPU the stop-time spinner had to itself (None: not pinned).
     pub spinner_cpu: Option<usize>,
+    /// `exact` or `scan` (`--stack-walk`).
+    pub stack_walk: String,
 }
 
 #[derive(Serialize)]
@@ -149,6 +151,31 @@ pub fn print_human(o: &Output) {
                 r.apply_paused_us.median, r.undo_paused_us.median
             ),
             r.retried,
+        );
+    }
+    println!();
+    println!(
+        "   where the apply's stop window went (engine's Report.times, µs; stack walk: {})",
+        o.settings.stack_walk
+    );
+    println!(
+        "{:>7}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} stacks exact/scanned",
+        "threads", "interrupt", "wait+regs", "read stacks", "check", "lead out", "writes", "resume"
+    );
+    for r in &o.stop {
+        let p = |i: usize| format!("{:.1}", r.apply_phases_us[i].median);
+        println!(
+            "{:>7}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {}/{}",
+            r.threads,
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6),
+            r.stacks_exact,
+            r.stacks_scanned
         );
     }
     println!();

@@ -34,6 +34,12 @@ pub struct StopResult {
     pub cli_apply_gap_us: Stat,
     /// Applies/undos that needed more than one stop window (code busy).
     pub retried: usize,
+    /// Where the apply's window went (the engine's `Report.times`), µs:
+    /// interrupt, wait, stacks, check, lead out, writes, resume.
+    pub apply_phases_us: Vec<Stat>,
+    /// How the apply checked the stacks: threads walked exactly, scanned.
+    pub stacks_exact: usize,
+    pub stacks_scanned: usize,
 }
 
 /// The stopper target's commands.
@@ -109,6 +115,8 @@ pub fn bench_stop(
     );
 
     let mut retried = 0;
+    let mut phases: Vec<[f64; 7]> = Vec::with_capacity(reps);
+    let mut stacks = (0, 0);
     let mut cycle = |t: &mut Stopper, rec: &mut Option<&mut Vec<[f64; 11]>>| -> Result<()> {
         t.reset()?;
         let t0 = Instant::now();
@@ -142,6 +150,17 @@ pub fn bench_stop(
         std::thread::sleep(wall);
         let bg = t.gap()?.max_us;
         if let Some(rec) = rec {
+            let w = &a.times;
+            phases.push([
+                w.interrupt_us,
+                w.wait_us,
+                w.stacks_us,
+                w.check_us,
+                w.lead_out_us,
+                w.writes_us,
+                w.resume_us,
+            ]);
+            stacks = (a.stacks.exact, a.stacks.scanned);
             retried += usize::from(a.attempts > 1) + usize::from(u.attempts > 1);
             rec.push([
                 ag.max_us,
@@ -165,6 +184,9 @@ pub fn bench_stop(
         cycle(&mut t, &mut Some(&mut rows))?;
     }
     let col = |i: usize| Stat::of(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+    let apply_phases_us: Vec<Stat> = (0..7)
+        .map(|i| Stat::of(&phases.iter().map(|p| p[i]).collect::<Vec<_>>()))
+        .collect();
 
     let mut cli_wall = Vec::with_capacity(reps);
     let mut cli_gap = Vec::with_capacity(reps);
@@ -220,6 +242,9 @@ pub fn bench_stop(
         cli_apply_wall_ms: Stat::of(&cli_wall),
         cli_apply_gap_us: Stat::of(&cli_gap),
         retried,
+        apply_phases_us,
+        stacks_exact: stacks.0,
+        stacks_scanned: stacks.1,
     })
 }
 

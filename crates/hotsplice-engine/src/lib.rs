@@ -22,7 +22,7 @@ pub mod objects;
 pub mod place;
 mod safety;
 pub use safety::StackCheck;
-pub use window::LeadOut;
+pub use window::{LeadOut, WindowTimes};
 mod stacks;
 mod state;
 mod undo;

@@ -229,6 +229,7 @@ fn remove(
         stopped: w.stopped,
         stacks: w.stacks,
         lead_out: w.lead_out,
+        times: w.times,
         functions: h.functions.len(),
         replaced: None,
         warning,

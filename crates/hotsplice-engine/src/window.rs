@@ -29,6 +29,8 @@ pub(crate) struct Committed {
     pub stacks: StackCheck,
     /// Threads led out of busy code, over all windows.
     pub lead_out: LeadOut,
+    /// Where the time of the committing window went.
+    pub times: WindowTimes,
 }
 
 /// Proof that no jump leads into a patch mapping, so that it may be
@@ -130,7 +132,10 @@ pub(crate) fn stop_and_write<T>(
             stack: &mut stack_buf,
             extra: &mut extra_buf,
             frames: &mut frames,
+            read: Duration::ZERO,
+            check: Duration::ZERO,
         };
+        let (interrupt, wait) = window.stop_times();
         let (mut busy, mut check) = check_threads(
             pid,
             window.threads(),
@@ -139,6 +144,7 @@ pub(crate) fn stop_and_write<T>(
             unwinder.as_mut(),
             &mut bufs,
         );
+        let (first_read, first_check) = (bufs.read, bufs.check);
         // Lead busy threads out: each alone, the others stopped, in short
         // slices until its stack no longer holds busy code; then everything
         // is checked again. Bounded; a thread that does not come out (it
@@ -195,7 +201,8 @@ pub(crate) fn stop_and_write<T>(
                 &mut bufs,
             );
         }
-        led.time += lead_started.elapsed();
+        let lead_time = lead_started.elapsed();
+        led.time += lead_time;
         let threads = window.threads();
         if let Some(busy) = busy {
             unchanged!(window.resume());
@@ -237,6 +244,7 @@ pub(crate) fn stop_and_write<T>(
             backoff = (backoff * 2).min(Duration::from_millis(200));
             continue;
         }
+        let t_writes = Instant::now();
         let now = process::read_memory_many(pid, &checks);
         if let Some(w) = writes
             .iter()
@@ -287,6 +295,8 @@ pub(crate) fn stop_and_write<T>(
             };
         }
         let n = threads.len();
+        let writes_time = t_writes.elapsed();
+        let t_resume = Instant::now();
         // The jumps are in: whatever detaching says, the change took effect
         // (and exiting lets the kernel detach what is left), so it is not
         // reported as a failure, which would make the caller unmap live code.
@@ -299,8 +309,40 @@ pub(crate) fn stop_and_write<T>(
             stopped: t0.elapsed(),
             stacks: check,
             lead_out: led,
+            times: WindowTimes {
+                interrupt_us: us(interrupt),
+                wait_us: us(wait),
+                stacks_us: us(first_read),
+                check_us: us(first_check),
+                lead_out_us: us(lead_time),
+                writes_us: us(writes_time),
+                resume_us: us(t_resume.elapsed()),
+            },
         });
     }
+}
+
+/// Where the time of the window that made the change went, in µs.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct WindowTimes {
+    /// Sending every thread its interrupt.
+    pub interrupt_us: f64,
+    /// Collecting every stop, with the thread's registers.
+    pub wait_us: f64,
+    /// Reading the stacks.
+    pub stacks_us: f64,
+    /// Walking (or scanning) them.
+    pub check_us: f64,
+    /// Leading busy threads out (see `LeadOut`).
+    pub lead_out_us: f64,
+    /// Re-reading the bytes to overwrite, and writing.
+    pub writes_us: f64,
+    /// Letting every thread go (detaching).
+    pub resume_us: f64,
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 /// How long a window may lead busy threads out, all in all.
@@ -329,6 +371,9 @@ struct Buffers<'a> {
     stack: &'a mut Vec<u8>,
     extra: &'a mut Vec<u8>,
     frames: &'a mut Vec<(usize, u64)>,
+    /// Time spent reading stacks, and checking them, since the last reset.
+    read: Duration,
+    check: Duration,
 }
 
 /// The busy check of `threads` (stopped): read their stacks, walk or scan
@@ -341,8 +386,11 @@ fn check_threads(
     unwinder: Option<&mut crate::unwind::Unwinder>,
     bufs: &mut Buffers<'_>,
 ) -> (Option<crate::safety::BusyThread>, StackCheck) {
+    let t0 = Instant::now();
     let spans = stack_spans(threads, maps);
     let stacks = process::read_memory_into(pid, &spans, bufs.stack);
+    let t1 = Instant::now();
+    bufs.read += t1 - t0;
     bufs.frames.clear();
     let mut walker = unwinder.map(|u| Walker::new(u, pid, &spans));
     let mut busy = find_busy_walking(
@@ -381,5 +429,6 @@ fn check_threads(
             owners = next;
         }
     }
+    bufs.check += t1.elapsed();
     (busy, check)
 }

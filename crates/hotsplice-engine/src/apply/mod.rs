@@ -13,7 +13,7 @@ use crate::journal::{fault, in_flight, record, Journal, Op, Step};
 use crate::safety::StackCheck;
 use crate::state::refuse_special;
 use crate::undo::unmap_retired;
-use crate::window::{stop_and_write, LeadOut, Outcome, Unreachable};
+use crate::window::{stop_and_write, LeadOut, Outcome, Unreachable, WindowTimes};
 use crate::{EngineError, Result};
 use hotsplice_patch::{ObjectKind, Patch, PatchId};
 use hotsplice_process::{Pid, Tracee};
@@ -99,6 +99,8 @@ pub struct Report {
     /// Threads led out of busy code (run alone, the others stopped) before
     /// the change; that time is part of `stopped` for the other threads.
     pub lead_out: LeadOut,
+    /// Where the time of the window that made the change went.
+    pub times: WindowTimes,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -184,6 +186,7 @@ pub fn apply_replacing(
                 warning,
                 stacks: w.stacks,
                 lead_out: w.lead_out,
+                times: w.times,
             })
         }
         // A jump into the new code is in and could not be taken out: the

@@ -66,6 +66,9 @@ pub(super) struct Book {
     pub(super) finished: bool,
     /// The leader exited (a zombie) while other threads live.
     pub(super) leader_zombie: bool,
+    /// How long the last stop took: sending the interrupts, then waiting
+    /// for every stop and reading the registers.
+    pub(super) last_stop: (std::time::Duration, std::time::Duration),
 }
 
 impl Book {
@@ -76,6 +79,7 @@ impl Book {
             stopped: Vec::new(),
             finished: false,
             leader_zombie: false,
+            last_stop: Default::default(),
         }
     }
 

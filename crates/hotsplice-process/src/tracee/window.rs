@@ -51,13 +51,17 @@ impl Book {
     pub(super) fn collect(&mut self, read_regs: bool) -> Result<()> {
         self.check_live()?;
         self.stopped.clear();
+        let t0 = std::time::Instant::now();
         for t in &self.threads {
             if t.st == St::Running {
                 // ESRCH (thread dying) is resolved by the wait below.
                 let _ = sys::interrupt(t.tid);
             }
         }
-        if let Err(e) = self.collect_wait(read_regs) {
+        let t1 = std::time::Instant::now();
+        let waited = self.collect_wait(read_regs);
+        self.last_stop = (t1 - t0, t1.elapsed());
+        if let Err(e) = waited {
             if !self.finished {
                 let _ = self.release(false);
             }
@@ -306,6 +310,12 @@ impl StopWindow<'_> {
     /// The target pid.
     pub fn pid(&self) -> Pid {
         self.tracee.book.pid
+    }
+
+    /// How long stopping took: sending every interrupt, then collecting
+    /// every stop with its registers.
+    pub fn stop_times(&self) -> (std::time::Duration, std::time::Duration) {
+        self.tracee.book.last_stop
     }
 
     /// Writer on /proc/PID/mem (opened on first use).
