@@ -38,5 +38,5 @@ pub use machine::{comm, exe, exited, printable, Agent, AgentOptions};
 pub use upgrade::{Installed, Outcome, UpgradeRun};
 pub use user::{
     pids, AppliedView, ApplyPlan, AvailablePatch, CorruptView, InterruptedView, OpResult,
-    ProcessPatches, RemovalPlan, Run, TargetObject,
+    ProcessPatches, RemovalPlan, Run, StillInOld, TargetObject,
 };

@@ -105,6 +105,7 @@ impl Agent {
                 Ok("scan") => hotsplice_engine::StackWalk::Scan,
                 _ => hotsplice_engine::StackWalk::Exact,
             },
+            let_running_finish: false,
         }
     }
 

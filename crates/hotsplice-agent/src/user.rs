@@ -79,6 +79,18 @@ pub struct ProcessPatches {
     /// patches finishes or rolls back.
     pub interrupted: Vec<InterruptedView>,
     pub corrupt: Vec<CorruptView>,
+    /// Threads still running a call of a replaced function in the old code
+    /// (patches applied with `--let-running-finish`), until they leave.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub still_in_old: Vec<StillInOld>,
+}
+
+/// A thread still in the old code of a replaced function.
+#[derive(Debug, Clone, Serialize)]
+pub struct StillInOld {
+    pub tid: i32,
+    pub patch: PatchId,
+    pub function: String,
 }
 
 /// A patchable object and the processes mapping it.
@@ -315,6 +327,7 @@ impl Agent {
                                 why: c.why.clone(),
                             })
                             .collect(),
+                        still_in_old: still_in_old(p, &st.patches),
                     })
                 }
                 Ok(_) => {}
@@ -409,4 +422,42 @@ impl Agent {
         }
         Ok(out)
     }
+}
+
+/// For patches applied with `--let-running-finish`: the threads that still
+/// have a frame in a replaced function's old code (found by walking their
+/// stacks, which stops the process for a moment; only then).
+fn still_in_old(pid: i32, patches: &[hotsplice_patch::AppliedRecord]) -> Vec<StillInOld> {
+    let olds: Vec<(&PatchId, &hotsplice_patch::AppliedFunction)> = patches
+        .iter()
+        .filter(|h| h.running_may_finish)
+        .flat_map(|h| h.functions.iter().map(move |f| (&h.patch_id, f)))
+        .collect();
+    if olds.is_empty() {
+        return Vec::new();
+    }
+    let mut cache = engine::unwind::TableCache::default();
+    let Ok(stacks) = engine::stacks(pid, &mut cache) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in &stacks.threads {
+        for (i, fr) in t.frames.iter().enumerate() {
+            // A return address is after its call: the caller is at pc - 1.
+            let at = if i == 0 { fr.pc } else { fr.pc.wrapping_sub(1) };
+            if let Some((id, f)) = olds
+                .iter()
+                .find(|(_, f)| at >= f.addr && at - f.addr < f.size)
+            {
+                if !out.iter().any(|o: &StillInOld| o.tid == t.tid) {
+                    out.push(StillInOld {
+                        tid: t.tid,
+                        patch: (*id).clone(),
+                        function: f.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }

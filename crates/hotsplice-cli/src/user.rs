@@ -41,6 +41,12 @@ pub enum UserCommand {
         /// Use patches without a trusted signature (development only).
         #[arg(long)]
         allow_unsigned: bool,
+        /// Apply even while threads are inside a replaced function (one
+        /// that never returns, a main loop): they finish that call in the
+        /// old code, every new call takes the new code. Only for patches
+        /// whose author accepts old and new running side by side.
+        #[arg(long)]
+        let_running_finish: bool,
         #[command(flatten)]
         wait: Wait,
         #[arg(long)]
@@ -207,6 +213,13 @@ fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
             r.lead_out.time.as_secs_f64() * 1e3
         );
     }
+    for l in &r.still_in_old {
+        outln!(
+            "  thread {} is still inside `{}`: it finishes that call in the old code",
+            l.tid,
+            esc(&l.function)
+        );
+    }
     if let Some(w) = &r.warning {
         errln!("hotsplice: warning: pid {}: {}", r.pid, esc(w));
     }
@@ -269,11 +282,13 @@ pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
             pid,
             all: _,
             allow_unsigned,
+            let_running_finish,
             wait,
             json,
             files,
         } => {
-            let opts = agent.options(wait.busy_timeout);
+            let mut opts = agent.options(wait.busy_timeout);
+            opts.let_running_finish = let_running_finish;
             let plan = agent.plan_apply(pid, &files, allow_unsigned)?;
             if !quiet {
                 for &i in &plan.unused {
@@ -433,6 +448,16 @@ fn applied_rows(row: &ProcessPatches) {
             esc(&e.id),
             e.op.name(),
             e.step.name()
+        );
+    }
+    for s in &row.still_in_old {
+        outln!(
+            "{:<8} {:<16} {:<9} thread {} still runs the old `{}` (until that call returns)",
+            p,
+            cmd,
+            esc(&s.patch),
+            s.tid,
+            esc(&s.function)
         );
     }
     if row.patches.is_empty() && row.corrupt.is_empty() && row.interrupted.is_empty() {

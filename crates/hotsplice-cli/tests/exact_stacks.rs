@@ -33,21 +33,10 @@ fn a_stale_return_address_in_a_live_frame_does_not_make_the_code_busy() {
     let (_out, file, id) = patch_for(&case, &build, "stale");
     let pid = proc.pid();
 
-    // The conservative scan alone sees the stale word and never lets go.
-    let mut cmd = test_env().command([
-        "user",
-        "apply",
-        "--busy-timeout",
-        "0.5",
-        "--pid",
-        &pid.to_string(),
-        file.to_str().unwrap(),
-    ]);
-    cmd.env("HOTSPLICE_STACK_WALK", "scan");
-    let r = run_cmd(cmd, CMD_TIMEOUT);
-    r.assert_failed("apply with the scan alone");
-    assert!(r.stderr.contains("code busy"), "{}", r.describe());
-
+    // (The conservative scan sees the stale word as a frame in compute():
+    // the engine before exact walks refused this program for good; the
+    // scan with leading out gets there only when the thread, run alone,
+    // happens to overwrite the word.)
     // The exact walk applies it at the first try, and undoes it.
     let r = apply(pid, &["--json", "--busy-timeout", "5"], &[file]);
     r.assert_ok("apply");
@@ -55,6 +44,8 @@ fn a_stale_return_address_in_a_live_frame_does_not_make_the_code_busy() {
     assert_eq!(j[0]["attempts"], 1, "{}", r.describe());
     assert_eq!(j[0]["stacks"]["exact"], 1, "{}", r.describe());
     assert_eq!(j[0]["stacks"]["scanned"], 0, "{}", r.describe());
+    // Nothing was busy, so no thread was led out.
+    assert_eq!(j[0]["lead_out"]["threads"], 0, "{}", r.describe());
     proc.expect_new_line(Stream::Stdout, case.after(), "patched");
     undo(pid, &id).assert_ok("undo");
     proc.expect_new_line(Stream::Stdout, case.before(), "undone");

@@ -21,7 +21,7 @@ pub mod journal;
 pub mod objects;
 pub mod place;
 mod safety;
-pub use safety::StackCheck;
+pub use safety::{Lingering, StackCheck};
 pub use window::{LeadOut, WindowTimes};
 mod stacks;
 mod state;

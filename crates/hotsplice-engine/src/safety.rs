@@ -23,6 +23,10 @@ pub struct Ranges {
     /// resumes by entering the function anew), not a thread inside it.
     spans: Vec<(u64, u64, usize, bool)>,
     names: Vec<String>,
+    /// With `let_running_finish`: a thread inside a whole replaced
+    /// function (`entry_ok`) past its first `guard` bytes (those the jump
+    /// overwrites) is not busy; it finishes that call in the old code.
+    guard: Option<u64>,
 }
 
 impl Ranges {
@@ -35,7 +39,26 @@ impl Ranges {
             names.push(name);
         }
         spans.sort_unstable();
-        Ranges { spans, names }
+        Ranges {
+            spans,
+            names,
+            guard: None,
+        }
+    }
+
+    /// Let threads inside replaced functions finish there, except within
+    /// the first `guard` bytes of each (what the jump overwrites).
+    pub fn let_running_finish(mut self, guard: u64) -> Ranges {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Whether a thread at (or returning to) `addr` in span `s` may stay.
+    fn may_stay(&self, s: (u64, u64, usize, bool), addr: u64) -> bool {
+        match self.guard {
+            Some(g) => s.3 && addr >= s.0.saturating_add(g),
+            None => false,
+        }
     }
 
     fn find(&self, addr: u64) -> Option<(u64, u64, usize, bool)> {
@@ -44,15 +67,29 @@ impl Ranges {
         (addr < span.1).then_some(span)
     }
 
-    fn hit(&self, addr: u64) -> Option<usize> {
-        self.find(addr).map(|s| s.2)
+    /// The range `addr` is in: `Err(name)` when a thread there makes the
+    /// code busy, `Ok(name)` when it may stay (see [`Ranges::let_running_finish`]).
+    fn hit(&self, addr: u64) -> Option<Result<usize, usize>> {
+        self.find(addr).map(|s| {
+            if self.may_stay(s, addr) {
+                Ok(s.2)
+            } else {
+                Err(s.2)
+            }
+        })
     }
 
-    /// Whether stack word `v` means a thread is inside a range.
-    fn hit_stack(&self, v: u64) -> Option<usize> {
+    /// Whether stack word `v` means a thread is inside a range (as [`Ranges::hit`]).
+    fn hit_stack(&self, v: u64) -> Option<Result<usize, usize>> {
         self.find(v)
             .filter(|&(start, _, _, entry_ok)| !(entry_ok && v == start))
-            .map(|s| s.2)
+            .map(|s| {
+                if self.may_stay(s, v) {
+                    Ok(s.2)
+                } else {
+                    Err(s.2)
+                }
+            })
     }
 
     fn bounds(&self) -> (u64, u64) {
@@ -60,6 +97,14 @@ impl Ranges {
         let hi = self.spans.iter().map(|s| s.1).max().unwrap_or(0);
         (lo, hi)
     }
+}
+
+/// A thread inside a replaced function that finishes its call there
+/// (`let_running_finish`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Lingering {
+    pub tid: Pid,
+    pub function: String,
 }
 
 /// A thread found inside a range.
@@ -98,8 +143,9 @@ pub fn find_busy(
     buf: &[u8],
     ranges: &Ranges,
     frames: &mut Vec<(usize, u64)>,
+    lingering: &mut Vec<Lingering>,
 ) -> Option<BusyThread> {
-    find_busy_walking(threads, stacks, buf, ranges, frames, None)
+    find_busy_walking(threads, stacks, buf, ranges, frames, None, lingering)
 }
 
 /// Exact walks for the busy check: the unwinder, where the stacks read lie
@@ -147,7 +193,16 @@ pub fn find_busy_walking(
     ranges: &Ranges,
     frames: &mut Vec<(usize, u64)>,
     mut walker: Option<&mut Walker<'_>>,
+    lingering: &mut Vec<Lingering>,
 ) -> Option<BusyThread> {
+    let mut stays = |tid: Pid, n: usize| {
+        if !lingering.iter().any(|l| l.tid == tid) {
+            lingering.push(Lingering {
+                tid,
+                function: ranges.names[n].clone(),
+            });
+        }
+    };
     let (lo, hi) = ranges.bounds();
     // The stacks read, by address, for the walks.
     let mem = walker.as_ref().map(|w| {
@@ -166,13 +221,17 @@ pub fn find_busy_walking(
     });
     for (k, (t, stack)) in threads.iter().zip(stacks).enumerate() {
         let stack = stack.map(|(o, l)| &buf[o..o + l]);
-        if let Some(n) = ranges.hit(t.regs.rip) {
-            return Some(BusyThread {
-                tid: t.tid,
-                function: ranges.names[n].clone(),
-                frame: "executing",
-                can_lead_out: true,
-            });
+        match ranges.hit(t.regs.rip) {
+            Some(Err(n)) => {
+                return Some(BusyThread {
+                    tid: t.tid,
+                    function: ranges.names[n].clone(),
+                    frame: "executing",
+                    can_lead_out: true,
+                })
+            }
+            Some(Ok(n)) => stays(t.tid, n),
+            None => {}
         }
         let Some(stack) = stack.filter(|s| !s.is_empty()) else {
             // Fail closed: what cannot be read may hold a return address.
@@ -190,13 +249,17 @@ pub fn find_busy_walking(
             // Every frame found, even by a walk that stopped early, is real.
             for &(pc, exact_pc) in w.pcs.iter().skip(1) {
                 let at = if exact_pc { pc } else { pc.wrapping_sub(1) };
-                if let Some(n) = ranges.hit(at) {
-                    return Some(BusyThread {
-                        tid: t.tid,
-                        function: ranges.names[n].clone(),
-                        frame: "inside (a frame of its stack returns into)",
-                        can_lead_out: true,
-                    });
+                match ranges.hit(at) {
+                    Some(Err(n)) => {
+                        return Some(BusyThread {
+                            tid: t.tid,
+                            function: ranges.names[n].clone(),
+                            frame: "inside (a frame of its stack returns into)",
+                            can_lead_out: true,
+                        })
+                    }
+                    Some(Ok(n)) => stays(t.tid, n),
+                    None => {}
                 }
             }
             if end.exact() {
@@ -223,13 +286,17 @@ pub fn find_busy_walking(
             if v < lo || v >= hi {
                 continue;
             }
-            if let Some(n) = ranges.hit_stack(v) {
-                return Some(BusyThread {
-                    tid: t.tid,
-                    function: ranges.names[n].clone(),
-                    frame: "inside (a return address on its stack points into)",
-                    can_lead_out: true,
-                });
+            match ranges.hit_stack(v) {
+                Some(Err(n)) => {
+                    return Some(BusyThread {
+                        tid: t.tid,
+                        function: ranges.names[n].clone(),
+                        frame: "inside (a return address on its stack points into)",
+                        can_lead_out: true,
+                    })
+                }
+                Some(Ok(n)) => stays(t.tid, n),
+                None => {}
             }
         }
     }
@@ -294,7 +361,15 @@ mod tests {
     fn return_address_inside_a_replaced_function_is_busy() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[0x5, 0x1010]);
-        let busy = find_busy(&[thread(0x9000)], &s, &b, &r, &mut Vec::new()).unwrap();
+        let busy = find_busy(
+            &[thread(0x9000)],
+            &s,
+            &b,
+            &r,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        )
+        .unwrap();
         assert_eq!(busy.function, "f");
     }
 
@@ -302,16 +377,40 @@ mod tests {
     fn pointer_to_a_function_entry_is_not_a_frame() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[0x1000]);
-        assert!(find_busy(&[thread(0x9000)], &s, &b, &r, &mut Vec::new()).is_none());
+        assert!(find_busy(
+            &[thread(0x9000)],
+            &s,
+            &b,
+            &r,
+            &mut Vec::new(),
+            &mut Vec::new()
+        )
+        .is_none());
         // ...unless the code goes away (undo): then it counts.
         let r = Ranges::new([(0x1000, 0x1100, "patch".to_string(), false)]);
-        assert!(find_busy(&[thread(0x9000)], &s, &b, &r, &mut Vec::new()).is_some());
+        assert!(find_busy(
+            &[thread(0x9000)],
+            &s,
+            &b,
+            &r,
+            &mut Vec::new(),
+            &mut Vec::new()
+        )
+        .is_some());
     }
 
     #[test]
     fn unreadable_stack_is_busy() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
-        assert!(find_busy(&[thread(0x9000)], &[None], &[], &r, &mut Vec::new()).is_some());
+        assert!(find_busy(
+            &[thread(0x9000)],
+            &[None],
+            &[],
+            &r,
+            &mut Vec::new(),
+            &mut Vec::new()
+        )
+        .is_some());
     }
 
     #[test]
@@ -336,7 +435,15 @@ mod tests {
         assert_eq!(spans, vec![(0x10_0000, 0)]);
         assert!(needs_fresh_maps(&spans));
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
-        let busy = find_busy(&[t], &[Some((0, 0))], &[], &r, &mut Vec::new()).unwrap();
+        let busy = find_busy(
+            &[t],
+            &[Some((0, 0))],
+            &[],
+            &r,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        )
+        .unwrap();
         assert!(busy.frame.contains("unreadable"), "{}", busy.frame);
         // A signal frame naming an unmapped stack: scanned as unreadable.
         let extra = interrupted_spans(&[(0x7800, 0x800)], &[(0, 0x20_0000)], &maps);
@@ -348,9 +455,16 @@ mod tests {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[]);
         assert_eq!(
-            find_busy(&[thread(0x1000)], &s, &b, &r, &mut Vec::new())
-                .unwrap()
-                .frame,
+            find_busy(
+                &[thread(0x1000)],
+                &s,
+                &b,
+                &r,
+                &mut Vec::new(),
+                &mut Vec::new()
+            )
+            .unwrap()
+            .frame,
             "executing"
         );
     }

@@ -463,6 +463,7 @@ mod tests {
                 new_addr: start + 4096,
                 saved: Some(vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55]),
             }],
+            running_may_finish: false,
         };
         edit(&mut h);
         let bytes = h.encode();

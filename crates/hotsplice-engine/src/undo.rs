@@ -230,6 +230,7 @@ fn remove(
         stacks: w.stacks,
         lead_out: w.lead_out,
         times: w.times,
+        still_in_old: Vec::new(),
         functions: h.functions.len(),
         replaced: None,
         warning,

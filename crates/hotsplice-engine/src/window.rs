@@ -2,8 +2,8 @@
 
 use crate::journal::fault;
 use crate::safety::{
-    find_busy, find_busy_walking, interrupted_spans, needs_fresh_maps, stack_spans, Ranges,
-    StackCheck, Walker,
+    find_busy, find_busy_walking, interrupted_spans, needs_fresh_maps, stack_spans, Lingering,
+    Ranges, StackCheck, Walker,
 };
 use crate::state::read_maps;
 use crate::{ApplyOptions, EngineError, StackWalk};
@@ -31,6 +31,8 @@ pub(crate) struct Committed {
     pub lead_out: LeadOut,
     /// Where the time of the committing window went.
     pub times: WindowTimes,
+    /// Threads left in replaced functions (`let_running_finish`).
+    pub lingering: Vec<Lingering>,
 }
 
 /// Proof that no jump leads into a patch mapping, so that it may be
@@ -105,6 +107,7 @@ pub(crate) fn stop_and_write<T>(
     // not in them counts as unreadable, so busy).
     let mut fresh = false;
     let mut led = LeadOut::default();
+    let mut lingering: Vec<Lingering> = Vec::new();
     // Unwind tables, read now, with every thread running.
     let mut unwinder = match opts.stack_walk {
         StackWalk::Exact => {
@@ -132,6 +135,7 @@ pub(crate) fn stop_and_write<T>(
             stack: &mut stack_buf,
             extra: &mut extra_buf,
             frames: &mut frames,
+            lingering: &mut lingering,
             read: Duration::ZERO,
             check: Duration::ZERO,
         };
@@ -318,6 +322,7 @@ pub(crate) fn stop_and_write<T>(
                 writes_us: us(writes_time),
                 resume_us: us(t_resume.elapsed()),
             },
+            lingering: std::mem::take(bufs.lingering),
         });
     }
 }
@@ -371,6 +376,8 @@ struct Buffers<'a> {
     stack: &'a mut Vec<u8>,
     extra: &'a mut Vec<u8>,
     frames: &'a mut Vec<(usize, u64)>,
+    /// Threads that may finish in old code, found by the last check.
+    lingering: &'a mut Vec<Lingering>,
     /// Time spent reading stacks, and checking them, since the last reset.
     read: Duration,
     check: Duration,
@@ -393,6 +400,7 @@ fn check_threads(
     bufs.read += t1 - t0;
     bufs.frames.clear();
     let mut walker = unwinder.map(|u| Walker::new(u, pid, &spans));
+    bufs.lingering.clear();
     let mut busy = find_busy_walking(
         threads,
         &stacks,
@@ -400,6 +408,7 @@ fn check_threads(
         ranges,
         bufs.frames,
         walker.as_mut(),
+        bufs.lingering,
     );
     let check = walker.map(|w| w.check).unwrap_or_else(|| StackCheck {
         scanned: threads.len(),
@@ -424,7 +433,7 @@ fn check_threads(
             let more: Vec<(u64, usize)> = extra.iter().map(|(_, s)| *s).collect();
             let got = process::read_memory_into(pid, &more, bufs.extra);
             bufs.frames.clear();
-            busy = find_busy(&next, &got, bufs.extra, ranges, bufs.frames);
+            busy = find_busy(&next, &got, bufs.extra, ranges, bufs.frames, bufs.lingering);
             extra = interrupted_spans(&more, bufs.frames, maps);
             owners = next;
         }

@@ -76,6 +76,11 @@ pub struct AppliedRecord {
     pub code_start: u64,
     pub code_len: u64,
     pub functions: Vec<AppliedFunction>,
+    /// Applied with `--let-running-finish`: threads that were inside a
+    /// replaced function then finish that call in the old code (every new
+    /// call takes the new code). Absent (false) in older records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub running_may_finish: bool,
 }
 
 /// Why bytes found in a process are not a record hotsplice wrote.
@@ -377,6 +382,7 @@ mod tests {
                 new_addr: 0x7000_0000_1000,
                 saved: Some(vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55]),
             }],
+            running_may_finish: false,
         }
     }
 

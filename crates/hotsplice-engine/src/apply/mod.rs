@@ -10,7 +10,7 @@ mod map;
 mod plan;
 
 use crate::journal::{fault, in_flight, record, Journal, Op, Step};
-use crate::safety::StackCheck;
+use crate::safety::{Lingering, StackCheck};
 use crate::state::refuse_special;
 use crate::undo::unmap_retired;
 use crate::window::{stop_and_write, LeadOut, Outcome, Unreachable, WindowTimes};
@@ -36,6 +36,11 @@ pub struct ApplyOptions {
     pub stop_waiting: Option<fn() -> bool>,
     /// How the busy check reads stacks.
     pub stack_walk: StackWalk,
+    /// Apply even while threads are inside a replaced function: those
+    /// finish their call in the old code, every new call takes the new
+    /// (kernel livepatch's per-task precedent). A thread within the bytes
+    /// the jump overwrites still makes the code busy; undo stays strict.
+    pub let_running_finish: bool,
 }
 
 /// How the busy check finds the frames of a stopped thread.
@@ -58,6 +63,7 @@ impl Default for ApplyOptions {
             journal: None,
             stop_waiting: None,
             stack_walk: StackWalk::Exact,
+            let_running_finish: false,
         }
     }
 }
@@ -101,6 +107,10 @@ pub struct Report {
     pub lead_out: LeadOut,
     /// Where the time of the window that made the change went.
     pub times: WindowTimes,
+    /// Threads that were inside replaced functions and finish that call in
+    /// the old code (`let_running_finish`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub still_in_old: Vec<Lingering>,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -157,8 +167,16 @@ pub fn apply_replacing(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let outcome = match plan::plan(pid, patch, &found, &layout, &mapped, now)
-        .and_then(|plan| Ok((install::install(pid, &plan)?, plan)))
+    let outcome = match plan::plan(
+        pid,
+        patch,
+        &found,
+        &layout,
+        &mapped,
+        now,
+        opts.let_running_finish,
+    )
+    .and_then(|plan| Ok((install::install(pid, &plan)?, plan)))
     {
         Ok((mem, plan)) => commit(pid, &mut tracee, &mem, &found, &plan, opts, unreachable),
         Err(e) => Outcome::Unchanged(e, unreachable),
@@ -187,6 +205,7 @@ pub fn apply_replacing(
                 stacks: w.stacks,
                 lead_out: w.lead_out,
                 times: w.times,
+                still_in_old: w.lingering,
             })
         }
         // A jump into the new code is in and could not be taken out: the

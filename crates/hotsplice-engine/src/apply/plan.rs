@@ -81,6 +81,7 @@ pub(crate) fn plan(
     layout: &Layout,
     mapped: &Mapped,
     now: u64,
+    running_may_finish: bool,
 ) -> Result<Plan> {
     let meta = &patch.meta;
     let bias = found.target.bias;
@@ -158,6 +159,7 @@ pub(crate) fn plan(
         code_start: base,
         code_len: meta.code_size,
         functions,
+        running_may_finish,
     };
     let record = header.encode();
     if record.len() as u64 > layout.header_room {
@@ -179,7 +181,16 @@ pub(crate) fn plan(
         record,
         record_at: place,
         writes,
-        ranges: Ranges::new(ranges),
+        ranges: {
+            let r = Ranges::new(ranges);
+            if running_may_finish {
+                // Only the replaced functions: the old level's code is
+                // unmapped, no thread may stay in it.
+                r.let_running_finish(arch::JUMP_LEN as u64)
+            } else {
+                r
+            }
+        },
     })
 }
 
@@ -385,6 +396,7 @@ mod tests {
             code_start: 0x7000_0000_1000,
             code_len: 0x10,
             functions: vec![],
+            running_may_finish: false,
         };
         assert_eq!(next_sequence(7, &[]).unwrap(), 1);
         let err = next_sequence(7, &[h]).unwrap_err();
@@ -433,7 +445,7 @@ mod tests {
             place: 0x5555_1000_0000,
             ifuncs: HashMap::new(),
         };
-        let plan = plan(7, &p, &f, &layout, &mapped, 42).unwrap();
+        let plan = plan(7, &p, &f, &layout, &mapped, 42, false).unwrap();
         assert_eq!(plan.base, mapped.place + layout.header_room);
         let images: Vec<(u64, &[u8])> = plan.image_writes().collect();
         assert_eq!(images.len(), 1, "no data");
