@@ -4,6 +4,7 @@
 use crate::apply_all::AllResult;
 use crate::call_cost::CostResult;
 use crate::daemon::DaemonResult;
+use crate::stats::Stat;
 use crate::stop::StopResult;
 use serde::Serialize;
 use std::path::Path;
@@ -81,6 +82,21 @@ pub fn machine(hotsplice: &Path) -> Machine {
     }
 }
 
+/// A row of a stop-time table: the thread count, four columns 26 wide, then
+/// `rest` as it is.
+fn stop_row<S: AsRef<str>>(threads: &str, cols: [S; 4], rest: &str) {
+    let [a, b, c, d] = cols.each_ref().map(AsRef::as_ref);
+    println!("{threads:>7}  {a:<26} {b:<26} {c:<26} {d:<26} {rest}");
+}
+
+/// `   LABEL   WALL ms = PER ms per processNOTE`, the values in one column.
+fn per_process(label: &str, wall: &Stat, per: f64, note: &str) {
+    println!(
+        "   {label:<24}{} ms = {per:.3} ms per process{note}",
+        wall.show(1)
+    );
+}
+
 pub fn print_human(o: &Output) {
     let m = &o.machine;
     let s = &o.settings;
@@ -103,54 +119,59 @@ pub fn print_human(o: &Output) {
     println!(
         "   stopped = engine's Report.stopped; background = largest gap over as long, no apply"
     );
-    println!(
-        "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<26}",
+    stop_row(
         "threads",
-        "gap in target",
-        "Report.stopped",
-        "apply() wall",
-        "background gap",
-        "CLI apply wall (ms)"
+        [
+            "gap in target",
+            "Report.stopped",
+            "apply() wall",
+            "background gap",
+        ],
+        &format!("{:<26}", "CLI apply wall (ms)"),
     );
     for r in &o.stop {
-        println!(
-            "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<26}",
-            r.threads,
-            r.apply_gap_us.show(1),
-            r.apply_stopped_us.show(1),
-            r.apply_wall_us.show(1),
-            r.background_gap_us.show(1),
-            r.cli_apply_wall_ms.show(2),
+        let wall = format!("{:<26}", r.cli_apply_wall_ms.show(2));
+        stop_row(
+            &r.threads.to_string(),
+            [
+                &r.apply_gap_us,
+                &r.apply_stopped_us,
+                &r.apply_wall_us,
+                &r.background_gap_us,
+            ]
+            .map(|v| v.show(1)),
+            &wall,
         );
     }
     println!();
     println!("   undo of the same patch, the gap during the CLI apply, and pauses (gaps >= 50 µs)");
     println!("   the spinner saw during apply | undo: median count, median total (µs)");
-    println!(
-        "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<9} {:<19} {:>7}",
+    stop_row(
         "threads",
-        "undo gap in target",
-        "undo Report.stopped",
-        "undo() wall",
-        "CLI apply gap",
-        "pauses",
-        "paused total",
-        "retried"
+        [
+            "undo gap in target",
+            "undo Report.stopped",
+            "undo() wall",
+            "CLI apply gap",
+        ],
+        &format!("{:<9} {:<19} {:>7}", "pauses", "paused total", "retried"),
     );
     for r in &o.stop {
-        println!(
-            "{:>7}  {:<26} {:<26} {:<26} {:<26} {:<9} {:<19} {:>7}",
-            r.threads,
-            r.undo_gap_us.show(1),
-            r.undo_stopped_us.show(1),
-            r.undo_wall_us.show(1),
-            r.cli_apply_gap_us.show(1),
-            format!("{} | {}", r.apply_pauses.median, r.undo_pauses.median),
-            format!(
-                "{:.1} | {:.1}",
-                r.apply_paused_us.median, r.undo_paused_us.median
-            ),
-            r.retried,
+        let pauses = format!("{} | {}", r.apply_pauses.median, r.undo_pauses.median);
+        let paused = format!(
+            "{:.1} | {:.1}",
+            r.apply_paused_us.median, r.undo_paused_us.median
+        );
+        stop_row(
+            &r.threads.to_string(),
+            [
+                &r.undo_gap_us,
+                &r.undo_stopped_us,
+                &r.undo_wall_us,
+                &r.cli_apply_gap_us,
+            ]
+            .map(|v| v.show(1)),
+            &format!("{pauses:<9} {paused:<19} {:>7}", r.retried),
         );
     }
     println!();
@@ -184,28 +205,31 @@ pub fn print_human(o: &Output) {
         "2. hotsplice user apply --all over {} single-thread processes ({} round(s))",
         a.processes, a.rounds
     );
-    println!(
-        "   apply --all wall:       {} ms = {:.3} ms per process",
-        a.apply_wall_ms.show(1),
-        a.apply_per_process_ms
+    per_process(
+        "apply --all wall:",
+        &a.apply_wall_ms,
+        a.apply_per_process_ms,
+        "",
     );
     println!(
         "   stopped per process:    {} µs (Report.stopped, all processes of all rounds)",
         a.stopped_per_process_us.show(1)
     );
-    println!(
-        "   `-y all upgrade` wall:  {} ms = {:.3} ms per process (from the store)",
-        a.upgrade_wall_ms.show(1),
-        a.upgrade_per_process_ms
+    per_process(
+        "`-y all upgrade` wall:",
+        &a.upgrade_wall_ms,
+        a.upgrade_per_process_ms,
+        " (from the store)",
     );
     println!(
         "   all flipped:            {} ms after apply returned (targets poll every 20 ms)",
         a.all_flipped_after_ms.show(1)
     );
-    println!(
-        "   remove ID wall:         {} ms = {:.3} ms per process",
-        a.remove_wall_ms.show(1),
-        a.remove_per_process_ms
+    per_process(
+        "remove ID wall:",
+        &a.remove_wall_ms,
+        a.remove_per_process_ms,
+        "",
     );
     println!();
     let c = &o.call_cost;

@@ -22,6 +22,21 @@ pub struct Program {
     new_line: &'static str,
 }
 
+/// The `Program` NAME, its sources `fixtures/NAME/{main.c,work.c,work.h}`,
+/// and its fix: OLD, a line of work.c, becomes NEW.
+macro_rules! program {
+    ($name:literal, $old:expr, $new:expr) => {
+        Program {
+            name: $name,
+            main_c: include_str!(concat!("../fixtures/", $name, "/main.c")),
+            work_c: include_str!(concat!("../fixtures/", $name, "/work.c")),
+            work_h: include_str!(concat!("../fixtures/", $name, "/work.h")),
+            old_line: $old,
+            new_line: $new,
+        }
+    };
+}
+
 /// Stop-time target: `prog N` runs N threads (main included). One spins on
 /// clock_gettime(CLOCK_MONOTONIC) and keeps the largest gap between two
 /// readings, calling compute() every 1024 readings; N-2 block in
@@ -31,14 +46,11 @@ pub struct Program {
 /// (pauses: gaps of 50 µs or more, and their sum) once the spinner has
 /// gone round at least 2048 more times (so the gap of a stop that just
 /// ended, and a compute() call after it, are included).
-pub const STOPPER: Program = Program {
-    name: "stopper",
-    main_c: include_str!("../fixtures/stopper/main.c"),
-    work_c: include_str!("../fixtures/stopper/work.c"),
-    work_h: include_str!("../fixtures/stopper/work.h"),
-    old_line: "\treturn s + 1;\t\t/* version 1 */",
-    new_line: "\treturn s + 2;\t\t/* version 2 */",
-};
+pub const STOPPER: Program = program!(
+    "stopper",
+    "\treturn s + 1;\t\t/* version 1 */",
+    "\treturn s + 2;\t\t/* version 2 */"
+);
 
 /// compute(7) before and after the fix.
 pub const STOPPER_BEFORE: i64 = 64;
@@ -48,14 +60,11 @@ pub const STOPPER_AFTER: i64 = 65;
 /// answer(input) into the INDEX-th int of it, every 20 ms. Single-threaded.
 /// (Shared memory rather than a file per process: 200 processes renaming
 /// files at once spend their time blocked in the file system.)
-pub const FLIPPER: Program = Program {
-    name: "flipper",
-    main_c: include_str!("../fixtures/flipper/main.c"),
-    work_c: include_str!("../fixtures/flipper/work.c"),
-    work_h: include_str!("../fixtures/flipper/work.h"),
-    old_line: "\treturn n * 10 + 1;\t/* version 1 */",
-    new_line: "\treturn n * 10 + 2;\t/* version 2 */",
-};
+pub const FLIPPER: Program = program!(
+    "flipper",
+    "\treturn n * 10 + 1;\t/* version 1 */",
+    "\treturn n * 10 + 2;\t/* version 2 */"
+);
 
 pub const FLIPPER_BEFORE: i32 = 41;
 pub const FLIPPER_AFTER: i32 = 42;
@@ -64,14 +73,11 @@ pub const FLIPPER_AFTER: i32 = 42;
 /// loop (arg is volatile, work() is noinline in another object, so neither
 /// the call nor its argument can be hoisted) and answers
 /// `<ns per iteration> <work(arg)> <checksum>`.
-pub const CALLER: Program = Program {
-    name: "caller",
-    main_c: include_str!("../fixtures/caller/main.c"),
-    work_c: include_str!("../fixtures/caller/work.c"),
-    work_h: include_str!("../fixtures/caller/work.h"),
-    old_line: "\treturn x * 3 + 1;\t/* version 1 */",
-    new_line: "\treturn x * 3 + 2;\t/* version 2 */",
-};
+pub const CALLER: Program = program!(
+    "caller",
+    "\treturn x * 3 + 1;\t/* version 1 */",
+    "\treturn x * 3 + 2;\t/* version 2 */"
+);
 
 pub const CALLER_BEFORE: i64 = 16;
 pub const CALLER_AFTER: i64 = 17;

@@ -50,19 +50,17 @@ struct Scenario {
     baseline_exec_anon: usize,
 }
 
-/// A patch of `level` for `diff`, signed, in its own directory under `out`.
-fn create_level(
-    env: &TestEnv,
-    case: &Case,
-    build: &Build,
-    diff: &str,
-    level: u32,
-    out: &Path,
-) -> PathBuf {
+/// The case's fix for `level` (fix.diff, fix2.diff, ...) as a signed patch
+/// of that level, in its own directory under `out`.
+fn create_level(env: &TestEnv, case: &Case, build: &Build, level: u32, out: &Path) -> PathBuf {
+    let diff = match level {
+        1 => "fix.diff".to_string(),
+        n => format!("fix{n}.diff"),
+    };
     let dir = out.join(format!("l{level}"));
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    create(env, case, build, diff, Some(&env.key), level, &dir)
+    create_signed(env, case, build, &diff, level, &dir)
 }
 
 /// Anonymous executable mappings that are not hotsplice patches.
@@ -83,20 +81,15 @@ fn exec_anon(pid: u32) -> usize {
 
 impl Scenario {
     fn new(tag: &str, case: &str) -> Scenario {
-        require_root();
-        let env = TestEnv::new(tag);
-        let case = Case::load(case);
-        let build = case.build();
-        let out = temp_dir(tag);
+        let (env, case, build, out) = fresh_case(tag, case);
         fs::set_permissions(out.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let l1 = create_level(&env, &case, &build, "fix.diff", 1, out.path());
+        let l1 = create_level(&env, &case, &build, 1, out.path());
         let l2 = case
             .get("after2")
-            .map(|_| create_level(&env, &case, &build, "fix2.diff", 2, out.path()));
+            .map(|_| create_level(&env, &case, &build, 2, out.path()));
         let id1 = info_id(&env, &l1);
         let id2 = l2.as_ref().map(|f| info_id(&env, f)).unwrap_or_default();
-        let mut proc = build.start(&case);
-        proc.expect_new_line(Stream::Stdout, case.before(), "started");
+        let proc = build.start_unpatched(&case);
         let baseline_exec_anon = exec_anon(proc.pid());
         Scenario {
             env,
@@ -117,9 +110,7 @@ impl Scenario {
     }
 
     fn install(&mut self, file: &Path) {
-        self.env
-            .hs(["user", "install", file.to_str().unwrap()])
-            .assert_ok("install");
+        self.env.install(file);
     }
 
     fn journal_len(&self) -> usize {
@@ -486,19 +477,11 @@ fn daemon_busy_threads_sigterm() {
 /// finish, no new one starts, and hotsplice says so and exits 128+15.
 #[test]
 fn sigterm_during_upgrade_finishes_in_flight_and_starts_nothing_new() {
-    require_root();
-    let env = TestEnv::new("term-upgrade");
-    let case = Case::load("inline_o2");
-    let build = case.build();
-    let out = temp_dir("term-upgrade");
+    let (env, case, build, out) = fresh_case("term-upgrade", "inline_o2");
     fs::set_permissions(out.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let l1 = create_level(&env, &case, &build, "fix.diff", 1, out.path());
-    env.hs(["user", "install", l1.to_str().unwrap()])
-        .assert_ok("install");
-    let mut procs: Vec<Target> = (0..4).map(|_| build.start(&case)).collect();
-    for p in &mut procs {
-        p.expect_new_line(Stream::Stdout, case.before(), "started");
-    }
+    let l1 = create_level(&env, &case, &build, 1, out.path());
+    env.install(&l1);
+    let mut procs: Vec<Target> = (0..4).map(|_| build.start_unpatched(&case)).collect();
     let mut cmd = env.command(["-y", "user", "upgrade"]);
     cmd.env("HOTSPLICE_KILL_AT", "3")
         .env("HOTSPLICE_KILL_SIGNAL", "TERM");

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,19 +18,27 @@ fn shown(env: &TestEnv, pid: u32) -> String {
     r.stdout
 }
 
+/// A fresh environment, case `name` built, and its fix as a signed level-1
+/// patch.
+fn prepared(tag: &str, name: &str) -> (TestEnv, Case, Build, TempDir, PathBuf) {
+    let (env, case, build, out) = fresh_case(tag, name);
+    let file = create_signed(&env, &case, &build, "fix.diff", 1, out.path());
+    (env, case, build, out, file)
+}
+
+/// `hotsplice user apply --pid PID FILE` in `env`.
+fn apply_file(env: &TestEnv, pid: &str, file: &Path) -> CmdOut {
+    env.hs(["user", "apply", "--pid", pid, file.to_str().unwrap()])
+}
+
 #[test]
 fn unsigned_foreign_and_tampered_patches_are_refused() {
-    require_root();
-    let env = TestEnv::new("trust");
-    let case = Case::load("pie_exec");
-    let build = case.build();
-    let mut proc = build.start(&case);
-    proc.expect_new_line(Stream::Stdout, case.before(), "started");
-    let out = temp_dir("trust");
+    let (env, case, build, out) = fresh_case("trust", "pie_exec");
+    let mut proc = build.start_unpatched(&case);
     let pid = proc.pid().to_string();
 
     let unsigned = create(&env, &case, &build, "fix.diff", None, 1, out.path());
-    let r = env.hs(["user", "apply", "--pid", &pid, unsigned.to_str().unwrap()]);
+    let r = apply_file(&env, &pid, &unsigned);
     r.assert_failed("unsigned");
     assert!(r.stderr.contains("not signed"), "{}", r.describe());
 
@@ -45,7 +53,7 @@ fn unsigned_foreign_and_tampered_patches_are_refused() {
         foreign.to_str().unwrap(),
     ])
     .assert_ok("sign");
-    let r = env.hs(["user", "apply", "--pid", &pid, foreign.to_str().unwrap()]);
+    let r = apply_file(&env, &pid, &foreign);
     r.assert_failed("foreign key");
     assert!(r.stderr.contains("not trusted"), "{}", r.describe());
 
@@ -61,7 +69,7 @@ fn unsigned_foreign_and_tampered_patches_are_refused() {
     let n = bytes.len();
     bytes[n - 5] ^= 0x10; // inside the signature
     fs::write(&tampered, &bytes).unwrap();
-    let r = env.hs(["user", "apply", "--pid", &pid, tampered.to_str().unwrap()]);
+    let r = apply_file(&env, &pid, &tampered);
     r.assert_failed("tampered signature");
     assert!(r.stderr.contains("does not verify"), "{}", r.describe());
     let r = env.hs(["user", "install", tampered.to_str().unwrap()]);
@@ -87,31 +95,12 @@ fn unsigned_foreign_and_tampered_patches_are_refused() {
 
 #[test]
 fn upgrade_patches_every_process_and_a_higher_level_replaces_the_lower() {
-    require_root();
-    let env = TestEnv::new("upgrade");
-    let case = Case::load("stacked");
-    let build = case.build();
-    let mut procs: Vec<Target> = (0..3).map(|_| build.start(&case)).collect();
-    for p in &mut procs {
-        p.expect_new_line(Stream::Stdout, case.before(), "started");
-    }
-    let out = temp_dir("upgrade");
-    let l1 = create(
-        &env,
-        &case,
-        &build,
-        "fix.diff",
-        Some(&env.key),
-        1,
-        out.path(),
-    );
-    let l2_dir = out.path().join("l2");
-    fs::create_dir_all(&l2_dir).unwrap();
-    let l2 = create(&env, &case, &build, "fix2.diff", Some(&env.key), 2, &l2_dir);
+    let (env, case, build, out, l1) = prepared("upgrade", "stacked");
+    let mut procs: Vec<Target> = (0..3).map(|_| build.start_unpatched(&case)).collect();
+    let l2 = create_signed(&env, &case, &build, "fix2.diff", 2, &out.path().join("l2"));
     let (id1, id2) = (info_id(&env, &l1), info_id(&env, &l2));
 
-    env.hs(["user", "install", l1.to_str().unwrap()])
-        .assert_ok("install l1");
+    env.install(&l1);
     let plan = env.hs(["-n", "user", "upgrade"]);
     plan.assert_ok("dry run");
     for p in &procs {
@@ -134,8 +123,7 @@ fn upgrade_patches_every_process_and_a_higher_level_replaces_the_lower() {
     let r = env.hs(["-y", "user", "upgrade"]);
     assert!(r.stdout.contains("3 already patched"), "{}", r.describe());
 
-    env.hs(["user", "install", l2.to_str().unwrap()])
-        .assert_ok("install l2");
+    env.install(&l2);
     let avail = env.hs(["user", "show", "--available"]);
     assert!(avail.stdout.contains(&id2), "{}", avail.describe());
     let r = env.hs(["-y", "user", "upgrade"]);
@@ -165,24 +153,9 @@ fn upgrade_patches_every_process_and_a_higher_level_replaces_the_lower() {
 
 #[test]
 fn blacklisted_executable_is_skipped_with_the_reason() {
-    require_root();
-    let env = TestEnv::new("blacklist");
-    let case = Case::load("pie_exec");
-    let build = case.build();
-    let mut proc = build.start(&case);
-    proc.expect_new_line(Stream::Stdout, case.before(), "started");
-    let out = temp_dir("blacklist");
-    let file = create(
-        &env,
-        &case,
-        &build,
-        "fix.diff",
-        Some(&env.key),
-        1,
-        out.path(),
-    );
-    env.hs(["user", "install", file.to_str().unwrap()])
-        .assert_ok("install");
+    let (env, case, build, _out, file) = prepared("blacklist", "pie_exec");
+    let mut proc = build.start_unpatched(&case);
+    env.install(&file);
     let bl = env.root.join("etc/blacklist.d");
     fs::create_dir_all(&bl).unwrap();
     fs::write(
@@ -205,25 +178,9 @@ fn blacklisted_executable_is_skipped_with_the_reason() {
 
 #[test]
 fn concurrent_commands_on_one_process_both_succeed() {
-    require_root();
-    let env = TestEnv::new("concurrent");
-    let case = Case::load("stacked");
-    let build = case.build();
-    let mut proc = build.start(&case);
-    proc.expect_new_line(Stream::Stdout, case.before(), "started");
-    let out = temp_dir("concurrent");
-    let a = create(
-        &env,
-        &case,
-        &build,
-        "fix.diff",
-        Some(&env.key),
-        1,
-        out.path(),
-    );
-    let b_dir = out.path().join("b");
-    fs::create_dir_all(&b_dir).unwrap();
-    let b = create(&env, &case, &build, "fix2.diff", Some(&env.key), 1, &b_dir);
+    let (env, case, build, out, a) = prepared("concurrent", "stacked");
+    let mut proc = build.start_unpatched(&case);
+    let b = create_signed(&env, &case, &build, "fix2.diff", 1, &out.path().join("b"));
     let pid = proc.pid().to_string();
     let spawn = |f: &PathBuf| {
         env.command(["user", "apply", "--pid", &pid, f.to_str().unwrap()])
@@ -255,30 +212,9 @@ struct DaemonCase {
     daemon: Target,
 }
 
-/// A fresh environment, case `name` built, and its fix as a signed level-1
-/// patch.
-fn prepared(tag: &str, name: &str) -> (TestEnv, Case, Build, TempDir, PathBuf) {
-    require_root();
-    let env = TestEnv::new(tag);
-    let case = Case::load(name);
-    let build = case.build();
-    let out = temp_dir(tag);
-    let file = create(
-        &env,
-        &case,
-        &build,
-        "fix.diff",
-        Some(&env.key),
-        1,
-        out.path(),
-    );
-    (env, case, build, out, file)
-}
-
 fn daemon_case(tag: &str, name: &str, rescan: &str) -> DaemonCase {
     let (env, case, build, out, file) = prepared(tag, name);
-    env.hs(["user", "install", file.to_str().unwrap()])
-        .assert_ok("install");
+    env.install(&file);
     let daemon = Target::spawn(
         env.command(["daemon", "--rescan", rescan]),
         "hotsplice daemon",
@@ -297,6 +233,19 @@ fn daemon_case(tag: &str, name: &str, rescan: &str) -> DaemonCase {
     }
 }
 
+/// Waits for the daemon to say it patched `pid`.
+fn expect_daemon_patched(daemon: &Target, pid: u32) {
+    assert!(
+        daemon.wait_for_new_line_prefix(
+            Stream::Stdout,
+            &format!("patched pid {pid} "),
+            LINE_TIMEOUT
+        ),
+        "{}",
+        daemon.describe()
+    );
+}
+
 #[test]
 fn daemon_patches_processes_started_later() {
     let DaemonCase {
@@ -311,16 +260,7 @@ fn daemon_patches_processes_started_later() {
     let mut proc = build.start(&case);
     proc.expect_new_line(Stream::Stdout, case.after(), "patched by the daemon");
     let took = started.elapsed();
-    let pid = proc.pid();
-    assert!(
-        daemon.wait_for_new_line_prefix(
-            Stream::Stdout,
-            &format!("patched pid {pid} "),
-            LINE_TIMEOUT
-        ),
-        "{}",
-        daemon.describe()
-    );
+    expect_daemon_patched(&daemon, proc.pid());
     eprintln!(
         "new process patched within {took:?} of its start (daemon log: {:?})",
         daemon.lines_since(Stream::Stdout, 0)
@@ -343,16 +283,7 @@ fn daemon_patches_a_library_loaded_later_with_dlopen() {
     let first = proc.lines_since(Stream::Stdout, 0);
     let unpatched = first.iter().filter(|l| *l == case.before()).count();
     eprintln!("lines before the patch came in: {unpatched}");
-    let pid = proc.pid();
-    assert!(
-        daemon.wait_for_new_line_prefix(
-            Stream::Stdout,
-            &format!("patched pid {pid} "),
-            LINE_TIMEOUT
-        ),
-        "{}",
-        daemon.describe()
-    );
+    expect_daemon_patched(&daemon, proc.pid());
 }
 
 /// Kills a pid on drop (a process the test did not spawn itself).
@@ -372,20 +303,7 @@ extern "C" {
 
 #[test]
 fn process_in_another_mount_namespace_is_patched_through_its_own_view() {
-    require_root();
-    let env = TestEnv::new("mntns");
-    let case = Case::load("new_libc_call");
-    let build = case.build();
-    let out = temp_dir("mntns");
-    let file = create(
-        &env,
-        &case,
-        &build,
-        "fix.diff",
-        Some(&env.key),
-        1,
-        out.path(),
-    );
+    let (env, case, build, _out, file) = prepared("mntns", "new_libc_call");
     // In its own mount namespace, the program's directory is then hidden
     // under an empty tmpfs: only the process's memory and its
     // /proc/PID/map_files still lead to its files.
@@ -425,14 +343,7 @@ fn process_in_another_mount_namespace_is_patched_through_its_own_view() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let r = env.hs([
-        "user",
-        "apply",
-        "--pid",
-        &pid.to_string(),
-        file.to_str().unwrap(),
-    ]);
-    r.assert_ok("apply across mount namespaces");
+    apply_file(&env, &pid.to_string(), &file).assert_ok("apply across mount namespaces");
     shell.expect_new_line(Stream::Stdout, case.after(), "patched in its namespace");
 }
 
@@ -459,23 +370,13 @@ fn killed_hotsplice_leaves_targets_consistent_and_next_command_recovers() {
     for point in apply_points.iter().chain(&undo_points) {
         let env = TestEnv::new("fault");
         let out = temp_dir("fault");
-        let file = create(
-            &env,
-            &case,
-            &build,
-            "fix.diff",
-            Some(&env.key),
-            1,
-            out.path(),
-        );
+        let file = create_signed(&env, &case, &build, "fix.diff", 1, out.path());
         let id = info_id(&env, &file);
-        let mut proc = build.start(&case);
-        proc.expect_new_line(Stream::Stdout, case.before(), "started");
+        let mut proc = build.start_unpatched(&case);
         let pid = proc.pid().to_string();
         let is_undo = point.starts_with("undo");
         if is_undo {
-            env.hs(["user", "apply", "--pid", &pid, file.to_str().unwrap()])
-                .assert_ok("apply before undo");
+            apply_file(&env, &pid, &file).assert_ok("apply before undo");
             proc.expect_new_line(Stream::Stdout, case.after(), "applied");
         }
         let args: Vec<&str> = if is_undo {
@@ -531,8 +432,7 @@ fn killed_hotsplice_leaves_targets_consistent_and_next_command_recovers() {
             "{point}: still shown"
         );
         // And the process can be patched again.
-        env.hs(["user", "apply", "--pid", &pid, file.to_str().unwrap()])
-            .assert_ok(&format!("{point}: apply again"));
+        apply_file(&env, &pid, &file).assert_ok(&format!("{point}: apply again"));
         proc.expect_new_line(Stream::Stdout, case.after(), point);
     }
 }
@@ -589,8 +489,7 @@ fn daemon_stops_cleanly_on_sigterm() {
 #[test]
 fn sigterm_ends_a_wait_for_busy_code() {
     let (env, case, build, _out, file) = prepared("term-busy", "busy_forever_top");
-    let mut proc = build.start(&case);
-    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let mut proc = build.start_unpatched(&case);
     let pid = proc.pid().to_string();
     let mut child = env
         .command([
@@ -640,11 +539,9 @@ fn sigterm_ends_a_wait_for_busy_code() {
 fn a_refused_undo_is_not_carried_out_by_the_next_command() {
     let (env, case, build, _out, file) = prepared("refused-undo", "undo_busy");
     let id = info_id(&env, &file);
-    let mut proc = build.start(&case);
-    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let mut proc = build.start_unpatched(&case);
     let pid = proc.pid().to_string();
-    env.hs(["user", "apply", "--pid", &pid, file.to_str().unwrap()])
-        .assert_ok("apply");
+    apply_file(&env, &pid, &file).assert_ok("apply");
     proc.expect_new_line(Stream::Stdout, case.after(), "patched");
     // The new f() never returns: undo is refused.
     env.hs(["user", "undo", "--busy-timeout", "0.3", "--pid", &pid, &id])

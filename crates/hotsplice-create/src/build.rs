@@ -89,7 +89,9 @@ fn touch_all(dir: &Path, now: SystemTime, old: SystemTime) {
     }
 }
 
-fn apply_diff(tree: &Path, diff: &Path, src: &Path) -> Result<(), CreateError> {
+/// Applies the `-p1` diff `diff` in `tree` with GNU patch (no backups);
+/// a diff that does not apply is an error about `src`.
+pub(crate) fn patch_tree(tree: &Path, diff: &Path, src: &Path) -> Result<(), CreateError> {
     let out = Command::new("patch")
         .args([
             "-p1",
@@ -108,6 +110,11 @@ fn apply_diff(tree: &Path, diff: &Path, src: &Path) -> Result<(), CreateError> {
             output: String::from_utf8_lossy(&out.stdout).trim().to_string(),
         });
     }
+    Ok(())
+}
+
+fn apply_diff(tree: &Path, diff: &Path, src: &Path) -> Result<(), CreateError> {
+    patch_tree(tree, diff, src)?;
     // The files patch touched are newer than everything: fine for make.
     let now = SystemTime::now() + Duration::from_secs(2);
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(86400);

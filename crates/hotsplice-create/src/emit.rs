@@ -248,6 +248,23 @@ impl<'a> Emitter<'a> {
             })
     }
 
+    /// The offset from the thread pointer of the target's TLS variable
+    /// `name`, if the target is an executable (the static TLS models).
+    fn exec_tpoff(&self, o: usize, name: &str) -> Result<Option<i64>, CreateError> {
+        let ts = self.target_tls(o, name)?;
+        Ok(self
+            .target
+            .elf
+            .exec_tpoff(ts)
+            .filter(|_| self.target.elf.executable))
+    }
+
+    /// `r` PC-relative to the target's GOT entry at `got`.
+    fn push_got(&mut self, at: SecKey, r: &Reloc, got: u64) {
+        let target = Tgt::Final(RelocTarget::Object { vaddr: got });
+        self.push(at, r.offset, FieldKind::Pc32, target, r.addend);
+    }
+
     fn push(&mut self, at: SecKey, offset: u64, kind: FieldKind, target: Tgt, addend: i64) {
         self.relocs.push(PendingReloc {
             at,
@@ -272,17 +289,11 @@ impl<'a> Emitter<'a> {
                 ElfReloc::None => {}
                 ElfReloc::TpOff32 => {
                     let (name, add) = self.tls_symbol(o, r)?;
-                    let ts = self.target_tls(o, &name)?;
-                    let tpoff = self
-                        .target
-                        .elf
-                        .exec_tpoff(ts)
-                        .filter(|_| self.target.elf.executable)
-                        .ok_or_else(|| {
-                            CreateError::Unsupported(format!(
-                                "local-exec TLS access to `{name}` outside an executable"
-                            ))
-                        })?;
+                    let tpoff = self.exec_tpoff(o, &name)?.ok_or_else(|| {
+                        CreateError::Unsupported(format!(
+                            "local-exec TLS access to `{name}` outside an executable"
+                        ))
+                    })?;
                     let value = Tgt::Final(RelocTarget::Absolute {
                         value: tpoff as u64,
                     });
@@ -312,12 +323,8 @@ impl<'a> Emitter<'a> {
                     ) {
                         Tgt::Final(RelocTarget::Object { vaddr: got })
                     } else {
-                        let ts = self.target_tls(o, &name)?;
                         let tpoff = self
-                            .target
-                            .elf
-                            .exec_tpoff(ts)
-                            .filter(|_| self.target.elf.executable)
+                            .exec_tpoff(o, &name)?
                             .ok_or_else(|| no_got("initial-exec TLS", &name))?;
                         let slot = self.slot(Tgt::Final(RelocTarget::Absolute {
                             value: tpoff as u64,
@@ -333,25 +340,13 @@ impl<'a> Emitter<'a> {
                             |g| matches!(g, TlsGot::ModuleId { symbol: Some(s), .. } if *s == name),
                         )
                         .ok_or_else(|| no_got("general-dynamic TLS", &name))?;
-                    self.push(
-                        key,
-                        r.offset,
-                        FieldKind::Pc32,
-                        Tgt::Final(RelocTarget::Object { vaddr: got }),
-                        r.addend,
-                    );
+                    self.push_got(key, r, got);
                 }
                 ElfReloc::TlsLd => {
                     let got = self
                         .tls_got(|g| matches!(g, TlsGot::ModuleId { symbol: None, .. }))
                         .ok_or_else(|| no_got("local-dynamic TLS", "module"))?;
-                    self.push(
-                        key,
-                        r.offset,
-                        FieldKind::Pc32,
-                        Tgt::Final(RelocTarget::Object { vaddr: got }),
-                        r.addend,
-                    );
+                    self.push_got(key, r, got);
                 }
                 ElfReloc::GotPcRel { .. } => {
                     let t = self.resolve(o, sec, r)?;

@@ -151,6 +151,23 @@ pub struct Function {
     pub jump: bool,
 }
 
+impl Function {
+    /// A function of a kernel patch: the name alone, the livepatch module
+    /// in the image carries the code and finds the original.
+    pub fn kernel(name: impl Into<String>) -> Function {
+        Function {
+            name: name.into(),
+            file: None,
+            vaddr: 0,
+            size: 0,
+            expected: String::new(),
+            mask: String::new(),
+            replacement: 0,
+            jump: false,
+        }
+    }
+}
+
 /// A symbol the patch adds (new function or data), for `info` and debugging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NewSymbol {

@@ -635,18 +635,7 @@ mod tests {
         p.meta.symbols.clear();
         p.meta.data_size = 0;
         p.image.truncate(0x40);
-        p.meta.functions = ["a", "b"]
-            .map(|n| Function {
-                name: n.into(),
-                file: None,
-                vaddr: 0,
-                size: 0,
-                expected: String::new(),
-                mask: String::new(),
-                replacement: 0,
-                jump: false,
-            })
-            .to_vec();
+        p.meta.functions = ["a", "b"].map(Function::kernel).to_vec();
         p.validate().unwrap();
     }
 

@@ -219,6 +219,13 @@ impl Build {
     pub fn start(&self, case: &Case) -> Target {
         self.start_argv(&case.run_argv())
     }
+
+    /// Starts the case's program and waits for its unpatched line.
+    pub fn start_unpatched(&self, case: &Case) -> Target {
+        let mut proc = self.start(case);
+        proc.expect_new_line(Stream::Stdout, case.before(), "started");
+        proc
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -305,10 +312,13 @@ impl TestEnv {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(hotsplice_bin());
-        cmd.args(os_args(args)).current_dir(std::env::temp_dir());
-        self.apply_to(&mut cmd);
-        run_cmd(cmd, CMD_TIMEOUT)
+        run_cmd(self.command(args), CMD_TIMEOUT)
+    }
+
+    /// `hotsplice user install FILE` in this environment, which must succeed.
+    pub fn install(&self, file: &Path) {
+        self.hs(["user", "install", file.to_str().unwrap()])
+            .assert_ok(&format!("install {}", file.display()));
     }
 
     /// Records in this environment's journal (operations in flight).
@@ -343,10 +353,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cmd = Command::new(hotsplice_bin());
-    cmd.args(os_args(args)).current_dir(std::env::temp_dir());
-    test_env().apply_to(&mut cmd);
-    run_cmd(cmd, CMD_TIMEOUT)
+    test_env().hs(args)
 }
 
 /// Runs `hotsplice ARGS...` as user/group 65534 (nobody) via util-linux setpriv.
@@ -601,6 +608,31 @@ pub fn create(
     let r = env.hs(&args);
     r.assert_ok("create");
     PathBuf::from(r.stdout.lines().next().expect("a patch path").trim())
+}
+
+/// `create` of `diff` as a level-`level` patch signed with the test key,
+/// written into `out` (created if need be).
+pub fn create_signed(
+    env: &TestEnv,
+    case: &Case,
+    build: &Build,
+    diff: &str,
+    level: u32,
+    out: &Path,
+) -> PathBuf {
+    fs::create_dir_all(out).unwrap_or_else(|e| panic!("mkdir {}: {e}", out.display()));
+    create(env, case, build, diff, Some(&env.key), level, out)
+}
+
+/// A fresh environment, case `name` built, and a temporary directory for
+/// its patches (root required).
+pub fn fresh_case(tag: &str, name: &str) -> (TestEnv, Case, Build, TempDir) {
+    require_root();
+    let env = TestEnv::new(tag);
+    let case = Case::load(name);
+    let build = case.build();
+    let out = temp_dir(tag);
+    (env, case, build, out)
 }
 
 /// The patch id `hotsplice info` gives for `file`.

@@ -81,19 +81,7 @@ pub fn kernel_patch(
             code_size: size,
             data_offset: hotsplice_patch::round_up(size, PAGE),
             data_size: 0,
-            functions: functions
-                .into_iter()
-                .map(|name| Function {
-                    name,
-                    file: None,
-                    vaddr: 0,
-                    size: 0,
-                    expected: String::new(),
-                    mask: String::new(),
-                    replacement: 0,
-                    jump: false,
-                })
-                .collect(),
+            functions: functions.into_iter().map(Function::kernel).collect(),
             relocations: vec![],
             symbols: vec![],
         },

@@ -129,24 +129,12 @@ impl Tree {
                     .map_err(io(format!("backing up {}", f.display())))?;
             }
         }
-        let out = Command::new("patch")
-            .current_dir(&self.src)
-            .args([
-                "-p1",
-                "--batch",
-                "--forward",
-                "--no-backup-if-mismatch",
-                "-i",
-            ])
-            .arg(diff)
-            .output()
-            .map_err(io("running patch"))?;
-        if !out.status.success() {
-            self.restore()?;
-            return Err(CreateError::DiffDoesNotApply {
-                src: self.src.display().to_string(),
-                output: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            });
+        match crate::build::patch_tree(&self.src, diff, &self.src) {
+            Err(e @ CreateError::DiffDoesNotApply { .. }) => {
+                self.restore()?;
+                return Err(e);
+            }
+            r => r?,
         }
         Ok(())
     }
