@@ -195,13 +195,24 @@ pub fn find_busy_walking(
     mut walker: Option<&mut Walker<'_>>,
     lingering: &mut Vec<Lingering>,
 ) -> Option<BusyThread> {
-    let mut stays = |tid: Pid, n: usize| {
-        if !lingering.iter().any(|l| l.tid == tid) {
-            lingering.push(Lingering {
-                tid,
-                function: ranges.names[n].clone(),
-            });
+    // What a hit means: busy (returned), or a thread that may stay.
+    let mut judge = |tid: Pid, hit: Option<Result<usize, usize>>, frame: &'static str| match hit {
+        Some(Err(n)) => Some(BusyThread {
+            tid,
+            function: ranges.names[n].clone(),
+            frame,
+            can_lead_out: true,
+        }),
+        Some(Ok(n)) => {
+            if !lingering.iter().any(|l| l.tid == tid) {
+                lingering.push(Lingering {
+                    tid,
+                    function: ranges.names[n].clone(),
+                });
+            }
+            None
         }
+        None => None,
     };
     let (lo, hi) = ranges.bounds();
     // The stacks read, by address, for the walks.
@@ -221,17 +232,8 @@ pub fn find_busy_walking(
     });
     for (k, (t, stack)) in threads.iter().zip(stacks).enumerate() {
         let stack = stack.map(|(o, l)| &buf[o..o + l]);
-        match ranges.hit(t.regs.rip) {
-            Some(Err(n)) => {
-                return Some(BusyThread {
-                    tid: t.tid,
-                    function: ranges.names[n].clone(),
-                    frame: "executing",
-                    can_lead_out: true,
-                })
-            }
-            Some(Ok(n)) => stays(t.tid, n),
-            None => {}
+        if let Some(b) = judge(t.tid, ranges.hit(t.regs.rip), "executing") {
+            return Some(b);
         }
         let Some(stack) = stack.filter(|s| !s.is_empty()) else {
             // Fail closed: what cannot be read may hold a return address.
@@ -249,17 +251,9 @@ pub fn find_busy_walking(
             // Every frame found, even by a walk that stopped early, is real.
             for &(pc, exact_pc) in w.pcs.iter().skip(1) {
                 let at = if exact_pc { pc } else { pc.wrapping_sub(1) };
-                match ranges.hit(at) {
-                    Some(Err(n)) => {
-                        return Some(BusyThread {
-                            tid: t.tid,
-                            function: ranges.names[n].clone(),
-                            frame: "inside (a frame of its stack returns into)",
-                            can_lead_out: true,
-                        })
-                    }
-                    Some(Ok(n)) => stays(t.tid, n),
-                    None => {}
+                let frame = "inside (a frame of its stack returns into)";
+                if let Some(b) = judge(t.tid, ranges.hit(at), frame) {
+                    return Some(b);
                 }
             }
             if end.exact() {
@@ -286,17 +280,9 @@ pub fn find_busy_walking(
             if v < lo || v >= hi {
                 continue;
             }
-            match ranges.hit_stack(v) {
-                Some(Err(n)) => {
-                    return Some(BusyThread {
-                        tid: t.tid,
-                        function: ranges.names[n].clone(),
-                        frame: "inside (a return address on its stack points into)",
-                        can_lead_out: true,
-                    })
-                }
-                Some(Ok(n)) => stays(t.tid, n),
-                None => {}
+            let frame = "inside (a return address on its stack points into)";
+            if let Some(b) = judge(t.tid, ranges.hit_stack(v), frame) {
+                return Some(b);
             }
         }
     }
