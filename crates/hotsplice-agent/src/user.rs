@@ -411,7 +411,9 @@ impl Agent {
         let mut cache = engine::unwind::TableCache::default();
         let mut out = Vec::new();
         for p in pids(pid) {
-            if p == me {
+            // This process, and init unless asked for by name (as upgrade
+            // leaves it alone).
+            if p == me || (p == 1 && pid.is_none()) {
                 continue;
             }
             match engine::stacks(p, &mut cache) {
