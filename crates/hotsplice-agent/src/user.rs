@@ -408,7 +408,6 @@ impl Agent {
     /// walk, then let go. Processes that cannot be read are left out.
     pub fn stacks(&self, pid: Option<i32>) -> Result<Vec<engine::ProcessStacks>> {
         let me = std::process::id() as i32;
-        let mut cache = engine::unwind::TableCache::default();
         let mut out = Vec::new();
         for p in pids(pid) {
             // This process, and init unless asked for by name (as upgrade
@@ -416,7 +415,7 @@ impl Agent {
             if p == me || (p == 1 && pid.is_none()) {
                 continue;
             }
-            match engine::stacks(p, &mut cache) {
+            match walk(p) {
                 Ok(s) => out.push(s),
                 Err(e) if pid.is_some() => return Err(e.into()),
                 Err(_) => {}
@@ -438,15 +437,13 @@ fn still_in_old(pid: i32, patches: &[hotsplice_patch::AppliedRecord]) -> Vec<Sti
     if olds.is_empty() {
         return Vec::new();
     }
-    let mut cache = engine::unwind::TableCache::default();
-    let Ok(stacks) = engine::stacks(pid, &mut cache) else {
+    let Ok(stacks) = walk(pid) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for t in &stacks.threads {
-        for (i, fr) in t.frames.iter().enumerate() {
-            // A return address is after its call: the caller is at pc - 1.
-            let at = if i == 0 { fr.pc } else { fr.pc.wrapping_sub(1) };
+        for fr in &t.frames {
+            let at = fr.call_site;
             if let Some((id, f)) = olds
                 .iter()
                 .find(|(_, f)| at >= f.addr && at - f.addr < f.size)
@@ -462,4 +459,13 @@ fn still_in_old(pid: i32, patches: &[hotsplice_patch::AppliedRecord]) -> Vec<Sti
         }
     }
     out
+}
+
+/// The stacks of `pid`, with the unwind tables the engine keeps for this
+/// process's lifetime (shared with the busy check).
+fn walk(pid: i32) -> std::result::Result<engine::ProcessStacks, EngineError> {
+    let mut cache = engine::unwind::shared_cache()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    engine::stacks(pid, &mut cache)
 }

@@ -218,17 +218,7 @@ pub fn find_busy_walking(
     // The stacks read, by address, for the walks.
     let mem = walker.as_ref().map(|w| {
         let pid = w.pid;
-        let mut read: Vec<(u64, &[u8])> = w
-            .spans
-            .iter()
-            .zip(stacks)
-            .filter_map(|(s, r)| r.map(|(o, l)| (s.0, &buf[o..o + l])))
-            .collect();
-        read.sort_unstable_by_key(|r| r.0);
-        StackMemory {
-            spans: read,
-            fallback: move |a| ProcessMemory(pid).word_at(a),
-        }
+        StackMemory::of(w.spans, stacks, buf, move |a| ProcessMemory(pid).word_at(a))
     });
     for (k, (t, stack)) in threads.iter().zip(stacks).enumerate() {
         let stack = stack.map(|(o, l)| &buf[o..o + l]);
@@ -338,6 +328,16 @@ mod tests {
         StoppedThread { tid: 7, regs }
     }
 
+    /// `find_busy` with throwaway frame and lingering lists.
+    fn busy_in(
+        threads: &[StoppedThread],
+        stacks: &[Option<(usize, usize)>],
+        buf: &[u8],
+        r: &Ranges,
+    ) -> Option<BusyThread> {
+        find_busy(threads, stacks, buf, r, &mut Vec::new(), &mut Vec::new())
+    }
+
     fn stack(words: &[u64]) -> (Vec<Option<(usize, usize)>>, Vec<u8>) {
         let buf: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         (vec![Some((0, buf.len()))], buf)
@@ -347,15 +347,7 @@ mod tests {
     fn return_address_inside_a_replaced_function_is_busy() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[0x5, 0x1010]);
-        let busy = find_busy(
-            &[thread(0x9000)],
-            &s,
-            &b,
-            &r,
-            &mut Vec::new(),
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let busy = busy_in(&[thread(0x9000)], &s, &b, &r).unwrap();
         assert_eq!(busy.function, "f");
     }
 
@@ -363,40 +355,16 @@ mod tests {
     fn pointer_to_a_function_entry_is_not_a_frame() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[0x1000]);
-        assert!(find_busy(
-            &[thread(0x9000)],
-            &s,
-            &b,
-            &r,
-            &mut Vec::new(),
-            &mut Vec::new()
-        )
-        .is_none());
+        assert!(busy_in(&[thread(0x9000)], &s, &b, &r).is_none());
         // ...unless the code goes away (undo): then it counts.
         let r = Ranges::new([(0x1000, 0x1100, "patch".to_string(), false)]);
-        assert!(find_busy(
-            &[thread(0x9000)],
-            &s,
-            &b,
-            &r,
-            &mut Vec::new(),
-            &mut Vec::new()
-        )
-        .is_some());
+        assert!(busy_in(&[thread(0x9000)], &s, &b, &r).is_some());
     }
 
     #[test]
     fn unreadable_stack_is_busy() {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
-        assert!(find_busy(
-            &[thread(0x9000)],
-            &[None],
-            &[],
-            &r,
-            &mut Vec::new(),
-            &mut Vec::new()
-        )
-        .is_some());
+        assert!(busy_in(&[thread(0x9000)], &[None], &[], &r).is_some());
     }
 
     #[test]
@@ -421,15 +389,7 @@ mod tests {
         assert_eq!(spans, vec![(0x10_0000, 0)]);
         assert!(needs_fresh_maps(&spans));
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
-        let busy = find_busy(
-            &[t],
-            &[Some((0, 0))],
-            &[],
-            &r,
-            &mut Vec::new(),
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let busy = busy_in(&[t], &[Some((0, 0))], &[], &r).unwrap();
         assert!(busy.frame.contains("unreadable"), "{}", busy.frame);
         // A signal frame naming an unmapped stack: scanned as unreadable.
         let extra = interrupted_spans(&[(0x7800, 0x800)], &[(0, 0x20_0000)], &maps);
@@ -441,16 +401,7 @@ mod tests {
         let r = Ranges::new([(0x1000, 0x1100, "f".to_string(), true)]);
         let (s, b) = stack(&[]);
         assert_eq!(
-            find_busy(
-                &[thread(0x1000)],
-                &s,
-                &b,
-                &r,
-                &mut Vec::new(),
-                &mut Vec::new()
-            )
-            .unwrap()
-            .frame,
+            busy_in(&[thread(0x1000)], &s, &b, &r).unwrap().frame,
             "executing"
         );
     }

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Serialize)]
 pub struct Frame {
     pub pc: u64,
+    /// The address of the code the frame is in: `pc` for the innermost
+    /// frame and where a signal interrupted, `pc - 1` (the call) for a
+    /// return address.
+    pub call_site: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
     /// The pc's link-time address in that object.
@@ -56,16 +60,9 @@ pub fn stacks(pid: Pid, cache: &mut TableCache) -> Result<ProcessStacks> {
     let threads = window.threads().to_vec();
     let spans = stack_spans(&threads, &maps);
     let read = process::read_memory_into(pid, &spans, &mut buf);
-    let mut mem_spans: Vec<(u64, &[u8])> = spans
-        .iter()
-        .zip(&read)
-        .filter_map(|(s, r)| r.map(|(o, l)| (s.0, &buf[o..o + l])))
-        .collect();
-    mem_spans.sort_by_key(|s| s.0);
-    let mem = StackMemory {
-        spans: mem_spans,
-        fallback: |a| crate::unwind::ProcessMemory(pid).word_at(a),
-    };
+    let mem = StackMemory::of(&spans, &read, &buf, |a| {
+        crate::unwind::ProcessMemory(pid).word_at(a)
+    });
     let mut walks = Vec::with_capacity(threads.len());
     for t in &threads {
         let mut pcs = Vec::new();
@@ -90,9 +87,14 @@ pub fn stacks(pid: Pid, cache: &mut TableCache) -> Result<ProcessStacks> {
                 tid,
                 frames: pcs
                     .into_iter()
-                    .map(|(pc, _)| {
+                    .map(|(pc, exact)| {
                         let (object, vaddr) = name(pc);
-                        Frame { pc, object, vaddr }
+                        Frame {
+                            pc,
+                            call_site: if exact { pc } else { pc.wrapping_sub(1) },
+                            object,
+                            vaddr,
+                        }
                     })
                     .collect(),
                 exact: end.exact(),

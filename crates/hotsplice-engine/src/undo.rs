@@ -197,6 +197,7 @@ fn remove(
             &mut tracee,
             &mem,
             maps,
+            None,
             &ranges,
             opts,
             &writes,

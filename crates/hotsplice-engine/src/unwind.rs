@@ -25,6 +25,8 @@ type Slice<'a> = EndianSlice<'a, LittleEndian>;
 
 /// Frames a walk follows at most.
 const MAX_FRAMES: usize = 512;
+/// Operations one CFI expression may execute.
+const MAX_EXPR_STEPS: u32 = 256;
 /// Largest unwind section read from an object file.
 const MAX_EH_FRAME: u64 = 64 << 20;
 
@@ -490,6 +492,9 @@ fn eval(
         address_size: 8,
     };
     let mut ev: Evaluation<Slice<'_>> = expr.evaluation(encoding);
+    // The tables come from the target's files: an expression that loops
+    // (a backward DW_OP_skip) must not hold the stop window.
+    ev.set_max_iterations(MAX_EXPR_STEPS);
     if let Some(c) = cfa {
         ev.set_initial_value(c);
     }
@@ -628,6 +633,25 @@ pub struct StackMemory<'a, F: Fn(u64) -> Option<u64>> {
     /// Sorted by start.
     pub spans: Vec<(u64, &'a [u8])>,
     pub fallback: F,
+}
+
+impl<'a, F: Fn(u64) -> Option<u64>> StackMemory<'a, F> {
+    /// The stacks `read_memory_into` read into `buf` (`read[i]` is where
+    /// `spans[i]` landed, if it was readable), with `fallback` for the rest.
+    pub fn of(
+        spans: &[(u64, usize)],
+        read: &[Option<(usize, usize)>],
+        buf: &'a [u8],
+        fallback: F,
+    ) -> Self {
+        let mut spans: Vec<(u64, &'a [u8])> = spans
+            .iter()
+            .zip(read)
+            .filter_map(|(s, r)| r.map(|(o, l)| (s.0, &buf[o..o + l])))
+            .collect();
+        spans.sort_unstable_by_key(|s| s.0);
+        StackMemory { spans, fallback }
+    }
 }
 
 impl<F: Fn(u64) -> Option<u64>> Memory for StackMemory<'_, F> {

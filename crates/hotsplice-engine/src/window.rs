@@ -77,6 +77,7 @@ pub(crate) fn stop_and_write<T>(
     tracee: &mut Tracee,
     mem: &MemWriter,
     maps: &[Mapping],
+    objects: Option<&[crate::LoadedObject]>,
     ranges: &Ranges,
     opts: &ApplyOptions,
     writes: &[Write],
@@ -111,11 +112,19 @@ pub(crate) fn stop_and_write<T>(
     // Unwind tables, read now, with every thread running.
     let mut unwinder = match opts.stack_walk {
         StackWalk::Exact => {
-            let objects = crate::objects::loaded_objects(pid, &maps).unwrap_or_default();
+            // The caller's, when it read them (apply); else read now.
+            let read;
+            let objects = match objects {
+                Some(o) => o,
+                None => {
+                    read = crate::objects::loaded_objects(pid, &maps).unwrap_or_default();
+                    &read
+                }
+            };
             let mut cache = crate::unwind::shared_cache()
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            Some(crate::unwind::for_process(pid, &maps, &objects, &mut cache))
+            Some(crate::unwind::for_process(pid, &maps, objects, &mut cache))
         }
         StackWalk::Scan => None,
     };

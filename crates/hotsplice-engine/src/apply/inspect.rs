@@ -25,6 +25,8 @@ pub(crate) struct Found {
     pub entries: Vec<Vec<u8>>,
     /// The first bytes of each function `old` jumps from, in its order.
     pub old_entries: Vec<Option<Vec<u8>>>,
+    /// The objects the process maps (for the window's unwind tables).
+    pub objects: Vec<LoadedObject>,
     /// Symbols of other objects by name: address, and whether an IFUNC.
     pub dynamic: HashMap<String, (u64, bool)>,
     /// IFUNC resolvers to call in the process (addresses, sorted).
@@ -86,6 +88,7 @@ pub(crate) fn inspect(pid: Pid, patch: &Patch, replace: Option<&PatchId>) -> Res
         old_entries,
         dynamic,
         ifuncs,
+        objects,
     })
 }
 

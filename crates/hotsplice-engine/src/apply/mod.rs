@@ -256,6 +256,7 @@ fn commit(
         tracee,
         mem,
         &found.maps,
+        Some(&found.objects),
         &plan.ranges,
         opts,
         &plan.writes,

@@ -421,6 +421,7 @@ mod tests {
             old_entries: vec![],
             dynamic: HashMap::new(),
             ifuncs: vec![],
+            objects: Vec::new(),
         }
     }
 

@@ -281,7 +281,7 @@ pub enum RunAlone {
 /// Let the thread run for about `d`: sleeping frees our CPU for it, and the
 /// timer brings us back (spinning, or yielding to it, would hold it off or
 /// hand it our CPU for a whole scheduler slice).
-fn spin_for(d: std::time::Duration) {
+fn let_run(d: std::time::Duration) {
     std::thread::sleep(d);
 }
 
@@ -353,7 +353,7 @@ impl StopWindow<'_> {
             }
             Err(e) => return Err(perr("PTRACE_CONT", tid, e)),
         }
-        spin_for(slice);
+        let_run(slice);
         // ESRCH (exiting) is resolved by the wait.
         let _ = sys::interrupt(tid);
         let had = book.stopped.len();
