@@ -603,6 +603,7 @@ pub fn emit(
     Ok(Patch {
         meta: PatchMeta {
             id,
+            cves: hotsplice_patch::cves_in(&description),
             description,
             level: 1,
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),

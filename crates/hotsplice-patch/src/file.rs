@@ -187,6 +187,10 @@ pub struct PatchMeta {
     /// lower one (patches are cumulative, built from the original source).
     #[serde(default = "default_level")]
     pub level: u32,
+    /// CVE identifiers the patch fixes (`CVE-YYYY-NNNN…`), for the fleet
+    /// server's search and reports; see [`is_cve_id`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cves: Vec<String>,
     /// hotsplice version that wrote the patch.
     pub tool: String,
     pub target: Target,
@@ -207,6 +211,35 @@ fn default_level() -> u32 {
     1
 }
 
+/// The CVE identifiers named in `text` (a description such as
+/// "CVE-2024-1234: fix the length check"), each once, in order.
+pub fn cves_in(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+        let w = word.trim_matches('-');
+        if is_cve_id(w) && !out.iter().any(|o| o == w) && out.len() < MAX_CVES {
+            out.push(w.to_string());
+        }
+    }
+    out
+}
+
+/// At most this many CVEs per patch.
+pub const MAX_CVES: usize = 64;
+
+/// `CVE-YYYY-N…`: four digits of year, then four to nine digits.
+pub fn is_cve_id(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("CVE-") else {
+        return false;
+    };
+    let Some((year, num)) = rest.split_once('-') else {
+        return false;
+    };
+    year.len() == 4
+        && (4..=9).contains(&num.len())
+        && year.bytes().chain(num.bytes()).all(|b| b.is_ascii_digit())
+}
+
 impl PatchMeta {
     /// A small valid metadata record, for examples and tests.
     pub fn example() -> Self {
@@ -214,6 +247,7 @@ impl PatchMeta {
             id: PatchId::unchecked("abcd1234"),
             description: "example".into(),
             level: 1,
+            cves: vec![],
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             target: Target {
                 name: "prog".into(),

@@ -122,6 +122,17 @@ impl Patch {
             ));
         }
 
+        if m.cves.len() > crate::file::MAX_CVES {
+            return Err(r.field(
+                "cves",
+                m.cves.len().to_string(),
+                format!("at most {} CVEs per patch", crate::file::MAX_CVES),
+            ));
+        }
+        if let Some(bad) = m.cves.iter().find(|c| !crate::file::is_cve_id(c)) {
+            return Err(r.field("cves", quoted(bad), "a CVE id is CVE-YYYY-NNNN"));
+        }
+
         // Layout: [0, code_size) code | [data_offset, +data_size) data.
         if !m.data_offset.is_multiple_of(PAGE) {
             return Err(r.field(

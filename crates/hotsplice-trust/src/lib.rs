@@ -75,6 +75,17 @@ impl PublicKey {
         format!("{PUBLIC_TAG} {}\n", hex::encode(self.key.as_bytes()))
     }
 
+    /// Check a signature made by [`SecretKey::sign_detached`] with the same
+    /// `context`.
+    pub fn verify_detached(&self, context: &str, message: &[u8], signature: &[u8]) -> bool {
+        let Ok(sig) = EdSignature::from_slice(signature) else {
+            return false;
+        };
+        self.key
+            .verify_strict(&detached_message(context, message), &sig)
+            .is_ok()
+    }
+
     pub fn from_text(text: &str, origin: &str) -> Result<PublicKey, TrustError> {
         let bad = || TrustError::BadKey {
             path: origin.into(),
@@ -118,6 +129,29 @@ impl SecretKey {
         format!("{SECRET_TAG} {}\n", hex::encode(self.key.to_bytes()))
     }
 
+    /// A signature over `message` that only verifies for the same
+    /// `context` (a fixed name of what is signed, e.g. `"hotsplice-feed-v1"`),
+    /// so a signature made for one kind of document can never pass for
+    /// another (nor for a patch file).
+    pub fn sign_detached(&self, context: &str, message: &[u8]) -> Vec<u8> {
+        self.key
+            .sign(&detached_message(context, message))
+            .to_bytes()
+            .to_vec()
+    }
+
+    /// A key from its text form ([`SecretKey::to_text`]); `origin` names
+    /// where it came from, for errors.
+    pub fn from_text(text: &str, origin: &str) -> Result<SecretKey, TrustError> {
+        let bytes = key_bytes(text, SECRET_TAG).ok_or_else(|| TrustError::BadKey {
+            path: origin.into(),
+            what: "secret",
+        })?;
+        Ok(SecretKey {
+            key: SigningKey::from_bytes(&bytes),
+        })
+    }
+
     pub fn load(path: &Path) -> Result<SecretKey, TrustError> {
         let text = read(path, false)?;
         let bad = || TrustError::BadKey {
@@ -129,6 +163,17 @@ impl SecretKey {
             key: SigningKey::from_bytes(&bytes),
         })
     }
+}
+
+/// What a detached signature covers: a prefix no patch file starts with,
+/// the context, a NUL, then the message.
+fn detached_message(context: &str, message: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(24 + context.len() + message.len());
+    m.extend_from_slice(b"hotsplice-detached\0");
+    m.extend_from_slice(context.as_bytes());
+    m.push(0);
+    m.extend_from_slice(message);
+    m
 }
 
 /// A key file's text: a regular file of at most [`MAX_KEY_FILE`] bytes
@@ -421,6 +466,18 @@ pub fn accept_unsigned(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detached_signatures_are_bound_to_their_context_and_message() {
+        let k = SecretKey::generate().unwrap();
+        let sig = k.sign_detached("feed", b"list");
+        assert!(k.public().verify_detached("feed", b"list", &sig));
+        assert!(!k.public().verify_detached("other", b"list", &sig));
+        assert!(!k.public().verify_detached("feed", b"lisT", &sig));
+        assert!(!k.public().verify_detached("feed", b"list", &sig[1..]));
+        let k2 = SecretKey::from_text(&k.to_text(), "test").unwrap();
+        assert_eq!(k2.public(), k.public());
+    }
     use hotsplice_patch::PatchMeta;
 
     fn patch_bytes() -> Vec<u8> {

@@ -72,6 +72,7 @@ pub fn kernel_patch(
             id: hotsplice_patch::PatchId::unchecked(id),
             description: description.into(),
             level: 1,
+            cves: hotsplice_patch::cves_in(description),
             tool: concat!("hotsplice ", env!("CARGO_PKG_VERSION")).into(),
             target: Target {
                 name: format!("vmlinux {release}"),
