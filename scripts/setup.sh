@@ -4,7 +4,7 @@
 # util-linux (setpriv, for the not-root test). Rust comes from rustup.
 set -euo pipefail
 need=()
-for pkg in gcc g++ make patch binutils util-linux libc6-dev; do
+for pkg in gcc g++ make patch binutils util-linux libc6-dev curl python3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -21,3 +21,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
+# schemathesis (PyPI), which fuzzes hotsplice-server's API against its own
+# OpenAPI document (scripts/api-fuzz.sh), in a virtualenv of the cache.
+if [ -n "${HOTSPLICE_CACHE:-}" ]; then
+  venv="$HOTSPLICE_CACHE/venv"
+  if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "4.32.5"; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==4.32.5"
+  fi
+fi
