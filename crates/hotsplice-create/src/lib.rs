@@ -274,6 +274,11 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         }
         let mut patch = result?;
         patch.meta.level = req.level;
+        // The ID names the contents: two different patch files never share
+        // one, and the same contents (the same diff built again for the same
+        // target) keep it.
+        let id = content_id(&patch);
+        patch.meta.id = id.clone();
         let path = req.out_dir.join(format!("{name}-{id}.hsp"));
         std::fs::write(&path, patch.to_bytes())
             .map_err(io(format!("writing {}", path.display())))?;
@@ -293,6 +298,15 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         });
     }
     Ok(created)
+}
+
+/// A patch ID from everything the patch carries but its ID: the image, the
+/// target, the functions, relocations and symbols, level and description.
+pub fn content_id(patch: &hotsplice_patch::Patch) -> hotsplice_patch::PatchId {
+    let mut meta = patch.meta.clone();
+    meta.id = hotsplice_patch::PatchId::unchecked("");
+    let json = serde_json::to_vec(&meta).expect("patch metadata serializes");
+    hotsplice_patch::PatchId::stable(&[b"hotsplice-patch-id-v2", &json, &patch.image])
 }
 
 /// The code that goes into the patch is compiled once more with every access
@@ -368,4 +382,24 @@ fn pick_target(src: &Path, output: &Path, targets: &[PathBuf]) -> Result<PathBuf
     Err(CreateError::Target(format!(
         "the fix changes {out_name}, but no --target names it; add --target PATH for it"
     )))
+}
+
+#[cfg(test)]
+mod id_tests {
+    use hotsplice_patch::{Patch, PatchMeta};
+
+    #[test]
+    fn patch_ids_follow_the_contents() {
+        let p = Patch {
+            meta: PatchMeta::example(),
+            image: vec![0xc3; 16],
+        };
+        let mut q = p.clone();
+        q.image[3] = 0x90;
+        let mut r = p.clone();
+        r.meta.id = hotsplice_patch::PatchId::unchecked("zzzz9999");
+        assert_ne!(super::content_id(&p), super::content_id(&q));
+        assert_eq!(super::content_id(&p), super::content_id(&r));
+        assert!(hotsplice_patch::is_valid_id(&super::content_id(&p)));
+    }
 }
