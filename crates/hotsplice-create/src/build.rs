@@ -158,5 +158,56 @@ fn build_tree(
             tail: crate::last_lines(&text, 15),
         });
     }
-    wrapper::read_log(&log).map_err(io("reading the wrapper log"))
+    let records = wrapper::read_log(&log).map_err(io("reading the wrapper log"))?;
+    Ok(records
+        .into_iter()
+        .filter(|r| match r {
+            Record::Compile { object, .. } => is_elf_in(tree, object),
+            Record::Link { output, .. } => is_elf_in(tree, output),
+        })
+        .collect())
+}
+
+/// Whether `path` is a regular ELF file inside `tree` (configure's
+/// `conftest.c -c -o /dev/null`, temporary files outside the tree and
+/// outputs deleted since are records of no use, and not read).
+fn is_elf_in(tree: &Path, path: &Path) -> bool {
+    let (Ok(tree), Ok(real)) = (tree.canonicalize(), path.canonicalize()) else {
+        return false;
+    };
+    if !real.starts_with(&tree) {
+        return false;
+    }
+    let Ok(meta) = std::fs::symlink_metadata(&real) else {
+        return false;
+    };
+    if !meta.file_type().is_file() {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(&real)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_elf_files_inside_the_tree_are_build_records() {
+        let t = tempfile::tempdir().unwrap();
+        let elf = t.path().join("a.o");
+        std::fs::copy("/proc/self/exe", &elf).unwrap();
+        let text = t.path().join("b.o");
+        std::fs::write(&text, "not an object").unwrap();
+        assert!(super::is_elf_in(t.path(), &elf));
+        assert!(!super::is_elf_in(t.path(), &text));
+        assert!(!super::is_elf_in(
+            t.path(),
+            std::path::Path::new("/dev/null")
+        ));
+        assert!(!super::is_elf_in(t.path(), &t.path().join("gone.o")));
+        let other = tempfile::tempdir().unwrap();
+        assert!(!super::is_elf_in(other.path(), &elf));
+    }
 }
