@@ -68,6 +68,11 @@ pub enum KernelError {
         waited: Duration,
         report: String,
     },
+    #[error("{module} loaded and its transition finished, but the kernel reports these loaded objects not patched: {}; it was reverted (a livepatch object name that is not the kernel's name of the module, e.g. with `-` for `_`?)", objects.join(", "))]
+    NotPatched {
+        module: String,
+        objects: Vec<String>,
+    },
     #[error("live patching is disabled by `nouptrack` on the kernel command line")]
     Disabled,
     #[error(transparent)]
@@ -277,7 +282,23 @@ impl Kernel {
         }
         let t1 = Instant::now();
         match self.wait_transition(&info.module, self.transition_timeout) {
-            Ok(_) => {}
+            Ok(_) => {
+                // The transition finishing says nothing of objects the
+                // patch names wrongly: every object that is loaded must
+                // say it is patched, or the patch is taken out again.
+                let objects = self.unpatched_objects(&info.module);
+                if !objects.is_empty() {
+                    let _ =
+                        std::fs::write(self.sys_livepatch.join(&info.module).join("enabled"), "0");
+                    let _ = self.wait_transition(&info.module, self.transition_timeout);
+                    let _ = self.unload_when_released(&info.module);
+                    forget(self)?;
+                    return Err(KernelError::NotPatched {
+                        module: info.module,
+                        objects,
+                    });
+                }
+            }
             Err(waited) => {
                 let mut report = self.stuck_tasks("1");
                 // Reverse the transition, then take the module out.
@@ -307,6 +328,31 @@ impl Kernel {
             transition_ms: t1.elapsed().as_secs_f64() * 1e3,
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// The objects of livepatch `module` (`vmlinux`, module names) that
+    /// are loaded but whose `patched` flag is not 1.
+    pub fn unpatched_objects(&self, module: &str) -> Vec<String> {
+        let modules = std::fs::read_to_string(self.proc_dir.join("modules")).unwrap_or_default();
+        let loaded = |name: &str| {
+            name == "vmlinux"
+                || modules
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(name))
+        };
+        let Ok(dir) = std::fs::read_dir(self.sys_livepatch.join(module)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = dir
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let flag = std::fs::read_to_string(e.path().join("patched")).ok()?;
+                (loaded(&name) && flag.trim() != "1").then_some(name)
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Remove an applied patch: disable, wait for the transition, unload.
@@ -505,6 +551,28 @@ mod tests {
             state: KernelState::new(dir.join("state")),
             transition_timeout: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn loaded_objects_not_patched_are_found() {
+        let t = tempfile::tempdir().unwrap();
+        let k = fake_kernel(t.path(), &[7; 20]);
+        let lp = k.sys_livepatch.join("hs_abcd1234");
+        for (obj, flag) in [("vmlinux", "1"), ("snd_usb_audio", "0"), ("btrfs", "0")] {
+            std::fs::create_dir_all(lp.join(obj).join("f,1")).unwrap();
+            std::fs::write(lp.join(obj).join("patched"), format!("{flag}\n")).unwrap();
+        }
+        // btrfs is not loaded: not patched is right for it.
+        std::fs::write(
+            k.proc_dir.join("modules"),
+            "snd_usb_audio 123 0 - Live 0x0\nhs_abcd1234 1 1 - Live 0x0 (K)\n",
+        )
+        .unwrap();
+        assert_eq!(k.unpatched_objects("hs_abcd1234"), vec!["snd_usb_audio"]);
+        std::fs::write(lp.join("snd_usb_audio/patched"), "1\n").unwrap();
+        assert!(k.unpatched_objects("hs_abcd1234").is_empty());
+        std::fs::write(lp.join("vmlinux/patched"), "0\n").unwrap();
+        assert_eq!(k.unpatched_objects("hs_abcd1234"), vec!["vmlinux"]);
     }
 
     fn dir_of(k: &Kernel) -> std::path::PathBuf {

@@ -220,7 +220,9 @@ impl Tree {
                     };
                     return match v.as_str() {
                         "y" => Ok(None),
-                        "m" => Ok(Some(wanted.trim_end_matches(".o").to_string())),
+                        // The kernel's name of a module (KBUILD_MODNAME):
+                        // `snd-usb-audio.o` is module `snd_usb_audio`.
+                        "m" => Ok(Some(wanted.trim_end_matches(".o").replace('-', "_"))),
                         _ => Err(CreateError::Unsupported(format!(
                             "{} is not built with this configuration ({lhs} is off)",
                             rel.display()
@@ -249,4 +251,31 @@ pub fn changed_files(diff: &str) -> Vec<PathBuf> {
         .filter(|p| *p != "/dev/null")
         .map(|p| PathBuf::from(p.split_once('/').map(|x| x.1).unwrap_or(p)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_are_named_as_the_kernel_names_them() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("sound/usb");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("Makefile"),
+            "snd-usb-audio-y := card.o \\\n\tmixer.o\nobj-$(CONFIG_SND_USB_AUDIO) += snd-usb-audio.o\n",
+        )
+        .unwrap();
+        std::fs::write(t.path().join(".config"), "CONFIG_SND_USB_AUDIO=m\n").unwrap();
+        let tree = Tree {
+            src: t.path().to_path_buf(),
+        };
+        assert_eq!(
+            tree.owner(Path::new("sound/usb/mixer.c")).unwrap(),
+            Some("snd_usb_audio".to_string())
+        );
+        std::fs::write(t.path().join(".config"), "CONFIG_SND_USB_AUDIO=y\n").unwrap();
+        assert_eq!(tree.owner(Path::new("sound/usb/card.c")).unwrap(), None);
+    }
 }
