@@ -626,7 +626,8 @@ impl Fleet {
                         "failed",
                         &f.patch,
                         &f.target,
-                        &f.error,
+                        // PostgreSQL's TEXT takes no NUL; errors are for people.
+                        &f.error.replace(|c: char| c.is_control() && c != '\n', " "),
                     )
                     .await?;
                 }
@@ -720,6 +721,18 @@ impl Fleet {
     }
 
     pub async fn machines(&self, f: &MachineFilter) -> Result<Vec<MachineSummary>> {
+        for (what, v) in [
+            ("status", &f.status),
+            ("group", &f.group),
+            ("authorization", &f.authorization),
+            ("kernel", &f.kernel),
+            ("cve_fixed", &f.cve_fixed),
+            ("cve_missing", &f.cve_missing),
+        ] {
+            if let Some(v) = v {
+                check_text(what, v)?;
+            }
+        }
         let mut q = format!("SELECT {MACHINE_COLS} FROM machines WHERE 1 = 1");
         let mut args: Vec<String> = Vec::new();
         let mut n = 0;
@@ -1186,6 +1199,9 @@ impl Fleet {
 
     /// Revoke an API user (the row stays, for the audit trail).
     pub async fn revoke_token(&self, name: &str) -> Result<()> {
+        if check_name("API user", name).is_err() {
+            return Err(Error::not_found(format!("no active API user {name:?}")));
+        }
         let n = sqlx::query(
             "UPDATE api_users SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
         )
@@ -1254,6 +1270,9 @@ impl Fleet {
     }
 
     pub async fn revoke_access_key(&self, id: &str) -> Result<()> {
+        if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::not_found(format!("no active access key {id:?}")));
+        }
         let n = sqlx::query(
             "UPDATE access_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
         )
@@ -1327,6 +1346,9 @@ impl Fleet {
     }
 
     pub async fn remove_publisher_key(&self, key_id: &str) -> Result<()> {
+        if key_id.len() > 64 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::not_found(format!("no publisher key {key_id:?}")));
+        }
         let n = sqlx::query("DELETE FROM publisher_keys WHERE key_id = $1")
             .bind(key_id)
             .execute(&self.db.write)

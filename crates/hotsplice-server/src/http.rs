@@ -789,7 +789,7 @@ impl utoipa::Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "hotsplice-server", description = "hotsplice's fleet API (/api/v2/) and Ksplice Uptrack's API (/api/1/). See docs/api.md."),
-    paths(register, feed_key, checkin, machine_feed, patch_file, publish, list_patches, patch_record,
+    paths(register, feed_key, openapi, checkin, machine_feed, patch_file, publish, list_patches, patch_record,
         list_channels, channel_patches, promote, withdraw, channel_feed, list_machines, machine_detail,
         machine_history, authorize, set_group, import_report, list_groups, put_group,
         list_publisher_keys, add_publisher_key, remove_publisher_key, list_tokens, create_token,

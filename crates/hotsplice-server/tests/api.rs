@@ -720,6 +720,47 @@ fn bad_input(db: Option<String>) {
         Some(b"{\"channel\": \"bad name\"}"),
     );
     assert_eq!(r.status, 400);
+    // NUL and control characters never reach the database (PostgreSQL's
+    // TEXT refuses NUL: that would be a 500).
+    let r = call("DELETE", &c.url("/api/v2/tokens/a%00b"), &c.admin(), None);
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = call(
+        "DELETE",
+        &c.url("/api/v2/access-keys/%00"),
+        &c.admin(),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = call(
+        "DELETE",
+        &c.url("/api/v2/publisher-keys/%00"),
+        &c.admin(),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = c.get("/api/v2/machines?group=%00", &c.admin());
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = c.get("/api/v2/channels/a%00/patches", &c.admin());
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = c.post_json(
+        api::REGISTER,
+        &Auth::None,
+        &json!({"access_key": c.creds.access_key, "hostname": "a\u{0}b"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let mut nul = report(&a);
+    nul.last_run = Some(hotsplice_fleet::report::RunReport {
+        at: 5,
+        feed_version: 1,
+        applied: vec![],
+        removed: vec![],
+        failures: vec![hotsplice_fleet::report::RunFailure {
+            patch: "abcd1234".into(),
+            target: "kernel".into(),
+            error: "a\0b".into(),
+        }],
+    });
+    checkin(&c, &a, &ak, &nul);
     // Unknown path and method.
     let r = c.get("/api/v2/nothing", &c.admin());
     assert_eq!(r.status, 404);
