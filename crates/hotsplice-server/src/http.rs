@@ -339,7 +339,7 @@ impl FromRequestParts<Arc<Fleet>> for AnyCred {
 
 #[utoipa::path(get, path = "/api/v2/patches/{sha}", tag = "machines",
     params(("sha" = String, Path, description = "SHA-256 of the file")),
-    responses((status = 200, description = "the patch file", content_type = "application/octet-stream", body = Vec<u8>), (status = 403, body = api::ApiError), (status = 404, body = api::ApiError)),
+    responses((status = 200, description = "the patch file", content_type = "application/octet-stream", body = PatchFileBytes), (status = 403, body = api::ApiError), (status = 404, body = api::ApiError)),
     security(("machine" = []), ("uptrack_user" = [], "uptrack_key" = [])))]
 async fn patch_file(State(f): St, P(sha): P<String>, cred: AnyCred) -> Result<Response> {
     check_sha(&sha)?;
@@ -367,7 +367,7 @@ async fn patch_file(State(f): St, P(sha): P<String>, cred: AnyCred) -> Result<Re
 
 #[utoipa::path(post, path = "/api/v2/patches", tag = "patches",
     params(PublishQuery),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a signed .hsp file"),
+    request_body(content = PatchFileBytes, content_type = "application/octet-stream", description = "a signed .hsp file"),
     responses((status = 201, body = PatchRecord, description = "stored"), (status = 200, body = PatchRecord, description = "already stored"),
         (status = 403, body = api::ApiError, description = "signed by a key the server does not trust"), (status = 422, body = api::ApiError, description = "unsigned, altered or not a patch file"), (status = 413, body = api::ApiError)),
     security(("uptrack_user" = [], "uptrack_key" = [])))]
