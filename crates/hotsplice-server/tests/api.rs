@@ -1079,6 +1079,47 @@ fn cli_admin_commands(db: Option<String>) {
     assert_eq!(r["authorization"], "pending");
     assert_eq!(r["group"], "g1");
     assert!(cli(&["token", "list", "--data", d]).contains(user));
+    // run refuses a feed key that is not the database's, and a store
+    // that was never initialized.
+    let other = c.dir.path().join("other");
+    hotsplice_trust::write_key_pair(
+        &other,
+        "feed",
+        &hotsplice_trust::SecretKey::generate().unwrap(),
+    )
+    .unwrap();
+    let url =
+        c.db.clone()
+            .unwrap_or_else(|| format!("sqlite://{}/hotsplice.db", d));
+    let out = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--data",
+            other.to_str().unwrap(),
+            "--database",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("copy feed.key"), "{err}");
+    let empty = c.dir.path().join("empty");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--data",
+            empty.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("init"));
+    assert_eq!(cli(&["migrate", "--data", d]).trim(), "schema-version: 1");
     // init refuses an initialized store.
     let out = std::process::Command::new(BIN)
         .args(["init", "--data", d])
@@ -1171,4 +1212,8 @@ fn openapi_document(db: Option<String>) {
     for s in ["Report", "SignedFeed", "RegisterRequest", "UptrackMachine"] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }
+    // SIGTERM: a clean stop.
+    let mut c = c;
+    let st = c.server.stop().unwrap();
+    assert!(st.success(), "{st}: {}", c.server.log_text());
 }
