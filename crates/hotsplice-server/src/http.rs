@@ -162,6 +162,9 @@ impl<S: Send + Sync> FromRequestParts<S> for MachineKey {
 // -------------------------------------------------------------------
 // The router
 
+/// How long one request may take, body included.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub fn router(fleet: Arc<Fleet>) -> Router {
     use axum::extract::DefaultBodyLimit;
     let v2 = Router::new()
@@ -228,6 +231,11 @@ pub fn router(fleet: Arc<Fleet>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
+        // A request (a slow upload included) gets this long, then 408.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(fleet)
 }
