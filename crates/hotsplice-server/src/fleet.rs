@@ -578,14 +578,51 @@ impl Fleet {
         );
         let t = now() as i64;
         let ip = report.addresses.first().cloned().unwrap_or_default();
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
         let last_run_at = report
             .last_run
             .as_ref()
             .map(|r| r.at as i64)
             .unwrap_or(row.last_run_at)
             .max(row.last_run_at);
-        sqlx::query(
+        // History: what changed since the previous report, and the
+        // failures of a run not reported before.
+        let mut events: Vec<(i64, &str, String, String, String)> = Vec::new();
+        let before: BTreeSet<&String> = row.applied.iter().collect();
+        let after: BTreeSet<&String> = applied.iter().collect();
+        for p in after.difference(&before) {
+            events.push((
+                t,
+                "applied",
+                p.to_string(),
+                String::new(),
+                event_detail.into(),
+            ));
+        }
+        for p in before.difference(&after) {
+            events.push((
+                t,
+                "removed",
+                p.to_string(),
+                String::new(),
+                event_detail.into(),
+            ));
+        }
+        if let Some(r) = &report.last_run {
+            if (r.at as i64) > row.last_run_at {
+                for f in &r.failures {
+                    // PostgreSQL's TEXT takes no NUL; errors are for people.
+                    let error = f.error.replace(|c: char| c.is_control() && c != '\n', " ");
+                    events.push((
+                        r.at as i64,
+                        "failed",
+                        f.patch.clone(),
+                        f.target.clone(),
+                        error,
+                    ));
+                }
+            }
+        }
+        let update = sqlx::query(
             "UPDATE machines SET hostname = $1, ip = $2, original_kernel = $3, effective_kernel = $4, kernel_build_id = $5, client_version = $6, autoinstall = $7, status = $8, last_seen = $9, feed_version = $10, last_run_at = $11, applied = $12, fixed_cves = $13, missing_cves = $14, report = $15 WHERE uuid = $16",
         )
         .bind(&report.hostname)
@@ -603,37 +640,22 @@ impl Fleet {
         .bind(cve_column(&fit.fixed_cves))
         .bind(cve_column(&fit.missing_cves))
         .bind(raw)
-        .bind(&row.uuid)
-        .execute(&mut *tx)
-        .await
-        .map_err(db::DbError::from)?;
-        // History: what changed since the previous report.
-        let before: BTreeSet<&String> = row.applied.iter().collect();
-        let after: BTreeSet<&String> = applied.iter().collect();
-        for p in after.difference(&before) {
-            history(&mut tx, &row.uuid, t, "applied", p, "", event_detail).await?;
-        }
-        for p in before.difference(&after) {
-            history(&mut tx, &row.uuid, t, "removed", p, "", event_detail).await?;
-        }
-        if let Some(r) = &report.last_run {
-            if (r.at as i64) > row.last_run_at {
-                for f in &r.failures {
-                    history(
-                        &mut tx,
-                        &row.uuid,
-                        r.at as i64,
-                        "failed",
-                        &f.patch,
-                        &f.target,
-                        // PostgreSQL's TEXT takes no NUL; errors are for people.
-                        &f.error.replace(|c: char| c.is_control() && c != '\n', " "),
-                    )
-                    .await?;
-                }
+        .bind(&row.uuid);
+        if events.is_empty() {
+            // One statement: atomic on its own, and the writer is held
+            // for one round trip.
+            update
+                .execute(&self.db.write)
+                .await
+                .map_err(db::DbError::from)?;
+        } else {
+            let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+            update.execute(&mut *tx).await.map_err(db::DbError::from)?;
+            for (at, event, patch, target, detail) in &events {
+                history(&mut tx, &row.uuid, *at, event, patch, target, detail).await?;
             }
+            tx.commit().await.map_err(db::DbError::from)?;
         }
-        tx.commit().await.map_err(db::DbError::from)?;
         Ok(self.sign(&row.uuid, &fit, snap.version, &row.authorization))
     }
 
