@@ -501,7 +501,7 @@ impl Fleet {
             )
         })?;
         let t = now() as i64;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let existing = sqlx::query("SELECT authz, group_name FROM machines WHERE uuid = $1")
             .bind(&uuid)
             .fetch_optional(&mut *tx)
@@ -649,7 +649,7 @@ impl Fleet {
                 .await
                 .map_err(db::DbError::from)?;
         } else {
-            let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+            let mut tx = self.db.begin().await?;
             update.execute(&mut *tx).await.map_err(db::DbError::from)?;
             for (at, event, patch, target, detail) in &events {
                 history(&mut tx, &row.uuid, *at, event, patch, target, detail).await?;
@@ -694,7 +694,7 @@ impl Fleet {
     pub async fn import_report(&self, report: &Report, raw: &str) -> Result<bool> {
         let created = if self.machine_row(&report.uuid).await?.is_none() {
             let t = now() as i64;
-            let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+            let mut tx = self.db.begin().await?;
             let n = sqlx::query(
                 "INSERT INTO machines (uuid, key_hash, hostname, ip, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, authz, group_name, status, registered_at, last_seen, feed_version, last_run_at, applied, fixed_cves, missing_cves, report) \
                  VALUES ($1, NULL, $2, '', '', '', '', '', 0, 'allowed', $3, 'unsupported', $4, 0, 0, 0, '[]', '', '', NULL) ON CONFLICT (uuid) DO NOTHING",
@@ -838,7 +838,7 @@ impl Fleet {
 
     pub async fn set_authorization(&self, uuid: &str, authorization: &str) -> Result<()> {
         check_authorization(authorization)?;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let n = sqlx::query("UPDATE machines SET authz = $1 WHERE uuid = $2")
             .bind(authorization)
             .bind(uuid)
@@ -870,7 +870,7 @@ impl Fleet {
         if !group.is_empty() {
             check_name("group", group)?;
         }
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let n = sqlx::query("UPDATE machines SET group_name = $1 WHERE uuid = $2")
             .bind(group)
             .bind(uuid)
@@ -912,7 +912,7 @@ impl Fleet {
     pub async fn set_group_channel(&self, group: &str, channel: &str) -> Result<GroupInfo> {
         check_name("group", group)?;
         check_name("channel", channel)?;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "INSERT INTO groups (name, channel, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET channel = excluded.channel",
         )
@@ -1059,7 +1059,7 @@ impl Fleet {
             "user"
         };
         let t = now() as i64;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let new = sqlx::query(
             "INSERT INTO patches (sha256, id, kind, target_name, build_id, level, description, cves, size, key_id, uploaded_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (sha256) DO NOTHING",
@@ -1099,7 +1099,7 @@ impl Fleet {
         check_name("channel", channel)?;
         check_sha(sha)?;
         self.patch_record(sha).await?;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let changed = add_to_channel(&mut tx, channel, sha).await?;
         tx.commit().await.map_err(db::DbError::from)?;
         Ok(ChannelChange {
@@ -1113,7 +1113,7 @@ impl Fleet {
     pub async fn withdraw(&self, channel: &str, sha: &str) -> Result<ChannelChange> {
         check_name("channel", channel)?;
         check_sha(sha)?;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let changed = sqlx::query("DELETE FROM channel_patches WHERE channel = $1 AND sha256 = $2")
             .bind(channel)
             .bind(sha)
@@ -1179,7 +1179,7 @@ impl Fleet {
             }
             None => format!("token-{}", &secret_hash(&key)[..12]),
         };
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let n = sqlx::query(
             "INSERT INTO api_users (name, key_hash, role, created_at, revoked_at) VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (name) DO NOTHING",
         )
@@ -1249,7 +1249,7 @@ impl Fleet {
         let key = hotsplice_fleet::new_secret().map_err(internal)?;
         let hash = secret_hash(&key);
         let id = hash[..12].to_string();
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         ensure_group(&mut tx, &group).await?;
         sqlx::query(
             "INSERT INTO access_keys (id, key_hash, group_name, pending, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, NULL)",

@@ -41,6 +41,7 @@ fn main() {
         ("v2_admin_and_search", v2_admin_and_search),
         ("kill_during_upload", kill_during_upload),
         ("cli_admin_commands", cli_admin_commands),
+        ("concurrent_writers", concurrent_writers),
     ];
     let args = Arguments::from_args();
     let skip = postgres::skip_reason();
@@ -1127,6 +1128,72 @@ fn cli_admin_commands(db: Option<String>) {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("initialized already"));
+}
+
+/// Check-ins (with history to write), registrations, publishes and an
+/// administration command writing from another process, all at once:
+/// every call answers 2xx (no SQLITE_BUSY, no 500).
+fn concurrent_writers(db: Option<String>) {
+    let c = Ctx::new(db);
+    let k = c.publisher();
+    let d = c.data();
+    let machines: Vec<(String, String)> = (0..6)
+        .map(|_| c.register(&c.creds.access_key, None))
+        .collect();
+    std::thread::scope(|s| {
+        for (uuid, key) in &machines {
+            let c = &c;
+            s.spawn(move || {
+                for i in 0..30 {
+                    let mut r = report(uuid);
+                    if i % 2 == 1 {
+                        r.processes.push(hotsplice_fleet::report::ProcessPatches {
+                            pid: 1000 + i,
+                            comm: "prog".into(),
+                            patches: vec![format!("conc{:04}", i % 10)],
+                        });
+                    }
+                    checkin(c, uuid, key, &r);
+                }
+            });
+        }
+        s.spawn(|| {
+            for i in 0..10 {
+                publish(
+                    &c,
+                    &patch(
+                        &format!("conc{i:04}"),
+                        LIBC_BID,
+                        false,
+                        i + 1,
+                        &[],
+                        Some(&k),
+                        64,
+                    ),
+                    Some("stable"),
+                );
+                c.register(&c.creds.access_key, Some("busy"));
+            }
+        });
+        s.spawn(|| {
+            for _ in 0..5 {
+                cli(&["access-key", "create", "--data", d.to_str().unwrap()]);
+            }
+        });
+    });
+    let h = c
+        .get(
+            &format!("/api/v2/machines/{}/history", machines[0].0),
+            &c.admin(),
+        )
+        .ok()
+        .json();
+    assert!(h.as_array().unwrap().len() > 10, "{h}");
+    assert!(
+        !c.server.log_text().contains("ERROR"),
+        "{}",
+        c.server.log_text()
+    );
 }
 
 fn two_instances(db: String) {
