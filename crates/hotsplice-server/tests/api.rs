@@ -69,6 +69,10 @@ fn main() {
         })
         .with_ignored_flag(skip.is_some()),
     );
+    trials.push(Trial::test("feed_validity_and_interval", || {
+        feed_validity_and_interval();
+        Ok(())
+    }));
     trials.push(Trial::test("openapi_document", || {
         openapi_document(None);
         Ok(())
@@ -1249,6 +1253,36 @@ fn two_instances(db: String) {
         .json();
     assert_eq!(r[0]["uuid"], a.as_str());
     s2.kill();
+}
+
+/// `--feed-validity` and `--checkin-interval` reach the answers.
+fn feed_validity_and_interval() {
+    let dir = hotsplice_testsupport::temp_dir("server");
+    let data = dir.path().join("data");
+    let creds = init(&data, None);
+    let server = Server::start_with(
+        &data,
+        None,
+        &["--feed-validity", "600", "--checkin-interval", "120"],
+    );
+    let c = Ctx {
+        server,
+        creds,
+        db: None,
+        dir,
+    };
+    let (a, ak) = c.register(&c.creds.access_key, None);
+    let r = c
+        .post(
+            &api::checkin(&a),
+            &Auth::Machine(ak),
+            &serde_json::to_vec(&report(&a)).unwrap(),
+        )
+        .ok();
+    let cr: api::CheckinResponse = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(cr.next_checkin, 120);
+    let l = open_feed(&c, &a, &cr.feed);
+    assert_eq!(l.expires_at - l.issued_at, 600);
 }
 
 fn openapi_document(db: Option<String>) {
