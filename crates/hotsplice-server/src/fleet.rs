@@ -135,6 +135,21 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A group name: as Uptrack's, free text (spaces allowed), 1-128 bytes,
+/// no control characters, no space at either end.
+pub fn check_group(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 128
+        || name.chars().any(char::is_control)
+        || name.trim() != name
+    {
+        return Err(Error::bad(format!(
+            "group {name:?}: use 1 to 128 bytes of text without control characters or spaces at the ends"
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_uuid(uuid: &str) -> Result<()> {
     if !hotsplice_fleet::is_uuid(uuid) {
         return Err(Error::not_found(format!(
@@ -475,7 +490,7 @@ impl Fleet {
         let pending = i(&key, "pending")? != 0;
         if let Some(g) = &req.group {
             if !g.is_empty() {
-                check_name("group", g)?;
+                check_group(g)?;
             }
         }
         let uuid = match &req.uuid {
@@ -868,7 +883,7 @@ impl Fleet {
     /// channel); empty ungroups.
     pub async fn set_group(&self, uuid: &str, group: &str) -> Result<()> {
         if !group.is_empty() {
-            check_name("group", group)?;
+            check_group(group)?;
         }
         let mut tx = self.db.begin().await?;
         let n = sqlx::query("UPDATE machines SET group_name = $1 WHERE uuid = $2")
@@ -910,7 +925,7 @@ impl Fleet {
     }
 
     pub async fn set_group_channel(&self, group: &str, channel: &str) -> Result<GroupInfo> {
-        check_name("group", group)?;
+        check_group(group)?;
         check_name("channel", channel)?;
         let mut tx = self.db.begin().await?;
         sqlx::query(
@@ -1245,7 +1260,7 @@ impl Fleet {
         pending: bool,
     ) -> Result<NewAccessKey> {
         let group = group.unwrap_or(DEFAULT_GROUP).to_string();
-        check_name("group", &group)?;
+        check_group(&group)?;
         let key = hotsplice_fleet::new_secret().map_err(internal)?;
         let hash = secret_hash(&key);
         let id = hash[..12].to_string();

@@ -599,24 +599,25 @@ fn uptrack_v1(db: Option<String>) {
         &format!("/api/1/machine/{a}/group"),
         &c.admin(),
         &json!({"group_name": "web servers"}),
-    );
-    c.post_json(
-        &format!("/api/1/machine/{a}/group"),
-        &c.admin(),
-        &json!({"group_name": "web"}),
     )
     .ok();
     let d = c
         .get(&format!("/api/1/machine/{a}/describe"), &c.admin())
         .ok()
         .json();
-    assert_eq!(d["group"], "web");
+    assert_eq!(d["group"], "web servers");
     let groups = c.get("/api/v2/groups", &c.admin()).ok().json();
     assert!(groups
         .as_array()
         .unwrap()
         .iter()
-        .any(|g| g["name"] == "web"));
+        .any(|g| g["name"] == "web servers" && g["channel"] == "stable"));
+    let r = c.post_json(
+        &format!("/api/1/machine/{a}/group"),
+        &c.admin(),
+        &json!({"group_name": "a\u{1}b"}),
+    );
+    assert_eq!(r.status, 400);
     c.post_json(
         &format!("/api/1/machine/{a}/group"),
         &c.admin(),
