@@ -538,7 +538,7 @@ impl Fleet {
                 if group != old_group {
                     ensure_group(&mut tx, &group).await?;
                     bump_feed(&mut tx).await?;
-                    history(&mut tx, &uuid, t, "group", "", "", &group).await?;
+                    history(&mut tx, &uuid, t, "group", "", "", &group, "machine").await?;
                 }
                 (authorization, group)
             }
@@ -562,7 +562,17 @@ impl Fleet {
                 (authorization.to_string(), group)
             }
         };
-        history(&mut tx, &uuid, t, "registered", "", "", &req.hostname).await?;
+        history(
+            &mut tx,
+            &uuid,
+            t,
+            "registered",
+            "",
+            "",
+            &req.hostname,
+            "machine",
+        )
+        .await?;
         tx.commit().await.map_err(db::DbError::from)?;
         Ok(RegisterResponse {
             uuid,
@@ -581,6 +591,7 @@ impl Fleet {
         report: &Report,
         raw: &str,
         event_detail: &str,
+        actor: &str,
     ) -> Result<SignedFeed> {
         let snap = self.snapshot().await?;
         let applied = report.applied_ids();
@@ -667,7 +678,7 @@ impl Fleet {
             let mut tx = self.db.begin().await?;
             update.execute(&mut *tx).await.map_err(db::DbError::from)?;
             for (at, event, patch, target, detail) in &events {
-                history(&mut tx, &row.uuid, *at, event, patch, target, detail).await?;
+                history(&mut tx, &row.uuid, *at, event, patch, target, detail, actor).await?;
             }
             tx.commit().await.map_err(db::DbError::from)?;
         }
@@ -706,7 +717,7 @@ impl Fleet {
     /// the server does not know is created (allowed, in the default
     /// group, without a machine key: registering with its UUID later
     /// gives it one).
-    pub async fn import_report(&self, report: &Report, raw: &str) -> Result<bool> {
+    pub async fn import_report(&self, report: &Report, raw: &str, actor: &str) -> Result<bool> {
         let created = if self.machine_row(&report.uuid).await?.is_none() {
             let t = now() as i64;
             let mut tx = self.db.begin().await?;
@@ -730,6 +741,7 @@ impl Fleet {
                 "",
                 "",
                 "created by an imported report",
+                actor,
             )
             .await?;
             tx.commit().await.map_err(db::DbError::from)?;
@@ -741,7 +753,8 @@ impl Fleet {
             .machine_row(&report.uuid)
             .await?
             .ok_or_else(|| Error::no_machine(&report.uuid))?;
-        self.store_report(&row, report, raw, "imported").await?;
+        self.store_report(&row, report, raw, "imported", actor)
+            .await?;
         Ok(created)
     }
 
@@ -831,7 +844,7 @@ impl Fleet {
     pub async fn history(&self, uuid: &str) -> Result<Vec<HistoryEvent>> {
         self.summary(uuid).await?;
         let rows = sqlx::query(
-            "SELECT id, at, event, patch, target, detail FROM history WHERE uuid = $1 ORDER BY id",
+            "SELECT id, at, event, patch, target, detail, actor FROM history WHERE uuid = $1 ORDER BY id",
         )
         .bind(uuid)
         .fetch_all(&self.db.read)
@@ -846,12 +859,18 @@ impl Fleet {
                     patch: s(r, "patch")?,
                     target: s(r, "target")?,
                     detail: s(r, "detail")?,
+                    actor: s(r, "actor")?,
                 })
             })
             .collect()
     }
 
-    pub async fn set_authorization(&self, uuid: &str, authorization: &str) -> Result<()> {
+    pub async fn set_authorization(
+        &self,
+        uuid: &str,
+        authorization: &str,
+        actor: &str,
+    ) -> Result<()> {
         check_authorization(authorization)?;
         let mut tx = self.db.begin().await?;
         let n = sqlx::query("UPDATE machines SET authz = $1 WHERE uuid = $2")
@@ -873,6 +892,7 @@ impl Fleet {
             "",
             "",
             authorization,
+            actor,
         )
         .await?;
         tx.commit().await.map_err(db::DbError::from)?;
@@ -881,7 +901,7 @@ impl Fleet {
 
     /// Move a machine to `group` (created if new, bound to the default
     /// channel); empty ungroups.
-    pub async fn set_group(&self, uuid: &str, group: &str) -> Result<()> {
+    pub async fn set_group(&self, uuid: &str, group: &str, actor: &str) -> Result<()> {
         if !group.is_empty() {
             check_group(group)?;
         }
@@ -898,7 +918,7 @@ impl Fleet {
         }
         ensure_group(&mut tx, group).await?;
         bump_feed(&mut tx).await?;
-        history(&mut tx, uuid, now() as i64, "group", "", "", group).await?;
+        history(&mut tx, uuid, now() as i64, "group", "", "", group, actor).await?;
         tx.commit().await.map_err(db::DbError::from)?;
         Ok(())
     }

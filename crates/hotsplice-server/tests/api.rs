@@ -872,6 +872,32 @@ fn v2_admin_and_search(db: Option<String>) {
         .ok()
         .json();
     assert_eq!(s["group"], "web");
+    // History says who did it.
+    let hb = c
+        .get(&format!("/api/v2/machines/{b}/history"), &c.admin())
+        .ok()
+        .json();
+    let by: Vec<(&str, &str, &str)> = hb
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap(),
+                e["detail"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+            )
+        })
+        .filter(|e| e.0 != "applied" && e.0 != "removed")
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("registered", "host.example", "machine"),
+            ("authorization", "pending", "admin"),
+            ("group", "web", "admin")
+        ]
+    );
     // Channels and patches.
     let ch = c.get("/api/v2/channels", &c.admin()).ok().json();
     let stable = ch
