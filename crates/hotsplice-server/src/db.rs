@@ -333,6 +333,8 @@ pub async fn bump_feed(tx: &mut Tx) -> DbResult<i64> {
 
 /// A history event inside `tx`; `actor` is who caused it: `machine`,
 /// or the API user's name.
+// One argument per column of the row it inserts.
+#[allow(clippy::too_many_arguments)]
 pub async fn history(
     tx: &mut Tx,
     uuid: &str,
