@@ -63,6 +63,7 @@ pub const IMPORT_REPORT: &str = "/api/v2/reports";
 
 /// A registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// An access key the server's administrator handed out.
@@ -78,6 +79,7 @@ pub struct RegisterRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterResponse {
     pub uuid: String,
@@ -93,6 +95,7 @@ pub struct RegisterResponse {
 
 /// The answer to a check-in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckinResponse {
     /// The machine's list, made for this report.
@@ -103,6 +106,7 @@ pub struct CheckinResponse {
 
 /// A patch the server holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PatchRecord {
     pub sha256: String,
     pub id: String,
@@ -123,6 +127,7 @@ pub struct PatchRecord {
 
 /// An error body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub error: String,
 }

@@ -47,6 +47,7 @@ pub const MAX_PATCH_BYTES: u64 = 64 << 20;
 
 /// What a patch is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PatchKind {
     Kernel,
@@ -55,6 +56,7 @@ pub enum PatchKind {
 
 /// One patch of a list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FeedEntry {
     /// SHA-256 of the patch file, hex: also its name on the server
@@ -77,6 +79,7 @@ pub struct FeedEntry {
 
 /// The list, as signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FeedList {
     /// [`FEED_FORMAT`].
@@ -101,6 +104,7 @@ pub struct FeedList {
 /// A list and its signature. `signed` is the exact JSON text that was
 /// signed, so the client verifies bytes, not a re-serialization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedFeed {
     pub signed: String,
@@ -113,6 +117,7 @@ pub struct SignedFeed {
 /// What the client remembers of the last list it accepted
 /// (`STATE/fleet/feed-state.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeedState {
     pub version: u64,
     pub expires_at: u64,

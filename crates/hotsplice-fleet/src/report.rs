@@ -26,6 +26,7 @@ pub const MAX_STRING: usize = 4096;
 
 /// One check-in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     /// [`REPORT_FORMAT`].
@@ -56,6 +57,7 @@ pub struct Report {
 
 /// The kernel as the machine sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KernelState {
     /// `uname -r` of the booted kernel.
@@ -72,6 +74,7 @@ pub struct KernelState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AppliedKernelPatch {
     pub id: String,
@@ -81,6 +84,7 @@ pub struct AppliedKernelPatch {
 
 /// A patchable object (executable or library) and how many processes map it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ObjectInUse {
     pub path: String,
@@ -91,6 +95,7 @@ pub struct ObjectInUse {
 
 /// The hotsplice patches applied in one process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProcessPatches {
     pub pid: i32,
@@ -102,6 +107,7 @@ pub struct ProcessPatches {
 
 /// The outcome of one `sync` run on the machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RunReport {
     /// When it ran, seconds since the epoch.
@@ -118,6 +124,7 @@ pub struct RunReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RunItem {
     pub patch: String,
@@ -126,6 +133,7 @@ pub struct RunItem {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RunFailure {
     pub patch: String,

@@ -1,0 +1,325 @@
+//! `hotsplice-server`: init, run, and the administration commands that
+//! work on the store directly. Output is `name: value` lines, one per
+//! item, so scripts can read it.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hotsplice_server::fleet::{Fleet, Settings};
+use hotsplice_server::server;
+use hotsplice_server::types::Role;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "hotsplice-server",
+    version,
+    about = "hotsplice's fleet server: signed per-machine feeds, publishing, Uptrack's API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Store {
+    /// The data directory (feed key; the SQLite file by default).
+    #[arg(long)]
+    data: PathBuf,
+    /// `postgres://USER@HOST/DB` (or `sqlite://PATH`); default: the one
+    /// `init` recorded, else DIR/hotsplice.db.
+    #[arg(long)]
+    database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the store and the feed key; print the admin API user and key
+    /// and a first machine access key.
+    Init {
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Serve the API.
+    Run {
+        #[command(flatten)]
+        store: Store,
+        /// ADDR:PORT; port 0 picks a free one (printed on the first line).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: String,
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Seconds a signed feed stays valid.
+        #[arg(long, default_value_t = 7 * 86_400)]
+        feed_validity: u64,
+        /// Seconds machines are told to wait between check-ins.
+        #[arg(long, default_value_t = 3600)]
+        checkin_interval: u64,
+    },
+    /// Bring the database's schema up to this build's.
+    Migrate {
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Publisher keys: who may publish patches.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// API users (X-Uptrack-User / X-Uptrack-Key) with a role.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Access keys machines register with.
+    AccessKey {
+        #[command(subcommand)]
+        cmd: AccessKeyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Trust a publisher's public key (a `.pub` file).
+    AddPublisher {
+        #[command(flatten)]
+        store: Store,
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    List {
+        #[command(flatten)]
+        store: Store,
+    },
+    Remove {
+        #[command(flatten)]
+        store: Store,
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// A new API user; its key is printed once.
+    Create {
+        #[command(flatten)]
+        store: Store,
+        /// admin, operator or read-only.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List {
+        #[command(flatten)]
+        store: Store,
+    },
+    Revoke {
+        #[command(flatten)]
+        store: Store,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccessKeyCmd {
+    /// A new access key; printed once.
+    Create {
+        #[command(flatten)]
+        store: Store,
+        #[arg(long)]
+        group: Option<String>,
+        /// Machines registering with it wait for authorization.
+        #[arg(long)]
+        pending: bool,
+    },
+    List {
+        #[command(flatten)]
+        store: Store,
+    },
+    Revoke {
+        #[command(flatten)]
+        store: Store,
+        id: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOTSPLICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hotsplice-server: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hotsplice-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn open(s: &Store) -> anyhow::Result<Fleet> {
+    server::open(&s.data, s.database.as_deref(), Settings::default()).await
+}
+
+fn api(e: hotsplice_server::error::Error) -> anyhow::Error {
+    anyhow::anyhow!(e.message)
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Init { store } => {
+            let i = server::init(&store.data, store.database.as_deref()).await?;
+            println!("api-user: {}", i.admin.name);
+            println!("api-key: {}", i.admin.key);
+            println!("access-key: {}", i.access_key.key);
+            println!("feed-key: {}", i.feed_key.display());
+            println!("feed-pub: {}", i.feed_pub.display());
+            println!("database: {}", i.database);
+        }
+        Cmd::Run {
+            store,
+            listen,
+            tls_cert,
+            tls_key,
+            feed_validity,
+            checkin_interval,
+        } => {
+            let settings = Settings {
+                feed_validity,
+                checkin_interval,
+            };
+            let fleet = server::open(&store.data, store.database.as_deref(), settings).await?;
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(server::Tls { cert, key }),
+                _ => None,
+            };
+            server::run(fleet, &listen, tls, |addr, tls| {
+                let scheme = if tls { "https" } else { "http" };
+                println!("listening on {scheme}://{addr}");
+                let _ = std::io::stdout().flush();
+                tracing::info!("listening on {scheme}://{addr}");
+            })
+            .await?;
+        }
+        Cmd::Migrate { store } => {
+            let url = server::database_url(&store.data, store.database.as_deref())?;
+            let db = hotsplice_server::db::Db::connect(&url, false).await?;
+            let v = db.migrate().await?;
+            println!("schema-version: {v}");
+        }
+        Cmd::Key { cmd } => match cmd {
+            KeyCmd::AddPublisher {
+                store,
+                file,
+                comment,
+            } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let f = open(&store).await?;
+                let comment = if comment.is_empty() {
+                    file.display().to_string()
+                } else {
+                    comment
+                };
+                let k = f.add_publisher_key(&text, &comment).await.map_err(api)?;
+                println!("key-id: {}", k.key_id);
+            }
+            KeyCmd::List { store } => {
+                for k in open(&store).await?.publisher_keys().await.map_err(api)? {
+                    println!("key-id: {} comment: {}", k.key_id, k.comment);
+                }
+            }
+            KeyCmd::Remove { store, key_id } => {
+                open(&store)
+                    .await?
+                    .remove_publisher_key(&key_id)
+                    .await
+                    .map_err(api)?;
+                println!("removed: {key_id}");
+            }
+        },
+        Cmd::Token { cmd } => match cmd {
+            TokenCmd::Create { store, role, name } => {
+                let role = Role::parse(&role)
+                    .with_context(|| format!("role {role:?}: use admin, operator or read-only"))?;
+                let t = open(&store)
+                    .await?
+                    .create_token(name.as_deref(), role)
+                    .await
+                    .map_err(api)?;
+                println!("api-user: {}", t.name);
+                println!("api-key: {}", t.key);
+                println!("role: {}", t.role.as_str());
+            }
+            TokenCmd::List { store } => {
+                for t in open(&store).await?.tokens().await.map_err(api)? {
+                    println!(
+                        "api-user: {} role: {}{}",
+                        t.name,
+                        t.role.as_str(),
+                        if t.revoked { " revoked" } else { "" }
+                    );
+                }
+            }
+            TokenCmd::Revoke { store, name } => {
+                open(&store).await?.revoke_token(&name).await.map_err(api)?;
+                println!("revoked: {name}");
+            }
+        },
+        Cmd::AccessKey { cmd } => match cmd {
+            AccessKeyCmd::Create {
+                store,
+                group,
+                pending,
+            } => {
+                let k = open(&store)
+                    .await?
+                    .create_access_key(group.as_deref(), pending)
+                    .await
+                    .map_err(api)?;
+                println!("access-key: {}", k.key);
+                println!("id: {}", k.id);
+                println!("group: {}", k.group);
+                println!("pending: {}", k.pending);
+            }
+            AccessKeyCmd::List { store } => {
+                for k in open(&store).await?.access_keys().await.map_err(api)? {
+                    println!(
+                        "id: {} group: {} pending: {}{}",
+                        k.id,
+                        k.group,
+                        k.pending,
+                        if k.revoked { " revoked" } else { "" }
+                    );
+                }
+            }
+            AccessKeyCmd::Revoke { store, id } => {
+                open(&store)
+                    .await?
+                    .revoke_access_key(&id)
+                    .await
+                    .map_err(api)?;
+                println!("revoked: {id}");
+            }
+        },
+    }
+    Ok(())
+}
