@@ -222,6 +222,15 @@ struct Machine {
 
 impl Machine {
     fn new(tag: &str, publisher: &TestEnv, extra_conf: &str) -> Machine {
+        Machine::with_autoinstall(tag, publisher, true, extra_conf)
+    }
+
+    fn with_autoinstall(
+        tag: &str,
+        publisher: &TestEnv,
+        autoinstall: bool,
+        extra_conf: &str,
+    ) -> Machine {
         let env = TestEnv::new(tag);
         std::fs::copy(
             publisher.root.join("signing/tests.pub"),
@@ -231,7 +240,7 @@ impl Machine {
         std::fs::write(
             env.root.join("etc/hotsplice.conf"),
             format!(
-                "[settings]\nautoinstall = true\n\n[fleet]\njitter = 0\nretries = 2\nbackoff = 0.05\nconnect_timeout = 5\ntimeout = 20\n{extra_conf}"
+                "[settings]\nautoinstall = {autoinstall}\n\n[fleet]\njitter = 0\nretries = 2\nbackoff = 0.05\nconnect_timeout = 5\ntimeout = 20\n{extra_conf}"
             ),
         )
         .expect("config");
@@ -1041,4 +1050,50 @@ fn feed_key_must_match_when_given() {
     ]);
     assert!(!r.success());
     assert!(r.stderr.contains("loopback"), "{}", r.describe());
+}
+
+/// Without `autoinstall`, a sync downloads and verifies but applies
+/// nothing; `sync --apply` applies. The daemon syncs at its start (boot)
+/// when the machine is registered, and applies with `autoinstall`.
+#[test]
+fn autoinstall_apply_and_the_daemon() {
+    require_root();
+    let publisher = publisher();
+    let fx = Fixture::new(&publisher);
+    let s = Server::start(3600);
+    s.trust(&publisher);
+    publish(&publisher, &s, "stable", &fx.p1);
+    let manual = Machine::with_autoinstall("fleet-manual", &publisher, false, "");
+    manual.register(&s.url, &s.access_key, None);
+    let mut prog = fx.start();
+    let v = manual.sync(&[]);
+    assert_eq!(v["install"], Value::Bool(false), "{v}");
+    assert_eq!(v["patches"][0]["state"].as_str(), Some("downloaded"), "{v}");
+    assert!(applied_ids(&v).is_empty(), "{v}");
+    assert_eq!(manual.downloaded().len(), 1);
+    prog.expect_new_line(
+        Stream::Stdout,
+        "result=1",
+        "nothing applied without autoinstall",
+    );
+    let v = manual.sync(&["--apply"]);
+    assert!(applied_ids(&v).contains(&fx.id1), "{v}");
+    prog.expect_new_line(Stream::Stdout, "result=2", "applied with --apply");
+    drop(prog);
+
+    // The daemon: one sync at start (level 2 now published), then its scan.
+    publish(&publisher, &s, "stable", &fx.p2);
+    let auto = Machine::new("fleet-daemon", &publisher, "");
+    auto.register(&s.url, &s.access_key, None);
+    let mut prog = fx.start();
+    let r = auto.hs(&["daemon", "--once", "--no-netlink"]);
+    r.assert_ok("daemon --once");
+    assert!(r.stdout.contains("synced with"), "{}", r.describe());
+    prog.expect_new_line(Stream::Stdout, "result=3", "patched by the daemon's sync");
+    assert_eq!(auto.downloaded().len(), 2);
+    // `--no-fleet` leaves the server alone.
+    let r = auto.hs(&["daemon", "--once", "--no-netlink", "--no-fleet"]);
+    r.assert_ok("daemon --once --no-fleet");
+    assert!(!r.stdout.contains("synced with"), "{}", r.describe());
+    drop(prog);
 }

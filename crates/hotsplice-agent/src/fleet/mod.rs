@@ -153,10 +153,8 @@ impl Agent {
         } else {
             self.config.fleet.servers.clone()
         };
-        Ok(list
-            .iter()
-            .map(|u| check_url(u, allow))
-            .collect::<std::result::Result<Vec<_>, _>>()?)
+        // Each entry may itself be a comma list.
+        Ok(parse_servers(&list.join(","), allow)?)
     }
 
     /// Register with a server (`servers`: one URL or a comma list, the
