@@ -89,3 +89,68 @@ fn sync_without_registration_says_what_to_do() {
     let text = hotsplice_agent::chain(&e);
     assert!(text.contains("hotsplice register --server"), "{text}");
 }
+
+/// Kernel patches a fleet server sent (`STATE/fleet/patches/`) are part
+/// of the kernel feed, with the configured feed directory, each ID once.
+#[test]
+fn the_kernel_feed_includes_the_fleet_patches() {
+    let dir = temp_dir("fleet-kfeed");
+    let a = agent(dir.path());
+    let k = a.kernel();
+    let Ok(me) = k.build_id() else {
+        // No /sys/kernel/notes to read the running kernel's build-id from.
+        eprintln!("skipped: the running kernel's build-id cannot be read");
+        return;
+    };
+    let patch = |id: &str, build_id: &str| {
+        hotsplice_create::kernel::kernel_patch(b"module", id, "test", build_id, "r", vec![])
+            .to_bytes()
+    };
+    let fleet = dir.path().join("state/fleet/patches");
+    std::fs::create_dir_all(&fleet).unwrap();
+    std::fs::write(
+        fleet.join(format!("{}.hsp", "aa".repeat(32))),
+        patch("kfleet01", &me),
+    )
+    .unwrap();
+    std::fs::write(
+        fleet.join(format!("{}.hsp", "bb".repeat(32))),
+        patch("kother01", "00ff"),
+    )
+    .unwrap();
+    assert_eq!(
+        a.feed(None, &k)
+            .unwrap()
+            .iter()
+            .map(|f| f.id.to_string())
+            .collect::<Vec<_>>(),
+        vec!["kfleet01"]
+    );
+    // With a feed directory holding the same patch too: listed once.
+    let feed = dir.path().join("feed");
+    std::fs::create_dir_all(&feed).unwrap();
+    std::fs::write(feed.join("kfleet01.hsp"), patch("kfleet01", &me)).unwrap();
+    std::fs::write(feed.join("kfeed001.hsp"), patch("kfeed001", &me)).unwrap();
+    std::fs::write(
+        dir.path().join("etc/hotsplice.conf"),
+        format!("[settings]\nfeed = \"{}\"\n", feed.display()),
+    )
+    .unwrap();
+    let a = agent(dir.path());
+    let mut ids: Vec<String> = a
+        .feed(None, &k)
+        .unwrap()
+        .iter()
+        .map(|f| f.id.to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["kfeed001", "kfleet01"]);
+    // An explicit directory (`--from`) is that directory alone.
+    let ids: Vec<String> = a
+        .feed(Some(&fleet), &k)
+        .unwrap()
+        .iter()
+        .map(|f| f.id.to_string())
+        .collect();
+    assert_eq!(ids, vec!["kfleet01"]);
+}
