@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what hotsplice needs to build and test on a fresh Debian machine:
 # a C toolchain (the tests compile real programs; C++ for libFuzzer), make, GNU patch, binutils,
-# util-linux (setpriv, for the not-root test). Rust comes from rustup.
+# util-linux (setpriv, for the not-root test), PostgreSQL (the fleet server's tests initdb and start a
+# private server; binaries under /usr/lib/postgresql/*/bin). Rust comes from rustup.
 set -euo pipefail
 need=()
-for pkg in gcc g++ make patch binutils util-linux libc6-dev; do
+for pkg in gcc g++ make patch binutils util-linux libc6-dev postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -90,7 +90,7 @@ CREATE TABLE machines (
   kernel_build_id TEXT NOT NULL,
   client_version TEXT NOT NULL,
   autoinstall BIGINT NOT NULL,
-  authorization TEXT NOT NULL,
+  authz TEXT NOT NULL,
   group_name TEXT NOT NULL,
   status TEXT NOT NULL,
   registered_at BIGINT NOT NULL,

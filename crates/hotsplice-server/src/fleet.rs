@@ -187,7 +187,7 @@ fn entry_of(row: &AnyRow) -> db::DbResult<FeedEntry> {
 const PATCH_COLS: &str =
     "p.sha256, p.id, p.kind, p.target_name, p.build_id, p.level, p.description, p.cves, p.size, p.key_id, p.uploaded_at";
 
-const MACHINE_COLS: &str = "uuid, hostname, ip, status, authorization, group_name, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, last_seen, registered_at, feed_version, applied, fixed_cves, missing_cves";
+const MACHINE_COLS: &str = "uuid, hostname, ip, status, authz, group_name, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, last_seen, registered_at, feed_version, applied, fixed_cves, missing_cves";
 
 fn summary_of(row: &AnyRow) -> db::DbResult<MachineSummary> {
     Ok(MachineSummary {
@@ -195,7 +195,7 @@ fn summary_of(row: &AnyRow) -> db::DbResult<MachineSummary> {
         hostname: s(row, "hostname")?,
         ip: s(row, "ip")?,
         status: s(row, "status")?,
-        authorization: s(row, "authorization")?,
+        authorization: s(row, "authz")?,
         group: s(row, "group_name")?,
         original_kernel: s(row, "original_kernel")?,
         effective_kernel: s(row, "effective_kernel")?,
@@ -372,9 +372,9 @@ impl Fleet {
         let mut missing: Vec<FeedEntry> = best
             .values()
             .filter(|b| {
-                !best_applied
+                best_applied
                     .get(b.build_id.as_str())
-                    .is_some_and(|&l| l >= b.level)
+                    .is_none_or(|&l| l < b.level)
             })
             .map(|b| (*b).clone())
             .collect();
@@ -416,7 +416,7 @@ impl Fleet {
 
     pub async fn machine_row(&self, uuid: &str) -> Result<Option<MachineRow>> {
         let row = sqlx::query(
-            "SELECT uuid, key_hash, authorization, group_name, applied, last_run_at FROM machines WHERE uuid = $1",
+            "SELECT uuid, key_hash, authz, group_name, applied, last_run_at FROM machines WHERE uuid = $1",
         )
         .bind(uuid)
         .fetch_optional(&self.db.read)
@@ -426,7 +426,7 @@ impl Fleet {
         Ok(Some(MachineRow {
             uuid: s(&row, "uuid")?,
             key_hash: os(&row, "key_hash")?,
-            authorization: s(&row, "authorization")?,
+            authorization: s(&row, "authz")?,
             group: s(&row, "group_name")?,
             applied: serde_json::from_str(&s(&row, "applied")?).unwrap_or_default(),
             last_run_at: i(&row, "last_run_at")?,
@@ -502,15 +502,14 @@ impl Fleet {
         })?;
         let t = now() as i64;
         let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
-        let existing =
-            sqlx::query("SELECT authorization, group_name FROM machines WHERE uuid = $1")
-                .bind(&uuid)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db::DbError::from)?;
+        let existing = sqlx::query("SELECT authz, group_name FROM machines WHERE uuid = $1")
+            .bind(&uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::DbError::from)?;
         let (authorization, group) = match existing {
             Some(row) => {
-                let authorization = s(&row, "authorization")?;
+                let authorization = s(&row, "authz")?;
                 let old_group = s(&row, "group_name")?;
                 let group = req.group.clone().unwrap_or(old_group.clone());
                 sqlx::query("UPDATE machines SET key_hash = $1, hostname = $2, group_name = $3 WHERE uuid = $4")
@@ -533,7 +532,7 @@ impl Fleet {
                 let group = req.group.clone().unwrap_or(key_group);
                 ensure_group(&mut tx, &group).await?;
                 sqlx::query(
-                    "INSERT INTO machines (uuid, key_hash, hostname, ip, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, authorization, group_name, status, registered_at, last_seen, feed_version, last_run_at, applied, fixed_cves, missing_cves, report) \
+                    "INSERT INTO machines (uuid, key_hash, hostname, ip, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, authz, group_name, status, registered_at, last_seen, feed_version, last_run_at, applied, fixed_cves, missing_cves, report) \
                      VALUES ($1, $2, $3, '', '', '', '', '', 0, $4, $5, 'unsupported', $6, 0, 0, 0, '[]', '', '', NULL)",
                 )
                 .bind(&uuid)
@@ -674,7 +673,7 @@ impl Fleet {
             let t = now() as i64;
             let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
             let n = sqlx::query(
-                "INSERT INTO machines (uuid, key_hash, hostname, ip, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, authorization, group_name, status, registered_at, last_seen, feed_version, last_run_at, applied, fixed_cves, missing_cves, report) \
+                "INSERT INTO machines (uuid, key_hash, hostname, ip, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, authz, group_name, status, registered_at, last_seen, feed_version, last_run_at, applied, fixed_cves, missing_cves, report) \
                  VALUES ($1, NULL, $2, '', '', '', '', '', 0, 'allowed', $3, 'unsupported', $4, 0, 0, 0, '[]', '', '', NULL) ON CONFLICT (uuid) DO NOTHING",
             )
             .bind(&report.uuid)
@@ -736,7 +735,7 @@ impl Fleet {
             arg(&mut q, " AND group_name = $?", v.clone());
         }
         if let Some(v) = &f.authorization {
-            arg(&mut q, " AND authorization = $?", v.clone());
+            arg(&mut q, " AND authz = $?", v.clone());
         }
         if let Some(v) = &f.kernel {
             arg(&mut q, " AND (original_kernel = $?", v.clone());
@@ -805,7 +804,7 @@ impl Fleet {
     pub async fn set_authorization(&self, uuid: &str, authorization: &str) -> Result<()> {
         check_authorization(authorization)?;
         let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
-        let n = sqlx::query("UPDATE machines SET authorization = $1 WHERE uuid = $2")
+        let n = sqlx::query("UPDATE machines SET authz = $1 WHERE uuid = $2")
             .bind(authorization)
             .bind(uuid)
             .execute(&mut *tx)
@@ -890,12 +889,11 @@ impl Fleet {
         .map_err(db::DbError::from)?;
         bump_feed(&mut tx).await?;
         tx.commit().await.map_err(db::DbError::from)?;
-        Ok(self
-            .groups()
+        self.groups()
             .await?
             .into_iter()
             .find(|g| g.name == group)
-            .ok_or_else(|| Error::not_found(format!("no group {group}")))?)
+            .ok_or_else(|| Error::not_found(format!("no group {group}")))
     }
 
     pub async fn channels(&self) -> Result<Vec<ChannelInfo>> {

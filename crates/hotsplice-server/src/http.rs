@@ -40,6 +40,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The raw body, within the route's body limit, with a JSON error.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Error;
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        Ok(RawBody(Bytes::from_request(req, state).await?))
+    }
+}
+
 /// A path parameter, with a JSON error.
 pub struct P<T>(pub T);
 
@@ -275,7 +285,7 @@ async fn checkin(
     State(f): St,
     P(uuid): P<String>,
     MachineKey(key): MachineKey,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<CheckinResponse>> {
     check_uuid(&uuid)?;
     let row = f.authenticate_machine(&uuid, &key).await?;
@@ -361,7 +371,12 @@ async fn patch_file(State(f): St, P(sha): P<String>, cred: AnyCred) -> Result<Re
     responses((status = 201, body = PatchRecord, description = "stored"), (status = 200, body = PatchRecord, description = "already stored"),
         (status = 403, body = api::ApiError, description = "signed by a key the server does not trust"), (status = 422, body = api::ApiError, description = "unsigned, altered or not a patch file"), (status = 413, body = api::ApiError)),
     security(("uptrack_user" = [], "uptrack_key" = [])))]
-async fn publish(State(f): St, u: ApiUser, Q(q): Q<PublishQuery>, body: Bytes) -> Result<Response> {
+async fn publish(
+    State(f): St,
+    u: ApiUser,
+    Q(q): Q<PublishQuery>,
+    RawBody(body): RawBody,
+) -> Result<Response> {
     u.require(Role::Operator)?;
     let (rec, new) = f.publish(&body, q.channel.as_deref()).await?;
     tracing::info!(user = %u.name, sha256 = %rec.sha256, id = %rec.id, new, "published");
@@ -517,7 +532,7 @@ async fn set_group(
 #[utoipa::path(post, path = "/api/v2/reports", tag = "fleet",
     request_body = Report,
     responses((status = 204, description = "stored"), (status = 400, body = api::ApiError)), security(("uptrack_user" = [], "uptrack_key" = [])))]
-async fn import_report(State(f): St, u: ApiUser, body: Bytes) -> Result<StatusCode> {
+async fn import_report(State(f): St, u: ApiUser, RawBody(body): RawBody) -> Result<StatusCode> {
     u.require(Role::Operator)?;
     let report = report_from(&body)?;
     let raw = std::str::from_utf8(&body).map_err(|_| Error::bad("report is not UTF-8"))?;

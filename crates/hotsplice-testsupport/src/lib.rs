@@ -5,7 +5,8 @@
 //! line by line with timeouts, running a command to completion with a
 //! timeout ([`run_cmd`]), reading a process's `/proc` state ([`proc`]),
 //! temporary directories ([`temp_dir`]) and a test harness whose skipped
-//! tests are reported as ignored ([`harness`]).
+//! tests are reported as ignored ([`harness`]), and a private PostgreSQL
+//! server ([`postgres`]).
 //!
 //! Not published; a dev-dependency of the crates with process tests and a
 //! dependency of `hotsplice-bench`.
@@ -13,6 +14,7 @@
 mod cc;
 mod cmd;
 pub mod harness;
+pub mod postgres;
 pub mod proc;
 mod target;
 mod tmp;

@@ -1,0 +1,396 @@
+//! What the server tests share: the real `hotsplice-server` binary started
+//! on 127.0.0.1:0 with a private data directory (stopped and reaped by a
+//! guard), `init`'s credentials, an HTTP helper, and signed patch files.
+
+#![allow(dead_code)]
+
+use hotsplice_patch::{BuildId, ObjectKind, Patch, PatchId, PatchMeta};
+use hotsplice_trust::SecretKey;
+use serde_json::Value;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hotsplice-server");
+
+/// Credentials `init` printed.
+#[derive(Clone, Debug)]
+pub struct Creds {
+    pub api_user: String,
+    pub api_key: String,
+    pub access_key: String,
+}
+
+fn field(out: &str, name: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no `{name}:` line in:\n{out}"))
+        .to_string()
+}
+
+/// `hotsplice-server ARGS`, which must succeed; its stdout.
+pub fn cli(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run hotsplice-server");
+    assert!(
+        out.status.success(),
+        "hotsplice-server {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn init(data: &Path, db: Option<&str>) -> Creds {
+    let mut args = vec!["init", "--data", data.to_str().unwrap()];
+    if let Some(u) = db {
+        args.extend(["--database", u]);
+    }
+    let out = cli(&args);
+    Creds {
+        api_user: field(&out, "api-user"),
+        api_key: field(&out, "api-key"),
+        access_key: field(&out, "access-key"),
+    }
+}
+
+/// A running server, stopped (SIGTERM, then SIGKILL) and reaped on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(data: &Path, db: Option<&str>) -> Server {
+        Server::start_with(data, db, &[])
+    }
+
+    pub fn start_with(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
+        let n = std::sync::atomic::AtomicU32::new(0);
+        let _ = n;
+        let log = data.join(format!(
+            "server-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "run",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        if let Some(u) = db {
+            cmd.args(["--database", u]);
+        }
+        cmd.args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().expect("start hotsplice-server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            if let Some(Ok(l)) = lines.next() {
+                let _ = tx.send(l);
+            }
+            for _ in lines {}
+        });
+        let mut s = Server {
+            child: Some(child),
+            url: String::new(),
+            data: data.to_path_buf(),
+            log,
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                s.url = line
+                    .strip_prefix("listening on ")
+                    .unwrap_or_else(|| panic!("first line {line:?}"))
+                    .to_string();
+            }
+            Err(_) => panic!("the server did not start: {}", s.log_text()),
+        }
+        s
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; wait for the exit; its status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        for _ in 0..200 {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An answer: status and body.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}, body not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The `error` message of a 4xx.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message in {}", self.text()))
+            .to_string()
+    }
+    #[track_caller]
+    pub fn ok(self) -> Resp {
+        assert!(
+            (200..300).contains(&self.status),
+            "status {}: {}",
+            self.status,
+            self.text()
+        );
+        self
+    }
+}
+
+/// Credentials for a call.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    None,
+    Api(String, String),
+    Machine(String),
+}
+
+pub fn call(method: &str, url: &str, auth: &Auth, body: Option<&[u8]>) -> Resp {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let mut r = agent.request(method, url);
+    match auth {
+        Auth::None => {}
+        Auth::Api(u, k) => r = r.set("X-Uptrack-User", u).set("X-Uptrack-Key", k),
+        Auth::Machine(k) => r = r.set("Authorization", &format!("Bearer {k}")),
+    }
+    let res = match body {
+        Some(b) => r.send_bytes(b),
+        None => r.call(),
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+    Resp { status, body }
+}
+
+/// A test's server with its data directory and credentials.
+pub struct Ctx {
+    pub server: Server,
+    pub creds: Creds,
+    pub db: Option<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Ctx {
+    pub fn new(db: Option<String>) -> Ctx {
+        let dir = hotsplice_testsupport::temp_dir("server");
+        let data = dir.path().join("data");
+        let creds = init(&data, db.as_deref());
+        let server = Server::start(&data, None);
+        Ctx {
+            server,
+            creds,
+            db,
+            dir,
+        }
+    }
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.url)
+    }
+    pub fn admin(&self) -> Auth {
+        Auth::Api(self.creds.api_user.clone(), self.creds.api_key.clone())
+    }
+    pub fn get(&self, path: &str, auth: &Auth) -> Resp {
+        call("GET", &self.url(path), auth, None)
+    }
+    pub fn post(&self, path: &str, auth: &Auth, body: &[u8]) -> Resp {
+        call("POST", &self.url(path), auth, Some(body))
+    }
+    pub fn post_json(&self, path: &str, auth: &Auth, v: &Value) -> Resp {
+        self.post(path, auth, v.to_string().as_bytes())
+    }
+    /// A new API user with `role`.
+    pub fn token(&self, role: &str) -> Auth {
+        let r = self
+            .post_json(
+                "/api/v2/tokens",
+                &self.admin(),
+                &serde_json::json!({"role": role}),
+            )
+            .ok()
+            .json();
+        Auth::Api(
+            r["name"].as_str().unwrap().into(),
+            r["key"].as_str().unwrap().into(),
+        )
+    }
+    /// Register a machine; (uuid, machine key).
+    pub fn register(&self, access_key: &str, group: Option<&str>) -> (String, String) {
+        let mut body = serde_json::json!({"access_key": access_key, "hostname": "host.example"});
+        if let Some(g) = group {
+            body["group"] = g.into();
+        }
+        let r = self
+            .post_json(hotsplice_fleet::api::REGISTER, &Auth::None, &body)
+            .ok()
+            .json();
+        (
+            r["uuid"].as_str().unwrap().into(),
+            r["machine_key"].as_str().unwrap().into(),
+        )
+    }
+    /// A new publisher key, trusted by the server.
+    pub fn publisher(&self) -> SecretKey {
+        let k = SecretKey::generate().unwrap();
+        self.post_json(
+            "/api/v2/publisher-keys",
+            &self.admin(),
+            &serde_json::json!({"public_key": k.public().to_text(), "comment": "test"}),
+        )
+        .ok();
+        k
+    }
+}
+
+/// A patch file for `build_id` (hex), signed with `key` (unsigned if
+/// none); `image_len` bytes of image.
+pub fn patch(
+    id: &str,
+    build_id: &str,
+    kernel: bool,
+    level: u32,
+    cves: &[&str],
+    key: Option<&SecretKey>,
+    image_len: usize,
+) -> Vec<u8> {
+    let mut meta = PatchMeta::example();
+    meta.id = id.parse::<PatchId>().unwrap();
+    meta.level = level;
+    meta.cves = cves.iter().map(|s| s.to_string()).collect();
+    meta.description = format!("{} fix", cves.join(" "));
+    meta.target.build_id = build_id.parse::<BuildId>().unwrap();
+    if kernel {
+        meta.target.kind = ObjectKind::Kernel;
+        meta.target.name = "vmlinux".into();
+    } else {
+        meta.target.name = "libc.so.6".into();
+    }
+    meta.code_size = image_len as u64;
+    meta.data_offset = (image_len as u64).div_ceil(4096).max(1) * 4096;
+    let bytes = Patch {
+        meta,
+        image: vec![0xc3; image_len],
+    }
+    .to_bytes();
+    match key {
+        Some(k) => hotsplice_trust::sign_file(&bytes, k).unwrap(),
+        None => bytes,
+    }
+}
+
+pub const KERNEL_BID: &str = "abababababababababababababababababababab";
+pub const LIBC_BID: &str = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
+
+/// A report for `uuid` with the kernel and libc build-ids above.
+pub fn report(uuid: &str) -> hotsplice_fleet::report::Report {
+    let mut r = hotsplice_fleet::report::Report::example(uuid);
+    r.kernel.build_id = KERNEL_BID.into();
+    r.objects[0].build_id = LIBC_BID.into();
+    r
+}
+
+/// Check in; the opened list (verified with the data dir's feed.pub and
+/// accepted for this machine).
+pub fn checkin(
+    ctx: &Ctx,
+    uuid: &str,
+    key: &str,
+    r: &hotsplice_fleet::report::Report,
+) -> hotsplice_fleet::feed::FeedList {
+    let resp = ctx
+        .post(
+            &hotsplice_fleet::api::checkin(uuid),
+            &Auth::Machine(key.into()),
+            &serde_json::to_vec(r).unwrap(),
+        )
+        .ok();
+    let c: hotsplice_fleet::api::CheckinResponse = serde_json::from_slice(&resp.body).unwrap();
+    open_feed(ctx, uuid, &c.feed)
+}
+
+pub fn open_feed(
+    ctx: &Ctx,
+    uuid: &str,
+    feed: &hotsplice_fleet::feed::SignedFeed,
+) -> hotsplice_fleet::feed::FeedList {
+    let pubkey = hotsplice_trust::PublicKey::from_text(
+        &std::fs::read_to_string(ctx.data().join("feed.pub")).unwrap(),
+        "feed.pub",
+    )
+    .unwrap();
+    let list = feed.open(&pubkey).expect("the feed verifies with feed.pub");
+    hotsplice_fleet::feed::accept(&list, uuid, None, hotsplice_fleet::now())
+        .expect("the feed is accepted");
+    list
+}
