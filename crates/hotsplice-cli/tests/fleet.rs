@@ -62,17 +62,25 @@ struct Server {
     key: String,
     access_key: String,
     feed_validity: u64,
+    /// A PostgreSQL URL (else the embedded SQLite store).
+    database: Option<String>,
 }
 
 impl Server {
     fn start(feed_validity: u64) -> Server {
+        Server::start_on(feed_validity, None)
+    }
+
+    fn start_on(feed_validity: u64, database: Option<String>) -> Server {
         let data = temp_dir("fleet-server");
-        let out = Command::new(server_bin())
-            .args(["init", "--data"])
+        let mut cmd = Command::new(server_bin());
+        cmd.args(["init", "--data"])
             .arg(data.path().join("d"))
-            .env("HOTSPLICE_LOG", "warn")
-            .output()
-            .expect("hotsplice-server init");
+            .env("HOTSPLICE_LOG", "warn");
+        if let Some(db) = &database {
+            cmd.args(["--database", db]);
+        }
+        let out = cmd.output().expect("hotsplice-server init");
         assert!(out.status.success(), "hotsplice-server init: {out:?}");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let field = |name: &str| {
@@ -91,6 +99,34 @@ impl Server {
             url: String::new(),
             port: 0,
             feed_validity,
+            database,
+        };
+        s.run();
+        s
+    }
+
+    /// A second instance of the same fleet: its own data directory with a
+    /// copy of the feed key, on the same PostgreSQL database.
+    fn second(&self) -> Server {
+        let data = temp_dir("fleet-server2");
+        std::fs::create_dir(data.path().join("d")).unwrap();
+        for f in ["feed.key", "feed.pub"] {
+            std::fs::copy(
+                self.data.path().join("d").join(f),
+                data.path().join("d").join(f),
+            )
+            .unwrap();
+        }
+        let mut s = Server {
+            data,
+            child: None,
+            url: String::new(),
+            port: 0,
+            user: self.user.clone(),
+            key: self.key.clone(),
+            access_key: self.access_key.clone(),
+            feed_validity: self.feed_validity,
+            database: self.database.clone(),
         };
         s.run();
         s
@@ -104,8 +140,14 @@ impl Server {
             .append(true)
             .open(self.data.path().join("server.log"))
             .expect("server log");
-        let mut child = Command::new(server_bin())
-            .args(["run", "--data"])
+        let mut cmd = Command::new(server_bin());
+        if let Some(db) = &self.database {
+            cmd.args(["run", "--database", db]);
+        } else {
+            cmd.arg("run");
+        }
+        let mut child = cmd
+            .arg("--data")
             .arg(self.data.path().join("d"))
             .args(["--listen", &listen])
             .args(["--feed-validity", &self.feed_validity.to_string()])
@@ -1096,4 +1138,52 @@ fn autoinstall_apply_and_the_daemon() {
     r.assert_ok("daemon --once --no-fleet");
     assert!(!r.stdout.contains("synced with"), "{}", r.describe());
     drop(prog);
+}
+
+/// Two server instances on one PostgreSQL database serve one fleet: with
+/// the first killed, the next sync goes to the other, which knows the
+/// machine and serves what was published through either.
+#[test]
+fn two_instances_on_postgres_one_killed() {
+    require_root();
+    if let Some(why) = hotsplice_testsupport::postgres::skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let pg = hotsplice_testsupport::postgres::Postgres::start().expect("PostgreSQL");
+    let db = pg.create_database().expect("a database");
+    let publisher = publisher();
+    let fx = Fixture::new(&publisher);
+    let mut a = Server::start_on(3600, Some(db));
+    let b = a.second();
+    a.trust(&publisher);
+    publish(&publisher, &a, "stable", &fx.p1);
+    let m = Machine::new("fleet-pg", &publisher, "");
+    m.register(&format!("{},{}", a.url, b.url), &a.access_key, None);
+    let mut prog = fx.start();
+    let v = m.sync(&[]);
+    assert_eq!(v["server"].as_str(), Some(a.url.as_str()), "{v}");
+    prog.expect_new_line(
+        Stream::Stdout,
+        "result=2",
+        "patched through the first instance",
+    );
+
+    a.kill();
+    publish(&publisher, &b, "stable", &fx.p2);
+    let v = m.sync(&[]);
+    assert_eq!(v["server"].as_str(), Some(b.url.as_str()), "{v}");
+    assert!(applied_ids(&v).contains(&fx.id2), "{v}");
+    prog.expect_new_line(
+        Stream::Stdout,
+        "result=3",
+        "patched through the second instance",
+    );
+    // The second instance has the machine's report.
+    let d = b.api_ok("GET", &format!("/api/v2/machines/{}", m.uuid()), None);
+    assert!(d["report"].is_object(), "{d}");
+    drop(prog);
+    drop(b);
+    drop(a);
+    drop(pg);
 }
