@@ -64,6 +64,8 @@ struct Server {
     feed_validity: u64,
     /// A PostgreSQL URL (else the embedded SQLite store).
     database: Option<String>,
+    /// More arguments of `run` (TLS).
+    run_args: Vec<String>,
 }
 
 impl Server {
@@ -72,6 +74,10 @@ impl Server {
     }
 
     fn start_on(feed_validity: u64, database: Option<String>) -> Server {
+        Server::start_with(feed_validity, database, vec![])
+    }
+
+    fn start_with(feed_validity: u64, database: Option<String>, run_args: Vec<String>) -> Server {
         let data = temp_dir("fleet-server");
         let mut cmd = Command::new(server_bin());
         cmd.args(["init", "--data"])
@@ -100,6 +106,7 @@ impl Server {
             port: 0,
             feed_validity,
             database,
+            run_args,
         };
         s.run();
         s
@@ -127,6 +134,7 @@ impl Server {
             access_key: self.access_key.clone(),
             feed_validity: self.feed_validity,
             database: self.database.clone(),
+            run_args: self.run_args.clone(),
         };
         s.run();
         s
@@ -152,6 +160,7 @@ impl Server {
             .args(["--listen", &listen])
             .args(["--feed-validity", &self.feed_validity.to_string()])
             .args(["--checkin-interval", "60"])
+            .args(&self.run_args)
             .env("HOTSPLICE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1186,4 +1195,63 @@ fn two_instances_on_postgres_one_killed() {
     drop(b);
     drop(a);
     drop(pg);
+}
+
+/// A server with a certificate from a private CA: a machine configured
+/// with that CA (`[fleet] ca`) registers and syncs over https; one without
+/// it refuses the server's certificate.
+#[test]
+fn tls_with_a_private_ca() {
+    let dir = temp_dir("fleet-tls");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "hotsplice test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let s = Server::start_with(
+        3600,
+        None,
+        vec![
+            "--tls-cert".into(),
+            cert_file.display().to_string(),
+            "--tls-key".into(),
+            key_file.display().to_string(),
+        ],
+    );
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let publisher = publisher();
+    let trusting = Machine::new(
+        "fleet-tls-ca",
+        &publisher,
+        &format!("ca = \"{}\"\n", ca_file.display()),
+    );
+    trusting.register(&s.url, &s.access_key, None);
+    let v = trusting.sync(&[]);
+    assert_eq!(v["server"].as_str(), Some(s.url.as_str()), "{v}");
+    let other = Machine::new("fleet-tls-noca", &publisher, "");
+    let r = other.hs(&["register", "--server", &s.url, "--key", &s.access_key]);
+    assert!(!r.success(), "{}", r.describe());
+    assert!(
+        r.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        r.describe()
+    );
+    assert!(r.stderr.contains("[fleet]"), "{}", r.describe());
+    assert!(!r.stderr.contains("retry"), "{}", r.describe());
+    assert!(!other.fleet_file("machine.key").exists());
 }

@@ -234,10 +234,25 @@ impl Client {
                 });
             }
             Err(ureq::Error::Transport(t)) => {
+                let mut why = t.kind().to_string();
+                if let Some(m) = t.message() {
+                    why = format!("{why}: {m}");
+                }
+                if let Some(src) = std::error::Error::source(&t) {
+                    why = format!("{why}: {src}");
+                }
+                // Not a fault that goes away: the certificate is not one
+                // this machine trusts.
+                if why.contains("invalid peer certificate") {
+                    return Err(FleetError::Tls {
+                        server: server.into(),
+                        why,
+                    });
+                }
                 return Err(FleetError::Transport {
                     server: server.into(),
-                    why: t.to_string(),
-                })
+                    why,
+                });
             }
         };
         let bytes = read_limited(resp, limit, server)?;

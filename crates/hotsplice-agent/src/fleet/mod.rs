@@ -47,6 +47,8 @@ pub enum FleetError {
     },
     #[error("{server}: {why}")]
     Transport { server: String, why: String },
+    #[error("{server}: {why}; if the server's certificate comes from a private CA, give its certificate as `ca = \"FILE.pem\"` under [fleet] in the configuration")]
+    Tls { server: String, why: String },
     #[error("{server}: the answer is larger than {limit} bytes, refused")]
     TooLarge { server: String, limit: u64 },
     #[error("{server}: {what}: not the answer expected: {why}")]
@@ -55,7 +57,7 @@ pub enum FleetError {
         what: String,
         why: String,
     },
-    #[error("no server answered ({servers}) after {attempts} attempt(s); the last error: {last}; nothing was changed, the next sync tries again")]
+    #[error("no server answered ({servers}) after {attempts} attempt(s); the last error: {last}; nothing was changed")]
     Unreachable {
         servers: String,
         attempts: u32,
