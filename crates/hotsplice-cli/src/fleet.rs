@@ -125,7 +125,7 @@ pub fn sync(app: &App, a: SyncArgs) -> Result<bool> {
     if let Some(f) = &r.report_file {
         if !app.quiet {
             outln!(
-                "report of {} written to {}: import it with the server's report import",
+                "report of {} written to {}: an operator imports it into the server (POST /api/v2/reports)",
                 esc(&r.uuid),
                 f.display()
             );
@@ -155,9 +155,9 @@ pub fn sync(app: &App, a: SyncArgs) -> Result<bool> {
                 PatchState::Refused { why } => format!("REFUSED: {}", esc(why)),
             };
             outln!(
-                "  {} {:?} {} level {}: {state}",
+                "  {} {} {} level {}: {state}",
                 esc(&p.id),
-                p.kind,
+                kind(p.kind),
                 esc(&p.target_name),
                 p.level
             );
@@ -191,9 +191,9 @@ pub fn publish(app: &App, a: PublishArgs) -> Result<bool> {
     }
     for r in recs {
         outln!(
-            "{} {:?} {} level {} ({}): sha256 {}, channels {}",
+            "{} {} {} level {} ({}): sha256 {}, channels {}",
             esc(&r.id),
-            r.kind,
+            kind(r.kind),
             esc(&r.target_name),
             r.level,
             esc(&r.description),
@@ -222,4 +222,11 @@ pub fn mirror(app: &App, a: MirrorArgs) -> Result<bool> {
         );
     }
     Ok(true)
+}
+
+fn kind(k: hotsplice_fleet::feed::PatchKind) -> &'static str {
+    match k {
+        hotsplice_fleet::feed::PatchKind::Kernel => "kernel",
+        hotsplice_fleet::feed::PatchKind::User => "user",
+    }
 }
