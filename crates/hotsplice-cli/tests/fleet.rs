@@ -1051,6 +1051,10 @@ fn report_file_is_imported() {
             .any(|x| x["uuid"].as_str() == Some(uuid.as_str())),
         "{list}"
     );
+    // Once it has a network, it registers under the same UUID.
+    m.register(&s.url, &s.access_key, None);
+    assert_eq!(m.uuid(), uuid);
+    m.sync(&[]);
 }
 
 /// Registration pins the server's feed key; `--feed-key` with another key
