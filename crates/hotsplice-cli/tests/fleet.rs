@@ -1259,3 +1259,53 @@ fn tls_with_a_private_ca() {
     assert!(!r.stderr.contains("retry"), "{}", r.describe());
     assert!(!other.fleet_file("machine.key").exists());
 }
+
+/// The running daemon syncs periodically: a patch published after it
+/// started reaches the program at a later sync; SIGTERM stops it, the
+/// sync thread included.
+#[test]
+fn the_daemon_syncs_periodically_and_stops_on_sigterm() {
+    require_root();
+    let publisher = publisher();
+    let fx = Fixture::new(&publisher);
+    let s = Server::start(3600);
+    s.trust(&publisher);
+    let m = Machine::new("fleet-daemon-loop", &publisher, "sync_interval = 1\n");
+    m.register(&s.url, &s.access_key, None);
+    let mut prog = fx.start();
+    let mut daemon = Target::spawn(
+        m.env.command(["daemon", "--no-netlink", "--rescan", "0.2"]),
+        "hotsplice daemon",
+    );
+    assert!(
+        daemon.wait_for_new_line_prefix(
+            Stream::Stdout,
+            "hotsplice daemon: synced with",
+            LINE_TIMEOUT
+        ),
+        "{}",
+        daemon.describe()
+    );
+    publish(&publisher, &s, "stable", &fx.p1);
+    prog.expect_new_line(
+        Stream::Stdout,
+        "result=2",
+        "patched by the daemon's periodic sync",
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.pid_i32(), libc::SIGTERM) };
+    let mut stopped = false;
+    for _ in 0..200 {
+        if !daemon.is_alive() {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        stopped,
+        "the daemon did not stop on SIGTERM\n{}",
+        daemon.describe()
+    );
+    drop(prog);
+}
