@@ -749,6 +749,35 @@ fn register_sync_applies_and_old_lists_are_refused() {
         dir.path().join("feed.json").to_str().unwrap(),
     ]);
     r.assert_ok("a mirror's list");
+    // Another server (air-gapped site) imports the mirror: its files are
+    // published there as they are, same hashes.
+    let s2 = Server::start(3600);
+    s2.trust(&publisher);
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hsp"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    let mut args = vec!["publish", "--json", "--server", &s2.url];
+    let token2 = s2.token();
+    args.extend(["--token", &token2, "--channel", "stable"]);
+    args.extend(files.iter().map(String::as_str));
+    let r = m.hs(&args);
+    r.assert_ok("publish the mirror into another server");
+    let recs = parse_json(&r.stdout).unwrap();
+    let mut shas: Vec<String> = recs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["sha256"].as_str().unwrap().to_string())
+        .collect();
+    shas.sort();
+    let mut want = vec![sha_of(&fx.p1), sha_of(&fx.p2)];
+    want.sort();
+    assert_eq!(shas, want);
     drop(prog);
 }
 
