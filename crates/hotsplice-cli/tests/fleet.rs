@@ -682,6 +682,16 @@ fn register_sync_applies_and_old_lists_are_refused() {
                     .any(|i| i.as_str() == Some(fx.id1.as_str()))),
         "the server's report of the machine: {d}"
     );
+    // With what the run did.
+    assert!(
+        d["report"]["last_run"]["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["patch"].as_str() == Some(fx.id1.as_str())
+                && i["target"].as_str() == Some(target.as_str())),
+        "the server's report of the machine: {d}"
+    );
     let old_list = std::fs::read(m.fleet_file("feed.json")).unwrap();
     let old_list_file = m.env.root.join("old-feed.json");
     std::fs::write(&old_list_file, &old_list).unwrap();
