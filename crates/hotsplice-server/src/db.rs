@@ -211,6 +211,17 @@ impl Db {
         }
     }
 
+    /// A write transaction. On SQLite `BEGIN IMMEDIATE`: it takes the write
+    /// lock first (waiting up to `busy_timeout` for another process, e.g. an
+    /// administration command), so it never fails half-way when a read
+    /// would have to become a write.
+    pub async fn begin(&self) -> DbResult<Tx> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.write.begin().await?,
+        })
+    }
+
     /// The schema version of the database, 0 when empty.
     pub async fn schema_version(&self) -> DbResult<i64> {
         let exists = match self.backend {
@@ -242,7 +253,7 @@ impl Db {
         }
         while v < SCHEMA_VERSION {
             let sql = fill(MIGRATIONS[v as usize], self.backend);
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin().await?;
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 sqlx::query(stmt).execute(&mut *tx).await?;
             }
@@ -279,7 +290,7 @@ impl Db {
     }
 
     pub async fn set_meta(&self, name: &str, value: &str) -> DbResult<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin().await?;
         upsert_meta(&mut tx, name, value).await?;
         tx.commit().await?;
         Ok(())

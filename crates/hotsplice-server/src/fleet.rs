@@ -501,7 +501,7 @@ impl Fleet {
             )
         })?;
         let t = now() as i64;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let existing = sqlx::query("SELECT authz, group_name FROM machines WHERE uuid = $1")
             .bind(&uuid)
             .fetch_optional(&mut *tx)
@@ -578,14 +578,51 @@ impl Fleet {
         );
         let t = now() as i64;
         let ip = report.addresses.first().cloned().unwrap_or_default();
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
         let last_run_at = report
             .last_run
             .as_ref()
             .map(|r| r.at as i64)
             .unwrap_or(row.last_run_at)
             .max(row.last_run_at);
-        sqlx::query(
+        // History: what changed since the previous report, and the
+        // failures of a run not reported before.
+        let mut events: Vec<(i64, &str, String, String, String)> = Vec::new();
+        let before: BTreeSet<&String> = row.applied.iter().collect();
+        let after: BTreeSet<&String> = applied.iter().collect();
+        for p in after.difference(&before) {
+            events.push((
+                t,
+                "applied",
+                p.to_string(),
+                String::new(),
+                event_detail.into(),
+            ));
+        }
+        for p in before.difference(&after) {
+            events.push((
+                t,
+                "removed",
+                p.to_string(),
+                String::new(),
+                event_detail.into(),
+            ));
+        }
+        if let Some(r) = &report.last_run {
+            if (r.at as i64) > row.last_run_at {
+                for f in &r.failures {
+                    // PostgreSQL's TEXT takes no NUL; errors are for people.
+                    let error = f.error.replace(|c: char| c.is_control() && c != '\n', " ");
+                    events.push((
+                        r.at as i64,
+                        "failed",
+                        f.patch.clone(),
+                        f.target.clone(),
+                        error,
+                    ));
+                }
+            }
+        }
+        let update = sqlx::query(
             "UPDATE machines SET hostname = $1, ip = $2, original_kernel = $3, effective_kernel = $4, kernel_build_id = $5, client_version = $6, autoinstall = $7, status = $8, last_seen = $9, feed_version = $10, last_run_at = $11, applied = $12, fixed_cves = $13, missing_cves = $14, report = $15 WHERE uuid = $16",
         )
         .bind(&report.hostname)
@@ -603,36 +640,22 @@ impl Fleet {
         .bind(cve_column(&fit.fixed_cves))
         .bind(cve_column(&fit.missing_cves))
         .bind(raw)
-        .bind(&row.uuid)
-        .execute(&mut *tx)
-        .await
-        .map_err(db::DbError::from)?;
-        // History: what changed since the previous report.
-        let before: BTreeSet<&String> = row.applied.iter().collect();
-        let after: BTreeSet<&String> = applied.iter().collect();
-        for p in after.difference(&before) {
-            history(&mut tx, &row.uuid, t, "applied", p, "", event_detail).await?;
-        }
-        for p in before.difference(&after) {
-            history(&mut tx, &row.uuid, t, "removed", p, "", event_detail).await?;
-        }
-        if let Some(r) = &report.last_run {
-            if (r.at as i64) > row.last_run_at {
-                for f in &r.failures {
-                    history(
-                        &mut tx,
-                        &row.uuid,
-                        r.at as i64,
-                        "failed",
-                        &f.patch,
-                        &f.target,
-                        &f.error,
-                    )
-                    .await?;
-                }
+        .bind(&row.uuid);
+        if events.is_empty() {
+            // One statement: atomic on its own, and the writer is held
+            // for one round trip.
+            update
+                .execute(&self.db.write)
+                .await
+                .map_err(db::DbError::from)?;
+        } else {
+            let mut tx = self.db.begin().await?;
+            update.execute(&mut *tx).await.map_err(db::DbError::from)?;
+            for (at, event, patch, target, detail) in &events {
+                history(&mut tx, &row.uuid, *at, event, patch, target, detail).await?;
             }
+            tx.commit().await.map_err(db::DbError::from)?;
         }
-        tx.commit().await.map_err(db::DbError::from)?;
         Ok(self.sign(&row.uuid, &fit, snap.version, &row.authorization))
     }
 
@@ -671,7 +694,7 @@ impl Fleet {
     pub async fn import_report(&self, report: &Report, raw: &str) -> Result<bool> {
         let created = if self.machine_row(&report.uuid).await?.is_none() {
             let t = now() as i64;
-            let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+            let mut tx = self.db.begin().await?;
             let n = sqlx::query(
                 "INSERT INTO machines (uuid, key_hash, hostname, ip, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, authz, group_name, status, registered_at, last_seen, feed_version, last_run_at, applied, fixed_cves, missing_cves, report) \
                  VALUES ($1, NULL, $2, '', '', '', '', '', 0, 'allowed', $3, 'unsupported', $4, 0, 0, 0, '[]', '', '', NULL) ON CONFLICT (uuid) DO NOTHING",
@@ -720,6 +743,18 @@ impl Fleet {
     }
 
     pub async fn machines(&self, f: &MachineFilter) -> Result<Vec<MachineSummary>> {
+        for (what, v) in [
+            ("status", &f.status),
+            ("group", &f.group),
+            ("authorization", &f.authorization),
+            ("kernel", &f.kernel),
+            ("cve_fixed", &f.cve_fixed),
+            ("cve_missing", &f.cve_missing),
+        ] {
+            if let Some(v) = v {
+                check_text(what, v)?;
+            }
+        }
         let mut q = format!("SELECT {MACHINE_COLS} FROM machines WHERE 1 = 1");
         let mut args: Vec<String> = Vec::new();
         let mut n = 0;
@@ -803,7 +838,7 @@ impl Fleet {
 
     pub async fn set_authorization(&self, uuid: &str, authorization: &str) -> Result<()> {
         check_authorization(authorization)?;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let n = sqlx::query("UPDATE machines SET authz = $1 WHERE uuid = $2")
             .bind(authorization)
             .bind(uuid)
@@ -835,7 +870,7 @@ impl Fleet {
         if !group.is_empty() {
             check_name("group", group)?;
         }
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let n = sqlx::query("UPDATE machines SET group_name = $1 WHERE uuid = $2")
             .bind(group)
             .bind(uuid)
@@ -877,7 +912,7 @@ impl Fleet {
     pub async fn set_group_channel(&self, group: &str, channel: &str) -> Result<GroupInfo> {
         check_name("group", group)?;
         check_name("channel", channel)?;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "INSERT INTO groups (name, channel, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET channel = excluded.channel",
         )
@@ -1024,7 +1059,7 @@ impl Fleet {
             "user"
         };
         let t = now() as i64;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let new = sqlx::query(
             "INSERT INTO patches (sha256, id, kind, target_name, build_id, level, description, cves, size, key_id, uploaded_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (sha256) DO NOTHING",
@@ -1064,7 +1099,7 @@ impl Fleet {
         check_name("channel", channel)?;
         check_sha(sha)?;
         self.patch_record(sha).await?;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let changed = add_to_channel(&mut tx, channel, sha).await?;
         tx.commit().await.map_err(db::DbError::from)?;
         Ok(ChannelChange {
@@ -1078,7 +1113,7 @@ impl Fleet {
     pub async fn withdraw(&self, channel: &str, sha: &str) -> Result<ChannelChange> {
         check_name("channel", channel)?;
         check_sha(sha)?;
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let changed = sqlx::query("DELETE FROM channel_patches WHERE channel = $1 AND sha256 = $2")
             .bind(channel)
             .bind(sha)
@@ -1144,7 +1179,7 @@ impl Fleet {
             }
             None => format!("token-{}", &secret_hash(&key)[..12]),
         };
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         let n = sqlx::query(
             "INSERT INTO api_users (name, key_hash, role, created_at, revoked_at) VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (name) DO NOTHING",
         )
@@ -1186,6 +1221,9 @@ impl Fleet {
 
     /// Revoke an API user (the row stays, for the audit trail).
     pub async fn revoke_token(&self, name: &str) -> Result<()> {
+        if check_name("API user", name).is_err() {
+            return Err(Error::not_found(format!("no active API user {name:?}")));
+        }
         let n = sqlx::query(
             "UPDATE api_users SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
         )
@@ -1211,7 +1249,7 @@ impl Fleet {
         let key = hotsplice_fleet::new_secret().map_err(internal)?;
         let hash = secret_hash(&key);
         let id = hash[..12].to_string();
-        let mut tx = self.db.write.begin().await.map_err(db::DbError::from)?;
+        let mut tx = self.db.begin().await?;
         ensure_group(&mut tx, &group).await?;
         sqlx::query(
             "INSERT INTO access_keys (id, key_hash, group_name, pending, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, NULL)",
@@ -1254,6 +1292,9 @@ impl Fleet {
     }
 
     pub async fn revoke_access_key(&self, id: &str) -> Result<()> {
+        if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::not_found(format!("no active access key {id:?}")));
+        }
         let n = sqlx::query(
             "UPDATE access_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
         )
@@ -1327,6 +1368,9 @@ impl Fleet {
     }
 
     pub async fn remove_publisher_key(&self, key_id: &str) -> Result<()> {
+        if key_id.len() > 64 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::not_found(format!("no publisher key {key_id:?}")));
+        }
         let n = sqlx::query("DELETE FROM publisher_keys WHERE key_id = $1")
             .bind(key_id)
             .execute(&self.db.write)

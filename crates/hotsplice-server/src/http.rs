@@ -162,6 +162,9 @@ impl<S: Send + Sync> FromRequestParts<S> for MachineKey {
 // -------------------------------------------------------------------
 // The router
 
+/// How long one request may take, body included.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub fn router(fleet: Arc<Fleet>) -> Router {
     use axum::extract::DefaultBodyLimit;
     let v2 = Router::new()
@@ -228,6 +231,11 @@ pub fn router(fleet: Arc<Fleet>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
+        // A request (a slow upload included) gets this long, then 408.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(fleet)
 }
@@ -339,7 +347,7 @@ impl FromRequestParts<Arc<Fleet>> for AnyCred {
 
 #[utoipa::path(get, path = "/api/v2/patches/{sha}", tag = "machines",
     params(("sha" = String, Path, description = "SHA-256 of the file")),
-    responses((status = 200, description = "the patch file", content_type = "application/octet-stream", body = Vec<u8>), (status = 403, body = api::ApiError), (status = 404, body = api::ApiError)),
+    responses((status = 200, description = "the patch file", content_type = "application/octet-stream", body = PatchFileBytes), (status = 403, body = api::ApiError), (status = 404, body = api::ApiError)),
     security(("machine" = []), ("uptrack_user" = [], "uptrack_key" = [])))]
 async fn patch_file(State(f): St, P(sha): P<String>, cred: AnyCred) -> Result<Response> {
     check_sha(&sha)?;
@@ -367,7 +375,7 @@ async fn patch_file(State(f): St, P(sha): P<String>, cred: AnyCred) -> Result<Re
 
 #[utoipa::path(post, path = "/api/v2/patches", tag = "patches",
     params(PublishQuery),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a signed .hsp file"),
+    request_body(content = PatchFileBytes, content_type = "application/octet-stream", description = "a signed .hsp file"),
     responses((status = 201, body = PatchRecord, description = "stored"), (status = 200, body = PatchRecord, description = "already stored"),
         (status = 403, body = api::ApiError, description = "signed by a key the server does not trust"), (status = 422, body = api::ApiError, description = "unsigned, altered or not a patch file"), (status = 413, body = api::ApiError)),
     security(("uptrack_user" = [], "uptrack_key" = [])))]
@@ -789,7 +797,7 @@ impl utoipa::Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "hotsplice-server", description = "hotsplice's fleet API (/api/v2/) and Ksplice Uptrack's API (/api/1/). See docs/api.md."),
-    paths(register, feed_key, checkin, machine_feed, patch_file, publish, list_patches, patch_record,
+    paths(register, feed_key, openapi, checkin, machine_feed, patch_file, publish, list_patches, patch_record,
         list_channels, channel_patches, promote, withdraw, channel_feed, list_machines, machine_detail,
         machine_history, authorize, set_group, import_report, list_groups, put_group,
         list_publisher_keys, add_publisher_key, remove_publisher_key, list_tokens, create_token,

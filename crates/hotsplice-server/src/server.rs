@@ -54,6 +54,20 @@ pub async fn init(data: &Path, database: Option<&str>) -> anyhow::Result<Init> {
     hotsplice_store::create_private_dir_all(data)
         .with_context(|| format!("creating the data directory {}", data.display()))?;
     let url = database_url(data, database)?;
+    if database.is_none() {
+        // The SQLite file (and its -wal and -shm, which SQLite makes with
+        // the same mode) readable by the server's user only.
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = data.join(DB_FILE);
+        if !f.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(hotsplice_store::PRIVATE_FILE_MODE)
+                .open(&f)
+                .with_context(|| format!("creating {}", f.display()))?;
+        }
+    }
     let db = Db::connect(&url, true)
         .await
         .with_context(|| format!("opening the database {}", redact(&url)))?;

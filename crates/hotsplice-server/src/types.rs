@@ -301,3 +301,8 @@ pub struct PublishQuery {
     /// A channel to add the patch to.
     pub channel: Option<String>,
 }
+
+/// A patch file's bytes (`application/octet-stream`).
+#[derive(Debug, Clone, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct PatchFileBytes(pub Vec<u8>);

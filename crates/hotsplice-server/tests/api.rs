@@ -41,6 +41,7 @@ fn main() {
         ("v2_admin_and_search", v2_admin_and_search),
         ("kill_during_upload", kill_during_upload),
         ("cli_admin_commands", cli_admin_commands),
+        ("concurrent_writers", concurrent_writers),
     ];
     let args = Arguments::from_args();
     let skip = postgres::skip_reason();
@@ -68,6 +69,10 @@ fn main() {
         })
         .with_ignored_flag(skip.is_some()),
     );
+    trials.push(Trial::test("feed_validity_and_interval", || {
+        feed_validity_and_interval();
+        Ok(())
+    }));
     trials.push(Trial::test("openapi_document", || {
         openapi_document(None);
         Ok(())
@@ -720,6 +725,47 @@ fn bad_input(db: Option<String>) {
         Some(b"{\"channel\": \"bad name\"}"),
     );
     assert_eq!(r.status, 400);
+    // NUL and control characters never reach the database (PostgreSQL's
+    // TEXT refuses NUL: that would be a 500).
+    let r = call("DELETE", &c.url("/api/v2/tokens/a%00b"), &c.admin(), None);
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = call(
+        "DELETE",
+        &c.url("/api/v2/access-keys/%00"),
+        &c.admin(),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = call(
+        "DELETE",
+        &c.url("/api/v2/publisher-keys/%00"),
+        &c.admin(),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = c.get("/api/v2/machines?group=%00", &c.admin());
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = c.get("/api/v2/channels/a%00/patches", &c.admin());
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = c.post_json(
+        api::REGISTER,
+        &Auth::None,
+        &json!({"access_key": c.creds.access_key, "hostname": "a\u{0}b"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let mut nul = report(&a);
+    nul.last_run = Some(hotsplice_fleet::report::RunReport {
+        at: 5,
+        feed_version: 1,
+        applied: vec![],
+        removed: vec![],
+        failures: vec![hotsplice_fleet::report::RunFailure {
+            patch: "abcd1234".into(),
+            target: "kernel".into(),
+            error: "a\0b".into(),
+        }],
+    });
+    checkin(&c, &a, &ak, &nul);
     // Unknown path and method.
     let r = c.get("/api/v2/nothing", &c.admin());
     assert_eq!(r.status, 404);
@@ -1038,6 +1084,47 @@ fn cli_admin_commands(db: Option<String>) {
     assert_eq!(r["authorization"], "pending");
     assert_eq!(r["group"], "g1");
     assert!(cli(&["token", "list", "--data", d]).contains(user));
+    // run refuses a feed key that is not the database's, and a store
+    // that was never initialized.
+    let other = c.dir.path().join("other");
+    hotsplice_trust::write_key_pair(
+        &other,
+        "feed",
+        &hotsplice_trust::SecretKey::generate().unwrap(),
+    )
+    .unwrap();
+    let url =
+        c.db.clone()
+            .unwrap_or_else(|| format!("sqlite://{}/hotsplice.db", d));
+    let out = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--data",
+            other.to_str().unwrap(),
+            "--database",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("copy feed.key"), "{err}");
+    let empty = c.dir.path().join("empty");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--data",
+            empty.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("init"));
+    assert_eq!(cli(&["migrate", "--data", d]).trim(), "schema-version: 1");
     // init refuses an initialized store.
     let out = std::process::Command::new(BIN)
         .args(["init", "--data", d])
@@ -1045,6 +1132,72 @@ fn cli_admin_commands(db: Option<String>) {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("initialized already"));
+}
+
+/// Check-ins (with history to write), registrations, publishes and an
+/// administration command writing from another process, all at once:
+/// every call answers 2xx (no SQLITE_BUSY, no 500).
+fn concurrent_writers(db: Option<String>) {
+    let c = Ctx::new(db);
+    let k = c.publisher();
+    let d = c.data();
+    let machines: Vec<(String, String)> = (0..6)
+        .map(|_| c.register(&c.creds.access_key, None))
+        .collect();
+    std::thread::scope(|s| {
+        for (uuid, key) in &machines {
+            let c = &c;
+            s.spawn(move || {
+                for i in 0..30 {
+                    let mut r = report(uuid);
+                    if i % 2 == 1 {
+                        r.processes.push(hotsplice_fleet::report::ProcessPatches {
+                            pid: 1000 + i,
+                            comm: "prog".into(),
+                            patches: vec![format!("conc{:04}", i % 10)],
+                        });
+                    }
+                    checkin(c, uuid, key, &r);
+                }
+            });
+        }
+        s.spawn(|| {
+            for i in 0..10 {
+                publish(
+                    &c,
+                    &patch(
+                        &format!("conc{i:04}"),
+                        LIBC_BID,
+                        false,
+                        i + 1,
+                        &[],
+                        Some(&k),
+                        64,
+                    ),
+                    Some("stable"),
+                );
+                c.register(&c.creds.access_key, Some("busy"));
+            }
+        });
+        s.spawn(|| {
+            for _ in 0..5 {
+                cli(&["access-key", "create", "--data", d.to_str().unwrap()]);
+            }
+        });
+    });
+    let h = c
+        .get(
+            &format!("/api/v2/machines/{}/history", machines[0].0),
+            &c.admin(),
+        )
+        .ok()
+        .json();
+    assert!(h.as_array().unwrap().len() > 10, "{h}");
+    assert!(
+        !c.server.log_text().contains("ERROR"),
+        "{}",
+        c.server.log_text()
+    );
 }
 
 fn two_instances(db: String) {
@@ -1102,6 +1255,36 @@ fn two_instances(db: String) {
     s2.kill();
 }
 
+/// `--feed-validity` and `--checkin-interval` reach the answers.
+fn feed_validity_and_interval() {
+    let dir = hotsplice_testsupport::temp_dir("server");
+    let data = dir.path().join("data");
+    let creds = init(&data, None);
+    let server = Server::start_with(
+        &data,
+        None,
+        &["--feed-validity", "600", "--checkin-interval", "120"],
+    );
+    let c = Ctx {
+        server,
+        creds,
+        db: None,
+        dir,
+    };
+    let (a, ak) = c.register(&c.creds.access_key, None);
+    let r = c
+        .post(
+            &api::checkin(&a),
+            &Auth::Machine(ak),
+            &serde_json::to_vec(&report(&a)).unwrap(),
+        )
+        .ok();
+    let cr: api::CheckinResponse = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(cr.next_checkin, 120);
+    let l = open_feed(&c, &a, &cr.feed);
+    assert_eq!(l.expires_at - l.issued_at, 600);
+}
+
 fn openapi_document(db: Option<String>) {
     let c = Ctx::new(db);
     let doc = c.get(api::OPENAPI, &Auth::None).ok().json();
@@ -1130,4 +1313,8 @@ fn openapi_document(db: Option<String>) {
     for s in ["Report", "SignedFeed", "RegisterRequest", "UptrackMachine"] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }
+    // SIGTERM: a clean stop.
+    let mut c = c;
+    let st = c.server.stop().unwrap();
+    assert!(st.success(), "{st}: {}", c.server.log_text());
 }
