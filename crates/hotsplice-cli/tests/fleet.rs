@@ -1134,6 +1134,16 @@ fn feed_key_must_match_when_given() {
     r.assert_ok("register with the right key");
     let v = parse_json(&r.stdout).unwrap();
     assert_eq!(v["feed_key_from"].as_str(), Some("file"));
+    // `[fleet] servers` sends it to another fleet's server, which does
+    // not know it: told to register again.
+    let other = Server::start(3600);
+    let conf = m.env.root.join("etc/hotsplice.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("servers = [\"{}\"]\n", other.url));
+    std::fs::write(&conf, text).unwrap();
+    let r = m.hs(&["sync"]);
+    assert!(!r.success(), "{}", r.describe());
+    assert!(r.stderr.contains("hotsplice register"), "{}", r.describe());
     // http:// to a non-loopback address is refused before anything is sent.
     let r = m.hs(&[
         "register",

@@ -230,7 +230,7 @@ impl Client {
                     server: server.into(),
                     request: format!("{method} {path}"),
                     status,
-                    message: crate::machine::printable(text.trim()),
+                    message: short(&crate::machine::printable(text.trim()), 2000),
                 });
             }
             Err(ureq::Error::Transport(t)) => {
@@ -291,6 +291,18 @@ fn read_limited(resp: ureq::Response, limit: u64, server: &str) -> Result<Vec<u8
         });
     }
     Ok(out)
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), `…` added.
+fn short(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 fn secs(s: f64, min: f64) -> Duration {

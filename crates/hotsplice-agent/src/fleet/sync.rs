@@ -184,7 +184,18 @@ impl Agent {
             )
         } else {
             let report = self.fleet_report()?;
-            let a = self.checkin(&client, &auth, &report)?;
+            let a = self.checkin(&client, &auth, &report).map_err(|e| {
+                if matches!(e.status(), Some(401 | 404)) {
+                    AgentError::About {
+                        what: "the server does not know this machine or its key; if the server's store was \
+                               replaced or the machine removed, run `hotsplice register` again"
+                            .into(),
+                        source: Box::new(e.into()),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
             let r: CheckinResponse = a.json("the check-in's answer")?;
             (r.feed, Some(a.server), Some(r.next_checkin))
         };
