@@ -443,6 +443,12 @@ impl Agent {
             .filter(|g| g.0.kind == PatchKind::User)
             .collect();
         if !users.is_empty() {
+            // Finish or roll back what a killed hotsplice left half done
+            // before changing processes again.
+            if let Err(e) = self.recover() {
+                r.failures.push(failure("-", "recover", chain(&e)));
+                return;
+            }
             match self.store() {
                 Ok(store) => {
                     let have = store.list().unwrap_or_default();
