@@ -1323,7 +1323,7 @@ fn the_daemon_syncs_periodically_and_stops_on_sigterm() {
     s.trust(&publisher);
     let m = Machine::new("fleet-daemon-loop", &publisher, "sync_interval = 1\n");
     m.register(&s.url, &s.access_key, None);
-    let mut prog = fx.start();
+    let prog = fx.start();
     let mut daemon = Target::spawn(
         m.env.command(["daemon", "--no-netlink", "--rescan", "0.2"]),
         "hotsplice daemon",
