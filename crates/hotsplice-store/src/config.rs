@@ -160,6 +160,16 @@ mod tests {
         assert!(toml::from_str::<Config>("[fleet]\nserver = \"x\"\n").is_err());
     }
 
+    /// The example of docs/configuration.md is a valid configuration.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + 8;
+        let end = start + doc[start..].find("```").expect("its end");
+        let c: Config = toml::from_str(&doc[start..end]).unwrap();
+        assert_eq!(c, Config::default(), "the example shows the defaults");
+    }
+
     #[test]
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<Config>("[settings]\nautoinstal = true\n").is_err());
