@@ -131,7 +131,8 @@ CREATE TABLE history (
   event TEXT NOT NULL,
   patch TEXT NOT NULL,
   target TEXT NOT NULL,
-  detail TEXT NOT NULL
+  detail TEXT NOT NULL,
+  actor TEXT NOT NULL
 );
 CREATE INDEX history_uuid ON history (uuid, id);
 "#];
@@ -330,7 +331,10 @@ pub async fn bump_feed(tx: &mut Tx) -> DbResult<i64> {
     )
 }
 
-/// A history event inside `tx`.
+/// A history event inside `tx`; `actor` is who caused it: `machine`,
+/// or the API user's name.
+// One argument per column of the row it inserts.
+#[allow(clippy::too_many_arguments)]
 pub async fn history(
     tx: &mut Tx,
     uuid: &str,
@@ -339,9 +343,10 @@ pub async fn history(
     patch: &str,
     target: &str,
     detail: &str,
+    actor: &str,
 ) -> DbResult<()> {
     sqlx::query(
-        "INSERT INTO history (uuid, at, event, patch, target, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO history (uuid, at, event, patch, target, detail, actor) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(uuid)
     .bind(at)
@@ -349,6 +354,7 @@ pub async fn history(
     .bind(patch)
     .bind(target)
     .bind(detail)
+    .bind(actor)
     .execute(&mut **tx)
     .await?;
     Ok(())

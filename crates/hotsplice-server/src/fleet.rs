@@ -135,6 +135,21 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A group name: as Uptrack's, free text (spaces allowed), 1-128 bytes,
+/// no control characters, no space at either end.
+pub fn check_group(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 128
+        || name.chars().any(char::is_control)
+        || name.trim() != name
+    {
+        return Err(Error::bad(format!(
+            "group {name:?}: use 1 to 128 bytes of text without control characters or spaces at the ends"
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_uuid(uuid: &str) -> Result<()> {
     if !hotsplice_fleet::is_uuid(uuid) {
         return Err(Error::not_found(format!(
@@ -475,7 +490,7 @@ impl Fleet {
         let pending = i(&key, "pending")? != 0;
         if let Some(g) = &req.group {
             if !g.is_empty() {
-                check_name("group", g)?;
+                check_group(g)?;
             }
         }
         let uuid = match &req.uuid {
@@ -523,7 +538,7 @@ impl Fleet {
                 if group != old_group {
                     ensure_group(&mut tx, &group).await?;
                     bump_feed(&mut tx).await?;
-                    history(&mut tx, &uuid, t, "group", "", "", &group).await?;
+                    history(&mut tx, &uuid, t, "group", "", "", &group, "machine").await?;
                 }
                 (authorization, group)
             }
@@ -547,7 +562,17 @@ impl Fleet {
                 (authorization.to_string(), group)
             }
         };
-        history(&mut tx, &uuid, t, "registered", "", "", &req.hostname).await?;
+        history(
+            &mut tx,
+            &uuid,
+            t,
+            "registered",
+            "",
+            "",
+            &req.hostname,
+            "machine",
+        )
+        .await?;
         tx.commit().await.map_err(db::DbError::from)?;
         Ok(RegisterResponse {
             uuid,
@@ -566,6 +591,7 @@ impl Fleet {
         report: &Report,
         raw: &str,
         event_detail: &str,
+        actor: &str,
     ) -> Result<SignedFeed> {
         let snap = self.snapshot().await?;
         let applied = report.applied_ids();
@@ -652,7 +678,7 @@ impl Fleet {
             let mut tx = self.db.begin().await?;
             update.execute(&mut *tx).await.map_err(db::DbError::from)?;
             for (at, event, patch, target, detail) in &events {
-                history(&mut tx, &row.uuid, *at, event, patch, target, detail).await?;
+                history(&mut tx, &row.uuid, *at, event, patch, target, detail, actor).await?;
             }
             tx.commit().await.map_err(db::DbError::from)?;
         }
@@ -691,7 +717,7 @@ impl Fleet {
     /// the server does not know is created (allowed, in the default
     /// group, without a machine key: registering with its UUID later
     /// gives it one).
-    pub async fn import_report(&self, report: &Report, raw: &str) -> Result<bool> {
+    pub async fn import_report(&self, report: &Report, raw: &str, actor: &str) -> Result<bool> {
         let created = if self.machine_row(&report.uuid).await?.is_none() {
             let t = now() as i64;
             let mut tx = self.db.begin().await?;
@@ -715,6 +741,7 @@ impl Fleet {
                 "",
                 "",
                 "created by an imported report",
+                actor,
             )
             .await?;
             tx.commit().await.map_err(db::DbError::from)?;
@@ -726,7 +753,8 @@ impl Fleet {
             .machine_row(&report.uuid)
             .await?
             .ok_or_else(|| Error::no_machine(&report.uuid))?;
-        self.store_report(&row, report, raw, "imported").await?;
+        self.store_report(&row, report, raw, "imported", actor)
+            .await?;
         Ok(created)
     }
 
@@ -816,7 +844,7 @@ impl Fleet {
     pub async fn history(&self, uuid: &str) -> Result<Vec<HistoryEvent>> {
         self.summary(uuid).await?;
         let rows = sqlx::query(
-            "SELECT id, at, event, patch, target, detail FROM history WHERE uuid = $1 ORDER BY id",
+            "SELECT id, at, event, patch, target, detail, actor FROM history WHERE uuid = $1 ORDER BY id",
         )
         .bind(uuid)
         .fetch_all(&self.db.read)
@@ -831,12 +859,18 @@ impl Fleet {
                     patch: s(r, "patch")?,
                     target: s(r, "target")?,
                     detail: s(r, "detail")?,
+                    actor: s(r, "actor")?,
                 })
             })
             .collect()
     }
 
-    pub async fn set_authorization(&self, uuid: &str, authorization: &str) -> Result<()> {
+    pub async fn set_authorization(
+        &self,
+        uuid: &str,
+        authorization: &str,
+        actor: &str,
+    ) -> Result<()> {
         check_authorization(authorization)?;
         let mut tx = self.db.begin().await?;
         let n = sqlx::query("UPDATE machines SET authz = $1 WHERE uuid = $2")
@@ -858,6 +892,7 @@ impl Fleet {
             "",
             "",
             authorization,
+            actor,
         )
         .await?;
         tx.commit().await.map_err(db::DbError::from)?;
@@ -866,9 +901,9 @@ impl Fleet {
 
     /// Move a machine to `group` (created if new, bound to the default
     /// channel); empty ungroups.
-    pub async fn set_group(&self, uuid: &str, group: &str) -> Result<()> {
+    pub async fn set_group(&self, uuid: &str, group: &str, actor: &str) -> Result<()> {
         if !group.is_empty() {
-            check_name("group", group)?;
+            check_group(group)?;
         }
         let mut tx = self.db.begin().await?;
         let n = sqlx::query("UPDATE machines SET group_name = $1 WHERE uuid = $2")
@@ -883,7 +918,7 @@ impl Fleet {
         }
         ensure_group(&mut tx, group).await?;
         bump_feed(&mut tx).await?;
-        history(&mut tx, uuid, now() as i64, "group", "", "", group).await?;
+        history(&mut tx, uuid, now() as i64, "group", "", "", group, actor).await?;
         tx.commit().await.map_err(db::DbError::from)?;
         Ok(())
     }
@@ -910,7 +945,7 @@ impl Fleet {
     }
 
     pub async fn set_group_channel(&self, group: &str, channel: &str) -> Result<GroupInfo> {
-        check_name("group", group)?;
+        check_group(group)?;
         check_name("channel", channel)?;
         let mut tx = self.db.begin().await?;
         sqlx::query(
@@ -1245,7 +1280,7 @@ impl Fleet {
         pending: bool,
     ) -> Result<NewAccessKey> {
         let group = group.unwrap_or(DEFAULT_GROUP).to_string();
-        check_name("group", &group)?;
+        check_group(&group)?;
         let key = hotsplice_fleet::new_secret().map_err(internal)?;
         let hash = secret_hash(&key);
         let id = hash[..12].to_string();

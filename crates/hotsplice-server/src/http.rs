@@ -305,7 +305,7 @@ async fn checkin(
         )));
     }
     let raw = std::str::from_utf8(&body).map_err(|_| Error::bad("report is not UTF-8"))?;
-    let feed = f.store_report(&row, &report, raw, "").await?;
+    let feed = f.store_report(&row, &report, raw, "", "machine").await?;
     Ok(Json(CheckinResponse {
         feed,
         next_checkin: f.settings.checkin_interval,
@@ -518,7 +518,8 @@ async fn authorize(
 ) -> Result<Json<MachineSummary>> {
     u.require(Role::Operator)?;
     check_uuid(&uuid)?;
-    f.set_authorization(&uuid, &req.authorization).await?;
+    f.set_authorization(&uuid, &req.authorization, &u.name)
+        .await?;
     Ok(Json(f.summary(&uuid).await?))
 }
 
@@ -533,7 +534,7 @@ async fn set_group(
 ) -> Result<Json<MachineSummary>> {
     u.require(Role::Operator)?;
     check_uuid(&uuid)?;
-    f.set_group(&uuid, &req.group).await?;
+    f.set_group(&uuid, &req.group, &u.name).await?;
     Ok(Json(f.summary(&uuid).await?))
 }
 
@@ -544,7 +545,7 @@ async fn import_report(State(f): St, u: ApiUser, RawBody(body): RawBody) -> Resu
     u.require(Role::Operator)?;
     let report = report_from(&body)?;
     let raw = std::str::from_utf8(&body).map_err(|_| Error::bad("report is not UTF-8"))?;
-    let created = f.import_report(&report, raw).await?;
+    let created = f.import_report(&report, raw, &u.name).await?;
     tracing::info!(user = %u.name, uuid = %report.uuid, created, "imported a report");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -748,8 +749,8 @@ async fn v1_authorize(
 ) -> Result<Json<UptrackMachine>> {
     u.require(Role::Operator)?;
     check_uuid(&uuid)?;
-    f.set_authorization(&uuid, if req.authorized { "allowed" } else { "denied" })
-        .await?;
+    let a = if req.authorized { "allowed" } else { "denied" };
+    f.set_authorization(&uuid, a, &u.name).await?;
     Ok(Json(uptrack_machine(&f.summary(&uuid).await?)))
 }
 
@@ -764,7 +765,7 @@ async fn v1_group(
 ) -> Result<Json<UptrackMachine>> {
     u.require(Role::Operator)?;
     check_uuid(&uuid)?;
-    f.set_group(&uuid, &req.group_name).await?;
+    f.set_group(&uuid, &req.group_name, &u.name).await?;
     Ok(Json(uptrack_machine(&f.summary(&uuid).await?)))
 }
 

@@ -146,6 +146,9 @@ pub struct HistoryEvent {
     pub patch: String,
     pub target: String,
     pub detail: String,
+    /// Who caused it: `machine` (its own check-in or registration) or the
+    /// API user's name.
+    pub actor: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

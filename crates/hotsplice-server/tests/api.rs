@@ -599,24 +599,25 @@ fn uptrack_v1(db: Option<String>) {
         &format!("/api/1/machine/{a}/group"),
         &c.admin(),
         &json!({"group_name": "web servers"}),
-    );
-    c.post_json(
-        &format!("/api/1/machine/{a}/group"),
-        &c.admin(),
-        &json!({"group_name": "web"}),
     )
     .ok();
     let d = c
         .get(&format!("/api/1/machine/{a}/describe"), &c.admin())
         .ok()
         .json();
-    assert_eq!(d["group"], "web");
+    assert_eq!(d["group"], "web servers");
     let groups = c.get("/api/v2/groups", &c.admin()).ok().json();
     assert!(groups
         .as_array()
         .unwrap()
         .iter()
-        .any(|g| g["name"] == "web"));
+        .any(|g| g["name"] == "web servers" && g["channel"] == "stable"));
+    let r = c.post_json(
+        &format!("/api/1/machine/{a}/group"),
+        &c.admin(),
+        &json!({"group_name": "a\u{1}b"}),
+    );
+    assert_eq!(r.status, 400);
     c.post_json(
         &format!("/api/1/machine/{a}/group"),
         &c.admin(),
@@ -871,6 +872,32 @@ fn v2_admin_and_search(db: Option<String>) {
         .ok()
         .json();
     assert_eq!(s["group"], "web");
+    // History says who did it.
+    let hb = c
+        .get(&format!("/api/v2/machines/{b}/history"), &c.admin())
+        .ok()
+        .json();
+    let by: Vec<(&str, &str, &str)> = hb
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap(),
+                e["detail"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+            )
+        })
+        .filter(|e| e.0 != "applied" && e.0 != "removed")
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("registered", "host.example", "machine"),
+            ("authorization", "pending", "admin"),
+            ("group", "web", "admin")
+        ]
+    );
     // Channels and patches.
     let ch = c.get("/api/v2/channels", &c.admin()).ok().json();
     let stable = ch
