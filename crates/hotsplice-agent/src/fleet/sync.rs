@@ -150,6 +150,9 @@ impl Agent {
         }
         let reg = fp.registration()?;
         let key = fp.read_machine_key()?;
+        // One sync at a time (the daemon's and a person's): the feed state
+        // is read and replaced under the lock, so it never goes back.
+        let _lock = hotsplice_store::FileLock::acquire(&fp.dir.join("sync.lock"))?;
         let uuid = reg.uuid.clone();
         let pinned = reg.public_key()?;
         let client = self.fleet_client(self.fleet_servers(&reg)?)?;
