@@ -69,6 +69,13 @@ pub enum FleetError {
     /// match, another machine's list, a bad signature).
     #[error("the server's list was refused, nothing was applied")]
     Feed(#[source] FeedError),
+    /// A patch file that is not the one the list names, or not signed
+    /// by a publisher this machine trusts.
+    #[error("a patch file from the server was refused (it is not used)")]
+    Patch(#[source] FeedError),
+    /// A validly signed patch that is not the one the list describes.
+    #[error("{0}")]
+    NotListed(String),
 }
 
 impl FleetError {
@@ -349,7 +356,7 @@ impl Agent {
                 http::Body::Empty,
                 e.size,
             )?;
-            hotsplice_fleet::feed::check_blob(e, &a.bytes).map_err(FleetError::Feed)?;
+            hotsplice_fleet::feed::check_blob(e, &a.bytes).map_err(FleetError::Patch)?;
             hotsplice_store::write_atomic_mode(&file, &a.bytes, hotsplice_store::PUBLIC_FILE_MODE)?;
             patches.push((e.id.clone(), file));
         }

@@ -363,7 +363,7 @@ impl Agent {
             Body::Empty,
             e.size,
         )?;
-        feed::check_blob(e, &a.bytes).map_err(FleetError::Feed)?;
+        feed::check_blob(e, &a.bytes).map_err(FleetError::Patch)?;
         let v = self.check_patch(e, &a.bytes)?;
         let path = fp.write_patch(&e.sha256, &a.bytes)?;
         Ok((PatchState::Downloaded, Some((path, v))))
@@ -387,10 +387,10 @@ impl Agent {
             || m.level != e.level
             || kind != e.kind
         {
-            return Err(FleetError::Feed(feed::FeedError::Malformed(format!(
+            return Err(FleetError::NotListed(format!(
                 "the file is patch {} level {} for build-id {}, but the list says {} level {} for {}: refused (mix and match)",
                 m.id, m.level, m.target.build_id, e.id, e.level, e.build_id
-            )))
+            ))
             .into());
         }
         Ok(v)
@@ -657,6 +657,66 @@ mod tests {
             open_and_accept(&altered, &key.public(), &me, Some(&last)),
             Err(feed::FeedError::BadSignature)
         ));
+    }
+
+    /// A validly signed patch is still refused when it is not the one the
+    /// list describes, or when no trusted publisher signed it.
+    #[test]
+    fn a_patch_must_be_the_listed_one_and_trusted() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = hotsplice_store::Paths {
+            config_dir: t.path().join("etc"),
+            state_dir: t.path().join("state"),
+            run_dir: t.path().join("run"),
+        };
+        let key = SecretKey::generate().unwrap();
+        hotsplice_trust::write_key_pair(&t.path().join("k"), "pub", &key).unwrap();
+        std::fs::create_dir_all(paths.keys_dir()).unwrap();
+        std::fs::copy(t.path().join("k/pub.pub"), paths.keys_dir().join("pub.pub")).unwrap();
+        let agent = Agent::with_paths(paths, crate::AgentOptions::default()).unwrap();
+        let bid = "ab".repeat(20);
+        let patch =
+            hotsplice_create::kernel::kernel_patch(b"m", "kpatch01", "d", &bid, "r", vec![]);
+        let bytes = hotsplice_trust::sign_file(&patch.to_bytes(), &key).unwrap();
+        let entry = FeedEntry {
+            sha256: hotsplice_fleet::sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            id: "kpatch01".into(),
+            kind: PatchKind::Kernel,
+            target_name: "vmlinux".into(),
+            build_id: bid.clone(),
+            level: 1,
+            description: String::new(),
+            cves: vec![],
+        };
+        assert!(agent.check_patch(&entry, &bytes).is_ok());
+        for wrong in [
+            FeedEntry {
+                id: "kpatch02".into(),
+                ..entry.clone()
+            },
+            FeedEntry {
+                level: 2,
+                ..entry.clone()
+            },
+            FeedEntry {
+                build_id: "cd".repeat(20),
+                ..entry.clone()
+            },
+            FeedEntry {
+                kind: PatchKind::User,
+                ..entry.clone()
+            },
+        ] {
+            let e = agent.check_patch(&wrong, &bytes).err().unwrap();
+            assert!(chain(&e).contains("mix and match"), "{}", chain(&e));
+        }
+        // Signed by a key this machine does not trust.
+        let other = SecretKey::generate().unwrap();
+        let foreign = hotsplice_trust::sign_file(&patch.to_bytes(), &other).unwrap();
+        assert!(agent.check_patch(&entry, &foreign).is_err());
+        // Unsigned: refused (never --allow-unsigned for a server's patch).
+        assert!(agent.check_patch(&entry, &patch.to_bytes()).is_err());
     }
 
     #[test]
