@@ -25,6 +25,8 @@ pub struct DaemonOptions {
     pub no_netlink: bool,
     /// Use installed patches without a signature (development only).
     pub allow_unsigned: bool,
+    /// Do not sync with the fleet server even when registered.
+    pub no_fleet: bool,
 }
 
 /// How long after an exec a process is watched for libraries to appear.
@@ -33,7 +35,30 @@ const WATCH_FOR: Duration = Duration::from_secs(2);
 impl Agent {
     /// Run the daemon until a stop is requested (or once). Every outcome is
     /// an [`Event::DaemonOutcome`].
+    ///
+    /// When the machine is registered with a fleet server (and
+    /// `[fleet] daemon_sync` is on), a sync runs at the start (boot) and
+    /// then periodically beside the watch (see [`Agent::fleet_loop`]).
     pub fn run_daemon(&self, d: &DaemonOptions) -> Result<()> {
+        let fleet =
+            !d.no_fleet && self.config.fleet.daemon_sync && self.fleet_paths().server().exists();
+        if !fleet {
+            return self.watch(d);
+        }
+        let done = std::sync::atomic::AtomicBool::new(false);
+        if d.once {
+            self.fleet_loop(true, &done);
+            return self.watch(d);
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| self.fleet_loop(false, &done));
+            let r = self.watch(d);
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            r
+        })
+    }
+
+    fn watch(&self, d: &DaemonOptions) -> Result<()> {
         self.recover()?;
         let opts = self.options(None);
         let mut inst = self.installed_patches(d.allow_unsigned)?;

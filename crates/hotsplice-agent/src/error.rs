@@ -22,6 +22,8 @@ pub enum AgentError {
     Format(#[from] hotsplice_patch::FormatError),
     #[error(transparent)]
     Process(#[from] hotsplice_process::Error),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     /// A file or directory that cannot be read or written.
     #[error("{path}")]
     Io {

@@ -50,6 +50,24 @@ pub enum Event {
     },
     /// The daemon stops on a termination request.
     DaemonStopping,
+    /// No fleet server answered; trying again after `wait_s` seconds
+    /// (round `attempt` of `of` retries).
+    FleetRetry {
+        attempt: u32,
+        of: u32,
+        wait_s: f64,
+        why: String,
+    },
+    /// The daemon synced with the fleet server.
+    FleetSynced {
+        server: String,
+        feed_version: u64,
+        patches: usize,
+        applied: usize,
+        failures: Vec<String>,
+    },
+    /// The daemon's sync failed (tried again at the next interval).
+    FleetSyncFailed { why: String },
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

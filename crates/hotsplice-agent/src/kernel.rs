@@ -57,35 +57,57 @@ impl Agent {
             .or_else(|| self.config.settings.feed.clone().map(PathBuf::from))
     }
 
-    /// Kernel patches in the feed (`from`, or the configured one) for the
+    /// Kernel patches in the feed (`from`, or the configured one, and the
+    /// patches a fleet server sent, `STATE/fleet/patches/`) for the
     /// running kernel. Unreadable or foreign files are passed over; each
     /// is verified when used.
     pub fn feed(&self, from: Option<&Path>, k: &Kernel) -> Result<Vec<FeedPatch>> {
-        let Some(dir) = self.feed_dir(from) else {
+        let mut dirs: Vec<(PathBuf, bool)> = Vec::new();
+        if let Some(dir) = self.feed_dir(from) {
+            dirs.push((dir, true));
+        }
+        if from.is_none() {
+            let fleet = self.fleet_paths().patches();
+            if fleet.is_dir() {
+                dirs.push((fleet, false));
+            }
+        }
+        if dirs.is_empty() {
             return Ok(Vec::new());
-        };
+        }
         let me = k.build_id()?;
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| AgentError::io(format!("feed {}", dir.display()), e))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "hsp"))
-            .collect();
-        paths.sort();
-        let mut out = Vec::new();
-        for p in paths {
-            let Ok(bytes) = self.read_patch_file(&p) else {
-                continue;
+        let mut out: Vec<FeedPatch> = Vec::new();
+        for (dir, must_exist) in dirs {
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if must_exist => {
+                    return Err(AgentError::io(format!("feed {}", dir.display()), e))
+                }
+                Err(_) => continue,
             };
-            let Ok(file) = hotsplice_patch::PatchFile::parse(&bytes) else {
-                continue;
-            };
-            let m = &file.patch.meta;
-            if m.target.kind == ObjectKind::Kernel && m.target.build_id == me {
-                out.push(FeedPatch {
-                    id: m.id.clone(),
-                    path: p,
-                });
+            let mut paths: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "hsp"))
+                .collect();
+            paths.sort();
+            for p in paths {
+                let Ok(bytes) = self.read_patch_file(&p) else {
+                    continue;
+                };
+                let Ok(file) = hotsplice_patch::PatchFile::parse(&bytes) else {
+                    continue;
+                };
+                let m = &file.patch.meta;
+                if m.target.kind == ObjectKind::Kernel
+                    && m.target.build_id == me
+                    && !out.iter().any(|f| f.id == m.id)
+                {
+                    out.push(FeedPatch {
+                        id: m.id.clone(),
+                        path: p,
+                    });
+                }
             }
         }
         Ok(out)

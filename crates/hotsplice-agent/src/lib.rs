@@ -21,6 +21,7 @@
 mod daemon;
 mod error;
 mod event;
+pub mod fleet;
 mod info;
 mod kernel;
 mod machine;

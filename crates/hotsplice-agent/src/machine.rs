@@ -36,7 +36,7 @@ pub struct Agent {
     pub paths: Paths,
     pub config: Config,
     journal: Arc<DiskJournal>,
-    events: Sink,
+    pub(crate) events: Sink,
     stop_requested: fn() -> bool,
 }
 

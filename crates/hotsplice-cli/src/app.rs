@@ -82,6 +82,35 @@ fn show_event(e: &Event, quiet: bool) {
             outcome,
             since_exec,
         } => show_daemon_outcome(outcome, *since_exec),
+        Event::FleetRetry {
+            attempt,
+            of,
+            wait_s,
+            why,
+        } => {
+            if !quiet {
+                errln!(
+                    "hotsplice: no fleet server answered ({}); retry {attempt} of {of} in {wait_s:.1} s",
+                    esc(why)
+                )
+            }
+        }
+        Event::FleetSynced {
+            server,
+            feed_version,
+            patches,
+            applied,
+            failures,
+        } => {
+            outln!(
+                "hotsplice daemon: synced with {} (feed version {feed_version}, {patches} patch(es)), applied {applied}",
+                esc(server)
+            );
+            for f in failures {
+                errln!("hotsplice daemon: sync: {}", esc(f));
+            }
+        }
+        Event::FleetSyncFailed { why } => errln!("hotsplice daemon: sync failed: {}", esc(why)),
         Event::DaemonStopping => outln!(
             "hotsplice daemon: stopping on {}; no operation was in flight",
             crate::terminate::requested().map_or("a signal", crate::terminate::name)

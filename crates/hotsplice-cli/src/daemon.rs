@@ -21,6 +21,9 @@ pub struct DaemonArgs {
     /// every patch is verified again on use, whatever the store says.
     #[arg(long)]
     allow_unsigned: bool,
+    /// Do not sync with the fleet server, even when registered.
+    #[arg(long)]
+    no_fleet: bool,
 }
 
 pub fn run(app: &App, a: DaemonArgs) -> Result<bool> {
@@ -29,6 +32,7 @@ pub fn run(app: &App, a: DaemonArgs) -> Result<bool> {
         rescan: a.rescan.map(|s| Duration::from_secs_f64(s.max(0.0))),
         no_netlink: a.no_netlink,
         allow_unsigned: a.allow_unsigned,
+        no_fleet: a.no_fleet,
     })?;
     Ok(true)
 }

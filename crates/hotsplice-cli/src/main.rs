@@ -5,6 +5,7 @@
 mod output;
 mod app;
 mod daemon;
+mod fleet;
 mod kernel;
 mod terminate;
 mod user;
@@ -71,6 +72,17 @@ enum Command {
     All(user::AllCommand),
     /// Patch processes started later, as soon as they map a patched object.
     Daemon(daemon::DaemonArgs),
+    /// Register this machine with a hotsplice fleet server.
+    Register(fleet::RegisterArgs),
+    /// Check in with the fleet server and fetch (and with autoinstall or
+    /// --apply, install and apply) the patches meant for this machine;
+    /// with -n, ask the server read-only and show what would be done.
+    Sync(fleet::SyncArgs),
+    /// Upload signed patch files to a fleet server.
+    Publish(fleet::PublishArgs),
+    /// Copy a channel of a fleet server (signed list and patches) into a
+    /// directory: a machine's `feed`, or another server's import.
+    Mirror(fleet::MirrorArgs),
 }
 
 #[derive(Args)]
@@ -218,6 +230,10 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Kernel(k) => kernel::run_kernel(&ctx, k),
         Command::All(a) => user::run_all(&ctx, a),
         Command::Daemon(d) => daemon::run(&ctx, d),
+        Command::Register(a) => fleet::register(&ctx, a),
+        Command::Sync(a) => fleet::sync(&ctx, a),
+        Command::Publish(a) => fleet::publish(&ctx, a),
+        Command::Mirror(a) => fleet::mirror(&ctx, a),
     }
 }
 

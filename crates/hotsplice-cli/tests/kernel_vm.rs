@@ -131,7 +131,8 @@ fn guest_state_disk_survives_reboot_in_qemu() {
 // /proc/version (COMBO_MOUNTS: in the ext4 line of /proc/mounts).
 //
 // Three boots of one VM with its state disk are shared by the tests below:
-//   main:      hs-basic, hs-stack, hs-combo, hs-refuse, hs-stuck, then
+//   main:      hs-basic, hs-stack, hs-combo, hs-refuse, hs-stuck,
+//              hs-fleet-report (written by setup_client_vm), then
 //              hs-persist-apply (leaves two patches applied, state on /mnt)
 //   reboot:    hs-boot-hook (`hotsplice kernel boot` first after the mount)
 //   nouptrack: hs-boot-hook again with `nouptrack` on the command line
@@ -393,7 +394,23 @@ fn setup_client_vm() -> ClientVm {
     let env_file = dir.join("hs-test.env");
     std::fs::write(&env_file, env).unwrap();
 
+    // The fleet report of a machine without network, made after a kernel
+    // patch (imported by a host server in kernel_client_fleet_report_in_qemu).
+    let fleet_scenario = dir.join("hs-fleet-report.sh");
+    std::fs::write(
+        &fleet_scenario,
+        "#!/bin/sh\n\
+         # Scenario (written by kernel_vm.rs): `hotsplice sync --report-to` with a\n\
+         # kernel patch applied, the report printed on one line.\n\
+         . /tests/hslib.sh\n\
+         hsrun fleet-apply hotsplice kernel apply \"$LP1\"\n\
+         hsrun fleet-report hotsplice sync --report-to /tmp/fleet-report.json\n\
+         hs \"fleet-report-json=$(tr -d '\\n' < /tmp/fleet-report.json)\"\n\
+         hsrun fleet-undo hotsplice kernel undo \"$LP1_ID\"\n",
+    )
+    .unwrap();
     let mut extra: Vec<(PathBuf, String)> = vec![
+        (fleet_scenario, "/tests/hs-fleet-report.sh".into()),
         (patches.clone(), "/patches".into()),
         (feed.clone(), "/feed".into()),
         (public.clone(), "/etc/hotsplice/keys/kerneltest.pub".into()),
@@ -415,7 +432,7 @@ fn setup_client_vm() -> ClientVm {
     let main = kc::boot(
         &initrd,
         Some(&disk),
-        "hstest=hs-basic,hs-stack,hs-combo,hs-refuse,hs-stuck,hs-persist-apply",
+        "hstest=hs-basic,hs-stack,hs-combo,hs-refuse,hs-stuck,hs-fleet-report,hs-persist-apply",
         &dir.join("serial-main.log"),
     );
     ClientVm {
@@ -1011,6 +1028,113 @@ fn boot_retried_only_for_a_panic_before_init() {
     assert!(!failure(no_panic).panicked_before_init());
 }
 
+/// The kernel side of a fleet report comes from a real kernel: in the
+/// guest, `hotsplice sync --report-to FILE` with a kernel patch applied;
+/// the host's `hotsplice-server` imports the report, and Uptrack's
+/// describe shows the effective kernel and the installed update.
+fn kernel_client_fleet_report_in_qemu() {
+    let vm = client_vm();
+    let b = &vm.main;
+    let lp = &vm.lp1;
+    assert_eq!(b.status("fleet-apply"), 0, "{}", b.output("fleet-apply"));
+    assert_eq!(b.status("fleet-report"), 0, "{}", b.output("fleet-report"));
+    assert!(b.has_line("scenario-exit hs-fleet-report=0"));
+    let text = b.value("fleet-report-json");
+    let report: hotsplice_fleet::report::Report =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("the guest's report: {e}\n{text}"));
+    report.check().expect("a valid report");
+    assert_eq!(report.kernel.original_release, kc::kernel().kver);
+    assert_eq!(report.kernel.effective_release, lp.info.effective);
+    assert_eq!(report.kernel.build_id, vm.build_id);
+    assert!(report.kernel.livepatch);
+    assert!(
+        report.kernel.applied.iter().any(|p| p.id == lp.info.id),
+        "{:?}",
+        report.kernel.applied
+    );
+
+    // The host's server imports it.
+    let server_bin = kc::host_hotsplice().with_file_name("hotsplice-server");
+    assert!(
+        server_bin.is_file(),
+        "{} does not exist: build the workspace (it has the server)",
+        server_bin.display()
+    );
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&server_bin)
+        .args(["init", "--data"])
+        .arg(data.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let init = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |n: &str| {
+        init.lines()
+            .find_map(|l| l.strip_prefix(&format!("{n}: ")))
+            .unwrap_or_else(|| panic!("{init}"))
+            .to_string()
+    };
+    let (user, key) = (field("api-user"), field("api-key"));
+    let mut child = std::process::Command::new(&server_bin)
+        .args(["run", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path().join("d"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let _reap = Reap(child);
+    let url = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let call = |method: &str, path: &str| {
+        ureq::request(method, &format!("{url}{path}"))
+            .set("X-Uptrack-User", &user)
+            .set("X-Uptrack-Key", &key)
+    };
+    call("POST", hotsplice_fleet::api::IMPORT_REPORT)
+        .set("Content-Type", "application/json")
+        .send_string(text)
+        .expect("import the guest's report");
+    let d: serde_json::Value = call("GET", &format!("/api/1/machine/{}/describe", report.uuid))
+        .call()
+        .expect("describe")
+        .into_json()
+        .unwrap();
+    assert_eq!(
+        d["effective_kernel"].as_str(),
+        Some(lp.info.effective.as_str()),
+        "{d}"
+    );
+    assert_eq!(
+        d["original_kernel"].as_str(),
+        Some(kc::kernel().kver.as_str()),
+        "{d}"
+    );
+    assert!(
+        d["installed_updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["ID"].as_str() == Some(lp.info.id.as_str())),
+        "{d}"
+    );
+}
+
 fn main() {
     harness::main_with(
         kc::skip_reason(),
@@ -1025,6 +1149,7 @@ fn main() {
             kernel_client_stuck_transition_is_reverted_in_qemu,
             kernel_client_patches_reapplied_after_reboot_in_qemu,
             kernel_client_timings_in_qemu,
+            kernel_client_fleet_report_in_qemu,
         ],
         hotsplice_testsupport::tests![boot_retried_only_for_a_panic_before_init],
     );

@@ -8,6 +8,54 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub settings: Settings,
     pub daemon: DaemonSettings,
+    pub fleet: FleetSettings,
+}
+
+/// `[fleet]`: the machine's client of a `hotsplice-server` (see
+/// `docs/fleet.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetSettings {
+    /// Server URLs, tried in order (instances of one fleet). Empty: the
+    /// ones given at registration (`STATE/fleet/server.json`).
+    pub servers: Vec<String>,
+    /// A PEM file of CA certificates trusted for the servers, besides the
+    /// system's roots.
+    pub ca: Option<String>,
+    /// Seconds between the daemon's syncs; unset: what the server suggests.
+    pub sync_interval: Option<f64>,
+    /// Up to this many seconds of random delay before each of the
+    /// daemon's syncs, so that a fleet does not arrive at once.
+    pub jitter: f64,
+    /// Retries of a request that found no server (each round tries every
+    /// server), with exponential backoff from `backoff` seconds.
+    pub retries: u32,
+    pub backoff: f64,
+    /// Seconds to connect, and for a whole request.
+    pub connect_timeout: f64,
+    pub timeout: f64,
+    /// Allow `http://` to servers that are not on a loopback address (the
+    /// feed and patches are signed, but the machine key travels in clear).
+    pub allow_http: bool,
+    /// The daemon syncs with the server when the machine is registered.
+    pub daemon_sync: bool,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            servers: Vec::new(),
+            ca: None,
+            sync_interval: None,
+            jitter: 59.0,
+            retries: 4,
+            backoff: 1.0,
+            connect_timeout: 10.0,
+            timeout: 60.0,
+            allow_http: false,
+            daemon_sync: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,6 +144,30 @@ mod tests {
         assert!(c.settings.first_boot);
         assert!(c.settings.install_on_reboot);
         assert_eq!(c.daemon, DaemonSettings::default());
+        assert_eq!(c.fleet, FleetSettings::default());
+    }
+
+    #[test]
+    fn fleet_section() {
+        let c: Config = toml::from_str(
+            "[fleet]\nservers = [\"https://a:8443\", \"https://b:8443\"]\nca = \"/etc/hotsplice/server-ca.pem\"\njitter = 0\nretries = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.fleet.servers.len(), 2);
+        assert_eq!(c.fleet.jitter, 0.0);
+        assert_eq!(c.fleet.retries, 1);
+        assert!(c.fleet.daemon_sync);
+        assert!(toml::from_str::<Config>("[fleet]\nserver = \"x\"\n").is_err());
+    }
+
+    /// The example of docs/configuration.md is a valid configuration.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + 8;
+        let end = start + doc[start..].find("```").expect("its end");
+        let c: Config = toml::from_str(&doc[start..end]).unwrap();
+        assert_eq!(c, Config::default(), "the example shows the defaults");
     }
 
     #[test]
