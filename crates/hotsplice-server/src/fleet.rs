@@ -74,6 +74,8 @@ pub struct Fleet {
     pub feed_public: PublicKey,
     pub settings: Settings,
     snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// Started on the first check-in (inside the runtime).
+    writer: tokio::sync::OnceCell<crate::checkin_writer::Writer>,
 }
 
 /// A machine's row, as the feed and the check-in need it.
@@ -84,6 +86,9 @@ pub struct MachineRow {
     pub group: String,
     pub applied: Vec<String>,
     pub last_run_at: i64,
+    /// The feed version when the row was read (read with it, in the same
+    /// statement, to save a round trip).
+    pub feed_version: i64,
 }
 
 /// What fits a machine: its list, and what it applied or lacks.
@@ -258,12 +263,18 @@ impl Fleet {
             feed_public,
             settings,
             snapshot: Mutex::new(None),
+            writer: tokio::sync::OnceCell::new(),
         }
     }
 
     /// The snapshot for the current feed version (loaded when it moved).
     pub async fn snapshot(&self) -> Result<Arc<Snapshot>> {
         let version = self.db.feed_version().await?;
+        self.snapshot_at(version).await
+    }
+
+    /// The snapshot for feed version `version` (just read), or a newer one.
+    pub async fn snapshot_at(&self, version: i64) -> Result<Arc<Snapshot>> {
         if let Some(s) = self.snapshot.lock().expect("snapshot lock").as_ref() {
             if s.version == version {
                 return Ok(s.clone());
@@ -431,7 +442,7 @@ impl Fleet {
 
     pub async fn machine_row(&self, uuid: &str) -> Result<Option<MachineRow>> {
         let row = sqlx::query(
-            "SELECT uuid, key_hash, authz, group_name, applied, last_run_at FROM machines WHERE uuid = $1",
+            "SELECT uuid, key_hash, authz, group_name, applied, last_run_at, (SELECT value FROM counters WHERE name = 'feed') AS fv FROM machines WHERE uuid = $1",
         )
         .bind(uuid)
         .fetch_optional(&self.db.read)
@@ -445,6 +456,7 @@ impl Fleet {
             group: s(&row, "group_name")?,
             applied: serde_json::from_str(&s(&row, "applied")?).unwrap_or_default(),
             last_run_at: i(&row, "last_run_at")?,
+            feed_version: i(&row, "fv")?,
         }))
     }
 
@@ -593,7 +605,7 @@ impl Fleet {
         event_detail: &str,
         actor: &str,
     ) -> Result<SignedFeed> {
-        let snap = self.snapshot().await?;
+        let snap = self.snapshot_at(row.feed_version).await?;
         let applied = report.applied_ids();
         let fit = self.fit(
             &snap,
@@ -648,35 +660,36 @@ impl Fleet {
                 }
             }
         }
-        let update = sqlx::query(
-            "UPDATE machines SET hostname = $1, ip = $2, original_kernel = $3, effective_kernel = $4, kernel_build_id = $5, client_version = $6, autoinstall = $7, status = $8, last_seen = $9, feed_version = $10, last_run_at = $11, applied = $12, fixed_cves = $13, missing_cves = $14, report = $15 WHERE uuid = $16",
-        )
-        .bind(&report.hostname)
-        .bind(&ip)
-        .bind(&report.kernel.original_release)
-        .bind(&report.kernel.effective_release)
-        .bind(report.kernel.build_id.to_ascii_lowercase())
-        .bind(&report.client_version)
-        .bind(report.autoinstall as i64)
-        .bind(fit.status)
-        .bind(t)
-        .bind(snap.version)
-        .bind(last_run_at)
-        .bind(serde_json::to_string(&applied).expect("strings serialize"))
-        .bind(cve_column(&fit.fixed_cves))
-        .bind(cve_column(&fit.missing_cves))
-        .bind(raw)
-        .bind(&row.uuid);
+        let columns = crate::checkin_writer::Row {
+            uuid: row.uuid.clone(),
+            hostname: report.hostname.clone(),
+            ip,
+            original_kernel: report.kernel.original_release.clone(),
+            effective_kernel: report.kernel.effective_release.clone(),
+            kernel_build_id: report.kernel.build_id.to_ascii_lowercase(),
+            client_version: report.client_version.clone(),
+            autoinstall: report.autoinstall as i64,
+            status: fit.status.to_string(),
+            last_seen: t,
+            feed_version: snap.version,
+            last_run_at,
+            applied: serde_json::to_string(&applied).expect("strings serialize"),
+            fixed_cves: cve_column(&fit.fixed_cves),
+            missing_cves: cve_column(&fit.missing_cves),
+            report: raw.to_string(),
+        };
         if events.is_empty() {
-            // One statement: atomic on its own, and the writer is held
-            // for one round trip.
-            update
-                .execute(&self.db.write)
-                .await
-                .map_err(db::DbError::from)?;
+            // The common case: only the row changes. Written with the
+            // rows of other check-ins in one statement (group commit);
+            // answered once committed.
+            let writer = self
+                .writer
+                .get_or_init(|| async { crate::checkin_writer::Writer::start(self.db.clone()) })
+                .await;
+            writer.write(columns).await?;
         } else {
             let mut tx = self.db.begin().await?;
-            update.execute(&mut *tx).await.map_err(db::DbError::from)?;
+            crate::checkin_writer::update_one(&mut tx, &columns).await?;
             for (at, event, patch, target, detail) in &events {
                 history(&mut tx, &row.uuid, *at, event, patch, target, detail, actor).await?;
             }

@@ -13,6 +13,7 @@
 //!
 //! See `docs/server.md` and `docs/api.md`.
 
+pub mod checkin_writer;
 pub mod db;
 pub mod error;
 pub mod fleet;

@@ -42,6 +42,7 @@ fn main() {
         ("kill_during_upload", kill_during_upload),
         ("cli_admin_commands", cli_admin_commands),
         ("concurrent_writers", concurrent_writers),
+        ("grouped_checkins", grouped_checkins),
     ];
     let args = Arguments::from_args();
     let skip = postgres::skip_reason();
@@ -1159,6 +1160,43 @@ fn cli_admin_commands(db: Option<String>) {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("initialized already"));
+}
+
+/// Many machines checking in at once, with nothing but their rows to
+/// write: the check-ins are committed together (several rows per
+/// statement), and every machine's row is its own last report, never
+/// another machine's.
+fn grouped_checkins(db: Option<String>) {
+    let c = Ctx::new(db);
+    let machines: Vec<(String, String)> = (0..24)
+        .map(|_| c.register(&c.creds.access_key, None))
+        .collect();
+    std::thread::scope(|s| {
+        for (n, (uuid, key)) in machines.iter().enumerate() {
+            let c = &c;
+            s.spawn(move || {
+                for i in 0..8 {
+                    let mut r = report(uuid);
+                    r.hostname = format!("m{n}-r{i}.example.com");
+                    r.kernel.effective_release = format!("6.1.0-28-amd64.{n}");
+                    checkin(c, uuid, key, &r);
+                }
+            });
+        }
+    });
+    for (n, (uuid, _)) in machines.iter().enumerate() {
+        let m = c
+            .get(&format!("/api/1/machine/{uuid}/describe"), &c.admin())
+            .ok()
+            .json();
+        assert_eq!(m["hostname"], format!("m{n}-r7.example.com"), "{m}");
+        assert_eq!(m["effective_kernel"], format!("6.1.0-28-amd64.{n}"), "{m}");
+    }
+    assert!(
+        !c.server.log_text().contains("ERROR"),
+        "{}",
+        c.server.log_text()
+    );
 }
 
 /// Check-ins (with history to write), registrations, publishes and an
