@@ -166,6 +166,13 @@ pub fn sync(app: &App, a: SyncArgs) -> Result<bool> {
         for i in &r.applied {
             outln!("{verb} {} to {}", esc(&i.patch), esc(&i.target));
         }
+        for i in &r.removed {
+            outln!(
+                "removed {} from {} (no longer in this machine's list)",
+                esc(&i.patch),
+                esc(&i.target)
+            );
+        }
         if !r.dry_run && !r.install && !r.patches.is_empty() {
             outln!("not installed: autoinstall is off; run `hotsplice sync --apply` to install and apply");
         }

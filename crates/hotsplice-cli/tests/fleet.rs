@@ -909,6 +909,26 @@ fn channels_and_promotion() {
     let v = stable.sync(&[]);
     assert_eq!(listed(&v), vec![fx.id1.clone()], "promoted: {v}");
     assert_eq!(stable.downloaded(), vec![format!("{sha}.hsp")]);
+
+    // Withdrawn from `testing`: the canary, which took it from its list,
+    // takes it out of the running program and uninstalls it at its next
+    // sync; the file is pruned.
+    s.api_ok(
+        "DELETE",
+        &format!("/api/v2/channels/testing/patches/{sha}"),
+        None,
+    );
+    let v = canary.sync(&[]);
+    assert!(listed(&v).is_empty(), "{v}");
+    let removed: Vec<&str> = v["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["patch"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, vec![fx.id1.as_str()], "{v}");
+    prog.expect_new_line(Stream::Stdout, "result=1", "withdrawn: old code again");
+    assert!(canary.downloaded().is_empty());
     drop(prog);
 }
 

@@ -21,7 +21,7 @@ mod state;
 mod sync;
 
 pub use http::{check_url, parse_servers, Auth};
-pub use state::{FleetPaths, ServerFile};
+pub use state::{FleetPaths, FromFleet, ServerFile};
 pub use sync::{FeedSummary, PatchState, SyncOptions, SyncPatch, SyncResult};
 
 use crate::error::Result;

@@ -39,6 +39,14 @@ impl ServerFile {
     }
 }
 
+/// A patch the machine took from a list (`fleet/from-fleet.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FromFleet {
+    pub id: String,
+    pub sha256: String,
+    pub kind: hotsplice_fleet::feed::PatchKind,
+}
+
 /// The fleet client's files.
 #[derive(Debug, Clone)]
 pub struct FleetPaths {
@@ -75,6 +83,12 @@ impl FleetPaths {
     }
     pub fn last_run(&self) -> PathBuf {
         self.dir.join("last-run.json")
+    }
+
+    /// Patches this machine installed or applied because a list named them
+    /// (so that it removes them, and only them, once no list does).
+    pub fn from_fleet(&self) -> PathBuf {
+        self.dir.join("from-fleet.json")
     }
 
     /// The bytes of a state file, `None` when it does not exist.
@@ -238,6 +252,16 @@ impl FleetPaths {
             }
         }
         Ok(())
+    }
+
+    pub fn read_from_fleet(&self) -> Result<Vec<FromFleet>> {
+        Ok(self
+            .read_json(&self.from_fleet(), "fleet patches file")?
+            .unwrap_or_default())
+    }
+
+    pub fn write_from_fleet(&self, v: &[FromFleet]) -> Result<()> {
+        self.write_json(&self.from_fleet(), &v, PRIVATE_FILE_MODE)
     }
 
     pub fn read_last_run(&self) -> Result<Option<RunReport>> {

@@ -2,7 +2,7 @@
 //! missing, and (with `autoinstall` or `--apply`) install and apply.
 
 use super::http::{Auth, Body};
-use super::{FleetError, FleetPaths};
+use super::{FleetError, FleetPaths, FromFleet};
 use crate::error::{chain, AgentError, Result};
 use crate::event::Event;
 use crate::machine::Agent;
@@ -88,6 +88,9 @@ pub struct SyncResult {
     pub install: bool,
     /// Patches applied now (`kernel` or `pid:N`); dry: what would be.
     pub applied: Vec<RunItem>,
+    /// Patches taken out because no list names them any more (withdrawn
+    /// from the channel, or a rollout rolled back).
+    pub removed: Vec<RunItem>,
     pub failures: Vec<RunFailure>,
     /// Seconds the server suggests until the next check-in.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,6 +147,7 @@ impl Agent {
                 patches: vec![],
                 install: false,
                 applied: vec![],
+                removed: vec![],
                 failures: vec![],
                 next_checkin: None,
             });
@@ -244,6 +248,7 @@ impl Agent {
             patches: vec![],
             install,
             applied: vec![],
+            removed: vec![],
             failures: vec![],
             next_checkin: next,
         };
@@ -286,7 +291,8 @@ impl Agent {
         if o.dry_run {
             result.applied = self.would_apply(&list);
         } else if install {
-            self.install_and_apply(&good, &mut result);
+            self.install_and_apply(&fp, &good, &mut result);
+            self.withdraw(&fp, &list, &mut result);
         }
         result.failures.truncate(MAX_FAILURES);
         if !o.dry_run {
@@ -294,13 +300,15 @@ impl Agent {
                 at: hotsplice_fleet::now(),
                 feed_version: list.version,
                 applied: result.applied.clone(),
-                removed: vec![],
+                removed: result.removed.clone(),
                 failures: result.failures.clone(),
             };
             fp.write_last_run(&run)?;
             // Tell the server at once what changed (its answer is not
             // acted upon: the next sync does that).
-            if o.feed_file.is_none() && (!run.applied.is_empty() || !run.failures.is_empty()) {
+            if o.feed_file.is_none()
+                && (!run.applied.is_empty() || !run.removed.is_empty() || !run.failures.is_empty())
+            {
                 match self.fleet_report() {
                     Ok(r) => {
                         if let Err(e) = self.checkin(&client, &auth, &r) {
@@ -440,7 +448,138 @@ impl Agent {
 
     /// User patches into the store and every process upgraded; kernel
     /// patches for this kernel applied when not applied yet.
-    fn install_and_apply(&self, good: &[(FeedEntry, PathBuf, Verified)], r: &mut SyncResult) {
+    fn install_and_apply(
+        &self,
+        fp: &FleetPaths,
+        good: &[(FeedEntry, PathBuf, Verified)],
+        r: &mut SyncResult,
+    ) {
+        let mut taken = Vec::new();
+        self.install_and_apply_marking(good, r, &mut taken);
+        if taken.is_empty() {
+            return;
+        }
+        let mut marks = fp.read_from_fleet().unwrap_or_default();
+        for t in taken {
+            if !marks.iter().any(|m| m.sha256 == t.sha256) {
+                marks.push(t);
+            }
+        }
+        if let Err(e) = fp.write_from_fleet(&marks) {
+            r.failures.push(failure("-", "state", chain(&e)));
+        }
+    }
+
+    /// Take out what this machine took from earlier lists and the accepted
+    /// `list` (of an `allowed` machine: a denied or pending one gets an
+    /// empty list, which withdraws nothing) no longer names: user patches
+    /// undone in every process and uninstalled, kernel patches undone.
+    /// Patches installed by hand are never touched.
+    fn withdraw(&self, fp: &FleetPaths, list: &FeedList, r: &mut SyncResult) {
+        if list.authorization != "allowed" {
+            return;
+        }
+        let marks = match fp.read_from_fleet() {
+            Ok(m) => m,
+            Err(e) => {
+                r.failures.push(failure("-", "state", chain(&e)));
+                return;
+            }
+        };
+        let listed = |m: &FromFleet| list.patches.iter().any(|e| e.sha256 == m.sha256);
+        let (keep, gone): (Vec<FromFleet>, Vec<FromFleet>) =
+            marks.into_iter().partition(|m| listed(m));
+        if gone.is_empty() {
+            return;
+        }
+        let mut left = keep;
+        for m in gone {
+            let done = match m.kind {
+                PatchKind::User => self.withdraw_user(&m, r),
+                PatchKind::Kernel => self.withdraw_kernel(&m, r),
+            };
+            if !done {
+                left.push(m);
+            }
+        }
+        if let Err(e) = fp.write_from_fleet(&left) {
+            r.failures.push(failure("-", "state", chain(&e)));
+        }
+    }
+
+    fn withdraw_user(&self, m: &FromFleet, r: &mut SyncResult) -> bool {
+        let Ok(id) = m.id.parse::<hotsplice_patch::PatchId>() else {
+            return true;
+        };
+        let plan = match self.plan_removal(false, None, std::slice::from_ref(&id)) {
+            Ok(p) => p,
+            Err(e) => {
+                r.failures.push(failure(&m.id, "remove", chain(&e)));
+                return false;
+            }
+        };
+        let run = self.remove(&plan, &self.options(None));
+        let mut ok = run.not_started == 0;
+        for res in run.results {
+            match res {
+                Ok(rep) => r.removed.push(RunItem {
+                    patch: m.id.clone(),
+                    target: format!("pid:{}", rep.pid),
+                }),
+                Err(e) => {
+                    ok = false;
+                    r.failures
+                        .push(failure(&m.id, "remove", chain(&AgentError::from(e))));
+                }
+            }
+        }
+        if !ok {
+            return false;
+        }
+        match self.uninstall(&m.id) {
+            Ok(_) => true,
+            Err(e) => {
+                r.failures.push(failure(&m.id, "uninstall", chain(&e)));
+                false
+            }
+        }
+    }
+
+    fn withdraw_kernel(&self, m: &FromFleet, r: &mut SyncResult) -> bool {
+        let k = self.kernel();
+        let applied = k.applied().unwrap_or_default();
+        if !applied.iter().any(|p| p.id == m.id) {
+            return true;
+        }
+        match k.undo(&m.id) {
+            Ok(_) => {
+                r.removed.push(RunItem {
+                    patch: m.id.clone(),
+                    target: "kernel".into(),
+                });
+                true
+            }
+            Err(e) => {
+                r.failures
+                    .push(failure(&m.id, "kernel", chain(&AgentError::from(e))));
+                false
+            }
+        }
+    }
+
+    fn install_and_apply_marking(
+        &self,
+        good: &[(FeedEntry, PathBuf, Verified)],
+        r: &mut SyncResult,
+        taken: &mut Vec<FromFleet>,
+    ) {
+        let mut mark = |e: &FeedEntry| {
+            taken.push(FromFleet {
+                id: e.id.clone(),
+                sha256: e.sha256.clone(),
+                kind: e.kind,
+            })
+        };
         let users: Vec<&(FeedEntry, PathBuf, Verified)> = good
             .iter()
             .filter(|g| g.0.kind == PatchKind::User)
@@ -463,12 +602,13 @@ impl Agent {
                         {
                             continue;
                         }
-                        if let Err(err) = store.install(v.file(), v, &v.signer().key_id()) {
-                            r.failures.push(failure(
+                        match store.install(v.file(), v, &v.signer().key_id()) {
+                            Ok(_) => mark(e),
+                            Err(err) => r.failures.push(failure(
                                 &e.id,
                                 "install",
                                 chain(&AgentError::from(err)),
-                            ));
+                            )),
                         }
                     }
                     match self.installed_patches(false) {
@@ -523,10 +663,13 @@ impl Agent {
                 continue;
             }
             match self.kernel_apply(&k, path, false, false) {
-                Ok((id, Some(_))) => r.applied.push(RunItem {
-                    patch: id,
-                    target: "kernel".into(),
-                }),
+                Ok((id, Some(_))) => {
+                    mark(e);
+                    r.applied.push(RunItem {
+                        patch: id,
+                        target: "kernel".into(),
+                    })
+                }
                 Ok((id, None)) => r
                     .failures
                     .push(failure(&id, "kernel", "not applied".into())),
