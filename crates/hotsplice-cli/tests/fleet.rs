@@ -790,6 +790,52 @@ fn register_sync_applies_and_old_lists_are_refused() {
     let mut want = vec![sha_of(&fx.p1), sha_of(&fx.p2)];
     want.sort();
     assert_eq!(shas, want);
+
+    // Or with `hotsplice-server import`, which checks the mirror's list
+    // against the exporting server's feed key and every file against the
+    // list first: a tampered file or another server's key imports nothing.
+    let s3 = Server::start(3600);
+    s3.trust(&publisher);
+    let import = |feed_key: &std::path::Path, channel: &str, from: &std::path::Path| {
+        let out = Command::new(server_bin())
+            .args(["import", "--data"])
+            .arg(s3.data.path().join("d"))
+            .arg("--feed-key")
+            .arg(feed_key)
+            .args(["--channel", channel])
+            .arg(from)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let in_channel = |ch: &str| {
+        s3.api_ok("GET", &format!("/api/v2/channels/{ch}/patches"), None)
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let bad = temp_dir("fleet-mirror-bad");
+    for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        std::fs::copy(e.path(), bad.path().join(e.file_name())).unwrap();
+    }
+    let victim = bad.path().join(format!("{}.hsp", sha_of(&fx.p2)));
+    let mut b = std::fs::read(&victim).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 1;
+    std::fs::write(&victim, b).unwrap();
+    let (ok, _, err) = import(&s.data.path().join("d/feed.pub"), "tampered", bad.path());
+    assert!(!ok && err.contains("mix and match"), "{err}");
+    let (ok, _, err) = import(&s2.data.path().join("d/feed.pub"), "tampered", dir.path());
+    assert!(!ok && err.contains("feed"), "{err}");
+    assert_eq!(in_channel("tampered"), 0);
+    let (ok, out, err) = import(&s.data.path().join("d/feed.pub"), "stable", dir.path());
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("imported: ").count(), 2, "{out}");
+    assert_eq!(in_channel("stable"), 2);
     drop(prog);
 }
 

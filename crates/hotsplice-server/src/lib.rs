@@ -18,5 +18,6 @@ pub mod db;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod mirror;
 pub mod server;
 pub mod types;

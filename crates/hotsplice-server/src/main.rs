@@ -63,6 +63,23 @@ enum Cmd {
         #[command(flatten)]
         store: Store,
     },
+    /// Import a mirror (what `hotsplice mirror` wrote): its signed list is
+    /// checked against the exporting server's feed key and its expiry, each
+    /// file against the list and against this server's publisher keys;
+    /// then each is published into CHANNEL (its signature checked). Nothing
+    /// is imported unless the list and every file it names pass.
+    Import {
+        #[command(flatten)]
+        store: Store,
+        /// The exporting server's `feed.pub` (not the copy inside the
+        /// mirror, which whoever carried the mirror could have replaced).
+        #[arg(long)]
+        feed_key: PathBuf,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// The mirror directory (`feed.json`, `SHA256.hsp`).
+        dir: PathBuf,
+    },
     /// Publisher keys: who may publish patches.
     Key {
         #[command(subcommand)]
@@ -225,6 +242,36 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let db = hotsplice_server::db::Db::connect(&url, false).await?;
             let v = db.migrate().await?;
             println!("schema-version: {v}");
+        }
+        Cmd::Import {
+            store,
+            feed_key,
+            channel,
+            dir,
+        } => {
+            let text = std::fs::read_to_string(&feed_key)
+                .with_context(|| format!("reading {}", feed_key.display()))?;
+            let key =
+                hotsplice_trust::PublicKey::from_text(&text, &feed_key.display().to_string())?;
+            let files = hotsplice_server::mirror::read(&dir, &key)?;
+            let f = open(&store).await?;
+            for (e, bytes) in &files {
+                let (rec, new) = f.publish(bytes, Some(&channel)).await.map_err(|err| {
+                    anyhow::anyhow!(
+                        "{}: patch {} ({}): {}",
+                        dir.display(),
+                        e.id,
+                        e.sha256,
+                        err.message
+                    )
+                })?;
+                println!(
+                    "imported: {} {} {}",
+                    rec.id,
+                    rec.sha256,
+                    if new { "new" } else { "known" }
+                );
+            }
         }
         Cmd::Key { cmd } => match cmd {
             KeyCmd::AddPublisher {
