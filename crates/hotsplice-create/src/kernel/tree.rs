@@ -67,7 +67,12 @@ impl Tree {
         let stamp = hex::encode(sha2::Sha256::digest(&cfg));
         let tree = Tree { src: src.clone() };
         tree.restore()?;
-        if std::fs::read_to_string(src.join(MARKER)).ok().as_deref() == Some(stamp.as_str()) {
+        // Prepared before with this configuration, and still agreeing with
+        // it (a tool installed since, e.g. `pahole`, changes what
+        // olddefconfig keeps: then it is prepared again).
+        if std::fs::read_to_string(src.join(MARKER)).ok().as_deref() == Some(stamp.as_str())
+            && tree.check_config(&cfg).is_ok()
+        {
             return Ok(tree);
         }
         std::fs::write(src.join(".config"), &cfg).map_err(io("writing .config"))?;
@@ -92,10 +97,104 @@ impl Tree {
                 .arg("modules_prepare"),
             "make modules_prepare",
         )?;
+        tree.check_config(&cfg)?;
         std::fs::write(src.join(MARKER), stamp).map_err(io("writing the prepare marker"))?;
         Ok(Tree { src })
     }
 
+    /// The prepared `.config` must say what the target's says: `make
+    /// olddefconfig` silently drops options whose tools are missing on this
+    /// machine (`CONFIG_DEBUG_INFO_BTF_MODULES` without `pahole`), and code
+    /// compiled under another configuration is not the target's code.
+    /// Options that only describe the compiler and linker are not compared,
+    /// nor the key paths `prepare` sets.
+    fn check_config(&self, target: &[u8]) -> Result<(), CreateError> {
+        let prepared =
+            std::fs::read(self.src.join(".config")).map_err(io("reading the prepared .config"))?;
+        let diffs = config_differences(
+            &String::from_utf8_lossy(target),
+            &String::from_utf8_lossy(&prepared),
+        );
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> = diffs.iter().take(20).cloned().collect();
+        Err(CreateError::Unsupported(format!(
+            "the prepared kernel tree's configuration differs from the target's in {} option(s): {}{}; \
+             install what the configuration needs on this machine (e.g. `pahole`, package dwarves, for BTF) \
+             and run again",
+            diffs.len(),
+            shown.join(", "),
+            if diffs.len() > shown.len() { ", …" } else { "" }
+        )))
+    }
+}
+
+/// `CONFIG_X` values of a `.config` (`is not set` lines as `n`).
+fn config_values(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# CONFIG_") {
+            if let Some(name) = rest.strip_suffix(" is not set") {
+                m.insert(name.to_string(), "n".to_string());
+            }
+        } else if let Some(rest) = l.strip_prefix("CONFIG_") {
+            if let Some((k, v)) = rest.split_once('=') {
+                m.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    m
+}
+
+/// Options that describe the toolchain rather than the kernel, or that
+/// `prepare` sets itself.
+fn toolchain_option(name: &str) -> bool {
+    const PREFIXES: [&str; 8] = [
+        "CC_",
+        "AS_",
+        "LD_",
+        "GCC_",
+        "CLANG_",
+        "RUSTC_",
+        "PAHOLE_",
+        "TOOLS_SUPPORT_",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+        || name.contains("_HAS_")
+        || matches!(
+            name,
+            "SYSTEM_TRUSTED_KEYS"
+                | "SYSTEM_REVOCATION_KEYS"
+                | "MODULE_SIG_KEY"
+                | "LLD_VERSION"
+                | "BUILD_SALT"
+                // Whether `modules_install` signs modules: no code changes.
+                | "MODULE_SIG_ALL"
+        )
+}
+
+/// `NAME=target (prepared: value)` for each option the two configurations
+/// disagree on, missing ones counting as `n`.
+pub fn config_differences(target: &str, prepared: &str) -> Vec<String> {
+    let t = config_values(target);
+    let p = config_values(prepared);
+    let n = "n".to_string();
+    let mut names: Vec<&String> = t.keys().chain(p.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|k| !toolchain_option(k))
+        .filter_map(|k| {
+            let a = t.get(k).unwrap_or(&n);
+            let b = p.get(k).unwrap_or(&n);
+            (a != b).then(|| format!("CONFIG_{k}={a} (prepared: {b})"))
+        })
+        .collect()
+}
+
+impl Tree {
     /// Compile `rel` (a `.c` path in the tree) to its object with function
     /// and data sections; returns a copy of the object at `out`.
     pub fn compile(&self, rel: &Path, out: &Path) -> Result<(), CreateError> {
@@ -256,6 +355,17 @@ pub fn changed_files(diff: &str) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_drift_is_found_but_not_the_toolchain() {
+        let target = "CONFIG_A=y\nCONFIG_DEBUG_INFO_BTF_MODULES=y\nCONFIG_CC_VERSION_TEXT=\"gcc-12\"\nCONFIG_GCC_VERSION=120200\n# CONFIG_B is not set\n";
+        let prepared = "CONFIG_A=y\nCONFIG_CC_VERSION_TEXT=\"gcc\"\nCONFIG_GCC_VERSION=120201\nCONFIG_AS_HAS_X=y\n";
+        assert_eq!(
+            config_differences(target, prepared),
+            vec!["CONFIG_DEBUG_INFO_BTF_MODULES=y (prepared: n)".to_string()]
+        );
+        assert!(config_differences(target, target).is_empty());
+    }
 
     #[test]
     fn modules_are_named_as_the_kernel_names_them() {
