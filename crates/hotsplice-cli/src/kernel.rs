@@ -20,6 +20,12 @@ pub enum KernelCommand {
         #[arg(long)]
         from: Option<PathBuf>,
     },
+    /// The running kernel as a patch target: release, build-id, and the
+    /// patch modules loaded into it.
+    ListTargets {
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply kernel patch files (or IDs from the feed).
     Apply {
         #[arg(long)]
@@ -44,8 +50,17 @@ pub enum KernelCommand {
         #[arg(long)]
         allow_unsigned: bool,
     },
-    /// Like uname, with the effective kernel release.
-    Uname(UnameArgs),
+    /// Like uname, with the effective kernel release: uname's own flags
+    /// (-a, -r, -v the version, -s, -n the node name, -m), parsed apart from
+    /// the global -v/-n.
+    Uname {
+        #[arg(
+            allow_hyphen_values = true,
+            trailing_var_arg = true,
+            value_name = "UNAME_FLAGS"
+        )]
+        flags: Vec<String>,
+    },
     /// Wrap a livepatch module (with hotsplice_* modinfo) into a patch file.
     Wrap {
         module: PathBuf,
@@ -201,7 +216,43 @@ pub fn run_kernel(app: &App, cmd: KernelCommand) -> Result<bool> {
             }
             Ok(true)
         }
-        KernelCommand::Uname(u) => uname(app, &k, &u),
+        KernelCommand::Uname { flags } => {
+            let mut argv = vec!["uname".to_string()];
+            argv.extend(flags);
+            let u = UptrackUname::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+            uname(app, &k, &u.uname)
+        }
+        KernelCommand::ListTargets { json } => {
+            let release = k.booted_release()?;
+            let build_id = k.build_id().unwrap_or_default();
+            let applied = k.applied()?;
+            if json {
+                let patches: Vec<_> = applied
+                    .iter()
+                    .map(|p| serde_json::json!({"id": p.id, "description": p.description}))
+                    .collect();
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!([{
+                        "kind": "kernel",
+                        "release": release,
+                        "build_id": build_id,
+                        "effective": k.effective_release()?,
+                        "patches": patches,
+                    }]))?
+                );
+            } else {
+                outln!("{:<48} {:<42} PATCHES", "KERNEL", "BUILD-ID");
+                let ids: Vec<String> = applied.iter().map(|p| esc(&p.id).into_owned()).collect();
+                outln!(
+                    "{:<48} {:<42} {}",
+                    esc(&release),
+                    esc(&build_id),
+                    ids.join(",")
+                );
+            }
+            Ok(true)
+        }
         KernelCommand::Wrap { module, out, sign } => {
             let ko =
                 std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
@@ -300,6 +351,35 @@ struct UptrackUname {
     uname: UnameArgs,
 }
 
+/// `NAME [GLOBAL FLAGS] kernel uname FLAGS...`: uname's -v and -n are not
+/// the global --verbose and --dry-run, so this line is parsed here, before
+/// the main parser sees it. None when the line is something else.
+pub fn kernel_uname_main(name: &str, args: &[String]) -> Option<i32> {
+    let at = args.iter().skip(1).position(|a| !a.starts_with('-'))? + 1;
+    if args.get(at)? != "kernel" || args.get(at + 1)? != "uname" {
+        return None;
+    }
+    let mut argv = vec![format!("{name} kernel uname")];
+    argv.extend(args[at + 2..].iter().cloned());
+    let u = match UptrackUname::try_parse_from(argv) {
+        Ok(u) => u,
+        Err(e) => e.exit(),
+    };
+    Some(
+        match App::new(false, 0, false, false).and_then(|app| {
+            let k = app.agent.kernel();
+            uname(&app, &k, &u.uname)
+        }) {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(e) => {
+                crate::show_error(name, &e);
+                1
+            }
+        },
+    )
+}
+
 /// Run as `uptrack-NAME` if `argv0` says so.
 pub fn uptrack_main(argv0: &str) -> Option<i32> {
     let name = Path::new(argv0).file_name()?.to_str()?.to_string();
@@ -311,9 +391,10 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
             Err(e) => e.exit(),
         };
         return Some(
-            match App::new(false, 0, false, false)
-                .and_then(|app| run_kernel(&app, KernelCommand::Uname(u.uname)))
-            {
+            match App::new(false, 0, false, false).and_then(|app| {
+                let k = app.agent.kernel();
+                uname(&app, &k, &u.uname)
+            }) {
                 Ok(true) => 0,
                 Ok(false) => 1,
                 Err(e) => {

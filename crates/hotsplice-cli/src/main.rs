@@ -150,7 +150,12 @@ fn main() {
     if let Some(code) = kernel::uptrack_main(&argv0) {
         std::process::exit(code);
     }
-    let cli = Cli::parse();
+    let name = program_name(&argv0);
+    let all_args: Vec<String> = std::env::args().collect();
+    if let Some(code) = kernel::kernel_uname_main(name, &all_args) {
+        std::process::exit(code);
+    }
+    let cli = parse_cli(name);
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -167,7 +172,7 @@ fn main() {
     let ok = match run(cli) {
         Ok(ok) => ok,
         Err(e) => {
-            show_error("hotsplice", &e);
+            show_error(name, &e);
             false
         }
     };
@@ -177,6 +182,24 @@ fn main() {
     if !ok || output::failure().is_some() {
         std::process::exit(1);
     }
+}
+
+/// The name the command was started as: `ksplice` (Ksplice's Enhanced
+/// Client grammar, the same commands) or `hotsplice` for anything else.
+fn program_name(argv0: &str) -> &'static str {
+    match Path::new(argv0).file_name().and_then(|n| n.to_str()) {
+        Some("ksplice") => "ksplice",
+        _ => "hotsplice",
+    }
+}
+
+/// The command line, parsed under the name the command was started as, so
+/// that usage and `--help` speak of `ksplice` when it was run as `ksplice`.
+fn parse_cli(name: &'static str) -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Cli::command().name(name).bin_name(name);
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// An error as cargo shows one: `NAME: error: what`, then a `Caused by:`

@@ -31,11 +31,12 @@ pub enum UserCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// Apply patch files to running processes.
+    /// Apply patch files to running processes: the one of --pid, else
+    /// every process that maps a patch's target.
     Apply {
-        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        #[arg(long, conflicts_with = "all")]
         pid: Option<i32>,
-        /// Every process that maps a patch's target.
+        /// Every process that maps a patch's target (the default).
         #[arg(long)]
         all: bool,
         /// Use patches without a trusted signature (development only).
