@@ -79,16 +79,22 @@ pub enum KernelCommand {
 
 #[derive(Args, Clone, Default)]
 pub struct UnameArgs {
+    /// All of the below.
     #[arg(short = 'a')]
     all: bool,
+    /// The effective kernel release.
     #[arg(short = 'r')]
     release: bool,
+    /// The kernel version.
     #[arg(short = 'v')]
     version: bool,
+    /// The kernel name (Linux).
     #[arg(short = 's')]
     sysname: bool,
+    /// The node name.
     #[arg(short = 'n')]
     nodename: bool,
+    /// The machine (x86_64).
     #[arg(short = 'm')]
     machine: bool,
 }
@@ -321,8 +327,12 @@ fn uname(app: &App, k: &Kernel, u: &UnameArgs) -> Result<bool> {
 
 /// `uptrack-*`: the Ksplice Uptrack client's commands, by program name.
 #[derive(Parser)]
-#[command(disable_version_flag = true)]
-struct Uptrack {
+#[command(
+    disable_version_flag = true,
+    about = "Ksplice Uptrack's kernel commands: uptrack-upgrade (-n: list, -y: apply the feed's updates), \
+             uptrack-install ID..., uptrack-remove ID... | --all, uptrack-show [--available] [--count]"
+)]
+pub struct Uptrack {
     #[arg(short = 'y')]
     yes: bool,
     #[arg(short = 'n')]
@@ -345,8 +355,12 @@ struct Uptrack {
 
 /// `uptrack-uname`: uname's flags (-n is nodename, -v the version).
 #[derive(Parser)]
-#[command(disable_version_flag = true)]
-struct UptrackUname {
+#[command(
+    disable_version_flag = true,
+    about = "Like uname, but the release (-r) and version (-v) are those of the effective kernel: \
+             the booted one plus the applied patches"
+)]
+pub struct UptrackUname {
     #[command(flatten)]
     uname: UnameArgs,
 }
@@ -361,10 +375,7 @@ pub fn kernel_uname_main(name: &str, args: &[String]) -> Option<i32> {
     }
     let mut argv = vec![format!("{name} kernel uname")];
     argv.extend(args[at + 2..].iter().cloned());
-    let u = match UptrackUname::try_parse_from(argv) {
-        Ok(u) => u,
-        Err(e) => e.exit(),
-    };
+    let u: UptrackUname = parse_documented(argv);
     Some(
         match App::new(false, 0, false, false).and_then(|app| {
             let k = app.agent.kernel();
@@ -380,16 +391,28 @@ pub fn kernel_uname_main(name: &str, args: &[String]) -> Option<i32> {
     )
 }
 
+/// Parses `argv` with `T`'s parser, its help ending with the exit codes.
+fn parse_documented<
+    T: clap::Parser,
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+>(
+    argv: I,
+) -> T {
+    T::command()
+        .after_help(crate::docs::EXIT_CODES)
+        .try_get_matches_from(argv)
+        .and_then(|m| T::from_arg_matches(&m))
+        .unwrap_or_else(|e| e.exit())
+}
+
 /// Run as `uptrack-NAME` if `argv0` says so.
 pub fn uptrack_main(argv0: &str) -> Option<i32> {
     let name = Path::new(argv0).file_name()?.to_str()?.to_string();
     let what = name.strip_prefix("uptrack-")?.to_string();
     let args: Vec<String> = std::env::args().collect();
     if what == "uname" {
-        let u = match UptrackUname::try_parse_from(&args) {
-            Ok(u) => u,
-            Err(e) => e.exit(),
-        };
+        let u: UptrackUname = parse_documented(&args);
         return Some(
             match App::new(false, 0, false, false).and_then(|app| {
                 let k = app.agent.kernel();
@@ -404,10 +427,7 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
             },
         );
     }
-    let u = match Uptrack::try_parse_from(&args) {
-        Ok(u) => u,
-        Err(e) => e.exit(),
-    };
+    let u: Uptrack = parse_documented(&args);
     let app = match App::new(u.quiet, u.verbose, u.yes, u.no && what != "uname") {
         Ok(c) => c,
         Err(e) => {

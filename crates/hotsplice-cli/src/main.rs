@@ -4,7 +4,9 @@
 #[macro_use]
 mod output;
 mod app;
+mod check;
 mod daemon;
+mod docs;
 mod fleet;
 mod kernel;
 mod terminate;
@@ -83,6 +85,20 @@ enum Command {
     /// Copy a channel of a fleet server (signed list and patches) into a
     /// directory: a machine's `feed`, or another server's import.
     Mirror(fleet::MirrorArgs),
+    /// Is this machine up to date with its patches? One line and a Nagios
+    /// exit status, or a Prometheus textfile.
+    Check(check::CheckArgs),
+    /// Shell completions generated from this command line definition.
+    #[command(hide = true)]
+    Completions {
+        shell: clap_complete::Shell,
+        /// The program name to complete (hotsplice, ksplice).
+        #[arg(long, default_value = "hotsplice")]
+        name: String,
+    },
+    /// Man pages (section 8) generated from this command line definition.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -169,6 +185,12 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    if matches!(
+        cli.command,
+        Command::Check(_) | Command::Completions { .. } | Command::Manpages { .. }
+    ) {
+        run_direct(cli, name);
+    }
     let ok = match run(cli) {
         Ok(ok) => ok,
         Err(e) => {
@@ -184,6 +206,53 @@ fn main() {
     }
 }
 
+/// The commands that exit with a status of their own (check) or need no
+/// agent (completions, man pages).
+fn run_direct(cli: Cli, name: &'static str) -> ! {
+    match cli.command {
+        Command::Check(a) => {
+            let code = match app::App::new(cli.quiet, cli.verbose, cli.yes, cli.dry_run) {
+                Ok(ctx) => check::run(&ctx, a),
+                Err(e) => {
+                    outln!(
+                        "HOTSPLICE UNKNOWN - {}",
+                        esc(&hotsplice_agent::links(e.as_ref()).join(": "))
+                    );
+                    3
+                }
+            };
+            std::process::exit(code);
+        }
+        Command::Completions { shell, name } => {
+            let name = if name == "ksplice" {
+                "ksplice"
+            } else {
+                "hotsplice"
+            };
+            clap_complete::generate(
+                shell,
+                &mut docs::command(name),
+                name,
+                &mut std::io::stdout(),
+            );
+            std::process::exit(0);
+        }
+        Command::Manpages { dir } => match docs::manpages(&dir) {
+            Ok(files) => {
+                for f in files {
+                    outln!("{}", f.display());
+                }
+                std::process::exit(0);
+            }
+            Err(e) => {
+                show_error(name, &e);
+                std::process::exit(1);
+            }
+        },
+        _ => unreachable!("only check, completions and manpages"),
+    }
+}
+
 /// The name the command was started as: `ksplice` (Ksplice's Enhanced
 /// Client grammar, the same commands) or `hotsplice` for anything else.
 fn program_name(argv0: &str) -> &'static str {
@@ -196,9 +265,8 @@ fn program_name(argv0: &str) -> &'static str {
 /// The command line, parsed under the name the command was started as, so
 /// that usage and `--help` speak of `ksplice` when it was run as `ksplice`.
 fn parse_cli(name: &'static str) -> Cli {
-    use clap::{CommandFactory, FromArgMatches};
-    let cmd = Cli::command().name(name).bin_name(name);
-    let matches = cmd.get_matches();
+    use clap::FromArgMatches;
+    let matches = docs::command(name).get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
@@ -257,6 +325,9 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Sync(a) => fleet::sync(&ctx, a),
         Command::Publish(a) => fleet::publish(&ctx, a),
         Command::Mirror(a) => fleet::mirror(&ctx, a),
+        Command::Check(_) | Command::Completions { .. } | Command::Manpages { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 

@@ -530,14 +530,14 @@ fn upgrade(
         }
     }
     let progress = !app.quiet && !json && std::io::stderr().is_terminal();
-    let bar = progress.then(|| Progress::new(pids.len()));
+    let bar = progress.then(|| progress_bar(pids.len()));
     let run = agent.upgrade_with_progress(&pids, &inst, &opts, app.dry_run, |done| {
         if let Some(b) = &bar {
-            b.draw(done)
+            b.set_position(done as u64)
         }
     });
-    if progress {
-        crate::output::progress(format_args!("\n"));
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     crate::terminate::left_undone(run.not_started);
     let ok = !run.failed();
@@ -604,26 +604,19 @@ fn upgrade(
     Ok(ok)
 }
 
-/// A progress bar on standard error: `[####    ] k/n processes`.
-struct Progress {
-    total: usize,
-}
-
-impl Progress {
-    fn new(total: usize) -> Progress {
-        Progress { total }
+/// A progress bar on standard error (indicatif; drawn only on a
+/// terminal): `[####    ] k/n processes`.
+fn progress_bar(total: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} processes {elapsed}")
+    {
+        bar.set_style(style.progress_chars("## "));
     }
-
-    fn draw(&self, k: usize) {
-        let width = 30;
-        let filled = (k * width / self.total.max(1)).min(width);
-        crate::output::progress(format_args!(
-            "\r[{}{}] {k}/{} processes",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            self.total
-        ));
-    }
+    bar
 }
 
 fn show_available(app: &App, json: bool) -> Result<bool> {
