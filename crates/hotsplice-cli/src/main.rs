@@ -85,6 +85,11 @@ enum Command {
     /// Copy a channel of a fleet server (signed list and patches) into a
     /// directory: a machine's `feed`, or another server's import.
     Mirror(fleet::MirrorArgs),
+    /// The periodic job (hotsplice-autoinstall.timer), as Ksplice's cron
+    /// job: with `autoinstall = true` in the configuration, sync with the
+    /// fleet server if registered, then apply the feed's kernel patches and
+    /// the installed patches to every process; with it off, say so only.
+    Autoinstall,
     /// Is this machine up to date with its patches? One line and a Nagios
     /// exit status, or a Prometheus textfile.
     Check(check::CheckArgs),
@@ -325,6 +330,23 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Sync(a) => fleet::sync(&ctx, a),
         Command::Publish(a) => fleet::publish(&ctx, a),
         Command::Mirror(a) => fleet::mirror(&ctx, a),
+        Command::Autoinstall => {
+            if !ctx.agent.config.settings.autoinstall {
+                if !ctx.quiet {
+                    outln!(
+                        "autoinstall is off (settings.autoinstall in {}): nothing done",
+                        ctx.agent.paths.config_file().display()
+                    );
+                }
+                return Ok(true);
+            }
+            let mut ok = true;
+            if ctx.agent.fleet_paths().uuid().exists() {
+                ok &= fleet::autoinstall_sync(&ctx)?;
+            }
+            ok &= user::upgrade_all(&ctx)?;
+            Ok(ok)
+        }
         Command::Check(_) | Command::Completions { .. } | Command::Manpages { .. } => {
             unreachable!("handled in main")
         }

@@ -713,3 +713,13 @@ fn show_stacks(app: &App, pid: Option<i32>, json: bool) -> Result<bool> {
     }
     Ok(true)
 }
+
+/// `all upgrade` as the autoinstall job runs it.
+pub fn upgrade_all(app: &App) -> Result<bool> {
+    run_all(
+        app,
+        AllCommand::Upgrade {
+            wait: Wait { busy_timeout: None },
+        },
+    )
+}
