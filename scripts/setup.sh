@@ -32,3 +32,9 @@ if [ -n "${HOTSPLICE_CACHE:-}" ]; then
     "$venv/bin/pip" install -q "schemathesis==4.32.5"
   fi
 fi
+# cargo-deb (pinned), which scripts/deb.sh and the package test use, in the cache.
+if [ -n "${HOTSPLICE_CACHE:-}" ]; then
+  if ! "$HOTSPLICE_CACHE/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -q "2.7.0"; then
+    cargo install --locked --quiet "cargo-deb@2.7.0" --root "$HOTSPLICE_CACHE/cargo-deb"
+  fi
+fi

@@ -112,20 +112,25 @@ pub enum UserCommand {
 
 #[derive(Subcommand)]
 pub enum AllCommand {
+    /// Applied kernel patches, then the patches applied in each process.
     Show {
         #[arg(long)]
         available: bool,
     },
+    /// Apply the feed's kernel patches, then the installed patches to
+    /// every process that needs them.
     Upgrade {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Remove kernel patches and the patches applied in processes.
     Remove {
         #[arg(long)]
         all: bool,
         #[command(flatten)]
         wait: Wait,
     },
+    /// Processes and the patchable objects they map.
     ListTargets,
 }
 
