@@ -3,10 +3,11 @@
 # a C toolchain (the tests compile real programs; C++ for libFuzzer), make, GNU patch, binutils,
 # util-linux (setpriv, for the not-root test), curl and python3-venv (scripts/api-fuzz.sh), PostgreSQL (the fleet server's tests initdb and start a
 # private server; binaries under /usr/lib/postgresql/*/bin), man-db, zsh and fish (the man pages and completions
-# are rendered and loaded by the tests), lintian and dpkg-dev (the Debian package). Rust comes from rustup.
+# are rendered and loaded by the tests), lintian and dpkg-dev (the Debian package), debootstrap (the Debian 12
+# system the package is tested in under QEMU). Rust comes from rustup.
 set -euo pipefail
 need=()
-for pkg in gcc g++ make patch binutils util-linux libc6-dev curl python3-venv postgresql man-db zsh fish lintian dpkg-dev; do
+for pkg in gcc g++ make patch binutils util-linux libc6-dev curl python3-venv postgresql man-db zsh fish lintian dpkg-dev debootstrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
