@@ -7,8 +7,12 @@
 # DEB_OUT=DIR writes the package there instead; DEB_BIN=FILE packages that
 # hotsplice binary instead of building the release one (the tests use
 # their own build).
+# `scripts/deb.sh --server` builds hotsplice-server_VERSION_amd64.deb, the
+# fleet server's package, the same way (DEB_BIN: a hotsplice-server binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+server=0
+[ "${1:-}" = --server ] && server=1
 export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hotsplice}"
 CARGO_DEB_VERSION=2.7.0
 tools="$HOTSPLICE_CACHE/cargo-deb"
@@ -17,6 +21,22 @@ if ! "$tools/bin/cargo-deb" --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"
   cargo install --locked --quiet "cargo-deb@$CARGO_DEB_VERSION" --root "$tools" >&2
 fi
 target="${CARGO_TARGET_DIR:-target}"
+if [ $server = 1 ]; then
+  if [ -n "${DEB_BIN:-}" ]; then
+    bin="$DEB_BIN"
+  else
+    cargo build --release --locked -p hotsplice-server --bin hotsplice-server >&2
+    bin="$target/release/hotsplice-server"
+  fi
+  rm -rf target/deb-assets-server
+  mkdir -p target/deb-assets-server
+  strip --remove-section=.comment --strip-unneeded -o target/deb-assets-server/hotsplice-server "$bin"
+  out="${DEB_OUT:-$target/debian}"
+  mkdir -p "$out"
+  PATH="$tools/bin:$PATH" cargo deb --no-build -p hotsplice-server --output "$out" >&2
+  ls -t "$out"/hotsplice-server_*_amd64.deb | head -1
+  exit 0
+fi
 if [ -n "${DEB_BIN:-}" ]; then
   bin="$DEB_BIN"
 else
