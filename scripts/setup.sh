@@ -2,10 +2,12 @@
 # Installs what hotsplice needs to build and test on a fresh Debian machine:
 # a C toolchain (the tests compile real programs; C++ for libFuzzer), make, GNU patch, binutils,
 # util-linux (setpriv, for the not-root test), curl and python3-venv (scripts/api-fuzz.sh), PostgreSQL (the fleet server's tests initdb and start a
-# private server; binaries under /usr/lib/postgresql/*/bin). Rust comes from rustup.
+# private server; binaries under /usr/lib/postgresql/*/bin), man-db, zsh and fish (the man pages and completions
+# are rendered and loaded by the tests), lintian and dpkg-dev (the Debian package), debootstrap (the Debian 12
+# system the package is tested in under QEMU). Rust comes from rustup.
 set -euo pipefail
 need=()
-for pkg in gcc g++ make patch binutils util-linux libc6-dev curl python3-venv postgresql; do
+for pkg in gcc g++ make patch binutils util-linux libc6-dev curl python3-venv postgresql man-db zsh fish lintian dpkg-dev debootstrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -29,5 +31,11 @@ if [ -n "${HOTSPLICE_CACHE:-}" ]; then
   if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "4.32.5"; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "schemathesis==4.32.5"
+  fi
+fi
+# cargo-deb (pinned), which scripts/deb.sh and the package test use, in the cache.
+if [ -n "${HOTSPLICE_CACHE:-}" ]; then
+  if ! "$HOTSPLICE_CACHE/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -q "2.7.0"; then
+    cargo install --locked --quiet "cargo-deb@2.7.0" --root "$HOTSPLICE_CACHE/cargo-deb"
   fi
 fi

@@ -18,6 +18,7 @@
 //! }
 //! ```
 
+mod check;
 mod daemon;
 mod error;
 mod event;
@@ -30,6 +31,7 @@ pub mod pool;
 mod upgrade;
 mod user;
 
+pub use check::{CheckReport, CheckStatus, KernelCheck, MissingPatch, UserCheck};
 pub use daemon::DaemonOptions;
 pub use error::{chain, links, About, AgentError, Result};
 pub use event::{Event, Sink};

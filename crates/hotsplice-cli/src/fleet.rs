@@ -237,3 +237,16 @@ fn kind(k: hotsplice_fleet::feed::PatchKind) -> &'static str {
         hotsplice_fleet::feed::PatchKind::User => "user",
     }
 }
+
+/// `sync` as the autoinstall job runs it.
+pub fn autoinstall_sync(ctx: &App) -> Result<bool> {
+    sync(
+        ctx,
+        SyncArgs {
+            report_to: None,
+            apply: false,
+            feed_file: None,
+            json: false,
+        },
+    )
+}

@@ -20,6 +20,12 @@ pub enum KernelCommand {
         #[arg(long)]
         from: Option<PathBuf>,
     },
+    /// The running kernel as a patch target: release, build-id, and the
+    /// patch modules loaded into it.
+    ListTargets {
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply kernel patch files (or IDs from the feed).
     Apply {
         #[arg(long)]
@@ -44,8 +50,17 @@ pub enum KernelCommand {
         #[arg(long)]
         allow_unsigned: bool,
     },
-    /// Like uname, with the effective kernel release.
-    Uname(UnameArgs),
+    /// Like uname, with the effective kernel release: uname's own flags
+    /// (-a, -r, -v the version, -s, -n the node name, -m), parsed apart from
+    /// the global -v/-n.
+    Uname {
+        #[arg(
+            allow_hyphen_values = true,
+            trailing_var_arg = true,
+            value_name = "UNAME_FLAGS"
+        )]
+        flags: Vec<String>,
+    },
     /// Wrap a livepatch module (with hotsplice_* modinfo) into a patch file.
     Wrap {
         module: PathBuf,
@@ -64,16 +79,22 @@ pub enum KernelCommand {
 
 #[derive(Args, Clone, Default)]
 pub struct UnameArgs {
+    /// All of the below.
     #[arg(short = 'a')]
     all: bool,
+    /// The effective kernel release.
     #[arg(short = 'r')]
     release: bool,
+    /// The kernel version.
     #[arg(short = 'v')]
     version: bool,
+    /// The kernel name (Linux).
     #[arg(short = 's')]
     sysname: bool,
+    /// The node name.
     #[arg(short = 'n')]
     nodename: bool,
+    /// The machine (x86_64).
     #[arg(short = 'm')]
     machine: bool,
 }
@@ -201,7 +222,43 @@ pub fn run_kernel(app: &App, cmd: KernelCommand) -> Result<bool> {
             }
             Ok(true)
         }
-        KernelCommand::Uname(u) => uname(app, &k, &u),
+        KernelCommand::Uname { flags } => {
+            let mut argv = vec!["uname".to_string()];
+            argv.extend(flags);
+            let u = UptrackUname::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+            uname(app, &k, &u.uname)
+        }
+        KernelCommand::ListTargets { json } => {
+            let release = k.booted_release()?;
+            let build_id = k.build_id().unwrap_or_default();
+            let applied = k.applied()?;
+            if json {
+                let patches: Vec<_> = applied
+                    .iter()
+                    .map(|p| serde_json::json!({"id": p.id, "description": p.description}))
+                    .collect();
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!([{
+                        "kind": "kernel",
+                        "release": release,
+                        "build_id": build_id,
+                        "effective": k.effective_release()?,
+                        "patches": patches,
+                    }]))?
+                );
+            } else {
+                outln!("{:<48} {:<42} PATCHES", "KERNEL", "BUILD-ID");
+                let ids: Vec<String> = applied.iter().map(|p| esc(&p.id).into_owned()).collect();
+                outln!(
+                    "{:<48} {:<42} {}",
+                    esc(&release),
+                    esc(&build_id),
+                    ids.join(",")
+                );
+            }
+            Ok(true)
+        }
         KernelCommand::Wrap { module, out, sign } => {
             let ko =
                 std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
@@ -270,8 +327,12 @@ fn uname(app: &App, k: &Kernel, u: &UnameArgs) -> Result<bool> {
 
 /// `uptrack-*`: the Ksplice Uptrack client's commands, by program name.
 #[derive(Parser)]
-#[command(disable_version_flag = true)]
-struct Uptrack {
+#[command(
+    disable_version_flag = true,
+    about = "Ksplice Uptrack's kernel commands: uptrack-upgrade (-n: list, -y: apply the feed's updates), \
+             uptrack-install ID..., uptrack-remove ID... | --all, uptrack-show [--available] [--count]"
+)]
+pub struct Uptrack {
     #[arg(short = 'y')]
     yes: bool,
     #[arg(short = 'n')]
@@ -294,10 +355,55 @@ struct Uptrack {
 
 /// `uptrack-uname`: uname's flags (-n is nodename, -v the version).
 #[derive(Parser)]
-#[command(disable_version_flag = true)]
-struct UptrackUname {
+#[command(
+    disable_version_flag = true,
+    about = "Like uname, but the release (-r) and version (-v) are those of the effective kernel: \
+             the booted one plus the applied patches"
+)]
+pub struct UptrackUname {
     #[command(flatten)]
     uname: UnameArgs,
+}
+
+/// `NAME [GLOBAL FLAGS] kernel uname FLAGS...`: uname's -v and -n are not
+/// the global --verbose and --dry-run, so this line is parsed here, before
+/// the main parser sees it. None when the line is something else.
+pub fn kernel_uname_main(name: &str, args: &[String]) -> Option<i32> {
+    let at = args.iter().skip(1).position(|a| !a.starts_with('-'))? + 1;
+    if args.get(at)? != "kernel" || args.get(at + 1)? != "uname" {
+        return None;
+    }
+    let mut argv = vec![format!("{name} kernel uname")];
+    argv.extend(args[at + 2..].iter().cloned());
+    let u: UptrackUname = parse_documented(argv);
+    Some(
+        match App::new(false, 0, false, false).and_then(|app| {
+            let k = app.agent.kernel();
+            uname(&app, &k, &u.uname)
+        }) {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(e) => {
+                crate::show_error(name, &e);
+                1
+            }
+        },
+    )
+}
+
+/// Parses `argv` with `T`'s parser, its help ending with the exit codes.
+fn parse_documented<
+    T: clap::Parser,
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+>(
+    argv: I,
+) -> T {
+    T::command()
+        .after_help(crate::docs::EXIT_CODES)
+        .try_get_matches_from(argv)
+        .and_then(|m| T::from_arg_matches(&m))
+        .unwrap_or_else(|e| e.exit())
 }
 
 /// Run as `uptrack-NAME` if `argv0` says so.
@@ -306,14 +412,12 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
     let what = name.strip_prefix("uptrack-")?.to_string();
     let args: Vec<String> = std::env::args().collect();
     if what == "uname" {
-        let u = match UptrackUname::try_parse_from(&args) {
-            Ok(u) => u,
-            Err(e) => e.exit(),
-        };
+        let u: UptrackUname = parse_documented(&args);
         return Some(
-            match App::new(false, 0, false, false)
-                .and_then(|app| run_kernel(&app, KernelCommand::Uname(u.uname)))
-            {
+            match App::new(false, 0, false, false).and_then(|app| {
+                let k = app.agent.kernel();
+                uname(&app, &k, &u.uname)
+            }) {
                 Ok(true) => 0,
                 Ok(false) => 1,
                 Err(e) => {
@@ -323,10 +427,7 @@ pub fn uptrack_main(argv0: &str) -> Option<i32> {
             },
         );
     }
-    let u = match Uptrack::try_parse_from(&args) {
-        Ok(u) => u,
-        Err(e) => e.exit(),
-    };
+    let u: Uptrack = parse_documented(&args);
     let app = match App::new(u.quiet, u.verbose, u.yes, u.no && what != "uname") {
         Ok(c) => c,
         Err(e) => {

@@ -4,7 +4,9 @@
 #[macro_use]
 mod output;
 mod app;
+mod check;
 mod daemon;
+mod docs;
 mod fleet;
 mod kernel;
 mod terminate;
@@ -83,6 +85,25 @@ enum Command {
     /// Copy a channel of a fleet server (signed list and patches) into a
     /// directory: a machine's `feed`, or another server's import.
     Mirror(fleet::MirrorArgs),
+    /// The periodic job (hotsplice-autoinstall.timer), as Ksplice's cron
+    /// job: with `autoinstall = true` in the configuration, sync with the
+    /// fleet server if registered, then apply the feed's kernel patches and
+    /// the installed patches to every process; with it off, say so only.
+    Autoinstall,
+    /// Is this machine up to date with its patches? One line and a Nagios
+    /// exit status, or a Prometheus textfile.
+    Check(check::CheckArgs),
+    /// Shell completions generated from this command line definition.
+    #[command(hide = true)]
+    Completions {
+        shell: clap_complete::Shell,
+        /// The program name to complete (hotsplice, ksplice).
+        #[arg(long, default_value = "hotsplice")]
+        name: String,
+    },
+    /// Man pages (section 8) generated from this command line definition.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -150,7 +171,12 @@ fn main() {
     if let Some(code) = kernel::uptrack_main(&argv0) {
         std::process::exit(code);
     }
-    let cli = Cli::parse();
+    let name = program_name(&argv0);
+    let all_args: Vec<String> = std::env::args().collect();
+    if let Some(code) = kernel::kernel_uname_main(name, &all_args) {
+        std::process::exit(code);
+    }
+    let cli = parse_cli(name);
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -164,10 +190,16 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    if matches!(
+        cli.command,
+        Command::Check(_) | Command::Completions { .. } | Command::Manpages { .. }
+    ) {
+        run_direct(cli, name);
+    }
     let ok = match run(cli) {
         Ok(ok) => ok,
         Err(e) => {
-            show_error("hotsplice", &e);
+            show_error(name, &e);
             false
         }
     };
@@ -177,6 +209,70 @@ fn main() {
     if !ok || output::failure().is_some() {
         std::process::exit(1);
     }
+}
+
+/// The commands that exit with a status of their own (check) or need no
+/// agent (completions, man pages).
+fn run_direct(cli: Cli, name: &'static str) -> ! {
+    match cli.command {
+        Command::Check(a) => {
+            let code = match app::App::new(cli.quiet, cli.verbose, cli.yes, cli.dry_run) {
+                Ok(ctx) => check::run(&ctx, a),
+                Err(e) => {
+                    outln!(
+                        "HOTSPLICE UNKNOWN - {}",
+                        esc(&hotsplice_agent::links(e.as_ref()).join(": "))
+                    );
+                    3
+                }
+            };
+            std::process::exit(code);
+        }
+        Command::Completions { shell, name } => {
+            let name = if name == "ksplice" {
+                "ksplice"
+            } else {
+                "hotsplice"
+            };
+            clap_complete::generate(
+                shell,
+                &mut docs::command(name),
+                name,
+                &mut std::io::stdout(),
+            );
+            std::process::exit(0);
+        }
+        Command::Manpages { dir } => match docs::manpages(&dir) {
+            Ok(files) => {
+                for f in files {
+                    outln!("{}", f.display());
+                }
+                std::process::exit(0);
+            }
+            Err(e) => {
+                show_error(name, &e);
+                std::process::exit(1);
+            }
+        },
+        _ => unreachable!("only check, completions and manpages"),
+    }
+}
+
+/// The name the command was started as: `ksplice` (Ksplice's Enhanced
+/// Client grammar, the same commands) or `hotsplice` for anything else.
+fn program_name(argv0: &str) -> &'static str {
+    match Path::new(argv0).file_name().and_then(|n| n.to_str()) {
+        Some("ksplice") => "ksplice",
+        _ => "hotsplice",
+    }
+}
+
+/// The command line, parsed under the name the command was started as, so
+/// that usage and `--help` speak of `ksplice` when it was run as `ksplice`.
+fn parse_cli(name: &'static str) -> Cli {
+    use clap::FromArgMatches;
+    let matches = docs::command(name).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// An error as cargo shows one: `NAME: error: what`, then a `Caused by:`
@@ -234,6 +330,26 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Sync(a) => fleet::sync(&ctx, a),
         Command::Publish(a) => fleet::publish(&ctx, a),
         Command::Mirror(a) => fleet::mirror(&ctx, a),
+        Command::Autoinstall => {
+            if !ctx.agent.config.settings.autoinstall {
+                if !ctx.quiet {
+                    outln!(
+                        "autoinstall is off (settings.autoinstall in {}): nothing done",
+                        ctx.agent.paths.config_file().display()
+                    );
+                }
+                return Ok(true);
+            }
+            let mut ok = true;
+            if ctx.agent.fleet_paths().uuid().exists() {
+                ok &= fleet::autoinstall_sync(&ctx)?;
+            }
+            ok &= user::upgrade_all(&ctx)?;
+            Ok(ok)
+        }
+        Command::Check(_) | Command::Completions { .. } | Command::Manpages { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 

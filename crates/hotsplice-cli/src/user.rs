@@ -31,11 +31,12 @@ pub enum UserCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// Apply patch files to running processes.
+    /// Apply patch files to running processes: the one of --pid, else
+    /// every process that maps a patch's target.
     Apply {
-        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        #[arg(long, conflicts_with = "all")]
         pid: Option<i32>,
-        /// Every process that maps a patch's target.
+        /// Every process that maps a patch's target (the default).
         #[arg(long)]
         all: bool,
         /// Use patches without a trusted signature (development only).
@@ -111,20 +112,25 @@ pub enum UserCommand {
 
 #[derive(Subcommand)]
 pub enum AllCommand {
+    /// Applied kernel patches, then the patches applied in each process.
     Show {
         #[arg(long)]
         available: bool,
     },
+    /// Apply the feed's kernel patches, then the installed patches to
+    /// every process that needs them.
     Upgrade {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Remove kernel patches and the patches applied in processes.
     Remove {
         #[arg(long)]
         all: bool,
         #[command(flatten)]
         wait: Wait,
     },
+    /// Processes and the patchable objects they map.
     ListTargets,
 }
 
@@ -529,14 +535,14 @@ fn upgrade(
         }
     }
     let progress = !app.quiet && !json && std::io::stderr().is_terminal();
-    let bar = progress.then(|| Progress::new(pids.len()));
+    let bar = progress.then(|| progress_bar(pids.len()));
     let run = agent.upgrade_with_progress(&pids, &inst, &opts, app.dry_run, |done| {
         if let Some(b) = &bar {
-            b.draw(done)
+            b.set_position(done as u64)
         }
     });
-    if progress {
-        crate::output::progress(format_args!("\n"));
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     crate::terminate::left_undone(run.not_started);
     let ok = !run.failed();
@@ -603,26 +609,19 @@ fn upgrade(
     Ok(ok)
 }
 
-/// A progress bar on standard error: `[####    ] k/n processes`.
-struct Progress {
-    total: usize,
-}
-
-impl Progress {
-    fn new(total: usize) -> Progress {
-        Progress { total }
+/// A progress bar on standard error (indicatif; drawn only on a
+/// terminal): `[####    ] k/n processes`.
+fn progress_bar(total: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} processes {elapsed}")
+    {
+        bar.set_style(style.progress_chars("## "));
     }
-
-    fn draw(&self, k: usize) {
-        let width = 30;
-        let filled = (k * width / self.total.max(1)).min(width);
-        crate::output::progress(format_args!(
-            "\r[{}{}] {k}/{} processes",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            self.total
-        ));
-    }
+    bar
 }
 
 fn show_available(app: &App, json: bool) -> Result<bool> {
@@ -718,4 +717,14 @@ fn show_stacks(app: &App, pid: Option<i32>, json: bool) -> Result<bool> {
         outln!("  {n:>5}  {}", esc(&w));
     }
     Ok(true)
+}
+
+/// `all upgrade` as the autoinstall job runs it.
+pub fn upgrade_all(app: &App) -> Result<bool> {
+    run_all(
+        app,
+        AllCommand::Upgrade {
+            wait: Wait { busy_timeout: None },
+        },
+    )
 }

@@ -170,6 +170,48 @@ mod tests {
         assert_eq!(c, Config::default(), "the example shows the defaults");
     }
 
+    /// The packaged conffile (dist/hotsplice.conf) parses as it is (all
+    /// defaults), names every setting, and with every setting uncommented
+    /// still parses, with the defaults it claims.
+    #[test]
+    fn the_packaged_conffile_comments_every_setting_with_its_default() {
+        let text = include_str!("../../../dist/hotsplice.conf");
+        let c: Config = toml::from_str(text).unwrap();
+        assert_eq!(c, Config::default());
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest)
+                    if rest.starts_with(|ch: char| ch.is_ascii_lowercase())
+                        && rest.contains(" = ") =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let u: Config = toml::from_str(&uncommented).unwrap();
+        // Every key of every section appears.
+        let all = toml::Value::try_from(&u).unwrap();
+        let shown: toml::Value = toml::from_str(&uncommented).unwrap();
+        for (section, keys) in all.as_table().unwrap() {
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    shown.get(section).and_then(|s| s.get(key)).is_some(),
+                    "dist/hotsplice.conf shows [{section}] {key}"
+                );
+            }
+        }
+        // The defaults shown are the defaults (the examples aside).
+        let mut u = u;
+        u.settings.feed = None;
+        u.fleet.servers.clear();
+        u.fleet.ca = None;
+        u.fleet.sync_interval = None;
+        assert_eq!(u, Config::default(), "the conffile shows the defaults");
+    }
+
     #[test]
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<Config>("[settings]\nautoinstal = true\n").is_err());

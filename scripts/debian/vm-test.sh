@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The package in a real Debian 12 system under QEMU (TCG, systemd as PID 1,
+# the stock kernel of the kernel tests): copies the cached image
+# (mkroot.sh), puts the package, a signed kernel patch (a feed directory)
+# and the public key that signed it into /hstest, and boots it twice
+# (guest-run.sh says what each boot does). Prints the serial console's
+# HSTEST lines of both boots.
+#
+# Usage: scripts/debian/vm-test.sh DEB PATCH.hsp KEY.pub OUTDIR
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hotsplice}"
+[ $# -eq 4 ] || { echo "usage: $0 DEB PATCH.hsp KEY.pub OUTDIR" >&2; exit 2; }
+DEB=$1 PATCH=$2 PUB=$3 OUT=$4
+mapfile -t made < <("$REPO/scripts/debian/mkroot.sh")
+IMG=${made[0]} INITRD=${made[1]}
+mkdir -p "$OUT"
+disk="$OUT/disk.img"
+cp --sparse=always "$IMG" "$disk"
+put() { debugfs -w -R "write $1 $2" "$disk" >/dev/null 2>&1; }
+debugfs -w -R "mkdir /hstest" "$disk" >/dev/null 2>&1
+debugfs -w -R "mkdir /hstest/feed" "$disk" >/dev/null 2>&1
+put "$REPO/scripts/debian/guest-run.sh" /hstest/run.sh
+put "$DEB" /hstest/hotsplice.deb
+put "$PATCH" "/hstest/feed/$(basename "$PATCH")"
+put "$PUB" /hstest/test.pub
+for boot in 1 2; do
+  "$REPO/scripts/kernel/boot.sh" -d "$disk" -t "${HOTSPLICE_DEBIAN_BOOT_TIMEOUT:-600}" \
+    -a "root=/dev/vda hsboot=$boot" -l "$OUT/serial-$boot.log" "$INITRD" | sed "s/^HSTEST /HSTEST boot$boot /"
+done
