@@ -34,9 +34,9 @@ if [ -n "${HOTSPLICE_CACHE:-}" ]; then
     "$venv/bin/pip" install -q "schemathesis==4.32.5"
   fi
   # prometheus_client: the server's /metrics test parses with Prometheus'
-  # own Python parser (jsonschema, which the VEX test uses, comes with schemathesis).
-  if ! "$venv/bin/python" -c 'import prometheus_client' 2>/dev/null; then
-    "$venv/bin/pip" install -q "prometheus_client==0.21.1"
+  # own Python parser; jsonschema: the VEX test validates against CSAF 2.0.
+  if ! "$venv/bin/python" -c "import prometheus_client, jsonschema" 2>/dev/null; then
+    "$venv/bin/pip" install -q "prometheus_client==0.21.1" "jsonschema==4.23.0"
   fi
   # playwright-core (npm, no browser download): the dashboard's browser test.
   node_dir="$HOTSPLICE_CACHE/node"

@@ -321,3 +321,220 @@ fn rollout_advances_and_pauses() {
     }
     assert_eq!(ctx.get("/api/v2/rollouts/999", &ro).status, 404);
 }
+
+/// The Python of the test venv (scripts/setup.sh makes it).
+fn venv_python() -> std::path::PathBuf {
+    let cache = std::env::var_os("HOTSPLICE_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/hotsplice")
+        });
+    let p = cache.join("venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh (it installs prometheus_client and jsonschema there)",
+        p.display()
+    );
+    p
+}
+
+fn script(name: &str) -> String {
+    format!("{}/tests/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| s[0] == name && labels.iter().all(|(k, v)| s[1][*k].as_str() == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))[2]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn metrics_and_vex() {
+    let ctx = Ctx::new(None);
+    let key = ctx.publisher();
+    let id = "kfix0002";
+    let cve = "CVE-2024-2222";
+    let file = patch(id, KERNEL_BID, true, 1, &[cve], Some(&key), 64);
+    ctx.post("/api/v2/patches?channel=stable", &ctx.admin(), &file)
+        .ok();
+    let fixed = ctx.register(&ctx.creds.access_key, None);
+    let open = ctx.register(&ctx.creds.access_key, None);
+    let failing = ctx.register(&ctx.creds.access_key, None);
+    let pending_key = ctx
+        .post_json(
+            "/api/v2/access-keys",
+            &ctx.admin(),
+            &json!({"pending": true}),
+        )
+        .ok()
+        .json();
+    let pending = ctx.register(pending_key["key"].as_str().unwrap(), Some("lab"));
+    let ci = |(u, k): &(String, String), applied: &[&str], failed: Option<(&str, &str)>| {
+        checkin(
+            &ctx,
+            u,
+            k,
+            &report_with(u, &format!("h-{}", &u[..8]), applied, failed),
+        )
+    };
+    ci(&fixed, &[id], None);
+    ci(&open, &[], None);
+    ci(
+        &failing,
+        &[],
+        Some((id, "kernel refused the patch: -EBUSY")),
+    );
+    let text = ctx.get("/metrics", &ctx.token("read-only")).ok().text();
+    let out = std::process::Command::new(venv_python())
+        .arg(script("prom_parse.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let m = |st: &str, g: &str| {
+        sample(
+            &samples,
+            "hotsplice_machines",
+            &[("status", st), ("group", g)],
+        )
+    };
+    assert_eq!(m("uptodate", "default"), 1.0);
+    assert_eq!(m("outofdate", "default"), 1.0);
+    assert_eq!(m("failing", "default"), 1.0);
+    assert_eq!(m("pending", "lab"), 1.0);
+    assert_eq!(m("denied", "default"), 0.0);
+    assert_eq!(
+        sample(
+            &samples,
+            "hotsplice_cve_machines",
+            &[("cve", cve), ("state", "protected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "hotsplice_cve_machines",
+            &[("cve", cve), ("state", "unprotected")]
+        ),
+        2.0
+    );
+    assert_eq!(sample(&samples, "hotsplice_failed_applies_total", &[]), 1.0);
+    assert_eq!(
+        sample(&samples, "hotsplice_patches_applied_total", &[]),
+        1.0
+    );
+    assert_eq!(sample(&samples, "hotsplice_machines_alerting", &[]), 1.0);
+    assert_eq!(
+        sample(
+            &samples,
+            "hotsplice_machines_last_seen_seconds_bucket",
+            &[("le", "300")]
+        ),
+        3.0,
+        "three checked in just now, the pending one never"
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "hotsplice_machines_last_seen_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        4.0
+    );
+    assert!(
+        sample(
+            &samples,
+            "hotsplice_http_request_duration_seconds_count",
+            &[]
+        ) > 5.0
+    );
+    assert!(sample(&samples, "hotsplice_db_query_duration_seconds_count", &[]) >= 1.0);
+    // Without credentials: 401.
+    assert_eq!(ctx.get("/metrics", &Auth::None).status, 401);
+    let _ = pending;
+
+    // VEX: fixed on one machine, known_affected on another; both validate.
+    let dir = ctx.dir.path();
+    let mut files = Vec::new();
+    for (m, status) in [(&fixed, "fixed"), (&open, "known_affected")] {
+        let doc = ctx
+            .get(&format!("/api/v2/machines/{}/vex", m.0), &ctx.admin())
+            .ok()
+            .json();
+        assert_eq!(doc["document"]["category"], "csaf_vex");
+        let v = &doc["vulnerabilities"][0];
+        assert_eq!(v["cve"], cve);
+        assert!(
+            v["product_status"][status][0]
+                .as_str()
+                .unwrap()
+                .contains(&m.0),
+            "{doc}"
+        );
+        let f = dir.join(format!("vex-{status}.json"));
+        std::fs::write(&f, doc.to_string()).unwrap();
+        files.push(f);
+    }
+    // A machine with nothing to say still gives a valid document.
+    let doc = ctx
+        .get(&format!("/api/v2/machines/{}/vex", pending.0), &ctx.admin())
+        .ok()
+        .json();
+    let f = dir.join("vex-none.json");
+    std::fs::write(&f, doc.to_string()).unwrap();
+    files.push(f);
+    let out = std::process::Command::new(venv_python())
+        .arg(script("csaf_validate.py"))
+        .arg(format!(
+            "{}/tests/data/csaf_json_schema.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "CSAF 2.0 schema: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And a broken one does not (the validator can fail).
+    let mut bad = doc.clone();
+    bad["document"]["category"] = json!(17);
+    let f = dir.join("vex-bad.json");
+    std::fs::write(&f, bad.to_string()).unwrap();
+    let out = std::process::Command::new(venv_python())
+        .arg(script("csaf_validate.py"))
+        .arg(format!(
+            "{}/tests/data/csaf_json_schema.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        ctx.get(
+            "/api/v2/machines/00000000-0000-4000-8000-000000000000/vex",
+            &ctx.admin()
+        )
+        .status,
+        404
+    );
+}
