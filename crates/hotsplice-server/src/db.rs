@@ -167,7 +167,8 @@ CREATE TABLE machine_health (
   uuid TEXT PRIMARY KEY,
   failing BIGINT NOT NULL,
   error TEXT NOT NULL,
-  out_of_date_since BIGINT
+  out_of_date_since BIGINT,
+  alerted BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE rollouts (
   id {serial},

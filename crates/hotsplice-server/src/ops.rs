@@ -363,3 +363,64 @@ async fn metrics(State(f): St, _u: ApiUser) -> Result<impl IntoResponse> {
     machine_vex
 ))]
 pub struct OpsDoc;
+
+// -------------------------------------------------------------------
+// The webhook
+
+/// POST `event` (JSON) to the configured webhook, in the background; the
+/// outcome is logged. Only `http://HOST:PORT/PATH` (a receiver on the
+/// operator's network; put a TLS proxy in front for more).
+pub fn notify(event: serde_json::Value) {
+    let Some(url) = settings().webhook else {
+        return;
+    };
+    tokio::spawn(async move {
+        match post_json(&url, &event.to_string()).await {
+            Ok(status) if (200..300).contains(&status) => {
+                tracing::debug!(%url, status, "webhook delivered")
+            }
+            Ok(status) => tracing::warn!(%url, status, "the webhook answered with an error"),
+            Err(e) => tracing::warn!(%url, "the webhook failed: {e}"),
+        }
+    });
+}
+
+/// A minimal HTTP/1.1 POST; the answer's status code.
+pub async fn post_json(url: &str, body: &str) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other("the webhook URL is not http://"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(host).await?;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: hotsplice-server\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while buf.len() < 4096 {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(2).any(|w| w == b"\r\n") {
+                break;
+            }
+        }
+        let line = String::from_utf8_lossy(&buf);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("the webhook's answer is not HTTP"))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), io)
+        .await
+        .map_err(|_| std::io::Error::other("the webhook did not answer within 10 s"))?
+}

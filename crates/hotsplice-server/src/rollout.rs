@@ -185,7 +185,7 @@ fn entry(row: &sqlx::any::AnyRow) -> db::DbResult<FeedEntry> {
 /// when its group's stage is under way. Errors are logged, never the
 /// machine's problem.
 pub async fn after_checkin(f: &Fleet, row: &crate::fleet::MachineRow, report: &Report) {
-    if let Err(e) = health(f, &row.uuid, report).await {
+    if let Err(e) = health(f, row, report).await {
         tracing::error!("health of {}: {}", row.uuid, e.message);
     }
     match f.snapshot().await {
@@ -199,7 +199,8 @@ pub async fn after_checkin(f: &Fleet, row: &crate::fleet::MachineRow, report: &R
     }
 }
 
-async fn health(f: &Fleet, uuid: &str, report: &Report) -> Result<()> {
+async fn health(f: &Fleet, row: &crate::fleet::MachineRow, report: &Report) -> Result<()> {
+    let uuid = row.uuid.as_str();
     let (failing, error) = match &report.last_run {
         Some(r) if !r.failures.is_empty() => {
             let e = &r.failures[0];
@@ -207,6 +208,18 @@ async fn health(f: &Fleet, uuid: &str, report: &Report) -> Result<()> {
         }
         _ => (0, String::new()),
     };
+    if let Some(r) = &report.last_run {
+        if failing == 1 && r.at as i64 > row.last_run_at {
+            // A run not reported before failed: alert.
+            crate::ops::notify(serde_json::json!({
+                "event": "machine_failing",
+                "machine": uuid,
+                "hostname": report.hostname,
+                "error": error,
+                "at": r.at,
+            }));
+        }
+    }
     let error: String = error
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -215,7 +228,8 @@ async fn health(f: &Fleet, uuid: &str, report: &Report) -> Result<()> {
     let t = now() as i64;
     sqlx::query(
         "INSERT INTO machine_health (uuid, failing, error, out_of_date_since) VALUES ($1, $2, $3, CASE WHEN (SELECT status FROM machines WHERE uuid = $1) = 'outofdate' THEN $4 ELSE NULL END) \
-         ON CONFLICT (uuid) DO UPDATE SET failing = excluded.failing, error = excluded.error, out_of_date_since = CASE WHEN excluded.out_of_date_since IS NULL THEN NULL ELSE COALESCE(machine_health.out_of_date_since, excluded.out_of_date_since) END",
+         ON CONFLICT (uuid) DO UPDATE SET failing = excluded.failing, error = excluded.error, out_of_date_since = CASE WHEN excluded.out_of_date_since IS NULL THEN NULL ELSE COALESCE(machine_health.out_of_date_since, excluded.out_of_date_since) END, \
+         alerted = CASE WHEN excluded.out_of_date_since IS NULL THEN 0 ELSE machine_health.alerted END",
     )
     .bind(uuid)
     .bind(failing)
@@ -235,6 +249,9 @@ pub fn stale_secs(f: &Fleet) -> u64 {
 /// Decide every running rollout: pause on a failure, start the next stage
 /// when the gate allows, finish after the last.
 pub async fn tick(f: &Fleet) -> Result<()> {
+    if crate::ops::settings().webhook.is_some() {
+        out_of_date_alerts(f).await?;
+    }
     let rows = sqlx::query(&format!(
         "SELECT {COLS} FROM rollouts WHERE state = 'running' ORDER BY id"
     ))
@@ -273,6 +290,13 @@ async fn decide(f: &Fleet, r: &Rollout, failures_after: i64) -> Result<()> {
                 s(&x, "target")?,
                 s(&x, "detail")?
             );
+            crate::ops::notify(serde_json::json!({
+                "event": "rollout_paused",
+                "rollout": r.id,
+                "patch": r.patch_id,
+                "machine": s(&x, "uuid")?,
+                "message": msg,
+            }));
             return set_state(f, r.id, "paused", None, None, &msg, None).await;
         }
     }
@@ -374,6 +398,27 @@ async fn set_state(
     .map_err(db::DbError::from)?;
     bump_feed(&mut tx).await?;
     tx.commit().await.map_err(db::DbError::from)?;
+    Ok(())
+}
+
+/// Machines out of date longer than the threshold, not alerted yet:
+/// marked and sent to the webhook.
+async fn out_of_date_alerts(f: &Fleet) -> Result<()> {
+    let t = now() as i64 - crate::ops::settings().alert_out_of_date as i64;
+    let rows = sqlx::query(
+        "UPDATE machine_health SET alerted = 1 WHERE alerted = 0 AND out_of_date_since IS NOT NULL AND out_of_date_since <= $1 RETURNING uuid, out_of_date_since",
+    )
+    .bind(t)
+    .fetch_all(&f.db.write)
+    .await
+    .map_err(db::DbError::from)?;
+    for r in rows {
+        crate::ops::notify(serde_json::json!({
+            "event": "machine_out_of_date",
+            "machine": s(&r, "uuid")?,
+            "since": i(&r, "out_of_date_since")?,
+        }));
+    }
     Ok(())
 }
 

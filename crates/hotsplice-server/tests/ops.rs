@@ -7,7 +7,53 @@
 mod common;
 
 use common::*;
+use hotsplice_testsupport::harness::libtest_mimic::{self, Arguments, Trial};
+use hotsplice_testsupport::postgres::{self, Postgres};
 use serde_json::{json, Value};
+use std::sync::Mutex;
+
+static PG: Mutex<Option<Result<Postgres, String>>> = Mutex::new(None);
+
+fn pg_database() -> String {
+    let mut g = PG.lock().unwrap_or_else(|e| e.into_inner());
+    let pg = g.get_or_insert_with(Postgres::start);
+    match pg {
+        Ok(pg) => pg.create_database().expect("create a database"),
+        Err(e) => panic!("PostgreSQL did not start: {e}"),
+    }
+}
+
+type Suite = fn(Option<String>);
+
+/// Each test on SQLite and on PostgreSQL (skipped, listed as ignored,
+/// only with HOTSPLICE_SKIP_POSTGRES_TESTS).
+fn main() {
+    let suite: Vec<(&str, Suite)> = vec![
+        ("roles_and_audit", roles_and_audit),
+        ("rollout_advances_and_pauses", rollout_advances_and_pauses),
+        ("metrics_and_vex", metrics_and_vex),
+        ("webhook_on_alert", webhook_on_alert),
+    ];
+    let args = Arguments::from_args();
+    let skip = postgres::skip_reason();
+    let mut trials = Vec::new();
+    for (name, f) in suite {
+        trials.push(Trial::test(format!("sqlite_{name}"), move || {
+            f(None);
+            Ok(())
+        }));
+        trials.push(
+            Trial::test(format!("postgres_{name}"), move || {
+                f(Some(pg_database()));
+                Ok(())
+            })
+            .with_ignored_flag(skip.is_some()),
+        );
+    }
+    let c = libtest_mimic::run(&args, trials);
+    *PG.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    c.exit();
+}
 
 const PW: &str = "correct horse battery";
 
@@ -20,9 +66,8 @@ fn audit(ctx: &Ctx) -> Vec<Value> {
         .clone()
 }
 
-#[test]
-fn roles_and_audit() {
-    let ctx = Ctx::new(None);
+fn roles_and_audit(db: Option<String>) {
+    let ctx = Ctx::new(db);
     let mut expect: Vec<(String, String, u16)> = Vec::new();
     let admin = ctx.creds.api_user.clone();
     let ro = ctx.token("read-only");
@@ -202,9 +247,8 @@ fn rollout(ctx: &Ctx, id: u64) -> Value {
         .json()
 }
 
-#[test]
-fn rollout_advances_and_pauses() {
-    let ctx = Ctx::new(None);
+fn rollout_advances_and_pauses(db: Option<String>) {
+    let ctx = Ctx::new(db);
     let key = ctx.publisher();
     let id = "kfix0001";
     let file = patch(id, KERNEL_BID, true, 1, &["CVE-2024-1111"], Some(&key), 64);
@@ -351,9 +395,8 @@ fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap()
 }
 
-#[test]
-fn metrics_and_vex() {
-    let ctx = Ctx::new(None);
+fn metrics_and_vex(db: Option<String>) {
+    let ctx = Ctx::new(db);
     let key = ctx.publisher();
     let id = "kfix0002";
     let cve = "CVE-2024-2222";
@@ -537,4 +580,58 @@ fn metrics_and_vex() {
         .status,
         404
     );
+}
+
+fn webhook_on_alert(db: Option<String>) {
+    let hook = Receiver::start();
+    let ctx = Ctx::new_with(
+        db,
+        &[
+            "--webhook",
+            &hook.url,
+            "--alert-out-of-date",
+            "0",
+            "--rollout-interval",
+            "1",
+        ],
+    );
+    let key = ctx.publisher();
+    let id = "kfix0003";
+    let file = patch(id, KERNEL_BID, true, 1, &["CVE-2024-3333"], Some(&key), 64);
+    ctx.post("/api/v2/patches?channel=stable", &ctx.admin(), &file)
+        .ok();
+    let (u, k) = ctx.register(&ctx.creds.access_key, None);
+    // Out of date (threshold 0): the timer alerts once.
+    checkin(&ctx, &u, &k, &report_with(&u, "late.example", &[], None));
+    let e = hook.next();
+    assert_eq!(e["event"], "machine_out_of_date", "{e}");
+    assert_eq!(e["machine"], u.as_str());
+    // A failed sync: alerted at the check-in.
+    checkin(
+        &ctx,
+        &u,
+        &k,
+        &report_with(&u, "late.example", &[], Some((id, "the kernel refused it"))),
+    );
+    let e = hook.next();
+    assert_eq!(e["event"], "machine_failing", "{e}");
+    assert!(e["error"].as_str().unwrap().contains("refused"), "{e}");
+    // It shows as alerting in the list and the page.
+    ctx.add_user("ops", "operator", PW);
+    let ui = Ui::login(&ctx, "ops", PW);
+    let page = ui.get("/ui/").ok().text();
+    assert!(
+        page.contains("id=\"alerts\"") && page.contains("⚠ alert"),
+        "{page}"
+    );
+    let page = ui.get(&format!("/ui/machines/{u}")).ok().text();
+    assert!(
+        page.contains("id=\"alert\"") && page.contains("the kernel refused it"),
+        "{page}"
+    );
+    // No second out-of-date alert for the same spell.
+    assert!(hook
+        .bodies
+        .recv_timeout(std::time::Duration::from_secs(3))
+        .is_err());
 }

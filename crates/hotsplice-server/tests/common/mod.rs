@@ -241,10 +241,14 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(db: Option<String>) -> Ctx {
+        Ctx::new_with(db, &[])
+    }
+    /// With extra `run` arguments.
+    pub fn new_with(db: Option<String>, extra: &[&str]) -> Ctx {
         let dir = hotsplice_testsupport::temp_dir("server");
         let data = dir.path().join("data");
         let creds = init(&data, db.as_deref());
-        let server = Server::start(&data, None);
+        let server = Server::start_with(&data, None, extra);
         Ctx {
             server,
             creds,
@@ -584,4 +588,66 @@ pub fn report_with(
         });
     }
     r
+}
+
+/// A loopback HTTP receiver for webhooks: every POST body arrives on
+/// `bodies`; answers 200. The listener thread ends with the test process.
+pub struct Receiver {
+    pub url: String,
+    pub bodies: std::sync::mpsc::Receiver<String>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break Some(body[..len].to_string());
+                        }
+                    }
+                };
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                if let Some(b) = body {
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Receiver { url, bodies: rx }
+    }
+    /// The next body, within 60 s.
+    pub fn next(&self) -> Value {
+        let b = self
+            .bodies
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a webhook call within 60 s");
+        serde_json::from_str(&b).unwrap()
+    }
 }
