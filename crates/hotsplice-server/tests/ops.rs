@@ -33,6 +33,7 @@ fn main() {
         ("rollout_advances_and_pauses", rollout_advances_and_pauses),
         ("metrics_and_vex", metrics_and_vex),
         ("webhook_on_alert", webhook_on_alert),
+        ("dashboard_actions", dashboard_actions),
     ];
     let args = Arguments::from_args();
     let skip = postgres::skip_reason();
@@ -634,4 +635,170 @@ fn webhook_on_alert(db: Option<String>) {
         .bodies
         .recv_timeout(std::time::Duration::from_secs(3))
         .is_err());
+}
+
+/// The dashboard's other actions and pages, without a browser.
+fn dashboard_actions(db: Option<String>) {
+    let ctx = Ctx::new(db);
+    let key = ctx.publisher();
+    ctx.add_user("opal", "operator", PW);
+    ctx.add_user("reed", "read-only", PW);
+    let op = Ui::login(&ctx, "opal", PW);
+    let ro = Ui::login(&ctx, "reed", PW);
+    let file = patch(
+        "ufix0001",
+        LIBC_BID,
+        false,
+        1,
+        &["CVE-2024-7777"],
+        Some(&key),
+        64,
+    );
+    // Upload: the CSRF header is needed, and the operator role.
+    assert_eq!(
+        op.post_bytes("/ui/patches/upload?channel=testing", &file, false)
+            .status,
+        403
+    );
+    assert_eq!(
+        ro.post_bytes("/ui/patches/upload?channel=testing", &file, true)
+            .status,
+        403
+    );
+    let r = op
+        .post_bytes("/ui/patches/upload?channel=testing", &file, true)
+        .ok();
+    let sha = r.text().split(' ').nth(1).unwrap().to_string();
+    let unsigned = patch("ufix0002", LIBC_BID, false, 2, &[], None, 64);
+    assert_eq!(
+        op.post_bytes("/ui/patches/upload", &unsigned, true).status,
+        422
+    );
+    // Promote into stable through the form.
+    let page = op.get("/ui/patches").ok().text();
+    assert!(page.contains("ufix0001") && page.contains("class=\"promote\""));
+    assert!(!ro
+        .get("/ui/patches")
+        .ok()
+        .text()
+        .contains("class=\"promote\""));
+    assert_eq!(
+        ro.post(
+            "/ui/patches/promote",
+            &[("sha256", &sha), ("channel", "stable")]
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        op.post(
+            "/ui/patches/promote",
+            &[("sha256", &sha), ("channel", "stable")]
+        )
+        .status,
+        303
+    );
+    let ch = ctx
+        .get("/api/v2/channels/stable/patches", &ctx.admin())
+        .ok()
+        .json();
+    assert!(ch.to_string().contains(&sha), "{ch}");
+    // A machine applying it in 2 of its 3 libc processes is not protected.
+    let (u, k) = ctx.register(&ctx.creds.access_key, None);
+    let mut r = report_with(&u, "partial.example", &[], None);
+    r.processes = (0..2)
+        .map(|p| hotsplice_fleet::report::ProcessPatches {
+            pid: 100 + p,
+            comm: "nginx".into(),
+            patches: vec!["ufix0001".into()],
+        })
+        .collect();
+    checkin(&ctx, &u, &k, &r);
+    let page = op.get("/ui/cves/CVE-2024-7777").ok().text();
+    assert!(page.contains("applied in 2 of 3 processes"), "{page}");
+    assert!(page.contains("id=\"protected-count\">0<"), "{page}");
+    // Move it to a group through the form.
+    assert_eq!(
+        op.post(&format!("/ui/machines/{u}/group"), &[("group", "web")])
+            .status,
+        303
+    );
+    assert_eq!(
+        ctx.get(&format!("/api/v2/machines/{u}"), &ctx.admin())
+            .ok()
+            .json()["group"],
+        "web"
+    );
+    // Sorting, paging and filters answer; a bad status is a 400.
+    for q in [
+        "?sort=last_seen&dir=desc",
+        "?sort=kernel&page=3",
+        "?group=web&q=partial",
+        "?kernel=6.1.0-28-amd64",
+    ] {
+        let p = op.get(&format!("/ui/{q}")).ok().text();
+        assert!(p.contains("id=\"machines\""), "{q}");
+    }
+    assert!(op
+        .get("/ui/?group=web&q=partial")
+        .ok()
+        .text()
+        .contains("partial.example"));
+    assert_eq!(op.get("/ui/?status=bogus").status, 400);
+    // A rollout from the form; pause and roll back from its buttons.
+    assert_eq!(
+        op.post(
+            "/ui/rollouts",
+            &[
+                ("sha256", &sha),
+                ("stages", "web"),
+                ("gate", "health"),
+                ("soak_secs", "60")
+            ]
+        )
+        .status,
+        303
+    );
+    let page = op.get("/ui/rollouts").ok().text();
+    assert!(page.contains("class=\"pause\""), "{page}");
+    assert!(!ro
+        .get("/ui/rollouts")
+        .ok()
+        .text()
+        .contains("class=\"pause\""));
+    let id = ctx.get("/api/v2/rollouts", &ctx.admin()).ok().json()[0]["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        ro.post(&format!("/ui/rollouts/{id}/pause"), &[]).status,
+        403
+    );
+    assert_eq!(
+        op.post(&format!("/ui/rollouts/{id}/pause"), &[]).status,
+        303
+    );
+    assert_eq!(
+        op.post(&format!("/ui/rollouts/{id}/rollback"), &[]).status,
+        303
+    );
+    assert_eq!(
+        ctx.get(&format!("/api/v2/rollouts/{id}"), &ctx.admin())
+            .ok()
+            .json()["state"],
+        "rolled-back"
+    );
+    // Logging out ends the session.
+    assert_eq!(op.post("/ui/logout", &[]).status, 303);
+    assert_eq!(op.get("/ui/").status, 303);
+    // The stylesheet and script are served.
+    assert!(ro
+        .get("/ui/assets/dashboard.css")
+        .ok()
+        .text()
+        .contains("body"));
+    assert!(ro
+        .get("/ui/assets/dashboard.js")
+        .ok()
+        .text()
+        .contains("X-CSRF-Token"));
 }

@@ -534,6 +534,18 @@ impl Ui {
         f.push(("csrf", &self.csrf));
         self.post_raw(path, &f)
     }
+    /// A raw body (a patch upload) with the CSRF token in X-CSRF-Token
+    /// when `csrf`.
+    pub fn post_bytes(&self, path: &str, body: &[u8], csrf: bool) -> Resp {
+        let mut r = ui_agent()
+            .post(&format!("{}{path}", self.base))
+            .set("Cookie", &self.cookie)
+            .set("Content-Type", "application/octet-stream");
+        if csrf {
+            r = r.set("X-CSRF-Token", &self.csrf);
+        }
+        resp_of(r.send_bytes(body)).0
+    }
     /// A form post as given (no CSRF token added).
     pub fn post_raw(&self, path: &str, fields: &[(&str, &str)]) -> Resp {
         resp_of(
