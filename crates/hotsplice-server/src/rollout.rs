@@ -226,6 +226,32 @@ async fn health(f: &Fleet, row: &crate::fleet::MachineRow, report: &Report) -> R
         .take(1024)
         .collect();
     let t = now() as i64;
+    // A read first (readers run in parallel): the writer is taken only
+    // when the machine's health changes, not on every check-in.
+    let cur = sqlx::query(
+        "SELECT m.status, h.failing, h.error, h.out_of_date_since FROM machines m LEFT JOIN machine_health h ON h.uuid = m.uuid WHERE m.uuid = $1",
+    )
+    .bind(uuid)
+    .fetch_optional(&f.db.read)
+    .await
+    .map_err(db::DbError::from)?;
+    if let Some(c) = &cur {
+        let outofdate = s(c, "status")? == "outofdate";
+        let had: Option<i64> = c.try_get("failing").map_err(db::DbError::from)?;
+        let had_error: Option<String> = c.try_get("error").map_err(db::DbError::from)?;
+        let since = oi(c, "out_of_date_since")?;
+        let same = match had {
+            None => failing == 0 && !outofdate,
+            Some(h) => {
+                h == failing
+                    && had_error.as_deref() == Some(error.as_str())
+                    && since.is_some() == outofdate
+            }
+        };
+        if same {
+            return Ok(());
+        }
+    }
     sqlx::query(
         "INSERT INTO machine_health (uuid, failing, error, out_of_date_since) VALUES ($1, $2, $3, CASE WHEN (SELECT status FROM machines WHERE uuid = $1) = 'outofdate' THEN $4 ELSE NULL END) \
          ON CONFLICT (uuid) DO UPDATE SET failing = excluded.failing, error = excluded.error, out_of_date_since = CASE WHEN excluded.out_of_date_since IS NULL THEN NULL ELSE COALESCE(machine_health.out_of_date_since, excluded.out_of_date_since) END, \
