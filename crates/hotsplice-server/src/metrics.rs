@@ -93,8 +93,15 @@ pub async fn render(f: &Fleet) -> Result<String> {
     let mut out = String::new();
     let t = Instant::now();
     let now = hotsplice_fleet::now() as i64;
-    let by = ops::status_by_group(f).await?;
+    // The big aggregates are independent reads: at once (separate read
+    // connections).
+    let (by, cves, alerting) = tokio::join!(
+        ops::status_by_group(f),
+        ops::cve_counts(f),
+        ops::alerting_count(f)
+    );
     DB.observe(t.elapsed().as_secs_f64());
+    let (by, cves, alerting) = (by?, cves?, alerting?);
     let _ = writeln!(
         out,
         "# HELP hotsplice_machines Machines by dashboard status and group.\n# TYPE hotsplice_machines gauge"
@@ -113,12 +120,10 @@ pub async fn render(f: &Fleet) -> Result<String> {
     let _ = writeln!(
         out,
         "# HELP hotsplice_machines_alerting Machines whose last sync failed or that are out of date longer than the alert threshold.\n# TYPE hotsplice_machines_alerting gauge\nhotsplice_machines_alerting {}",
-        ops::alerting_count(f).await?
+        alerting
     );
     // Protected per CVE.
-    let t = Instant::now();
-    let cves = ops::cve_counts(f).await?;
-    DB.observe(t.elapsed().as_secs_f64());
+
     let _ = writeln!(
         out,
         "# HELP hotsplice_cve_machines Machines a CVE's fix is applied on (protected) or offered to but not applied (unprotected).\n# TYPE hotsplice_cve_machines gauge"
