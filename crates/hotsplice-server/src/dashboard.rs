@@ -367,12 +367,24 @@ fn nonempty(v: &Option<String>) -> Option<&str> {
 
 /// One page of the filtered, sorted list, and whether there is more.
 pub async fn list_page(f: &Fleet, q: &ListQuery) -> Result<(Vec<ListRow>, bool)> {
-    let st = ops::status_sql(f);
-    let mut sql = format!(
-        "SELECT m.uuid, m.hostname, m.group_name, m.effective_kernel, m.last_seen, m.fixed_cves, m.missing_cves, {st} AS st, CASE WHEN {} THEN 1 ELSE 0 END AS alert \
-         FROM machines m LEFT JOIN machine_health h ON h.uuid = m.uuid WHERE 1 = 1",
-        ops::alert_sql()
-    );
+    // Without a status filter or order, the page is chosen from the
+    // machines alone and the health of its rows looked up after (no join
+    // of every machine).
+    let light = nonempty(&q.status).is_none() && q.sort.as_deref() != Some("status");
+    let full = ops::status_sql(f);
+    let mut sql = if light {
+        let plain = full.replace("WHEN COALESCE(h.failing, 0) = 1 THEN 'failing' ", "");
+        format!(
+            "SELECT m.uuid, m.hostname, m.group_name, m.effective_kernel, m.last_seen, m.fixed_cves, m.missing_cves, {plain} AS st, 0 AS alert FROM machines m WHERE 1 = 1"
+        )
+    } else {
+        format!(
+            "SELECT m.uuid, m.hostname, m.group_name, m.effective_kernel, m.last_seen, m.fixed_cves, m.missing_cves, {full} AS st, CASE WHEN {} THEN 1 ELSE 0 END AS alert \
+             FROM machines m LEFT JOIN machine_health h ON h.uuid = m.uuid WHERE 1 = 1",
+            ops::alert_sql()
+        )
+    };
+    let st = full;
     let mut args: Vec<String> = Vec::new();
     let mut n = 0;
     let mut arg = |sql: &mut String, clause: &str, v: String, times: usize| {
@@ -468,6 +480,39 @@ pub async fn list_page(f: &Fleet, q: &ListQuery) -> Result<(Vec<ListRow>, bool)>
             fixed_cves: db::s(r, "fixed_cves")?,
             missing_cves: db::s(r, "missing_cves")?,
         });
+    }
+    if light && !out.is_empty() {
+        let marks: Vec<String> = (1..=out.len()).map(|k| format!("${k}")).collect();
+        let hq = format!(
+            "SELECT uuid, failing, out_of_date_since FROM machine_health WHERE uuid IN ({})",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query(&hq);
+        for r in &out {
+            query = query.bind(r.uuid.clone());
+        }
+        let alert_before = hotsplice_fleet::now() as i64 - ops::settings().alert_out_of_date as i64;
+        let mut health = HashMap::new();
+        for h in query
+            .fetch_all(&f.db.read)
+            .await
+            .map_err(db::DbError::from)?
+        {
+            let failing = db::i(&h, "failing")? != 0;
+            let ood = db::oi(&h, "out_of_date_since")?;
+            health.insert(
+                db::s(&h, "uuid")?,
+                (failing, failing || ood.is_some_and(|t| t <= alert_before)),
+            );
+        }
+        for r in &mut out {
+            if let Some(&(failing, alert)) = health.get(&r.uuid) {
+                r.alert = alert;
+                if failing && !["denied", "pending", "stale"].contains(&r.status.as_str()) {
+                    r.status = "failing".into();
+                }
+            }
+        }
     }
     Ok((out, more))
 }
