@@ -7,7 +7,10 @@
 # system the package is tested in under QEMU). Rust comes from rustup.
 set -euo pipefail
 need=()
-for pkg in gcc g++ make patch binutils util-linux libc6-dev curl python3-venv postgresql man-db zsh fish lintian dpkg-dev debootstrap; do
+# chromium (and node with npm, unless installed already): the dashboard's browser test (playwright-core drives Debian's chromium).
+node_pkgs=""
+command -v npm >/dev/null 2>&1 || node_pkgs="nodejs npm"
+for pkg in gcc g++ make patch binutils util-linux libc6-dev curl python3-venv postgresql man-db zsh fish lintian dpkg-dev debootstrap chromium $node_pkgs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -31,6 +34,18 @@ if [ -n "${HOTSPLICE_CACHE:-}" ]; then
   if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "4.32.5"; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "schemathesis==4.32.5"
+  fi
+  # prometheus_client: the server's /metrics test parses with Prometheus'
+  # own Python parser; jsonschema: the VEX test validates against CSAF 2.0.
+  if ! "$venv/bin/python" -c "import prometheus_client, jsonschema" 2>/dev/null; then
+    "$venv/bin/pip" install -q "prometheus_client==0.21.1" "jsonschema==4.23.0"
+  fi
+  # playwright-core (npm, no browser download): the dashboard's browser test.
+  node_dir="$HOTSPLICE_CACHE/node"
+  if [ ! -f "$node_dir/node_modules/playwright-core/package.json" ] ||
+     ! grep -q '"version": "1.49.1"' "$node_dir/node_modules/playwright-core/package.json"; then
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-audit --no-fund --silent "playwright-core@1.49.1"
   fi
 fi
 # cargo-deb (pinned), which scripts/deb.sh and the package test use, in the cache.

@@ -16,7 +16,7 @@ use sqlx::{AnyPool, Row};
 use std::time::Duration;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -49,7 +49,8 @@ pub struct Db {
 
 /// The migrations, in order: index + 1 is the schema version after it.
 /// `{blob}` and `{serial}` are filled in per backend.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO counters (name, value) VALUES ('feed', 1);
@@ -135,7 +136,64 @@ CREATE TABLE history (
   actor TEXT NOT NULL
 );
 CREATE INDEX history_uuid ON history (uuid, id);
-"#];
+"#,
+    r#"
+CREATE TABLE users (
+  name TEXT PRIMARY KEY,
+  password_hash TEXT NOT NULL,
+  role TEXT NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE TABLE sessions (
+  id_hash TEXT PRIMARY KEY,
+  user_name TEXT NOT NULL,
+  csrf TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL
+);
+CREATE TABLE audit (
+  id {serial},
+  at BIGINT NOT NULL,
+  actor TEXT NOT NULL,
+  role TEXT NOT NULL,
+  remote TEXT NOT NULL,
+  action TEXT NOT NULL,
+  target TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  result TEXT NOT NULL
+);
+CREATE INDEX audit_at ON audit (at);
+CREATE TABLE machine_health (
+  uuid TEXT PRIMARY KEY,
+  failing BIGINT NOT NULL,
+  error TEXT NOT NULL,
+  out_of_date_since BIGINT,
+  alerted BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE rollouts (
+  id {serial},
+  sha256 TEXT NOT NULL,
+  patch_id TEXT NOT NULL,
+  stages TEXT NOT NULL,
+  gate TEXT NOT NULL,
+  soak_secs BIGINT NOT NULL,
+  state TEXT NOT NULL,
+  stage BIGINT NOT NULL,
+  stage_started_at BIGINT NOT NULL,
+  healthy_since BIGINT,
+  failures_after BIGINT NOT NULL,
+  message TEXT NOT NULL,
+  created_by TEXT NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE TABLE oob_patches (
+  sha256 TEXT NOT NULL,
+  uuid TEXT NOT NULL,
+  added_at BIGINT NOT NULL,
+  PRIMARY KEY (sha256, uuid)
+);
+"#,
+];
 
 fn fill(sql: &str, backend: Backend) -> String {
     let (blob, serial) = match backend {

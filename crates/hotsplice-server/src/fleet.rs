@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub version: i64,
     pub groups: HashMap<String, String>,
     pub channels: HashMap<String, Channel>,
+    /// Patches rollouts and out-of-band grants add (issue 11).
+    pub extra: crate::rollout::Extra,
 }
 
 #[derive(Debug, Default)]
@@ -316,6 +318,7 @@ impl Fleet {
                 .push(ch.patches.len());
             ch.patches.push(e);
         }
+        snap.extra = crate::rollout::load(&self.db).await?;
         Ok(snap)
     }
 
@@ -356,6 +359,10 @@ impl Fleet {
                     }
                 }
             }
+        }
+        if let (Some(r), "allowed") = (report, authorization) {
+            // Issue 11 hook: rollout stages and out-of-band patches.
+            snap.extra.extend(r, group, &mut patches);
         }
         // Per target: the highest level applied, and the highest listed.
         let applied: BTreeSet<&str> = applied.iter().map(String::as_str).collect();

@@ -127,9 +127,17 @@ impl FromRequestParts<Arc<Fleet>> for ApiUser {
         if user.len() > 128 || key.len() > 256 {
             return Err(Error::unauthorized("unknown API user or wrong key"));
         }
+        // Audit hook: who asked (the role stays empty unless the key is right).
+        let slot = parts.extensions.get::<crate::audit::AuditSlot>().cloned();
+        if let Some(slot) = &slot {
+            slot.actor(user, "");
+        }
         let role = fleet.api_user(user, key).await?.ok_or_else(|| {
             Error::unauthorized("unknown API user or wrong key (or the user was revoked)")
         })?;
+        if let Some(slot) = &slot {
+            slot.actor(user, role.as_str());
+        }
         let u = ApiUser {
             name: user.to_string(),
             role,
@@ -216,7 +224,9 @@ pub fn router(fleet: Arc<Fleet>) -> Router {
             "/api/v2/access-keys/{id}",
             axum::routing::delete(revoke_access_key),
         )
-        .route(api::IMPORT_REPORT, post(import_report));
+        .route(api::IMPORT_REPORT, post(import_report))
+        // Issue 11: audit, users, rollouts, metrics, VEX, the dashboard.
+        .merge(crate::ops::routes());
     let v1 = Router::new()
         .route("/api/1/machines", get(v1_machines))
         .route("/api/1/machine/{uuid}/describe", get(v1_describe))
@@ -235,6 +245,14 @@ pub fn router(fleet: Arc<Fleet>) -> Router {
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            fleet.clone(),
+            crate::audit::layer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            fleet.clone(),
+            crate::metrics::layer,
         ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(fleet)
@@ -306,6 +324,8 @@ async fn checkin(
     }
     let raw = std::str::from_utf8(&body).map_err(|_| Error::bad("report is not UTF-8"))?;
     let feed = f.store_report(&row, &report, raw, "", "machine").await?;
+    // Issue 11 hook: health (failing / out of date) and rollout decisions.
+    crate::rollout::after_checkin(&f, &row, &report).await;
     Ok(Json(CheckinResponse {
         feed,
         next_checkin: f.settings.checkin_interval,
@@ -811,5 +831,7 @@ pub struct ApiDoc;
 #[utoipa::path(get, path = "/api/v2/openapi.json", tag = "machines",
     responses((status = 200, description = "this document", content_type = "application/json", body = Object)))]
 async fn openapi() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::ops::OpsDoc::openapi());
+    Json(doc)
 }

@@ -13,11 +13,18 @@
 //!
 //! See `docs/server.md` and `docs/api.md`.
 
+pub mod audit;
 pub mod checkin_writer;
+pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod metrics;
 pub mod mirror;
+pub mod ops;
+pub mod rollout;
 pub mod server;
 pub mod types;
+pub mod users;
+pub mod vex;

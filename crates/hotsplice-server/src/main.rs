@@ -57,6 +57,16 @@ enum Cmd {
         /// Seconds machines are told to wait between check-ins.
         #[arg(long, default_value_t = 3600)]
         checkin_interval: u64,
+        /// A machine out of date longer than this many seconds is alerting.
+        #[arg(long, default_value_t = 86_400)]
+        alert_out_of_date: u64,
+        /// POST a JSON event here when a machine starts alerting or a
+        /// rollout pauses (http://HOST:PORT/PATH).
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Seconds between the timer's rollout decisions (1 to 30).
+        #[arg(long, default_value_t = 10)]
+        rollout_interval: u64,
     },
     /// Bring the database's schema up to this build's.
     Migrate {
@@ -94,6 +104,28 @@ enum Cmd {
     AccessKey {
         #[command(subcommand)]
         cmd: AccessKeyCmd,
+    },
+    /// Dashboard users (local accounts with a password and a role).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// A new user; the password is read from standard input (one line).
+    Add {
+        #[command(flatten)]
+        store: Store,
+        name: String,
+        /// admin, operator or read-only.
+        #[arg(long)]
+        role: String,
+    },
+    List {
+        #[command(flatten)]
+        store: Store,
     },
 }
 
@@ -219,7 +251,23 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             tls_key,
             feed_validity,
             checkin_interval,
+            alert_out_of_date,
+            webhook,
+            rollout_interval,
         } => {
+            if !(1..=30).contains(&rollout_interval) {
+                anyhow::bail!("--rollout-interval is 1 to 30 seconds");
+            }
+            if let Some(w) = &webhook {
+                if !w.starts_with("http://") {
+                    anyhow::bail!("--webhook {w}: give an http://HOST:PORT/PATH URL");
+                }
+            }
+            hotsplice_server::ops::configure(hotsplice_server::ops::OpsSettings {
+                alert_out_of_date,
+                webhook,
+                rollout_interval: std::time::Duration::from_secs(rollout_interval),
+            });
             let settings = Settings {
                 feed_validity,
                 checkin_interval,
@@ -237,6 +285,38 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             })
             .await?;
         }
+        Cmd::User { cmd } => match cmd {
+            UserCmd::Add { store, name, role } => {
+                let role = Role::parse(&role).ok_or_else(|| {
+                    anyhow::anyhow!("role {role:?}: use admin, operator or read-only")
+                })?;
+                let mut pw = String::new();
+                std::io::stdin()
+                    .read_line(&mut pw)
+                    .context("reading the password from standard input")?;
+                let pw = pw.trim_end_matches(['\n', '\r']);
+                let f = open(&store).await?;
+                let u = f.add_user(&name, role, pw).await.map_err(api)?;
+                let entry = hotsplice_server::audit::AuditEntry {
+                    id: 0,
+                    at: 0,
+                    actor: "cli".into(),
+                    role: "admin".into(),
+                    remote: "local".into(),
+                    action: "user add".into(),
+                    target: u.name.clone(),
+                    detail: format!("role {}", u.role.as_str()),
+                    result: "ok".into(),
+                };
+                f.audit(&entry).await.map_err(api)?;
+                println!("user: {} role: {}", u.name, u.role.as_str());
+            }
+            UserCmd::List { store } => {
+                for u in open(&store).await?.users().await.map_err(api)? {
+                    println!("user: {} role: {}", u.name, u.role.as_str());
+                }
+            }
+        },
         Cmd::Migrate { store } => {
             let url = server::database_url(&store.data, store.database.as_deref())?;
             let db = hotsplice_server::db::Db::connect(&url, false).await?;

@@ -180,7 +180,10 @@ pub async fn run(
         std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let app = crate::http::router(Arc::new(fleet));
+    let fleet = Arc::new(fleet);
+    // Issue 11: running rollouts are decided on a timer too.
+    crate::rollout::spawn_timer(fleet.clone(), crate::ops::settings().rollout_interval);
+    let app = crate::http::router(fleet);
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {

@@ -1152,7 +1152,10 @@ fn cli_admin_commands(db: Option<String>) {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("init"));
-    assert_eq!(cli(&["migrate", "--data", d]).trim(), "schema-version: 1");
+    assert_eq!(
+        cli(&["migrate", "--data", d]).trim(),
+        &format!("schema-version: {}", hotsplice_server::db::SCHEMA_VERSION)
+    );
     // init refuses an initialized store.
     let out = std::process::Command::new(BIN)
         .args(["init", "--data", d])

@@ -26,6 +26,10 @@
 //! 4. **Describe**: Uptrack's `GET /api/1/machine/UUID/describe` for random
 //!    machines, T threads for 5 s: latency median / p99.
 //! 5. **Memory**: the largest resident set of each server process (VmHWM).
+//! 6. With `--dashboard`: the dashboard's pages and `/metrics` with the N
+//!    machines in the store, one request at a time (20 each): the overview
+//!    page, a filtered list's first page (out of date, in one kernel), a
+//!    random machine's page, and `/metrics`. Medians printed.
 //!
 //! Every process started is killed and reaped at the end, also on panic.
 //! Nothing here asserts on time; the figures are printed.
@@ -72,6 +76,9 @@ struct Args {
     objects: usize,
     #[arg(long)]
     json: bool,
+    /// Also time the dashboard's pages and /metrics.
+    #[arg(long)]
+    dashboard: bool,
 }
 
 const POOL: usize = 400;
@@ -512,6 +519,90 @@ struct Out {
     describe: Latency,
     server_max_rss_mib: Vec<f64>,
     nproc: usize,
+    dashboard: Option<Vec<(String, Latency)>>,
+}
+
+/// The dashboard's pages, timed one at a time.
+fn dashboard(s: &Server, machines: &[Machine]) -> Result<Vec<(String, Latency)>> {
+    use std::io::Write;
+    let data = s._dir.path().join("data");
+    let pw = "bench-password-1";
+    let mut c = Command::new(server_bin()?)
+        .args(["user", "add", "--data"])
+        .arg(&data)
+        .args(["bench", "--role", "read-only"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("hotsplice-server user add")?;
+    writeln!(c.stdin.take().context("stdin")?, "{pw}")?;
+    if !c.wait()?.success() {
+        bail!("hotsplice-server user add failed");
+    }
+    let url = &s.urls[0];
+    let a = ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_secs(120))
+        .build();
+    let r = match a
+        .post(&format!("{url}/ui/login"))
+        .set("Content-Type", "application/x-www-form-urlencoded")
+        .send_string(&format!("user=bench&password={pw}"))
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(303, r)) => r,
+        Err(e) => bail!("dashboard login: {e}"),
+    };
+    let cookie = r
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .context("no session cookie")?
+        .to_string();
+    let time = |path: &dyn Fn(usize) -> String, api: bool| -> Latency {
+        let mut out = Vec::new();
+        let mut errors = 0;
+        let t0 = Instant::now();
+        for i in 0..20 {
+            let p = path(i);
+            let t1 = Instant::now();
+            let mut req = a.get(&format!("{url}{p}"));
+            req = if api {
+                req.set(api::USER_HEADER, &s.api_user)
+                    .set(api::KEY_HEADER, &s.api_key)
+            } else {
+                req.set("Cookie", &cookie)
+            };
+            match req.call().map(|r| r.into_string()) {
+                Ok(Ok(_)) => out.push(t1.elapsed().as_secs_f64() * 1e3),
+                _ => errors += 1,
+            }
+        }
+        latency(out, errors, t0.elapsed().as_secs_f64())
+    };
+    let n = machines.len();
+    Ok(vec![
+        ("overview page".into(), time(&|_| "/ui/".into(), false)),
+        (
+            "filtered list, page 1".into(),
+            time(
+                &|_| "/ui/?status=outofdate&kernel=6.1.0-3-amd64".into(),
+                false,
+            ),
+        ),
+        (
+            "machine page".into(),
+            time(
+                &|i| {
+                    format!(
+                        "/ui/machines/{}",
+                        machines[(mix(i as u64 + 17) as usize) % n].uuid
+                    )
+                },
+                false,
+            ),
+        ),
+        ("/metrics".into(), time(&|_| "/metrics".into(), true)),
+    ])
 }
 
 fn main() -> Result<()> {
@@ -538,6 +629,12 @@ fn main() -> Result<()> {
     let checkin = checkins(&server, &machines, &args, secs, &ids)?;
     eprintln!("describe for 5 s ...");
     let describe = describes(&server, &machines, args.threads.min(16), 5);
+    let dash = if args.dashboard {
+        eprintln!("dashboard pages ...");
+        Some(dashboard(&server, &machines)?)
+    } else {
+        None
+    };
     let rss: Vec<f64> = server.targets.iter().map(|t| hwm_mib(t.pid())).collect();
     for t in &mut server.targets {
         let _ = t.kill();
@@ -559,6 +656,7 @@ fn main() -> Result<()> {
         describe,
         server_max_rss_mib: rss,
         nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        dashboard: dash,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -583,6 +681,9 @@ fn main() -> Result<()> {
         &out.checkin,
     );
     row("describe", &out.describe);
+    for (name, l) in out.dashboard.iter().flatten() {
+        row(name, l);
+    }
     println!(
         "  server max RSS       {} MiB",
         out.server_max_rss_mib

@@ -241,10 +241,14 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(db: Option<String>) -> Ctx {
+        Ctx::new_with(db, &[])
+    }
+    /// With extra `run` arguments.
+    pub fn new_with(db: Option<String>, extra: &[&str]) -> Ctx {
         let dir = hotsplice_testsupport::temp_dir("server");
         let data = dir.path().join("data");
         let creds = init(&data, db.as_deref());
-        let server = Server::start(&data, None);
+        let server = Server::start_with(&data, None, extra);
         Ctx {
             server,
             creds,
@@ -393,4 +397,269 @@ pub fn open_feed(
     hotsplice_fleet::feed::accept(&list, uuid, None, hotsplice_fleet::now())
         .expect("the feed is accepted");
     list
+}
+
+// -------------------------------------------------------------------
+// Issue 11: dashboard users, sessions, rollouts
+
+impl Ctx {
+    /// `hotsplice-server user add NAME --role ROLE` with the password on
+    /// standard input.
+    pub fn add_user(&self, name: &str, role: &str, password: &str) {
+        use std::io::Write;
+        let mut c = Command::new(BIN)
+            .args([
+                "user",
+                "add",
+                "--data",
+                self.data().to_str().unwrap(),
+                name,
+                "--role",
+                role,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A logged-in dashboard session (cookie and CSRF token).
+pub struct Ui {
+    pub base: String,
+    pub cookie: String,
+    pub csrf: String,
+}
+
+fn ui_agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .redirects(0)
+        .build()
+}
+
+fn resp_of(res: Result<ureq::Response, ureq::Error>) -> (Resp, Vec<String>) {
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let cookies = resp
+        .all("set-cookie")
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let status = resp.status();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+    (Resp { status, body }, cookies)
+}
+
+pub fn form_body(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            let enc: String = v
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            format!("{k}={enc}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Ui {
+    /// Log in through the form; panics unless it succeeds.
+    pub fn login(ctx: &Ctx, user: &str, password: &str) -> Ui {
+        let (r, cookies) = Ui::try_login(ctx, user, password);
+        assert_eq!(r.status, 303, "login: {}", r.text());
+        let c = cookies
+            .iter()
+            .find(|c| c.starts_with("hs_session="))
+            .expect("a session cookie");
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
+        let cookie = c.split(';').next().unwrap().to_string();
+        let mut ui = Ui {
+            base: ctx.server.url.clone(),
+            cookie,
+            csrf: String::new(),
+        };
+        let page = ui.get("/ui/").ok().text();
+        ui.csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("a CSRF field on the page")
+            .to_string();
+        ui
+    }
+    pub fn try_login(ctx: &Ctx, user: &str, password: &str) -> (Resp, Vec<String>) {
+        resp_of(
+            ui_agent()
+                .post(&ctx.url("/ui/login"))
+                .set("Content-Type", "application/x-www-form-urlencoded")
+                .send_string(&form_body(&[("user", user), ("password", password)])),
+        )
+    }
+    pub fn get(&self, path: &str) -> Resp {
+        resp_of(
+            ui_agent()
+                .get(&format!("{}{path}", self.base))
+                .set("Cookie", &self.cookie)
+                .call(),
+        )
+        .0
+    }
+    /// A form post with the session's CSRF token added.
+    pub fn post(&self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        let mut f = fields.to_vec();
+        f.push(("csrf", &self.csrf));
+        self.post_raw(path, &f)
+    }
+    /// A raw body (a patch upload) with the CSRF token in X-CSRF-Token
+    /// when `csrf`.
+    pub fn post_bytes(&self, path: &str, body: &[u8], csrf: bool) -> Resp {
+        let mut r = ui_agent()
+            .post(&format!("{}{path}", self.base))
+            .set("Cookie", &self.cookie)
+            .set("Content-Type", "application/octet-stream");
+        if csrf {
+            r = r.set("X-CSRF-Token", &self.csrf);
+        }
+        resp_of(r.send_bytes(body)).0
+    }
+    /// A form post as given (no CSRF token added).
+    pub fn post_raw(&self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        resp_of(
+            ui_agent()
+                .post(&format!("{}{path}", self.base))
+                .set("Cookie", &self.cookie)
+                .set("Content-Type", "application/x-www-form-urlencoded")
+                .send_string(&form_body(fields)),
+        )
+        .0
+    }
+}
+
+/// A report of `uuid` named `host` with kernel patches `applied` and, if
+/// given, a failure of `failed` (patch, error) in its last run.
+pub fn report_with(
+    uuid: &str,
+    host: &str,
+    applied: &[&str],
+    failed: Option<(&str, &str)>,
+) -> hotsplice_fleet::report::Report {
+    let mut r = report(uuid);
+    r.hostname = host.into();
+    r.kernel.applied = applied
+        .iter()
+        .map(|id| hotsplice_fleet::report::AppliedKernelPatch {
+            id: id.to_string(),
+            description: String::new(),
+        })
+        .collect();
+    let now = hotsplice_fleet::now();
+    if !applied.is_empty() || failed.is_some() {
+        r.last_run = Some(hotsplice_fleet::report::RunReport {
+            at: now,
+            feed_version: 0,
+            applied: applied
+                .iter()
+                .map(|id| hotsplice_fleet::report::RunItem {
+                    patch: id.to_string(),
+                    target: "kernel".into(),
+                })
+                .collect(),
+            removed: vec![],
+            failures: failed
+                .iter()
+                .map(|(p, e)| hotsplice_fleet::report::RunFailure {
+                    patch: p.to_string(),
+                    target: "kernel".into(),
+                    error: e.to_string(),
+                })
+                .collect(),
+        });
+    }
+    r
+}
+
+/// A loopback HTTP receiver for webhooks: every POST body arrives on
+/// `bodies`; answers 200. The listener thread ends with the test process.
+pub struct Receiver {
+    pub url: String,
+    pub bodies: std::sync::mpsc::Receiver<String>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break Some(body[..len].to_string());
+                        }
+                    }
+                };
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                if let Some(b) = body {
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Receiver { url, bodies: rx }
+    }
+    /// The next body, within 60 s.
+    pub fn next(&self) -> Value {
+        let b = self
+            .bodies
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a webhook call within 60 s");
+        serde_json::from_str(&b).unwrap()
+    }
 }
