@@ -22,6 +22,29 @@ if [ ! -f /hstest/phase2 ]; then
   out=$(hotsplice check --from /hstest/feed); rc=$?; say check-not-applied rc=$rc "$out"
   ksplice -y -q kernel upgrade --from /hstest/feed
   say uptrack-show "$(uptrack-show | tr '\n' '|')"
+  if [ -f /hstest/hsdemo ]; then
+    # A patched userspace service: systemd restarts it, the daemon patches
+    # the new process.
+    install -m 0755 /hstest/hsdemo /usr/local/bin/hsdemo
+    printf '[Service]\nExecStart=/usr/local/bin/hsdemo\n' > /etc/systemd/system/hsdemo.service
+    systemctl daemon-reload
+    systemctl start hsdemo.service
+    sleep 1
+    hotsplice user install /hstest/hsdemo.hsp > /hstest/inst.log 2>&1; say user-install rc=$? "$(cat /hstest/inst.log)"
+    cur=$(journalctl -u hsdemo.service -n 0 --show-cursor -o cat | sed -n 's/^-- cursor: //p')
+    systemctl restart hsdemo.service
+    pid=$(systemctl show -P MainPID hsdemo.service)
+    say demo-restarted pid=$pid
+    i=0
+    while [ $i -lt 100 ] && ! journalctl -u hsdemo.service -o cat --after-cursor="$cur" | grep -q result=2; do
+      sleep 0.2; i=$((i + 1))
+    done
+    say demo-output "$(journalctl -u hsdemo.service -o cat --after-cursor="$cur" | grep '^result=' | sort | uniq -c | tr -s ' \n' '  ')"
+    say demo-daemon "$(journalctl -u hotsplice.service -o cat | grep "patched pid $pid" | head -1)"
+    say demo-show "$(hotsplice user show --pid "$pid" | tail -n +2 | head -1)"
+    out=$(hotsplice check --from /hstest/feed); rc=$?; say check-with-demo rc=$rc "$out"
+    systemctl stop hsdemo.service
+  fi
   touch /hstest/phase2
   sync
   say init-done

@@ -8,7 +8,7 @@
 # Also builds the initramfs that mounts it (initrd.zst, printed second).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hotsplice}"
+export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}"
 D="$HOTSPLICE_CACHE/debian12"
 KC="$HOTSPLICE_CACHE/kernel"
 mkdir -p "$D"

@@ -6,12 +6,14 @@
 # (guest-run.sh says what each boot does). Prints the serial console's
 # HSTEST lines of both boots.
 #
-# Usage: scripts/debian/vm-test.sh DEB PATCH.hsp KEY.pub OUTDIR
+# Usage: scripts/debian/vm-test.sh DEB PATCH.hsp KEY.pub OUTDIR [PROG PROG.hsp]
+#   PROG, PROG.hsp: a small program the guest runs as a systemd service
+#   (it prints result=N) and a userspace patch for it, signed by the key.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hotsplice}"
-[ $# -eq 4 ] || { echo "usage: $0 DEB PATCH.hsp KEY.pub OUTDIR" >&2; exit 2; }
-DEB=$1 PATCH=$2 PUB=$3 OUT=$4
+export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}"
+[ $# -eq 4 ] || [ $# -eq 6 ] || { echo "usage: $0 DEB PATCH.hsp KEY.pub OUTDIR [PROG PROG.hsp]" >&2; exit 2; }
+DEB=$1 PATCH=$2 PUB=$3 OUT=$4 PROG=${5:-} PROGPATCH=${6:-}
 mapfile -t made < <("$REPO/scripts/debian/mkroot.sh")
 IMG=${made[0]} INITRD=${made[1]}
 mkdir -p "$OUT"
@@ -24,6 +26,10 @@ put "$REPO/scripts/debian/guest-run.sh" /hstest/run.sh
 put "$DEB" /hstest/hotsplice.deb
 put "$PATCH" "/hstest/feed/$(basename "$PATCH")"
 put "$PUB" /hstest/test.pub
+if [ -n "$PROG" ]; then
+  put "$PROG" /hstest/hsdemo
+  put "$PROGPATCH" /hstest/hsdemo.hsp
+fi
 for boot in 1 2; do
   "$REPO/scripts/kernel/boot.sh" -d "$disk" -t "${HOTSPLICE_DEBIAN_BOOT_TIMEOUT:-600}" \
     -a "root=/dev/vda hsboot=$boot" -l "$OUT/serial-$boot.log" "$INITRD" | sed "s/^HSTEST /HSTEST boot$boot /"

@@ -1,4 +1,5 @@
-//! The package in a real Debian 12 system: debootstrap (minbase plus
+//! The package in a real Debian 12 system (and a patched userspace service
+//! run by systemd): debootstrap (minbase plus
 //! systemd) with the kernel tests' stock kernel, booted under QEMU TCG with
 //! systemd as PID 1 (scripts/debian/). Host side: the package is built by
 //! scripts/deb.sh (this build's binary), a kernel patch by `hotsplice
@@ -75,12 +76,23 @@ fn debian_system_installs_patches_reboots_and_removes() {
     r.assert_ok("scripts/deb.sh");
     let deb = r.stdout.lines().last().unwrap().trim().to_string();
 
+    // A userspace service for the guest and its patch, signed by the key.
+    let env = TestEnv::new("debian-vm");
+    let case = Case::load("pie_exec");
+    let build = case.build();
+    let demo_out = dir.join("demo");
+    std::fs::create_dir_all(&demo_out).unwrap();
+    let demo_patch = create(&env, &case, &build, "fix.diff", Some(&key), 1, &demo_out);
+    let demo_id = info_id(&env, &demo_patch);
+
     let mut vm = Command::new("bash");
     vm.arg(kc::repo_root().join("scripts/debian/vm-test.sh"))
         .arg(&deb)
         .arg(&signed)
         .arg(&public)
-        .arg(dir.join("vm"));
+        .arg(dir.join("vm"))
+        .arg(build.dir.join("prog"))
+        .arg(&demo_patch);
     let r = run_cmd(vm, Duration::from_secs(1800));
     r.assert_ok("scripts/debian/vm-test.sh");
     let log = r.stdout.clone();
@@ -139,6 +151,25 @@ fn debian_system_installs_patches_reboots_and_removes() {
         line("HSTEST boot1 check-not-applied rc=2 HOTSPLICE CRITICAL").contains(&id),
         "{log}"
     );
+    // The userspace service: restarted by systemd, patched by the daemon.
+    line("HSTEST boot1 user-install rc=0");
+    let pid = line("HSTEST boot1 demo-restarted pid=");
+    let pid = pid
+        .trim_start_matches("HSTEST boot1 demo-restarted pid=")
+        .trim()
+        .to_string();
+    assert!(pid.parse::<u32>().is_ok(), "{log}");
+    assert!(
+        line("HSTEST boot1 demo-output").contains("result=2"),
+        "{log}"
+    );
+    let d = line("HSTEST boot1 demo-daemon");
+    assert!(
+        d.contains(&format!("patched pid {pid} (hsdemo) with {demo_id}")),
+        "{log}"
+    );
+    assert!(line("HSTEST boot1 demo-show").contains(&demo_id), "{log}");
+    line("HSTEST boot1 check-with-demo rc=0 HOTSPLICE OK");
     // Reboot: the hook re-applied the patch before multi-user.target.
     line("HSTEST boot2 boot-hook active");
     assert!(
