@@ -91,6 +91,8 @@ pub struct MachineRow {
     /// The feed version when the row was read (read with it, in the same
     /// statement, to save a round trip).
     pub feed_version: i64,
+    /// Its health row (issue 11), read in the same statement.
+    pub health: Option<crate::rollout::Health>,
 }
 
 /// What fits a machine: its list, and what it applied or lacks.
@@ -449,7 +451,7 @@ impl Fleet {
 
     pub async fn machine_row(&self, uuid: &str) -> Result<Option<MachineRow>> {
         let row = sqlx::query(
-            "SELECT uuid, key_hash, authz, group_name, applied, last_run_at, (SELECT value FROM counters WHERE name = 'feed') AS fv FROM machines WHERE uuid = $1",
+            "SELECT m.uuid, m.key_hash, m.authz, m.group_name, m.applied, m.last_run_at, (SELECT value FROM counters WHERE name = 'feed') AS fv, h.failing AS h_failing, h.error AS h_error, h.out_of_date_since AS h_since FROM machines m LEFT JOIN machine_health h ON h.uuid = m.uuid WHERE m.uuid = $1",
         )
         .bind(uuid)
         .fetch_optional(&self.db.read)
@@ -464,6 +466,20 @@ impl Fleet {
             applied: serde_json::from_str(&s(&row, "applied")?).unwrap_or_default(),
             last_run_at: i(&row, "last_run_at")?,
             feed_version: i(&row, "fv")?,
+            health: match row
+                .try_get::<Option<i64>, _>("h_failing")
+                .map_err(db::DbError::from)?
+            {
+                None => None,
+                Some(failing) => Some(crate::rollout::Health {
+                    failing,
+                    error: row
+                        .try_get::<Option<String>, _>("h_error")
+                        .map_err(db::DbError::from)?
+                        .unwrap_or_default(),
+                    out_of_date_since: oi(&row, "h_since")?,
+                }),
+            },
         }))
     }
 
@@ -611,7 +627,7 @@ impl Fleet {
         raw: &str,
         event_detail: &str,
         actor: &str,
-    ) -> Result<SignedFeed> {
+    ) -> Result<(SignedFeed, &'static str)> {
         let snap = self.snapshot_at(row.feed_version).await?;
         let applied = report.applied_ids();
         let fit = self.fit(
@@ -702,7 +718,10 @@ impl Fleet {
             }
             tx.commit().await.map_err(db::DbError::from)?;
         }
-        Ok(self.sign(&row.uuid, &fit, snap.version, &row.authorization))
+        Ok((
+            self.sign(&row.uuid, &fit, snap.version, &row.authorization),
+            fit.status,
+        ))
     }
 
     /// The list of a machine as of its stored report.

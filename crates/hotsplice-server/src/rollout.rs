@@ -184,11 +184,24 @@ fn entry(row: &sqlx::any::AnyRow) -> db::DbResult<FeedEntry> {
 /// After a check-in: the machine's health row, and a rollout decision
 /// when its group's stage is under way. Errors are logged, never the
 /// machine's problem.
-pub async fn after_checkin(f: &Fleet, row: &crate::fleet::MachineRow, report: &Report) {
-    if let Err(e) = health(f, row, report).await {
+/// A machine's health row, as the check-in reads it with the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub failing: i64,
+    pub error: String,
+    pub out_of_date_since: Option<i64>,
+}
+
+pub async fn after_checkin(
+    f: &Fleet,
+    row: &crate::fleet::MachineRow,
+    report: &Report,
+    status: &str,
+) {
+    if let Err(e) = health(f, row, report, status).await {
         tracing::error!("health of {}: {}", row.uuid, e.message);
     }
-    match f.snapshot().await {
+    match f.snapshot_at(row.feed_version).await {
         Ok(snap) if snap.extra.running_groups.contains(&row.group) => {
             if let Err(e) = tick(f).await {
                 tracing::error!("rollout decision: {}", e.message);
@@ -199,7 +212,12 @@ pub async fn after_checkin(f: &Fleet, row: &crate::fleet::MachineRow, report: &R
     }
 }
 
-async fn health(f: &Fleet, row: &crate::fleet::MachineRow, report: &Report) -> Result<()> {
+async fn health(
+    f: &Fleet,
+    row: &crate::fleet::MachineRow,
+    report: &Report,
+    status: &str,
+) -> Result<()> {
     let uuid = row.uuid.as_str();
     let (failing, error) = match &report.last_run {
         Some(r) if !r.failures.is_empty() => {
@@ -226,31 +244,18 @@ async fn health(f: &Fleet, row: &crate::fleet::MachineRow, report: &Report) -> R
         .take(1024)
         .collect();
     let t = now() as i64;
-    // A read first (readers run in parallel): the writer is taken only
-    // when the machine's health changes, not on every check-in.
-    let cur = sqlx::query(
-        "SELECT m.status, h.failing, h.error, h.out_of_date_since FROM machines m LEFT JOIN machine_health h ON h.uuid = m.uuid WHERE m.uuid = $1",
-    )
-    .bind(uuid)
-    .fetch_optional(&f.db.read)
-    .await
-    .map_err(db::DbError::from)?;
-    if let Some(c) = &cur {
-        let outofdate = s(c, "status")? == "outofdate";
-        let had: Option<i64> = c.try_get("failing").map_err(db::DbError::from)?;
-        let had_error: Option<String> = c.try_get("error").map_err(db::DbError::from)?;
-        let since = oi(c, "out_of_date_since")?;
-        let same = match had {
-            None => failing == 0 && !outofdate,
-            Some(h) => {
-                h == failing
-                    && had_error.as_deref() == Some(error.as_str())
-                    && since.is_some() == outofdate
-            }
-        };
-        if same {
-            return Ok(());
+    // Compared with the health row read with the machine (no query): the
+    // writer is taken only when the machine's health changes, not on every
+    // check-in.
+    let outofdate = status == "outofdate";
+    let same = match &row.health {
+        None => failing == 0 && !outofdate,
+        Some(h) => {
+            h.failing == failing && h.error == error && h.out_of_date_since.is_some() == outofdate
         }
+    };
+    if same {
+        return Ok(());
     }
     sqlx::query(
         "INSERT INTO machine_health (uuid, failing, error, out_of_date_since) VALUES ($1, $2, $3, CASE WHEN (SELECT status FROM machines WHERE uuid = $1) = 'outofdate' THEN $4 ELSE NULL END) \
