@@ -30,6 +30,7 @@ mod netlink;
 pub mod pool;
 mod upgrade;
 mod user;
+mod vulns;
 
 pub use check::{CheckReport, CheckStatus, KernelCheck, MissingPatch, UserCheck};
 pub use daemon::DaemonOptions;
@@ -43,3 +44,4 @@ pub use user::{
     pids, AppliedView, ApplyPlan, AvailablePatch, CorruptView, InterruptedView, OpResult,
     ProcessPatches, RemovalPlan, Run, StillInOld, TargetObject,
 };
+pub use vulns::{KernelFix, LiveFixes, ProcessRef, UserFix};

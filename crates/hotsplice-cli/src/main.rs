@@ -93,6 +93,15 @@ enum Command {
     /// Is this machine up to date with its patches? One line and a Nagios
     /// exit status, or a Prometheus textfile.
     Check(check::CheckArgs),
+    /// The CVEs fixed live on this machine (kernel, and every process that
+    /// maps a fixed object), and where a fix is here but not applied;
+    /// --vex: a CSAF 2.0 VEX document for vulnerability scanners.
+    Vulns {
+        #[arg(long, conflicts_with = "vex")]
+        json: bool,
+        #[arg(long)]
+        vex: bool,
+    },
     /// Shell completions generated from this command line definition.
     #[command(hide = true)]
     Completions {
@@ -300,6 +309,7 @@ fn run(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Create(a) => create(&ctx, *a),
         Command::Info { file, json } => info(&ctx, &file, json),
+        Command::Vulns { json, vex } => vulns(&ctx, json, vex),
         Command::Keygen { dir, name } => {
             let key = hotsplice_trust::SecretKey::generate()?;
             hotsplice_trust::write_key_pair(&dir, &name, &key)?;
@@ -446,6 +456,76 @@ fn create_kernel(
 
 /// `hotsplice info`: what a patch file holds, and what its signature is
 /// worth here: exactly one of trusted, unknown key, bad, unsigned.
+fn vulns(ctx: &app::App, json: bool, vex: bool) -> Result<bool> {
+    let f = ctx.agent.live_fixes()?;
+    if vex {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&ctx.agent.live_fixes_vex(&f))?
+        );
+        return Ok(true);
+    }
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&f)?);
+        return Ok(true);
+    }
+    if f.kernel.is_empty() && f.userspace.is_empty() {
+        outln!("no installed or applied patch names a CVE");
+        return Ok(true);
+    }
+    let procs = |v: &[hotsplice_agent::ProcessRef]| {
+        v.iter()
+            .map(|p| format!("{} ({})", p.pid, esc(&p.comm)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for k in &f.kernel {
+        if k.applied {
+            outln!(
+                "{}: fixed live in the kernel ({})",
+                esc(&k.cve),
+                esc(&k.patch)
+            );
+        } else {
+            outln!(
+                "{}: NOT fixed: kernel patch {} is in the feed, not applied",
+                esc(&k.cve),
+                esc(&k.patch)
+            );
+        }
+    }
+    for u in &f.userspace {
+        if u.fixed_in.is_empty() && u.lacking.is_empty() {
+            outln!(
+                "{}: {}: no running process maps it",
+                esc(&u.cve),
+                esc(&u.target)
+            );
+        } else if u.lacking.is_empty() {
+            outln!(
+                "{}: fixed live in {}: every process mapping it ({})",
+                esc(&u.cve),
+                esc(&u.target),
+                u.fixed_in.len()
+            );
+        } else {
+            outln!(
+                "{}: {}: NOT fixed in {}; fixed in {} process(es)",
+                esc(&u.cve),
+                esc(&u.target),
+                procs(&u.lacking),
+                u.fixed_in.len()
+            );
+        }
+    }
+    outln!(
+        "{} CVE(s) fixed live, {} with a fix not applied",
+        f.fixed.len(),
+        f.not_fixed.len()
+    );
+    Ok(true)
+}
+
 fn info(ctx: &app::App, file: &Path, json: bool) -> Result<bool> {
     let info = ctx.agent.info(file)?;
     if json {

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod feed;
 pub mod report;
+pub mod vex;
 
 /// Seconds since the Unix epoch, now.
 pub fn now() -> u64 {

@@ -21,6 +21,7 @@ mod state;
 mod sync;
 
 pub use http::{check_url, parse_servers, Auth};
+pub use report::hostname;
 pub use state::{FleetPaths, FromFleet, ServerFile};
 pub use sync::{FeedSummary, PatchState, SyncOptions, SyncPatch, SyncResult};
 
