@@ -253,8 +253,13 @@ async fn login(
                 s.actor(&form.user, role.as_str());
             }
             let c = format!(
-                "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}",
-                sess.cookie
+                "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{}",
+                sess.cookie,
+                if f.settings.secure_cookies {
+                    "; Secure"
+                } else {
+                    ""
+                }
             );
             (
                 StatusCode::SEE_OTHER,

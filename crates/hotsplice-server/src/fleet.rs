@@ -30,6 +30,8 @@ pub struct Settings {
     pub feed_validity: u64,
     /// Suggested seconds between check-ins.
     pub checkin_interval: u64,
+    /// Mark the dashboard's session cookie `Secure` (the server runs TLS).
+    pub secure_cookies: bool,
 }
 
 impl Default for Settings {
@@ -37,6 +39,7 @@ impl Default for Settings {
         Settings {
             feed_validity: 7 * 86_400,
             checkin_interval: 3600,
+            secure_cookies: false,
         }
     }
 }

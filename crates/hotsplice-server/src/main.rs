@@ -271,6 +271,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let settings = Settings {
                 feed_validity,
                 checkin_interval,
+                // Over TLS, the dashboard's cookie is never sent in clear.
+                secure_cookies: tls_cert.is_some(),
             };
             let fleet = server::open(&store.data, store.database.as_deref(), settings).await?;
             let tls = match (tls_cert, tls_key) {

@@ -40,8 +40,9 @@ fn serves_over_tls() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let agent_tls = Arc::new(config);
     let agent = ureq::AgentBuilder::new()
-        .tls_config(Arc::new(config))
+        .tls_config(agent_tls.clone())
         .build();
     let text = agent
         .get(&format!("{}{}", server.url, hotsplice_fleet::api::FEED_KEY))
@@ -59,6 +60,45 @@ fn serves_over_tls() {
         .into_string()
         .unwrap();
     assert_eq!(list, "[]");
+    // The dashboard's session cookie is `Secure` over TLS (and only then:
+    // the plain-HTTP tests log in without it).
+    {
+        use std::io::Write;
+        let mut c = std::process::Command::new(BIN)
+            .args([
+                "user",
+                "add",
+                "--data",
+                data.to_str().unwrap(),
+                "tina",
+                "--role",
+                "read-only",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        writeln!(c.stdin.take().unwrap(), "a long enough password").unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+    let login = ureq::AgentBuilder::new()
+        .tls_config(agent_tls.clone())
+        .redirects(0)
+        .build()
+        .post(&format!("{}/ui/login", server.url))
+        .set("Content-Type", "application/x-www-form-urlencoded")
+        .send_string("user=tina&password=a+long+enough+password");
+    let resp = match login {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("login: {e}"),
+    };
+    assert_eq!(resp.status(), 303);
+    let cookie = resp.header("set-cookie").unwrap_or_default().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
     // Without TLS: no HTTP answer.
     let plain = server.url.replace("https://", "http://");
     let r = ureq::AgentBuilder::new()
