@@ -486,7 +486,13 @@ impl Agent {
                 return;
             }
         };
-        let listed = |m: &FromFleet| list.patches.iter().any(|e| e.sha256 == m.sha256);
+        // By file or by ID: a patch listed again as another file (signed
+        // anew) is not withdrawn under it.
+        let listed = |m: &FromFleet| {
+            list.patches
+                .iter()
+                .any(|e| e.sha256 == m.sha256 || e.id == m.id)
+        };
         let (keep, gone): (Vec<FromFleet>, Vec<FromFleet>) =
             marks.into_iter().partition(|m| listed(m));
         if gone.is_empty() {
