@@ -124,25 +124,11 @@ fn the_debian_package_has_everything_and_lintian_is_explained() {
     }
 
     // lintian: nothing but the explained tags.
-    let mut cmd = Command::new("lintian");
-    cmd.arg("--no-tag-display-limit").arg(&deb);
-    let r = run_cmd(cmd, Duration::from_secs(900));
-    for line in r
-        .stdout
-        .lines()
-        .filter(|l| l.len() > 2 && l.as_bytes()[1] == b':')
-    {
-        let tag = line.split_whitespace().nth(2).unwrap_or("");
-        assert!(
-            EXPLAINED_TAGS.contains(&tag),
-            "lintian tag not explained in docs/packaging.md: {line}\n{}",
-            r.describe()
-        );
-    }
-    let doc = std::fs::read_to_string(repo().join("docs/packaging.md")).unwrap();
-    for t in EXPLAINED_TAGS {
-        assert!(doc.contains(t), "docs/packaging.md explains {t}");
-    }
+    hotsplice_testsupport::tools::assert_lintian_explained(
+        &deb,
+        EXPLAINED_TAGS,
+        &repo().join("docs/packaging.md"),
+    );
 
     // Unpacked: the links answer as Ksplice's commands, the conffile is
     // read by the real parser, man pages render, completions load.

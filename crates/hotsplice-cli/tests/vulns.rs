@@ -31,21 +31,6 @@ fn pids(v: &serde_json::Value, field: &str) -> Vec<u64> {
     p
 }
 
-fn venv_python() -> PathBuf {
-    let cache = std::env::var_os("HOTSPLICE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/hotsplice")
-        });
-    let p = cache.join("venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/setup.sh",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn cves_fixed_live_and_where_not() {
     let (env, case, build, out) = fresh_case("vulns", "stacked");
@@ -113,7 +98,7 @@ fn cves_fixed_live_and_where_not() {
     let f = out.path().join("vex.json");
     std::fs::write(&f, &r.stdout).unwrap();
     let server_tests = concat!(env!("CARGO_MANIFEST_DIR"), "/../hotsplice-server/tests");
-    let o = std::process::Command::new(venv_python())
+    let o = std::process::Command::new(hotsplice_testsupport::tools::venv_python())
         .arg(format!("{server_tests}/scripts/csaf_validate.py"))
         .arg(format!("{server_tests}/data/csaf_json_schema.json"))
         .arg(&f)

@@ -193,7 +193,8 @@ fn check_authorization(a: &str) -> Result<()> {
     }
 }
 
-fn entry_of(row: &AnyRow) -> db::DbResult<FeedEntry> {
+/// A feed entry from a row of `patches` (the columns of `PATCH_COLS`).
+pub(crate) fn entry_of(row: &AnyRow) -> db::DbResult<FeedEntry> {
     Ok(FeedEntry {
         sha256: s(row, "sha256")?,
         size: i(row, "size")? as u64,

@@ -142,7 +142,7 @@ pub async fn load(db: &Db) -> db::DbResult<Extra> {
     for row in sqlx::query(q).fetch_all(&db.read).await? {
         let stages: Vec<String> = serde_json::from_str(&s(&row, "stages")?).unwrap_or_default();
         let stage = i(&row, "stage")? as usize;
-        let e = entry(&row)?;
+        let e = crate::fleet::entry_of(&row)?;
         for g in stages.iter().take(stage + 1) {
             extra.by_group.entry(g.clone()).or_default().push(e.clone());
         }
@@ -158,27 +158,9 @@ pub async fn load(db: &Db) -> db::DbResult<Extra> {
             .by_machine
             .entry(s(&row, "uuid")?)
             .or_default()
-            .push(entry(&row)?);
+            .push(crate::fleet::entry_of(&row)?);
     }
     Ok(extra)
-}
-
-fn entry(row: &sqlx::any::AnyRow) -> db::DbResult<FeedEntry> {
-    Ok(FeedEntry {
-        sha256: s(row, "sha256")?,
-        size: i(row, "size")? as u64,
-        id: s(row, "id")?,
-        kind: if s(row, "kind")? == "kernel" {
-            PatchKind::Kernel
-        } else {
-            PatchKind::User
-        },
-        target_name: s(row, "target_name")?,
-        build_id: s(row, "build_id")?,
-        level: i(row, "level")? as u32,
-        description: s(row, "description")?,
-        cves: serde_json::from_str(&s(row, "cves")?).unwrap_or_default(),
-    })
 }
 
 /// After a check-in: the machine's health row, and a rollout decision

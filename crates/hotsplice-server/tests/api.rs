@@ -10,20 +10,13 @@ use common::*;
 use hotsplice_fleet::api;
 use hotsplice_fleet::feed::{check_blob, FeedState};
 use hotsplice_testsupport::harness::libtest_mimic::{self, Arguments, Trial};
-use hotsplice_testsupport::postgres::{self, Postgres};
+use hotsplice_testsupport::postgres;
 use serde_json::json;
-use std::sync::Mutex;
 
-static PG: Mutex<Option<Result<Postgres, String>>> = Mutex::new(None);
+static PG: postgres::Shared = postgres::Shared::new();
 
-/// A fresh PostgreSQL database (the server started on first use).
 fn pg_database() -> String {
-    let mut g = PG.lock().unwrap_or_else(|e| e.into_inner());
-    let pg = g.get_or_insert_with(Postgres::start);
-    match pg {
-        Ok(pg) => pg.create_database().expect("create a database"),
-        Err(e) => panic!("PostgreSQL did not start: {e}"),
-    }
+    PG.database()
 }
 
 type Suite = fn(Option<String>);
@@ -80,7 +73,7 @@ fn main() {
     }));
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop PostgreSQL before exiting.
-    drop(PG.lock().unwrap_or_else(|e| e.into_inner()).take());
+    PG.stop();
     conclusion.exit()
 }
 

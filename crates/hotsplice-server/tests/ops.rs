@@ -8,19 +8,13 @@ mod common;
 
 use common::*;
 use hotsplice_testsupport::harness::libtest_mimic::{self, Arguments, Trial};
-use hotsplice_testsupport::postgres::{self, Postgres};
+use hotsplice_testsupport::postgres;
 use serde_json::{json, Value};
-use std::sync::Mutex;
 
-static PG: Mutex<Option<Result<Postgres, String>>> = Mutex::new(None);
+static PG: postgres::Shared = postgres::Shared::new();
 
 fn pg_database() -> String {
-    let mut g = PG.lock().unwrap_or_else(|e| e.into_inner());
-    let pg = g.get_or_insert_with(Postgres::start);
-    match pg {
-        Ok(pg) => pg.create_database().expect("create a database"),
-        Err(e) => panic!("PostgreSQL did not start: {e}"),
-    }
+    PG.database()
 }
 
 type Suite = fn(Option<String>);
@@ -52,7 +46,7 @@ fn main() {
         );
     }
     let c = libtest_mimic::run(&args, trials);
-    *PG.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    PG.stop();
     c.exit();
 }
 
@@ -367,22 +361,6 @@ fn rollout_advances_and_pauses(db: Option<String>) {
     assert_eq!(ctx.get("/api/v2/rollouts/999", &ro).status, 404);
 }
 
-/// The Python of the test venv (scripts/setup.sh makes it).
-fn venv_python() -> std::path::PathBuf {
-    let cache = std::env::var_os("HOTSPLICE_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/hotsplice")
-        });
-    let p = cache.join("venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/setup.sh (it installs prometheus_client and jsonschema there)",
-        p.display()
-    );
-    p
-}
-
 fn script(name: &str) -> String {
     format!("{}/tests/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -432,7 +410,7 @@ fn metrics_and_vex(db: Option<String>) {
         Some((id, "kernel refused the patch: -EBUSY")),
     );
     let text = ctx.get("/metrics", &ctx.token("read-only")).ok().text();
-    let out = std::process::Command::new(venv_python())
+    let out = std::process::Command::new(hotsplice_testsupport::tools::venv_python())
         .arg(script("prom_parse.py"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -543,7 +521,7 @@ fn metrics_and_vex(db: Option<String>) {
     let f = dir.join("vex-none.json");
     std::fs::write(&f, doc.to_string()).unwrap();
     files.push(f);
-    let out = std::process::Command::new(venv_python())
+    let out = std::process::Command::new(hotsplice_testsupport::tools::venv_python())
         .arg(script("csaf_validate.py"))
         .arg(format!(
             "{}/tests/data/csaf_json_schema.json",
@@ -563,7 +541,7 @@ fn metrics_and_vex(db: Option<String>) {
     bad["document"]["category"] = json!(17);
     let f = dir.join("vex-bad.json");
     std::fs::write(&f, bad.to_string()).unwrap();
-    let out = std::process::Command::new(venv_python())
+    let out = std::process::Command::new(hotsplice_testsupport::tools::venv_python())
         .arg(script("csaf_validate.py"))
         .arg(format!(
             "{}/tests/data/csaf_json_schema.json",

@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod proc;
 mod target;
 mod tmp;
+pub mod tools;
 
 pub use cc::{compile, compile_with, try_compile, DEFAULT_CFLAGS};
 pub use cmd::{cmdline_of, run_cmd, CmdOut};

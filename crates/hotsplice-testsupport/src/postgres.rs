@@ -246,6 +246,39 @@ impl Postgres {
     }
 }
 
+/// One server a whole test binary shares, started on first use, one fresh
+/// database per test: `static PG: Shared = Shared::new();`, `PG.database()`
+/// in each test, `PG.stop()` before the harness exits (statics are never
+/// dropped).
+pub struct Shared(std::sync::Mutex<Option<Result<Postgres, String>>>);
+
+impl Shared {
+    pub const fn new() -> Shared {
+        Shared(std::sync::Mutex::new(None))
+    }
+
+    /// The URL of a new database; panics (failing the test) when
+    /// PostgreSQL did not start.
+    pub fn database(&self) -> String {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match g.get_or_insert_with(Postgres::start) {
+            Ok(pg) => pg.create_database().expect("create a database"),
+            Err(e) => panic!("PostgreSQL did not start: {e}"),
+        }
+    }
+
+    /// Stop the server (if it was started).
+    pub fn stop(&self) {
+        drop(self.0.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
