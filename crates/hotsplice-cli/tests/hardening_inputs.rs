@@ -338,6 +338,32 @@ fn state_and_keys_directories_others_may_write_are_refused() {
     );
     std::os::unix::fs::chown(&state, Some(0), None).unwrap();
 
+    // Whoever may write the configuration (or its directory) decides where
+    // root's hotsplice takes patches from.
+    let etc = env.root.join("etc");
+    let conf = etc.join("hotsplice.conf");
+    fs::write(&conf, "[settings]\nautoinstall = false\n").unwrap();
+    for (path, open_mode) in [(&conf, 0o664), (&etc, 0o777)] {
+        let before = mode(path);
+        fs::set_permissions(path, fs::Permissions::from_mode(open_mode)).unwrap();
+        let r = env.hs(["user", "show", "--available"]);
+        r.assert_failed("a configuration others may write");
+        assert!(
+            r.stderr.contains(&path.display().to_string())
+                && r.stderr.contains(&format!("chmod go-w {}", path.display())),
+            "{}",
+            r.describe()
+        );
+        fs::set_permissions(path, fs::Permissions::from_mode(before)).unwrap();
+    }
+    std::os::unix::fs::chown(&conf, Some(65534), None).unwrap();
+    let r = env.hs(["user", "show", "--available"]);
+    r.assert_failed("a configuration file owned by nobody");
+    assert!(r.stderr.contains("uid 65534"), "{}", r.describe());
+    fs::remove_file(&conf).unwrap();
+    env.hs(["user", "show", "--available"])
+        .assert_ok("no configuration file: the defaults");
+
     // Anyone who may write the trusted keys may make hotsplice trust theirs.
     let keys = env.root.join("etc/keys");
     fs::set_permissions(&keys, fs::Permissions::from_mode(0o777)).unwrap();

@@ -166,6 +166,28 @@ fn blacklisted_executable_is_skipped_with_the_reason() {
         ),
     )
     .unwrap();
+    // An exclusion file or directory someone else may write is refused (it
+    // could hide any process from every fix), naming it and the fix.
+    use std::os::unix::fs::PermissionsExt;
+    let conf = bl.join("test.conf");
+    for (path, mode) in [(&conf, 0o666), (&bl, 0o777)] {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        let r = env.hs(["-y", "user", "upgrade"]);
+        r.assert_failed("upgrade with an exclusion others may write");
+        assert!(
+            r.stderr.contains(&path.display().to_string()) && r.stderr.contains("chmod go-w"),
+            "{}",
+            r.describe()
+        );
+        let back = if path.is_dir() { 0o755 } else { 0o644 };
+        fs::set_permissions(path, fs::Permissions::from_mode(back)).unwrap();
+    }
+    std::os::unix::fs::chown(&conf, Some(65534), None).unwrap();
+    let r = env.hs(["-y", "user", "upgrade"]);
+    r.assert_failed("upgrade with an exclusion file owned by nobody");
+    assert!(r.stderr.contains("uid 65534"), "{}", r.describe());
+    std::os::unix::fs::chown(&conf, Some(0), None).unwrap();
+    proc.assert_running_with(Stream::Stdout, case.before(), "refusals touch nothing");
     let r = env.hs(["-y", "user", "upgrade"]);
     r.assert_ok("upgrade");
     assert!(

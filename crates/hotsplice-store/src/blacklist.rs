@@ -1,4 +1,4 @@
-use crate::{read_regular, Links, Paths, Result, StoreError, MAX_CONFIG_FILE};
+use crate::{check_dir, read_trusted, Paths, Result, StoreError, MAX_CONFIG_FILE};
 use regex::Regex;
 
 /// Exclusions, as Ksplice's `blacklist.d`: files `*.conf` with sections
@@ -15,6 +15,11 @@ impl Blacklist {
     pub fn load(paths: &Paths) -> Result<Blacklist> {
         let dir = paths.blacklist_dir();
         let mut b = Blacklist::default();
+        // Whoever may write here may hide processes from every fix.
+        check_dir(&paths.config_dir, "configuration directory")?;
+        if !check_dir(&dir, "exclusions directory")? {
+            return Ok(b);
+        }
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(b);
         };
@@ -25,7 +30,7 @@ impl Blacklist {
             .collect();
         files.sort();
         for f in files {
-            let bytes = read_regular(&f, "exclusion file", MAX_CONFIG_FILE, Links::Follow)?;
+            let bytes = read_trusted(&f, "exclusion file", MAX_CONFIG_FILE)?;
             let text = String::from_utf8(bytes).map_err(|_| StoreError::Invalid {
                 path: f.display().to_string(),
                 detail: "not UTF-8 text".into(),

@@ -1,4 +1,4 @@
-use crate::{read_regular, Links, Paths, Result, StoreError, MAX_CONFIG_FILE};
+use crate::{check_dir, read_trusted, Paths, Result, StoreError, MAX_CONFIG_FILE};
 use serde::{Deserialize, Serialize};
 
 /// `/etc/hotsplice/hotsplice.conf`. Every key is optional; see
@@ -113,8 +113,10 @@ impl Config {
     /// The configuration file, or defaults when it does not exist.
     pub fn load(paths: &Paths) -> Result<Config> {
         let path = paths.config_file();
-        let bytes = match read_regular(&path, "configuration file", MAX_CONFIG_FILE, Links::Follow)
-        {
+        // Whoever may write the file, or the directory it is in, decides
+        // where root's hotsplice takes patches from: both are checked.
+        check_dir(&paths.config_dir, "configuration directory")?;
+        let bytes = match read_trusted(&path, "configuration file", MAX_CONFIG_FILE) {
             Ok(t) => t,
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Config::default())

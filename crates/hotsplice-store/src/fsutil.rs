@@ -308,6 +308,17 @@ pub fn read_bounded(file: &File, path: &Path, what: &'static str, limit: u64) ->
     Ok(out)
 }
 
+/// The bytes of a file hotsplice takes orders from (its configuration, its
+/// exclusions): a regular file of at most `limit` bytes that nobody but its
+/// owner (root, or the caller) may write, checked on the opened descriptor
+/// (see [`check_owner_and_mode`]); links are followed, and the file they
+/// reach is the one checked.
+pub fn read_trusted(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>> {
+    let (file, meta) = open_regular(path, what, limit, Links::Follow)?;
+    check_owner_and_mode(path, &meta, what)?;
+    read_bounded(&file, path, what, limit)
+}
+
 /// [`open_regular`] and [`read_bounded`] together: the bytes of a regular
 /// file of at most `limit` bytes.
 pub fn read_regular(path: &Path, what: &'static str, limit: u64, links: Links) -> Result<Vec<u8>> {

@@ -25,9 +25,9 @@ pub use blacklist::*;
 pub use config::*;
 pub use fsutil::{
     check_dir, check_owner_and_mode, create_private_dir_all, euid, kind_of, open_regular,
-    read_bounded, read_regular, write_atomic, write_atomic_mode, FileLock, Links, MAX_CONFIG_FILE,
-    MAX_INDEX_FILE, MAX_JOURNAL_RECORD, MAX_PATCH_FILE, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE,
-    PUBLIC_FILE_MODE,
+    read_bounded, read_regular, read_trusted, write_atomic, write_atomic_mode, FileLock, Links,
+    MAX_CONFIG_FILE, MAX_INDEX_FILE, MAX_JOURNAL_RECORD, MAX_PATCH_FILE, PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE, PUBLIC_FILE_MODE,
 };
 pub use journal::*;
 pub use store::*;
