@@ -630,4 +630,38 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_damaged_record_is_an_error_and_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = fake_kernel(dir.path(), &[0xab; 20]);
+        let build = hex::encode([0xab; 20]);
+        record(&k, "aaaa1111", "aaaa1111.hsp", &build);
+        let index = dir_of(&k).join("applied.json");
+        let good = std::fs::read(&index).unwrap();
+        for (bad, says) in [
+            (&good[..good.len() / 2], "not a kernel patch record"),
+            (
+                &b"{\"version\": 9, \"applied\": []}"[..],
+                "record version 9",
+            ),
+        ] {
+            std::fs::write(&index, bad).unwrap();
+            let e = k.state.load().unwrap_err().to_string();
+            assert!(
+                e.contains(&index.display().to_string()) && e.contains(says),
+                "{e}"
+            );
+            let info = ModInfo {
+                id: "cccc3333".into(),
+                module: "hs_cccc3333".into(),
+                description: String::new(),
+                build_id: build.clone(),
+                release: "6.1.0-test".into(),
+                effective: String::new(),
+            };
+            assert!(k.state.add(&info, b"x").is_err());
+            assert_eq!(std::fs::read(&index).unwrap(), bad, "left as it was");
+        }
+    }
 }

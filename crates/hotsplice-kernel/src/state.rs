@@ -1,4 +1,4 @@
-use crate::{io, ModInfo, Result};
+use crate::{ModInfo, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -19,6 +19,8 @@ pub struct AppliedPatch {
     /// verified).
     pub file: String,
 }
+
+const RECORD_VERSION: u32 = 1;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Recorded {
@@ -41,19 +43,47 @@ impl KernelState {
         self.dir.join("applied.json")
     }
 
+    /// The recorded patches. A record that cannot be read is an error, not
+    /// an empty list: the next change would otherwise drop every patch the
+    /// boot hook must re-apply.
     pub fn load(&self) -> Result<Vec<AppliedPatch>> {
-        match std::fs::read(self.index()) {
-            Ok(b) => Ok(serde_json::from_slice::<Recorded>(&b)
-                .map(|r| r.applied)
-                .unwrap_or_default()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io(self.index().display().to_string())(e)),
+        use hotsplice_store::StoreError;
+        let path = self.index();
+        let bytes = match hotsplice_store::read_regular(
+            &path,
+            "kernel patch record",
+            hotsplice_store::MAX_INDEX_FILE,
+            hotsplice_store::Links::Refuse,
+        ) {
+            Ok(b) => b,
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let invalid = |detail: String| {
+            StoreError::Invalid {
+            path: path.display().to_string(),
+            detail: format!(
+                "{detail}; `hotsplice kernel list-targets` lists the patch modules the kernel runs: move the file aside and apply their patches again"
+            ),
         }
+        };
+        let r: Recorded = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid(format!("not a kernel patch record ({e})")))?;
+        if r.version != RECORD_VERSION {
+            return Err(invalid(format!(
+                "record version {} (this hotsplice writes version {RECORD_VERSION})",
+                r.version
+            ))
+            .into());
+        }
+        Ok(r.applied)
     }
 
     fn save(&self, applied: Vec<AppliedPatch>) -> Result<()> {
         let r = Recorded {
-            version: 1,
+            version: RECORD_VERSION,
             applied,
         };
         hotsplice_store::write_atomic(&self.index(), &serde_json::to_vec_pretty(&r).unwrap())?;
