@@ -134,6 +134,9 @@ impl Console {
             .args(extra);
         let t0 = std::time::Instant::now();
         let r = run_cmd(vm, Duration::from_secs(1800));
+        // The disk (1.5 GB sparse) is not needed once the boots are done;
+        // the serial logs stay.
+        let _ = std::fs::remove_file(out.join("disk.img"));
         r.assert_ok("scripts/debian/vm-test.sh");
         let _ = std::fs::write(out.join("console.txt"), &r.stdout);
         eprintln!(

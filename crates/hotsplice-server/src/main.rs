@@ -169,6 +169,7 @@ enum UserCmd {
         #[arg(long)]
         role: String,
     },
+    /// List the dashboard users and their roles.
     List {
         #[command(flatten)]
         store: Store,
@@ -185,10 +186,12 @@ enum KeyCmd {
         #[arg(long, default_value = "")]
         comment: String,
     },
+    /// List the trusted publisher keys.
     List {
         #[command(flatten)]
         store: Store,
     },
+    /// Stop trusting a publisher key (by its key ID).
     Remove {
         #[command(flatten)]
         store: Store,
@@ -208,10 +211,12 @@ enum TokenCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// List the API users and their roles.
     List {
         #[command(flatten)]
         store: Store,
     },
+    /// Revoke an API user (by name).
     Revoke {
         #[command(flatten)]
         store: Store,
@@ -231,10 +236,12 @@ enum AccessKeyCmd {
         #[arg(long)]
         pending: bool,
     },
+    /// List the access keys.
     List {
         #[command(flatten)]
         store: Store,
     },
+    /// Revoke an access key (by its ID).
     Revoke {
         #[command(flatten)]
         store: Store,
