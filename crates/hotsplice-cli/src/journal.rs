@@ -165,7 +165,7 @@ mod tests {
         let n = server.recv(&mut buf).unwrap();
         let got = &buf[..n];
         let mut want = b"MESSAGE\n".to_vec();
-        want.extend_from_slice(&32u64.to_le_bytes());
+        want.extend_from_slice(&31u64.to_le_bytes());
         want.extend_from_slice(b"failed: 0123abcd in pid 42\nmore\n");
         want.extend_from_slice(
             b"PRIORITY=3\nSYSLOG_IDENTIFIER=hotsplice\nHOTSPLICE_PATCH_ID=0123abcd\n\
