@@ -30,6 +30,22 @@ xen_dom0() {
   say xen-capabilities $(cat /proc/xen/capabilities)
   say dmesg-xen "$(dmesg | grep -m1 'Booting kernel on')"
 }
+# After a reboot: what the boot hook did, in the journal, and that it was
+# done before multi-user.target.
+boot_hook_ran() {
+  say boot-hook $(systemctl is-active hotsplice-boot.service)
+  journalctl -b -o cat -u hotsplice-boot.service | sed 's/^/HSTEST hook: /'
+  say journal-reapplied "$(journal_json HOTSPLICE_RESULT=re-applied)"
+  a=$(systemctl show -P ExecMainExitTimestampMonotonic hotsplice-boot.service)
+  b=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)
+  if [ "${a:-0}" -gt 0 ] && [ "$a" -lt "$b" ]; then r=yes; else r=no; fi
+  say hook-before-multi-user $r hook-exit=$a multi-user=$b
+}
+done_and_poweroff() {
+  sync
+  say init-done
+  systemctl poweroff
+}
 kernel_patch_state() {
   say $1-proc-version $(cut -c1-40 /proc/version)
   say $1-livepatch $(for m in /sys/kernel/livepatch/*; do [ -d "$m" ] && echo "${m##*/}:enabled=$(cat $m/enabled):transition=$(cat $m/transition)"; done)
@@ -58,29 +74,19 @@ xen_boot1() {
   say journal-removed "$(journal_json HOTSPLICE_RESULT=removed)"
   ksplice -y -q kernel upgrade --from /hstest/feed; say reapply rc=$?
   touch /hstest/phase2
-  sync
-  say init-done
-  systemctl poweroff
+  done_and_poweroff
 }
 xen_boot2() {
   say booted2 $(uname -r)
   xen_dom0
-  say boot-hook $(systemctl is-active hotsplice-boot.service)
-  journalctl -b -o cat -u hotsplice-boot.service | sed 's/^/HSTEST hook: /'
-  say journal-reapplied "$(journal_json HOTSPLICE_RESULT=re-applied)"
-  a=$(systemctl show -P ExecMainExitTimestampMonotonic hotsplice-boot.service)
-  b=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)
-  if [ "${a:-0}" -gt 0 ] && [ "$a" -lt "$b" ]; then r=yes; else r=no; fi
-  say hook-before-multi-user $r hook-exit=$a multi-user=$b
+  boot_hook_ran
   kernel_patch_state rebooted
   apt remove -y hotsplice > /hstest/remove.log 2>&1; say apt-remove rc=$?
   sed 's/^/HSTEST apt: /' /hstest/remove.log
   kernel_patch_state after-remove
   command -v hotsplice > /dev/null; say after-remove-binary-found rc=$?
   say after-remove-state $(ls /var/lib/hotsplice | tr '\n' ' ')
-  sync
-  say init-done
-  systemctl poweroff
+  done_and_poweroff
 }
 if [ -f /hstest/xen ]; then
   if [ ! -f /hstest/phase2 ]; then xen_boot1; else xen_boot2; fi
@@ -129,18 +135,10 @@ if [ ! -f /hstest/phase2 ]; then
     systemctl stop hsdemo.service
   fi
   touch /hstest/phase2
-  sync
-  say init-done
-  systemctl poweroff
+  done_and_poweroff
 else
   say booted2 $(uname -r)
-  say boot-hook $(systemctl is-active hotsplice-boot.service)
-  journalctl -b -o cat -u hotsplice-boot.service | sed 's/^/HSTEST hook: /'
-  say journal-reapplied "$(journal_json HOTSPLICE_RESULT=re-applied)"
-  a=$(systemctl show -P ExecMainExitTimestampMonotonic hotsplice-boot.service)
-  b=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)
-  if [ "${a:-0}" -gt 0 ] && [ "$a" -lt "$b" ]; then r=yes; else r=no; fi
-  say hook-before-multi-user $r hook-exit=$a multi-user=$b
+  boot_hook_ran
   say uptrack-uname-r $(uptrack-uname -r)
   out=$(hotsplice check --from /hstest/feed); rc=$?; say check-after-reboot rc=$rc "$out"
   for u in hotsplice.service hotsplice-autoinstall.timer; do say unit2 $u $(systemctl is-active $u); done
@@ -151,7 +149,5 @@ else
   command -v hotsplice > /dev/null; say after-remove-binary-found rc=$?
   dpkg -P hotsplice 2>&1 | sed 's/^/HSTEST purge: /'
   say after-purge-livepatch $(ls /sys/kernel/livepatch | tr '\n' ' ')
-  sync
-  say init-done
-  systemctl poweroff
+  done_and_poweroff
 fi

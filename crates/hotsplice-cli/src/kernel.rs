@@ -108,16 +108,21 @@ fn apply_one(app: &App, k: &Kernel, path: &Path, allow_unsigned: bool) -> Result
         outln!("would apply {}", esc(&id));
         return Ok(());
     };
-    let message = format!(
-        "applied {} ({}): transition {:.1} ms, {:.1} ms in all; effective kernel {}",
+    let message = transition_message("applied", &r, &k.effective_release()?);
+    kernel_line(k, Stream::Out, !app.quiet, &message, &r.id, "applied");
+    Ok(())
+}
+
+/// `VERB ID (MODULE): transition … ms, … ms in all; effective kernel …`.
+fn transition_message(verb: &str, r: &hotsplice_kernel::KernelReport, effective: &str) -> String {
+    format!(
+        "{verb} {} ({}): transition {:.1} ms, {:.1} ms in all; effective kernel {}",
         esc(&r.id),
         esc(&r.module),
         r.transition_ms,
         r.total_ms,
-        esc(&k.effective_release()?)
-    );
-    kernel_line(k, Stream::Out, !app.quiet, &message, &r.id, "applied");
-    Ok(())
+        esc(effective)
+    )
 }
 
 /// A result line about patch `id` in the kernel (see [`journal::line`]).
@@ -180,14 +185,7 @@ pub fn run_kernel(app: &App, cmd: KernelCommand) -> Result<bool> {
         }
         KernelCommand::Undo { id } => {
             let r = k.undo(&id)?;
-            let message = format!(
-                "removed {} ({}): transition {:.1} ms, {:.1} ms in all; effective kernel {}",
-                esc(&r.id),
-                esc(&r.module),
-                r.transition_ms,
-                r.total_ms,
-                esc(&k.effective_release()?)
-            );
+            let message = transition_message("removed", &r, &k.effective_release()?);
             kernel_line(&k, Stream::Out, !app.quiet, &message, &r.id, "removed");
             Ok(true)
         }

@@ -48,8 +48,10 @@ enum Cmd {
         /// ADDR:PORT; port 0 picks a free one (printed on the first line).
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
+        /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
         /// Seconds a signed feed stays valid.
