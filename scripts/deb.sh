@@ -8,7 +8,8 @@
 # hotsplice binary instead of building the release one (the tests use
 # their own build).
 # `scripts/deb.sh --server` builds hotsplice-server_VERSION_amd64.deb, the
-# fleet server's package, the same way (DEB_BIN: a hotsplice-server binary).
+# fleet server's package, the same way, with its man pages (DEB_BIN: a
+# hotsplice-server binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server=0
@@ -31,6 +32,8 @@ if [ $server = 1 ]; then
   rm -rf target/deb-assets-server
   mkdir -p target/deb-assets-server
   strip --remove-section=.comment --strip-unneeded -o target/deb-assets-server/hotsplice-server "$bin"
+  "$bin" manpages target/deb-assets-server/man >/dev/null
+  gzip -9n target/deb-assets-server/man/*.1
   out="${DEB_OUT:-$target/debian}"
   mkdir -p "$out"
   PATH="$tools/bin:$PATH" cargo deb --no-build -p hotsplice-server --output "$out" >&2

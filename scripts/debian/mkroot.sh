@@ -3,7 +3,7 @@
 # (minbase plus systemd) from Debian's mirror (the one apt is configured
 # with), the stock kernel's modules (the kernel tests' cache), a serial
 # console, and hstest.service, which runs /hstest/run.sh after
-# multi-user.target when that file exists. Cached in
+# multi-user.target when that file exists. Offline: no package lists. Cached in
 # $HOTSPLICE_CACHE/debian12/ (root/, base.img); prints the image path.
 # Also builds the initramfs that mounts it (initrd.zst, printed second).
 set -euo pipefail
@@ -12,6 +12,9 @@ export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}"
 D="$HOTSPLICE_CACHE/debian12"
 KC="$HOTSPLICE_CACHE/kernel"
 mkdir -p "$D"
+# One build at a time (the Debian and the Xen dom0 tests run in parallel).
+exec 9>"$D/.lock"
+flock 9
 [ -f "$KC/.complete" ] || "$REPO/scripts/kernel/fetch.sh" >&2
 # shellcheck disable=SC1091
 . "$KC/env.sh"
@@ -49,7 +52,8 @@ Type=oneshot
 ExecStart=/bin/sh /hstest/run.sh
 StandardOutput=tty
 StandardError=tty
-TTYPath=/dev/ttyS0
+# The kernel's console: ttyS0 on bare QEMU, hvc0 in a Xen dom0.
+TTYPath=/dev/console
 
 [Install]
 WantedBy=multi-user.target
@@ -58,6 +62,13 @@ UNIT
   # No login prompt on the console the test reads; no network needed.
   ln -sf /dev/null "$R/etc/systemd/system/serial-getty@ttyS0.service"
   ln -sf /dev/null "$R/etc/systemd/system/getty@tty1.service"
+  ln -sf /dev/null "$R/etc/systemd/system/serial-getty@hvc0.service"
+  # An offline system: no package lists, no downloaded packages, so that
+  # `apt install ./x.deb` resolves from what is installed and downloads
+  # nothing (Recommends that are not installed are left out).
+  find "$R/var/lib/apt/lists" -maxdepth 1 -type f -delete
+  rm -f "$R"/var/cache/apt/*.bin
+  rm -f "$R"/var/cache/apt/archives/*.deb
   rm -f "$D/base.img"
   mkfs.ext4 -q -F -L hsroot -d "$R" "$D/base.img.tmp" 1536M >&2
   mv "$D/base.img.tmp" "$D/base.img"

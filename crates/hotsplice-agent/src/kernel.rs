@@ -20,7 +20,7 @@ pub struct FeedPatch {
 #[derive(Debug, Clone, Serialize)]
 pub struct BootReport {
     /// Re-applying the recorded patches.
-    pub recorded: Vec<String>,
+    pub recorded: Vec<hotsplice_kernel::BootLine>,
     /// Patches applied from the feed (`upgrade_on_reboot`, or `first_boot`
     /// on the first boot): what each did, or why it failed.
     pub from_feed: Vec<(PatchId, std::result::Result<KernelReport, String>)>,

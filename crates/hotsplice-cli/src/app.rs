@@ -2,6 +2,7 @@
 //! does the work) and the global flags; and how the agent's events are
 //! shown.
 
+use crate::journal::{self, Stream};
 use crate::output::esc;
 use anyhow::Result;
 use hotsplice_agent::{Agent, AgentOptions, Event, Outcome};
@@ -125,27 +126,51 @@ fn show_daemon_outcome(o: &Outcome, since: Option<std::time::Duration>) {
             id,
             replaced,
             stopped_us,
-        } => outln!(
-            "patched pid {pid} ({}) with {}{}{}; threads stopped {stopped_us} us",
-            esc(&hotsplice_agent::comm(*pid)),
-            esc(id),
-            replaced
-                .as_ref()
-                .map(|r| format!(" replacing {}", esc(r)))
-                .unwrap_or_default(),
-            since
-                .map(|d| format!(", {:.1} ms after exec", d.as_secs_f64() * 1e3))
-                .unwrap_or_default()
-        ),
+        } => {
+            let comm = hotsplice_agent::comm(*pid);
+            let message = format!(
+                "patched pid {pid} ({}) with {}{}{}; threads stopped {stopped_us} us",
+                esc(&comm),
+                esc(id),
+                replaced
+                    .as_ref()
+                    .map(|r| format!(" replacing {}", esc(r)))
+                    .unwrap_or_default(),
+                since
+                    .map(|d| format!(", {:.1} ms after exec", d.as_secs_f64() * 1e3))
+                    .unwrap_or_default()
+            );
+            process_line(Stream::Out, true, &message, id, *pid, &comm, "applied");
+        }
         Outcome::Failed { pid, id, why } => {
-            errln!(
+            let comm = hotsplice_agent::comm(*pid);
+            let message = format!(
                 "failed: {} in pid {pid} ({}): {}",
                 esc(id),
-                esc(&hotsplice_agent::comm(*pid)),
+                esc(&comm),
                 esc(why)
-            )
+            );
+            process_line(Stream::Err, true, &message, id, *pid, &comm, "failed");
         }
         Outcome::Skipped { pid, why } => outln!("skipped pid {pid}: {}", esc(why)),
         _ => {}
     }
+}
+
+/// A result line about patch `id` in process `pid` (see [`journal::line`]).
+pub fn process_line(
+    stream: Stream,
+    print: bool,
+    message: &str,
+    id: &str,
+    pid: i32,
+    comm: &str,
+    result: &str,
+) {
+    let record = journal::Record {
+        patch_id: id,
+        target: journal::Target::Process { pid, comm },
+        result,
+    };
+    journal::line(stream, print, message, &record);
 }

@@ -2,6 +2,7 @@
 //! answers, rendered.
 
 use crate::app::App;
+use crate::journal::{self, Stream};
 use crate::output::esc;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
@@ -107,17 +108,32 @@ fn apply_one(app: &App, k: &Kernel, path: &Path, allow_unsigned: bool) -> Result
         outln!("would apply {}", esc(&id));
         return Ok(());
     };
-    if !app.quiet {
-        outln!(
-            "applied {} ({}): transition {:.1} ms, {:.1} ms in all; effective kernel {}",
-            esc(&r.id),
-            esc(&r.module),
-            r.transition_ms,
-            r.total_ms,
-            esc(&k.effective_release()?)
-        );
-    }
+    let message = transition_message("applied", &r, &k.effective_release()?);
+    kernel_line(k, Stream::Out, !app.quiet, &message, &r.id, "applied");
     Ok(())
+}
+
+/// `VERB ID (MODULE): transition … ms, … ms in all; effective kernel …`.
+fn transition_message(verb: &str, r: &hotsplice_kernel::KernelReport, effective: &str) -> String {
+    format!(
+        "{verb} {} ({}): transition {:.1} ms, {:.1} ms in all; effective kernel {}",
+        esc(&r.id),
+        esc(&r.module),
+        r.transition_ms,
+        r.total_ms,
+        esc(effective)
+    )
+}
+
+/// A result line about patch `id` in the kernel (see [`journal::line`]).
+fn kernel_line(k: &Kernel, stream: Stream, print: bool, message: &str, id: &str, result: &str) {
+    let release = k.booted_release().unwrap_or_default();
+    let record = journal::Record {
+        patch_id: id,
+        target: journal::Target::Kernel(&release),
+        result,
+    };
+    journal::line(stream, print, message, &record);
 }
 
 pub fn run_kernel(app: &App, cmd: KernelCommand) -> Result<bool> {
@@ -169,16 +185,8 @@ pub fn run_kernel(app: &App, cmd: KernelCommand) -> Result<bool> {
         }
         KernelCommand::Undo { id } => {
             let r = k.undo(&id)?;
-            if !app.quiet {
-                outln!(
-                    "removed {} ({}): transition {:.1} ms, {:.1} ms in all; effective kernel {}",
-                    esc(&r.id),
-                    esc(&r.module),
-                    r.transition_ms,
-                    r.total_ms,
-                    esc(&k.effective_release()?)
-                );
-            }
+            let message = transition_message("removed", &r, &k.effective_release()?);
+            kernel_line(&k, Stream::Out, !app.quiet, &message, &r.id, "removed");
             Ok(true)
         }
         KernelCommand::Remove { all, ids } => {
@@ -193,9 +201,8 @@ pub fn run_kernel(app: &App, cmd: KernelCommand) -> Result<bool> {
                         continue;
                     }
                     let r = k.undo(&p.id)?;
-                    if !app.quiet {
-                        outln!("removed {} ({:.1} ms)", esc(&r.id), r.total_ms);
-                    }
+                    let message = format!("removed {} ({:.1} ms)", esc(&r.id), r.total_ms);
+                    kernel_line(&k, Stream::Out, !app.quiet, &message, &r.id, "removed");
                 }
             }
             if !app.quiet {
@@ -277,7 +284,13 @@ pub fn run_kernel(app: &App, cmd: KernelCommand) -> Result<bool> {
         KernelCommand::Boot { from } => {
             let r = agent.kernel_boot(from.as_deref())?;
             for line in &r.recorded {
-                outln!("hotsplice boot: {}", esc(line));
+                let message = format!("hotsplice boot: {}", esc(&line.text));
+                match (&line.id, line.result) {
+                    (Some(id), Some(result)) => {
+                        kernel_line(&k, Stream::Out, true, &message, id, result)
+                    }
+                    _ => outln!("{message}"),
+                }
             }
             for (id, result) in &r.from_feed {
                 match result {
@@ -291,9 +304,13 @@ pub fn run_kernel(app: &App, cmd: KernelCommand) -> Result<bool> {
                                 a.total_ms
                             );
                         }
-                        outln!("hotsplice boot: {}: applied from the feed", esc(id))
+                        let message = format!("hotsplice boot: {}: applied from the feed", esc(id));
+                        kernel_line(&k, Stream::Out, true, &message, id, "applied");
                     }
-                    Err(e) => outln!("hotsplice boot: {}: FAILED: {}", esc(id), esc(e)),
+                    Err(e) => {
+                        let message = format!("hotsplice boot: {}: FAILED: {}", esc(id), esc(e));
+                        kernel_line(&k, Stream::Out, true, &message, id, "failed");
+                    }
                 }
             }
             outln!("hotsplice boot: effective kernel {}", esc(&r.effective));

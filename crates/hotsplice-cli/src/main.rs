@@ -8,6 +8,7 @@ mod check;
 mod daemon;
 mod docs;
 mod fleet;
+mod journal;
 mod kernel;
 mod terminate;
 mod user;

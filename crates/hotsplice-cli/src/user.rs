@@ -1,6 +1,7 @@
 //! `hotsplice user ...` and `hotsplice all ...`: the agent's answers, rendered.
 
 use crate::app::App;
+use crate::journal::Stream;
 use crate::output::esc;
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -189,13 +190,11 @@ pub fn run_all(app: &App, cmd: AllCommand) -> Result<bool> {
 }
 
 fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
-    if quiet {
-        return;
-    }
-    outln!(
+    let name = comm(r.pid);
+    let message = format!(
         "pid {} ({}): {verb} {} ({}){}: {} function(s); {} thread(s) stopped for {:.3} ms{}",
         r.pid,
-        esc(&comm(r.pid)),
+        esc(&name),
         esc(&r.id),
         esc(&r.target),
         r.replaced
@@ -211,7 +210,12 @@ fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
             String::new()
         }
     );
-    if r.lead_out.threads > 0 && !quiet {
+    let result = if verb == "undid" { "removed" } else { verb };
+    crate::app::process_line(Stream::Out, !quiet, &message, &r.id, r.pid, &name, result);
+    if quiet {
+        return;
+    }
+    if r.lead_out.threads > 0 {
         outln!(
             "  led {} thread(s) out of busy code first ({} slice(s), {:.3} ms, the other threads stopped)",
             r.lead_out.threads,
@@ -565,27 +569,34 @@ fn upgrade(
                 outln!("skipped pid {pid} ({}): {}", esc(&comm(*pid)), esc(why))
             }
             Outcome::Failed { pid, id, why } => {
-                errln!(
+                let name = comm(*pid);
+                let message = format!(
                     "failed: {} in pid {pid} ({}): {}",
                     esc(id),
-                    esc(&comm(*pid)),
+                    esc(&name),
                     esc(why)
-                )
+                );
+                crate::app::process_line(Stream::Err, true, &message, id, *pid, &name, "failed");
             }
             Outcome::Patched {
                 pid,
                 id,
                 replaced,
                 stopped_us,
-            } if app.verbose > 0 => outln!(
-                "patched pid {pid} ({}) with {}{}; stopped {stopped_us} us",
-                esc(&comm(*pid)),
-                esc(id),
-                replaced
-                    .as_ref()
-                    .map(|r| format!(" replacing {}", esc(r)))
-                    .unwrap_or_default()
-            ),
+            } => {
+                let name = comm(*pid);
+                let message = format!(
+                    "patched pid {pid} ({}) with {}{}; stopped {stopped_us} us",
+                    esc(&name),
+                    esc(id),
+                    replaced
+                        .as_ref()
+                        .map(|r| format!(" replacing {}", esc(r)))
+                        .unwrap_or_default()
+                );
+                let print = app.verbose > 0;
+                crate::app::process_line(Stream::Out, print, &message, id, *pid, &name, "applied");
+            }
             _ => {}
         }
     }

@@ -178,14 +178,7 @@ fn the_debian_package_has_everything_and_lintian_is_explained() {
         "hotsplice-check.8.gz",
         "uptrack-upgrade.8.gz",
     ] {
-        let mut cmd = Command::new("man");
-        cmd.arg("-l")
-            .arg(man.join(page))
-            .env("MANPAGER", "cat")
-            .env("LC_ALL", "C.UTF-8");
-        let r = run_cmd(cmd, Duration::from_secs(60));
-        r.assert_ok(&format!("man -l {page}"));
-        assert!(r.stdout.contains("Exit status"), "{page}: {}", r.stdout);
+        hotsplice_testsupport::tools::assert_man_renders(&man.join(page), "Exit status");
     }
     let comp = root.path().join("usr/share/bash-completion/completions");
     for n in ["hotsplice", "ksplice"] {

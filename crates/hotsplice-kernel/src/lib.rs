@@ -437,14 +437,16 @@ impl Kernel {
         &self,
         install_on_reboot: bool,
         verify: &VerifyPatch<'_>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<BootLine>> {
         if self.disabled() {
-            return Ok(vec![
+            return Ok(vec![BootLine::all(
                 "nouptrack on the kernel command line: no patches applied".into(),
-            ]);
+            )]);
         }
         if !install_on_reboot {
-            return Ok(vec!["install_on_reboot is off: no patches applied".into()]);
+            return Ok(vec![BootLine::all(
+                "install_on_reboot is off: no patches applied".into(),
+            )]);
         }
         let booted = self.build_id()?;
         let recorded = self.state.load()?;
@@ -452,15 +454,19 @@ impl Kernel {
         let (same, other): (Vec<_>, Vec<_>) =
             recorded.into_iter().partition(|p| p.build_id == booted);
         if !other.is_empty() {
-            lines.push(format!(
+            lines.push(BootLine::all(format!(
                 "{} recorded patch(es) are for another kernel build; not applied (booted {})",
                 other.len(),
                 self.booted_release().unwrap_or_default()
-            ));
+            )));
         }
         for (i, p) in same.iter().enumerate() {
             if self.sys_livepatch.join(&p.module).exists() {
-                lines.push(format!("{}: already applied", p.id));
+                lines.push(BootLine::patch(
+                    &p.id,
+                    "already-applied",
+                    format!("{}: already applied", p.id),
+                ));
                 continue;
             }
             let result = self.state.patch_file(p).and_then(|(path, bytes)| {
@@ -479,23 +485,67 @@ impl Kernel {
                 self.apply_inner(ko, None, &p.id)
             });
             match result {
-                Ok(r) => lines.push(format!("{}: re-applied ({:.1} ms)", p.id, r.total_ms)),
+                Ok(r) => lines.push(BootLine::patch(
+                    &p.id,
+                    "re-applied",
+                    format!("{}: re-applied ({:.1} ms)", p.id, r.total_ms),
+                )),
                 Err(e) => {
                     // Patches stack: the ones above need this one. The
                     // records stay, for the next boot or a manual retry.
-                    lines.push(format!("{}: FAILED: {e}", p.id));
+                    lines.push(BootLine::patch(
+                        &p.id,
+                        "failed",
+                        format!("{}: FAILED: {e}", p.id),
+                    ));
                     if i + 1 < same.len() {
-                        lines.push(format!(
+                        lines.push(BootLine::all(format!(
                             "{} later patch(es) not applied because {} failed",
                             same.len() - i - 1,
                             p.id
-                        ));
+                        )));
                     }
                     break;
                 }
             }
         }
         Ok(lines)
+    }
+}
+
+/// One line of the boot hook's log ([`Kernel::reapply_at_boot`]): about
+/// one recorded patch and what happened to it, or about all of them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BootLine {
+    /// The patch the line is about.
+    pub id: Option<String>,
+    /// What happened to it: `re-applied`, `already-applied` or `failed`.
+    pub result: Option<&'static str>,
+    /// The line for people.
+    pub text: String,
+}
+
+impl BootLine {
+    fn all(text: String) -> BootLine {
+        BootLine {
+            id: None,
+            result: None,
+            text,
+        }
+    }
+
+    fn patch(id: &str, result: &'static str, text: String) -> BootLine {
+        BootLine {
+            id: Some(id.to_string()),
+            result: Some(result),
+            text,
+        }
+    }
+}
+
+impl std::fmt::Display for BootLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -610,8 +660,11 @@ mod tests {
         let lines = k.reapply_at_boot(true, &refused).unwrap();
         assert!(
             lines[0]
+                .text
                 .starts_with("aaaa1111: FAILED: recorded kernel patch aaaa1111 not re-applied:")
-                && lines[0].ends_with("bad signature"),
+                && lines[0].text.ends_with("bad signature")
+                && lines[0].id.as_deref() == Some("aaaa1111")
+                && lines[0].result == Some("failed"),
             "{lines:?}"
         );
         // A record naming a path, or a bare module of an earlier version,
@@ -625,7 +678,8 @@ mod tests {
             };
             let lines = k.reapply_at_boot(true, &never).unwrap();
             assert!(
-                lines[0].contains("not re-applied") && lines[0].contains("apply the patch again"),
+                lines[0].text.contains("not re-applied")
+                    && lines[0].text.contains("apply the patch again"),
                 "{file}: {lines:?}"
             );
         }

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 #[command(
     name = "hotsplice-server",
     version,
-    about = "hotsplice's fleet server: signed per-machine feeds, publishing, Uptrack's API"
+    about = "hotsplice's fleet server: signed per-machine feeds, publishing, Uptrack's API",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,8 +48,10 @@ enum Cmd {
         /// ADDR:PORT; port 0 picks a free one (printed on the first line).
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
+        /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
         /// Seconds a signed feed stays valid.
@@ -110,6 +113,51 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// Write the man pages (hotsplice-server.1, hotsplice-server-COMMAND.1)
+    /// into DIR (the Debian package's build does).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+}
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  done
+  1  an error (message on standard error)
+  2  the command line is wrong";
+
+/// Writes a man page (section 1, clap_mangen) for the server and for each
+/// visible command, each with the exit status; returns the files.
+fn manpages(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    fn page(
+        dir: &std::path::Path,
+        cmd: clap::Command,
+        title: String,
+        out: &mut Vec<PathBuf>,
+    ) -> anyhow::Result<()> {
+        let cmd = cmd.after_help(EXIT_CODES);
+        let path = dir.join(format!("{title}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone().name(title.clone()))
+            .section("1")
+            .manual("hotsplice")
+            .source(format!("hotsplice-server {}", env!("CARGO_PKG_VERSION")))
+            .render(&mut buf)?;
+        std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
+        out.push(path);
+        for sub in cmd.get_subcommands() {
+            if !sub.is_hide_set() && sub.get_name() != "help" {
+                page(dir, sub.clone(), format!("{title}-{}", sub.get_name()), out)?;
+            }
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut out = Vec::new();
+    page(dir, cmd, "hotsplice-server".into(), &mut out)?;
+    Ok(out)
 }
 
 #[derive(Subcommand)]
@@ -123,6 +171,7 @@ enum UserCmd {
         #[arg(long)]
         role: String,
     },
+    /// List the dashboard users and their roles.
     List {
         #[command(flatten)]
         store: Store,
@@ -139,10 +188,12 @@ enum KeyCmd {
         #[arg(long, default_value = "")]
         comment: String,
     },
+    /// List the trusted publisher keys.
     List {
         #[command(flatten)]
         store: Store,
     },
+    /// Stop trusting a publisher key (by its key ID).
     Remove {
         #[command(flatten)]
         store: Store,
@@ -162,10 +213,12 @@ enum TokenCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// List the API users and their roles.
     List {
         #[command(flatten)]
         store: Store,
     },
+    /// Revoke an API user (by name).
     Revoke {
         #[command(flatten)]
         store: Store,
@@ -185,10 +238,12 @@ enum AccessKeyCmd {
         #[arg(long)]
         pending: bool,
     },
+    /// List the access keys.
     List {
         #[command(flatten)]
         store: Store,
     },
+    /// Revoke an access key (by its ID).
     Revoke {
         #[command(flatten)]
         store: Store,
@@ -235,6 +290,11 @@ fn api(e: hotsplice_server::error::Error) -> anyhow::Error {
 
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
+        Cmd::Manpages { dir } => {
+            for f in manpages(&dir)? {
+                println!("{}", f.display());
+            }
+        }
         Cmd::Init { store } => {
             let i = server::init(&store.data, store.database.as_deref()).await?;
             println!("api-user: {}", i.admin.name);

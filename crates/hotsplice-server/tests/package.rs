@@ -7,11 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const EXPLAINED_TAGS: &[&str] = &[
-    "initial-upload-closes-no-bugs",
-    "unknown-control-file",
-    "no-manual-page",
-];
+const EXPLAINED_TAGS: &[&str] = &["initial-upload-closes-no-bugs", "unknown-control-file"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,6 +44,9 @@ fn the_server_package_has_its_binary_and_unit_and_lintian_is_explained() {
         "lib/systemd/system/hotsplice-server.service",
         "usr/share/doc/hotsplice-server/server.md",
         "usr/share/doc/hotsplice-server/copyright",
+        "usr/share/man/man1/hotsplice-server.1.gz",
+        "usr/share/man/man1/hotsplice-server-run.1.gz",
+        "usr/share/man/man1/hotsplice-server-key-add-publisher.1.gz",
     ] {
         assert!(
             list.stdout.lines().any(|l| l
@@ -69,6 +68,16 @@ fn the_server_package_has_its_binary_and_unit_and_lintian_is_explained() {
         postrm.contains("stays in /var/lib/hotsplice-server"),
         "{postrm}"
     );
+
+    // The man pages render, each with the exit status.
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Command::new("dpkg-deb");
+    c.arg("-x").arg(&deb).arg(root.path());
+    run_cmd(c, Duration::from_secs(60)).assert_ok("dpkg-deb -x");
+    let man = root.path().join("usr/share/man/man1");
+    for page in ["hotsplice-server.1.gz", "hotsplice-server-run.1.gz"] {
+        hotsplice_testsupport::tools::assert_man_renders(&man.join(page), "Exit status");
+    }
 
     hotsplice_testsupport::tools::assert_lintian_explained(
         &deb,

@@ -48,3 +48,16 @@ pub fn assert_lintian_explained(deb: &Path, explained: &[&str], doc: &Path) {
         assert!(text.contains(t), "{} explains {t}", doc.display());
     }
 }
+
+/// `man -l PAGE` renders the page (a `.gz` too) and the text has `want`
+/// (e.g. the exit status section).
+pub fn assert_man_renders(page: &Path, want: &str) {
+    let mut cmd = Command::new("man");
+    cmd.arg("-l")
+        .arg(page)
+        .env("MANPAGER", "cat")
+        .env("LC_ALL", "C.UTF-8");
+    let r = run_cmd(cmd, Duration::from_secs(60));
+    r.assert_ok(&format!("man -l {}", page.display()));
+    assert!(r.stdout.contains(want), "{}: {}", page.display(), r.stdout);
+}
