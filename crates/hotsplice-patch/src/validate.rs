@@ -97,6 +97,65 @@ impl Refuse<'_> {
     }
 }
 
+/// Largest unwind information a patch may carry.
+pub const MAX_EH_FRAME: u64 = 16 << 20;
+
+/// The structure of `.eh_frame` entries as a patch carries them: 4-byte
+/// lengths (no 64-bit entries), each entry inside the bytes, each FDE's CIE
+/// pointer leading back to a CIE among them, and a zero terminator as the
+/// last 4 bytes. (The rules inside the entries are the unwinders' business:
+/// hotsplice's own walker and libgcc's read them as untrusted.)
+pub fn check_eh_frame(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() as u64 > MAX_EH_FRAME {
+        return Err(format!(
+            "{} bytes of unwind information, more than {MAX_EH_FRAME}",
+            bytes.len()
+        ));
+    }
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let mut cies = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let Some(len) = word(at) else {
+            return Err(format!("entry at {at:#x}: truncated (no zero terminator)"));
+        };
+        if len == 0 {
+            if at + 4 != bytes.len() {
+                return Err(format!(
+                    "the zero terminator at {at:#x} is not the last 4 bytes"
+                ));
+            }
+            return Ok(());
+        }
+        if len == u32::MAX {
+            return Err(format!("entry at {at:#x}: 64-bit entries are not carried"));
+        }
+        let end = at
+            .checked_add(4 + len as usize)
+            .filter(|&e| e.saturating_add(4) <= bytes.len())
+            .ok_or_else(|| format!("entry at {at:#x}: length {len} runs past the end"))?;
+        if len < 4 {
+            return Err(format!("entry at {at:#x}: length {len} is too short"));
+        }
+        let id = word(at + 4).unwrap_or(0);
+        if id == 0 {
+            cies.push(at);
+        } else {
+            let cie = (at + 4).checked_sub(id as usize);
+            if !cie.is_some_and(|c| cies.contains(&c)) {
+                return Err(format!(
+                    "FDE at {at:#x}: its CIE pointer {id:#x} does not lead to a CIE before it"
+                ));
+            }
+        }
+        at = end;
+    }
+}
+
 impl Patch {
     /// Internal consistency: every offset inside the image, every size
     /// consistent, every count and size within the limits of this module.
@@ -182,6 +241,44 @@ impl Patch {
                     m.code_size
                 ),
             ));
+        }
+
+        if let Some(eh) = &m.eh_frame {
+            let end = eh.offset.checked_add(eh.size).filter(|&e| e <= m.code_size);
+            let Some(end) = end else {
+                return Err(r.field(
+                    "eh_frame.size",
+                    eh.size,
+                    format!(
+                        "the unwind information at offset {:#x} must lie in the code [0, {:#x})",
+                        eh.offset, m.code_size
+                    ),
+                ));
+            };
+            if m.target.kind == ObjectKind::Kernel {
+                return Err(r.field(
+                    "eh_frame",
+                    "present",
+                    "a kernel patch's module carries its own unwind tables",
+                ));
+            }
+            // Inside the code, which the image holds: checked above.
+            let bytes = &self.image[eh.offset as usize..end as usize];
+            if let Err(why) = check_eh_frame(bytes) {
+                return Err(r.field("eh_frame", format!("{:#x}", eh.offset), why));
+            }
+            for (i, rel) in m.relocations.iter().enumerate() {
+                let rend = rel.offset.saturating_add(rel.kind.size() as u64);
+                // The terminator is what tells every unwinder where the
+                // entries end: nothing may write over it.
+                if rel.offset < end && rend > end - 4 {
+                    return Err(r.field(
+                        format!("relocations[{i}].offset"),
+                        format!("{:#x}", rel.offset),
+                        "it writes over the terminator of the unwind information",
+                    ));
+                }
+            }
         }
 
         // Counts.
