@@ -130,18 +130,34 @@ fn syscall_of(pid: Pid, tid: Pid) -> Option<i64> {
 /// How long to look for a thread that waits in a suitable system call.
 const FIND_THREAD: Duration = Duration::from_secs(2);
 
-/// Run the thunk on a suitable thread of `tracee`: `thunk(a0, a1, func,
-/// state, before, after)`; returns the state word afterwards.
+/// One call of libgcc's through the thunk: `func(a0, a1)`, the state word
+/// set to `before`, then to `after`.
+#[derive(Clone, Copy)]
+struct Marked {
+    a0: u64,
+    a1: u64,
+    func: u64,
+    before: u64,
+    after: u64,
+}
+
+/// Run the thunk on a suitable thread of `tracee`; returns the state word
+/// afterwards.
 fn marked_call(
     pid: Pid,
     tracee: &mut Tracee,
     lib: &Libgcc,
-    objects: &[LoadedObject],
-    maps: &[Mapping],
+    (objects, maps): (&[LoadedObject], &[Mapping]),
     u: &UnwindRecord,
-    (a0, a1, func): (u64, u64, u64),
-    (before, after): (u64, u64),
+    m: &Marked,
 ) -> Result<u64> {
+    let Marked {
+        a0,
+        a1,
+        func,
+        before,
+        after,
+    } = *m;
     let mut unwinder = {
         let mut cache = crate::unwind::shared_cache()
             .lock()
@@ -238,9 +254,14 @@ pub(crate) fn register(
             ),
         });
     }
-    let call = (u.eh_frame, u.object, lib.register);
-    let marks = (UnwindState::REGISTERING, UnwindState::REGISTERED);
-    let word = marked_call(pid, tracee, &lib, objects, maps, u, call, marks)?;
+    let call = Marked {
+        a0: u.eh_frame,
+        a1: u.object,
+        func: lib.register,
+        before: UnwindState::REGISTERING,
+        after: UnwindState::REGISTERED,
+    };
+    let word = marked_call(pid, tracee, &lib, (objects, maps), u, &call)?;
     match UnwindState::of(word) {
         UnwindState::Registered => Ok(Registration::Registered),
         other => Err(EngineError::Refused {
@@ -288,13 +309,18 @@ pub(crate) fn release(
     let objects = crate::objects::loaded_objects(pid, &maps).map_err(|e| e.to_string())?;
     let lib = libgcc(pid, &objects)
         .ok_or("its unwind information is registered but libgcc_s is no longer found")?;
-    let call = (u.eh_frame, 0, lib.deregister);
-    let marks = (UnwindState::DEREGISTERING, UnwindState::DEREGISTERED);
+    let call = Marked {
+        a0: u.eh_frame,
+        a1: 0,
+        func: lib.deregister,
+        before: UnwindState::DEREGISTERING,
+        after: UnwindState::DEREGISTERED,
+    };
     let word = match tracee {
-        Some(t) => marked_call(pid, t, &lib, &objects, &maps, u, call, marks),
+        Some(t) => marked_call(pid, t, &lib, (&objects, &maps), u, &call),
         None => {
             let mut t = Tracee::seize(pid).map_err(|e| e.to_string())?;
-            let r = marked_call(pid, &mut t, &lib, &objects, &maps, u, call, marks);
+            let r = marked_call(pid, &mut t, &lib, (&objects, &maps), u, &call);
             let _ = t.detach();
             r
         }

@@ -136,7 +136,7 @@ pub fn check_eh_frame(bytes: &[u8]) -> Result<(), String> {
         }
         let end = at
             .checked_add(4 + len as usize)
-            .filter(|&e| e.saturating_add(4) <= bytes.len())
+            .filter(|&e| e <= bytes.len())
             .ok_or_else(|| format!("entry at {at:#x}: length {len} runs past the end"))?;
         if len < 4 {
             return Err(format!("entry at {at:#x}: length {len} is too short"));
@@ -769,5 +769,64 @@ mod tests {
             msg.contains("signature algorithm is 4294967295 bytes"),
             "{msg}"
         );
+    }
+
+    /// A CIE (8 bytes of body) and an FDE pointing back at it, then the
+    /// terminator.
+    fn eh_frame_block() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&12u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&[1, b'z', b'R', 0, 1, 0x78, 0x10, 0]);
+        let fde = b.len();
+        b.extend_from_slice(&12u32.to_le_bytes());
+        b.extend_from_slice(&((fde + 4) as u32).to_le_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&[0; 4]);
+        b
+    }
+
+    #[test]
+    fn unwind_information_must_be_whole_entries_ending_with_the_terminator() {
+        let good = eh_frame_block();
+        check_eh_frame(&good).unwrap();
+        let msg = check_eh_frame(&good[..good.len() - 4]).unwrap_err();
+        assert!(msg.contains("no zero terminator"), "{msg}");
+        let mut bad_cie = good.clone();
+        bad_cie[20..24].copy_from_slice(&4u32.to_le_bytes());
+        let msg = check_eh_frame(&bad_cie).unwrap_err();
+        assert!(msg.contains("does not lead to a CIE"), "{msg}");
+        let mut long = good.clone();
+        long[16..20].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(check_eh_frame(&long).unwrap_err().contains("runs past"));
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(&[0; 4]);
+        assert!(check_eh_frame(&trailing)
+            .unwrap_err()
+            .contains("not the last 4 bytes"));
+    }
+
+    #[test]
+    fn unwind_information_lies_in_the_code_and_no_relocation_writes_its_terminator() {
+        let mut p = valid();
+        let block = eh_frame_block();
+        p.image[0x10..0x10 + block.len()].copy_from_slice(&block);
+        p.meta.eh_frame = Some(crate::EhFrame {
+            offset: 0x10,
+            size: block.len() as u64,
+        });
+        p.validate().unwrap();
+        let mut q = p.clone();
+        q.meta.eh_frame = Some(crate::EhFrame {
+            offset: 0x30,
+            size: block.len() as u64,
+        });
+        let msg = q.validate().unwrap_err().to_string();
+        assert!(msg.contains("eh_frame.size"), "{msg}");
+        let mut q = p.clone();
+        q.meta.relocations[0].offset = 0x10 + block.len() as u64 - 4;
+        q.meta.relocations[0].kind = FieldKind::Abs32;
+        let msg = q.validate().unwrap_err().to_string();
+        assert!(msg.contains("terminator"), "{msg}");
     }
 }
