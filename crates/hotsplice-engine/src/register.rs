@@ -177,7 +177,7 @@ fn marked_call(
             let r = tracee.with_specific_thread(tid, |t: &mut RemoteThread<'_>| {
                 let regs = *t.regs();
                 let nr = arch::remote::syscall_number(&regs) as i64;
-                if !waiting(nr) {
+                if !arch::remote::in_syscall(&regs) || !waiting(nr) {
                     return Ok(None);
                 }
                 let mut frames = Vec::new();

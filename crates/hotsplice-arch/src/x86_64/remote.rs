@@ -320,6 +320,13 @@ pub fn syscall_number(r: &Regs) -> u64 {
     r.orig_rax
 }
 
+/// Whether a stopped thread was stopped inside a system call (not in user
+/// code, nor in an interrupt or exception, whose entries leave a negative
+/// `orig_rax`).
+pub fn in_syscall(r: &Regs) -> bool {
+    (r.orig_rax as i64) >= 0
+}
+
 /// A function call that marks, in the target's own memory, when it starts
 /// and when it returns, so that whether it ran is known whatever happens to
 /// hotsplice: called as `thunk(a0, a1, func, state, before, after)`, it
