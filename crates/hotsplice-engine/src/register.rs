@@ -158,6 +158,22 @@ fn marked_call(
         before,
         after,
     } = *m;
+    // The thunk is ours, as written at install: the record that names it
+    // was read from the process, which may have written anything there.
+    let thunk = &arch::remote::MARKED_CALL;
+    if process::read_memory(pid, u.thunk, thunk.len())
+        .ok()
+        .as_deref()
+        != Some(&thunk[..])
+    {
+        return Err(EngineError::Refused {
+            pid,
+            why: format!(
+                "the registration thunk at {:#x} is not the one hotsplice wrote; leaving the patch's unwind information alone",
+                u.thunk
+            ),
+        });
+    }
     let mut unwinder = {
         let mut cache = crate::unwind::shared_cache()
             .lock()
