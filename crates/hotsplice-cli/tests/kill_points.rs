@@ -484,6 +484,11 @@ fn undo_deregistering_unwind_info_sigkill() {
 }
 
 #[test]
+fn level_replacement_unwind_info_sigkill() {
+    run("cxx_throw", Op::Replace, "KILL");
+}
+
+#[test]
 fn undo_single_thread_sigkill() {
     run("inline_o2", Op::Undo, "KILL");
 }
