@@ -243,10 +243,21 @@ pub fn apply_replacing(
             Err(e)
         }
         Outcome::Unchanged(e, unreachable) => {
-            map::unmap(&mut tracee, &mapped, &layout, unwind.as_ref(), unreachable);
+            let gone = map::unmap(&mut tracee, &mapped, &layout, unwind.as_ref(), unreachable);
             let _ = tracee.detach();
             if let Some(j) = journal {
-                j.clear(pid, &meta.id);
+                if gone {
+                    j.clear(pid, &meta.id);
+                } else {
+                    // Retired and still registered (a call into libgcc
+                    // did not finish): the next command's recovery
+                    // deregisters and unmaps it, as after an undo.
+                    let span = (mapped.place, layout.total);
+                    let p = in_flight(Op::Undo, pid, &meta.id, span, Step::Unmapping);
+                    if let Err(e) = j.record(&p) {
+                        tracing::warn!(pid, "cannot record the mapping left behind: {e}");
+                    }
+                }
                 // The level it was to replace stays as it is: no recovery
                 // may finish taking it out.
                 if let Some(o) = old {
