@@ -20,6 +20,10 @@ pub struct PatchInfo {
     pub code_size: u64,
     pub data_size: u64,
     pub relocations: usize,
+    /// Bytes of unwind information (`.eh_frame`) the patch carries for its
+    /// code; absent in patches that carry none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eh_frame_size: Option<u64>,
     pub signed: bool,
     pub key_id: Option<String>,
     /// `trusted`, `unknown-key`, `bad` or `unsigned`.
@@ -53,6 +57,7 @@ impl Agent {
             code_size: m.code_size,
             data_size: m.data_size,
             relocations: m.relocations.len(),
+            eh_frame_size: m.eh_frame.map(|e| e.size),
             signed: key_id.is_some(),
             key_id,
             signature: status.name(),

@@ -55,6 +55,15 @@
 //! in-process. One untimed apply+undo warms up first. Medians, minimum and
 //! maximum over R repetitions (R=11, `--quick` 3).
 //!
+//! The same is measured with the other threads *active* (each waking every
+//! 10 ms, as a server's workers do: `--active-threads`), with four threads
+//! calling `compute()` in a tight loop (*hot*: some thread is always inside
+//! it, so apply and undo lead it out; the time that takes is reported on
+//! its own, `Report.lead_out`), and, at `--walk-cost-threads`, once more
+//! with the conservative scan instead of the exact walk: the difference of
+//! the check phase per thread is the added cost of the exact walk.
+//! `--only-stop` runs this section alone.
+//!
 //! # 2. `hotsplice user apply --all` over many processes
 //!
 //! 200 (`--quick`: 50) single-threaded `flipper` processes, each storing
@@ -118,9 +127,24 @@ struct Args {
     /// Repetitions per measurement (default 11, --quick 3).
     #[arg(long)]
     reps: Option<usize>,
-    /// Thread counts of the stop-time targets.
+    /// Thread counts of the stop-time targets (idle threads).
     #[arg(long, value_delimiter = ',', default_value = "2,10,100,1000")]
     threads: Vec<usize>,
+    /// Thread counts of the stop-time targets whose threads wake every
+    /// 10 ms (`0` for none).
+    #[arg(long, value_delimiter = ',', default_value = "2,10,100,1000")]
+    active_threads: Vec<usize>,
+    /// Thread counts at which the stop is measured again with the
+    /// conservative scan, for the cost of the exact walk (`0` for none).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    walk_cost_threads: Vec<usize>,
+    /// Skip the target whose four threads call the patched function in a
+    /// tight loop.
+    #[arg(long)]
+    no_hot: bool,
+    /// Only the stop-time section.
+    #[arg(long)]
+    only_stop: bool,
     /// Processes for apply --all (default 200, --quick 50).
     #[arg(long)]
     procs: Option<usize>,
@@ -201,20 +225,57 @@ fn run() -> Result<()> {
     let caller = targets::build(tmp.path(), &targets::CALLER, &hotsplice)?;
 
     let mut stop = Vec::new();
-    for &n in &args.threads {
-        progress(&format!("stop time, {n} threads, {reps} reps"));
-        stop.push(stop::bench_stop(&stopper, &hotsplice, n, reps, pin)?);
+    let walk = stop::stack_walk();
+    let mut rows: Vec<(usize, stop::Mode, hotsplice_engine::StackWalk)> = Vec::new();
+    rows.extend(args.threads.iter().map(|&n| (n, stop::Mode::Idle, walk)));
+    rows.extend(
+        args.active_threads
+            .iter()
+            .filter(|&&n| n > 0)
+            .map(|&n| (n, stop::Mode::Active, walk)),
+    );
+    if !args.no_hot {
+        // Main, the spinner and four threads hammering compute().
+        rows.push((6, stop::Mode::Hot, walk));
     }
-    progress(&format!(
-        "apply --all over {count} processes, {all_rounds} round(s)"
-    ));
-    let apply_all = apply_all::bench_all(&flipper, &hotsplice, tmp.path(), count, all_rounds)?;
-    progress(&format!("call cost, {calls} calls, {reps} rounds"));
-    let call_cost = call_cost::bench_cost(&caller, calls, reps)?;
-    let daemon_n = if args.quick { 5 } else { 20 };
-    progress(&format!("daemon, {daemon_n} new processes"));
-    let idle = Duration::from_secs(if args.quick { 3 } else { 10 });
-    let daemon = daemon::bench_daemon(&flipper, &hotsplice, tmp.path(), daemon_n, idle)?;
+    if walk == hotsplice_engine::StackWalk::Exact {
+        rows.extend(
+            args.walk_cost_threads
+                .iter()
+                .filter(|&&n| n > 0)
+                .map(|&n| (n, stop::Mode::Idle, hotsplice_engine::StackWalk::Scan)),
+        );
+    }
+    for (n, mode, w) in rows {
+        progress(&format!(
+            "stop time, {n} threads {}, {:?} walk, {reps} reps",
+            mode.name(),
+            w
+        ));
+        stop.push(stop::bench_stop(
+            &stopper,
+            &hotsplice,
+            (n, mode),
+            reps,
+            pin,
+            w,
+        )?);
+    }
+    let (apply_all, call_cost, daemon) = if args.only_stop {
+        (None, None, None)
+    } else {
+        progress(&format!(
+            "apply --all over {count} processes, {all_rounds} round(s)"
+        ));
+        let apply_all = apply_all::bench_all(&flipper, &hotsplice, tmp.path(), count, all_rounds)?;
+        progress(&format!("call cost, {calls} calls, {reps} rounds"));
+        let call_cost = call_cost::bench_cost(&caller, calls, reps)?;
+        let daemon_n = if args.quick { 5 } else { 20 };
+        progress(&format!("daemon, {daemon_n} new processes"));
+        let idle = Duration::from_secs(if args.quick { 3 } else { 10 });
+        let daemon = daemon::bench_daemon(&flipper, &hotsplice, tmp.path(), daemon_n, idle)?;
+        (Some(apply_all), Some(call_cost), Some(daemon))
+    };
 
     machine.loadavg_after = report::loadavg();
     let out = Output {

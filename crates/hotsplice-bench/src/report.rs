@@ -39,9 +39,13 @@ pub struct Output {
     pub machine: Machine,
     pub settings: Settings,
     pub stop: Vec<StopResult>,
-    pub apply_all: AllResult,
-    pub call_cost: CostResult,
-    pub daemon: DaemonResult,
+    /// The other sections (absent with `--only-stop`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_all: Option<AllResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_cost: Option<CostResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonResult>,
 }
 
 pub fn loadavg() -> String {
@@ -86,7 +90,7 @@ pub fn machine(hotsplice: &Path) -> Machine {
 /// `rest` as it is.
 fn stop_row<S: AsRef<str>>(threads: &str, cols: [S; 4], rest: &str) {
     let [a, b, c, d] = cols.each_ref().map(AsRef::as_ref);
-    println!("{threads:>7}  {a:<26} {b:<26} {c:<26} {d:<26} {rest}");
+    println!("{threads:>16}  {a:<26} {b:<26} {c:<26} {d:<26} {rest}");
 }
 
 /// `   LABEL   WALL ms = PER ms per processNOTE`, the values in one column.
@@ -132,7 +136,7 @@ pub fn print_human(o: &Output) {
     for r in &o.stop {
         let wall = format!("{:<26}", r.cli_apply_wall_ms.show(2));
         stop_row(
-            &r.threads.to_string(),
+            &r.label(),
             [
                 &r.apply_gap_us,
                 &r.apply_stopped_us,
@@ -163,7 +167,7 @@ pub fn print_human(o: &Output) {
             r.apply_paused_us.median, r.undo_paused_us.median
         );
         stop_row(
-            &r.threads.to_string(),
+            &r.label(),
             [
                 &r.undo_gap_us,
                 &r.undo_stopped_us,
@@ -180,14 +184,14 @@ pub fn print_human(o: &Output) {
         o.settings.stack_walk
     );
     println!(
-        "{:>7}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} stacks exact/scanned",
+        "{:>16}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} stacks exact/scanned",
         "threads", "interrupt", "wait+regs", "read stacks", "check", "lead out", "writes", "resume"
     );
     for r in &o.stop {
         let p = |i: usize| format!("{:.1}", r.apply_phases_us[i].median);
         println!(
-            "{:>7}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {}/{}",
-            r.threads,
+            "{:>16}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {}/{}",
+            r.label(),
             p(0),
             p(1),
             p(2),
@@ -200,7 +204,53 @@ pub fn print_human(o: &Output) {
         );
     }
     println!();
-    let a = &o.apply_all;
+    println!(
+        "   leading busy threads out (Report.lead_out.time, µs; part of the stop of the others)"
+    );
+    stop_row(
+        "threads",
+        ["apply lead out", "undo lead out", "check per thread", ""],
+        "",
+    );
+    for r in &o.stop {
+        stop_row(
+            &r.label(),
+            [
+                r.apply_lead_out_us.show(1),
+                r.undo_lead_out_us.show(1),
+                r.check_per_thread_us.show(2),
+                String::new(),
+            ],
+            "",
+        );
+    }
+    let costs: Vec<String> =
+        o.stop
+            .iter()
+            .filter(|r| r.walk == "scan")
+            .filter_map(|scan| {
+                let exact = o.stop.iter().find(|r| {
+                    r.walk == "exact" && r.mode == scan.mode && r.threads == scan.threads
+                })?;
+                Some(format!(
+                    "{} threads: {:.2} µs (exact {:.2}, scan {:.2})",
+                    scan.threads,
+                    exact.check_per_thread_us.median - scan.check_per_thread_us.median,
+                    exact.check_per_thread_us.median,
+                    scan.check_per_thread_us.median
+                ))
+            })
+            .collect();
+    if !costs.is_empty() {
+        println!(
+            "   added cost of the exact walk per thread (check phase, exact - scan, medians): {}",
+            costs.join("; ")
+        );
+    }
+    let (Some(a), Some(c), Some(d)) = (&o.apply_all, &o.call_cost, &o.daemon) else {
+        return;
+    };
+    println!();
     println!(
         "2. hotsplice user apply --all over {} single-thread processes ({} round(s))",
         a.processes, a.rounds
@@ -232,7 +282,6 @@ pub fn print_human(o: &Output) {
         "",
     );
     println!();
-    let c = &o.call_cost;
     println!(
         "3. Cost per call, {} calls per measurement, {} rounds (ns per loop iteration)",
         if c.calls / 1_000_000 * 1_000_000 == c.calls {
@@ -248,7 +297,6 @@ pub fn print_human(o: &Output) {
         "   patched - unpatched:    {} (per round; the jump)",
         c.difference_ns.show(3)
     );
-    let d = &o.daemon;
     println!();
     println!(
         "4. hotsplice daemon, {} processes started after the patch was installed",

@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 #[derive(Serialize)]
 pub struct StopResult {
     pub threads: usize,
+    /// What the threads other than main and the spinner do: `idle`
+    /// (waiting on a condition variable), `active` (waking every 10 ms),
+    /// `hot` (calling the patched function in a tight loop).
+    pub mode: &'static str,
+    /// How the busy check read the stacks (`exact` or `scan`).
+    pub walk: &'static str,
     pub reps: usize,
     pub apply_gap_us: Stat,
     pub apply_stopped_us: Stat,
@@ -40,6 +46,38 @@ pub struct StopResult {
     /// How the apply checked the stacks: threads walked exactly, scanned.
     pub stacks_exact: usize,
     pub stacks_scanned: usize,
+    /// Time spent leading busy threads out (`Report.lead_out.time`), part
+    /// of `stopped` for the other threads; apply and undo.
+    pub apply_lead_out_us: Stat,
+    pub undo_lead_out_us: Stat,
+    /// The apply window's check phase divided by the thread count.
+    pub check_per_thread_us: Stat,
+}
+
+/// What the stopper's other threads do (see [`StopResult::mode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Idle,
+    Active,
+    Hot,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Idle => "idle",
+            Mode::Active => "active",
+            Mode::Hot => "hot",
+        }
+    }
+}
+
+impl StopResult {
+    /// `1000 idle`, `6 hot`, `1000 idle scan`: the row's name in tables.
+    pub fn label(&self) -> String {
+        let walk = if self.walk == "exact" { "" } else { " scan" };
+        format!("{} {}{walk}", self.threads, self.mode)
+    }
 }
 
 /// The stopper target's commands.
@@ -83,21 +121,27 @@ fn thread_count(pid: i32) -> Result<usize> {
         .threads)
 }
 
+/// The stop bench for `n` threads doing `mode`, the busy check walking
+/// stacks as `walk` says.
 pub fn bench_stop(
     built: &Built,
     hotsplice: &Path,
-    n: usize,
+    (n, mode): (usize, Mode),
     reps: usize,
     pin: Option<usize>,
+    walk: hotsplice_engine::StackWalk,
 ) -> Result<StopResult> {
     ensure!(
         n >= 2,
         "a stop-time target needs at least 2 threads (main and the spinner)"
     );
     let _avoid = pin.map(AvoidCpu::new).transpose()?;
-    let mut argv = vec![n.to_string()];
-    argv.extend(pin.map(|c| c.to_string()));
-    let target = procs::driven(&built.exe, &argv, &format!("stopper {n}"))?;
+    let argv = vec![
+        n.to_string(),
+        pin.map_or(-1, |c| c as i64).to_string(),
+        mode.name().to_string(),
+    ];
+    let target = procs::driven(&built.exe, &argv, &format!("stopper {n} {}", mode.name()))?;
     let mut t = Stopper(target);
     let ready = t.0.line(Duration::from_secs(60))?;
     ensure!(ready.starts_with("ready"), "stopper: unexpected {ready:?}");
@@ -105,7 +149,9 @@ pub fn bench_stop(
     let have = thread_count(pid)?;
     ensure!(have == n, "stopper has {have} threads, expected {n}");
     let opts = ApplyOptions {
-        stack_walk: stack_walk(),
+        stack_walk: walk,
+        // Hot threads: leading them out may take several windows.
+        busy_timeout: Duration::from_secs(30),
         ..ApplyOptions::default()
     };
     let r = t.gap()?.result;
@@ -116,6 +162,7 @@ pub fn bench_stop(
 
     let mut retried = 0;
     let mut phases: Vec<[f64; 7]> = Vec::with_capacity(reps);
+    let mut leads: Vec<[f64; 3]> = Vec::with_capacity(reps);
     let mut stacks = (0, 0);
     let mut cycle = |t: &mut Stopper, rec: &mut Option<&mut Vec<[f64; 11]>>| -> Result<()> {
         t.reset()?;
@@ -161,6 +208,11 @@ pub fn bench_stop(
                 w.resume_us,
             ]);
             stacks = (a.stacks.exact, a.stacks.scanned);
+            leads.push([
+                micros(a.lead_out.time),
+                micros(u.lead_out.time),
+                w.check_us / n as f64,
+            ]);
             retried += usize::from(a.attempts > 1) + usize::from(u.attempts > 1);
             rec.push([
                 ag.max_us,
@@ -184,6 +236,7 @@ pub fn bench_stop(
         cycle(&mut t, &mut Some(&mut rows))?;
     }
     let col = |i: usize| Stat::of(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+    let lead = |i: usize| Stat::of(&leads.iter().map(|r| r[i]).collect::<Vec<_>>());
     let apply_phases_us: Vec<Stat> = (0..7)
         .map(|i| Stat::of(&phases.iter().map(|p| p[i]).collect::<Vec<_>>()))
         .collect();
@@ -203,6 +256,14 @@ pub fn bench_stop(
                 &pid.to_string(),
             ])
             .arg(&built.patch_file)
+            .env(
+                "HOTSPLICE_STACK_WALK",
+                if walk == hotsplice_engine::StackWalk::Scan {
+                    "scan"
+                } else {
+                    "exact"
+                },
+            )
             .stdin(Stdio::null())
             .output()
             .context("running hotsplice user apply")?;
@@ -227,6 +288,14 @@ pub fn bench_stop(
     let _ = t.0.ask("q", Duration::from_millis(1));
     Ok(StopResult {
         threads: n,
+        mode: mode.name(),
+        walk: match walk {
+            hotsplice_engine::StackWalk::Exact => "exact",
+            hotsplice_engine::StackWalk::Scan => "scan",
+        },
+        apply_lead_out_us: lead(0),
+        undo_lead_out_us: lead(1),
+        check_per_thread_us: lead(2),
         reps,
         apply_gap_us: col(0),
         apply_stopped_us: col(1),

@@ -561,6 +561,9 @@ fn info(ctx: &app::App, file: &Path, json: bool) -> Result<bool> {
         m.data_size,
         m.relocations.len()
     );
+    if let Some(eh) = &m.eh_frame {
+        outln!("unwind:      {} bytes of .eh_frame", eh.size);
+    }
     outln!("replaces:");
     for f in &m.functions {
         outln!(

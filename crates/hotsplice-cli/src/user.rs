@@ -233,6 +233,9 @@ fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
     if let Some(w) = &r.warning {
         errln!("hotsplice: warning: pid {}: {}", r.pid, esc(w));
     }
+    if let Some(u) = r.unwind.as_ref().filter(|_| verbose) {
+        outln!("  {u}");
+    }
     if verbose {
         outln!(
             "  stacks: {} walked exactly, {} scanned conservatively",

@@ -468,6 +468,26 @@ fn undo_hot_threads_led_out_sigkill() {
     run("hot_threads", Op::Undo, "KILL");
 }
 
+// A C++ target (libgcc_s mapped): apply registers the patch's unwind
+// information by a remote call, undo and recovery deregister it before
+// unmapping; the target throws through the patched function all the time,
+// so a registration left pointing at unmapped memory, or one made twice,
+// crashes it.
+#[test]
+fn apply_registering_unwind_info_sigkill() {
+    run("cxx_throw", Op::Apply, "KILL");
+}
+
+#[test]
+fn undo_deregistering_unwind_info_sigkill() {
+    run("cxx_throw", Op::Undo, "KILL");
+}
+
+#[test]
+fn level_replacement_unwind_info_sigkill() {
+    run("cxx_throw", Op::Replace, "KILL");
+}
+
 #[test]
 fn undo_single_thread_sigkill() {
     run("inline_o2", Op::Undo, "KILL");

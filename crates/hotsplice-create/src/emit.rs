@@ -9,8 +9,8 @@ use hotsplice_arch::current::{self as arch, ElfReloc};
 use hotsplice_arch::FieldKind;
 use hotsplice_elf::{LinkedElf, SymKind, TlsGot};
 use hotsplice_patch::{
-    round_up, BuildId, Function, NewSymbol, ObjectKind, Patch, PatchId, PatchMeta, RelocTarget,
-    Relocation, Target, PAGE,
+    round_up, BuildId, EhFrame, Function, NewSymbol, ObjectKind, Patch, PatchId, PatchMeta,
+    RelocTarget, Relocation, Target, PAGE,
 };
 use std::collections::HashMap;
 
@@ -39,8 +39,16 @@ enum Tgt {
     Final(RelocTarget),
 }
 
+/// Where a relocation's field is: in an included section, or in the
+/// patch's unwind information (offset from its start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum At {
+    Sec(SecKey),
+    EhFrame,
+}
+
 struct PendingReloc {
-    at: SecKey,
+    at: At,
     offset: u64,
     kind: FieldKind,
     target: Tgt,
@@ -260,12 +268,12 @@ impl<'a> Emitter<'a> {
     }
 
     /// `r` PC-relative to the target's GOT entry at `got`.
-    fn push_got(&mut self, at: SecKey, r: &Reloc, got: u64) {
+    fn push_got(&mut self, at: At, r: &Reloc, got: u64) {
         let target = Tgt::Final(RelocTarget::Object { vaddr: got });
         self.push(at, r.offset, FieldKind::Pc32, target, r.addend);
     }
 
-    fn push(&mut self, at: SecKey, offset: u64, kind: FieldKind, target: Tgt, addend: i64) {
+    fn push(&mut self, at: At, offset: u64, kind: FieldKind, target: Tgt, addend: i64) {
         self.relocs.push(PendingReloc {
             at,
             offset,
@@ -277,8 +285,21 @@ impl<'a> Emitter<'a> {
 
     fn process(&mut self, key: SecKey) -> Result<(), CreateError> {
         let (o, sec) = key;
+        let relocs = &self.obj(o).sections[sec].relocs;
+        self.process_relocs(o, sec, relocs, At::Sec(key))
+    }
+
+    /// Resolve relocations `relocs` of section `sec` of object `o`, whose
+    /// fields are at `key`.
+    fn process_relocs(
+        &mut self,
+        o: usize,
+        sec: usize,
+        relocs: &[Reloc],
+        key: At,
+    ) -> Result<(), CreateError> {
         let obj = self.obj(o);
-        for r in &obj.sections[sec].relocs {
+        for r in relocs {
             let no_got = |what: &str, name: &str| {
                 CreateError::Unsupported(format!(
                     "{what} access to `{name}` needs a GOT entry that {} lacks",
@@ -372,7 +393,18 @@ impl<'a> Emitter<'a> {
                 }
                 plain => {
                     let kind = plain.plain_field().expect("plain relocation");
-                    let t = self.resolve(o, sec, r)?;
+                    let personality = obj.symbols[r.sym]
+                        .name
+                        .strip_prefix("DW.ref.")
+                        .filter(|_| key == At::EhFrame);
+                    let t = match personality {
+                        // A CIE's personality routine, through the
+                        // compiler's pointer to it: a slot of our own.
+                        Some(name) => Tgt::Slot(self.slot(Tgt::Final(RelocTarget::Dynamic {
+                            name: name.to_string(),
+                        }))),
+                        None => self.resolve(o, sec, r)?,
+                    };
                     self.push(key, r.offset, kind, t, r.addend);
                 }
             }
@@ -410,11 +442,48 @@ pub fn emit(
             e.include((o, s));
         }
     }
+    // What the code needs, then the unwind information of the code (whose
+    // language-specific data may need more), until nothing is added.
     let mut next = 0;
-    while next < e.included.len() {
-        let key = e.included[next];
-        e.process(key)?;
-        next += 1;
+    let mut eh_frame: Vec<u8> = Vec::new();
+    let mut unwound: Vec<SecKey> = Vec::new();
+    loop {
+        while next < e.included.len() {
+            let key = e.included[next];
+            e.process(key)?;
+            next += 1;
+        }
+        for (o, pair) in objs.iter().enumerate() {
+            let want: Vec<usize> = e
+                .included
+                .iter()
+                .filter(|k| k.0 == o && pair.post.sections[k.1].exec && !unwound.contains(k))
+                .map(|k| k.1)
+                .collect();
+            if want.is_empty() {
+                continue;
+            }
+            unwound.extend(want.iter().map(|&s| (o, s)));
+            let Some(x) = crate::ehframe::extract(&pair.post, |s| want.contains(&s))
+                .map_err(CreateError::Unsupported)?
+            else {
+                continue;
+            };
+            let base = eh_frame.len() as u64;
+            eh_frame.extend_from_slice(&x.bytes);
+            let relocs: Vec<Reloc> = x
+                .relocs
+                .into_iter()
+                .map(|mut r| {
+                    r.offset += base;
+                    r
+                })
+                .collect();
+            e.process_relocs(o, x.section, &relocs, At::EhFrame)?;
+        }
+        if next == e.included.len() {
+            break;
+        }
     }
 
     // Layout: code, stubs, read-only data, pointer slots | page | data.
@@ -434,6 +503,15 @@ pub fn emit(
     let stubs_at = round_up(pos, 16);
     pos = stubs_at + (e.stubs.len() * arch::STUB_LEN) as u64;
     place(&mut pos, &|s| !s.exec && !s.write);
+    // The unwind entries, then the zero terminator that ends them.
+    let eh_at = round_up(pos, 8);
+    let eh = (!eh_frame.is_empty()).then(|| EhFrame {
+        offset: eh_at,
+        size: eh_frame.len() as u64 + 4,
+    });
+    if let Some(eh) = &eh {
+        pos = eh.offset + eh.size;
+    }
     let slots_at = round_up(pos, 8);
     pos = slots_at + 8 * e.slots.len() as u64;
     let code_size = pos.max(1);
@@ -452,6 +530,11 @@ pub fn emit(
         } else {
             image[at..at + s.data.len()].copy_from_slice(&s.data);
         }
+    }
+    if let Some(eh) = &eh {
+        let at = eh.offset as usize;
+        image[at..at + eh_frame.len()].copy_from_slice(&eh_frame);
+        image[at + eh_frame.len()..at + eh.size as usize].fill(0);
     }
     let final_target = |t: &Tgt| -> RelocTarget {
         match t {
@@ -489,8 +572,12 @@ pub fn emit(
         });
     }
     for r in &e.relocs {
+        let start = match r.at {
+            At::Sec(k) => layout[&k],
+            At::EhFrame => eh_at,
+        };
         relocations.push(Relocation {
-            offset: layout[&r.at] + r.offset,
+            offset: start + r.offset,
             kind: r.kind,
             target: final_target(&r.target),
             addend: r.addend,
@@ -622,6 +709,7 @@ pub fn emit(
             functions,
             relocations,
             symbols,
+            eh_frame: eh,
         },
         image,
     })

@@ -12,6 +12,7 @@
 
 mod build;
 pub mod diff;
+pub mod ehframe;
 pub mod emit;
 pub mod kernel;
 pub mod objfile;

@@ -20,6 +20,7 @@ mod apply;
 pub mod journal;
 pub mod objects;
 pub mod place;
+mod register;
 mod safety;
 pub use safety::{Lingering, StackCheck};
 pub use window::{LeadOut, WindowTimes};

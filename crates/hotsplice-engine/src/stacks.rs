@@ -72,11 +72,20 @@ pub fn stacks(pid: Pid, cache: &mut TableCache) -> Result<ProcessStacks> {
     window.resume()?;
     let stopped = t0.elapsed();
     tracee.detach()?;
+    // Frames in the code of applied patches are named after the patch,
+    // with the offset in its code.
+    let patches = crate::state::applied_in(pid, &maps).unwrap_or_default();
     let name = |pc: u64| {
         objects
             .iter()
             .find(|o| o.start <= pc && pc < o.end)
             .map(|o| (Some(o.path.clone()), pc.wrapping_sub(o.bias)))
+            .or_else(|| {
+                patches
+                    .iter()
+                    .find(|h| h.code_contains(pc))
+                    .map(|h| (Some(format!("patch {}", h.patch_id)), pc - h.code_start))
+            })
             .unwrap_or((None, pc))
     };
     Ok(ProcessStacks {

@@ -464,6 +464,7 @@ mod tests {
                 saved: Some(vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55]),
             }],
             running_may_finish: false,
+            unwind: None,
         };
         edit(&mut h);
         let bytes = h.encode();

@@ -44,6 +44,17 @@ pub(crate) fn unmap_retired(
         }
     }
     fault("undo:restored");
+    if let Err(why) = crate::register::release_record(pid, h) {
+        let w = format!(
+            "patch {} is out, but its code at {:#x}-{:#x} stays mapped ({why}); the next `hotsplice user` command that changes patches unmaps it",
+            h.patch_id,
+            h.map_start,
+            h.map_start.saturating_add(h.map_len)
+        );
+        tracing::warn!(pid, "{w}");
+        return Some(w);
+    }
+    fault("undo:released");
     match process::with_main_thread(pid, |t| t.munmap(h.map_start, h.map_len)) {
         Ok(()) => {
             fault("undo:unmapped");
@@ -232,6 +243,7 @@ fn remove(
         lead_out: w.lead_out,
         times: w.times,
         still_in_old: Vec::new(),
+        unwind: None,
         functions: h.functions.len(),
         replaced: None,
         warning,
@@ -315,6 +327,13 @@ pub fn recover(p: &InFlight, opts: &ApplyOptions) -> Result<Recovery> {
         // The window that took it out was done; unmapping may not have been.
         (Op::Undo, None) => match retired_in(p.pid, &maps, p.map_start, &p.id) {
             Some(h) => {
+                crate::register::release_record(p.pid, &h).map_err(|why| EngineError::Refused {
+                    pid: p.pid,
+                    why: format!(
+                        "to unmap the retired patch {} at {:#x}: {why}; it stays mapped",
+                        h.patch_id, h.map_start
+                    ),
+                })?;
                 process::with_main_thread(p.pid, |t| t.munmap(h.map_start, h.map_len))?;
                 Ok(Recovery::Finished)
             }

@@ -76,6 +76,18 @@ impl Tables {
         Ok(t)
     }
 
+    /// The tables of code hotsplice mapped: `.eh_frame` entries read from
+    /// the process at `addr` (already relocated, so run-time addresses).
+    pub fn from_eh_frame(eh_frame: Vec<u8>, addr: u64) -> Tables {
+        let mut t = Tables {
+            eh_frame,
+            bases: BaseAddresses::default().set_eh_frame(addr),
+            fdes: Vec::new(),
+        };
+        t.index();
+        t
+    }
+
     fn section(&self) -> EhFrame<Slice<'_>> {
         let mut s = EhFrame::new(&self.eh_frame, LittleEndian);
         s.set_address_size(8);
@@ -574,6 +586,34 @@ pub fn for_process(
             }
         }
     }
+    // The code of applied patches, with the unwind information they carry
+    // (read from the process: untrusted, bounded, parsed leniently).
+    let patches: Vec<(String, u64, u64, u64, Vec<u8>)> = crate::state::applied_in(pid, maps)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|h| {
+            let u = h.unwind?;
+            let len = usize::try_from(u.eh_frame_len.min(hotsplice_patch::MAX_EH_FRAME)).ok()?;
+            let bytes = hotsplice_process::read_memory(pid, u.eh_frame, len).ok()?;
+            Some((
+                format!("patch {}", h.patch_id),
+                h.code_start,
+                h.code_end(),
+                u.eh_frame,
+                bytes,
+            ))
+        })
+        .collect();
+    for (name, start, end, at, bytes) in &patches {
+        code.push(ObjectCode {
+            start: *start,
+            end: *end,
+            bias: 0,
+            name,
+            // Relocated for this process: keyed by place and bytes.
+            key: format!("patch:{at:x}:{:x}:{:x}", bytes.len(), fingerprint(bytes)),
+        });
+    }
     let map_file = |o: &ObjectCode<'_>| {
         objects.iter().find(|l| l.start == o.start).map(|l| {
             format!(
@@ -583,6 +623,9 @@ pub fn for_process(
         })
     };
     Unwinder::new(code, cache, |o| {
+        if let Some((_, _, _, at, bytes)) = patches.iter().find(|p| p.1 == o.start) {
+            return Ok(Tables::from_eh_frame(bytes.clone(), *at));
+        }
         if o.name == "[vdso]" {
             return match &vdso_image {
                 Some(b) => Tables::parse(b.as_slice()),

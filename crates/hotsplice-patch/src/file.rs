@@ -205,6 +205,21 @@ pub struct PatchMeta {
     pub relocations: Vec<Relocation>,
     #[serde(default)]
     pub symbols: Vec<NewSymbol>,
+    /// Unwind information for the new code: `.eh_frame` entries (CIEs and
+    /// FDEs, ending with a zero terminator) at `[offset, offset + size)` of
+    /// the code part of the image, relocated like the code. Absent in
+    /// patches from before it was carried (their code has none) and in
+    /// kernel patches; readers that do not know it apply the patch without
+    /// it, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eh_frame: Option<EhFrame>,
+}
+
+/// Where a patch's unwind information lies in its image.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EhFrame {
+    pub offset: u64,
+    pub size: u64,
 }
 
 fn default_level() -> u32 {
@@ -260,6 +275,7 @@ impl PatchMeta {
             functions: vec![],
             relocations: vec![],
             symbols: vec![],
+            eh_frame: None,
         }
     }
 
@@ -279,7 +295,7 @@ impl PatchMeta {
             .functions
             .iter()
             .fold(0usize, |n, f| n.saturating_add(160 + f.name.len()));
-        let len = (crate::IMAGE_PREFIX_LEN + 512)
+        let len = (crate::IMAGE_PREFIX_LEN + 512 + UNWIND_RECORD_ROOM)
             .saturating_add(names)
             .saturating_add(self.target.name.len())
             .saturating_add(self.description.len())
@@ -287,6 +303,10 @@ impl PatchMeta {
         checked_round_up(len as u64, PAGE).unwrap_or(u64::MAX)
     }
 }
+
+/// Room the record of a patch with unwind information needs for that (its
+/// `unwind` field), and the registration thunk at the end of the room.
+const UNWIND_RECORD_ROOM: usize = 256;
 
 /// A signature over the signed part of a patch file (header, metadata and
 /// image). The format reserves it; verification is the caller's business.

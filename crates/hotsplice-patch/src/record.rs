@@ -81,6 +81,63 @@ pub struct AppliedRecord {
     /// call takes the new code). Absent (false) in older records.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub running_may_finish: bool,
+    /// The patch's unwind information in the process and its registration
+    /// with the program's unwinder. Absent in older records and for
+    /// patches without unwind information.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwind: Option<UnwindRecord>,
+}
+
+/// Where a patch's relocated `.eh_frame` lies in the process, and the
+/// memory its registration with libgcc's unwinder uses (see
+/// `docs/busy-check.md`, "Unwind information of patch code").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnwindRecord {
+    /// The entries (ending with the zero terminator), inside the code.
+    pub eh_frame: u64,
+    pub eh_frame_len: u64,
+    /// The registration thunk (read+execute, in the record's pages).
+    pub thunk: u64,
+    /// libgcc's `struct object` for this registration (read+write).
+    pub object: u64,
+    /// The registration state word (read+write), [`UnwindState`].
+    pub state: u64,
+}
+
+/// The registration state word of a patch mapping, written by the thunk
+/// in the target itself around libgcc's calls, so that it is true whatever
+/// happens to hotsplice: 0 never registered, then the values below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnwindState {
+    /// Never registered (the page is fresh).
+    None,
+    /// `__register_frame_info` is running (or crashed: never deregister,
+    /// never unmap).
+    Registering,
+    Registered,
+    /// `__deregister_frame_info` is running.
+    Deregistering,
+    Deregistered,
+    /// A value hotsplice never writes.
+    Unknown(u64),
+}
+
+impl UnwindState {
+    pub const REGISTERING: u64 = 1;
+    pub const REGISTERED: u64 = 2;
+    pub const DEREGISTERING: u64 = 3;
+    pub const DEREGISTERED: u64 = 4;
+
+    pub fn of(word: u64) -> UnwindState {
+        match word {
+            0 => UnwindState::None,
+            Self::REGISTERING => UnwindState::Registering,
+            Self::REGISTERED => UnwindState::Registered,
+            Self::DEREGISTERING => UnwindState::Deregistering,
+            Self::DEREGISTERED => UnwindState::Deregistered,
+            w => UnwindState::Unknown(w),
+        }
+    }
 }
 
 /// Why bytes found in a process are not a record hotsplice wrote.
@@ -328,6 +385,33 @@ impl AppliedRecord {
             }
             jumps.push((f.addr, i));
         }
+        if let Some(u) = &self.unwind {
+            let inside = |field: &str, at: u64, len: u64, lo: u64, hi: u64| {
+                let end = at.checked_add(len);
+                if at < lo || end.is_none_or(|e| e > hi) {
+                    Err(bad(
+                        format!("unwind.{field}"),
+                        hexa(at),
+                        format!("it must lie inside [{lo:#x}, {hi:#x}) with its {len} bytes"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            inside(
+                "eh_frame",
+                u.eh_frame,
+                u.eh_frame_len,
+                self.code_start,
+                code_end,
+            )?;
+            inside("thunk", u.thunk, 1, record_end, self.code_start)?;
+            inside("object", u.object, 8, code_end, map_end)?;
+            inside("state", u.state, 8, code_end, map_end)?;
+            if !u.state.is_multiple_of(8) || !u.object.is_multiple_of(8) {
+                return Err(bad("unwind.state", hexa(u.state), "not 8-byte aligned"));
+            }
+        }
         jumps.sort_unstable();
         for w in jumps.windows(2) {
             let ((prev, p), (addr, i)) = (w[0], w[1]);
@@ -383,6 +467,7 @@ mod tests {
                 saved: Some(vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55]),
             }],
             running_may_finish: false,
+            unwind: None,
         }
     }
 

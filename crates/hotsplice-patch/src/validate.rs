@@ -97,6 +97,65 @@ impl Refuse<'_> {
     }
 }
 
+/// Largest unwind information a patch may carry.
+pub const MAX_EH_FRAME: u64 = 16 << 20;
+
+/// The structure of `.eh_frame` entries as a patch carries them: 4-byte
+/// lengths (no 64-bit entries), each entry inside the bytes, each FDE's CIE
+/// pointer leading back to a CIE among them, and a zero terminator as the
+/// last 4 bytes. (The rules inside the entries are the unwinders' business:
+/// hotsplice's own walker and libgcc's read them as untrusted.)
+pub fn check_eh_frame(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() as u64 > MAX_EH_FRAME {
+        return Err(format!(
+            "{} bytes of unwind information, more than {MAX_EH_FRAME}",
+            bytes.len()
+        ));
+    }
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let mut cies = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let Some(len) = word(at) else {
+            return Err(format!("entry at {at:#x}: truncated (no zero terminator)"));
+        };
+        if len == 0 {
+            if at + 4 != bytes.len() {
+                return Err(format!(
+                    "the zero terminator at {at:#x} is not the last 4 bytes"
+                ));
+            }
+            return Ok(());
+        }
+        if len == u32::MAX {
+            return Err(format!("entry at {at:#x}: 64-bit entries are not carried"));
+        }
+        let end = at
+            .checked_add(4 + len as usize)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| format!("entry at {at:#x}: length {len} runs past the end"))?;
+        if len < 4 {
+            return Err(format!("entry at {at:#x}: length {len} is too short"));
+        }
+        let id = word(at + 4).unwrap_or(0);
+        if id == 0 {
+            cies.push(at);
+        } else {
+            let cie = (at + 4).checked_sub(id as usize);
+            if !cie.is_some_and(|c| cies.contains(&c)) {
+                return Err(format!(
+                    "FDE at {at:#x}: its CIE pointer {id:#x} does not lead to a CIE before it"
+                ));
+            }
+        }
+        at = end;
+    }
+}
+
 impl Patch {
     /// Internal consistency: every offset inside the image, every size
     /// consistent, every count and size within the limits of this module.
@@ -182,6 +241,44 @@ impl Patch {
                     m.code_size
                 ),
             ));
+        }
+
+        if let Some(eh) = &m.eh_frame {
+            let end = eh.offset.checked_add(eh.size).filter(|&e| e <= m.code_size);
+            let Some(end) = end else {
+                return Err(r.field(
+                    "eh_frame.size",
+                    eh.size,
+                    format!(
+                        "the unwind information at offset {:#x} must lie in the code [0, {:#x})",
+                        eh.offset, m.code_size
+                    ),
+                ));
+            };
+            if m.target.kind == ObjectKind::Kernel {
+                return Err(r.field(
+                    "eh_frame",
+                    "present",
+                    "a kernel patch's module carries its own unwind tables",
+                ));
+            }
+            // Inside the code, which the image holds: checked above.
+            let bytes = &self.image[eh.offset as usize..end as usize];
+            if let Err(why) = check_eh_frame(bytes) {
+                return Err(r.field("eh_frame", format!("{:#x}", eh.offset), why));
+            }
+            for (i, rel) in m.relocations.iter().enumerate() {
+                let rend = rel.offset.saturating_add(rel.kind.size() as u64);
+                // The terminator is what tells every unwinder where the
+                // entries end: nothing may write over it.
+                if rel.offset < end && rend > end - 4 {
+                    return Err(r.field(
+                        format!("relocations[{i}].offset"),
+                        format!("{:#x}", rel.offset),
+                        "it writes over the terminator of the unwind information",
+                    ));
+                }
+            }
         }
 
         // Counts.
@@ -672,5 +769,64 @@ mod tests {
             msg.contains("signature algorithm is 4294967295 bytes"),
             "{msg}"
         );
+    }
+
+    /// A CIE (8 bytes of body) and an FDE pointing back at it, then the
+    /// terminator.
+    fn eh_frame_block() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&12u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&[1, b'z', b'R', 0, 1, 0x78, 0x10, 0]);
+        let fde = b.len();
+        b.extend_from_slice(&12u32.to_le_bytes());
+        b.extend_from_slice(&((fde + 4) as u32).to_le_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&[0; 4]);
+        b
+    }
+
+    #[test]
+    fn unwind_information_must_be_whole_entries_ending_with_the_terminator() {
+        let good = eh_frame_block();
+        check_eh_frame(&good).unwrap();
+        let msg = check_eh_frame(&good[..good.len() - 4]).unwrap_err();
+        assert!(msg.contains("no zero terminator"), "{msg}");
+        let mut bad_cie = good.clone();
+        bad_cie[20..24].copy_from_slice(&4u32.to_le_bytes());
+        let msg = check_eh_frame(&bad_cie).unwrap_err();
+        assert!(msg.contains("does not lead to a CIE"), "{msg}");
+        let mut long = good.clone();
+        long[16..20].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(check_eh_frame(&long).unwrap_err().contains("runs past"));
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(&[0; 4]);
+        assert!(check_eh_frame(&trailing)
+            .unwrap_err()
+            .contains("not the last 4 bytes"));
+    }
+
+    #[test]
+    fn unwind_information_lies_in_the_code_and_no_relocation_writes_its_terminator() {
+        let mut p = valid();
+        let block = eh_frame_block();
+        p.image[0x10..0x10 + block.len()].copy_from_slice(&block);
+        p.meta.eh_frame = Some(crate::EhFrame {
+            offset: 0x10,
+            size: block.len() as u64,
+        });
+        p.validate().unwrap();
+        let mut q = p.clone();
+        q.meta.eh_frame = Some(crate::EhFrame {
+            offset: 0x30,
+            size: block.len() as u64,
+        });
+        let msg = q.validate().unwrap_err().to_string();
+        assert!(msg.contains("eh_frame.size"), "{msg}");
+        let mut q = p.clone();
+        q.meta.relocations[0].offset = 0x10 + block.len() as u64 - 4;
+        q.meta.relocations[0].kind = FieldKind::Abs32;
+        let msg = q.validate().unwrap_err().to_string();
+        assert!(msg.contains("terminator"), "{msg}");
     }
 }

@@ -320,6 +320,36 @@ pub fn syscall_number(r: &Regs) -> u64 {
     r.orig_rax
 }
 
+/// Whether a stopped thread was stopped inside a system call (not in user
+/// code, nor in an interrupt or exception, whose entries leave a negative
+/// `orig_rax`).
+pub fn in_syscall(r: &Regs) -> bool {
+    (r.orig_rax as i64) >= 0
+}
+
+/// A function call that marks, in the target's own memory, when it starts
+/// and when it returns, so that whether it ran is known whatever happens to
+/// hotsplice: called as `thunk(a0, a1, func, state, before, after)`, it
+/// stores `before` at `state`, calls `func(a0, a1)`, stores `after` there
+/// and returns. (Used for the registration of a patch's unwind
+/// information with libgcc: a registration must never be made twice nor
+/// undone when it was not made.)
+pub const MARKED_CALL: [u8; 29] = [
+    0xf3, 0x0f, 0x1e, 0xfa, // endbr64
+    0x53, // push %rbx
+    0x41, 0x54, // push %r12
+    0x41, 0x55, // push %r13 (the call below starts 16-byte aligned)
+    0x48, 0x89, 0xcb, // mov %rcx,%rbx (state)
+    0x4d, 0x89, 0xcc, // mov %r9,%r12 (after)
+    0x4c, 0x89, 0x03, // mov %r8,(%rbx)
+    0xff, 0xd2, // call *%rdx
+    0x4c, 0x89, 0x23, // mov %r12,(%rbx)
+    0x41, 0x5d, // pop %r13
+    0x41, 0x5c, // pop %r12
+    0x5b, // pop %rbx
+    0xc3, // ret
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +418,19 @@ mod tests {
         r.orig_rax = u64::MAX; // not in a system call
         r.rax = (-512i64) as u64;
         assert_eq!(resumable(&r).rip, 0x1002);
+    }
+
+    #[test]
+    fn the_marked_call_stores_calls_stores_and_returns() {
+        let mut d = Decoder::with_ip(64, &MARKED_CALL, 0, DecoderOptions::NONE);
+        let mut m = Vec::new();
+        while (d.position()) < MARKED_CALL.len() {
+            m.push(d.decode().mnemonic());
+        }
+        use Mnemonic::*;
+        assert_eq!(
+            m,
+            [Endbr64, Push, Push, Push, Mov, Mov, Mov, Call, Mov, Pop, Pop, Pop, Ret]
+        );
     }
 }

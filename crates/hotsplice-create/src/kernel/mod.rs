@@ -85,6 +85,7 @@ pub fn kernel_patch(
             functions: functions.into_iter().map(Function::kernel).collect(),
             relocations: vec![],
             symbols: vec![],
+            eh_frame: None,
         },
         image: ko.to_vec(),
     }

@@ -13,6 +13,9 @@ pub(crate) fn install(pid: Pid, plan: &Plan) -> Result<MemWriter> {
     for (addr, bytes) in plan.image_writes() {
         mem.write(addr, bytes)?;
     }
+    if let Some((at, thunk)) = plan.thunk {
+        mem.write(at, thunk)?;
+    }
     mem.write(plan.record_at, &plan.record)?;
     fault("apply:written");
     Ok(mem)

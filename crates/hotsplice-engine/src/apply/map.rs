@@ -106,10 +106,36 @@ pub(crate) fn map(
 }
 
 /// Unmap the new code of a failed apply: only with the proof that no jump
-/// leads into it. A failure leaves an unused mapping, not a broken process.
-pub(crate) fn unmap(tracee: &mut Tracee, mapped: &Mapped, layout: &Layout, _: Unreachable) {
+/// leads into it, and once libgcc no longer knows its unwind information
+/// (`unwind`, if the record was written). A failure leaves an unused
+/// mapping, not a broken process. Returns `false` when the mapping stays
+/// because libgcc may still point into it: its record is then retired (no
+/// longer listed as applied), and the caller's journal keeps it for the
+/// next command to unmap.
+pub(crate) fn unmap(
+    tracee: &mut Tracee,
+    mapped: &Mapped,
+    layout: &Layout,
+    unwind: Option<&hotsplice_patch::UnwindRecord>,
+    _: Unreachable,
+) -> bool {
     let (place, total) = (mapped.place, layout.total);
+    let pid = tracee.pid();
+    if let Err(why) = crate::register::release(pid, unwind, Some(tracee)) {
+        tracing::warn!(
+            place,
+            total,
+            "the code of a failed apply stays mapped: {why}"
+        );
+        if let Err(e) = process::MemWriter::open(pid)
+            .and_then(|m| m.write(place, hotsplice_patch::RETIRED_MAGIC))
+        {
+            tracing::warn!(place, "cannot retire the record of a failed apply: {e}");
+        }
+        return false;
+    }
     if let Err(e) = tracee.with_thread(|t| t.munmap(place, total)) {
         tracing::warn!(place, total, "cannot unmap the code of a failed apply: {e}");
     }
+    true
 }

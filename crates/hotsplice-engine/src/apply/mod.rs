@@ -10,6 +10,7 @@ mod map;
 mod plan;
 
 use crate::journal::{fault, in_flight, record, Journal, Op, Step};
+pub use crate::register::Registration;
 use crate::safety::{Lingering, StackCheck};
 use crate::state::refuse_special;
 use crate::undo::unmap_retired;
@@ -111,6 +112,10 @@ pub struct Report {
     /// the old code (`let_running_finish`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub still_in_old: Vec<Lingering>,
+    /// Apply: what became of the patch's unwind information in the
+    /// program's own unwinder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwind: Option<Registration>,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -167,6 +172,8 @@ pub fn apply_replacing(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let mut unwind = None;
+    let mut registration = Registration::None;
     let outcome = match plan::plan(
         pid,
         patch,
@@ -178,7 +185,26 @@ pub fn apply_replacing(
     )
     .and_then(|plan| Ok((install::install(pid, &plan)?, plan)))
     {
-        Ok((mem, plan)) => commit(pid, &mut tracee, &mem, &found, &plan, opts, unreachable),
+        Ok((mem, plan)) => {
+            unwind = plan.unwind;
+            // Before any jump leads into the code: the program's unwinder
+            // must know its frames from the first call on.
+            let reg = crate::register::register(
+                pid,
+                &mut tracee,
+                &found.objects,
+                &found.maps,
+                plan.unwind.as_ref(),
+            );
+            fault("apply:registered");
+            match reg {
+                Ok(r) => {
+                    registration = r;
+                    commit(pid, &mut tracee, &mem, &found, &plan, opts, unreachable)
+                }
+                Err(e) => Outcome::Unchanged(e, unreachable),
+            }
+        }
         Err(e) => Outcome::Unchanged(e, unreachable),
     };
     let old = found.old.as_ref();
@@ -206,6 +232,7 @@ pub fn apply_replacing(
                 lead_out: w.lead_out,
                 times: w.times,
                 still_in_old: w.lingering,
+                unwind: Some(registration),
             })
         }
         // A jump into the new code is in and could not be taken out: the
@@ -216,10 +243,21 @@ pub fn apply_replacing(
             Err(e)
         }
         Outcome::Unchanged(e, unreachable) => {
-            map::unmap(&mut tracee, &mapped, &layout, unreachable);
+            let gone = map::unmap(&mut tracee, &mapped, &layout, unwind.as_ref(), unreachable);
             let _ = tracee.detach();
             if let Some(j) = journal {
-                j.clear(pid, &meta.id);
+                if gone {
+                    j.clear(pid, &meta.id);
+                } else {
+                    // Retired and still registered (a call into libgcc
+                    // did not finish): the next command's recovery
+                    // deregisters and unmaps it, as after an undo.
+                    let span = (mapped.place, layout.total);
+                    let p = in_flight(Op::Undo, pid, &meta.id, span, Step::Unmapping);
+                    if let Err(e) = j.record(&p) {
+                        tracing::warn!(pid, "cannot record the mapping left behind: {e}");
+                    }
+                }
                 // The level it was to replace stays as it is: no recovery
                 // may finish taking it out.
                 if let Some(o) = old {

@@ -10,7 +10,9 @@ use crate::undo::{removal_writes, retirement};
 use crate::window::Write;
 use crate::{add, EngineError, Result};
 use hotsplice_arch::current as arch;
-use hotsplice_patch::{AppliedFunction, AppliedRecord, Patch, PatchMeta, RelocTarget};
+use hotsplice_patch::{
+    AppliedFunction, AppliedRecord, Patch, PatchMeta, RelocTarget, UnwindRecord, PAGE,
+};
 use hotsplice_process::Pid;
 use std::collections::HashMap;
 
@@ -22,7 +24,16 @@ pub(crate) struct Layout {
     pub code_len: u64,
     /// The whole mapping.
     pub total: u64,
+    /// With unwind information: the page after the image that holds
+    /// libgcc's registration object and the state word (offset from the
+    /// mapping's start).
+    pub unwind_page: Option<u64>,
 }
+
+/// Bytes at the end of the record's room kept for the registration thunk.
+pub(crate) const THUNK_ROOM: u64 = 64;
+/// Offset of the state word in the unwind page (libgcc's object before it).
+const STATE_AT: u64 = 256;
 
 impl Layout {
     /// (Validation bounds these: the record always fits what `state`
@@ -32,10 +43,18 @@ impl Layout {
         let room = "the record's room";
         let code_len = add(pid, header_room, meta.data_offset, "data_offset", room)?;
         let total = add(pid, header_room, meta.mapped_size(), "mapped size", room)?;
+        let (total, unwind_page) = match meta.eh_frame {
+            Some(_) => (
+                add(pid, total, PAGE, "mapped size", "the unwind page")?,
+                Some(total),
+            ),
+            None => (total, None),
+        };
         Ok(Layout {
             header_room,
             code_len,
             total,
+            unwind_page,
         })
     }
 }
@@ -52,6 +71,10 @@ pub(crate) struct Plan {
     /// The record, encoded, and where it goes (the mapping's start).
     pub record: Vec<u8>,
     pub record_at: u64,
+    /// The registration thunk and where it goes, with unwind information.
+    pub thunk: Option<(u64, &'static [u8])>,
+    /// The unwind information as the record has it.
+    pub unwind: Option<UnwindRecord>,
     /// The jumps, the old level's entries put back, its record retired.
     pub writes: Vec<Write>,
     /// What no thread may be in while they are written.
@@ -145,6 +168,16 @@ pub(crate) fn plan(
             false,
         ));
     }
+    let unwind = match (meta.eh_frame, layout.unwind_page) {
+        (Some(eh), Some(page)) => Some(UnwindRecord {
+            eh_frame: base + eh.offset,
+            eh_frame_len: eh.size,
+            thunk: place + layout.header_room - THUNK_ROOM,
+            object: place + page,
+            state: place + page + STATE_AT,
+        }),
+        _ => None,
+    };
     let header = AppliedRecord {
         patch_id: meta.id.clone(),
         description: meta.description.clone(),
@@ -160,9 +193,10 @@ pub(crate) fn plan(
         code_len: meta.code_size,
         functions,
         running_may_finish,
+        unwind,
     };
     let record = header.encode();
-    if record.len() as u64 > layout.header_room {
+    if record.len() as u64 > layout.header_room - THUNK_ROOM {
         return Err(EngineError::Refused {
             pid,
             why: "patch header does not fit its reserved room (a bug)".into(),
@@ -180,6 +214,8 @@ pub(crate) fn plan(
         image,
         record,
         record_at: place,
+        thunk: unwind.map(|u| (u.thunk, &arch::remote::MARKED_CALL[..])),
+        unwind,
         writes,
         ranges: {
             let r = Ranges::new(ranges);
@@ -397,6 +433,7 @@ mod tests {
             code_len: 0x10,
             functions: vec![],
             running_may_finish: false,
+            unwind: None,
         };
         assert_eq!(next_sequence(7, &[]).unwrap(), 1);
         let err = next_sequence(7, &[h]).unwrap_err();

@@ -1,0 +1,356 @@
+//! The patch's unwind information and the program's own unwinder: libgcc's
+//! (`libgcc_s.so.1`), which `backtrace()`, C++ exceptions and
+//! `pthread_cancel` use, finds the FDEs of code that no loaded object
+//! covers — the patch's anonymous mapping — only among frames registered
+//! with `__register_frame_info`. Apply registers the patch's `.eh_frame`
+//! before any jump leads into its code; whatever unmaps the code
+//! deregisters it first.
+//!
+//! libgcc aborts the program when asked to deregister what it does not
+//! hold, and links the same object twice into a loop when asked to
+//! register it twice: whether a registration was made must be known
+//! exactly, also after hotsplice was killed at any instant. So both calls
+//! go through a thunk in the patch's mapping that stores, in the target's
+//! own memory, a state word before and after libgcc's call
+//! ([`UnwindState`]): the target itself writes it, and a call started by a
+//! hotsplice that died is finished by the thread alone and leaves the word
+//! true. Registration happens only from a fresh word, deregistration only
+//! from "registered"; a word in between means a call is running (or
+//! crashed): the mapping is then left in place, never unmapped under
+//! libgcc.
+//!
+//! libgcc's calls take its `object_mutex`, and deregistration may `free()`
+//! the table libgcc sorted: the thread that makes them must hold neither
+//! lock nor be inside malloc. The thread borrowed is one that waits in a
+//! system call that neither allocator nor unwinder makes while holding a
+//! lock (sleeps, polls, reads, futex waits), and its walked frames must not
+//! be in libgcc_s.
+
+use crate::objects::{exports_of, LoadedObject};
+use crate::state::read_maps;
+use crate::unwind::ProcessMemory;
+use crate::{EngineError, Result};
+use hotsplice_arch::current::{self as arch, dwarf};
+use hotsplice_patch::{AppliedRecord, UnwindRecord, UnwindState};
+use hotsplice_process::{self as process, Mapping, Pid, RemoteThread, Tracee};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// libgcc's unwinder as mapped in a process.
+pub(crate) struct Libgcc {
+    pub path: String,
+    start: u64,
+    end: u64,
+    register: u64,
+    deregister: u64,
+}
+
+/// What became of a patch's unwind information in the program's unwinder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Registration {
+    /// The patch carries none (made before hotsplice carried it).
+    None,
+    /// Registered with libgcc_s: `backtrace()`, C++ exceptions and
+    /// `pthread_cancel` walk through the patch's frames.
+    Registered,
+    /// The process does not map libgcc_s: hotsplice's own walks use the
+    /// information, the program's unwinder (were it loaded later) does not
+    /// know it.
+    NoLibgcc,
+}
+
+impl std::fmt::Display for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Registration::None => "the patch carries no unwind information",
+            Registration::Registered => "unwind information registered with libgcc_s",
+            Registration::NoLibgcc => {
+                "unwind information not registered: the process does not map libgcc_s (backtrace(), C++ exceptions and pthread_cancel would not walk through the patch's frames)"
+            }
+        })
+    }
+}
+
+/// libgcc_s in `objects`, with its registration functions.
+pub(crate) fn libgcc(pid: Pid, objects: &[LoadedObject]) -> Option<Libgcc> {
+    let o = objects.iter().find(|o| {
+        let name = o.path.rsplit('/').next().unwrap_or("");
+        name.starts_with("libgcc_s.so")
+    })?;
+    let e = exports_of(pid, o)?;
+    let f = |name: &str| {
+        e.get(name)
+            .filter(|x| !x.tls && !x.ifunc)
+            .map(|x| o.bias.wrapping_add(x.value))
+    };
+    Some(Libgcc {
+        path: o.path.clone(),
+        start: o.start,
+        end: o.end,
+        register: f("__register_frame_info")?,
+        deregister: f("__deregister_frame_info")?,
+    })
+}
+
+/// System calls in which a thread holds none of the locks libgcc's
+/// registration takes (or malloc's, which deregistration may take).
+fn waiting(nr: i64) -> bool {
+    [
+        libc::SYS_read,
+        libc::SYS_poll,
+        libc::SYS_ppoll,
+        libc::SYS_select,
+        libc::SYS_pselect6,
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_nanosleep,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_pause,
+        libc::SYS_rt_sigsuspend,
+        libc::SYS_rt_sigtimedwait,
+        libc::SYS_futex,
+        libc::SYS_wait4,
+        libc::SYS_waitid,
+        libc::SYS_accept,
+        libc::SYS_accept4,
+        libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
+    ]
+    .contains(&nr)
+}
+
+/// The system call thread `tid` waits in, from `/proc` (`None` when it
+/// runs or is not in one).
+fn syscall_of(pid: Pid, tid: Pid) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// How long to look for a thread that waits in a suitable system call.
+const FIND_THREAD: Duration = Duration::from_secs(2);
+
+/// One call of libgcc's through the thunk: `func(a0, a1)`, the state word
+/// set to `before`, then to `after`.
+#[derive(Clone, Copy)]
+struct Marked {
+    a0: u64,
+    a1: u64,
+    func: u64,
+    before: u64,
+    after: u64,
+}
+
+/// Run the thunk on a suitable thread of `tracee`; returns the state word
+/// afterwards.
+fn marked_call(
+    pid: Pid,
+    tracee: &mut Tracee,
+    lib: &Libgcc,
+    (objects, maps): (&[LoadedObject], &[Mapping]),
+    u: &UnwindRecord,
+    m: &Marked,
+) -> Result<u64> {
+    let Marked {
+        a0,
+        a1,
+        func,
+        before,
+        after,
+    } = *m;
+    // The thunk is ours, as written at install: the record that names it
+    // was read from the process, which may have written anything there.
+    let thunk = &arch::remote::MARKED_CALL;
+    if process::read_memory(pid, u.thunk, thunk.len())
+        .ok()
+        .as_deref()
+        != Some(&thunk[..])
+    {
+        return Err(EngineError::Refused {
+            pid,
+            why: format!(
+                "the registration thunk at {:#x} is not the one hotsplice wrote; leaving the patch's unwind information alone",
+                u.thunk
+            ),
+        });
+    }
+    let mut unwinder = {
+        let mut cache = crate::unwind::shared_cache()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        crate::unwind::for_process(pid, maps, objects, &mut cache)
+    };
+    let deadline = Instant::now() + FIND_THREAD;
+    let mut why = String::from("no thread waits in a system call");
+    loop {
+        let mut tids = tracee.tids();
+        // The main thread first, as other remote operations do.
+        tids.sort_by_key(|&t| t != pid);
+        for tid in tids {
+            if !syscall_of(pid, tid).is_some_and(waiting) {
+                continue;
+            }
+            let r = tracee.with_specific_thread(tid, |t: &mut RemoteThread<'_>| {
+                let regs = *t.regs();
+                let nr = arch::remote::syscall_number(&regs) as i64;
+                if !arch::remote::in_syscall(&regs) || !waiting(nr) {
+                    return Ok(None);
+                }
+                let mut frames = Vec::new();
+                unwinder.walk(&dwarf::initial(&regs), &ProcessMemory(pid), &mut frames);
+                if frames
+                    .iter()
+                    .any(|&(pc, _)| (lib.start..lib.end).contains(&pc))
+                {
+                    return Ok(None);
+                }
+                t.call(u.thunk, &[a0, a1, func, u.state, before, after])
+                    .map(Some)
+            });
+            match r {
+                Ok(Some(_)) => return state_word(pid, u),
+                Ok(None) => why = format!("thread {tid} left its system call or is in libgcc_s"),
+                Err(e) => {
+                    // The call may have run: the state word says.
+                    let word = state_word(pid, u)?;
+                    if word != 0 && word != before {
+                        return Ok(word);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(EngineError::Refused {
+                pid,
+                why: format!(
+                    "the patch's unwind information with {} now: {why} (a thread interrupted elsewhere may hold the locks libgcc and malloc take); nothing was changed, retry when the process waits",
+                    lib.path
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The registration state word of `u`, as the target holds it.
+pub(crate) fn state_word(pid: Pid, u: &UnwindRecord) -> Result<u64> {
+    let b = process::read_memory(pid, u.state, 8)?;
+    let w: [u8; 8] =
+        b.get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| EngineError::Refused {
+                pid,
+                why: format!("the unwind state word at {:#x} cannot be read", u.state),
+            })?;
+    Ok(u64::from_le_bytes(w))
+}
+
+/// Register `u` with libgcc_s, if the process maps it (apply, after the
+/// record is written and before any jump leads into the code).
+pub(crate) fn register(
+    pid: Pid,
+    tracee: &mut Tracee,
+    objects: &[LoadedObject],
+    maps: &[Mapping],
+    u: Option<&UnwindRecord>,
+) -> Result<Registration> {
+    let Some(u) = u else {
+        return Ok(Registration::None);
+    };
+    let Some(lib) = libgcc(pid, objects) else {
+        return Ok(Registration::NoLibgcc);
+    };
+    if state_word(pid, u)? != 0 {
+        return Err(EngineError::Refused {
+            pid,
+            why: format!(
+                "the unwind state word at {:#x} of a fresh mapping is not zero",
+                u.state
+            ),
+        });
+    }
+    let call = Marked {
+        a0: u.eh_frame,
+        a1: u.object,
+        func: lib.register,
+        before: UnwindState::REGISTERING,
+        after: UnwindState::REGISTERED,
+    };
+    let word = marked_call(pid, tracee, &lib, (objects, maps), u, &call)?;
+    match UnwindState::of(word) {
+        UnwindState::Registered => Ok(Registration::Registered),
+        other => Err(EngineError::Refused {
+            pid,
+            why: format!(
+                "registering the patch's unwind information with {} left its state {other:?}",
+                lib.path
+            ),
+        }),
+    }
+}
+
+/// How long to wait for a registration call that is still running.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Make the mapping of `h` safe to unmap as far as libgcc is concerned:
+/// deregister its unwind information if it is registered. `Err` (a reason)
+/// when it must stay mapped. `tracee` is the caller's, if it holds one.
+pub(crate) fn release(
+    pid: Pid,
+    u: Option<&UnwindRecord>,
+    tracee: Option<&mut Tracee>,
+) -> std::result::Result<(), String> {
+    let Some(u) = u else { return Ok(()) };
+    let settle = Instant::now() + SETTLE;
+    let word = loop {
+        let w = state_word(pid, u).map_err(|e| e.to_string())?;
+        match UnwindState::of(w) {
+            UnwindState::Registering | UnwindState::Deregistering if Instant::now() < settle => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => break w,
+        }
+    };
+    match UnwindState::of(word) {
+        UnwindState::None | UnwindState::Deregistered => return Ok(()),
+        UnwindState::Registered => {}
+        other => {
+            return Err(format!(
+                "its unwind information's registration is in state {other:?} (a call into libgcc_s did not finish)"
+            ))
+        }
+    }
+    let maps = read_maps(pid).map_err(|e| e.to_string())?;
+    let objects = crate::objects::loaded_objects(pid, &maps).map_err(|e| e.to_string())?;
+    let lib = libgcc(pid, &objects)
+        .ok_or("its unwind information is registered but libgcc_s is no longer found")?;
+    let call = Marked {
+        a0: u.eh_frame,
+        a1: 0,
+        func: lib.deregister,
+        before: UnwindState::DEREGISTERING,
+        after: UnwindState::DEREGISTERED,
+    };
+    let word = match tracee {
+        Some(t) => marked_call(pid, t, &lib, (&objects, &maps), u, &call),
+        None => {
+            let mut t = Tracee::seize(pid).map_err(|e| e.to_string())?;
+            let r = marked_call(pid, &mut t, &lib, (&objects, &maps), u, &call);
+            let _ = t.detach();
+            r
+        }
+    }
+    .map_err(|e| format!("deregistering its unwind information failed: {e}"))?;
+    match UnwindState::of(word) {
+        UnwindState::Deregistered => Ok(()),
+        other => Err(format!(
+            "deregistering its unwind information left its state {other:?}"
+        )),
+    }
+}
+
+/// [`release`] for an applied or retired record.
+pub(crate) fn release_record(pid: Pid, h: &AppliedRecord) -> std::result::Result<(), String> {
+    release(pid, h.unwind.as_ref(), None)
+}
