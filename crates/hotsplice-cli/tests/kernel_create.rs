@@ -165,12 +165,62 @@ fn kernel_create_refuses_init_code_and_header_changes() {
     create(k, "version.diff", out.path()).assert_ok("create after refusals");
 }
 
+/// The value of `"key": [...]` in create's JSON, as one string.
+fn json_list(stdout: &str, key: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(stdout).expect("create --json");
+    v[key].to_string()
+}
+
+/// kbuild says which object a file is linked into: `mm/rmap.c` through
+/// `mmu-$(CONFIG_MMU)` pulled into `obj-y` (vmlinux), `mgmt/user_config.o`
+/// listed in the parent directory's Makefile (module ksmbd), and a file of
+/// a directory this configuration does not build is refused before
+/// anything is compiled.
+fn kernel_create_asks_kbuild_which_object_a_file_is_linked_into() {
+    require_root();
+    let k = kenv();
+    let k = &k;
+    let out = temp_dir("kcreate-owner");
+    let r = create(k, "mm_rmap.diff", out.path());
+    r.assert_ok("create mm/rmap.c");
+    assert!(
+        json_list(&r.stdout, "functions").contains("\"page_address_in_vma\"")
+            && json_list(&r.stdout, "objects") == "[\"vmlinux\"]",
+        "{}",
+        r.describe()
+    );
+    let r = create(k, "ksmbd_user_config.diff", out.path());
+    r.assert_ok("create fs/smb/server/mgmt/user_config.c");
+    assert!(
+        json_list(&r.stdout, "functions").contains("\"ksmbd_alloc_user\"")
+            && json_list(&r.stdout, "objects") == "[\"ksmbd\"]",
+        "{}",
+        r.describe()
+    );
+    let unbuilt = k.src.join("fs/ntfs/super.o");
+    let _ = std::fs::remove_file(&unbuilt);
+    let r = create(k, "ntfs_unbuilt.diff", out.path());
+    r.assert_failed("a file this configuration does not build");
+    assert!(
+        r.stderr.contains("fs/ntfs/super.c")
+            && r.stderr.contains("not built with this configuration"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        !unbuilt.exists(),
+        "refused before building: {} was compiled",
+        unbuilt.display()
+    );
+}
+
 fn main() {
     harness::main(
         kc::skip_reason(),
         hotsplice_testsupport::tests![
             kernel_patch_for_a_module_and_vmlinux_uses_livepatch_relocations,
             kernel_create_refuses_init_code_and_header_changes,
+            kernel_create_asks_kbuild_which_object_a_file_is_linked_into,
         ],
     );
 }

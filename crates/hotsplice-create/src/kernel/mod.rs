@@ -53,6 +53,8 @@ pub struct CreatedKernelPatch {
     pub id: String,
     pub module: String,
     pub functions: Vec<String>,
+    /// The patched objects (`vmlinux` or a module's name), in order.
+    pub objects: Vec<String>,
     pub livepatch_relocations: usize,
 }
 
@@ -137,6 +139,13 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     let _lock = hotsplice_store::FileLock::acquire(&req.src.join(".hotsplice.lock"))
         .map_err(|e| CreateError::Target(e.to_string()))?;
     let tree = tree::Tree::prepare(&req.src, &req.config)?;
+    // Which object each file is linked into, asked of kbuild before
+    // anything is built: a file this configuration does not build is
+    // refused at once.
+    let owners = files
+        .iter()
+        .map(|f| tree.owner(f))
+        .collect::<Result<Vec<_>, _>>()?;
     let tmp = tempfile::Builder::new()
         .prefix("hotsplice-kcreate.")
         .tempdir()
@@ -160,7 +169,7 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     post?;
 
     let mut objs = Vec::new();
-    for f in &files {
+    for (f, owner) in files.iter().zip(owners) {
         let pre = ObjFile::read(&work.join("pre").join(f).with_extension("o"))
             .map_err(CreateError::Target)?;
         let postf = ObjFile::read(&work.join("post").join(f).with_extension("o"))
@@ -170,7 +179,7 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
             continue;
         }
         objs.push(emit::KObj {
-            owner: tree.owner(f)?,
+            owner,
             rel: f.clone(),
             pre,
             post: postf,
@@ -252,6 +261,13 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     let module_path = req.out_dir.join(format!("{module}.ko"));
     std::fs::write(&module_path, &ko).map_err(io("writing the module"))?;
     let functions: Vec<String> = emitted.funcs.iter().map(|f| f.old_name.clone()).collect();
+    let mut objects: Vec<String> = Vec::new();
+    for f in &emitted.funcs {
+        let o = f.owner.clone().unwrap_or_else(|| "vmlinux".into());
+        if !objects.contains(&o) {
+            objects.push(o);
+        }
+    }
     let patch = kernel_patch(
         &ko,
         &id,
@@ -268,6 +284,7 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
         id,
         module,
         functions,
+        objects,
         livepatch_relocations: emitted.klp.len(),
     })
 }
