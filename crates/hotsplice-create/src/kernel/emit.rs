@@ -24,10 +24,16 @@ pub struct KObj {
     pub diff: ObjDiff,
 }
 
-/// A relocation for livepatch to apply (`.klp.rela.<sym_obj>.<section>`).
+/// A relocation for livepatch to apply (`.klp.rela.<sec_obj>.<section>`,
+/// symbol `.klp.sym.<sym_obj>.<sym>,<pos>`).
 #[derive(Debug, Clone)]
 pub struct KlpRel {
     pub section: String,
+    /// The object whose arrival applies the relocation: `vmlinux` (when the
+    /// module is loaded) for symbols of vmlinux, else the patched module
+    /// (the kernel refuses vmlinux symbols in a module's section, and
+    /// applies only the sections of the patch's own objects).
+    pub sec_obj: String,
     pub offset: u64,
     pub r_type: u32,
     pub sym_obj: String,
@@ -125,6 +131,12 @@ impl<'a> PerObj<'a> {
         if sym.undefined {
             if self.syms.exported(&sym.name) {
                 return Ok(Tgt::Undef(sym.name.clone()));
+            }
+            // Exported by a module: a livepatch relocation too, so that the
+            // patch does not need that module loaded.
+            if let Some(m) = self.syms.exported_by_module(&sym.name) {
+                let m = m.to_string();
+                return self.klp(&sym.name, Some(&m), 0);
             }
             // Defined elsewhere in the kernel: in this module if the map
             // says so, else vmlinux.
@@ -439,6 +451,11 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                     pos,
                     delta,
                 } => klp.push(KlpRel {
+                    sec_obj: if obj == "vmlinux" {
+                        obj.clone()
+                    } else {
+                        k.owner.clone().unwrap_or_else(|| obj.clone())
+                    },
                     section: place_name,
                     offset: place_off,
                     r_type,

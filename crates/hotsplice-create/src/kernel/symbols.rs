@@ -16,7 +16,10 @@ pub struct KSym {
 
 #[derive(Debug, Default)]
 pub struct KernelSymbols {
+    /// Symbols exported by vmlinux.
     exported: HashSet<String>,
+    /// Symbols exported by modules, with the module's name.
+    module_exports: HashMap<String, String>,
     all: Vec<KSym>,
     by_name: HashMap<String, Vec<usize>>,
 }
@@ -27,8 +30,17 @@ impl KernelSymbols {
         let text = std::fs::read_to_string(symvers)
             .map_err(io(format!("Module.symvers {}", symvers.display())))?;
         for l in text.lines() {
-            if let Some(name) = l.split('\t').nth(1) {
+            let mut f = l.split('\t').skip(1);
+            let (Some(name), Some(owner)) = (f.next(), f.next()) else {
+                continue;
+            };
+            if owner == "vmlinux" {
                 k.exported.insert(name.to_string());
+            } else {
+                // `sound/core/snd-pcm`: module `snd_pcm`, as the kernel
+                // names it.
+                let module = owner.rsplit('/').next().unwrap_or(owner).replace('-', "_");
+                k.module_exports.insert(name.to_string(), module);
             }
         }
         if let Some(map) = map {
@@ -55,8 +67,16 @@ impl KernelSymbols {
         Ok(k)
     }
 
+    /// Exported by vmlinux: the module loader resolves it.
     pub fn exported(&self, name: &str) -> bool {
         self.exported.contains(name)
+    }
+
+    /// The module that exports `name`, if one does. Such references are
+    /// made livepatch relocations, so that the patch does not depend on
+    /// the module (and loads before it).
+    pub fn exported_by_module(&self, name: &str) -> Option<&str> {
+        self.module_exports.get(name).map(String::as_str)
     }
 
     pub fn has_map(&self) -> bool {
@@ -135,7 +155,11 @@ mod tests {
     fn syms(map: &str) -> KernelSymbols {
         let dir = tempfile::tempdir().unwrap();
         let symvers = dir.path().join("Module.symvers");
-        std::fs::write(&symvers, "0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n").unwrap();
+        std::fs::write(
+            &symvers,
+            "0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n0x2\tsnd_pcm_new\tsound/core/snd-pcm\tEXPORT_SYMBOL\t\n",
+        )
+        .unwrap();
         let m = dir.path().join("System.map");
         std::fs::write(&m, map).unwrap();
         KernelSymbols::load(&symvers, Some(&m)).unwrap()
@@ -166,6 +190,8 @@ ffffffffc0000100 t helper\t[ext4]
         assert_eq!(k.position("helper", Some("ext4"), &[]).unwrap(), 0);
         assert!(k.position("helper", None, &[]).is_err());
         assert!(k.exported("printk") && !k.exported("helper"));
+        assert!(!k.exported("snd_pcm_new"));
+        assert_eq!(k.exported_by_module("snd_pcm_new"), Some("snd_pcm"));
         assert_eq!(k.owner_of("helper"), Some(None));
     }
 }
