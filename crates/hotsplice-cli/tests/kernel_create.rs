@@ -214,6 +214,70 @@ fn kernel_create_asks_kbuild_which_object_a_file_is_linked_into() {
     );
 }
 
+fn module_of(stdout: &str) -> PathBuf {
+    let v: serde_json::Value = serde_json::from_str(stdout).expect("create --json");
+    PathBuf::from(v["module_path"].as_str().expect("module_path"))
+}
+
+/// Dynamic-debug descriptors: a fix that adds lines moves the line number
+/// of every `pr_debug` below it, which refuses nothing; a changed function
+/// that uses `pr_debug` carries its descriptors and their static-key jump
+/// entries (keys inside the patch: ordinary relocations). A changed
+/// function whose static key belongs to a module (an inlined tracepoint
+/// of ext4) is refused, naming the function and the key.
+fn kernel_create_carries_static_keys_and_dynamic_debug_descriptors() {
+    require_root();
+    let k = kenv();
+    let k = &k;
+    let out = temp_dir("kcreate-keys");
+    let r = create(k, "binfmt_misc_lines.diff", out.path());
+    r.assert_ok("lines added above pr_debug descriptors");
+    assert_eq!(
+        json_list(&r.stdout, "functions"),
+        "[\"load_misc_binary\"]",
+        "{}",
+        r.describe()
+    );
+    let sections = readelf(&["-SW"], &module_of(&r.stdout));
+    assert!(!sections.contains("__dyndbg"), "{sections}");
+
+    let r = create(k, "binfmt_misc_pr_debug.diff", out.path());
+    r.assert_ok("a changed function with pr_debug");
+    // create_entry() is inlined into its only caller.
+    assert!(
+        json_list(&r.stdout, "functions").contains("\"bm_register_write\""),
+        "{}",
+        r.describe()
+    );
+    let module = module_of(&r.stdout);
+    let sections = readelf(&["-SW"], &module);
+    assert!(
+        sections.contains(" __dyndbg ") && sections.contains(" __jump_table "),
+        "{sections}"
+    );
+    assert!(
+        !sections.contains(".klp.rela.binfmt_misc.__jump_table"),
+        "{sections}"
+    );
+    let relocs = readelf(&["-rW"], &module);
+    let jt = relocs
+        .split("Relocation section")
+        .find(|s| s.starts_with(" '.rela__jump_table'"))
+        .unwrap_or_else(|| panic!("no .rela__jump_table: {relocs}"));
+    assert!(
+        jt.contains("__dyndbg"),
+        "keys in the carried descriptors: {jt}"
+    );
+
+    let r = create(k, "ext4_tracepoint.diff", out.path());
+    r.assert_failed("a static key of a module");
+    assert!(
+        r.stderr.contains("`ext4_sync_fs`") && r.stderr.contains("__tracepoint_ext4_sync_fs"),
+        "{}",
+        r.describe()
+    );
+}
+
 fn main() {
     harness::main(
         kc::skip_reason(),
@@ -221,6 +285,7 @@ fn main() {
             kernel_patch_for_a_module_and_vmlinux_uses_livepatch_relocations,
             kernel_create_refuses_init_code_and_header_changes,
             kernel_create_asks_kbuild_which_object_a_file_is_linked_into,
+            kernel_create_carries_static_keys_and_dynamic_debug_descriptors,
         ],
     );
 }

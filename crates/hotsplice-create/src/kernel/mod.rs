@@ -256,6 +256,24 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     )?;
     let built =
         std::fs::read(mdir.join(format!("{module}.ko"))).map_err(io("reading the built module"))?;
+    // Livepatch relocations in tables are placed by the offsets in our
+    // object: the module's table must be ours alone.
+    for table in ["__jump_table"] {
+        if emitted.klp.iter().any(|r| r.section == table) {
+            let size = |elf: &[u8]| {
+                use object::{Object, ObjectSection};
+                object::File::parse(elf)
+                    .ok()
+                    .and_then(|f| f.section_by_name(table).map(|s| s.size()))
+            };
+            if size(&built) != size(&emitted.object) {
+                return Err(CreateError::Target(format!(
+                    "the built livepatch module's {table} is not the patch object's alone; \
+                     its livepatch relocations cannot be placed"
+                )));
+            }
+        }
+    }
     let ko = klp::add_klp(&built, &emitted.klp)?;
     std::fs::create_dir_all(&req.out_dir).map_err(io("output directory"))?;
     let module_path = req.out_dir.join(format!("{module}.ko"));

@@ -295,15 +295,19 @@ $(if $(filter $(basename $@).o,$(lib-y)),y,$(if $(filter $(basename $@).o,$(real
         let what = format!("make -n {obj_s}");
         let out = cmd.output().map_err(io(format!("running {what}")))?;
         let text = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && stderr.contains("No rule to make target") {
+            return Err(CreateError::Unsupported(format!(
+                "{}: {obj_s} is not built with this configuration (kbuild has no rule for it)",
+                rel.display()
+            )));
+        }
         if !out.status.success() {
             return Err(CreateError::BuildFailed {
                 stage: "kernel",
                 cmd: what,
                 code: out.status.code().unwrap_or(-1),
-                tail: crate::last_lines(
-                    &format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
-                    20,
-                ),
+                tail: crate::last_lines(&format!("{text}{stderr}"), 20),
             });
         }
         owner_from_make(&text, &obj_s)
