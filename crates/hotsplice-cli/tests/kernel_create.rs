@@ -278,6 +278,26 @@ fn kernel_create_carries_static_keys_and_dynamic_debug_descriptors() {
     );
 }
 
+/// A fix that moves the `.BTF_ids` slots' build-numbered names
+/// (`__BTF_ID__struct__bpf_queue_stack__NNNN`) changes no data: the map
+/// operations that point at the slot are the same; the changed functions
+/// use alternatives, which are carried.
+fn kernel_create_matches_build_numbered_btf_ids_by_what_they_hold() {
+    require_root();
+    let k = kenv();
+    let out = temp_dir("kcreate-btf");
+    let r = create(&k, "bpf_queue_stack_btf_ids.diff", out.path());
+    r.assert_ok("create kernel/bpf/queue_stack_maps.c");
+    let f = json_list(&r.stdout, "functions");
+    assert!(
+        f.contains("\"__queue_map_get\"") && !f.contains("map_ops"),
+        "{}",
+        r.describe()
+    );
+    let sections = readelf(&["-SW"], &module_of(&r.stdout));
+    assert!(sections.contains(" .altinstructions "), "{sections}");
+}
+
 fn main() {
     harness::main(
         kc::skip_reason(),
@@ -286,6 +306,7 @@ fn main() {
             kernel_create_refuses_init_code_and_header_changes,
             kernel_create_asks_kbuild_which_object_a_file_is_linked_into,
             kernel_create_carries_static_keys_and_dynamic_debug_descriptors,
+            kernel_create_matches_build_numbered_btf_ids_by_what_they_hold,
         ],
     );
 }

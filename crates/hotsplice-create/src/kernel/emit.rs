@@ -70,7 +70,9 @@ const TABLES: &[(&str, usize, bool)] = &[
     // reference (keys in vmlinux by an ordinary or a vmlinux livepatch
     // relocation, applied before the module's jump labels are set up).
     ("__jump_table", 16, true),
-    (".altinstructions", 12, false),
+    // Alternatives: the module loader applies them (module_finalize)
+    // after relocating; replacements come with their section.
+    (".altinstructions", 12, true),
 ];
 
 enum Tgt {
@@ -204,7 +206,7 @@ impl<'a> PerObj<'a> {
             });
         }
         let anchor = post
-            .symbol_at(t, loc.referenced)
+            .stable_symbol_at(t, loc.referenced)
             .or_else(|| s.symbols.first().copied())
             .expect("section has symbols");
         let a = &post.symbols[anchor];
@@ -212,7 +214,32 @@ impl<'a> PerObj<'a> {
         if !a.local && self.syms.exported(&a.name) && delta == 0 {
             return Ok(Tgt::Undef(a.name.clone()));
         }
-        self.klp(&a.name, self.k.owner.as_deref(), delta)
+        // A name numbered per build is the running kernel's (the pre
+        // build's) at the same place.
+        let name = match crate::objfile::numbered_base(&a.name) {
+            Some(base) => self.pre_name_like(t, a.value, base).ok_or_else(|| {
+                CreateError::Unsupported(format!(
+                    "{}: `{}` has a build-numbered name and no counterpart in the unfixed build",
+                    self.k.rel.display(),
+                    a.name
+                ))
+            })?,
+            None => a.name.clone(),
+        };
+        self.klp(&name, self.k.owner.as_deref(), delta)
+    }
+
+    /// The pre build's symbol with numbered base `base` at `value` of the
+    /// pre section paired with post section `t`.
+    fn pre_name_like(&self, t: usize, value: u64, base: &str) -> Option<String> {
+        let pre = &self.k.pre;
+        let ps = *self.k.diff.pre_of.get(&t)?;
+        pre.sections[ps]
+            .symbols
+            .iter()
+            .map(|&i| &pre.symbols[i])
+            .find(|s| s.value == value && crate::objfile::numbered_base(&s.name) == Some(base))
+            .map(|s| s.name.clone())
     }
 }
 
