@@ -15,6 +15,7 @@ use std::process::Command;
 
 struct KEnv {
     src: PathBuf,
+    modules: PathBuf,
     kdir: PathBuf,
     config: PathBuf,
     release: String,
@@ -29,6 +30,7 @@ fn kenv() -> KEnv {
     let k = kc::kernel();
     KEnv {
         src: k.env_path("KSRC"),
+        modules: k.env_path("MODDIR"),
         kdir: k.env_path("KDIR"),
         config: k.config(),
         release: k.kver.clone(),
@@ -48,6 +50,8 @@ fn create(k: &KEnv, diff: &str, out: &Path) -> CmdOut {
         k.config.as_os_str(),
         "--kdir".as_ref(),
         k.kdir.as_os_str(),
+        "--modules".as_ref(),
+        k.modules.as_os_str(),
         "--build-id".as_ref(),
         "0123456789abcdef0123456789abcdef01234567".as_ref(),
         "--release".as_ref(),
@@ -56,7 +60,7 @@ fn create(k: &KEnv, diff: &str, out: &Path) -> CmdOut {
         "-o".as_ref(),
         out.as_os_str(),
         k.src.as_os_str(),
-    ] as [&std::ffi::OsStr; 18])
+    ] as [&std::ffi::OsStr; 20])
 }
 
 fn readelf(args: &[&str], file: &Path) -> String {
@@ -298,6 +302,46 @@ fn kernel_create_matches_build_numbered_btf_ids_by_what_they_hold() {
     assert!(sections.contains(" .altinstructions "), "{sections}");
 }
 
+/// Two `__key.0` (lockdep keys in `.bss`) in nfs.ko, which is not loaded
+/// here: the position livepatch needs is read from the module's own symbol
+/// table. Checked against that table independently: the meant one is the
+/// occurrence among fs/nfs/direct.c's symbols (next to
+/// `nfs_file_direct_read.cold`).
+fn kernel_create_positions_module_symbols_from_the_ko() {
+    require_root();
+    let k = kenv();
+    let out = temp_dir("kcreate-pos");
+    let r = create(&k, "nfs_direct_lock_key.diff", out.path());
+    r.assert_ok("create fs/nfs/direct.c");
+    let ko = k.modules.join("kernel/fs/nfs/nfs.ko");
+    let table = readelf(&["-sW"], &ko);
+    let names: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .collect();
+    let keys: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n == "__key.0")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(keys.len() >= 2, "nfs.ko has {} __key.0", keys.len());
+    let meant = keys
+        .iter()
+        .position(|&i| {
+            names[i.saturating_sub(8)..(i + 8).min(names.len())]
+                .contains(&"nfs_file_direct_read.cold")
+        })
+        .expect("a __key.0 among direct.c's symbols")
+        + 1;
+    let relocs = readelf(&["-rW"], &module_of(&r.stdout));
+    assert!(
+        relocs.contains(&format!(".klp.sym.nfs.__key.0,{meant} ")),
+        "position {meant} of {}: {relocs}",
+        keys.len()
+    );
+}
+
 fn main() {
     harness::main(
         kc::skip_reason(),
@@ -307,6 +351,7 @@ fn main() {
             kernel_create_asks_kbuild_which_object_a_file_is_linked_into,
             kernel_create_carries_static_keys_and_dynamic_debug_descriptors,
             kernel_create_matches_build_numbered_btf_ids_by_what_they_hold,
+            kernel_create_positions_module_symbols_from_the_ko,
         ],
     );
 }

@@ -2,7 +2,7 @@
 //! object for the livepatch module, plus the livepatch relocations that
 //! must replace references the module loader cannot resolve.
 
-use super::symbols::KernelSymbols;
+use super::symbols::{Class, KernelSymbols, Neighbour};
 use crate::diff::ObjDiff;
 use crate::objfile::{ObjFile, Reloc};
 use crate::CreateError;
@@ -123,22 +123,36 @@ impl<'a> PerObj<'a> {
         }
     }
 
-    fn neighbours(&self) -> Vec<String> {
-        self.k
-            .pre
-            .symbols
+    /// The named symbols of the patched file (unfixed build), with the
+    /// kind of section each is in.
+    fn neighbours(&self) -> Vec<Neighbour> {
+        let pre = &self.k.pre;
+        pre.symbols
             .iter()
-            .filter(|s| s.is_func() && !s.is_label() && s.section.is_some())
-            .map(|s| s.name.clone())
+            .filter(|s| !s.is_label() && !s.is_section() && !s.undefined)
+            .filter_map(|s| {
+                let sec = &pre.sections[s.section?];
+                let class = if !sec.alloc {
+                    return None;
+                } else if sec.exec {
+                    Class::Text
+                } else if sec.nobits {
+                    Class::Bss
+                } else if sec.write {
+                    Class::Data
+                } else {
+                    Class::ReadOnly
+                };
+                Some(Neighbour {
+                    name: s.name.clone(),
+                    class,
+                })
+            })
             .collect()
     }
 
     fn klp(&self, name: &str, owner: Option<&str>, delta: i64) -> Result<Tgt, CreateError> {
-        let pos = if self.syms.has_map() {
-            self.syms.position(name, owner, &self.neighbours())?
-        } else {
-            0
-        };
+        let pos = self.syms.position(name, owner, &self.neighbours())?;
         Ok(Tgt::Klp {
             obj: owner.unwrap_or("vmlinux").to_string(),
             name: name.to_string(),
@@ -477,11 +491,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                 section: SymbolSection::Section(ids[&s]),
                 flags: SymbolFlags::None,
             });
-            let sympos = if syms.has_map() {
-                syms.position(&fsym.name, k.owner.as_deref(), &p.neighbours())?
-            } else {
-                0
-            };
+            let sympos = syms.position(&fsym.name, k.owner.as_deref(), &p.neighbours())?;
             funcs.push(KFunc {
                 owner: k.owner.clone(),
                 old_name: fsym.name.clone(),

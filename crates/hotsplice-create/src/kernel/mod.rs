@@ -34,6 +34,9 @@ pub struct KernelRequest {
     pub kdir: PathBuf,
     /// `System.map` or `/proc/kallsyms` of the target kernel.
     pub system_map: Option<PathBuf>,
+    /// The target's modules (`/lib/modules/<release>`): positions of
+    /// module symbols are read from their `.ko` files.
+    pub modules: Option<PathBuf>,
     /// GNU build-id (hex) and release of the target kernel.
     pub build_id: String,
     pub release: String,
@@ -192,6 +195,10 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
         ));
     }
     let syms = KernelSymbols::load(&req.kdir.join("Module.symvers"), req.system_map.as_deref())?;
+    let syms = match &req.modules {
+        Some(dir) => syms.with_modules(dir)?,
+        None => syms,
+    };
     let emitted = emit::emit(&objs, &syms)?;
     if emitted.funcs.is_empty() {
         return Err(CreateError::NothingToPatch(
