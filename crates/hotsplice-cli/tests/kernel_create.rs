@@ -334,12 +334,23 @@ fn kernel_create_positions_module_symbols_from_the_ko() {
         })
         .expect("a __key.0 among direct.c's symbols")
         + 1;
-    let relocs = readelf(&["-rW"], &module_of(&r.stdout));
+    let module = module_of(&r.stdout);
+    let relocs = readelf(&["-rW"], &module);
     assert!(
         relocs.contains(&format!(".klp.sym.nfs.__key.0,{meant} ")),
         "position {meant} of {}: {relocs}",
         keys.len()
     );
+    // What sunrpc exports to nfs is reached by livepatch relocations
+    // applied when nfs arrives (its own dependencies loaded by then): the
+    // patch depends on no module and loads before nfs does.
+    assert!(relocs.contains(".klp.sym.sunrpc.nfs_debug,0"), "{relocs}");
+    let depends = Command::new("modinfo")
+        .args(["-F", "depends"])
+        .arg(&module)
+        .output()
+        .expect("modinfo");
+    assert_eq!(String::from_utf8_lossy(&depends.stdout).trim(), "");
 }
 
 fn main() {
