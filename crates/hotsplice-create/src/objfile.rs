@@ -220,8 +220,8 @@ impl ObjFile {
         s.symbols
             .iter()
             .copied()
-            .filter(|&i| covers(i) && numbered_base(&self.symbols[i].name).is_none())
-            .last()
+            .rev()
+            .find(|&i| covers(i) && numbered_base(&self.symbols[i].name).is_none())
             .or_else(|| self.symbol_at(sec, t))
     }
 
