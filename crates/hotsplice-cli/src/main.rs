@@ -153,6 +153,10 @@ struct CreateArgs {
     /// System.map or a copy of /proc/kallsyms of the target kernel (default: /proc/kallsyms).
     #[arg(long, requires = "kernel")]
     system_map: Option<PathBuf>,
+    /// Modules directory of the target kernel, whose .ko symbol tables give
+    /// the positions of module symbols (default: /lib/modules/RELEASE if it exists).
+    #[arg(long, requires = "kernel")]
+    modules: Option<PathBuf>,
     /// Headers (build) directory of the target kernel (default: /lib/modules/$(uname -r)/build).
     #[arg(long, requires = "kernel")]
     kdir: Option<PathBuf>,
@@ -426,6 +430,10 @@ fn create_kernel(
         let p = PathBuf::from("/proc/kallsyms");
         p.exists().then_some(p)
     });
+    let modules = a.modules.or_else(|| {
+        let p = PathBuf::from(format!("/lib/modules/{release}"));
+        p.join("kernel").is_dir().then_some(p)
+    });
     let req = hotsplice_create::kernel::KernelRequest {
         src: a.src,
         diff: a.diff,
@@ -436,6 +444,7 @@ fn create_kernel(
             .kdir
             .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}/build"))),
         system_map,
+        modules,
         build_id,
         release,
         effective: a.effective,

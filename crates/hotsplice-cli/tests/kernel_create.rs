@@ -15,6 +15,7 @@ use std::process::Command;
 
 struct KEnv {
     src: PathBuf,
+    modules: PathBuf,
     kdir: PathBuf,
     config: PathBuf,
     release: String,
@@ -29,6 +30,7 @@ fn kenv() -> KEnv {
     let k = kc::kernel();
     KEnv {
         src: k.env_path("KSRC"),
+        modules: k.env_path("MODDIR"),
         kdir: k.env_path("KDIR"),
         config: k.config(),
         release: k.kver.clone(),
@@ -48,6 +50,8 @@ fn create(k: &KEnv, diff: &str, out: &Path) -> CmdOut {
         k.config.as_os_str(),
         "--kdir".as_ref(),
         k.kdir.as_os_str(),
+        "--modules".as_ref(),
+        k.modules.as_os_str(),
         "--build-id".as_ref(),
         "0123456789abcdef0123456789abcdef01234567".as_ref(),
         "--release".as_ref(),
@@ -56,7 +60,7 @@ fn create(k: &KEnv, diff: &str, out: &Path) -> CmdOut {
         "-o".as_ref(),
         out.as_os_str(),
         k.src.as_os_str(),
-    ] as [&std::ffi::OsStr; 18])
+    ] as [&std::ffi::OsStr; 20])
 }
 
 fn readelf(args: &[&str], file: &Path) -> String {
@@ -165,12 +169,200 @@ fn kernel_create_refuses_init_code_and_header_changes() {
     create(k, "version.diff", out.path()).assert_ok("create after refusals");
 }
 
+/// The value of `"key": [...]` in create's JSON, as one string.
+fn json_list(stdout: &str, key: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(stdout).expect("create --json");
+    v[key].to_string()
+}
+
+/// kbuild says which object a file is linked into: `mm/rmap.c` through
+/// `mmu-$(CONFIG_MMU)` pulled into `obj-y` (vmlinux), `mgmt/user_config.o`
+/// listed in the parent directory's Makefile (module ksmbd), and a file of
+/// a directory this configuration does not build is refused before
+/// anything is compiled.
+fn kernel_create_asks_kbuild_which_object_a_file_is_linked_into() {
+    require_root();
+    let k = kenv();
+    let k = &k;
+    let out = temp_dir("kcreate-owner");
+    let r = create(k, "mm_rmap.diff", out.path());
+    r.assert_ok("create mm/rmap.c");
+    assert!(
+        json_list(&r.stdout, "functions").contains("\"page_address_in_vma\"")
+            && json_list(&r.stdout, "objects") == "[\"vmlinux\"]",
+        "{}",
+        r.describe()
+    );
+    let r = create(k, "ksmbd_user_config.diff", out.path());
+    r.assert_ok("create fs/smb/server/mgmt/user_config.c");
+    assert!(
+        json_list(&r.stdout, "functions").contains("\"ksmbd_alloc_user\"")
+            && json_list(&r.stdout, "objects") == "[\"ksmbd\"]",
+        "{}",
+        r.describe()
+    );
+    let unbuilt = k.src.join("fs/ntfs/super.o");
+    let _ = std::fs::remove_file(&unbuilt);
+    let r = create(k, "ntfs_unbuilt.diff", out.path());
+    r.assert_failed("a file this configuration does not build");
+    assert!(
+        r.stderr.contains("fs/ntfs/super.c")
+            && r.stderr.contains("not built with this configuration"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        !unbuilt.exists(),
+        "refused before building: {} was compiled",
+        unbuilt.display()
+    );
+}
+
+fn module_of(stdout: &str) -> PathBuf {
+    let v: serde_json::Value = serde_json::from_str(stdout).expect("create --json");
+    PathBuf::from(v["module_path"].as_str().expect("module_path"))
+}
+
+/// Dynamic-debug descriptors: a fix that adds lines moves the line number
+/// of every `pr_debug` below it, which refuses nothing; a changed function
+/// that uses `pr_debug` carries its descriptors and their static-key jump
+/// entries (keys inside the patch: ordinary relocations). A changed
+/// function whose static key belongs to a module (an inlined tracepoint
+/// of ext4) is refused, naming the function and the key.
+fn kernel_create_carries_static_keys_and_dynamic_debug_descriptors() {
+    require_root();
+    let k = kenv();
+    let k = &k;
+    let out = temp_dir("kcreate-keys");
+    let r = create(k, "binfmt_misc_lines.diff", out.path());
+    r.assert_ok("lines added above pr_debug descriptors");
+    assert_eq!(
+        json_list(&r.stdout, "functions"),
+        "[\"load_misc_binary\"]",
+        "{}",
+        r.describe()
+    );
+    let sections = readelf(&["-SW"], &module_of(&r.stdout));
+    assert!(!sections.contains("__dyndbg"), "{sections}");
+
+    let r = create(k, "binfmt_misc_pr_debug.diff", out.path());
+    r.assert_ok("a changed function with pr_debug");
+    // create_entry() is inlined into its only caller.
+    assert!(
+        json_list(&r.stdout, "functions").contains("\"bm_register_write\""),
+        "{}",
+        r.describe()
+    );
+    let module = module_of(&r.stdout);
+    let sections = readelf(&["-SW"], &module);
+    assert!(
+        sections.contains(" __dyndbg ") && sections.contains(" __jump_table "),
+        "{sections}"
+    );
+    assert!(
+        !sections.contains(".klp.rela.binfmt_misc.__jump_table"),
+        "{sections}"
+    );
+    let relocs = readelf(&["-rW"], &module);
+    let jt = relocs
+        .split("Relocation section")
+        .find(|s| s.starts_with(" '.rela__jump_table'"))
+        .unwrap_or_else(|| panic!("no .rela__jump_table: {relocs}"));
+    assert!(
+        jt.contains("__dyndbg"),
+        "keys in the carried descriptors: {jt}"
+    );
+
+    let r = create(k, "ext4_tracepoint.diff", out.path());
+    r.assert_failed("a static key of a module");
+    assert!(
+        r.stderr.contains("`ext4_sync_fs`") && r.stderr.contains("__tracepoint_ext4_sync_fs"),
+        "{}",
+        r.describe()
+    );
+}
+
+/// A fix that moves the `.BTF_ids` slots' build-numbered names
+/// (`__BTF_ID__struct__bpf_queue_stack__NNNN`) changes no data: the map
+/// operations that point at the slot are the same; the changed functions
+/// use alternatives, which are carried.
+fn kernel_create_matches_build_numbered_btf_ids_by_what_they_hold() {
+    require_root();
+    let k = kenv();
+    let out = temp_dir("kcreate-btf");
+    let r = create(&k, "bpf_queue_stack_btf_ids.diff", out.path());
+    r.assert_ok("create kernel/bpf/queue_stack_maps.c");
+    let f = json_list(&r.stdout, "functions");
+    assert!(
+        f.contains("\"__queue_map_get\"") && !f.contains("map_ops"),
+        "{}",
+        r.describe()
+    );
+    let sections = readelf(&["-SW"], &module_of(&r.stdout));
+    assert!(sections.contains(" .altinstructions "), "{sections}");
+}
+
+/// Two `__key.0` (lockdep keys in `.bss`) in nfs.ko, which is not loaded
+/// here: the position livepatch needs is read from the module's own symbol
+/// table. Checked against that table independently: the meant one is the
+/// occurrence among fs/nfs/direct.c's symbols (next to
+/// `nfs_file_direct_read.cold`).
+fn kernel_create_positions_module_symbols_from_the_ko() {
+    require_root();
+    let k = kenv();
+    let out = temp_dir("kcreate-pos");
+    let r = create(&k, "nfs_direct_lock_key.diff", out.path());
+    r.assert_ok("create fs/nfs/direct.c");
+    let ko = k.modules.join("kernel/fs/nfs/nfs.ko");
+    let table = readelf(&["-sW"], &ko);
+    let names: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .collect();
+    let keys: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n == "__key.0")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(keys.len() >= 2, "nfs.ko has {} __key.0", keys.len());
+    let meant = keys
+        .iter()
+        .position(|&i| {
+            names[i.saturating_sub(8)..(i + 8).min(names.len())]
+                .contains(&"nfs_file_direct_read.cold")
+        })
+        .expect("a __key.0 among direct.c's symbols")
+        + 1;
+    let module = module_of(&r.stdout);
+    let relocs = readelf(&["-rW"], &module);
+    assert!(
+        relocs.contains(&format!(".klp.sym.nfs.__key.0,{meant} ")),
+        "position {meant} of {}: {relocs}",
+        keys.len()
+    );
+    // What sunrpc exports to nfs is reached by livepatch relocations
+    // applied when nfs arrives (its own dependencies loaded by then): the
+    // patch depends on no module and loads before nfs does.
+    assert!(relocs.contains(".klp.sym.sunrpc.nfs_debug,0"), "{relocs}");
+    let depends = Command::new("modinfo")
+        .args(["-F", "depends"])
+        .arg(&module)
+        .output()
+        .expect("modinfo");
+    assert_eq!(String::from_utf8_lossy(&depends.stdout).trim(), "");
+}
+
 fn main() {
     harness::main(
         kc::skip_reason(),
         hotsplice_testsupport::tests![
             kernel_patch_for_a_module_and_vmlinux_uses_livepatch_relocations,
             kernel_create_refuses_init_code_and_header_changes,
+            kernel_create_asks_kbuild_which_object_a_file_is_linked_into,
+            kernel_create_carries_static_keys_and_dynamic_debug_descriptors,
+            kernel_create_matches_build_numbered_btf_ids_by_what_they_hold,
+            kernel_create_positions_module_symbols_from_the_ko,
         ],
     );
 }

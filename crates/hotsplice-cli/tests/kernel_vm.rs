@@ -204,6 +204,8 @@ fn generated_module(fix: &str, out: &Path) -> PathBuf {
         .arg(k.config())
         .arg("--kdir")
         .arg(k.env_path("KDIR"))
+        .arg("--modules")
+        .arg(k.env_path("MODDIR"))
         .arg("--system-map")
         .arg(&probe.kallsyms)
         .args(["--build-id", &probe.build_id, "--release", &probe.release])
@@ -1135,6 +1137,108 @@ fn kernel_client_fleet_report_in_qemu() {
     );
 }
 
+/// Fixes `create --kernel` builds with the forms it learnt to carry, applied
+/// together and removed in one boot: a static branch on a vmlinux key
+/// (mm/rmap.c, found by asking kbuild), alternatives and `.BTF_ids`
+/// (kernel/bpf/queue_stack_maps.c), and a module's function with
+/// dynamic-debug descriptors and their jump labels (fs/binfmt_misc.c),
+/// applied before the module loads: loading it patches it, and the
+/// carried `pr_debug` prints once enabled.
+fn kernel_created_fixes_apply_together_and_undo_in_qemu() {
+    let k = kc::kernel();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-created");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (patches, keys) = (dir.join("patches"), dir.join("keys"));
+    for d in [&patches, &keys] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let (key, public) = kc::keygen(&keys, "kerneltest");
+    let fixes = [
+        "mm_rmap.diff",
+        "bpf_queue_stack_btf_ids.diff",
+        "binfmt_misc_pr_debug.diff",
+    ];
+    let mut lps = Vec::new();
+    for fix in fixes {
+        let ko = generated_module(fix, &dir.join(fix.trim_end_matches(".diff")));
+        lps.push(make_lp(ko, &patches, &key, String::new()));
+    }
+    let g = |p: &Path| format!("/patches/{}", p.file_name().unwrap().to_string_lossy());
+    let files: Vec<String> = lps.iter().map(|l| g(&l.hsp)).collect();
+    let mods: Vec<String> = lps.iter().map(|l| l.info.module.clone()).collect();
+    let env_file = dir.join("hs-test.env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "export HOTSPLICE_STATE_DIR=/tmp/hotsplice-state\n\
+             export HOTSPLICE_CONFIG_DIR=/etc/hotsplice\n\
+             CREATED_FILES='{}'\nCREATED_MODS='{}'\nBM_MOD={}\n",
+            files.join(" "),
+            mods.join(" "),
+            mods[2]
+        ),
+    )
+    .unwrap();
+    let bin = kc::static_hotsplice();
+    let binfmt = k.env_path("MODDIR").join("kernel/fs/binfmt_misc.ko");
+    let initrd = dir.join("initrd.zst");
+    kc::make_initrd(
+        &initrd,
+        &[
+            (patches.as_path(), "/patches"),
+            (public.as_path(), "/etc/hotsplice/keys/kerneltest.pub"),
+            (env_file.as_path(), "/etc/hs-test.env"),
+            (bin.as_path(), "/usr/sbin/hotsplice"),
+            (binfmt.as_path(), "/lib/hotsplice/binfmt_misc.ko"),
+        ],
+    );
+    let b = kc::boot(&initrd, None, "hstest=hs-created", &dir.join("serial.log"));
+    assert_eq!(
+        b.status("created-apply"),
+        0,
+        "{}",
+        b.output("created-apply")
+    );
+    for m in &mods[..2] {
+        assert_eq!(
+            b.value(&format!("created-patched {m} vmlinux")),
+            "1",
+            "{}",
+            b.log
+        );
+        assert_eq!(b.value(&format!("created-transition {m}")), "0");
+    }
+    // Not loaded yet: nothing to patch, and applying did not need it.
+    assert_eq!(
+        b.value(&format!("created-patched {} binfmt_misc", mods[2])),
+        "0"
+    );
+    assert_eq!(
+        b.status("created-insmod"),
+        0,
+        "{}",
+        b.output("created-insmod")
+    );
+    assert_eq!(b.value("created-patched-after-insmod"), "1", "{}", b.log);
+    // The carried descriptors are the patch module's, and print.
+    let own: u32 = b.value("created-dyndbg-own").parse().expect("count");
+    assert!(own > 0, "no descriptor of the patch registered:\n{}", b.log);
+    assert_eq!(b.value("created-registered"), "enabled");
+    let printed: u32 = b.value("created-pr-debug").parse().expect("count");
+    assert!(
+        printed > 0,
+        "the carried pr_debug did not print:\n{}",
+        b.log
+    );
+    assert_eq!(b.status("created-undo"), 0, "{}", b.output("created-undo"));
+    assert_eq!(b.value("created-lsmod-after"), "");
+    assert_eq!(b.value("created-klp-after"), "");
+    for bad in ["BUG:", "Oops", "WARNING:", "general protection"] {
+        assert!(!b.log.contains(bad), "{bad} in the guest's log:\n{}", b.log);
+    }
+    assert!(b.has_line("scenario-exit hs-created=0"));
+}
+
 fn main() {
     harness::main_with(
         kc::skip_reason(),
@@ -1150,6 +1254,7 @@ fn main() {
             kernel_client_patches_reapplied_after_reboot_in_qemu,
             kernel_client_timings_in_qemu,
             kernel_client_fleet_report_in_qemu,
+            kernel_created_fixes_apply_together_and_undo_in_qemu,
         ],
         hotsplice_testsupport::tests![boot_retried_only_for_a_panic_before_init],
     );

@@ -206,6 +206,25 @@ impl ObjFile {
         best
     }
 
+    /// Like [`ObjFile::symbol_at`], but of several symbols at the place,
+    /// one whose name is not numbered per build (see [`numbered_base`]):
+    /// `queue_map_btf_ids` rather than the `__BTF_ID__…__316264` at the
+    /// same address.
+    pub fn stable_symbol_at(&self, sec: usize, t: i64) -> Option<usize> {
+        let s = &self.sections[sec];
+        let covers = |i: usize| {
+            let sym = &self.symbols[i];
+            let v = sym.value as i64;
+            v <= t && t < v + sym.size.max(1) as i64
+        };
+        s.symbols
+            .iter()
+            .copied()
+            .rev()
+            .find(|&i| covers(i) && numbered_base(&self.symbols[i].name).is_none())
+            .or_else(|| self.symbol_at(sec, t))
+    }
+
     /// The function symbol a text section was made for.
     pub fn function_of(&self, sec: usize) -> Option<usize> {
         self.sections[sec]
@@ -287,7 +306,7 @@ impl ObjFile {
         }
         if !sym.is_section() && !sym.is_label() && !self.is_numbered_const(r.sym) {
             return Ref::Named {
-                name: sym.name.clone(),
+                name: stable_name(&sym.name),
                 delta: r.addend,
             };
         }
@@ -302,7 +321,7 @@ impl ObjFile {
                 delta: loc.sym_offset as i64 + r.addend - start,
             };
         }
-        if let Some(i) = self.symbol_at(loc.section, loc.referenced) {
+        if let Some(i) = self.stable_symbol_at(loc.section, loc.referenced) {
             let s = &self.symbols[i];
             if self.is_numbered_const(i) {
                 let (bytes, refs) = normalized(self, loc.section);
@@ -315,7 +334,7 @@ impl ObjFile {
                 };
             }
             return Ref::Named {
-                name: s.name.clone(),
+                name: stable_name(&s.name),
                 delta: loc.sym_offset as i64 + r.addend - s.value as i64,
             };
         }
@@ -324,6 +343,28 @@ impl ObjFile {
             offset: loc.sym_offset as i64 + r.addend,
         }
     }
+}
+
+/// Names that macros number per build with `__COUNTER__` and `__LINE__`,
+/// without the number: `__BTF_ID__struct__bpf_queue_stack__316264` (a
+/// `.BTF_ids` slot, which the link fills with the type's BTF id: the name
+/// without the number says what it will hold) and `__UNIQUE_ID_ddebug326.14`
+/// (a dynamic-debug descriptor: compared by which call site uses it).
+pub fn numbered_base(name: &str) -> Option<&str> {
+    if let Some(rest) = name.strip_prefix("__BTF_ID__") {
+        let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
+        return (base.len() < name.len() && base.ends_with("__") && rest.len() > 2).then_some(base);
+    }
+    if name.starts_with("__UNIQUE_ID_") {
+        let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        return (base.len() < name.len()).then_some(base);
+    }
+    None
+}
+
+/// `name` as two builds can compare it (see [`numbered_base`]).
+fn stable_name(name: &str) -> String {
+    numbered_base(name).unwrap_or(name).to_string()
 }
 
 /// The item of a mergeable section that contains offset `t`: its start and

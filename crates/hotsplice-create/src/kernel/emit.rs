@@ -2,7 +2,7 @@
 //! object for the livepatch module, plus the livepatch relocations that
 //! must replace references the module loader cannot resolve.
 
-use super::symbols::KernelSymbols;
+use super::symbols::{Class, KernelSymbols, Neighbour};
 use crate::diff::ObjDiff;
 use crate::objfile::{ObjFile, Reloc};
 use crate::CreateError;
@@ -24,10 +24,16 @@ pub struct KObj {
     pub diff: ObjDiff,
 }
 
-/// A relocation for livepatch to apply (`.klp.rela.<sym_obj>.<section>`).
+/// A relocation for livepatch to apply (`.klp.rela.<sec_obj>.<section>`,
+/// symbol `.klp.sym.<sym_obj>.<sym>,<pos>`).
 #[derive(Debug, Clone)]
 pub struct KlpRel {
     pub section: String,
+    /// The object whose arrival applies the relocation: `vmlinux` (when the
+    /// module is loaded) for symbols of vmlinux, else the patched module
+    /// (the kernel refuses vmlinux symbols in a module's section, and
+    /// applies only the sections of the patch's own objects).
+    pub sec_obj: String,
     pub offset: u64,
     pub r_type: u32,
     pub sym_obj: String,
@@ -60,8 +66,13 @@ const TABLES: &[(&str, usize, bool)] = &[
     (".return_sites", 4, true),
     (".retpoline_sites", 4, true),
     (".call_sites", 4, true),
-    ("__jump_table", 16, false),
-    (".altinstructions", 12, false),
+    // Static keys: entries are copied, their keys resolved like any
+    // reference (keys in vmlinux by an ordinary or a vmlinux livepatch
+    // relocation, applied before the module's jump labels are set up).
+    ("__jump_table", 16, true),
+    // Alternatives: the module loader applies them (module_finalize)
+    // after relocating; replacements come with their section.
+    (".altinstructions", 12, true),
 ];
 
 enum Tgt {
@@ -73,6 +84,23 @@ enum Tgt {
         pos: u64,
         delta: i64,
     },
+}
+
+/// Dynamic-debug descriptors (`pr_debug`, `dev_dbg`, …:
+/// `__UNIQUE_ID_ddebug…`, `descriptor.N`).
+fn is_dyndbg(section: &str) -> bool {
+    section == "__dyndbg"
+}
+
+/// The name of a carried section in the patch object: unique per changed
+/// file, except descriptors, which the module loader registers only from
+/// `__dyndbg`.
+fn emitted_name(section: &str, index: usize) -> String {
+    if is_dyndbg(section) {
+        section.to_string()
+    } else {
+        format!("{section}.hs{index}")
+    }
 }
 
 fn sanitize(s: &str) -> String {
@@ -95,22 +123,36 @@ impl<'a> PerObj<'a> {
         }
     }
 
-    fn neighbours(&self) -> Vec<String> {
-        self.k
-            .pre
-            .symbols
+    /// The named symbols of the patched file (unfixed build), with the
+    /// kind of section each is in.
+    fn neighbours(&self) -> Vec<Neighbour> {
+        let pre = &self.k.pre;
+        pre.symbols
             .iter()
-            .filter(|s| s.is_func() && !s.is_label() && s.section.is_some())
-            .map(|s| s.name.clone())
+            .filter(|s| !s.is_label() && !s.is_section() && !s.undefined)
+            .filter_map(|s| {
+                let sec = &pre.sections[s.section?];
+                let class = if !sec.alloc {
+                    return None;
+                } else if sec.exec {
+                    Class::Text
+                } else if sec.nobits {
+                    Class::Bss
+                } else if sec.write {
+                    Class::Data
+                } else {
+                    Class::ReadOnly
+                };
+                Some(Neighbour {
+                    name: s.name.clone(),
+                    class,
+                })
+            })
             .collect()
     }
 
     fn klp(&self, name: &str, owner: Option<&str>, delta: i64) -> Result<Tgt, CreateError> {
-        let pos = if self.syms.has_map() {
-            self.syms.position(name, owner, &self.neighbours())?
-        } else {
-            0
-        };
+        let pos = self.syms.position(name, owner, &self.neighbours())?;
         Ok(Tgt::Klp {
             obj: owner.unwrap_or("vmlinux").to_string(),
             name: name.to_string(),
@@ -125,6 +167,12 @@ impl<'a> PerObj<'a> {
         if sym.undefined {
             if self.syms.exported(&sym.name) {
                 return Ok(Tgt::Undef(sym.name.clone()));
+            }
+            // Exported by a module: a livepatch relocation too, so that the
+            // patch does not need that module loaded.
+            if let Some(m) = self.syms.exported_by_module(&sym.name) {
+                let m = m.to_string();
+                return self.klp(&sym.name, Some(&m), 0);
             }
             // Defined elsewhere in the kernel: in this module if the map
             // says so, else vmlinux.
@@ -158,6 +206,13 @@ impl<'a> PerObj<'a> {
             self.include(t);
             return Ok(Tgt::Sec(t, loc.sym_offset));
         }
+        // Dynamic-debug descriptors are per call site: the carried code
+        // gets its own (the object's descriptors, registered under the
+        // patch module's name), with their static keys.
+        if is_dyndbg(&s.name) {
+            self.include(t);
+            return Ok(Tgt::Sec(t, loc.sym_offset));
+        }
         if let Some((_, name)) = self.k.diff.changed_data.iter().find(|(d, _)| *d == t) {
             return Err(CreateError::ChangedData {
                 symbol: name.clone(),
@@ -165,7 +220,7 @@ impl<'a> PerObj<'a> {
             });
         }
         let anchor = post
-            .symbol_at(t, loc.referenced)
+            .stable_symbol_at(t, loc.referenced)
             .or_else(|| s.symbols.first().copied())
             .expect("section has symbols");
         let a = &post.symbols[anchor];
@@ -173,8 +228,61 @@ impl<'a> PerObj<'a> {
         if !a.local && self.syms.exported(&a.name) && delta == 0 {
             return Ok(Tgt::Undef(a.name.clone()));
         }
-        self.klp(&a.name, self.k.owner.as_deref(), delta)
+        // A name numbered per build is the running kernel's (the pre
+        // build's) at the same place.
+        let name = match crate::objfile::numbered_base(&a.name) {
+            Some(base) => self.pre_name_like(t, a.value, base).ok_or_else(|| {
+                CreateError::Unsupported(format!(
+                    "{}: `{}` has a build-numbered name and no counterpart in the unfixed build",
+                    self.k.rel.display(),
+                    a.name
+                ))
+            })?,
+            None => a.name.clone(),
+        };
+        self.klp(&name, self.k.owner.as_deref(), delta)
     }
+
+    /// The pre build's symbol with numbered base `base` at `value` of the
+    /// pre section paired with post section `t`.
+    fn pre_name_like(&self, t: usize, value: u64, base: &str) -> Option<String> {
+        let pre = &self.k.pre;
+        let ps = *self.k.diff.pre_of.get(&t)?;
+        pre.sections[ps]
+            .symbols
+            .iter()
+            .map(|&i| &pre.symbols[i])
+            .find(|s| s.value == value && crate::objfile::numbered_base(&s.name) == Some(base))
+            .map(|s| s.name.clone())
+    }
+}
+
+/// A static key of carried code must be reachable when the patch module's
+/// jump labels are set up, at its load: in the patch itself (a carried
+/// dynamic-debug descriptor), exported by vmlinux, or a vmlinux symbol (a
+/// livepatch relocation applied at load). Keys of modules are resolved
+/// only when the module arrives, too late: refused, naming both.
+fn jump_key_supported(k: &KObj, table: usize, start: usize, t: &Tgt) -> Result<(), CreateError> {
+    let Tgt::Klp { obj, name, .. } = t else {
+        return Ok(());
+    };
+    if obj == "vmlinux" {
+        return Ok(());
+    }
+    let func = k.post.sections[table]
+        .relocs
+        .iter()
+        .find(|r| r.offset as usize == start)
+        .and_then(|r| k.post.locate(table, r))
+        .and_then(|l| k.post.function_of(l.section))
+        .map(|f| k.post.symbols[f].name.clone())
+        .unwrap_or_else(|| "?".into());
+    Err(CreateError::Unsupported(format!(
+        "{}: changed function `{func}` uses static key `{name}` of module {obj} (a static branch or an \
+         inlined tracepoint); the patch module's jump labels are set up when it loads, before livepatch \
+         can resolve symbols of {obj}",
+        k.rel.display()
+    )))
 }
 
 /// Build the object and the livepatch relocations for all changed files.
@@ -190,7 +298,17 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
     let mut tables: HashMap<&'static str, SectionId> = HashMap::new();
 
     for (index, k) in objs.iter().enumerate() {
-        if let Some((_, name)) = k.diff.changed_data.first() {
+        // Changed data refuses the patch (the old code would keep the old
+        // values), except dynamic-debug descriptors: their line numbers
+        // move with every line the fix adds or removes above them, and
+        // they are metadata of their call sites only (carried with the
+        // changed code that uses them).
+        if let Some((_, name)) = k
+            .diff
+            .changed_data
+            .iter()
+            .find(|(s, _)| !is_dyndbg(&k.post.sections[*s].name))
+        {
             return Err(CreateError::ChangedData {
                 symbol: name.clone(),
                 file: k.rel.display().to_string(),
@@ -212,57 +330,63 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             }
             p.include(s);
         }
-        // Close over what the carried code needs; resolve as we go.
+        // Close over what the carried code needs; resolve as we go. Table
+        // entries that point into carried code come along, and what they
+        // need (a static key's descriptor) in turn.
         let mut resolved: Vec<(usize, Reloc, Tgt)> = Vec::new();
+        // (table, post section, entry start)
+        let mut table_entries: Vec<(&'static str, usize, usize)> = Vec::new();
         let mut next = 0;
-        while next < p.included.len() {
-            let sec = p.included[next];
-            next += 1;
-            for r in k.post.sections[sec].relocs.clone() {
-                if r.kind == ElfReloc::None {
-                    continue;
+        loop {
+            while next < p.included.len() {
+                let sec = p.included[next];
+                next += 1;
+                for r in k.post.sections[sec].relocs.clone() {
+                    if r.kind == ElfReloc::None {
+                        continue;
+                    }
+                    let t = p.resolve(sec, &r)?;
+                    resolved.push((sec, r, t));
                 }
-                let t = p.resolve(sec, &r)?;
-                resolved.push((sec, r, t));
             }
-        }
-        // Table entries that point into carried code come along.
-        let mut table_entries: Vec<(&'static str, usize, usize)> = Vec::new(); // (table, post section, entry start)
-        for &(table, size, copy) in TABLES {
-            let Some(ts) = k.post.section_named(table) else {
-                continue;
-            };
-            let sec = &k.post.sections[ts];
-            for r in &sec.relocs {
-                if !(r.offset as usize).is_multiple_of(size) {
-                    continue;
-                }
-                let Some(loc) = k.post.locate(ts, r) else {
+            for &(table, size, copy) in TABLES {
+                let Some(ts) = k.post.section_named(table) else {
                     continue;
                 };
-                if !p.is_inc.contains_key(&loc.section) || !k.post.sections[loc.section].exec {
-                    continue;
+                let relocs = k.post.sections[ts].relocs.clone();
+                for r in &relocs {
+                    let start = r.offset as usize;
+                    if !start.is_multiple_of(size)
+                        || table_entries.iter().any(|e| e.1 == ts && e.2 == start)
+                    {
+                        continue;
+                    }
+                    let Some(loc) = k.post.locate(ts, r) else {
+                        continue;
+                    };
+                    if !p.is_inc.contains_key(&loc.section) || !k.post.sections[loc.section].exec {
+                        continue;
+                    }
+                    if !copy {
+                        return Err(CreateError::Unsupported(format!(
+                            "{}: changed code uses {table} (alternatives), which this version cannot carry",
+                            k.rel.display()
+                        )));
+                    }
+                    table_entries.push((table, ts, start));
+                    for r in relocs.iter().filter(|r| {
+                        (r.offset as usize) >= start && (r.offset as usize) < start + size
+                    }) {
+                        let t = p.resolve(ts, r)?;
+                        if table == "__jump_table" && r.offset as usize == start + 8 {
+                            jump_key_supported(k, ts, start, &t)?;
+                        }
+                        resolved.push((ts, r.clone(), t));
+                    }
                 }
-                if !copy {
-                    return Err(CreateError::Unsupported(format!(
-                        "{}: changed code uses {table} (static keys or alternatives), which this version cannot carry",
-                        k.rel.display()
-                    )));
-                }
-                table_entries.push((table, ts, r.offset as usize));
             }
-        }
-        for &(_, ts, start) in &table_entries {
-            let size = TABLES
-                .iter()
-                .find(|t| k.post.sections[ts].name == t.0)
-                .unwrap()
-                .1;
-            for r in k.post.sections[ts].relocs.clone() {
-                if (r.offset as usize) >= start && (r.offset as usize) < start + size {
-                    let t = p.resolve(ts, &r)?;
-                    resolved.push((ts, r, t));
-                }
+            if next == p.included.len() {
+                break;
             }
         }
 
@@ -270,7 +394,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
         let mut ids: HashMap<usize, SectionId> = HashMap::new();
         for &s in &p.included {
             let sec = &k.post.sections[s];
-            let name = format!("{}.hs{index}", sec.name);
+            let name = emitted_name(&sec.name, index);
             let kind = if sec.exec {
                 SectionKind::Text
             } else if sec.nobits {
@@ -315,7 +439,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                 out.add_section(Vec::new(), table.as_bytes().to_vec(), kind)
             });
             let data = &k.post.sections[ts].data[start..start + size];
-            let at = out.append_section_data(id, data, 4);
+            let at = out.append_section_data(id, data, if size == 16 { 8 } else { 4 });
             entry_at.insert((ts, start), at);
             if table == ".orc_unwind_ip" {
                 // The parallel table: entry i of .orc_unwind goes with ip i.
@@ -335,9 +459,15 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                 }
             }
         }
-        for id in tables.values() {
+        for (table, id) in &tables {
+            // Jump entries are sorted and marked in place at load.
+            let write = if *table == "__jump_table" {
+                elf::SHF_WRITE as u64
+            } else {
+                0
+            };
             out.section_mut(*id).flags = SectionFlags::Elf {
-                sh_flags: elf::SHF_ALLOC as u64,
+                sh_flags: elf::SHF_ALLOC as u64 | write,
             };
         }
 
@@ -361,11 +491,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                 section: SymbolSection::Section(ids[&s]),
                 flags: SymbolFlags::None,
             });
-            let sympos = if syms.has_map() {
-                syms.position(&fsym.name, k.owner.as_deref(), &p.neighbours())?
-            } else {
-                0
-            };
+            let sympos = syms.position(&fsym.name, k.owner.as_deref(), &p.neighbours())?;
             funcs.push(KFunc {
                 owner: k.owner.clone(),
                 old_name: fsym.name.clone(),
@@ -380,7 +506,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                 Some(&id) => (
                     id,
                     r.offset,
-                    format!("{}.hs{index}", k.post.sections[sec].name),
+                    emitted_name(&k.post.sections[sec].name, index),
                 ),
                 None => {
                     // A table entry.
@@ -439,6 +565,11 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                     pos,
                     delta,
                 } => klp.push(KlpRel {
+                    sec_obj: if obj == "vmlinux" {
+                        obj.clone()
+                    } else {
+                        k.owner.clone().unwrap_or_else(|| obj.clone())
+                    },
                     section: place_name,
                     offset: place_off,
                     r_type,

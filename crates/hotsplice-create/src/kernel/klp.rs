@@ -92,11 +92,11 @@ pub fn add_klp(ko: &[u8], rels: &[KlpRel]) -> Result<Vec<u8>, CreateError> {
         sym_index.insert(name, idx);
     }
 
-    // One relocation section per (symbol object, target section).
+    // One relocation section per (applying object, target section).
     let mut groups: BTreeMap<(String, String), Vec<&KlpRel>> = BTreeMap::new();
     for r in rels {
         groups
-            .entry((r.sym_obj.clone(), r.section.clone()))
+            .entry((r.sec_obj.clone(), r.section.clone()))
             .or_default()
             .push(r);
     }
@@ -187,6 +187,7 @@ mod tests {
             section: ".text".into(),
             offset: 4,
             r_type: 2,
+            sec_obj: "vmlinux".into(),
             sym_obj: "vmlinux".into(),
             sym: "helper".into(),
             pos: 1,
@@ -217,6 +218,7 @@ mod tests {
                 section: ".text".into(),
                 offset: 0,
                 r_type: 2,
+                sec_obj: "vmlinux".into(),
                 sym_obj: "vmlinux".into(),
                 sym: "x".into(),
                 pos: 0,

@@ -34,6 +34,9 @@ pub struct KernelRequest {
     pub kdir: PathBuf,
     /// `System.map` or `/proc/kallsyms` of the target kernel.
     pub system_map: Option<PathBuf>,
+    /// The target's modules (`/lib/modules/<release>`): positions of
+    /// module symbols are read from their `.ko` files.
+    pub modules: Option<PathBuf>,
     /// GNU build-id (hex) and release of the target kernel.
     pub build_id: String,
     pub release: String,
@@ -53,6 +56,8 @@ pub struct CreatedKernelPatch {
     pub id: String,
     pub module: String,
     pub functions: Vec<String>,
+    /// The patched objects (`vmlinux` or a module's name), in order.
+    pub objects: Vec<String>,
     pub livepatch_relocations: usize,
 }
 
@@ -138,6 +143,13 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     let _lock = hotsplice_store::FileLock::acquire(&req.src.join(".hotsplice.lock"))
         .map_err(|e| CreateError::Target(e.to_string()))?;
     let tree = tree::Tree::prepare(&req.src, &req.config)?;
+    // Which object each file is linked into, asked of kbuild before
+    // anything is built: a file this configuration does not build is
+    // refused at once.
+    let owners = files
+        .iter()
+        .map(|f| tree.owner(f))
+        .collect::<Result<Vec<_>, _>>()?;
     let tmp = tempfile::Builder::new()
         .prefix("hotsplice-kcreate.")
         .tempdir()
@@ -161,7 +173,7 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     post?;
 
     let mut objs = Vec::new();
-    for f in &files {
+    for (f, owner) in files.iter().zip(owners) {
         let pre = ObjFile::read(&work.join("pre").join(f).with_extension("o"))
             .map_err(CreateError::Target)?;
         let postf = ObjFile::read(&work.join("post").join(f).with_extension("o"))
@@ -171,7 +183,7 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
             continue;
         }
         objs.push(emit::KObj {
-            owner: tree.owner(f)?,
+            owner,
             rel: f.clone(),
             pre,
             post: postf,
@@ -184,6 +196,10 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
         ));
     }
     let syms = KernelSymbols::load(&req.kdir.join("Module.symvers"), req.system_map.as_deref())?;
+    let syms = match &req.modules {
+        Some(dir) => syms.with_modules(dir)?,
+        None => syms,
+    };
     let emitted = emit::emit(&objs, &syms)?;
     if emitted.funcs.is_empty() {
         return Err(CreateError::NothingToPatch(
@@ -248,11 +264,36 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     )?;
     let built =
         std::fs::read(mdir.join(format!("{module}.ko"))).map_err(io("reading the built module"))?;
+    // Livepatch relocations in tables are placed by the offsets in our
+    // object: the module's table must be ours alone.
+    for table in ["__jump_table"] {
+        if emitted.klp.iter().any(|r| r.section == table) {
+            let size = |elf: &[u8]| {
+                use object::{Object, ObjectSection};
+                object::File::parse(elf)
+                    .ok()
+                    .and_then(|f| f.section_by_name(table).map(|s| s.size()))
+            };
+            if size(&built) != size(&emitted.object) {
+                return Err(CreateError::Target(format!(
+                    "the built livepatch module's {table} is not the patch object's alone; \
+                     its livepatch relocations cannot be placed"
+                )));
+            }
+        }
+    }
     let ko = klp::add_klp(&built, &emitted.klp)?;
     std::fs::create_dir_all(&req.out_dir).map_err(io("output directory"))?;
     let module_path = req.out_dir.join(format!("{module}.ko"));
     std::fs::write(&module_path, &ko).map_err(io("writing the module"))?;
     let functions: Vec<String> = emitted.funcs.iter().map(|f| f.old_name.clone()).collect();
+    let mut objects: Vec<String> = Vec::new();
+    for f in &emitted.funcs {
+        let o = f.owner.clone().unwrap_or_else(|| "vmlinux".into());
+        if !objects.contains(&o) {
+            objects.push(o);
+        }
+    }
     let patch = kernel_patch(
         &ko,
         &id,
@@ -269,6 +310,7 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
         id,
         module,
         functions,
+        objects,
         livepatch_relocations: emitted.klp.len(),
     })
 }

@@ -266,79 +266,87 @@ impl Tree {
     }
 
     /// Which object a source file is linked into: `None` for vmlinux, or
-    /// the module's name, read from the directory's kbuild Makefile and the
-    /// configuration.
+    /// the module's name (as the kernel names it, `KBUILD_MODNAME`). Asked
+    /// of kbuild itself, without building: `make -n` prints the command
+    /// that would compile the object, with the module name kbuild gives it
+    /// and a probe in the object's own `CFLAGS_<obj>` that says whether
+    /// the directory's kbuild lists put the object into `real-obj-y` (or
+    /// `lib-y`: vmlinux), `real-obj-m` (a module) or neither (not built
+    /// with this configuration). This follows every form kbuild knows —
+    /// `mmu-$(CONFIG_MMU)` lists pulled into `obj-y`, composite objects,
+    /// objects listed in a parent directory's Makefile — because it is
+    /// kbuild's own answer.
     pub fn owner(&self, rel: &Path) -> Result<Option<String>, CreateError> {
-        let dir = rel.parent().unwrap_or(Path::new(""));
-        let obj = rel
-            .with_extension("o")
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let makefile = std::fs::read_to_string(self.src.join(dir).join("Makefile"))
-            .or_else(|_| std::fs::read_to_string(self.src.join(dir).join("Kbuild")))
-            .map_err(io(format!("kbuild Makefile of {}", dir.display())))?;
-        let config = std::fs::read_to_string(self.src.join(".config")).unwrap_or_default();
-        let value = |opt: &str| -> String {
-            let key = format!("{opt}=");
-            config
-                .lines()
-                .find_map(|l| l.strip_prefix(&key))
-                .unwrap_or("n")
-                .to_string()
-        };
-        // Join continuation lines, then split into `lhs op rhs`.
-        let joined = makefile.replace("\\\n", " ");
-        let mut assignments = Vec::new();
-        for line in joined.lines() {
-            let line = line.split('#').next().unwrap_or("");
-            for op in [":=", "+=", "="] {
-                if let Some((l, r)) = line.split_once(op) {
-                    assignments.push((
-                        l.trim().to_string(),
-                        r.split_whitespace().map(String::from).collect::<Vec<_>>(),
-                    ));
-                    break;
-                }
-            }
+        let obj = rel.with_extension("o");
+        let obj_s = obj.to_string_lossy().into_owned();
+        let probe = "-DHS_OWNER_$(if $(filter $(basename $@).o,$(real-obj-y)),y,\
+$(if $(filter $(basename $@).o,$(lib-y)),y,$(if $(filter $(basename $@).o,$(real-obj-m)),m,n)))";
+        // kbuild names the per-object variable by the path below the
+        // directory whose Makefile lists it: try every suffix of the path.
+        let comps: Vec<String> = obj
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect();
+        let mut cmd = Command::new("make");
+        cmd.current_dir(&self.src).arg("-n").arg(&obj_s);
+        for i in 0..comps.len() {
+            cmd.arg(format!("CFLAGS_{}={probe}", comps[i..].join("/")));
         }
-        let mut wanted = obj.clone();
-        for _ in 0..4 {
-            for (lhs, rhs) in &assignments {
-                if !rhs.contains(&wanted) {
-                    continue;
-                }
-                if let Some(cfg) = lhs.strip_prefix("obj-") {
-                    let v = if cfg == "y" {
-                        "y".to_string()
-                    } else if let Some(o) = cfg.strip_prefix("$(").and_then(|c| c.strip_suffix(')'))
-                    {
-                        value(o)
-                    } else {
-                        "n".to_string()
-                    };
-                    return match v.as_str() {
-                        "y" => Ok(None),
-                        // The kernel's name of a module (KBUILD_MODNAME):
-                        // `snd-usb-audio.o` is module `snd_usb_audio`.
-                        "m" => Ok(Some(wanted.trim_end_matches(".o").replace('-', "_"))),
-                        _ => Err(CreateError::Unsupported(format!(
-                            "{} is not built with this configuration ({lhs} is off)",
-                            rel.display()
-                        ))),
-                    };
-                }
-                // `name-y += file.o`: the file is part of composite `name`.
-                if let Some((composite, _)) = lhs.rsplit_once('-') {
-                    wanted = format!("{composite}.o");
-                }
-            }
+        let what = format!("make -n {obj_s}");
+        let out = cmd.output().map_err(io(format!("running {what}")))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && stderr.contains("No rule to make target") {
+            return Err(CreateError::Unsupported(format!(
+                "{}: {obj_s} is not built with this configuration (kbuild has no rule for it)",
+                rel.display()
+            )));
         }
-        Err(CreateError::Unsupported(format!(
-            "cannot tell from {}/Makefile which object {} is linked into",
-            dir.display(),
-            rel.display()
-        )))
+        if !out.status.success() {
+            return Err(CreateError::BuildFailed {
+                stage: "kernel",
+                cmd: what,
+                code: out.status.code().unwrap_or(-1),
+                tail: crate::last_lines(&format!("{text}{stderr}"), 20),
+            });
+        }
+        owner_from_make(&text, &obj_s)
+            .map_err(|why| CreateError::Unsupported(format!("{}: {why}", rel.display())))
+    }
+}
+
+/// The owner of `obj` from the commands `make -n obj` printed (see
+/// [`Tree::owner`]).
+fn owner_from_make(text: &str, obj: &str) -> Result<Option<String>, String> {
+    let needle = format!(" -c -o {obj} ");
+    let Some(line) = text.lines().find(|l| l.contains(&needle)) else {
+        return Err(format!(
+            "kbuild has no rule compiling {obj} with this configuration (its directory is not built)"
+        ));
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let state = words
+        .iter()
+        .find_map(|w| w.strip_prefix("-DHS_OWNER_"))
+        .unwrap_or("n");
+    match state {
+        "y" => Ok(None),
+        "m" => {
+            let name = words
+                .iter()
+                .find_map(|w| w.strip_prefix("-DKBUILD_MODNAME="))
+                .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+                .ok_or_else(|| format!("kbuild gives no module name for {obj}"))?;
+            if name.contains(':') || name.is_empty() {
+                return Err(format!(
+                    "{obj} is linked into several modules ({name}); a patch for it is not supported"
+                ));
+            }
+            Ok(Some(name))
+        }
+        _ => Err(format!(
+            "{obj} is not built with this configuration (kbuild lists it in neither obj-y nor obj-m)"
+        )),
     }
 }
 
@@ -368,24 +376,22 @@ mod tests {
     }
 
     #[test]
-    fn modules_are_named_as_the_kernel_names_them() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = t.path().join("sound/usb");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("Makefile"),
-            "snd-usb-audio-y := card.o \\\n\tmixer.o\nobj-$(CONFIG_SND_USB_AUDIO) += snd-usb-audio.o\n",
-        )
-        .unwrap();
-        std::fs::write(t.path().join(".config"), "CONFIG_SND_USB_AUDIO=m\n").unwrap();
-        let tree = Tree {
-            src: t.path().to_path_buf(),
-        };
+    fn the_owner_is_read_from_kbuilds_command() {
+        let m = "make -f ./scripts/Makefile.build obj=sound/usb\n  gcc -Wp,-MMD -DHS_OWNER_m -DMODULE -DKBUILD_BASENAME='\"mixer\"' -DKBUILD_MODNAME='\"snd_usb_audio\"' -c -o sound/usb/mixer.o sound/usb/mixer.c\n";
         assert_eq!(
-            tree.owner(Path::new("sound/usb/mixer.c")).unwrap(),
-            Some("snd_usb_audio".to_string())
+            owner_from_make(m, "sound/usb/mixer.o"),
+            Ok(Some("snd_usb_audio".into()))
         );
-        std::fs::write(t.path().join(".config"), "CONFIG_SND_USB_AUDIO=y\n").unwrap();
-        assert_eq!(tree.owner(Path::new("sound/usb/card.c")).unwrap(), None);
+        let y = "gcc -DHS_OWNER_y -DKBUILD_MODFILE='\"mm/rmap\"' -DKBUILD_MODNAME='\"rmap\"' -c -o mm/rmap.o mm/rmap.c\n";
+        assert_eq!(owner_from_make(y, "mm/rmap.o"), Ok(None));
+        let n = "gcc -DHS_OWNER_n -DKBUILD_MODNAME='\"nommu\"' -c -o mm/nommu.o mm/nommu.c\n";
+        assert!(owner_from_make(n, "mm/nommu.o")
+            .unwrap_err()
+            .contains("not built with this configuration"));
+        assert!(owner_from_make("", "fs/ntfs/super.o").is_err());
+        let two = "gcc -DHS_OWNER_m -DKBUILD_MODNAME='\"a:b\"' -c -o x/y.o x/y.c\n";
+        assert!(owner_from_make(two, "x/y.o")
+            .unwrap_err()
+            .contains("several"));
     }
 }
