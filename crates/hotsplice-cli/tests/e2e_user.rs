@@ -179,6 +179,11 @@ fn patch_function_in_shared_library() {
 }
 
 #[test]
+fn patch_reaches_symbols_a_version_script_made_local() {
+    flip("version_script_lib");
+}
+
+#[test]
 fn one_diff_patches_executable_and_shared_library() {
     flip("exec_and_lib");
 }
@@ -731,7 +736,11 @@ fn install_stripped(make_extra: &str) -> Installed {
         .arg(&lib)
         .arg(from.join("libfix.so.1"));
     run_cmd(strip, Duration::from_secs(60)).assert_ok("strip");
-    let syms = Command::new("readelf").arg("-S").arg(&lib).output().expect("readelf");
+    let syms = Command::new("readelf")
+        .arg("-S")
+        .arg(&lib)
+        .output()
+        .expect("readelf");
     assert!(
         !String::from_utf8_lossy(&syms.stdout).contains(".symtab"),
         "the installed library still has a .symtab"
@@ -845,7 +854,9 @@ fn patch_stripped_library_with_symbols_from_its_debug_file() {
     fs::remove_dir_all(inst.debug.join(".build-id")).expect("rm .build-id");
     let dbg = inst.lib.with_file_name("libfix.so.1.debug");
     let mut keep = Command::new("objcopy");
-    keep.arg("--only-keep-debug").arg(inst.unstripped()).arg(&dbg);
+    keep.arg("--only-keep-debug")
+        .arg(inst.unstripped())
+        .arg(&dbg);
     run_cmd(keep, Duration::from_secs(60)).assert_ok("objcopy --only-keep-debug");
     let mut link = Command::new("objcopy");
     link.arg(format!("--add-gnu-debuglink={}", dbg.display()))

@@ -660,3 +660,92 @@ pub fn read_log(path: &Path) -> std::io::Result<Vec<Record>> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temporary directory with `a.os` (an ELF file, by its header),
+    /// `b.o` (not one) and an archive `c.a`.
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::copy("/proc/self/exe", t.path().join("a.os")).unwrap();
+        std::fs::write(t.path().join("b.o"), "text").unwrap();
+        std::fs::write(t.path().join("c.a"), "!<thin>\nrest").unwrap();
+        t
+    }
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn ar_records_members_added_by_r_and_q() {
+        let t = tree();
+        let d = t.path();
+        for cmd in [
+            "rcs lib.a a.os b.o",
+            "-rcT lib.a a.os",
+            "crsD lib.a a.os",
+            "qc lib.a a.os",
+        ] {
+            match ar_records(d, &args(cmd)).as_slice() {
+                [Record::Archive { output, members }] => {
+                    assert_eq!(*output, d.join("lib.a"), "{cmd}");
+                    assert_eq!(*members, vec![d.join("a.os")], "{cmd}");
+                }
+                other => panic!("{cmd}: {other:?}"),
+            }
+        }
+        // With a position argument before the archive.
+        let r = ar_records(d, &args("rb c.os lib.a a.os"));
+        assert!(matches!(&r[..], [Record::Archive { output, .. }] if *output == d.join("lib.a")));
+        assert!(ar_records(d, &args("t lib.a")).is_empty());
+        assert!(ar_records(d, &args("x lib.a a.os")).is_empty());
+    }
+
+    #[test]
+    fn ld_and_objcopy_records_know_objects_by_header() {
+        let t = tree();
+        let d = t.path();
+        match ld_records(d, &args("-r -o out.os a.os b.o c.a -L. -lmissing")).as_slice() {
+            [Record::Link { output, inputs }] => {
+                assert_eq!(*output, d.join("out.os"));
+                assert_eq!(*inputs, vec![d.join("a.os"), d.join("c.a")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match objcopy_records(d, &args("--localize-hidden -N sym a.os copy.os")).as_slice() {
+            [Record::Copy { input, output }] => {
+                assert_eq!(*input, d.join("a.os"));
+                assert_eq!(*output, d.join("copy.os"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(objcopy_records(d, &args("--strip-debug a.os")).is_empty());
+    }
+
+    #[test]
+    fn compiles_keep_their_flags_and_links_find_objects_by_header() {
+        let t = tree();
+        let d = t.path();
+        let cc = Path::new("/usr/bin/cc");
+        match cc_records(d, cc, &args("-O2 -c x.c y.c")).as_slice() {
+            [Record::Compile {
+                argv: ax,
+                object: ox,
+                ..
+            }, Record::Compile { argv: ay, .. }] => {
+                assert_eq!(*ax, args("-O2 -c x.c"));
+                assert_eq!(*ay, args("-O2 -c y.c"));
+                assert_eq!(*ox, d.join("x.o"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = cc_records(d, cc, &args("-shared -o lib.so a.os b.o -L. -lx"));
+        assert!(
+            matches!(&r[..], [Record::Link { inputs, .. }] if *inputs == vec![d.join("a.os")]),
+            "{r:?}"
+        );
+    }
+}
