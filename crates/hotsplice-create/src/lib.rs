@@ -16,6 +16,7 @@ pub mod emit;
 mod graph;
 pub mod kernel;
 pub mod objfile;
+pub mod package;
 mod targets;
 pub mod wrapper;
 
@@ -93,6 +94,17 @@ pub struct CreateRequest {
     pub level: u32,
     /// Keep the scratch trees (for debugging), printing where.
     pub keep_work: bool,
+    /// Build from this Debian source package instead of `src`.
+    pub package: Option<PackageSpec>,
+}
+
+/// `create --source-package`: which package, the cache that keeps its
+/// prepared tree, and the build command if not the default one.
+#[derive(Debug, Clone)]
+pub struct PackageSpec {
+    pub package: package::SourcePackage,
+    pub cache: PathBuf,
+    pub build: Option<String>,
 }
 
 impl CreateRequest {
@@ -106,6 +118,7 @@ impl CreateRequest {
             description: None,
             level: 1,
             keep_work: false,
+            package: None,
         }
     }
 }
@@ -124,10 +137,6 @@ pub struct CreatedPatch {
 
 /// Build the patches. See the crate docs.
 pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
-    let src = req
-        .src
-        .canonicalize()
-        .map_err(io(format!("source tree {}", req.src.display())))?;
     let diff_bytes = std::fs::read(&req.diff).map_err(io(format!("fix {}", req.diff.display())))?;
     let work = tempfile::Builder::new()
         .prefix("hotsplice-create.")
@@ -143,8 +152,50 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         .canonicalize()
         .map_err(io(format!("fix {}", req.diff.display())))?;
     let scratch = build::Scratch::new(&work_path)?;
-    let pre_root = work_path.join("pre");
-    let pre_log = scratch.build_pre(&src, &pre_root, &req.build)?;
+    // The tree before the fix, built: the source tree copied and built, or
+    // a source package's tree, prepared once and kept.
+    let (src, pre_root, pre_log, installed) = match &req.package {
+        Some(p) => {
+            let prepared = package::prepare(&p.package, &p.cache, p.build.as_deref(), &scratch)?;
+            let targets = if req.targets.is_empty() {
+                prepared.installed
+            } else {
+                req.targets.clone()
+            };
+            (
+                prepared.tree.clone(),
+                prepared.tree,
+                prepared.log,
+                Some(targets),
+            )
+        }
+        None => {
+            let src = req
+                .src
+                .canonicalize()
+                .map_err(io(format!("source tree {}", req.src.display())))?;
+            let pre_root = work_path.join("pre");
+            let log = scratch.build_pre(&src, &pre_root, &req.build)?;
+            (src, pre_root, log, None)
+        }
+    };
+    // A package's build makes more than it installs (tests, tools): its
+    // outputs that match no target by build-id are left out, and said why
+    // if nothing is left.
+    let skipped = std::cell::RefCell::new(Vec::new());
+    let pick = |output: &Path| -> Result<Option<PathBuf>, CreateError> {
+        match installed.as_deref() {
+            Some(files) => match pick_by_build_id(&pre_root.join(output), files) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) => {
+                    tracing::info!(output = %output.display(), "{e}");
+                    skipped.borrow_mut().push(e.to_string());
+                    Ok(None)
+                }
+            },
+            None => pick_target(&src, output, &req.targets, &pre_root.join(output)).map(Some),
+        }
+    };
     let graph = graph::Graph::new(&pre_root, &pre_log);
     if graph.compiled.is_empty() {
         return Err(CreateError::NoCompiles);
@@ -159,7 +210,9 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     let mut loaded: HashMap<PathBuf, targets::Loaded> = HashMap::new();
     let mut pre_objs: HashMap<PathBuf, objfile::ObjFile> = HashMap::new();
     for output in graph.outputs_with(&touched) {
-        let target_path = pick_target(&src, &output, &req.targets)?;
+        let Some(target_path) = pick(&output)? else {
+            continue;
+        };
         let t = targets::Loaded::load(&target_path, &pre_root.join(&output))?;
         for obj in graph.objects_in(&output) {
             if !touched.contains(&obj) {
@@ -263,10 +316,10 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     for (output, objs) in plans {
         let t = match loaded.remove(&output) {
             Some(t) => t,
-            None => {
-                let target_path = pick_target(&src, &output, &req.targets)?;
-                targets::Loaded::load(&target_path, &pre_root.join(&output))?
-            }
+            None => match pick(&output)? {
+                Some(target_path) => targets::Loaded::load(&target_path, &pre_root.join(&output))?,
+                None => continue,
+            },
         };
         let build_id = t.build_id.clone();
         let target_path = t.path.clone();
@@ -317,6 +370,20 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
                 .collect(),
             new_symbols: patch.meta.symbols.iter().map(|s| s.name.clone()).collect(),
         });
+    }
+    if created.is_empty() {
+        let mut why = skipped.into_inner();
+        why.sort();
+        why.dedup();
+        // Those with an installed file of the same name say the most.
+        if why.iter().any(|w| w.contains(" has ")) {
+            why.retain(|w| w.contains(" has "));
+        }
+        why.truncate(5);
+        return Err(CreateError::Target(format!(
+            "the fix changes no installed file: {}",
+            why.join("; ")
+        )));
     }
     Ok(created)
 }
@@ -403,8 +470,58 @@ fn diff_sources(diff: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The installed file a built output corresponds to.
-fn pick_target(src: &Path, output: &Path, targets: &[PathBuf]) -> Result<PathBuf, CreateError> {
+/// Of `files`, the one with the GNU build-id of `built` (a source
+/// package's build: it must reproduce the installed file exactly).
+fn pick_by_build_id(built: &Path, files: &[PathBuf]) -> Result<PathBuf, CreateError> {
+    let want = std::fs::read(built)
+        .ok()
+        .and_then(|d| hotsplice_elf::build_id(&d));
+    let name = built
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut seen = Vec::new();
+    for f in files {
+        let id = std::fs::read(f)
+            .ok()
+            .and_then(|d| hotsplice_elf::build_id(&d));
+        if id.is_some() && id == want {
+            return Ok(f.clone());
+        }
+        let f_name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        if f_name.as_deref() == Some(name.as_str()) {
+            seen.push(format!(
+                "{} has {}",
+                f.display(),
+                id.map(hex::encode).unwrap_or_else(|| "no build-id".into())
+            ));
+        }
+    }
+    Err(CreateError::Target(format!(
+        "no target has the build-id of {} as the package builds it ({}){}; install exactly that version, or pass --target with the files of its .deb",
+        built.display(),
+        want.map(hex::encode).unwrap_or_else(|| "none".into()),
+        if seen.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", seen.join(", "))
+        }
+    )))
+}
+
+/// The installed file a built output corresponds to: the target with its
+/// build-id, else the one named like it.
+fn pick_target(
+    src: &Path,
+    output: &Path,
+    targets: &[PathBuf],
+    built: &Path,
+) -> Result<PathBuf, CreateError> {
+    if targets.len() > 1 {
+        if let Ok(t) = pick_by_build_id(built, targets) {
+            return Ok(t);
+        }
+    }
     let out_name = output
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
