@@ -173,7 +173,7 @@ fn deb_src_lines() -> Vec<String> {
 /// build-arch`; always with Debian's flags and date.
 pub fn default_build(name: &str) -> String {
     let flavour = match name {
-        "openssl" => "debian/rules override_dh_auto_configure && ${MAKE:-make} -C build_shared -j\"$(nproc)\" build_sw",
+        "openssl" => "{ [ -d build_shared ] || debian/rules override_dh_auto_configure; } && ${MAKE:-make} -C build_shared -j\"$(nproc)\" build_sw",
         "glibc" => "DEB_BUILD_PROFILES='nobiarch' debian/rules build_libc",
         _ => "debian/rules build-arch",
     };
