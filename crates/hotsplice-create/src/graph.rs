@@ -153,3 +153,67 @@ impl Graph {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_followed_through_archives_copies_and_relocatable_links() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        // Two linked outputs: a shared library (e_type 3) and a program.
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[16] = 3;
+        std::fs::write(root.join("lib.so"), &elf).unwrap();
+        elf[16] = 2;
+        std::fs::write(root.join("prog"), &elf).unwrap();
+        let p = |s: &str| root.join(s);
+        let compile = |src: &str, obj: &str| Record::Compile {
+            source: p(src),
+            object: p(obj),
+            cwd: root.clone(),
+            compiler: "/usr/bin/cc".into(),
+            argv: vec![],
+        };
+        let log = vec![
+            compile("a.c", "a.os"),
+            compile("b.c", "sub/../b.o"),
+            compile("m.c", "m.o"),
+            Record::Link {
+                output: p("ab.o"),
+                inputs: vec![p("a.os"), p("b.o")],
+            },
+            Record::Copy {
+                input: p("ab.o"),
+                output: p("ab-copy.o"),
+            },
+            Record::Archive {
+                output: p("libab.a"),
+                members: vec![p("ab-copy.o")],
+            },
+            Record::Link {
+                output: p("lib.so"),
+                inputs: vec![p("libab.a")],
+            },
+            Record::Link {
+                output: p("prog"),
+                inputs: vec![p("m.o"), p("lib.so")],
+            },
+        ];
+        let g = Graph::new(&root, &log);
+        assert_eq!(
+            g.finals,
+            vec![PathBuf::from("lib.so"), PathBuf::from("prog")]
+        );
+        let lib = g.objects_in(Path::new("lib.so"));
+        assert_eq!(lib, vec![PathBuf::from("a.os"), PathBuf::from("b.o")]);
+        // The program is linked against the library, not made of it.
+        assert_eq!(g.objects_in(Path::new("prog")), vec![PathBuf::from("m.o")]);
+        let touched = g.objects_of_sources(&[PathBuf::from("b.c")]);
+        assert_eq!(touched, vec![PathBuf::from("b.o")]);
+        assert_eq!(g.outputs_with(&touched), vec![PathBuf::from("lib.so")]);
+        assert!(g.is_source(Path::new("./a.c")) && !g.is_source(Path::new("x.c")));
+    }
+}
