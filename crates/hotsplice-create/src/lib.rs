@@ -229,7 +229,9 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
 
     // A fix of compiled sources only needs those compiled again, in a copy
     // of the built tree; anything else (headers, build files) a full build.
-    let only_sources = !sources.is_empty() && sources.iter().all(|s| graph.is_source(s));
+    let only_sources = !sources.is_empty()
+        && sources.iter().all(|s| graph.is_source(s))
+        && !included_elsewhere(&pre_root, &graph, &sources);
     let (post_root, post_graph, candidates) = if only_sources {
         let post = scratch.copy_built(&pre_root, &diff_abs, &src)?;
         let g = graph.rebased(&pre_root, &post);
@@ -456,6 +458,30 @@ fn compare_build(
         )));
     }
     objfile::ObjFile::read(&out).map_err(CreateError::Target)
+}
+
+/// Whether a compiled source includes one of `sources` (`#include "x.c"`):
+/// then compiling `sources` alone would miss a change.
+fn included_elsewhere(root: &Path, graph: &graph::Graph, sources: &[PathBuf]) -> bool {
+    let names: Vec<String> = sources
+        .iter()
+        .filter_map(|s| s.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    graph.compiled.values().any(|src| {
+        if !seen.insert(src.clone()) || sources.contains(src) {
+            return false;
+        }
+        let Ok(text) = std::fs::read(root.join(src)) else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&text);
+        text.lines().any(|l| {
+            let l = l.trim_start();
+            (l.starts_with("#include") || l.starts_with("# include"))
+                && names.iter().any(|n| l.contains(n.as_str()))
+        })
+    })
 }
 
 /// The files a unified diff changes (paths after `+++ `, first component

@@ -132,39 +132,50 @@ fn deb_src_lines() -> Vec<String> {
         let Ok(text) = std::fs::read_to_string(&f) else {
             continue;
         };
-        if f.extension().is_some_and(|e| e == "sources") {
-            for stanza in text.split("\n\n") {
-                let field = |k: &str| {
-                    stanza
-                        .lines()
-                        .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':')))
-                        .map(|v| v.trim().to_string())
-                };
-                let (Some(types), Some(uris), Some(suites)) =
-                    (field("Types"), field("URIs"), field("Suites"))
-                else {
-                    continue;
-                };
-                if !types.split_whitespace().any(|t| t == "deb") {
-                    continue;
-                }
-                let comps = field("Components").unwrap_or_default();
-                for u in uris.split_whitespace() {
-                    for s in suites.split_whitespace() {
-                        out.push(format!("deb-src {u} {s} {comps}"));
-                    }
-                }
-            }
-        } else if f.extension().is_some_and(|e| e == "list") {
-            for l in text.lines() {
-                if let Some(rest) = l.trim().strip_prefix("deb ") {
-                    out.push(format!("deb-src {rest}"));
-                }
-            }
+        let deb822 = f.extension().is_some_and(|e| e == "sources");
+        if deb822 || f.extension().is_some_and(|e| e == "list") {
+            out.extend(deb_src_of(&text, deb822));
         }
     }
     out.sort();
     out.dedup();
+    out
+}
+
+/// `deb-src` lines for the `deb` sources of one sources file: deb822
+/// stanzas (`.sources`) or one-line entries (`.list`).
+fn deb_src_of(text: &str, deb822: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if !deb822 {
+        for l in text.lines() {
+            if let Some(rest) = l.trim().strip_prefix("deb ") {
+                out.push(format!("deb-src {}", rest.trim()));
+            }
+        }
+        return out;
+    }
+    for stanza in text.split("\n\n") {
+        let field = |k: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':')))
+                .map(|v| v.trim().to_string())
+        };
+        let (Some(types), Some(uris), Some(suites)) =
+            (field("Types"), field("URIs"), field("Suites"))
+        else {
+            continue;
+        };
+        if !types.split_whitespace().any(|t| t == "deb") {
+            continue;
+        }
+        let comps = field("Components").unwrap_or_default();
+        for u in uris.split_whitespace() {
+            for s in suites.split_whitespace() {
+                out.push(format!("deb-src {u} {s} {comps}"));
+            }
+        }
+    }
     out
 }
 
@@ -349,5 +360,22 @@ mod tests {
         for bad in ["openssl", "=1", "a=", "a/b=1", "a=1 2", "-o=1"] {
             assert!(SourcePackage::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn deb_src_lines_mirror_the_deb_sources() {
+        let deb822 = "Types: deb\n# comment\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /k.gpg\n\nTypes: deb-src\nURIs: http://x\nSuites: y\nComponents: main\n";
+        assert_eq!(
+            deb_src_of(deb822, true),
+            vec![
+                "deb-src http://deb.debian.org/debian bookworm main",
+                "deb-src http://deb.debian.org/debian bookworm-updates main"
+            ]
+        );
+        let list = "deb http://a/debian bookworm main contrib\n# deb http://b x y\ndeb-src http://c z main\n";
+        assert_eq!(
+            deb_src_of(list, false),
+            vec!["deb-src http://a/debian bookworm main contrib"]
+        );
     }
 }
