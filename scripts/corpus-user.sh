@@ -4,7 +4,10 @@
 # `hotsplice create --source-package`, applied to a running reproducer that
 # uses the libcrypto.so.3 of Debian's libssl3 .deb, checked to behave like
 # the fixed package, and undone. Prints a table (Markdown) of the results;
-# docs/userspace-corpus.md records the last one.
+# docs/userspace-corpus.md records the last one. A fix create refuses is a
+# result (the table says why); the script fails when a patch that was made
+# does not apply, does not make the process behave as the fixed package,
+# or does not undo.
 #
 # Slow: the first run fetches the source package and builds it as Debian
 # does (about 15 minutes on 2 cores); the prepared tree
@@ -75,7 +78,7 @@ wait_line() {
 
 echo "| fix | CVE | functions | created | create time | applied | stop time | before → after | undone |"
 echo "|---|---|---|---|---|---|---|---|---|"
-total=0 ok=0
+total=0 ok=0 bad=0
 while IFS='|' read -r name cve files functions before after; do
   case "$name" in ''|'#'*) continue ;; esac
   total=$((total + 1))
@@ -88,8 +91,9 @@ while IFS='|' read -r name cve files functions before after; do
   pid=$!
   pids+=("$pid")
   row="| $name | $cve | $functions"
-  if ! wait_line "$out" "$before"; then
-    echo "$row | not run: the unpatched reproducer does not print $before | | | | | |"
+  if ! wait_line "$out" "$before" || [ "$got_fixed" != "$after" ]; then
+    echo "$row | not run: the reproducer does not print $before unpatched and $after on the fixed package ($got_fixed) | | | | | |"
+    bad=$((bad + 1))
     continue
   fi
   start=$(date +%s.%N)
@@ -104,6 +108,7 @@ while IFS='|' read -r name cve files functions before after; do
   mark=$(wc -l <"$out")
   if ! applied=$("$hs" user apply --pid "$pid" "$patch" 2>&1); then
     echo "$row | yes | ${secs%.*} s | no: $(echo "$applied" | tail -1) | | | |"
+    bad=$((bad + 1))
     continue
   fi
   stop=$(echo "$applied" | grep -o 'stopped for [0-9.]* ms' | head -1 | sed 's/stopped for //')
@@ -112,9 +117,9 @@ while IFS='|' read -r name cve files functions before after; do
   mark=$(wc -l <"$out")
   if "$hs" user undo --pid "$pid" "$id" >/dev/null 2>&1 && wait_line "$out" "$before" "$mark"; then undone=yes; else undone=no; fi
   echo "$row | yes | ${secs%.*} s | yes | $stop | $flip | $undone |"
-  if [ "$flip" != "no change" ] && [ "$undone" = yes ] && [ "$got_fixed" = "$after" ]; then ok=$((ok + 1)); fi
+  if [ "$flip" != "no change" ] && [ "$undone" = yes ]; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
   kill "$pid" 2>/dev/null || true
 done <"$corpus/manifest.txt"
 echo
-echo "$ok of $total fixes created, applied, behaving as the fixed package, and undone ($(uptime | sed 's/.*load/load/'))."
-[ "$ok" -eq "$total" ]
+echo "$ok of $total fixes created, applied, behaving as the fixed package, and undone; $((total - ok - bad)) refused by create ($(uptime | sed 's/.*load/load/'))."
+[ "$bad" -eq 0 ]

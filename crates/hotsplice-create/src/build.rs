@@ -61,9 +61,22 @@ impl Scratch {
     /// Copies the built tree `pre` to `work/post` as it is, objects and
     /// all, and applies the fix: only the objects the fix touches need
     /// compiling.
+    /// The copy is made of hard links where the file system allows (a
+    /// source package's tree is hundreds of megabytes): nothing writes into
+    /// it but `patch`, which writes each file it changes anew.
     pub fn copy_built(&self, pre: &Path, diff: &Path, src: &Path) -> Result<PathBuf, CreateError> {
         let post = self.work.join("post");
-        cp_a(pre, &post)?;
+        let linked = Command::new("cp")
+            .arg("-al")
+            .arg(pre)
+            .arg(&post)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !linked {
+            let _ = std::fs::remove_dir_all(&post);
+            cp_a(pre, &post)?;
+        }
         patch_tree(&post, diff, src)?;
         Ok(post)
     }
@@ -229,6 +242,32 @@ fn is_file_in(tree: &Path, path: &Path, kind: impl Fn(&Path) -> bool) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fixed_copy_leaves_the_built_tree_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let pre = t.path().join("built");
+        std::fs::create_dir_all(&pre).unwrap();
+        std::fs::write(pre.join("a.c"), "int a(void) { return 1; }\n").unwrap();
+        std::fs::write(pre.join("a.o"), "object").unwrap();
+        let diff = t.path().join("fix.diff");
+        std::fs::write(
+            &diff,
+            "--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-int a(void) { return 1; }\n+int a(void) { return 2; }\n",
+        )
+        .unwrap();
+        let work = t.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let scratch = super::Scratch::new(&work).unwrap();
+        let post = scratch.copy_built(&pre, &diff, &pre).unwrap();
+        assert!(std::fs::read_to_string(post.join("a.c"))
+            .unwrap()
+            .contains("return 2"));
+        assert!(std::fs::read_to_string(pre.join("a.c"))
+            .unwrap()
+            .contains("return 1"));
+        assert_eq!(std::fs::read_to_string(post.join("a.o")).unwrap(), "object");
+    }
+
     #[test]
     fn only_elf_files_inside_the_tree_are_build_records() {
         let t = tempfile::tempdir().unwrap();
