@@ -183,6 +183,7 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     // outputs that match no target by build-id are left out, and said why
     // if nothing is left.
     let skipped = std::cell::RefCell::new(Vec::new());
+    let installed = installed.map(|files| with_build_ids(&files));
     let pick = |output: &Path| -> Result<Option<PathBuf>, CreateError> {
         match installed.as_deref() {
             Some(files) => match pick_by_build_id(&pre_root.join(output), files) {
@@ -225,6 +226,12 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
             t.check_objects(&pre_objs[&obj])?;
         }
         loaded.insert(output, t);
+    }
+    if installed.is_some() && !touched.is_empty() && loaded.is_empty() {
+        return Err(CreateError::Target(format!(
+            "the fix changes no installed file: {}",
+            best_reasons(skipped.borrow().clone())
+        )));
     }
 
     // A fix of compiled sources only needs those compiled again, in a copy
@@ -374,17 +381,9 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         });
     }
     if created.is_empty() {
-        let mut why = skipped.into_inner();
-        why.sort();
-        why.dedup();
-        // Those with an installed file of the same name say the most.
-        if why.iter().any(|w| w.contains(" has ")) {
-            why.retain(|w| w.contains(" has "));
-        }
-        why.truncate(5);
         return Err(CreateError::Target(format!(
             "the fix changes no installed file: {}",
-            why.join("; ")
+            best_reasons(skipped.into_inner())
         )));
     }
     Ok(created)
@@ -496,9 +495,37 @@ fn diff_sources(diff: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The reasons outputs matched no target, those naming an installed file of
+/// the same name first (they say the most), five at most.
+fn best_reasons(mut why: Vec<String>) -> String {
+    why.sort();
+    why.dedup();
+    if why.iter().any(|w| w.contains(" has ")) {
+        why.retain(|w| w.contains(" has "));
+    }
+    why.truncate(5);
+    why.join("; ")
+}
+
+/// Files with their GNU build-ids, read once.
+fn with_build_ids(files: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    files
+        .iter()
+        .map(|f| {
+            let id = std::fs::read(f)
+                .ok()
+                .and_then(|d| hotsplice_elf::build_id(&d));
+            (f.clone(), id)
+        })
+        .collect()
+}
+
 /// Of `files`, the one with the GNU build-id of `built` (a source
 /// package's build: it must reproduce the installed file exactly).
-fn pick_by_build_id(built: &Path, files: &[PathBuf]) -> Result<PathBuf, CreateError> {
+fn pick_by_build_id(
+    built: &Path,
+    files: &[(PathBuf, Option<Vec<u8>>)],
+) -> Result<PathBuf, CreateError> {
     let want = std::fs::read(built)
         .ok()
         .and_then(|d| hotsplice_elf::build_id(&d));
@@ -507,10 +534,8 @@ fn pick_by_build_id(built: &Path, files: &[PathBuf]) -> Result<PathBuf, CreateEr
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut seen = Vec::new();
-    for f in files {
-        let id = std::fs::read(f)
-            .ok()
-            .and_then(|d| hotsplice_elf::build_id(&d));
+    for (f, id) in files {
+        let id = id.clone();
         if id.is_some() && id == want {
             return Ok(f.clone());
         }
@@ -544,7 +569,7 @@ fn pick_target(
     built: &Path,
 ) -> Result<PathBuf, CreateError> {
     if targets.len() > 1 {
-        if let Ok(t) = pick_by_build_id(built, targets) {
+        if let Ok(t) = pick_by_build_id(built, &with_build_ids(targets)) {
             return Ok(t);
         }
     }
