@@ -201,10 +201,16 @@ impl<'a> Emitter<'a> {
                 self.include(key);
                 Ok(Tgt::Sec(key, loc.sym_offset))
             }
-            None => Err(CreateError::MissingSymbol {
-                symbol: anchor_sym.name.clone(),
-                target: self.target.name.clone(),
-            }),
+            None => match &self.target.exported_only {
+                Some(looked) => Err(CreateError::Target(format!(
+                    "the target {} is stripped and no symbols were found for `{}`, which the new code uses ({looked}); install its debug symbols (the -dbg/-dbgsym package) or build exactly what was installed",
+                    self.target.name, anchor_sym.name
+                ))),
+                None => Err(CreateError::MissingSymbol {
+                    symbol: anchor_sym.name.clone(),
+                    target: self.target.name.clone(),
+                }),
+            },
         }
     }
 
