@@ -130,6 +130,11 @@ struct CreateArgs {
     /// with the same build-ids unless --target is given.
     #[arg(long, value_name = "NAME=VERSION", conflicts_with_all = ["kernel", "src"])]
     source_package: Option<String>,
+    /// Build the tree before the fix in DIR — the path the installed files
+    /// were built at, so they come out the same — and keep it there: a
+    /// further fix of the same SRC_DIR then compiles only what it touches.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "source_package"])]
+    prepared: Option<PathBuf>,
     /// Installed executable or library the patch is for (repeatable).
     #[arg(long = "target")]
     targets: Vec<PathBuf>,
@@ -402,6 +407,7 @@ fn create(ctx: &app::App, a: CreateArgs) -> Result<bool> {
         });
     }
     req.build = a.build.unwrap_or_else(|| "make".into());
+    req.prepared = a.prepared;
     req.targets = a.targets;
     req.description = a.description;
     req.keep_work = a.keep_work;

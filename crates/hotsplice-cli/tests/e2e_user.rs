@@ -768,6 +768,10 @@ impl Installed {
     /// `hotsplice create --target LIB` for the fix, debug files looked
     /// for in `self.debug` only.
     fn create(&self, out: &Path) -> CmdOut {
+        self.create_with(out, &[])
+    }
+
+    fn create_with(&self, out: &Path, extra: &[OsString]) -> CmdOut {
         let mut cmd = test_env().command([
             OsString::from("create"),
             "--sign".into(),
@@ -778,8 +782,8 @@ impl Installed {
             self.lib.clone().into_os_string(),
             "-o".into(),
             out.as_os_str().to_os_string(),
-            self.build.dir.clone().into_os_string(),
         ]);
+        cmd.args(extra).arg(&self.build.dir);
         cmd.env("HOTSPLICE_DEBUG_DIRS", &self.debug);
         run_cmd(cmd, CMD_TIMEOUT)
     }
@@ -797,8 +801,12 @@ impl Installed {
     /// Creates the patch, applies it to prog running on the installed
     /// library, sees the fix work, undoes it.
     fn patch_and_flip(&self) {
+        self.patch_and_flip_with(&[]);
+    }
+
+    fn patch_and_flip_with(&self, extra: &[OsString]) {
         let out = temp_dir("patches");
-        let r = self.create(out.path());
+        let r = self.create_with(out.path(), extra);
         r.assert_ok("create for the stripped library");
         let file = PathBuf::from(r.stdout.lines().next().expect("a patch file").trim());
         let info = patch_info(&file);
@@ -864,6 +872,53 @@ fn patch_stripped_library_with_symbols_from_its_debug_file() {
         .current_dir(inst.lib.parent().unwrap());
     run_cmd(link, Duration::from_secs(60)).assert_ok("objcopy --add-gnu-debuglink");
     inst.patch_and_flip();
+}
+
+/// `--prepared DIR`: the pre-fix tree is built in DIR once and kept; the
+/// next create for the same tree reuses it instead of building again.
+#[test]
+fn patch_stripped_library_from_a_kept_prepared_tree() {
+    let inst = install_stripped("");
+    let dir = inst.dir.path().join("prepared/libfix");
+    let arg = [OsString::from("--prepared"), dir.clone().into_os_string()];
+    inst.patch_and_flip_with(&arg);
+    let meta = dir.join(".hotsplice-prepared.json");
+    let first = fs::metadata(&meta)
+        .expect("the prepared tree's record")
+        .modified()
+        .unwrap();
+    let built = fs::metadata(dir.join("libfix.so.1"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    inst.patch_and_flip_with(&arg);
+    assert_eq!(
+        fs::metadata(&meta).unwrap().modified().unwrap(),
+        first,
+        "prepared again"
+    );
+    assert_eq!(
+        fs::metadata(dir.join("libfix.so.1"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        built,
+        "the kept tree was built again"
+    );
+    // A directory hotsplice did not prepare is not taken over.
+    let other = inst.dir.path().join("someone-elses");
+    fs::create_dir_all(&other).unwrap();
+    let out = temp_dir("refused");
+    let r = inst.create_with(
+        out.path(),
+        &[OsString::from("--prepared"), other.into_os_string()],
+    );
+    r.assert_failed("create --prepared into a foreign directory");
+    assert!(
+        r.stderr.contains("was not prepared by hotsplice"),
+        "{}",
+        r.describe()
+    );
 }
 
 /// Another build and no debug file: only `.dynsym` is left, which does not

@@ -96,6 +96,9 @@ pub struct CreateRequest {
     pub keep_work: bool,
     /// Build from this Debian source package instead of `src`.
     pub package: Option<PackageSpec>,
+    /// Build the pre-fix tree here (the fixed path the installed files were
+    /// built at) and keep it for further fixes of the same tree.
+    pub prepared: Option<PathBuf>,
 }
 
 /// `create --source-package`: which package, the cache that keeps its
@@ -119,6 +122,7 @@ impl CreateRequest {
             level: 1,
             keep_work: false,
             package: None,
+            prepared: None,
         }
     }
 }
@@ -174,8 +178,14 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
                 .src
                 .canonicalize()
                 .map_err(io(format!("source tree {}", req.src.display())))?;
-            let pre_root = work_path.join("pre");
-            let log = scratch.build_pre(&src, &pre_root, &req.build)?;
+            let (pre_root, log) = match &req.prepared {
+                Some(dir) => package::prepare_tree(&src, dir, &req.build, &scratch)?,
+                None => {
+                    let pre_root = work_path.join("pre");
+                    let log = scratch.build_pre(&src, &pre_root, &req.build)?;
+                    (pre_root, log)
+                }
+            };
             (src, pre_root, log, None)
         }
     };

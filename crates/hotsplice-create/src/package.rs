@@ -313,6 +313,61 @@ pub fn prepare(
     })
 }
 
+/// What `create --prepared DIR` keeps in DIR: where the tree came from, how
+/// it was built, what the build did.
+#[derive(Debug, Serialize, Deserialize)]
+struct PreparedHere {
+    src: PathBuf,
+    build: String,
+    records: Vec<Record>,
+}
+
+/// The name of that file in DIR.
+pub const PREPARED_FILE: &str = ".hotsplice-prepared.json";
+
+/// `create --prepared DIR` for any source tree: `src` copied to `dir` (a
+/// fixed path: the one the installed files were built at, so that paths
+/// compiled into them are the same) and built there once; later calls
+/// with the same `src` and build command reuse it.
+pub fn prepare_tree(
+    src: &Path,
+    dir: &Path,
+    build: &str,
+    scratch: &Scratch,
+) -> Result<(PathBuf, Vec<Record>), CreateError> {
+    let dir = &std::path::absolute(dir).map_err(io(format!("{}", dir.display())))?;
+    let meta = dir.join(PREPARED_FILE);
+    if let Some(p) = std::fs::read(&meta)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<PreparedHere>(&b).ok())
+    {
+        if p.src == src && p.build == build && !p.records.is_empty() {
+            return Ok((dir.to_path_buf(), p.records));
+        }
+    }
+    if dir.exists() {
+        if !meta.exists() {
+            return Err(CreateError::Target(format!(
+                "{} exists and was not prepared by hotsplice; name a new directory (or one an earlier create --prepared made)",
+                dir.display()
+            )));
+        }
+        std::fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))?;
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("{}", parent.display())))?;
+    }
+    let records = scratch.build_pre(src, dir, build)?;
+    let p = PreparedHere {
+        src: src.to_path_buf(),
+        build: build.to_string(),
+        records,
+    };
+    std::fs::write(&meta, serde_json::to_vec(&p).expect("serializes"))
+        .map_err(io(format!("{}", meta.display())))?;
+    Ok((dir.to_path_buf(), p.records))
+}
+
 /// ELF files of the installed binary packages built from source `name`.
 fn installed_files(name: &str) -> Vec<PathBuf> {
     let Ok(out) = Command::new("dpkg-query")
