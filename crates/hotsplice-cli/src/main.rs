@@ -121,9 +121,21 @@ struct CreateArgs {
     /// The fix, a unified diff applied with `patch -p1` at the top of SRC_DIR.
     #[arg(long = "patch")]
     diff: PathBuf,
-    /// Build command, run with `sh -c` in SRC_DIR.
-    #[arg(long, default_value = "make")]
-    build: String,
+    /// Build command, run with `sh -c` in SRC_DIR (default: make; with
+    /// --source-package: the package's build with Debian's flags).
+    #[arg(long)]
+    build: Option<String>,
+    /// Build from this Debian source package, NAME=VERSION (fetched with
+    /// apt-get source, built as Debian built it, kept in $HOTSPLICE_CACHE
+    /// for further fixes) instead of SRC_DIR; targets the installed files
+    /// with the same build-ids unless --target is given.
+    #[arg(long, value_name = "NAME=VERSION", conflicts_with_all = ["kernel", "src"])]
+    source_package: Option<String>,
+    /// Build the tree before the fix in DIR — the path the installed files
+    /// were built at, so they come out the same — and keep it there: a
+    /// further fix of the same SRC_DIR then compiles only what it touches.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "source_package"])]
+    prepared: Option<PathBuf>,
     /// Installed executable or library the patch is for (repeatable).
     #[arg(long = "target")]
     targets: Vec<PathBuf>,
@@ -170,7 +182,8 @@ struct CreateArgs {
     #[arg(long, requires = "kernel")]
     effective: Option<String>,
     /// The source tree the running binaries were built from.
-    src: PathBuf,
+    #[arg(required_unless_present = "source_package")]
+    src: Option<PathBuf>,
 }
 
 fn main() {
@@ -390,8 +403,16 @@ fn create(ctx: &app::App, a: CreateArgs) -> Result<bool> {
     if a.kernel {
         return create_kernel(ctx, a, key);
     }
-    let mut req = hotsplice_create::CreateRequest::new(a.src, a.diff, a.out);
-    req.build = a.build;
+    let mut req = hotsplice_create::CreateRequest::new(a.src.unwrap_or_default(), a.diff, a.out);
+    if let Some(spec) = &a.source_package {
+        req.package = Some(hotsplice_create::PackageSpec {
+            package: hotsplice_create::package::SourcePackage::parse(spec)?,
+            cache: cache_dir(),
+            build: a.build.clone(),
+        });
+    }
+    req.build = a.build.unwrap_or_else(|| "make".into());
+    req.prepared = a.prepared;
     req.targets = a.targets;
     req.description = a.description;
     req.keep_work = a.keep_work;
@@ -410,6 +431,15 @@ fn create(ctx: &app::App, a: CreateArgs) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// `$HOTSPLICE_CACHE`, else `~/.cache/hotsplice`.
+fn cache_dir() -> PathBuf {
+    if let Some(c) = std::env::var_os("HOTSPLICE_CACHE") {
+        return PathBuf::from(c);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/hotsplice")
 }
 
 fn create_kernel(
@@ -435,7 +465,7 @@ fn create_kernel(
         p.join("kernel").is_dir().then_some(p)
     });
     let req = hotsplice_create::kernel::KernelRequest {
-        src: a.src,
+        src: a.src.unwrap_or_default(),
         diff: a.diff,
         config: a
             .config

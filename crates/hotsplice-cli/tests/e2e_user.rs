@@ -179,6 +179,11 @@ fn patch_function_in_shared_library() {
 }
 
 #[test]
+fn patch_reaches_symbols_a_version_script_made_local() {
+    flip("version_script_lib");
+}
+
+#[test]
 fn one_diff_patches_executable_and_shared_library() {
     flip("exec_and_lib");
 }
@@ -680,4 +685,256 @@ fn patch_process_whose_executable_was_deleted_on_disk() {
         "{}",
         targets.describe()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Stripped targets, linked as distributions link them
+// ---------------------------------------------------------------------------
+
+/// The `stripped_lib` fixture built, and its library "installed" stripped
+/// (`strip --strip-all`, as packages ship it) into `installed/`.
+struct Installed {
+    case: Case,
+    build: Build,
+    dir: TempDir,
+    lib: PathBuf,
+    /// Where tests put debug files (`HOTSPLICE_DEBUG_DIRS`).
+    debug: PathBuf,
+}
+
+/// Builds `stripped_lib` and installs its library stripped. `make_extra`
+/// goes into the installed build's flags (`-gdwarf-4`: the same code, other
+/// debug information, so another build-id than the pre-fix build's).
+fn install_stripped(make_extra: &str) -> Installed {
+    require_root();
+    let case = Case::load("stripped_lib");
+    let build = case.build();
+    let dir = temp_dir("installed");
+    let inst = dir.path().join("installed");
+    let debug = dir.path().join("debug");
+    fs::create_dir_all(&inst).expect("mkdir installed");
+    fs::create_dir_all(&debug).expect("mkdir debug");
+    let from = if make_extra.is_empty() {
+        build.dir.clone()
+    } else {
+        let other = dir.path().join("other");
+        copy_dir(&case.dir.join("src"), &other);
+        let mut cmd = Command::new("make");
+        cmd.current_dir(&other)
+            .arg(format!("EXTRA={make_extra}"))
+            .arg("libfix.so.1")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MAKELEVEL");
+        run_cmd(cmd, MAKE_TIMEOUT).assert_ok("make the installed build");
+        other
+    };
+    let lib = inst.join("libfix.so.1");
+    let mut strip = Command::new("strip");
+    strip
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&lib)
+        .arg(from.join("libfix.so.1"));
+    run_cmd(strip, Duration::from_secs(60)).assert_ok("strip");
+    let syms = Command::new("readelf")
+        .arg("-S")
+        .arg(&lib)
+        .output()
+        .expect("readelf");
+    assert!(
+        !String::from_utf8_lossy(&syms.stdout).contains(".symtab"),
+        "the installed library still has a .symtab"
+    );
+    Installed {
+        case,
+        build,
+        lib,
+        debug,
+        dir,
+    }
+}
+
+impl Installed {
+    /// The unstripped library of the installed build (for debug files).
+    fn unstripped(&self) -> PathBuf {
+        let other = self.dir.path().join("other/libfix.so.1");
+        if other.exists() {
+            other
+        } else {
+            self.build.dir.join("libfix.so.1")
+        }
+    }
+
+    /// `hotsplice create --target LIB` for the fix, debug files looked
+    /// for in `self.debug` only.
+    fn create(&self, out: &Path) -> CmdOut {
+        self.create_with(out, &[])
+    }
+
+    fn create_with(&self, out: &Path, extra: &[OsString]) -> CmdOut {
+        let mut cmd = test_env().command([
+            OsString::from("create"),
+            "--sign".into(),
+            test_env().key.clone().into_os_string(),
+            "--patch".into(),
+            self.case.diff("fix.diff").into_os_string(),
+            "--target".into(),
+            self.lib.clone().into_os_string(),
+            "-o".into(),
+            out.as_os_str().to_os_string(),
+        ]);
+        cmd.args(extra).arg(&self.build.dir);
+        cmd.env("HOTSPLICE_DEBUG_DIRS", &self.debug);
+        run_cmd(cmd, CMD_TIMEOUT)
+    }
+
+    /// Starts prog on the installed library.
+    fn start(&self) -> Target {
+        let mut cmd = Command::new(self.build.dir.join("prog"));
+        cmd.current_dir(&self.build.dir)
+            .env("LD_LIBRARY_PATH", self.lib.parent().unwrap());
+        let mut t = Target::spawn(cmd, "prog (installed libfix)");
+        t.expect_line(Stream::Stdout, 0, self.case.before(), "unpatched");
+        t
+    }
+
+    /// Creates the patch, applies it to prog running on the installed
+    /// library, sees the fix work, undoes it.
+    fn patch_and_flip(&self) {
+        self.patch_and_flip_with(&[]);
+    }
+
+    fn patch_and_flip_with(&self, extra: &[OsString]) {
+        let out = temp_dir("patches");
+        let r = self.create_with(out.path(), extra);
+        r.assert_ok("create for the stripped library");
+        let file = PathBuf::from(r.stdout.lines().next().expect("a patch file").trim());
+        let info = patch_info(&file);
+        assert_eq!(
+            Some(info.build_id.clone()),
+            elf_build_id(&self.lib),
+            "the patch is for the installed file"
+        );
+        let mut proc = self.start();
+        let pid = proc.pid();
+        let mark = proc.mark(Stream::Stdout);
+        apply(pid, &[], std::slice::from_ref(&file)).assert_ok("apply");
+        proc.expect_line(Stream::Stdout, mark, self.case.after(), "patched");
+        undo(pid, &info.id).assert_ok("undo");
+        proc.expect_new_line(Stream::Stdout, self.case.before(), "undone");
+        proc.assert_alive("after undo");
+    }
+}
+
+/// Built again in the pre-fix tree, the library has the installed file's
+/// build-id: that build's symbol table names the installed code, also the
+/// functions and data the version script made local, which the patch
+/// reaches by address. The changed object went into the library through
+/// `ar T`, and its neighbours through `ld -r`, `objcopy` and `ar`.
+#[test]
+fn patch_stripped_library_with_symbols_of_the_identical_pre_fix_build() {
+    let inst = install_stripped("");
+    inst.patch_and_flip();
+}
+
+/// Another build (other debug information, same code): its symbols come
+/// from the separate debug file found by build-id under the debug
+/// directory, or by `.gnu_debuglink` next to the library.
+#[test]
+fn patch_stripped_library_with_symbols_from_its_debug_file() {
+    let inst = install_stripped("-gdwarf-4");
+    assert_ne!(
+        elf_build_id(&inst.lib),
+        elf_build_id(&inst.build.dir.join("libfix.so.1")),
+        "the installed build must differ from the pre-fix build"
+    );
+    let id = elf_build_id(&inst.lib).expect("build-id");
+    let by_id = inst.debug.join(".build-id").join(&id[..2]);
+    fs::create_dir_all(&by_id).expect("mkdir .build-id");
+    let mut keep = Command::new("objcopy");
+    keep.arg("--only-keep-debug")
+        .arg(inst.unstripped())
+        .arg(by_id.join(format!("{}.debug", &id[2..])));
+    run_cmd(keep, Duration::from_secs(60)).assert_ok("objcopy --only-keep-debug");
+    inst.patch_and_flip();
+
+    // The same, found through the debuglink instead.
+    fs::remove_dir_all(inst.debug.join(".build-id")).expect("rm .build-id");
+    let dbg = inst.lib.with_file_name("libfix.so.1.debug");
+    let mut keep = Command::new("objcopy");
+    keep.arg("--only-keep-debug")
+        .arg(inst.unstripped())
+        .arg(&dbg);
+    run_cmd(keep, Duration::from_secs(60)).assert_ok("objcopy --only-keep-debug");
+    let mut link = Command::new("objcopy");
+    link.arg(format!("--add-gnu-debuglink={}", dbg.display()))
+        .arg(&inst.lib)
+        .current_dir(inst.lib.parent().unwrap());
+    run_cmd(link, Duration::from_secs(60)).assert_ok("objcopy --add-gnu-debuglink");
+    inst.patch_and_flip();
+}
+
+/// `--prepared DIR`: the pre-fix tree is built in DIR once and kept; the
+/// next create for the same tree reuses it instead of building again.
+#[test]
+fn patch_stripped_library_from_a_kept_prepared_tree() {
+    let inst = install_stripped("");
+    let dir = inst.dir.path().join("prepared/libfix");
+    let arg = [OsString::from("--prepared"), dir.clone().into_os_string()];
+    inst.patch_and_flip_with(&arg);
+    let meta = dir.join(".hotsplice-prepared.json");
+    let first = fs::metadata(&meta)
+        .expect("the prepared tree's record")
+        .modified()
+        .unwrap();
+    let built = fs::metadata(dir.join("libfix.so.1"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    inst.patch_and_flip_with(&arg);
+    assert_eq!(
+        fs::metadata(&meta).unwrap().modified().unwrap(),
+        first,
+        "prepared again"
+    );
+    assert_eq!(
+        fs::metadata(dir.join("libfix.so.1"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        built,
+        "the kept tree was built again"
+    );
+    // A directory hotsplice did not prepare is not taken over.
+    let other = inst.dir.path().join("someone-elses");
+    fs::create_dir_all(&other).unwrap();
+    let out = temp_dir("refused");
+    let r = inst.create_with(
+        out.path(),
+        &[OsString::from("--prepared"), other.into_os_string()],
+    );
+    r.assert_failed("create --prepared into a foreign directory");
+    assert!(
+        r.stderr.contains("was not prepared by hotsplice"),
+        "{}",
+        r.describe()
+    );
+}
+
+/// Another build and no debug file: only `.dynsym` is left, which does not
+/// name the changed function; create says so instead of guessing.
+#[test]
+fn create_refuses_stripped_library_without_symbols() {
+    let inst = install_stripped("-gdwarf-4");
+    let out = temp_dir("refused");
+    let r = inst.create(out.path());
+    r.assert_failed("create without symbols");
+    assert!(
+        r.stderr.contains("is stripped and no symbols were found")
+            && r.stderr.contains("fix_fits")
+            && r.stderr.contains(".debug"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(fs::read_dir(out.path()).map(|d| d.count()).unwrap_or(1), 0);
 }

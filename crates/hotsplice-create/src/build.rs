@@ -7,43 +7,82 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-pub struct Trees {
-    pub pre: PathBuf,
-    pub post: PathBuf,
-    pub pre_log: Vec<Record>,
-    pub post_log: Vec<Record>,
+/// The scratch area of one `create`: the wrapper links and the trees.
+pub struct Scratch {
+    bin: PathBuf,
+    work: PathBuf,
 }
 
-pub fn build_both(src: &Path, diff: &Path, work: &Path, cmd: &str) -> Result<Trees, CreateError> {
-    let pre = work.join("pre");
-    let post = work.join("post");
-    for dst in [&pre, &post] {
-        copy_tree(src, dst)?;
+impl Scratch {
+    pub fn new(work: &Path) -> Result<Scratch, CreateError> {
+        let bin = work.join("bin");
+        std::fs::create_dir_all(&bin).map_err(io("wrapper directory"))?;
+        let exe = std::env::current_exe().map_err(io("locating the hotsplice binary"))?;
+        for name in wrapper::WRAPPED_NAMES.iter().flat_map(|n| n.iter()) {
+            std::os::unix::fs::symlink(&exe, bin.join(name)).map_err(io("wrapper link"))?;
+        }
+        Ok(Scratch {
+            bin,
+            work: work.to_path_buf(),
+        })
     }
-    apply_diff(&post, diff, src)?;
-    let bin = work.join("bin");
-    std::fs::create_dir_all(&bin).map_err(io("wrapper directory"))?;
-    let exe = std::env::current_exe().map_err(io("locating the hotsplice binary"))?;
-    for name in wrapper::WRAPPED_NAMES {
-        std::os::unix::fs::symlink(&exe, bin.join(name)).map_err(io("wrapper link"))?;
+
+    /// Copies `src` to `tree` and builds it there, as it is; what the build
+    /// compiled, linked, archived and copied.
+    pub fn build_pre(
+        &self,
+        src: &Path,
+        tree: &Path,
+        cmd: &str,
+    ) -> Result<Vec<Record>, CreateError> {
+        copy_tree(src, tree)?;
+        self.build_in(tree, cmd)
     }
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| build_tree("pre-fix", &pre, &bin, work, cmd));
-        let b = s.spawn(|| build_tree("post-fix", &post, &bin, work, cmd));
-        (
-            a.join().expect("build thread"),
-            b.join().expect("build thread"),
-        )
-    });
-    Ok(Trees {
-        pre_log: a?,
-        post_log: b?,
-        pre,
-        post,
-    })
+
+    /// Builds `tree` (already in place) through the wrapper.
+    pub fn build_in(&self, tree: &Path, cmd: &str) -> Result<Vec<Record>, CreateError> {
+        build_tree("pre-fix", tree, &self.bin, &self.work, cmd)
+    }
+
+    /// Copies `src` to `work/post`, applies the fix and builds it all.
+    pub fn build_post(
+        &self,
+        src: &Path,
+        diff: &Path,
+        cmd: &str,
+    ) -> Result<(PathBuf, Vec<Record>), CreateError> {
+        let post = self.work.join("post");
+        copy_tree(src, &post)?;
+        apply_diff(&post, diff, src)?;
+        let log = build_tree("post-fix", &post, &self.bin, &self.work, cmd)?;
+        Ok((post, log))
+    }
+
+    /// Copies the built tree `pre` to `work/post` as it is, objects and
+    /// all, and applies the fix: only the objects the fix touches need
+    /// compiling.
+    /// The copy is made of hard links where the file system allows (a
+    /// source package's tree is hundreds of megabytes): nothing writes into
+    /// it but `patch`, which writes each file it changes anew.
+    pub fn copy_built(&self, pre: &Path, diff: &Path, src: &Path) -> Result<PathBuf, CreateError> {
+        let post = self.work.join("post");
+        let linked = Command::new("cp")
+            .arg("-al")
+            .arg(pre)
+            .arg(&post)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !linked {
+            let _ = std::fs::remove_dir_all(&post);
+            cp_a(pre, &post)?;
+        }
+        patch_tree(&post, diff, src)?;
+        Ok(post)
+    }
 }
 
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), CreateError> {
+fn cp_a(src: &Path, dst: &Path) -> Result<(), CreateError> {
     let status = Command::new("cp")
         .arg("-a")
         .arg(src)
@@ -57,6 +96,11 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), CreateError> {
             dst.display()
         )));
     }
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<(), CreateError> {
+    cp_a(src, dst)?;
     // Everything must really be compiled again: sources newer than objects.
     let now = SystemTime::now();
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(86400);
@@ -163,7 +207,8 @@ fn build_tree(
         .into_iter()
         .filter(|r| match r {
             Record::Compile { object, .. } => is_elf_in(tree, object),
-            Record::Link { output, .. } => is_elf_in(tree, output),
+            Record::Link { output, .. } | Record::Copy { output, .. } => is_elf_in(tree, output),
+            Record::Archive { output, .. } => is_file_in(tree, output, wrapper::is_object_file),
         })
         .collect())
 }
@@ -172,6 +217,17 @@ fn build_tree(
 /// `conftest.c -c -o /dev/null`, temporary files outside the tree and
 /// outputs deleted since are records of no use, and not read).
 fn is_elf_in(tree: &Path, path: &Path) -> bool {
+    is_file_in(tree, path, |real| {
+        let mut magic = [0u8; 4];
+        std::fs::File::open(real)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && magic == *b"\x7fELF"
+    })
+}
+
+/// Whether `path` is a regular file inside `tree` that passes `kind`.
+fn is_file_in(tree: &Path, path: &Path, kind: impl Fn(&Path) -> bool) -> bool {
     let (Ok(tree), Ok(real)) = (tree.canonicalize(), path.canonicalize()) else {
         return false;
     };
@@ -181,18 +237,37 @@ fn is_elf_in(tree: &Path, path: &Path) -> bool {
     let Ok(meta) = std::fs::symlink_metadata(&real) else {
         return false;
     };
-    if !meta.file_type().is_file() {
-        return false;
-    }
-    let mut magic = [0u8; 4];
-    std::fs::File::open(&real)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok()
-        && magic == *b"\x7fELF"
+    meta.file_type().is_file() && kind(&real)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fixed_copy_leaves_the_built_tree_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let pre = t.path().join("built");
+        std::fs::create_dir_all(&pre).unwrap();
+        std::fs::write(pre.join("a.c"), "int a(void) { return 1; }\n").unwrap();
+        std::fs::write(pre.join("a.o"), "object").unwrap();
+        let diff = t.path().join("fix.diff");
+        std::fs::write(
+            &diff,
+            "--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-int a(void) { return 1; }\n+int a(void) { return 2; }\n",
+        )
+        .unwrap();
+        let work = t.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let scratch = super::Scratch::new(&work).unwrap();
+        let post = scratch.copy_built(&pre, &diff, &pre).unwrap();
+        assert!(std::fs::read_to_string(post.join("a.c"))
+            .unwrap()
+            .contains("return 2"));
+        assert!(std::fs::read_to_string(pre.join("a.c"))
+            .unwrap()
+            .contains("return 1"));
+        assert_eq!(std::fs::read_to_string(post.join("a.o")).unwrap(), "object");
+    }
+
     #[test]
     fn only_elf_files_inside_the_tree_are_build_records() {
         let t = tempfile::tempdir().unwrap();

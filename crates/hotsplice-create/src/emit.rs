@@ -26,6 +26,10 @@ pub struct TargetElf<'a> {
     pub name: String,
     pub elf: &'a LinkedElf,
     pub data: &'a [u8],
+    /// Set when the target is stripped and its symbols are only those of
+    /// `.dynsym`: what was looked for, for the message when a changed
+    /// function is not among them.
+    pub exported_only: Option<String>,
 }
 
 type SecKey = (usize, usize);
@@ -124,12 +128,14 @@ impl<'a> Emitter<'a> {
         let obj = self.obj(o);
         let sym = &obj.symbols[r.sym];
         if sym.undefined {
-            let defined = self
-                .target
-                .elf
+            // Defined by another object of the target: exported, or made
+            // local by a version script (then known by its address only).
+            let elf = self.target.elf;
+            let defined = elf
                 .symbols
                 .iter()
-                .find(|s| s.defined && !s.local && s.name == sym.name);
+                .find(|s| s.defined && !s.local && s.name == sym.name)
+                .or_else(|| elf.former_global(&sym.name));
             return Ok(match defined {
                 Some(s) => Self::object_target(s, 0),
                 None => Tgt::Final(RelocTarget::Dynamic {
@@ -203,10 +209,16 @@ impl<'a> Emitter<'a> {
                 self.include(key);
                 Ok(Tgt::Sec(key, loc.sym_offset))
             }
-            None => Err(CreateError::MissingSymbol {
-                symbol: anchor_sym.name.clone(),
-                target: self.target.name.clone(),
-            }),
+            None => match &self.target.exported_only {
+                Some(looked) => Err(CreateError::Target(format!(
+                    "the target {} is stripped and no symbols were found for `{}`, which the new code uses ({looked}); install its debug symbols (the -dbg/-dbgsym package) or build exactly what was installed",
+                    self.target.name, anchor_sym.name
+                ))),
+                None => Err(CreateError::MissingSymbol {
+                    symbol: anchor_sym.name.clone(),
+                    target: self.target.name.clone(),
+                }),
+            },
         }
     }
 
@@ -413,6 +425,55 @@ impl<'a> Emitter<'a> {
     }
 }
 
+/// Checks that the target's function at `ts` is `pre`, the code built
+/// from the source (bytes a linker may rewrite for relocations masked);
+/// returns that mask.
+pub fn check_code(
+    pre: &crate::objfile::Section,
+    target: &TargetElf<'_>,
+    ts: &hotsplice_elf::Sym,
+    name: &str,
+) -> Result<Vec<u8>, CreateError> {
+    let mut mask = vec![0xffu8; pre.data.len()];
+    for r in &pre.relocs {
+        let (a, b) = r.kind.linker_written();
+        let start = (r.offset as i64 + a).max(0) as usize;
+        let end = ((r.offset as i64 + b).max(0) as usize).min(mask.len());
+        if start < end {
+            mask[start..end].fill(0);
+        }
+    }
+    let size = ts.size;
+    if size != pre.data.len() as u64 {
+        return Err(CreateError::TargetMismatch {
+            function: name.into(),
+            target: target.name.clone(),
+            detail: format!(
+                "it is {size} bytes in the target but {} bytes when built from the source",
+                pre.data.len()
+            ),
+        });
+    }
+    let running = target
+        .elf
+        .read_vaddr(target.data, ts.value, size)
+        .ok_or_else(|| CreateError::TargetMismatch {
+            function: name.into(),
+            target: target.name.clone(),
+            detail: "its code is not in the file".into(),
+        })?;
+    if let Some(off) = (0..pre.data.len()).find(|&i| mask[i] != 0 && pre.data[i] != running[i]) {
+        return Err(CreateError::TargetMismatch {
+            function: name.into(),
+            target: target.name.clone(),
+            detail: format!(
+                "its code differs at byte {off:#x} from the code built from the source"
+            ),
+        });
+    }
+    Ok(mask)
+}
+
 /// Build the patch for one target from the objects that changed in it.
 pub fn emit(
     objs: &[ObjPair],
@@ -600,49 +661,19 @@ pub fn emit(
                 .target_symbol(o, &name)
                 .filter(|t| t.kind == SymKind::Func || t.kind == SymKind::Ifunc)
             else {
+                if let Some(looked) = &target.exported_only {
+                    // Inlined, or only not named: without symbols, no telling.
+                    return Err(CreateError::Target(format!(
+                        "the target {} is stripped and no symbols were found for the changed function `{name}` ({looked}); install its debug symbols (the -dbg/-dbgsym package) or build exactly what was installed",
+                        target.name
+                    )));
+                }
                 // No out-of-line copy in the target: callers are replaced instead.
                 continue;
             };
             let pre = &pair.pre.sections[pre_sec];
-            let mut mask = vec![0xffu8; pre.data.len()];
-            for r in &pre.relocs {
-                let (a, b) = r.kind.linker_written();
-                let start = (r.offset as i64 + a).max(0) as usize;
-                let end = ((r.offset as i64 + b).max(0) as usize).min(mask.len());
-                if start < end {
-                    mask[start..end].fill(0);
-                }
-            }
+            let mask = check_code(pre, target, ts, &name)?;
             let size = ts.size;
-            if size != pre.data.len() as u64 {
-                return Err(CreateError::TargetMismatch {
-                    function: name,
-                    target: target.name.clone(),
-                    detail: format!(
-                        "it is {size} bytes in the target but {} bytes when built from the source",
-                        pre.data.len()
-                    ),
-                });
-            }
-            let running = target
-                .elf
-                .read_vaddr(target.data, ts.value, size)
-                .ok_or_else(|| CreateError::TargetMismatch {
-                    function: name.clone(),
-                    target: target.name.clone(),
-                    detail: "its code is not in the file".into(),
-                })?;
-            if let Some(off) =
-                (0..pre.data.len()).find(|&i| mask[i] != 0 && pre.data[i] != running[i])
-            {
-                return Err(CreateError::TargetMismatch {
-                    function: name,
-                    target: target.name.clone(),
-                    detail: format!(
-                        "its code differs at byte {off:#x} from the code built from the source"
-                    ),
-                });
-            }
             let jump = !name.ends_with(".cold");
             if jump && (size as usize) < arch::JUMP_LEN {
                 return Err(CreateError::TooShort {

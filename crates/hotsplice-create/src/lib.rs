@@ -14,14 +14,17 @@ mod build;
 pub mod diff;
 pub mod ehframe;
 pub mod emit;
+mod graph;
 pub mod kernel;
 pub mod objfile;
+pub mod package;
+mod targets;
 pub mod wrapper;
 
-use emit::{ObjPair, TargetElf};
+use emit::ObjPair;
 use hotsplice_elf::LinkedElf;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,20 @@ pub struct CreateRequest {
     pub level: u32,
     /// Keep the scratch trees (for debugging), printing where.
     pub keep_work: bool,
+    /// Build from this Debian source package instead of `src`.
+    pub package: Option<PackageSpec>,
+    /// Build the pre-fix tree here (the fixed path the installed files were
+    /// built at) and keep it for further fixes of the same tree.
+    pub prepared: Option<PathBuf>,
+}
+
+/// `create --source-package`: which package, the cache that keeps its
+/// prepared tree, and the build command if not the default one.
+#[derive(Debug, Clone)]
+pub struct PackageSpec {
+    pub package: package::SourcePackage,
+    pub cache: PathBuf,
+    pub build: Option<String>,
 }
 
 impl CreateRequest {
@@ -105,6 +122,8 @@ impl CreateRequest {
             description: None,
             level: 1,
             keep_work: false,
+            package: None,
+            prepared: None,
         }
     }
 }
@@ -123,10 +142,6 @@ pub struct CreatedPatch {
 
 /// Build the patches. See the crate docs.
 pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
-    let src = req
-        .src
-        .canonicalize()
-        .map_err(io(format!("source tree {}", req.src.display())))?;
     let diff_bytes = std::fs::read(&req.diff).map_err(io(format!("fix {}", req.diff.display())))?;
     let work = tempfile::Builder::new()
         .prefix("hotsplice-create.")
@@ -141,49 +156,126 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         .diff
         .canonicalize()
         .map_err(io(format!("fix {}", req.diff.display())))?;
-    let trees = build::build_both(&src, &diff_abs, &work_path, &req.build)?;
-
-    // Objects by path relative to the tree, and the links that used them.
-    let rel = |root: &Path, p: &Path| p.strip_prefix(root).unwrap_or(p).to_path_buf();
-    let mut compiled: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-    let mut links: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
-    for r in &trees.pre_log {
-        match r {
-            wrapper::Record::Compile { source, object, .. } => {
-                compiled.insert(rel(&trees.pre, object), rel(&trees.pre, source));
-            }
-            wrapper::Record::Link { output, inputs } => {
-                links.insert(
-                    rel(&trees.pre, output),
-                    inputs.iter().map(|i| rel(&trees.pre, i)).collect(),
-                );
-            }
+    let scratch = build::Scratch::new(&work_path)?;
+    // The tree before the fix, built: the source tree copied and built, or
+    // a source package's tree, prepared once and kept.
+    let (src, pre_root, pre_log, installed) = match &req.package {
+        Some(p) => {
+            let prepared = package::prepare(&p.package, &p.cache, p.build.as_deref(), &scratch)?;
+            let targets = if req.targets.is_empty() {
+                prepared.installed
+            } else {
+                req.targets.clone()
+            };
+            (
+                prepared.tree.clone(),
+                prepared.tree,
+                prepared.log,
+                Some(targets),
+            )
         }
-    }
-    if compiled.is_empty() {
+        None => {
+            let src = req
+                .src
+                .canonicalize()
+                .map_err(io(format!("source tree {}", req.src.display())))?;
+            let (pre_root, log) = match &req.prepared {
+                Some(dir) => package::prepare_tree(&src, dir, &req.build, &scratch)?,
+                None => {
+                    let pre_root = work_path.join("pre");
+                    let log = scratch.build_pre(&src, &pre_root, &req.build)?;
+                    (pre_root, log)
+                }
+            };
+            (src, pre_root, log, None)
+        }
+    };
+    // A package's build makes more than it installs (tests, tools): its
+    // outputs that match no target by build-id are left out, and said why
+    // if nothing is left.
+    let skipped = std::cell::RefCell::new(Vec::new());
+    let installed = installed.map(|files| with_build_ids(&files));
+    let pick = |output: &Path| -> Result<Option<PathBuf>, CreateError> {
+        match installed.as_deref() {
+            Some(files) => match pick_by_build_id(&pre_root.join(output), files) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) => {
+                    tracing::info!(output = %output.display(), "{e}");
+                    skipped.borrow_mut().push(e.to_string());
+                    Ok(None)
+                }
+            },
+            None => pick_target(&src, output, &req.targets, &pre_root.join(output)).map(Some),
+        }
+    };
+    let graph = graph::Graph::new(&pre_root, &pre_log);
+    if graph.compiled.is_empty() {
         return Err(CreateError::NoCompiles);
     }
+    let cmp_dir = work_path.join("cmp");
+    std::fs::create_dir_all(&cmp_dir).map_err(io("scratch directory"))?;
 
-    let post_records: HashMap<PathBuf, &wrapper::Record> = trees
-        .post_log
-        .iter()
-        .filter_map(|r| match r {
-            wrapper::Record::Compile { object, .. } => Some((rel(&trees.post, object), r)),
-            _ => None,
-        })
-        .collect();
-    let mut changed: HashMap<PathBuf, ObjPair> = HashMap::new();
-    for (obj_rel, source_rel) in &compiled {
-        let pre_path = trees.pre.join(obj_rel);
-        let post_path = trees.post.join(obj_rel);
-        if !post_path.exists() {
+    // Before building anything of the fix: the targets of the objects the
+    // diff touches, their symbols, and the code of those objects' functions.
+    let sources = diff_sources(&diff_bytes);
+    let touched: Vec<PathBuf> = graph.objects_of_sources(&sources);
+    let mut loaded: HashMap<PathBuf, targets::Loaded> = HashMap::new();
+    let mut pre_objs: HashMap<PathBuf, objfile::ObjFile> = HashMap::new();
+    for output in graph.outputs_with(&touched) {
+        let Some(target_path) = pick(&output)? else {
             continue;
+        };
+        let t = targets::Loaded::load(&target_path, &pre_root.join(&output))?;
+        for obj in graph.objects_in(&output) {
+            if !touched.contains(&obj) {
+                continue;
+            }
+            if !pre_objs.contains_key(&obj) {
+                let o = compare_build(&graph, &obj, &cmp_dir, "pre")?;
+                pre_objs.insert(obj.clone(), o);
+            }
+            t.check_objects(&pre_objs[&obj])?;
         }
-        let pre = objfile::ObjFile::read(&pre_path).map_err(CreateError::Target)?;
-        let post = objfile::ObjFile::read(&post_path).map_err(CreateError::Target)?;
-        let d = diff::diff(&pre, &post);
-        if d.is_empty() {
+        loaded.insert(output, t);
+    }
+    if installed.is_some() && !touched.is_empty() && loaded.is_empty() {
+        return Err(CreateError::Target(format!(
+            "the fix changes no installed file: {}",
+            best_reasons(skipped.borrow().clone())
+        )));
+    }
+
+    // A fix of compiled sources only needs those compiled again, in a copy
+    // of the built tree; anything else (headers, build files) a full build.
+    let only_sources = !sources.is_empty()
+        && sources.iter().all(|s| graph.is_source(s))
+        && !included_elsewhere(&pre_root, &graph, &sources);
+    let (post_root, post_graph, candidates) = if only_sources {
+        let post = scratch.copy_built(&pre_root, &diff_abs, &src)?;
+        let g = graph.rebased(&pre_root, &post);
+        (post, g, touched.clone())
+    } else {
+        let (post, log) = scratch.build_post(&src, &diff_abs, &req.build)?;
+        let g = graph::Graph::new(&post, &log);
+        (post, g, graph.compiled.keys().cloned().collect())
+    };
+    let mut changed: HashMap<PathBuf, ObjPair> = HashMap::new();
+    for obj_rel in &candidates {
+        let Some(source_rel) = graph.compiled.get(obj_rel) else {
             continue;
+        };
+        if !only_sources {
+            // As built: objects that did not change are left alone.
+            let pre_path = pre_root.join(obj_rel);
+            let post_path = post_root.join(obj_rel);
+            if !post_path.exists() {
+                continue;
+            }
+            let pre = objfile::ObjFile::read(&pre_path).map_err(CreateError::Target)?;
+            let post = objfile::ObjFile::read(&post_path).map_err(CreateError::Target)?;
+            if diff::diff(&pre, &post).is_empty() {
+                continue;
+            }
         }
         let is_asm = matches!(
             source_rel.extension().and_then(|e| e.to_str()),
@@ -195,9 +287,19 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
                 source_rel.display()
             )));
         }
+        // Compiled again with a section per function and data object.
+        let pre = match pre_objs.remove(obj_rel) {
+            Some(o) => o,
+            None => compare_build(&graph, obj_rel, &cmp_dir, "pre")?,
+        };
+        let post = compare_build(&post_graph, obj_rel, &cmp_dir, "post")?;
+        let d = diff::diff(&pre, &post);
+        if d.is_empty() {
+            continue;
+        }
         tracing::debug!(object = %obj_rel.display(), changed = d.changed_text.len(), "object changed");
-        let (post, d) = match post_records.get(obj_rel) {
-            Some(record) => emit_build(record, &trees.post, obj_rel, post, d),
+        let (post, d) = match post_graph.records.get(obj_rel) {
+            Some(record) => emit_build(record, &cmp_dir, obj_rel, post, d),
             None => (post, d),
         };
         changed.insert(obj_rel.clone(), ObjPair { pre, post, diff: d });
@@ -211,11 +313,11 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
 
     // Which linked outputs contain changed objects, and the file each is for.
     let mut plans: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
-    for (output, inputs) in &links {
-        let objs: Vec<PathBuf> = inputs
-            .iter()
-            .filter(|i| changed.contains_key(*i))
-            .cloned()
+    for output in &graph.finals {
+        let objs: Vec<PathBuf> = graph
+            .objects_in(output)
+            .into_iter()
+            .filter(|i| changed.contains_key(i))
             .collect();
         if !objs.is_empty() {
             plans.push((output.clone(), objs));
@@ -232,26 +334,17 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     let mut created = Vec::new();
     let mut pairs = changed;
     for (output, objs) in plans {
-        let target_path = pick_target(&src, &output, &req.targets)?;
-        let data =
-            std::fs::read(&target_path).map_err(io(format!("target {}", target_path.display())))?;
-        let elf = LinkedElf::parse(&data)
-            .map_err(|e| CreateError::Target(format!("target {}: {e}", target_path.display())))?;
-        let Some(build_id) = elf.build_id.clone() else {
-            return Err(CreateError::Target(format!(
-                "{} has no GNU build-id note; relink it with -Wl,--build-id",
-                target_path.display()
-            )));
+        let t = match loaded.remove(&output) {
+            Some(t) => t,
+            None => match pick(&output)? {
+                Some(target_path) => targets::Loaded::load(&target_path, &pre_root.join(&output))?,
+                None => continue,
+            },
         };
-        let name = target_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let target = TargetElf {
-            name: name.clone(),
-            elf: &elf,
-            data: &data,
-        };
+        let build_id = t.build_id.clone();
+        let target_path = t.path.clone();
+        let target = t.target();
+        let name = target.name.clone();
         let id = hotsplice_patch::PatchId::stable(&[&diff_bytes, &build_id, name.as_bytes()]);
         let description = req.description.clone().unwrap_or_else(|| {
             format!(
@@ -298,6 +391,12 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
             new_symbols: patch.meta.symbols.iter().map(|s| s.name.clone()).collect(),
         });
     }
+    if created.is_empty() {
+        return Err(CreateError::Target(format!(
+            "the fix changes no installed file: {}",
+            best_reasons(skipped.into_inner())
+        )));
+    }
     Ok(created)
 }
 
@@ -319,19 +418,21 @@ pub fn content_id(patch: &hotsplice_patch::Patch) -> hotsplice_patch::PatchId {
 /// whenever it does not line up, the plain post-fix object is used.
 fn emit_build(
     record: &wrapper::Record,
-    post_root: &Path,
+    out_dir: &Path,
     obj_rel: &Path,
     post: objfile::ObjFile,
     d: diff::ObjDiff,
 ) -> (objfile::ObjFile, diff::ObjDiff) {
-    let out = post_root.join(wrapper::SIDE_DIR).join(format!(
+    let out = out_dir.join(format!(
         "emit-{}.o",
         obj_rel.to_string_lossy().replace('/', "_")
     ));
     if let Some(dir) = out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    if !wrapper::recompile(record, &["-mno-direct-extern-access"], &out) {
+    let mut flags = wrapper::SECTION_FLAGS.to_vec();
+    flags.push("-mno-direct-extern-access");
+    if !wrapper::recompile(record, &flags, &out) {
         return (post, d);
     }
     let Ok(emit) = objfile::ObjFile::read(&out) else {
@@ -343,8 +444,146 @@ fn emit_build(
     }
 }
 
-/// The installed file a built output corresponds to.
-fn pick_target(src: &Path, output: &Path, targets: &[PathBuf]) -> Result<PathBuf, CreateError> {
+/// Object `obj` (relative to `root`) compiled again as the comparison needs
+/// it: with `-ffunction-sections -fdata-sections`, beside the build's own.
+fn compare_build(
+    graph: &graph::Graph,
+    obj: &Path,
+    out_dir: &Path,
+    stage: &str,
+) -> Result<objfile::ObjFile, CreateError> {
+    let out = out_dir.join(format!(
+        "{stage}-{}.o",
+        obj.to_string_lossy().replace('/', "_")
+    ));
+    let ok = graph
+        .records
+        .get(obj)
+        .is_some_and(|r| wrapper::recompile(r, wrapper::SECTION_FLAGS, &out));
+    if !ok {
+        return Err(CreateError::Target(format!(
+            "{}: compiling it again with {} (as the build compiled it) failed; the comparison needs a section per function",
+            obj.display(),
+            wrapper::SECTION_FLAGS.join(" ")
+        )));
+    }
+    objfile::ObjFile::read(&out).map_err(CreateError::Target)
+}
+
+/// Whether a compiled source includes one of `sources` (`#include "x.c"`):
+/// then compiling `sources` alone would miss a change.
+fn included_elsewhere(root: &Path, graph: &graph::Graph, sources: &[PathBuf]) -> bool {
+    let names: Vec<String> = sources
+        .iter()
+        .filter_map(|s| s.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    graph.compiled.values().any(|src| {
+        if !seen.insert(src.clone()) || sources.contains(src) {
+            return false;
+        }
+        let Ok(text) = std::fs::read(root.join(src)) else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&text);
+        text.lines().any(|l| {
+            let l = l.trim_start();
+            (l.starts_with("#include") || l.starts_with("# include"))
+                && names.iter().any(|n| l.contains(n.as_str()))
+        })
+    })
+}
+
+/// The files a unified diff changes (paths after `+++ `, first component
+/// dropped as `patch -p1` does).
+fn diff_sources(diff: &[u8]) -> Vec<PathBuf> {
+    String::from_utf8_lossy(diff)
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ "))
+        .map(|p| p.split('\t').next().unwrap_or("").trim())
+        .filter(|p| *p != "/dev/null")
+        .filter_map(|p| p.split_once('/').map(|(_, rest)| PathBuf::from(rest)))
+        .collect()
+}
+
+/// The reasons outputs matched no target, those naming an installed file of
+/// the same name first (they say the most), five at most.
+fn best_reasons(mut why: Vec<String>) -> String {
+    why.sort();
+    why.dedup();
+    if why.iter().any(|w| w.contains(" has ")) {
+        why.retain(|w| w.contains(" has "));
+    }
+    why.truncate(5);
+    why.join("; ")
+}
+
+/// Files with their GNU build-ids, read once.
+fn with_build_ids(files: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    files
+        .iter()
+        .map(|f| {
+            let id = std::fs::read(f)
+                .ok()
+                .and_then(|d| hotsplice_elf::build_id(&d));
+            (f.clone(), id)
+        })
+        .collect()
+}
+
+/// Of `files`, the one with the GNU build-id of `built` (a source
+/// package's build: it must reproduce the installed file exactly).
+fn pick_by_build_id(
+    built: &Path,
+    files: &[(PathBuf, Option<Vec<u8>>)],
+) -> Result<PathBuf, CreateError> {
+    let want = std::fs::read(built)
+        .ok()
+        .and_then(|d| hotsplice_elf::build_id(&d));
+    let name = built
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut seen = Vec::new();
+    for (f, id) in files {
+        let id = id.clone();
+        if id.is_some() && id == want {
+            return Ok(f.clone());
+        }
+        let f_name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        if f_name.as_deref() == Some(name.as_str()) {
+            seen.push(format!(
+                "{} has {}",
+                f.display(),
+                id.map(hex::encode).unwrap_or_else(|| "no build-id".into())
+            ));
+        }
+    }
+    Err(CreateError::Target(format!(
+        "no target has the build-id of {} as the package builds it ({}){}; install exactly that version, or pass --target with the files of its .deb",
+        built.display(),
+        want.map(hex::encode).unwrap_or_else(|| "none".into()),
+        if seen.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", seen.join(", "))
+        }
+    )))
+}
+
+/// The installed file a built output corresponds to: the target with its
+/// build-id, else the one named like it.
+fn pick_target(
+    src: &Path,
+    output: &Path,
+    targets: &[PathBuf],
+    built: &Path,
+) -> Result<PathBuf, CreateError> {
+    if targets.len() > 1 {
+        if let Ok(t) = pick_by_build_id(built, &with_build_ids(targets)) {
+            return Ok(t);
+        }
+    }
     let out_name = output
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -81,7 +81,12 @@ pub struct LinkedElf {
     /// An executable (PIE or not), as opposed to a shared library.
     pub executable: bool,
     pub soname: Option<String>,
+    /// From `.symtab`; empty when the file is stripped (see `has_symtab`).
     pub symbols: Vec<Sym>,
+    /// The file has a `.symtab` (a stripped one has only `.dynsym`).
+    pub has_symtab: bool,
+    /// `.gnu_debuglink`: the name of the separate debug file.
+    pub debuglink: Option<String>,
     /// `(p_vaddr, p_memsz, p_align)` of PT_TLS.
     pub tls: Option<(u64, u64, u64)>,
     pub tls_got: Vec<TlsGot>,
@@ -119,6 +124,12 @@ impl LinkedElf {
         }
 
         let symbols = read_symbols(file.elf_symbol_table(), endian, true)?;
+        let has_symtab = !file.elf_symbol_table().is_empty();
+        let debuglink = file
+            .gnu_debuglink()
+            .ok()
+            .flatten()
+            .map(|(name, _crc)| String::from_utf8_lossy(name).into_owned());
 
         let sections = file.elf_section_table();
         let dynsyms = file.elf_dynamic_symbol_table();
@@ -183,6 +194,8 @@ impl LinkedElf {
             executable: fixed || pie,
             soname,
             symbols,
+            has_symtab,
+            debuglink,
             tls,
             tls_got,
             segments,
@@ -211,6 +224,9 @@ impl LinkedElf {
         if let Some(g) = candidates.iter().find(|s| !s.local) {
             return Ok(g);
         }
+        if let Some(g) = self.former_global(name) {
+            return Ok(g);
+        }
         match candidates.len() {
             0 => Err(ElfError::NotFound {
                 name: name.into(),
@@ -224,6 +240,21 @@ impl LinkedElf {
                 object: object.into(),
             }),
         }
+    }
+
+    /// The symbol `name` that was global in the objects linked and was made
+    /// local by a version script (`local: *;`): the linker lists such
+    /// symbols after an unnamed `STT_FILE`. A global name is unique in a
+    /// link, so at most one such symbol answers to it.
+    pub fn former_global(&self, name: &str) -> Option<&Sym> {
+        let mut hits = self.symbols.iter().filter(|s| {
+            s.defined
+                && s.local
+                && s.name == name
+                && !matches!(s.file.as_deref(), Some(f) if !f.is_empty())
+        });
+        let first = hits.next()?;
+        hits.next().is_none().then_some(first)
     }
 
     /// Bytes at link-time address `vaddr` as stored in the file.
@@ -249,6 +280,15 @@ impl LinkedElf {
     pub fn first_vaddr(&self) -> u64 {
         self.segments.iter().map(|s| s.0).min().unwrap_or(0) & !0xfff
     }
+}
+
+/// The defined symbols of `.dynsym` (what a stripped file still names),
+/// as globals without source files.
+pub fn dynamic_symbols(data: &[u8]) -> Result<Vec<Sym>, ElfError> {
+    let file = ElfFile64::<Endianness>::parse(data).map_err(perr)?;
+    let mut syms = read_symbols(file.elf_dynamic_symbol_table(), file.endian(), false)?;
+    syms.retain(|s| s.defined);
+    Ok(syms)
 }
 
 /// `a` and `b` name the same source file (one may carry directories).

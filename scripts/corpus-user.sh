@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The userspace corpus: real fixes for Debian 12's OpenSSL
+# (tests/userspace-corpus/openssl/manifest.txt), each created with
+# `hotsplice create --source-package`, applied to a running reproducer that
+# uses the libcrypto.so.3 of Debian's libssl3 .deb, checked to behave like
+# the fixed package, and undone. Prints a table (Markdown) of the results;
+# docs/userspace-corpus.md records the last one. A fix create refuses is a
+# result (the table says why); the script fails when a patch that was made
+# does not apply, does not make the process behave as the fixed package,
+# or does not undo.
+#
+# Slow: the first run fetches the source package and builds it as Debian
+# does (about 15 minutes on 2 cores); the prepared tree
+# (/build/reproducible-path/openssl-UPSTREAM) and its records
+# ($HOTSPLICE_CACHE/user/) are kept, and each fix then compiles only the
+# objects it touches. Not part of scripts/test.sh; e2e_user.rs covers the
+# same paths (stripped target, version script, ar/ld -r/objcopy) on a
+# library built in the test. Needs root (ptrace, apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hotsplice}"
+mkdir -p "$HOTSPLICE_CACHE/user"
+corpus=tests/userspace-corpus/openssl
+source_pkg="openssl=3.0.20-1~deb12u2"
+binary_deb="libssl3=3.0.20-1~deb12u2"
+fixed_deb="libssl3=3.0.22-1~deb12u2"
+
+# What building Debian's OpenSSL needs, and the headers the reproducers use.
+need=()
+for pkg in dpkg-dev debhelper m4 bc libssl-dev gcc make patch; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build -q -p hotsplice-cli --locked
+hs="$repo/target/debug/hotsplice"
+
+work=$(mktemp -d /tmp/hotsplice-corpus.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The exact .debs: the one patched, and the fixed one to compare with.
+debs="$HOTSPLICE_CACHE/user/debs"
+mkdir -p "$debs"
+libdir_of() {
+  local spec=$1 dir="$debs/${1//[=~:]/_}"
+  if [ ! -d "$dir/usr" ]; then
+    (cd "$debs" && apt-get download -qq "$spec" 2>/dev/null)
+    dpkg-deb -x "$debs/$(echo "$spec" | sed 's/=/_/; s/:/%3a/')"_*.deb "$dir"
+  fi
+  echo "$dir/usr/lib/x86_64-linux-gnu"
+}
+lib=$(libdir_of "$binary_deb")
+fixed=$(libdir_of "$fixed_deb")
+
+# A private hotsplice configuration that trusts a key made for this run.
+export HOTSPLICE_CONFIG_DIR="$work/etc" HOTSPLICE_STATE_DIR="$work/state" HOTSPLICE_RUN_DIR="$work/run"
+mkdir -p "$work/etc/keys" "$work/state" "$work/run" "$work/key"
+"$hs" keygen -o "$work/key" corpus >/dev/null
+cp "$work/key/corpus.pub" "$work/etc/keys/"
+
+# The first line equal to $2 that the reproducer writes to $1 after line $3.
+wait_line() {
+  local file=$1 want=$2 after=${3:-0} i
+  for i in $(seq 1 200); do
+    if tail -n +"$((after + 1))" "$file" | grep -qx -- "$want"; then return 0; fi
+    sleep 0.05
+  done
+  return 1
+}
+
+echo "| fix | CVE | functions | created | create time | applied | stop time | before → after | undone |"
+echo "|---|---|---|---|---|---|---|---|---|"
+total=0 ok=0 bad=0
+while IFS='|' read -r name cve files functions before after; do
+  case "$name" in ''|'#'*) continue ;; esac
+  total=$((total + 1))
+  exe="$work/$name"
+  gcc -O1 -o "$exe" "$corpus/repro/$name.c" -lcrypto
+  # The fixed package behaves as AFTER, the unfixed as BEFORE.
+  got_fixed=$(LD_LIBRARY_PATH="$fixed" timeout 5 "$exe" 2>/dev/null | head -1 || true)
+  out="$work/$name.out"
+  LD_LIBRARY_PATH="$lib" "$exe" >"$out" 2>/dev/null &
+  pid=$!
+  pids+=("$pid")
+  row="| $name | $cve | $functions"
+  if ! wait_line "$out" "$before" || [ "$got_fixed" != "$after" ]; then
+    echo "$row | not run: the reproducer does not print $before unpatched and $after on the fixed package ($got_fixed) | | | | | |"
+    bad=$((bad + 1))
+    continue
+  fi
+  start=$(date +%s.%N)
+  if ! created=$("$hs" create --source-package "$source_pkg" --patch "$corpus/$name.diff" \
+      --target "$lib/libcrypto.so.3" --sign "$work/key/corpus.key" \
+      --description "$cve: $name" -o "$work/patches-$name" 2>"$work/$name.create"); then
+    echo "$row | no: $(tail -1 "$work/$name.create" | sed 's/|/\\|/g') | | | | | |"
+    continue
+  fi
+  secs=$(echo "$(date +%s.%N) - $start" | bc)
+  patch=$(echo "$created" | head -1)
+  mark=$(wc -l <"$out")
+  if ! applied=$("$hs" user apply --pid "$pid" "$patch" 2>&1); then
+    echo "$row | yes | ${secs%.*} s | no: $(echo "$applied" | tail -1) | | | |"
+    bad=$((bad + 1))
+    continue
+  fi
+  stop=$(echo "$applied" | grep -o 'stopped for [0-9.]* ms' | head -1 | sed 's/stopped for //')
+  if wait_line "$out" "$after" "$mark"; then flip="$before → $after (fixed .deb: $got_fixed)"; else flip="no change"; fi
+  id=$("$hs" info --json "$patch" | sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' | head -1)
+  mark=$(wc -l <"$out")
+  if "$hs" user undo --pid "$pid" "$id" >/dev/null 2>&1 && wait_line "$out" "$before" "$mark"; then undone=yes; else undone=no; fi
+  echo "$row | yes | ${secs%.*} s | yes | $stop | $flip | $undone |"
+  if [ "$flip" != "no change" ] && [ "$undone" = yes ]; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
+  kill "$pid" 2>/dev/null || true
+done <"$corpus/manifest.txt"
+echo
+echo "$ok of $total fixes created, applied, behaving as the fixed package, and undone; $((total - ok - bad)) refused by create ($(uptime | sed 's/.*load/load/'))."
+[ "$bad" -eq 0 ]
