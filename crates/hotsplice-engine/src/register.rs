@@ -23,8 +23,10 @@
 //! the table libgcc sorted: the thread that makes them must hold neither
 //! lock nor be inside malloc. The thread borrowed is one that waits in a
 //! system call that neither allocator nor unwinder makes while holding a
-//! lock (sleeps, polls, reads, futex waits), and its walked frames must not
-//! be in libgcc_s.
+//! lock (sleeps, polls, reads, futex waits), whose stack is walked whole
+//! to its outermost frame, with no frame in libgcc_s and no signal frame
+//! (a handler may have interrupted malloc or the unwinder with their lock
+//! held).
 
 use crate::objects::{exports_of, LoadedObject};
 use crate::state::read_maps;
@@ -197,10 +199,19 @@ fn marked_call(
                     return Ok(None);
                 }
                 let mut frames = Vec::new();
-                unwinder.walk(&dwarf::initial(&regs), &ProcessMemory(pid), &mut frames);
-                if frames
-                    .iter()
-                    .any(|&(pc, _)| (lib.start..lib.end).contains(&pc))
+                let stop = unwinder.walk(&dwarf::initial(&regs), &ProcessMemory(pid), &mut frames);
+                // Only a thread whose whole stack is known: every frame
+                // walked to the outermost one, none in libgcc_s, and no
+                // signal frame (a handler may have interrupted code holding
+                // malloc's or libgcc's lock, which the call would then wait
+                // for forever).
+                let whole = matches!(stop, crate::unwind::Stop::Outermost);
+                let in_handler = frames.iter().skip(1).any(|&(_, after_signal)| after_signal);
+                if !whole
+                    || in_handler
+                    || frames
+                        .iter()
+                        .any(|&(pc, _)| (lib.start..lib.end).contains(&pc))
                 {
                     return Ok(None);
                 }
@@ -209,7 +220,11 @@ fn marked_call(
             });
             match r {
                 Ok(Some(_)) => return state_word(pid, u),
-                Ok(None) => why = format!("thread {tid} left its system call or is in libgcc_s"),
+                Ok(None) => {
+                    why = format!(
+                        "thread {tid} left its system call, is in libgcc_s or a signal handler, or its stack cannot be walked whole"
+                    )
+                }
                 Err(e) => {
                     // The call may have run: the state word says.
                     let word = state_word(pid, u)?;
