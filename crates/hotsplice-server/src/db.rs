@@ -16,7 +16,7 @@ use sqlx::{AnyPool, Row};
 use std::time::Duration;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -192,6 +192,11 @@ CREATE TABLE oob_patches (
   added_at BIGINT NOT NULL,
   PRIMARY KEY (sha256, uuid)
 );
+"#,
+    // 3: the machine's vm.mmap_min_addr from its report (NULL for reports
+    // of clients that do not send it).
+    r#"
+ALTER TABLE machines ADD COLUMN mmap_min_addr BIGINT;
 "#,
 ];
 

@@ -156,6 +156,7 @@ fn report(m: usize, uuid: &str, objects: usize, patch_ids: &[String]) -> Report 
             })
             .collect(),
         last_run: None,
+        mmap_min_addr: Some(65536),
     }
 }
 
