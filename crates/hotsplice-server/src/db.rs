@@ -237,6 +237,10 @@ impl Db {
                         .max_connections(n)
                         .min_connections(1)
                         .acquire_timeout(Duration::from_secs(30))
+                        // A connection to a local file does not go stale:
+                        // no ping (a round trip to the connection's worker
+                        // thread) before every statement.
+                        .test_before_acquire(false)
                         .after_connect(|conn, _| {
                             Box::pin(async move {
                                 use sqlx::Executor;
