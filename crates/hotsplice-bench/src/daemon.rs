@@ -19,10 +19,7 @@ pub struct DaemonResult {
 }
 
 fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    Ok(hotsplice_testsupport::proc::cpu_ticks(&pid.to_string())?)
 }
 
 pub fn bench_daemon(
@@ -76,8 +73,7 @@ pub fn bench_daemon(
     let t0 = cpu_ticks(daemon.pid())?;
     std::thread::sleep(idle);
     let t1 = cpu_ticks(daemon.pid())?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = hotsplice_testsupport::proc::clock_ticks_per_second();
     Ok(DaemonResult {
         processes: count,
         exec_to_patched_ms: Stat::of(&delays),

@@ -1151,13 +1151,19 @@ fn report_file_is_imported() {
     s.api_ok("POST", "/api/v2/reports", Some(report));
     let (code, list) = s.api("GET", "/api/1/machines", None);
     assert_eq!(code, 200, "{list}");
-    assert!(
-        list.as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["uuid"].as_str() == Some(uuid.as_str())),
-        "{list}"
-    );
+    let mine = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["uuid"].as_str() == Some(uuid.as_str()))
+        .unwrap_or_else(|| panic!("{uuid} not in {list}"));
+    // The machine's vm.mmap_min_addr, as Uptrack lists it.
+    let min_addr: u64 = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(mine["mmap_min_addr"].as_u64(), Some(min_addr), "{mine}");
     // Once it has a network, it registers under the same UUID.
     m.register(&s.url, &s.access_key, None);
     assert_eq!(m.uuid(), uuid);

@@ -53,6 +53,10 @@ pub struct Report {
     /// failed.
     #[serde(default)]
     pub last_run: Option<RunReport>,
+    /// `/proc/sys/vm/mmap_min_addr` (Uptrack's `mmap_min_addr`); absent in
+    /// reports of older clients and when the file cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmap_min_addr: Option<u64>,
 }
 
 /// The kernel as the machine sees it.
@@ -227,6 +231,11 @@ impl Report {
             short("objects.path", &o.path)?;
             hex_id("objects.build_id", &o.build_id)?;
         }
+        if let Some(a) = self.mmap_min_addr {
+            if a > i64::MAX as u64 {
+                return Err(bad("mmap_min_addr", format!("{a} is not an address")));
+            }
+        }
         at_most("processes", &self.processes, MAX_PROCESSES)?;
         for p in &self.processes {
             short("processes.comm", &p.comm)?;
@@ -297,6 +306,7 @@ impl Report {
             }],
             processes: vec![],
             last_run: None,
+            mmap_min_addr: Some(65536),
         }
     }
 }
@@ -325,5 +335,21 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         let with_extra = text.replacen('{', "{\"extra\":1,", 1);
         assert!(serde_json::from_str::<Report>(&with_extra).is_err());
+        let mut b = r.clone();
+        b.mmap_min_addr = Some(u64::MAX);
+        assert_eq!(b.check().unwrap_err().field, "mmap_min_addr");
+    }
+
+    #[test]
+    fn a_report_without_mmap_min_addr_stays_valid() {
+        let mut r = Report::example("00086980-47cb-4486-81c0-4fe3299bad90");
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"mmap_min_addr\":65536"), "{text}");
+        r.mmap_min_addr = None;
+        let old = serde_json::to_string(&r).unwrap();
+        assert!(!old.contains("mmap_min_addr"), "{old}");
+        let back: Report = serde_json::from_str(&old).unwrap();
+        back.check().unwrap();
+        assert_eq!(back.mmap_min_addr, None);
     }
 }

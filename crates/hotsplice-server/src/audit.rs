@@ -27,8 +27,8 @@ pub struct AuditEntry {
     pub id: i64,
     /// Seconds since the epoch.
     pub at: u64,
-    /// The API user, the dashboard user, `machine`, `cli` or
-    /// `anonymous`.
+    /// The API user, the dashboard user, `machine`, `cli`, `server` (a
+    /// rollout's stage decided by the server itself) or `anonymous`.
     pub actor: String,
     /// The actor's role (empty when none).
     pub role: String,
@@ -159,6 +159,31 @@ pub async fn layer(State(f): State<Arc<Fleet>>, mut req: Request, next: Next) ->
     res
 }
 
+fn insert_query(
+    e: &AuditEntry,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
+    sqlx::query(
+        "INSERT INTO audit (at, actor, role, remote, action, target, detail, result) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(now() as i64)
+    .bind(clean(&e.actor))
+    .bind(clean(&e.role))
+    .bind(clean(&e.remote))
+    .bind(clean(&e.action))
+    .bind(clean(&e.target))
+    .bind(clean(&e.detail))
+    .bind(clean(&e.result))
+}
+
+/// Append an entry inside `tx`, with the change it records.
+pub async fn insert(tx: &mut db::Tx, e: &AuditEntry) -> Result<()> {
+    insert_query(e)
+        .execute(&mut **tx)
+        .await
+        .map_err(db::DbError::from)?;
+    Ok(())
+}
+
 fn clean(t: &str) -> String {
     t.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -169,20 +194,10 @@ fn clean(t: &str) -> String {
 impl Fleet {
     /// Append an entry (its `id` and `at` are the database's and now).
     pub async fn audit(&self, e: &AuditEntry) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit (at, actor, role, remote, action, target, detail, result) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(now() as i64)
-        .bind(clean(&e.actor))
-        .bind(clean(&e.role))
-        .bind(clean(&e.remote))
-        .bind(clean(&e.action))
-        .bind(clean(&e.target))
-        .bind(clean(&e.detail))
-        .bind(clean(&e.result))
-        .execute(&self.db.write)
-        .await
-        .map_err(db::DbError::from)?;
+        insert_query(e)
+            .execute(&self.db.write)
+            .await
+            .map_err(db::DbError::from)?;
         Ok(())
     }
 

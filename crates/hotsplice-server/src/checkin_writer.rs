@@ -17,7 +17,7 @@ use crate::db::{self, Db};
 use crate::error::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
-/// Rows per statement at most (16 parameters each).
+/// Rows per statement at most (17 parameters each).
 pub const MAX_BATCH: usize = 64;
 
 /// The columns a check-in writes, in statement order after `uuid`.
@@ -39,10 +39,11 @@ pub struct Row {
     pub fixed_cves: String,
     pub missing_cves: String,
     pub report: String,
+    pub mmap_min_addr: Option<i64>,
 }
 
 /// (column name, SQL type) after `uuid`.
-const COLUMNS: [(&str, &str); 15] = [
+const COLUMNS: [(&str, &str); 16] = [
     ("hostname", "TEXT"),
     ("ip", "TEXT"),
     ("original_kernel", "TEXT"),
@@ -58,6 +59,7 @@ const COLUMNS: [(&str, &str); 15] = [
     ("fixed_cves", "TEXT"),
     ("missing_cves", "TEXT"),
     ("report", "TEXT"),
+    ("mmap_min_addr", "BIGINT"),
 ];
 
 type Job = (Row, oneshot::Sender<std::result::Result<(), String>>);
@@ -205,7 +207,8 @@ fn bound<'q>(
             .bind(&r.applied)
             .bind(&r.fixed_cves)
             .bind(&r.missing_cves)
-            .bind(&r.report);
+            .bind(&r.report)
+            .bind(r.mmap_min_addr);
         if one {
             q = q.bind(&r.uuid);
         }
@@ -233,10 +236,11 @@ mod tests {
     #[test]
     fn statements_name_every_column_once_per_row() {
         let one = super::statement(1);
-        assert!(one.ends_with("WHERE uuid = $16"), "{one}");
+        assert!(one.ends_with("WHERE uuid = $17"), "{one}");
         let three = super::statement(3);
-        assert!(three.contains("CAST($48 AS TEXT))"), "{three}");
+        assert!(three.contains("CAST($51 AS BIGINT))"), "{three}");
         assert!(three.contains("report = v.column16"), "{three}");
-        assert_eq!(three.matches("CAST(").count(), 48);
+        assert!(three.contains("mmap_min_addr = v.column17"), "{three}");
+        assert_eq!(three.matches("CAST(").count(), 51);
     }
 }

@@ -16,7 +16,7 @@ use sqlx::{AnyPool, Row};
 use std::time::Duration;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -193,6 +193,11 @@ CREATE TABLE oob_patches (
   PRIMARY KEY (sha256, uuid)
 );
 "#,
+    // 3: the machine's vm.mmap_min_addr from its report (NULL for reports
+    // of clients that do not send it).
+    r#"
+ALTER TABLE machines ADD COLUMN mmap_min_addr BIGINT;
+"#,
 ];
 
 fn fill(sql: &str, backend: Backend) -> String {
@@ -232,6 +237,10 @@ impl Db {
                         .max_connections(n)
                         .min_connections(1)
                         .acquire_timeout(Duration::from_secs(30))
+                        // A connection to a local file does not go stale:
+                        // no ping (a round trip to the connection's worker
+                        // thread) before every statement.
+                        .test_before_acquire(false)
                         .after_connect(|conn, _| {
                             Box::pin(async move {
                                 use sqlx::Executor;

@@ -215,7 +215,7 @@ pub(crate) fn entry_of(row: &AnyRow) -> db::DbResult<FeedEntry> {
 const PATCH_COLS: &str =
     "p.sha256, p.id, p.kind, p.target_name, p.build_id, p.level, p.description, p.cves, p.size, p.key_id, p.uploaded_at";
 
-const MACHINE_COLS: &str = "uuid, hostname, ip, status, authz, group_name, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, last_seen, registered_at, feed_version, applied, fixed_cves, missing_cves";
+const MACHINE_COLS: &str = "uuid, hostname, ip, status, authz, group_name, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, last_seen, registered_at, feed_version, applied, fixed_cves, missing_cves, mmap_min_addr";
 
 fn summary_of(row: &AnyRow) -> db::DbResult<MachineSummary> {
     Ok(MachineSummary {
@@ -236,6 +236,7 @@ fn summary_of(row: &AnyRow) -> db::DbResult<MachineSummary> {
         applied: serde_json::from_str(&s(row, "applied")?).unwrap_or_default(),
         fixed_cves: cve_list(&s(row, "fixed_cves")?),
         missing_cves: cve_list(&s(row, "missing_cves")?),
+        mmap_min_addr: oi(row, "mmap_min_addr")?.map(|a| a as u64),
     })
 }
 
@@ -686,6 +687,7 @@ impl Fleet {
             fixed_cves: cve_column(&fit.fixed_cves),
             missing_cves: cve_column(&fit.missing_cves),
             report: raw.to_string(),
+            mmap_min_addr: report.mmap_min_addr.map(|a| a as i64),
         };
         if events.is_empty() {
             // The common case: only the row changes. Written with the

@@ -688,7 +688,7 @@ fn uptrack_machine(m: &MachineSummary) -> UptrackMachine {
         status: m.status.clone(),
         autoinstall: m.autoinstall,
         uuid: m.uuid.clone(),
-        mmap_min_addr: None,
+        mmap_min_addr: m.mmap_min_addr,
         ip: m.ip.clone(),
         hostname: m.hostname.clone(),
         uptrack_client_version: m.client_version.clone(),

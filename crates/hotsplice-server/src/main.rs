@@ -64,9 +64,13 @@ enum Cmd {
         #[arg(long, default_value_t = 86_400)]
         alert_out_of_date: u64,
         /// POST a JSON event here when a machine starts alerting or a
-        /// rollout pauses (http://HOST:PORT/PATH).
+        /// rollout pauses (http://HOST:PORT/PATH or https://…).
         #[arg(long)]
         webhook: Option<String>,
+        /// PEM certificates an https:// webhook's certificate may chain
+        /// to, besides the system's roots.
+        #[arg(long, requires = "webhook")]
+        webhook_ca: Option<PathBuf>,
         /// Seconds between the timer's rollout decisions (1 to 30).
         #[arg(long, default_value_t = 10)]
         rollout_interval: u64,
@@ -313,19 +317,19 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             checkin_interval,
             alert_out_of_date,
             webhook,
+            webhook_ca,
             rollout_interval,
         } => {
             if !(1..=30).contains(&rollout_interval) {
                 anyhow::bail!("--rollout-interval is 1 to 30 seconds");
             }
-            if let Some(w) = &webhook {
-                if !w.starts_with("http://") {
-                    anyhow::bail!("--webhook {w}: give an http://HOST:PORT/PATH URL");
-                }
-            }
+            let webhook_tls =
+                hotsplice_server::ops::webhook_client(webhook.as_deref(), webhook_ca.as_deref())
+                    .map_err(|e| anyhow::anyhow!(e))?;
             hotsplice_server::ops::configure(hotsplice_server::ops::OpsSettings {
                 alert_out_of_date,
                 webhook,
+                webhook_tls,
                 rollout_interval: std::time::Duration::from_secs(rollout_interval),
             });
             let settings = Settings {

@@ -28,8 +28,13 @@ type St = State<Arc<Fleet>>;
 pub struct OpsSettings {
     /// A machine out of date longer than this (seconds) is alerting.
     pub alert_out_of_date: u64,
-    /// `http://HOST:PORT/PATH` to POST alert events to (JSON).
+    /// `http://HOST:PORT/PATH` or `https://…` to POST alert events to
+    /// (JSON).
     pub webhook: Option<String>,
+    /// The TLS client of an `https://` webhook (the system's roots and
+    /// the `--webhook-ca` file's certificates), made once at start by
+    /// [`webhook_tls`].
+    pub webhook_tls: Option<Arc<rustls::ClientConfig>>,
     /// How often running rollouts are decided on a timer.
     pub rollout_interval: std::time::Duration,
 }
@@ -39,6 +44,7 @@ impl Default for OpsSettings {
         OpsSettings {
             alert_out_of_date: 86_400,
             webhook: None,
+            webhook_tls: None,
             rollout_interval: std::time::Duration::from_secs(10),
         }
     }
@@ -398,15 +404,144 @@ pub struct OpsDoc;
 // -------------------------------------------------------------------
 // The webhook
 
+/// A webhook URL taken apart: `https`, `host:port` and the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    pub tls: bool,
+    /// `HOST:PORT`, as given (the port is added when missing).
+    pub authority: String,
+    /// The host name or address the certificate must be for (IPv6
+    /// without its brackets).
+    pub host: String,
+    pub path: String,
+}
+
+/// Parse `http://HOST[:PORT]/PATH` or `https://…`; the error says what
+/// to give.
+pub fn webhook_url(url: &str) -> std::result::Result<WebhookUrl, String> {
+    let bad = |why: &str| {
+        format!("--webhook {url}: {why}; give http://HOST:PORT/PATH or https://HOST:PORT/PATH")
+    };
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(bad("not an http:// or https:// URL"));
+    };
+    let (auth, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if auth.is_empty() || auth.contains('@') {
+        return Err(bad("no host (or user information, which is not supported)"));
+    }
+    if path.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(bad("the path has spaces or control characters"));
+    }
+    let (host, port) = if let Some(r) = auth.strip_prefix('[') {
+        let (h, after) = r
+            .split_once(']')
+            .ok_or_else(|| bad("an IPv6 address without its ']'"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match auth.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (auth, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port: u16 = match port {
+        Some(p) => p.parse().map_err(|_| bad("the port is not a number"))?,
+        None if tls => 443,
+        None => 80,
+    };
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(WebhookUrl {
+        tls,
+        authority,
+        host: host.to_string(),
+        path: path.to_string(),
+    })
+}
+
+/// Check `--webhook` and, for `https://`, make its TLS client (with
+/// `--webhook-ca`): what `run` does before it serves.
+pub fn webhook_client(
+    url: Option<&str>,
+    ca: Option<&std::path::Path>,
+) -> std::result::Result<Option<Arc<rustls::ClientConfig>>, String> {
+    let Some(url) = url else { return Ok(None) };
+    if webhook_url(url)?.tls {
+        return webhook_tls(ca).map(Some);
+    }
+    if let Some(ca) = ca {
+        return Err(format!(
+            "--webhook-ca {}: the webhook {url} is not https://",
+            ca.display()
+        ));
+    }
+    Ok(None)
+}
+
+/// The TLS client of an `https://` webhook: the system's roots
+/// (rustls-native-certs) and the certificates of `ca` (PEM), if given.
+pub fn webhook_tls(
+    ca: Option<&std::path::Path>,
+) -> std::result::Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    if let Some(ca) = ca {
+        let what = format!("--webhook-ca {}", ca.display());
+        let bytes = hotsplice_store::read_regular(
+            ca,
+            "CA certificate file",
+            hotsplice_store::MAX_CONFIG_FILE,
+            hotsplice_store::Links::Follow,
+        )
+        .map_err(|e| format!("{what}: {e}"))?;
+        let mut n = 0;
+        for c in rustls_pemfile::certs(&mut &bytes[..]) {
+            let c = c.map_err(|e| format!("{what}: {e}"))?;
+            roots.add(c).map_err(|e| format!("{what}: {e}"))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!(
+                "{what}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file"
+            ));
+        }
+    }
+    if roots.is_empty() {
+        return Err("an https:// webhook needs a CA: the system has none installed (ca-certificates) and --webhook-ca is not given".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 /// POST `event` (JSON) to the configured webhook, in the background; the
-/// outcome is logged. Only `http://HOST:PORT/PATH` (a receiver on the
-/// operator's network; put a TLS proxy in front for more).
+/// outcome is logged. Over `https://` the receiver's certificate is
+/// checked against the system's roots and `--webhook-ca`.
 pub fn notify(event: serde_json::Value) {
-    let Some(url) = settings().webhook else {
+    let s = settings();
+    let Some(url) = s.webhook else {
         return;
     };
     tokio::spawn(async move {
-        match post_json(&url, &event.to_string()).await {
+        match post_json(&url, s.webhook_tls, &event.to_string()).await {
             Ok(status) if (200..300).contains(&status) => {
                 tracing::debug!(%url, status, "webhook delivered")
             }
@@ -416,42 +551,100 @@ pub fn notify(event: serde_json::Value) {
     });
 }
 
-/// A minimal HTTP/1.1 POST; the answer's status code.
-pub async fn post_json(url: &str, body: &str) -> std::io::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| std::io::Error::other("the webhook URL is not http://"))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
+/// A minimal HTTP/1.1 POST, over TLS for `https://` (with `tls`); the
+/// answer's status code.
+pub async fn post_json(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    body: &str,
+) -> std::io::Result<u16> {
+    let u = webhook_url(url).map_err(std::io::Error::other)?;
     let io = async {
-        let mut s = tokio::net::TcpStream::connect(host).await?;
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: hotsplice-server\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while buf.len() < 4096 {
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(2).any(|w| w == b"\r\n") {
-                break;
-            }
+        let tcp = tokio::net::TcpStream::connect(&u.authority).await?;
+        if u.tls {
+            let cfg = tls.ok_or_else(|| {
+                std::io::Error::other("an https:// webhook without a TLS configuration")
+            })?;
+            let name = rustls::pki_types::ServerName::try_from(u.host.clone())
+                .map_err(|e| std::io::Error::other(format!("host {}: {e}", u.host)))?;
+            let s = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| std::io::Error::other(format!("TLS with {}: {e}", u.authority)))?;
+            exchange(s, &u, body).await
+        } else {
+            exchange(tcp, &u, body).await
         }
-        let line = String::from_utf8_lossy(&buf);
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other("the webhook's answer is not HTTP"))
     };
     tokio::time::timeout(std::time::Duration::from_secs(10), io)
         .await
         .map_err(|_| std::io::Error::other("the webhook did not answer within 10 s"))?
+}
+
+/// Write the request, read the status line.
+async fn exchange<S>(mut s: S, u: &WebhookUrl, body: &str) -> std::io::Result<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: hotsplice-server\r\n\r\n{body}",
+        u.path,
+        u.authority,
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    s.flush().await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while buf.len() < 4096 {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&buf);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("the webhook's answer is not HTTP"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::webhook_url;
+
+    #[test]
+    fn webhook_urls() {
+        let u = webhook_url("https://hooks.example.org/a/b?x=1").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.authority, "hooks.example.org:443");
+        assert_eq!(u.host, "hooks.example.org");
+        assert_eq!(u.path, "/a/b?x=1");
+        let u = webhook_url("http://127.0.0.1:9000").unwrap();
+        assert!(!u.tls);
+        assert_eq!(
+            (u.authority.as_str(), u.path.as_str()),
+            ("127.0.0.1:9000", "/")
+        );
+        let u = webhook_url("https://[::1]:8443/h").unwrap();
+        assert_eq!(
+            (u.authority.as_str(), u.host.as_str()),
+            ("[::1]:8443", "::1")
+        );
+        for bad in [
+            "ftp://x/",
+            "https:///p",
+            "http://user@host/",
+            "http://host:port/",
+            "https://[::1/",
+            "http://h/a b",
+        ] {
+            assert!(webhook_url(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -303,14 +303,17 @@ async fn decide(f: &Fleet, r: &Rollout, failures_after: i64) -> Result<()> {
                 s(&x, "target")?,
                 s(&x, "detail")?
             );
-            crate::ops::notify(serde_json::json!({
-                "event": "rollout_paused",
-                "rollout": r.id,
-                "patch": r.patch_id,
-                "machine": s(&x, "uuid")?,
-                "message": msg,
-            }));
-            return set_state(f, r.id, "paused", None, None, &msg, None).await;
+            let change = Change::new(r, "paused", &msg).by_server("rollout pause");
+            if set_state(f, change).await? {
+                crate::ops::notify(serde_json::json!({
+                    "event": "rollout_paused",
+                    "rollout": r.id,
+                    "patch": r.patch_id,
+                    "machine": s(&x, "uuid")?,
+                    "message": msg,
+                }));
+            }
+            return Ok(());
         }
     }
     let g = &r.stages[r.stage as usize];
@@ -380,38 +383,94 @@ async fn decide(f: &Fleet, r: &Rollout, failures_after: i64) -> Result<()> {
             r.stages.join(", "),
             r.patch_id
         );
-        return set_state(f, r.id, "done", None, None, &msg, None).await;
+        let change = Change::new(r, "done", &msg).by_server("rollout done");
+        return set_state(f, change).await.map(drop);
     }
     let next = r.stage + 1;
     let msg = format!("stage {} ({}) started", next + 1, r.stages[next as usize]);
-    set_state(f, r.id, "running", Some(next as i64), Some(t), &msg, None).await
+    let mut change = Change::new(r, "running", &msg).by_server("rollout advance");
+    change.stage = Some((next as i64, t));
+    set_state(f, change).await.map(drop)
 }
 
-async fn set_state(
-    f: &Fleet,
+/// A change of a rollout's state, made only if the rollout is still in the
+/// state and stage it was read in (two decisions at once — a check-in's
+/// and the timer's, or two server instances' — make it once).
+struct Change<'a> {
     id: i64,
-    state: &str,
-    stage: Option<i64>,
-    started: Option<i64>,
-    message: &str,
+    patch_id: &'a str,
+    from_state: &'a str,
+    from_stage: i64,
+    state: &'a str,
+    message: &'a str,
+    /// The next stage and when it starts.
+    stage: Option<(i64, i64)>,
     failures_after: Option<i64>,
-) -> Result<()> {
+    /// A decision of the server itself (on a check-in or the timer): its
+    /// audit action, written with the change in one transaction, actor
+    /// `server`. A person's change is audited by the API's middleware.
+    server_action: Option<&'static str>,
+}
+
+impl<'a> Change<'a> {
+    fn new(r: &'a Rollout, state: &'a str, message: &'a str) -> Change<'a> {
+        Change {
+            id: r.id,
+            patch_id: &r.patch_id,
+            from_state: &r.state,
+            from_stage: r.stage as i64,
+            state,
+            message,
+            stage: None,
+            failures_after: None,
+            server_action: None,
+        }
+    }
+
+    fn by_server(mut self, action: &'static str) -> Self {
+        self.server_action = Some(action);
+        self
+    }
+}
+
+/// Make `c`; false when the rollout had changed meanwhile (nothing done).
+async fn set_state(f: &Fleet, c: Change<'_>) -> Result<bool> {
     let mut tx = f.db.begin().await?;
-    sqlx::query(
-        "UPDATE rollouts SET state = $1, message = $2, stage = COALESCE($3, stage), stage_started_at = COALESCE($4, stage_started_at), healthy_since = CASE WHEN $3 IS NULL THEN healthy_since ELSE NULL END, failures_after = COALESCE($5, failures_after) WHERE id = $6",
+    let n = sqlx::query(
+        "UPDATE rollouts SET state = $1, message = $2, stage = COALESCE($3, stage), stage_started_at = COALESCE($4, stage_started_at), healthy_since = CASE WHEN $3 IS NULL THEN healthy_since ELSE NULL END, failures_after = COALESCE($5, failures_after) WHERE id = $6 AND state = $7 AND stage = $8",
     )
-    .bind(state)
-    .bind(message)
-    .bind(stage)
-    .bind(started)
-    .bind(failures_after)
-    .bind(id)
+    .bind(c.state)
+    .bind(c.message)
+    .bind(c.stage.map(|s| s.0))
+    .bind(c.stage.map(|s| s.1))
+    .bind(c.failures_after)
+    .bind(c.id)
+    .bind(c.from_state)
+    .bind(c.from_stage)
     .execute(&mut *tx)
     .await
-    .map_err(db::DbError::from)?;
+    .map_err(db::DbError::from)?
+    .rows_affected();
+    if n == 0 {
+        return Ok(false);
+    }
     bump_feed(&mut tx).await?;
+    if let Some(action) = c.server_action {
+        let entry = crate::audit::AuditEntry {
+            id: 0,
+            at: 0,
+            actor: "server".into(),
+            role: String::new(),
+            remote: "local".into(),
+            action: action.into(),
+            target: format!("rollout {}", c.id),
+            detail: format!("{}: {}", c.patch_id, c.message),
+            result: "ok".into(),
+        };
+        crate::audit::insert(&mut tx, &entry).await?;
+    }
     tx.commit().await.map_err(db::DbError::from)?;
-    Ok(())
+    Ok(true)
 }
 
 /// Machines out of date longer than the threshold, not alerted yet:
@@ -532,45 +591,23 @@ impl Fleet {
     /// `pause`, `resume` or `rollback`.
     pub async fn rollout_action(&self, id: i64, action: &str, actor: &str) -> Result<Rollout> {
         let r = self.rollout(id).await?;
-        match (action, r.state.as_str()) {
+        let made = match (action, r.state.as_str()) {
             ("pause", "running") => {
-                set_state(
-                    self,
-                    id,
-                    "paused",
-                    None,
-                    None,
-                    &format!("paused by {actor}"),
-                    None,
-                )
-                .await?
+                let msg = format!("paused by {actor}");
+                set_state(self, Change::new(&r, "paused", &msg)).await?
             }
             ("resume", "paused") => {
-                set_state(
-                    self,
-                    id,
-                    "running",
-                    None,
-                    None,
-                    &format!("resumed by {actor}; failures before now are not counted"),
-                    Some(max_history_id(self).await?),
-                )
-                .await?
+                let msg = format!("resumed by {actor}; failures before now are not counted");
+                let mut c = Change::new(&r, "running", &msg);
+                c.failures_after = Some(max_history_id(self).await?);
+                set_state(self, c).await?
             }
             ("rollback", "running" | "paused" | "done") => {
-                set_state(
-                    self,
-                    id,
-                    "rolled-back",
-                    None,
-                    None,
-                    &format!(
-                        "rolled back by {actor}: machines remove {} at their next sync",
-                        r.patch_id
-                    ),
-                    None,
-                )
-                .await?
+                let msg = format!(
+                    "rolled back by {actor}: machines remove {} at their next sync",
+                    r.patch_id
+                );
+                set_state(self, Change::new(&r, "rolled-back", &msg)).await?
             }
             ("pause" | "resume" | "rollback", st) => {
                 return Err(Error::new(
@@ -583,6 +620,12 @@ impl Fleet {
                     "unknown action {action:?}: use pause, resume or rollback"
                 )))
             }
+        };
+        if !made {
+            return Err(Error::new(
+                axum::http::StatusCode::CONFLICT,
+                format!("rollout {id} changed meanwhile; look at it again before you {action} it"),
+            ));
         }
         if action == "resume" {
             tick(self).await?;

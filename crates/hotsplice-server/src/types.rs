@@ -43,8 +43,8 @@ pub struct UptrackMachine {
     pub status: String,
     pub autoinstall: bool,
     pub uuid: String,
-    /// `/proc/sys/vm/mmap_min_addr`; hotsplice's reports do not carry it
-    /// (Uptrack gives `null` for clients that do not either).
+    /// `/proc/sys/vm/mmap_min_addr` from the machine's last report; `null`
+    /// before its first check-in and for clients that do not send it.
     pub mmap_min_addr: Option<u64>,
     pub ip: String,
     pub hostname: String,
@@ -121,6 +121,8 @@ pub struct MachineSummary {
     pub fixed_cves: Vec<String>,
     /// CVEs its channel has fixes for that it did not apply.
     pub missing_cves: Vec<String>,
+    /// `vm.mmap_min_addr` from its last report; `null` when not reported.
+    pub mmap_min_addr: Option<u64>,
 }
 
 /// A machine with its last report (userspace objects, processes and

@@ -541,6 +541,7 @@ fn uptrack_v1(db: Option<String>) {
     assert_eq!(m["ip"], "192.0.2.10");
     assert_eq!(m["hostname"], "host1.example.com");
     assert_eq!(m["uptrack_client_version"], "0.1.0");
+    assert_eq!(m["mmap_min_addr"], 65536, "carried from the report: {m}");
     let seen = m["last_seen"].as_str().unwrap();
     assert!(
         seen.len() == 20 && seen.ends_with('Z') && seen.as_bytes()[10] == b'T',
@@ -554,6 +555,7 @@ fn uptrack_v1(db: Option<String>) {
     assert_eq!(d["original_kernel"], "6.1.0-28-amd64");
     assert_eq!(d["effective_kernel"], "6.1.0-28-amd64");
     assert_eq!(d["group"], "default");
+    assert_eq!(d["mmap_min_addr"], 65536);
     assert_eq!(d["installed_updates"], json!([]));
     assert_eq!(d["steps"][0][0], "Install");
     assert_eq!(d["steps"][0][1]["ID"], "kern0001");
@@ -568,6 +570,10 @@ fn uptrack_v1(db: Option<String>) {
             id: "kern0001".into(),
             description: "CVE-2024-3333 fix".into(),
         });
+    // A report of an older client, without mmap_min_addr: still valid,
+    // and the field is null again (not the previous report's).
+    r.mmap_min_addr = None;
+    assert!(!serde_json::to_string(&r).unwrap().contains("mmap_min_addr"));
     checkin(&c, &a, &ak, &r);
     let d = c
         .get(&format!("/api/1/machine/{a}/describe"), &c.admin())
@@ -579,6 +585,7 @@ fn uptrack_v1(db: Option<String>) {
     );
     assert_eq!(d["steps"], json!([]));
     assert_eq!(d["status"], "uptodate");
+    assert!(d["mmap_min_addr"].is_null(), "{d}");
     // Authorize.
     c.post_json(
         &format!("/api/1/machine/{a}/authorize"),

@@ -27,6 +27,7 @@ fn main() {
         ("rollout_advances_and_pauses", rollout_advances_and_pauses),
         ("metrics_and_vex", metrics_and_vex),
         ("webhook_on_alert", webhook_on_alert),
+        ("webhook_over_https", webhook_over_https),
         ("dashboard_actions", dashboard_actions),
     ];
     let args = Arguments::from_args();
@@ -348,6 +349,12 @@ fn rollout_advances_and_pauses(db: Option<String>) {
     let rid2 = r["id"].as_u64().unwrap();
     ci(&f.web, &[], None);
     assert_eq!(rollout(&ctx, rid2)["stage"], 1, "delay 0: db started");
+    ci(&f.db, &[], None);
+    assert_eq!(
+        rollout(&ctx, rid2)["state"],
+        "done",
+        "delay 0: done after db"
+    );
     // Bad input.
     for bad in [
         json!({"sha256": sha, "stages": []}),
@@ -359,6 +366,61 @@ fn rollout_advances_and_pauses(db: Option<String>) {
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
     assert_eq!(ctx.get("/api/v2/rollouts/999", &ro).status, 404);
+
+    // The audit log has every change of a rollout's state: the operator's
+    // requests, and what the server decided by itself on the machines'
+    // reports (actor `server`), each once, in order, and nothing else.
+    let Auth::Api(op_name, _) = &op else {
+        unreachable!()
+    };
+    let got: Vec<(String, String, String, String)> = audit(&ctx)
+        .iter()
+        .filter(|e| e["actor"] == "server" || e["actor"] == op_name.as_str())
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap().to_string();
+            (
+                text("actor"),
+                text("action"),
+                text("target"),
+                text("detail"),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String, Option<String>, Option<String>)> = Vec::new();
+    let person = |action: String| (op_name.clone(), action, None, None);
+    let by_server = |action: &str, rid: u64, detail: &str| {
+        (
+            "server".to_string(),
+            action.to_string(),
+            Some(format!("rollout {rid}")),
+            Some(format!("{id}: {detail}")),
+        )
+    };
+    want.push(person("POST /api/v2/rollouts".into()));
+    want.push(by_server("rollout advance", rid, "stage 2 (web) started"));
+    want.push(by_server("rollout pause", rid, "paused at stage 2 (web)"));
+    want.push(person(format!("POST /api/v2/rollouts/{rid}/resume")));
+    want.push(by_server("rollout advance", rid, "stage 3 (db) started"));
+    want.push(by_server("rollout done", rid, "done: every stage"));
+    want.push(person(format!("POST /api/v2/rollouts/{rid}/rollback")));
+    want.push(person(format!("POST /api/v2/rollouts/{rid}/resume")));
+    want.push(person(format!("POST /api/v2/patches/{sha}/machines")));
+    want.push(person("POST /api/v2/rollouts".into()));
+    want.push(by_server("rollout advance", rid2, "stage 2 (db) started"));
+    want.push(by_server("rollout done", rid2, "done: every stage"));
+    for _ in 0..4 {
+        want.push(person("POST /api/v2/rollouts".into()));
+    }
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((&g.0, &g.1), (&w.0, &w.1), "{got:#?}");
+        if let Some(t) = &w.2 {
+            assert_eq!(&g.2, t, "{g:?}");
+        }
+        if let Some(d) = &w.3 {
+            assert!(g.3.starts_with(d.as_str()), "{g:?} should start with {d:?}");
+        }
+    }
 }
 
 fn script(name: &str) -> String {
@@ -613,6 +675,154 @@ fn webhook_on_alert(db: Option<String>) {
         .bodies
         .recv_timeout(std::time::Duration::from_secs(3))
         .is_err());
+}
+
+/// A test CA and a certificate it signed for localhost and 127.0.0.1:
+/// (CA PEM, leaf PEM, leaf key PEM).
+fn test_ca(name: &str) -> (String, String, String) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("hotsplice test CA {name}"),
+    );
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+/// The webhook over HTTPS (rustls) to a real TLS listener whose
+/// certificate a test CA signed: delivered with that CA as
+/// `--webhook-ca`; with another CA the handshake fails (the test CA is in
+/// no system store), nothing is sent, and the server says so in its log.
+fn webhook_over_https(db: Option<String>) {
+    let (ca, leaf, key) = test_ca("webhook");
+    let hook = Receiver::start_tls(&leaf, &key);
+    assert!(hook.url.starts_with("https://localhost:"), "{}", hook.url);
+    let dir = hotsplice_testsupport::temp_dir("webhook-ca");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let ca_arg = ca_file.to_str().unwrap();
+    let ctx = Ctx::new_with(
+        db.clone(),
+        &[
+            "--webhook",
+            &hook.url,
+            "--webhook-ca",
+            ca_arg,
+            "--alert-out-of-date",
+            "0",
+            "--rollout-interval",
+            "1",
+        ],
+    );
+    // A machine out of date (threshold 0): the timer alerts.
+    let out_of_date = |ctx: &Ctx| {
+        let key = ctx.publisher();
+        let file = patch(
+            "kfix0004",
+            KERNEL_BID,
+            true,
+            1,
+            &["CVE-2024-4444"],
+            Some(&key),
+            64,
+        );
+        ctx.post("/api/v2/patches?channel=stable", &ctx.admin(), &file)
+            .ok();
+        let (u, k) = ctx.register(&ctx.creds.access_key, None);
+        checkin(ctx, &u, &k, &report_with(&u, "tls.example", &[], None));
+        u
+    };
+    let u = out_of_date(&ctx);
+    let e = hook.next();
+    assert_eq!(e["event"], "machine_out_of_date", "{e}");
+    assert_eq!(e["machine"], u.as_str());
+    assert!(hook.tls_errors.try_recv().is_err(), "no failed handshake");
+    drop(ctx);
+
+    // The same receiver with another CA given (and the system's roots,
+    // which do not have the test CA): refused by the server's TLS
+    // client, never sent in clear.
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, test_ca("other").0).unwrap();
+    let ctx = Ctx::new_with(
+        db.map(|_| pg_database()),
+        &[
+            "--webhook",
+            &hook.url,
+            "--webhook-ca",
+            other.to_str().unwrap(),
+            "--alert-out-of-date",
+            "0",
+            "--rollout-interval",
+            "1",
+        ],
+    );
+    out_of_date(&ctx);
+    let err = hook
+        .tls_errors
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("a refused handshake: {}", ctx.server.log_text()));
+    assert!(
+        err.to_lowercase().contains("alert") || err.contains("Certificate"),
+        "{err}"
+    );
+    assert!(hook
+        .bodies
+        .recv_timeout(std::time::Duration::from_secs(2))
+        .is_err());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ctx.server.log_text().contains("the webhook failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            ctx.server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        ctx.server.log_text().contains("TLS with localhost:"),
+        "{}",
+        ctx.server.log_text()
+    );
+
+    // Bad settings are refused at start, naming the flag.
+    let data = ctx.data();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "run",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--webhook", "http://127.0.0.1:9/h", "--webhook-ca", ca_arg]);
+    assert!(
+        err.contains("--webhook-ca") && err.contains("not https://"),
+        "{err}"
+    );
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let err = run(&[
+        "--webhook",
+        &hook.url,
+        "--webhook-ca",
+        not_pem.to_str().unwrap(),
+    ]);
+    assert!(err.contains("no PEM certificate"), "{err}");
+    let err = run(&["--webhook", "ftp://example.org/"]);
+    assert!(err.contains("--webhook ftp://example.org/"), "{err}");
 }
 
 /// The dashboard's other actions and pages, without a browser.

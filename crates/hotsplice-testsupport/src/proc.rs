@@ -45,6 +45,30 @@ pub fn status(pid: i32) -> std::io::Result<Status> {
     status_of(&pid.to_string())
 }
 
+/// CPU time (user + system, clock ticks) of `/proc/PATH/stat` (`PID`, or
+/// `self`): its fields 14 and 15, counted after the command name.
+pub fn cpu_ticks(path: &str) -> std::io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{path}/stat"))?;
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("/proc/{path}/stat: no utime/stime"),
+        )
+    };
+    let after = stat
+        .get(stat.rfind(')').ok_or_else(bad)? + 2..)
+        .ok_or_else(bad)?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or_else(bad);
+    Ok(field(11)? + field(12)?)
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 /// True if a process with this pid exists (a zombie too).
 pub fn pid_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

@@ -49,6 +49,26 @@ pub fn addresses() -> Vec<String> {
     out
 }
 
+/// `/proc/sys/vm/mmap_min_addr` (Uptrack reports it), `None` when it
+/// cannot be read or is not a number.
+pub fn mmap_min_addr() -> Option<u64> {
+    mmap_min_addr_from(std::path::Path::new("/proc/sys/vm/mmap_min_addr"))
+}
+
+fn mmap_min_addr_from(path: &std::path::Path) -> Option<u64> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(64)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|a| *a <= i64::MAX as u64)
+}
+
 /// Text from the machine, fit for a report: control characters escaped,
 /// cut to [`MAX_STRING`] bytes.
 fn fit(s: &str) -> String {
@@ -149,10 +169,30 @@ impl Agent {
             objects,
             processes,
             last_run,
+            mmap_min_addr: mmap_min_addr(),
         };
         // What the server would refuse is caught here, with the field named.
         r.check()
             .map_err(|e| AgentError::Request(format!("the check-in report is not valid: {e}")))?;
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mmap_min_addr_is_read_and_bad_text_is_none() {
+        let a = super::mmap_min_addr();
+        let text = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr").unwrap();
+        assert_eq!(a, Some(text.trim().parse().unwrap()));
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m");
+        for bad in ["", "x", "-1", "99999999999999999999"] {
+            std::fs::write(&p, bad).unwrap();
+            assert_eq!(super::mmap_min_addr_from(&p), None, "{bad:?}");
+        }
+        std::fs::write(&p, "4096\n").unwrap();
+        assert_eq!(super::mmap_min_addr_from(&p), Some(4096));
+        assert_eq!(super::mmap_min_addr_from(&d.path().join("none")), None);
     }
 }

@@ -22,7 +22,10 @@
 //!    threads sends its share on a fixed schedule; a request sent late
 //!    because the server is slow is timed from when it *should* have been
 //!    sent (no coordinated omission). Reported: achieved rate, latency
-//!    median / p99 / max, errors.
+//!    median / p99 / max, errors; and where the CPU went meanwhile — CPU
+//!    seconds of this load generator and of the server(s) and their shares
+//!    of the machine, the server's CPU and context switches per check-in,
+//!    the load average before and after (other work on the machine).
 //! 4. **Describe**: Uptrack's `GET /api/1/machine/UUID/describe` for random
 //!    machines, T threads for 5 s: latency median / p99.
 //! 5. **Memory**: the largest resident set of each server process (VmHWM).
@@ -156,6 +159,7 @@ fn report(m: usize, uuid: &str, objects: usize, patch_ids: &[String]) -> Report 
             })
             .collect(),
         last_run: None,
+        mmap_min_addr: Some(65536),
     }
 }
 
@@ -494,6 +498,56 @@ fn describes(s: &Server, machines: &[Machine], threads: usize, secs: u64) -> Lat
     )
 }
 
+/// CPU seconds (user + system) a process has used (`PID` or `self`).
+fn cpu_secs(pid: &str) -> f64 {
+    hotsplice_testsupport::proc::cpu_ticks(pid)
+        .map(|t| t as f64 / hotsplice_testsupport::proc::clock_ticks_per_second())
+        .unwrap_or(f64::NAN)
+}
+
+/// Context switches (voluntary and not) of every thread of a process so
+/// far: the hand-offs between its threads show here.
+fn context_switches(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// The 1-minute load average.
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Where the CPU went during the check-ins: the load generator (this
+/// process) and the servers, as shares of the machine's CPU time.
+#[derive(Serialize)]
+struct CpuShare {
+    seconds: f64,
+    /// CPU seconds of the load generator, and its share of all CPUs.
+    client_cpu_s: f64,
+    client_share: f64,
+    server_cpu_s: f64,
+    server_share: f64,
+    /// Context switches of the servers' threads per check-in.
+    server_switches_per_checkin: f64,
+    /// 1-minute load average before and after (other work on the machine).
+    load_before: f64,
+    load_after: f64,
+}
+
 fn hwm_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -516,6 +570,7 @@ struct Out {
     threads: usize,
     registrations_per_second: f64,
     checkin: Latency,
+    checkin_cpu: CpuShare,
     describe: Latency,
     server_max_rss_mib: Vec<f64>,
     nproc: usize,
@@ -626,7 +681,30 @@ fn main() -> Result<()> {
         "{reg_rate:.0} registrations/s; check-ins at {}/s for {secs} s ...",
         args.rate
     );
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pids: Vec<String> = server.targets.iter().map(|t| t.pid().to_string()).collect();
+    let servers_cpu = || pids.iter().map(|p| cpu_secs(p)).sum::<f64>();
+    let switches = || pids.iter().map(|p| context_switches(p)).sum::<u64>();
+    let (load_before, c0, s0, w0, t0) = (
+        load1(),
+        cpu_secs("self"),
+        servers_cpu(),
+        switches(),
+        Instant::now(),
+    );
     let checkin = checkins(&server, &machines, &args, secs, &ids)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let (c1, s1, w1) = (cpu_secs("self"), servers_cpu(), switches());
+    let checkin_cpu = CpuShare {
+        seconds: wall,
+        client_cpu_s: c1 - c0,
+        client_share: (c1 - c0) / (wall * nproc as f64),
+        server_cpu_s: s1 - s0,
+        server_share: (s1 - s0) / (wall * nproc as f64),
+        server_switches_per_checkin: w1.saturating_sub(w0) as f64 / checkin.count.max(1) as f64,
+        load_before,
+        load_after: load1(),
+    };
     eprintln!("describe for 5 s ...");
     let describe = describes(&server, &machines, args.threads.min(16), 5);
     let dash = if args.dashboard {
@@ -653,9 +731,10 @@ fn main() -> Result<()> {
         threads: args.threads,
         registrations_per_second: reg_rate,
         checkin,
+        checkin_cpu,
         describe,
         server_max_rss_mib: rss,
-        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        nproc,
         dashboard: dash,
     };
     if args.json {
@@ -679,6 +758,19 @@ fn main() -> Result<()> {
     row(
         &format!("check-ins (aim {})", out.target_rate),
         &out.checkin,
+    );
+    let c = &out.checkin_cpu;
+    println!(
+        "  check-in CPU         load generator {:.1} s ({:.0} % of {} CPUs), server(s) {:.1} s ({:.0} %, {:.2} ms a check-in, {:.1} context switches a check-in); load average {:.2} before, {:.2} after",
+        c.client_cpu_s,
+        c.client_share * 100.0,
+        out.nproc,
+        c.server_cpu_s,
+        c.server_share * 100.0,
+        c.server_cpu_s * 1e3 / out.checkin.count.max(1) as f64,
+        c.server_switches_per_checkin,
+        c.load_before,
+        c.load_after
     );
     row("describe", &out.describe);
     for (name, l) in out.dashboard.iter().flatten() {

@@ -607,44 +607,97 @@ pub fn report_with(
 pub struct Receiver {
     pub url: String,
     pub bodies: std::sync::mpsc::Receiver<String>,
+    /// TLS handshakes that failed (a TLS receiver only), with the error.
+    pub tls_errors: std::sync::mpsc::Receiver<String>,
+}
+
+/// Read one request from `s`; its body.
+fn read_request(s: &mut impl std::io::Read) -> std::io::Result<Option<String>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Ok(Some(body[..len].to_string()));
+            }
+        }
+    }
 }
 
 impl Receiver {
     pub fn start() -> Receiver {
-        use std::io::{Read, Write};
+        Receiver::serve(None, "http://127.0.0.1")
+    }
+
+    /// An HTTPS receiver with this certificate chain and key (PEM), at
+    /// `https://localhost:PORT/hook`.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Receiver {
+        let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Receiver::serve(Some(std::sync::Arc::new(cfg)), "https://localhost")
+    }
+
+    fn serve(tls: Option<std::sync::Arc<rustls::ServerConfig>>, base: &str) -> Receiver {
+        use std::io::Write;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let url = format!("{base}:{}/hook", l.local_addr().unwrap().port());
         let (tx, rx) = std::sync::mpsc::channel();
+        let (etx, erx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(mut s) = s else { continue };
                 s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let body = loop {
-                    let n = match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => break None,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break Some(body[..len].to_string());
+                const OK: &[u8] =
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                let body = match &tls {
+                    None => {
+                        let b = read_request(&mut s).ok().flatten();
+                        let _ = s.write_all(OK);
+                        b
+                    }
+                    Some(cfg) => {
+                        let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+                        let mut t = rustls::StreamOwned::new(conn, s);
+                        match read_request(&mut t) {
+                            Ok(b) => {
+                                let _ = t.write_all(OK);
+                                let _ = t.flush();
+                                t.conn.send_close_notify();
+                                let _ = t.conn.complete_io(&mut t.sock);
+                                b
+                            }
+                            Err(e) => {
+                                let _ = etx.send(e.to_string());
+                                None
+                            }
                         }
                     }
                 };
-                let _ = s.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
                 if let Some(b) = body {
                     if tx.send(b).is_err() {
                         break;
@@ -652,7 +705,11 @@ impl Receiver {
                 }
             }
         });
-        Receiver { url, bodies: rx }
+        Receiver {
+            url,
+            bodies: rx,
+            tls_errors: erx,
+        }
     }
     /// The next body, within 60 s.
     pub fn next(&self) -> Value {

@@ -109,6 +109,10 @@ try {
   await shot("08-rollout-paused");
   await page.goto(url + "/ui/audit");
   expect((await page.content()).includes("/ui/rollouts"), "the audit log shows the rollout");
+  const serverRows = await page.$$eval("#audit tbody tr", (rows) =>
+    rows.map((r) => Array.from(r.cells).map((c) => c.textContent.trim())).filter((c) => c[2] === "server").map((c) => c[4]));
+  expect(JSON.stringify(serverRows) === JSON.stringify(["rollout pause", "rollout advance"]),
+    "the audit log (newest first) shows the server's own stage changes: " + JSON.stringify(serverRows));
   await shot("09-audit");
   // A read-only user sees no buttons.
   await page.click("#logout");
