@@ -394,6 +394,17 @@ fn sign_in_place(ctx: &app::App, path: &Path, key: &hotsplice_trust::SecretKey) 
     Ok(())
 }
 
+/// With `--keep-work`: a new directory for the build's scratch files, left
+/// in place, and said where.
+fn kept_work_dir(keep: bool, prefix: &str) -> Result<Option<PathBuf>> {
+    if !keep {
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?.keep();
+    errln!("hotsplice: keeping scratch files in {}", dir.display());
+    Ok(Some(dir))
+}
+
 fn create(ctx: &app::App, a: CreateArgs) -> Result<bool> {
     let key = a
         .sign
@@ -415,7 +426,7 @@ fn create(ctx: &app::App, a: CreateArgs) -> Result<bool> {
     req.prepared = a.prepared;
     req.targets = a.targets;
     req.description = a.description;
-    req.keep_work = a.keep_work;
+    req.keep_work = kept_work_dir(a.keep_work, "hotsplice-create.")?;
     req.level = a.level;
     let created = hotsplice_create::create(&req)?;
     if let Some(key) = &key {
@@ -480,7 +491,7 @@ fn create_kernel(
         effective: a.effective,
         description: a.description,
         out_dir: a.out,
-        keep_work: a.keep_work,
+        keep_work: kept_work_dir(a.keep_work, "hotsplice-kcreate.")?,
     };
     let created = hotsplice_create::kernel::create_kernel(&req)?;
     if let Some(key) = &key {

@@ -69,6 +69,23 @@ pub enum CreateError {
     Unsupported(String),
 }
 
+/// The scratch directory of a build: `keep` if given (left in place), else
+/// a temporary one, removed when the guard drops.
+pub(crate) fn scratch_dir(
+    keep: Option<&Path>,
+    prefix: &str,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), CreateError> {
+    if let Some(dir) = keep {
+        std::fs::create_dir_all(dir).map_err(io(format!("scratch directory {}", dir.display())))?;
+        return Ok((dir.to_path_buf(), None));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(io("scratch directory"))?;
+    Ok((tmp.path().to_path_buf(), Some(tmp)))
+}
+
 /// The last `n` lines of a build's output, for error messages.
 pub(crate) fn last_lines(text: &str, n: usize) -> String {
     let tail: Vec<&str> = text.lines().rev().take(n).collect();
@@ -93,8 +110,9 @@ pub struct CreateRequest {
     pub description: Option<String>,
     /// Level among patches for the same target (higher replaces lower).
     pub level: u32,
-    /// Keep the scratch trees (for debugging), printing where.
-    pub keep_work: bool,
+    /// Build in this directory and leave the scratch trees there (for
+    /// debugging); `None`: a temporary directory, removed at the end.
+    pub keep_work: Option<PathBuf>,
     /// Build from this Debian source package instead of `src`.
     pub package: Option<PackageSpec>,
     /// Build the pre-fix tree here (the fixed path the installed files were
@@ -121,7 +139,7 @@ impl CreateRequest {
             targets: Vec::new(),
             description: None,
             level: 1,
-            keep_work: false,
+            keep_work: None,
             package: None,
             prepared: None,
         }
@@ -143,15 +161,7 @@ pub struct CreatedPatch {
 /// Build the patches. See the crate docs.
 pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     let diff_bytes = std::fs::read(&req.diff).map_err(io(format!("fix {}", req.diff.display())))?;
-    let work = tempfile::Builder::new()
-        .prefix("hotsplice-create.")
-        .tempdir()
-        .map_err(io("scratch directory"))?;
-    let work_path = work.path().to_path_buf();
-    if req.keep_work {
-        let kept = work.keep();
-        eprintln!("hotsplice: keeping scratch trees in {}", kept.display());
-    }
+    let (work_path, _guard) = scratch_dir(req.keep_work.as_deref(), "hotsplice-create.")?;
     let diff_abs = req
         .diff
         .canonicalize()

@@ -44,8 +44,9 @@ pub struct KernelRequest {
     pub effective: Option<String>,
     pub description: Option<String>,
     pub out_dir: PathBuf,
-    /// Keep the scratch directory (printing where).
-    pub keep_work: bool,
+    /// Build in this directory and leave the scratch files there (for
+    /// debugging); `None`: a temporary directory, removed at the end.
+    pub keep_work: Option<PathBuf>,
 }
 
 /// What was written.
@@ -150,17 +151,7 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
         .iter()
         .map(|f| tree.owner(f))
         .collect::<Result<Vec<_>, _>>()?;
-    let tmp = tempfile::Builder::new()
-        .prefix("hotsplice-kcreate.")
-        .tempdir()
-        .map_err(io("scratch directory"))?;
-    let (work, _guard) = if req.keep_work {
-        let kept = tmp.keep();
-        eprintln!("hotsplice: keeping scratch files in {}", kept.display());
-        (kept, None)
-    } else {
-        (tmp.path().to_path_buf(), Some(tmp))
-    };
+    let (work, _guard) = crate::scratch_dir(req.keep_work.as_deref(), "hotsplice-kcreate.")?;
     for f in &files {
         tree.compile(f, &work.join("pre").join(f).with_extension("o"))?;
     }
