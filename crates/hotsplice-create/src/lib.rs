@@ -371,10 +371,12 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
             .iter()
             .filter_map(|o| pairs.remove(o).map(|p| (o.clone(), p)))
             .collect();
-        let list: Vec<ObjPair> = taken.into_iter().map(|(_, p)| p).collect();
+        let (names, list): (Vec<PathBuf>, Vec<ObjPair>) = taken.into_iter().unzip();
         let result = emit::emit(&list, &target, id.clone(), description);
-        for (o, p) in objs.iter().zip(list) {
-            pairs.insert(o.clone(), p);
+        // Back under their own names (not zipped with `objs`: an object of
+        // `objs` that was not taken would shift every later one).
+        for (o, p) in names.into_iter().zip(list) {
+            pairs.insert(o, p);
         }
         let mut patch = result?;
         patch.meta.level = req.level;
