@@ -56,7 +56,7 @@ log() { echo "fetch.sh: $*" >&2; }
 need_pkgs=()
 for pair in qemu-system-x86:qemu-system-x86_64 cpio:cpio xz-utils:xz zstd:zstd \
             bc:bc flex:flex bison:bison e2fsprogs:mkfs.ext4 make:make gcc:gcc \
-            kmod:modinfo dwarves:pahole; do
+            kmod:modinfo dwarves:pahole jq:jq; do
     pkg=${pair%%:*}; cmd=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
