@@ -6,8 +6,12 @@
 # refusal) and the share created without hand-written code, and write the
 # results to docs/kernel-corpus.md.
 #
-# Usage: scripts/corpus-kernel.sh [-n] [-o DOC] [FIX.diff...]
+# Usage: scripts/corpus-kernel.sh [-n] [-q] [-o DOC] [FIX.diff...]
 #   -n      do not write the doc (just print)
+#   -q      then boot the pinned kernel under QEMU and load every created
+#           livepatch module together (scenario corpus-load: the patched
+#           modules the initramfs carries are loaded first), record each
+#           one's `patched` flags, disable and unload them all
 #   -o DOC  write the results there (default docs/kernel-corpus.md)
 #   FIX     only these fixes (default: all of tests/kernel/corpus/*.diff)
 # Env: HOTSPLICE_CACHE (default <repo>/.cache); the pinned kernel goes to
@@ -26,9 +30,9 @@ export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}"
 BASE=6.1.176-1
 FIXED=6.1.187-1
 DOC="$REPO/docs/kernel-corpus.md"
-WRITE=1
-while getopts "no:" opt; do
-    case $opt in n) WRITE=0 ;; o) DOC=$OPTARG ;; *) sed -n '9,13p' "$0" >&2; exit 2 ;; esac
+WRITE=1 QEMU=0
+while getopts "nqo:" opt; do
+    case $opt in n) WRITE=0 ;; q) QEMU=1 ;; o) DOC=$OPTARG ;; *) sed -n '9,17p' "$0" >&2; exit 2 ;; esac
 done
 shift $((OPTIND - 1))
 HS="${HOTSPLICE_BIN:-$REPO/target/debug/hotsplice}"
@@ -60,7 +64,7 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 
 if [ $# -gt 0 ]; then FIXES=("$@"); else FIXES=("$REPO"/tests/kernel/corpus/[0-9]*.diff); fi
 MANIFEST="$REPO/tests/kernel/corpus/manifest.tsv"
-rows=()
+ids=() rows=() mods=()
 n=0 ok=0 none=0
 for fix in "${FIXES[@]}"; do
     id=$(basename "$fix" .diff)
@@ -76,6 +80,7 @@ for fix in "${FIXES[@]}"; do
     te=$(now)
     if [ $rc = 0 ]; then
         ok=$((ok + 1))
+        mods+=("$(jq -r .module "$OUT/$id.json")")
         result="created: $(jq -r '"\(.functions | join(", ")) in \(.objects | join(", "))"' "$OUT/$id.json")"
     else
         # hotsplice's own message, and for a failed build the compiler's first error
@@ -92,10 +97,51 @@ for fix in "${FIXES[@]}"; do
     cve=$(awk -F'\t' -v id="$id" '$1 == id { print $2 }' "$MANIFEST")
     file=$(awk -F'\t' -v id="$id" '$1 == id { print $3 }' "$MANIFEST")
     row="| $id | ${cve:--} | \`${file:-?}\` | $(secs "$ts" "$te") | $result |"
-    rows+=("$row")
+    ids+=("$id"); rows+=("$row")
     echo "$row"
 done
 t_end=$(now)
+
+# --- optionally: all created modules together in the pinned kernel --------
+qsum=""
+if [ $QEMU = 1 ] && [ $ok -gt 0 ]; then
+    mkdir -p "$W/patches"
+    cp "$OUT"/*/hs_*.ko "$W/patches/"
+    # the modules the fixes patch, loaded by init before the scenario
+    objs=$(jq -r '.objects[] | select(. != "vmlinux")' "$OUT"/*.json 2>/dev/null | sort -u | tr '\n' ' ')
+    : > "$W/hs-test.env"
+    HOTSPLICE_KERNEL_VERSION=$BASE "$REPO/scripts/kernel/mkinitrd.sh" \
+        -m "virtio_pci virtio_blk ext4 $objs" "$W/initrd.zst" \
+        "$REPO/tests/kernel/scenarios:/tests" "$W/patches:/patches" "$W/hs-test.env:/etc/hs-test.env" >&2
+    set +e
+    HOTSPLICE_KERNEL_VERSION=$BASE "$REPO/scripts/kernel/boot.sh" -t 900 -m 2G \
+        -l "$OUT/qemu-serial.log" -a "hstest=corpus-load" "$W/initrd.zst" > "$OUT/qemu.hstest"
+    set -e
+    tr -d '\r' < "$OUT/qemu-serial.log" | sed -n 's/^HSTEST //p' > "$OUT/qemu.hstest"
+    t_qemu=$(now)
+    applied=0
+    for i in "${!ids[@]}"; do
+        json="$OUT/${ids[$i]}.json"
+        [ -s "$json" ] || continue
+        m=$(jq -r .module "$json")
+        rc=$(sed -n "s/^corpus-insmod $m-rc=//p" "$OUT/qemu.hstest")
+        flags=$(sed -n "s/^corpus-patched $m \(.*\)=\(.*\)$/\1=\2/p" "$OUT/qemu.hstest" | tr '\n' ' ' | sed 's/ $//')
+        un=$(sed -n "s/^corpus-rmmod $m-rc=//p" "$OUT/qemu.hstest")
+        if [ "$rc" = 0 ]; then
+            applied=$((applied + 1))
+            a="loaded, patched: ${flags:-none}; unloaded: $([ "$un" = 0 ] && echo yes || echo "no (rc ${un:-?})")"
+        else
+            a="load failed (rc ${rc:-?}): $(sed -n "s/^corpus-insmod $m-out=//p" "$OUT/qemu.hstest" | tr '\n' ' ' | sed 's/|/\\|/g')"
+        fi
+        rows[$i]="${rows[$i]} $a |"
+    done
+    for i in "${!rows[@]}"; do
+        case "${rows[$i]}" in *" | created: "*) ;; *) rows[$i]="${rows[$i]} — |" ;; esac
+    done
+    after=$(sed -n 's/^corpus-klp-after-disable=//p' "$OUT/qemu.hstest")
+    qsum="in QEMU ($KVER, $(secs "$t_end" "$t_qemu") s): $applied of $ok created modules loaded together; after disabling: livepatches left '${after}', modules left '$(sed -n 's/^corpus-lsmod-after=//p' "$OUT/qemu.hstest")'"
+    echo "$qsum"
+fi
 # a fix that compiles to the same code under this configuration needs no patch:
 # it counts neither as created nor as refused
 need=$((n - none))
@@ -122,9 +168,15 @@ files that exactly one upstream stable commit listed in Debian's changelog
 
 **$summary.**
 
-| fix | CVE | file | seconds | result (functions replaced, in which objects; or the refusal) |
-|---|---|---|---|---|
 EOF
+        if [ -n "$qsum" ]; then
+            printf '%s.\n\n' "$qsum"
+            echo '| fix | CVE | file | seconds | result (functions replaced, in which objects; or the refusal) | in QEMU |'
+            echo '|---|---|---|---|---|---|'
+        else
+            echo '| fix | CVE | file | seconds | result (functions replaced, in which objects; or the refusal) |'
+            echo '|---|---|---|---|---|'
+        fi
         printf '%s\n' "${rows[@]}"
         cat <<EOF
 
