@@ -181,8 +181,35 @@ EOF
         cat <<EOF
 
 Times of this run: fetch $(secs "$t0" "$t_fetch") s, probe $(secs "$t_fetch" "$t_probe") s,
-creates $(secs "$t_probe" "$t_end") s (the first create prepares the tree), on the
+creates $(secs "$t_probe" "$t_end") s (the first create prepares the tree)${t_qemu:+, QEMU $(secs "$t_end" "$t_qemu") s}, on the
 shared 2-core machine (load at the end: $(uptime | sed 's/.*load average: //')).
+
+## How the fixes were chosen
+
+\`scripts/kernel/corpus-candidates.py OLD NEW changelog.Debian 6.1.176-1\` lists
+the \`.c\` files that differ between the two trees and whose name is the
+subject prefix of exactly one changelog entry between the versions; from
+those, files in varied subsystems that Debian's amd64 configuration builds
+were picked (\`… PICKS OUTDIR\` writes the diffs and the manifest). The
+name match is a heuristic; candidates whose delta did not compile on the
+base were dropped, as their delta holds more than that one commit:
+\`drivers/net/ppp/pppoe.c\` (uses \`ppp_channel.direct_xmit\` of another ppp
+commit), \`drivers/net/geneve.c\` and \`net/ipv4/ip_gre.c\` (use
+\`rtnl_dev_link_net_capable()\`, added to a header by another commit),
+\`net/netfilter/nft_payload.c\` (a later \`nft_parse_register_load(ctx, …)\`
+API change). "Nothing to patch" means the fixed file compiles to the same
+code under Debian's configuration (e.g. \`= {}\` for a stack variable with
+\`CONFIG_INIT_STACK_ALL_ZERO=y\`): the running kernel already behaves as fixed.
+
+## Cost, and why it is not in CI
+
+Not run by \`.ci/run\`. On a fresh machine: ~250 MB of packages, fetch
+about 1 min, probe boot ~20 s, the tree's first preparation plus two
+compiles per fix (~10–20 s each here, ~15 min for the corpus), QEMU load
+~15 s. With \`\$HOTSPLICE_CACHE/kernel-6.1.176\` warm the creates still
+compile every file twice: ~15 min of the 30-minute warm budget, which the
+other kernel tests already use; running a subset (\`scripts/corpus-kernel.sh
+-q FIX…\`) costs ~15 s per fix plus one boot.
 EOF
     } > "$DOC"
     echo "wrote $DOC" >&2
