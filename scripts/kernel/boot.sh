@@ -13,7 +13,9 @@
 # Env: HOTSPLICE_BOOT_VERBOSE=1 prints the whole serial log at the end.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel"
+# HOTSPLICE_KERNEL_VERSION=6.1.176-1: use that pinned build (fetch.sh PKGVER)
+KV="${HOTSPLICE_KERNEL_VERSION:-}"
+CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel${KV:+-${KV%%-*}}"
 DISK='' TIMEOUT=240 APPEND='' LOG='' MEM=1G SMP=1
 XEN=''
 usage() { sed -n '5,12p' "$0" >&2; exit 2; }

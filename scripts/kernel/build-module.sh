@@ -17,7 +17,9 @@
 # (Makefile: include /usr/src/linux-headers-$ABI-common/Makefile).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel"
+# HOTSPLICE_KERNEL_VERSION=6.1.176-1: use that pinned build (fetch.sh PKGVER)
+KV="${HOTSPLICE_KERNEL_VERSION:-}"
+CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel${KV:+-${KV%%-*}}"
 [ $# -ge 1 ] || { echo "usage: $0 SRCDIR [OUTDIR]" >&2; exit 2; }
 SRC="$(cd "$1" && pwd)"
 [ -f "$CACHE/.complete" ] || "$REPO/scripts/kernel/fetch.sh" >&2

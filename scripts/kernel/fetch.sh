@@ -3,10 +3,16 @@
 # static busybox into the cache, extracted with dpkg-deb -x (never into /),
 # and make sure the host tools to build modules and boot QEMU are installed.
 #
-# Usage: scripts/kernel/fetch.sh
+# Usage: scripts/kernel/fetch.sh [PKGVER]
+#   PKGVER  a Debian package version of the 6.1 kernel (e.g. 6.1.176-1): fetch
+#           that build instead of the current linux-image-amd64, into
+#           $HOTSPLICE_CACHE/kernel-<upstream version> (e.g. kernel-6.1.176),
+#           so the default cache is never touched.
 # Env:   HOTSPLICE_CACHE  cache root (default: <repo>/.cache); files go to
-#                         $HOTSPLICE_CACHE/kernel
+#                         $HOTSPLICE_CACHE/kernel (or kernel-X.Y.Z, above)
 #        HOTSPLICE_KERNEL_NO_SOURCE=1  skip unpacking the linux-source tarball
+#        HOTSPLICE_KERNEL_SOURCE_ONLY=1  with PKGVER: fetch and unpack only
+#                         linux-source (into $CACHE/src), no image/headers
 #
 # Layout of $CACHE/kernel after a run:
 #   KVER                   kernel release, e.g. 6.1.0-56-amd64
@@ -23,7 +29,20 @@
 # Idempotent: a second run with everything cached takes seconds.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel"
+WANT="${1:-${HOTSPLICE_KERNEL_VERSION:-}}"
+if [ -n "$WANT" ]; then
+    case "$WANT" in
+        6.1.*-*) ;;
+        *) echo "fetch.sh: PKGVER must be a Debian 6.1 kernel version like 6.1.176-1, not '$WANT'" >&2; exit 2 ;;
+    esac
+    CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel-${WANT%%-*}"
+else
+    CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel"
+fi
+SOURCE_ONLY="${HOTSPLICE_KERNEL_SOURCE_ONLY:-0}"
+if [ "$SOURCE_ONLY" = 1 ] && [ -z "$WANT" ]; then
+    echo "fetch.sh: HOTSPLICE_KERNEL_SOURCE_ONLY=1 needs a PKGVER argument" >&2; exit 2
+fi
 mkdir -p "$CACHE/debs" "$CACHE/root"
 CACHE="$(cd "$CACHE" && pwd)"
 # serialize concurrent runs (e.g. parallel tests) on the same cache
@@ -37,7 +56,7 @@ log() { echo "fetch.sh: $*" >&2; }
 need_pkgs=()
 for pair in qemu-system-x86:qemu-system-x86_64 cpio:cpio xz-utils:xz zstd:zstd \
             bc:bc flex:flex bison:bison e2fsprogs:mkfs.ext4 make:make gcc:gcc \
-            kmod:modinfo dwarves:pahole; do
+            kmod:modinfo dwarves:pahole jq:jq; do
     pkg=${pair%%:*}; cmd=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
@@ -65,16 +84,48 @@ if [ -s "$CACHE/KVER" ] && [ -s "$CACHE/PKGVER" ] && [ -f "$CACHE/.complete" ]; 
 fi
 
 resolve() {
+    if [ -n "$WANT" ]; then
+        # the image package (linux-image-6.1.0-N-amd64) whose version is $WANT
+        IMGPKG=""
+        for p in $(apt-cache search --names-only '^linux-image-[0-9.]+-[0-9]+-amd64$' 2>/dev/null | awk '{print $1}'); do
+            if apt-cache show "$p" 2>/dev/null | grep -qx "Version: $WANT"; then IMGPKG=$p; break; fi
+        done
+        return 0
+    fi
     IMGPKG=$(apt-cache depends linux-image-amd64 2>/dev/null \
         | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)
 }
+if [ "$SOURCE_ONLY" = 1 ]; then
+    # only the kernel source of $WANT (e.g. the fixed tree a corpus is diffed from)
+    MAJ=$(echo "$WANT" | cut -d. -f1,2)
+    if [ ! -f "$CACHE/src/.complete-$WANT" ]; then
+        cd "$CACHE/debs"
+        ls "linux-source-${MAJ}_${WANT}_"*.deb >/dev/null 2>&1 || {
+            log "downloading linux-source-$MAJ=$WANT"
+            apt-get download "linux-source-$MAJ=$WANT" >/dev/null 2>&1 \
+                || { apt-get update >/dev/null; apt-get download "linux-source-$MAJ=$WANT"; }
+        }
+        dpkg-deb -x "linux-source-${MAJ}_${WANT}_"*.deb "$CACHE/root"
+        # shellcheck disable=SC2012
+        tarball=$(ls "$CACHE"/root/usr/src/linux-source-"$MAJ".tar.* | head -n1)
+        log "unpacking $(basename "$tarball")"
+        rm -rf "$CACHE/src"; mkdir -p "$CACHE/src"
+        tar -C "$CACHE/src" -xf "$tarball"
+        rm -rf "$CACHE/root"
+        touch "$CACHE/src/.complete-$WANT"
+    fi
+    echo "KSRC=$CACHE/src/linux-source-$MAJ" > "$CACHE/env.sh"
+    log "linux-source $WANT ready in $CACHE/src"
+    exit 0
+fi
 if [ $CACHED = 0 ]; then
 resolve
 if [ -z "${IMGPKG:-}" ]; then apt-get update >/dev/null; resolve; fi
-[ -n "${IMGPKG:-}" ] || { log "cannot resolve linux-image-amd64"; exit 1; }
+[ -n "${IMGPKG:-}" ] || { log "cannot resolve linux-image-amd64${WANT:+ of version $WANT}"; exit 1; }
 KVER=${IMGPKG#linux-image-}                       # 6.1.0-56-amd64
 ABI=${KVER%-amd64}                                # 6.1.0-56
-PKGVER=$(apt-cache show "$IMGPKG" | sed -n 's/^Version: //p' | head -n1)   # 6.1.192-2
+if [ -n "$WANT" ]; then PKGVER=$WANT; else
+PKGVER=$(apt-cache show "$IMGPKG" | sed -n 's/^Version: //p' | head -n1); fi   # 6.1.192-2
 MAJ=$(echo "$KVER" | cut -d. -f1,2)               # 6.1
 log "stock kernel: $IMGPKG version $PKGVER"
 

@@ -14,7 +14,9 @@
 # modules under /lib/modules/$KVER/..., /etc/hs-modules, /etc/hs-kver, extras.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel"
+# HOTSPLICE_KERNEL_VERSION=6.1.176-1: use that pinned build (fetch.sh PKGVER)
+KV="${HOTSPLICE_KERNEL_VERSION:-}"
+CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel${KV:+-${KV%%-*}}"
 INIT="$REPO/tests/kernel/init"
 MODS="virtio_pci virtio_blk ext4"
 while getopts "i:m:" opt; do

@@ -14,7 +14,9 @@
 # pushing ~10 MB through the serial console); they are read back with debugfs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel"
+# HOTSPLICE_KERNEL_VERSION=6.1.176-1: use that pinned build (fetch.sh PKGVER)
+KV="${HOTSPLICE_KERNEL_VERSION:-}"
+CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel${KV:+-${KV%%-*}}"
 FORCE=0
 [ "${1:-}" = -f ] && FORCE=1
 [ -f "$CACHE/.complete" ] || "$REPO/scripts/kernel/fetch.sh" >&2

@@ -218,6 +218,25 @@ fn kernel_create_asks_kbuild_which_object_a_file_is_linked_into() {
     );
 }
 
+/// A real stable fix (tests/kernel/corpus/18-usb-chaoskey.diff, CVE-2026-64455)
+/// drops the last `usb_dbg` of chaoskey_release(), so the function no longer
+/// needs its `__func__`: the compiler renumbers every `__func__.N` of the
+/// file and same-named constants now hold other names. They are read-only
+/// and compared by content, so this is no change of existing data.
+fn kernel_create_renumbered_func_names_are_no_changed_data() {
+    require_root();
+    let k = kenv();
+    let out = temp_dir("kcreate-func");
+    let r = create(&k, "../corpus/18-usb-chaoskey.diff", out.path());
+    r.assert_ok("create drivers/usb/misc/chaoskey.c");
+    assert!(
+        json_list(&r.stdout, "functions").contains("\"chaoskey_release\"")
+            && json_list(&r.stdout, "objects") == "[\"chaoskey\"]",
+        "{}",
+        r.describe()
+    );
+}
+
 fn module_of(stdout: &str) -> PathBuf {
     let v: serde_json::Value = serde_json::from_str(stdout).expect("create --json");
     PathBuf::from(v["module_path"].as_str().expect("module_path"))
@@ -363,6 +382,7 @@ fn main() {
             kernel_create_carries_static_keys_and_dynamic_debug_descriptors,
             kernel_create_matches_build_numbered_btf_ids_by_what_they_hold,
             kernel_create_positions_module_symbols_from_the_ko,
+            kernel_create_renumbered_func_names_are_no_changed_data,
         ],
     );
 }

@@ -302,13 +302,17 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
         // values), except dynamic-debug descriptors: their line numbers
         // move with every line the fix adds or removes above them, and
         // they are metadata of their call sites only (carried with the
-        // changed code that uses them).
-        if let Some((_, name)) = k
-            .diff
-            .changed_data
-            .iter()
-            .find(|(s, _)| !is_dyndbg(&k.post.sections[*s].name))
-        {
+        // changed code that uses them); and read-only constants the
+        // compiler numbers (`__func__.54`): a fix that drops a function's
+        // last `__func__` renumbers the rest, so same-named ones differ,
+        // yet nothing writes them, the running code keeps its own and
+        // carried code gets a copy by content.
+        if let Some((_, name)) = k.diff.changed_data.iter().find(|(s, _)| {
+            let sec = &k.post.sections[*s];
+            let numbered =
+                !sec.symbols.is_empty() && sec.symbols.iter().all(|&i| k.post.is_numbered_const(i));
+            !is_dyndbg(&sec.name) && !numbered
+        }) {
             return Err(CreateError::ChangedData {
                 symbol: name.clone(),
                 file: k.rel.display().to_string(),

@@ -310,9 +310,48 @@ $(if $(filter $(basename $@).o,$(lib-y)),y,$(if $(filter $(basename $@).o,$(real
                 tail: crate::last_lines(&format!("{text}{stderr}"), 20),
             });
         }
-        owner_from_make(&text, &obj_s)
-            .map_err(|why| CreateError::Unsupported(format!("{}: {why}", rel.display())))
+        owner_from_make(&text, &obj_s).map_err(|why| {
+            // kernel/sched/psi.c is built, but inside build_utility.o, which
+            // `#include`s it: say so rather than "not built".
+            let why = match includer_of(&self.src, rel) {
+                Some(inc) if why.contains("neither obj-y nor obj-m") => format!(
+                    "the file is not compiled on its own but #included by {} \
+                     (built as {}); fixes to an included .c file are not supported",
+                    inc.display(),
+                    inc.with_extension("o").display()
+                ),
+                _ => why,
+            };
+            CreateError::Unsupported(format!("{}: {why}", rel.display()))
+        })
     }
+}
+
+/// A `.c` file in the same directory as `rel` that `#include`s it (kbuild
+/// then compiles `rel` only as part of that file).
+fn includer_of(src: &Path, rel: &Path) -> Option<PathBuf> {
+    let name = rel.file_name()?.to_str()?;
+    let dir = rel.parent().unwrap_or(Path::new(""));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(src.join(dir))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "c") && p.file_name() != rel.file_name())
+        .filter(|p| {
+            std::fs::read_to_string(p).is_ok_and(|text| {
+                text.lines().any(|l| {
+                    l.trim_start()
+                        .strip_prefix('#')
+                        .map(str::trim_start)
+                        .and_then(|l| l.strip_prefix("include"))
+                        .is_some_and(|l| l.trim() == format!("\"{name}\""))
+                })
+            })
+        })
+        .filter_map(|p| p.file_name().map(|f| dir.join(f)))
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 /// The owner of `obj` from the commands `make -n obj` printed (see
@@ -373,6 +412,26 @@ mod tests {
             vec!["CONFIG_DEBUG_INFO_BTF_MODULES=y (prepared: n)".to_string()]
         );
         assert!(config_differences(target, target).is_empty());
+    }
+
+    #[test]
+    fn an_included_c_file_is_found_by_its_includer() {
+        let dir = std::env::temp_dir().join(format!("hs-includer-{}", std::process::id()));
+        let sched = dir.join("kernel/sched");
+        std::fs::create_dir_all(&sched).unwrap();
+        std::fs::write(sched.join("psi.c"), "int psi;\n").unwrap();
+        std::fs::write(sched.join("core.c"), "#include \"sched.h\"\n").unwrap();
+        std::fs::write(
+            sched.join("build_utility.c"),
+            "#include \"sched.h\"\n#ifdef CONFIG_PSI\n# include \"psi.c\"\n#endif\n",
+        )
+        .unwrap();
+        assert_eq!(
+            includer_of(&dir, Path::new("kernel/sched/psi.c")),
+            Some(PathBuf::from("kernel/sched/build_utility.c"))
+        );
+        assert_eq!(includer_of(&dir, Path::new("kernel/sched/core.c")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
