@@ -227,7 +227,47 @@ fn kernel_create_renumbered_func_names_are_no_changed_data() {
     require_root();
     let k = kenv();
     let out = temp_dir("kcreate-func");
-    let r = create(&k, "../corpus/18-usb-chaoskey.diff", out.path());
+    let fix = repo().join("tests/kernel/corpus/18-usb-chaoskey.diff");
+    // A kernel newer than the corpus' base (6.1.176) already has the fix:
+    // then its reverse is the change to build (it renumbers the same
+    // constants the other way).
+    let already = Command::new("patch")
+        .args(["-p1", "-R", "--dry-run", "-s", "-f", "-d"])
+        .arg(&k.src)
+        .stdin(std::fs::File::open(&fix).expect("corpus diff"))
+        .output()
+        .expect("patch")
+        .status
+        .success();
+    // The reversal itself, checked on every tree: undone, the reversed
+    // diff is the fix again.
+    let text = std::fs::read_to_string(&fix).unwrap();
+    let rev_text = reversed(&text);
+    assert_eq!(reversed(&rev_text), text, "reversing twice");
+    let mut check = Command::new("patch")
+        .args(["-p1", "--dry-run", "-s", "-f", "-d"])
+        .arg(&k.src)
+        .args(if already { vec![] } else { vec!["-R"] })
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("patch");
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), rev_text.as_bytes()).unwrap();
+    let check = check.wait_with_output().unwrap();
+    assert!(
+        check.status.success(),
+        "the reversed diff does not fit the tree: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let diff = if already {
+        let rev = out.path().join("chaoskey-reversed.diff");
+        std::fs::write(&rev, &rev_text).unwrap();
+        println!("the tree has the chaoskey fix: building its reverse");
+        rev
+    } else {
+        fix
+    };
+    let r = create(&k, diff.to_str().unwrap(), out.path());
     r.assert_ok("create drivers/usb/misc/chaoskey.c");
     assert!(
         json_list(&r.stdout, "functions").contains("\"chaoskey_release\"")
@@ -235,6 +275,37 @@ fn kernel_create_renumbered_func_names_are_no_changed_data() {
         "{}",
         r.describe()
     );
+}
+
+/// A unified diff turned around: what it removes it adds, and back.
+fn reversed(diff: &str) -> String {
+    let lines: Vec<&str> = diff.lines().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        let next = lines.get(i + 1).copied().unwrap_or("");
+        if let (Some(a), Some(b)) = (l.strip_prefix("--- "), next.strip_prefix("+++ ")) {
+            out += &format!("--- {b}\n+++ {a}\n");
+            i += 2;
+            continue;
+        }
+        let line = if let Some(h) = l.strip_prefix("@@ -") {
+            let (ranges, tail) = h.split_once(" @@").expect("hunk header");
+            let (old, new) = ranges.split_once(" +").expect("hunk ranges");
+            format!("@@ -{new} +{old} @@{tail}")
+        } else if let Some(r) = l.strip_prefix('+') {
+            format!("-{r}")
+        } else if let Some(r) = l.strip_prefix('-') {
+            format!("+{r}")
+        } else {
+            l.to_string()
+        };
+        out += &line;
+        out.push('\n');
+        i += 1;
+    }
+    out
 }
 
 fn module_of(stdout: &str) -> PathBuf {
