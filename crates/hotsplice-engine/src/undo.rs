@@ -44,7 +44,8 @@ pub(crate) fn unmap_retired(
         }
     }
     fault("undo:restored");
-    if let Err(why) = crate::register::release_record(pid, h) {
+    // Why the code stays mapped, as the report's warning.
+    let stays = |why: String| {
         let w = format!(
             "patch {} is out, but its code at {:#x}-{:#x} stays mapped ({why}); the next `hotsplice user` command that changes patches unmaps it",
             h.patch_id,
@@ -52,7 +53,10 @@ pub(crate) fn unmap_retired(
             h.map_start.saturating_add(h.map_len)
         );
         tracing::warn!(pid, "{w}");
-        return Some(w);
+        Some(w)
+    };
+    if let Err(why) = crate::register::release_record(pid, h) {
+        return stays(why);
     }
     fault("undo:released");
     match process::with_main_thread(pid, |t| t.munmap(h.map_start, h.map_len)) {
@@ -63,16 +67,7 @@ pub(crate) fn unmap_retired(
             }
             None
         }
-        Err(e) => {
-            let w = format!(
-                "patch {} is out, but its code at {:#x}-{:#x} stays mapped (unmapping failed: {e}); the next `hotsplice user` command that changes patches unmaps it",
-                h.patch_id,
-                h.map_start,
-                h.map_start.saturating_add(h.map_len)
-            );
-            tracing::warn!(pid, "{w}");
-            Some(w)
-        }
+        Err(e) => stays(format!("unmapping failed: {e}")),
     }
 }
 
