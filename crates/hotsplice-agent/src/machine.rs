@@ -106,6 +106,7 @@ impl Agent {
                 _ => hotsplice_engine::StackWalk::Exact,
             },
             let_running_finish: false,
+            unwind_later: false,
         }
     }
 

@@ -140,6 +140,9 @@ impl Agent {
                     .collect();
             }
         };
+        // Patches applied before libgcc_s was loaded: register their
+        // unwind information now.
+        self.register_late(pid);
         // What is applied is read under the lock.
         plan_for(pid, inst, &objects)
             .into_iter()

@@ -83,6 +83,11 @@ pub struct ProcessPatches {
     /// (patches applied with `--let-running-finish`), until they leave.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub still_in_old: Vec<StillInOld>,
+    /// Unwind information of applied patches registered with libgcc_s
+    /// only now (libgcc_s was loaded after the apply, or no thread was fit
+    /// then), or why not yet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unwind_registered: Vec<engine::LateRegistration>,
 }
 
 /// A thread still in the old code of a replaced function.
@@ -182,6 +187,7 @@ impl Agent {
     pub fn apply(&self, plan: &ApplyPlan, opts: &ApplyOptions) -> Run {
         let grouped = by_pid(plan.jobs.clone());
         self.per_process(&grouped, |p, list: &Vec<usize>| {
+            self.register_late(p);
             list.iter()
                 .map(|&i| engine::apply(p, &plan.patches[i], opts))
                 .collect()
@@ -328,6 +334,14 @@ impl Agent {
                             })
                             .collect(),
                         still_in_old: still_in_old(p, &st.patches),
+                        unwind_registered: if engine::registration_pending(p) {
+                            match self.lock_process(p) {
+                                Ok(_lock) => self.register_late(p),
+                                Err(_) => Vec::new(),
+                            }
+                        } else {
+                            Vec::new()
+                        },
                     })
                 }
                 Ok(_) => {}
@@ -336,6 +350,25 @@ impl Agent {
             }
         }
         Ok(rows)
+    }
+
+    /// Register the unwind information of patches applied in `pid` before
+    /// libgcc_s was mapped, or while no thread was fit to make the call
+    /// (see [`engine::register_pending`]). The caller holds the process's
+    /// lock. Failures are logged: the patches stay applied as they were.
+    pub fn register_late(&self, pid: i32) -> Vec<engine::LateRegistration> {
+        match engine::register_pending(pid) {
+            Ok(done) => {
+                for d in &done {
+                    tracing::info!(pid, patch = %d.patch, outcome = ?d.outcome, "late unwind registration");
+                }
+                done
+            }
+            Err(e) => {
+                tracing::warn!(pid, "cannot register unwind information late: {e}");
+                Vec::new()
+            }
+        }
     }
 
     /// Every patchable object mapped by a process, with the processes.

@@ -49,6 +49,14 @@ pub enum UserCommand {
         /// whose author accepts old and new running side by side.
         #[arg(long)]
         let_running_finish: bool,
+        /// In a process that maps libgcc_s, apply even when no thread can
+        /// make the call that registers the patch's unwind information
+        /// (none waits in a system call, outside signal handlers, for
+        /// 2 s): the next `hotsplice user` command or daemon pass that
+        /// finds one registers it. Until then a C++ exception thrown
+        /// through a patched function ends the program.
+        #[arg(long)]
+        register_unwind_later: bool,
         #[command(flatten)]
         wait: Wait,
         #[arg(long)]
@@ -234,7 +242,14 @@ fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
         errln!("hotsplice: warning: pid {}: {}", r.pid, esc(w));
     }
     if let Some(u) = r.unwind.as_ref().filter(|_| verbose) {
-        outln!("  {u}");
+        match &r.unwind_call {
+            Some(c) => outln!(
+                "  {u} (by thread {}, stopped alone for {:.3} ms before the window)",
+                c.tid,
+                c.stopped.as_secs_f64() * 1e3
+            ),
+            None => outln!("  {u}"),
+        }
     }
     if verbose {
         outln!(
@@ -296,12 +311,14 @@ pub fn run_user(app: &App, cmd: UserCommand) -> Result<bool> {
             all: _,
             allow_unsigned,
             let_running_finish,
+            register_unwind_later,
             wait,
             json,
             files,
         } => {
             let mut opts = agent.options(wait.busy_timeout);
             opts.let_running_finish = let_running_finish;
+            opts.unwind_later = register_unwind_later;
             let plan = agent.plan_apply(pid, &files, allow_unsigned)?;
             if !quiet {
                 for &i in &plan.unused {
@@ -462,6 +479,23 @@ fn applied_rows(row: &ProcessPatches) {
             e.op.name(),
             e.step.name()
         );
+    }
+    for u in &row.unwind_registered {
+        match &u.outcome {
+            hotsplice_engine::LateOutcome::Registered { tid } => outln!(
+                "{:<8} {:<16} {:<9} registered its unwind information with libgcc_s now (thread {tid})",
+                p,
+                cmd,
+                esc(&u.patch)
+            ),
+            hotsplice_engine::LateOutcome::NotYet { why } => outln!(
+                "{:<8} {:<16} {:<9} unwind information not registered yet: {}",
+                p,
+                cmd,
+                esc(&u.patch),
+                esc(why)
+            ),
+        }
     }
     for s in &row.still_in_old {
         outln!(

@@ -35,6 +35,11 @@ enum Op {
     Replace,
     /// `daemon --once`: the daemon's scan patches the target from the store.
     Daemon,
+    /// `user show --pid P` registering the unwind information of a patch
+    /// applied before the target loaded libgcc_s (a fresh target each run,
+    /// which then calls backtrace() through the patched function all the
+    /// time).
+    LateRegister,
 }
 
 struct Scenario {
@@ -143,6 +148,34 @@ impl Scenario {
                     .expect_new_line(Stream::Stdout, &after, "level 1 applied");
             }
             Op::Daemon => {}
+            Op::LateRegister => {
+                // A fresh target: libgcc_s, once loaded, stays.
+                let dir = self._build.dir.clone();
+                for f in ["load", "trace"] {
+                    let _ = fs::remove_file(dir.join(f));
+                }
+                self.proc = self._build.start_unpatched(&self.case);
+                self.baseline_exec_anon = exec_anon(self.proc.pid());
+                let pid = self.pid();
+                let r = self.env.hs([
+                    "user",
+                    "apply",
+                    "--json",
+                    "--pid",
+                    &pid,
+                    self.l1.to_str().unwrap(),
+                ]);
+                r.assert_ok("apply before libgcc_s is loaded");
+                assert!(r.stdout.contains("\"no-libgcc\""), "{}", r.describe());
+                let after = self.case.after().to_string();
+                self.proc.expect_new_line(Stream::Stdout, &after, "applied");
+                fs::write(dir.join("load"), b"").unwrap();
+                self.proc
+                    .expect_new_line(Stream::Stdout, "loaded libgcc_s", "libgcc_s loaded");
+                fs::write(dir.join("trace"), b"").unwrap();
+                self.proc
+                    .expect_new_line(Stream::Stderr, "caller lost", "tracing, unregistered");
+            }
         }
     }
 
@@ -153,6 +186,7 @@ impl Scenario {
             Op::Undo => vec!["user", "undo", "--pid", &pid, &self.id1],
             Op::Replace => vec!["-y", "user", "upgrade", "--pid", &pid],
             Op::Daemon => vec!["daemon", "--once", "--no-netlink"],
+            Op::LateRegister => vec!["user", "show", "--pid", &pid],
         };
         v.into_iter().map(String::from).collect()
     }
@@ -195,7 +229,7 @@ impl Scenario {
     /// What the command leads to when it runs to the end.
     fn done_line(&self, op: Op) -> String {
         match op {
-            Op::Apply | Op::Daemon => self.case.after().into(),
+            Op::Apply | Op::Daemon | Op::LateRegister => self.case.after().into(),
             Op::Undo => self.case.before().into(),
             Op::Replace => self.case.req("after2").into(),
         }
@@ -412,7 +446,7 @@ fn halves(line: &str) -> [&str; 2] {
 fn run(case: &str, op: Op, signal: &str) {
     let mut s = Scenario::new(&format!("kill-{op:?}-{signal}").to_lowercase(), case);
     match op {
-        Op::Apply | Op::Undo => {}
+        Op::Apply | Op::Undo | Op::LateRegister => {}
         // The daemon applies level 1 from the store.
         Op::Daemon => s.install(&s.l1.clone()),
         // Level 1 is applied by hand before each run; upgrade replaces it
@@ -486,6 +520,14 @@ fn undo_deregistering_unwind_info_sigkill() {
 #[test]
 fn level_replacement_unwind_info_sigkill() {
     run("cxx_throw", Op::Replace, "KILL");
+}
+
+// The late registration (libgcc_s loaded after the apply) by `user show`:
+// the target calls backtrace() through the patched function all the time,
+// and the recovery's undo must deregister exactly what was registered.
+#[test]
+fn late_unwind_registration_sigkill() {
+    run("late_libgcc", Op::LateRegister, "KILL");
 }
 
 #[test]

@@ -173,3 +173,174 @@ fn a_thread_inside_patch_code_is_walked_through_the_patch_frames() {
     proc.assert_alive("after both undos");
     assert!(shown_ids(pid).is_empty());
 }
+
+/// handler_thread started with `argv`, once it printed `first`, its main
+/// thread is parked in the handler and its worker said its thread id:
+/// (target, worker's tid).
+fn start_handler_thread(build: &Build, argv: &[&str], first: &str) -> (Target, u64) {
+    let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+    let mut proc = build.start_argv(&argv);
+    proc.expect_new_line(Stream::Stdout, first, "started");
+    assert!(proc.wait_for_new_line_prefix(Stream::Stdout, "parked in the handler", LINE_TIMEOUT));
+    let i = proc
+        .wait_match(Stream::Stdout, 0, LINE_TIMEOUT, |l| {
+            l.starts_with("worker tid=")
+        })
+        .unwrap_or_else(|| panic!("no worker tid: {}", proc.describe()));
+    let tid = proc.lines_since(Stream::Stdout, i)[0]["worker tid=".len()..]
+        .parse()
+        .unwrap();
+    (proc, tid)
+}
+
+#[test]
+fn the_registration_passes_over_a_thread_parked_in_a_signal_handler() {
+    require_root();
+    let case = Case::load("handler_thread");
+    let build = case.build();
+    let (_out, file) = patch_for(&case, &build, "fix.diff", "handler-thread");
+    // Every round throws through f(): once the patch runs, only a
+    // registered FDE keeps the program alive.
+    std::fs::write(build.dir.join("throw"), b"").unwrap();
+    let (mut proc, worker) = start_handler_thread(&build, &["./prog"], "result=1,-1");
+    let pid = proc.pid();
+
+    // The main thread (tried first) waits in sigsuspend, a waiting system
+    // call, but inside a handler: the worker makes libgcc's call.
+    let j = apply_json(pid, &file);
+    assert_eq!(j[0]["unwind"], "registered", "{j}");
+    assert_eq!(j[0]["unwind_call"]["tid"], worker, "{j}");
+    assert!(j[0]["unwind_call"]["stopped"].as_u64().is_some(), "{j}");
+    proc.expect_new_line(Stream::Stdout, "result=2,-1", "patched, throwing");
+
+    // The handler returns into the code it interrupted: the target lives
+    // on, on the patched code.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
+    proc.expect_new_line(Stream::Stdout, "handler returned", "released");
+    proc.expect_new_line(Stream::Stdout, "result=2,-1", "after the handler");
+    proc.assert_alive("after the handler returned");
+    let id = j[0]["id"].as_str().unwrap().to_string();
+    undo(pid, &id).assert_ok("undo");
+    proc.expect_new_line(Stream::Stdout, "result=1,-1", "undone");
+    proc.assert_alive("after undo");
+}
+
+#[test]
+fn with_no_thread_fit_for_the_call_apply_refuses_or_registers_later() {
+    require_root();
+    let case = Case::load("handler_thread");
+    let build = case.build();
+    let (_out, file) = patch_for(&case, &build, "fix.diff", "handler-spin");
+    let (mut proc, worker) = start_handler_thread(&build, &["./prog", "spin"], "result=1,0");
+    let pid = proc.pid();
+
+    // The worker never waits in a system call and the main thread is in a
+    // handler: by default, refused, naming why and the way out.
+    let r = apply(pid, &["--busy-timeout", "30"], std::slice::from_ref(&file));
+    r.assert_failed("apply without a thread fit for the call");
+    assert!(
+        r.stderr.contains("no thread of the process was fit")
+            && r.stderr.contains("signal handler")
+            && r.stderr.contains("--register-unwind-later"),
+        "{}",
+        r.describe()
+    );
+    assert!(shown_ids(pid).is_empty(), "a refused apply left a patch");
+    proc.expect_new_line(Stream::Stdout, "result=1,0", "unchanged");
+
+    // Told so, apply goes ahead and says the registration waits.
+    let r = apply(
+        pid,
+        &["--json", "--busy-timeout", "30", "--register-unwind-later"],
+        std::slice::from_ref(&file),
+    );
+    r.assert_ok("apply --register-unwind-later");
+    let j = json_of(&r);
+    assert_eq!(j[0]["unwind"], "deferred", "{j}");
+    assert!(
+        j[0]["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("not registered yet")),
+        "{j}"
+    );
+    proc.expect_new_line(Stream::Stdout, "result=2,0", "patched");
+
+    // While no thread is fit, `show` says it is not registered yet.
+    let s = hotsplice(["user", "show", "--json", "--pid", &pid.to_string()]);
+    s.assert_ok("show while spinning");
+    let v = json_of(&s);
+    assert_eq!(v[0]["unwind_registered"][0]["result"], "not-yet", "{v}");
+
+    // The worker rests between calls: the next command registers.
+    std::fs::write(build.dir.join("rest"), b"").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let s = hotsplice(["user", "show", "--json", "--pid", &pid.to_string()]);
+    s.assert_ok("show");
+    let v = json_of(&s);
+    assert_eq!(v[0]["unwind_registered"][0]["result"], "registered", "{v}");
+    assert_eq!(v[0]["unwind_registered"][0]["tid"], worker, "{v}");
+    // Registered once: the next show has nothing left to do.
+    let s = hotsplice(["user", "show", "--json", "--pid", &pid.to_string()]);
+    assert!(
+        json_of(&s)[0].get("unwind_registered").is_none(),
+        "{}",
+        s.describe()
+    );
+
+    // Now a throw through the patched f() is caught.
+    std::fs::write(build.dir.join("throw"), b"").unwrap();
+    proc.expect_new_line(Stream::Stdout, "result=2,-1", "throwing");
+    proc.assert_alive("throwing through the patched f()");
+    let id = j[0]["id"].as_str().unwrap().to_string();
+    undo(pid, &id).assert_ok("undo");
+    proc.expect_new_line(Stream::Stdout, "result=1,-1", "undone");
+    proc.assert_alive("after undo");
+}
+
+#[test]
+fn libgcc_loaded_after_the_apply_gets_the_patch_registered_by_the_next_command() {
+    require_root();
+    let case = Case::load("late_libgcc");
+    let build = case.build();
+    let (_out, file) = patch_for(&case, &build, "fix.diff", "late-libgcc");
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let pid = proc.pid();
+
+    let j = apply_json(pid, &file);
+    assert_eq!(j[0]["unwind"], "no-libgcc", "{j}");
+    proc.expect_new_line(Stream::Stdout, case.after(), "patched");
+
+    // The program loads libgcc_s; the next hotsplice command registers.
+    std::fs::write(build.dir.join("load"), b"").unwrap();
+    proc.expect_new_line(Stream::Stdout, "loaded libgcc_s", "loaded");
+    let s = hotsplice(["user", "show", "--json", "--pid", &pid.to_string()]);
+    s.assert_ok("show");
+    let v = json_of(&s);
+    assert_eq!(v[0]["unwind_registered"][0]["result"], "registered", "{v}");
+
+    // backtrace() inside the patched f() finds its caller (unregistered,
+    // it stops at f(): "caller lost").
+    let mark = proc.mark(Stream::Stderr);
+    std::fs::write(build.dir.join("trace"), b"").unwrap();
+    let i = proc
+        .wait_match(Stream::Stderr, mark, LINE_TIMEOUT, |l| {
+            l.starts_with("caller ")
+        })
+        .unwrap_or_else(|| panic!("no traced line: {}", proc.describe()));
+    assert_eq!(
+        proc.lines_since(Stream::Stderr, i)[0],
+        "caller found",
+        "{}",
+        proc.describe()
+    );
+    // Undo deregisters what the late registration made: a registration
+    // left behind would point into unmapped memory at the next backtrace().
+    let id = j[0]["id"].as_str().unwrap().to_string();
+    undo(pid, &id).assert_ok("undo");
+    proc.expect_new_line(Stream::Stdout, case.before(), "undone");
+    proc.expect_new_line(Stream::Stderr, "caller found", "undone, tracing");
+    std::thread::sleep(Duration::from_millis(200));
+    proc.expect_new_line(Stream::Stdout, case.before(), "still running");
+    proc.assert_alive("after undo");
+}

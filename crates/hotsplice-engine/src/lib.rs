@@ -34,6 +34,7 @@ mod window;
 pub use apply::*;
 pub use journal::{InFlight, Journal, Op, Step};
 pub use objects::{loaded_objects, LoadedObject};
+pub use register::{register_pending, registration_pending, LateOutcome, LateRegistration};
 pub use state::{
     applied, find_target, maps_target, processes_mapping, start_time, state, Corrupt, State,
     MAX_RECORDS, MAX_RECORD_BYTES,

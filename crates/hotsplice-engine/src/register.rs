@@ -33,7 +33,7 @@ use crate::state::read_maps;
 use crate::unwind::ProcessMemory;
 use crate::{EngineError, Result};
 use hotsplice_arch::current::{self as arch, dwarf};
-use hotsplice_patch::{AppliedRecord, UnwindRecord, UnwindState};
+use hotsplice_patch::{AppliedRecord, PatchId, UnwindRecord, UnwindState};
 use hotsplice_process::{self as process, Mapping, Pid, RemoteThread, Tracee};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -58,8 +58,14 @@ pub enum Registration {
     Registered,
     /// The process does not map libgcc_s: hotsplice's own walks use the
     /// information, the program's unwinder (were it loaded later) does not
-    /// know it.
+    /// know it. A later `user apply`, upgrade, daemon pass or `user show`
+    /// registers it once libgcc_s is mapped ([`register_pending`]).
     NoLibgcc,
+    /// libgcc_s is mapped, but no thread was fit to make the call (none
+    /// waited in a suitable system call, outside signal handlers, for 2 s)
+    /// and the apply was asked to go ahead (`unwind_later`): the next
+    /// `user apply`, upgrade, daemon pass or `user show` registers it.
+    Deferred,
 }
 
 impl std::fmt::Display for Registration {
@@ -68,7 +74,10 @@ impl std::fmt::Display for Registration {
             Registration::None => "the patch carries no unwind information",
             Registration::Registered => "unwind information registered with libgcc_s",
             Registration::NoLibgcc => {
-                "unwind information not registered: the process does not map libgcc_s (backtrace(), C++ exceptions and pthread_cancel would not walk through the patch's frames)"
+                "unwind information not registered: the process does not map libgcc_s (backtrace(), C++ exceptions and pthread_cancel would not walk through the patch's frames); registered when a later command finds it mapped"
+            }
+            Registration::Deferred => {
+                "unwind information not registered yet: no thread was fit to make libgcc's call; the next `hotsplice user` command or daemon pass that finds one registers it"
             }
         })
     }
@@ -143,8 +152,20 @@ struct Marked {
     after: u64,
 }
 
-/// Run the thunk on a suitable thread of `tracee`; returns the state word
-/// afterwards.
+/// A call libgcc made on a borrowed thread.
+#[derive(Debug, Clone, Copy)]
+struct Called {
+    /// The state word afterwards.
+    word: u64,
+    /// The thread borrowed.
+    tid: Pid,
+    /// How long that thread was stopped (interrupt, checks, the call,
+    /// resume); the other threads ran on.
+    time: Duration,
+}
+
+/// Run the thunk on a suitable thread of `tracee`. `Ok(Err(why))`: no
+/// thread was fit for 2 s (nothing was called).
 fn marked_call(
     pid: Pid,
     tracee: &mut Tracee,
@@ -152,7 +173,7 @@ fn marked_call(
     (objects, maps): (&[LoadedObject], &[Mapping]),
     u: &UnwindRecord,
     m: &Marked,
-) -> Result<u64> {
+) -> Result<std::result::Result<Called, String>> {
     let Marked {
         a0,
         a1,
@@ -192,6 +213,7 @@ fn marked_call(
             if !syscall_of(pid, tid).is_some_and(waiting) {
                 continue;
             }
+            let t0 = Instant::now();
             let r = tracee.with_specific_thread(tid, |t: &mut RemoteThread<'_>| {
                 let regs = *t.regs();
                 let nr = arch::remote::syscall_number(&regs) as i64;
@@ -219,7 +241,11 @@ fn marked_call(
                     .map(Some)
             });
             match r {
-                Ok(Some(_)) => return state_word(pid, u),
+                Ok(Some(_)) => {
+                    let time = t0.elapsed();
+                    let word = state_word(pid, u)?;
+                    return Ok(Ok(Called { word, tid, time }));
+                }
                 Ok(None) => {
                     why = format!(
                         "thread {tid} left its system call, is in libgcc_s or a signal handler, or its stack cannot be walked whole"
@@ -229,20 +255,19 @@ fn marked_call(
                     // The call may have run: the state word says.
                     let word = state_word(pid, u)?;
                     if word != 0 && word != before {
-                        return Ok(word);
+                        let time = t0.elapsed();
+                        return Ok(Ok(Called { word, tid, time }));
                     }
                     return Err(e.into());
                 }
             }
         }
         if Instant::now() >= deadline {
-            return Err(EngineError::Refused {
-                pid,
-                why: format!(
-                    "the patch's unwind information with {} now: {why} (a thread interrupted elsewhere may hold the locks libgcc and malloc take); nothing was changed, retry when the process waits",
-                    lib.path
-                ),
-            });
+            return Ok(Err(format!(
+                "no thread of the process was fit to call {} for {} s: {why} (a thread interrupted elsewhere, or inside a signal handler, may hold the locks libgcc and malloc take)",
+                lib.path,
+                FIND_THREAD.as_secs()
+            )));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -261,26 +286,78 @@ pub(crate) fn state_word(pid: Pid, u: &UnwindRecord) -> Result<u64> {
     Ok(u64::from_le_bytes(w))
 }
 
+/// What became of a registration, with the thread borrowed for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Registered {
+    pub what: Registration,
+    /// The thread that made libgcc's call, and how long it was stopped.
+    pub call: Option<(Pid, Duration)>,
+    /// Why no thread could make the call (`Registration::Deferred`).
+    pub deferred: Option<String>,
+}
+
+impl Registered {
+    fn without_call(what: Registration) -> Registered {
+        Registered {
+            what,
+            call: None,
+            deferred: None,
+        }
+    }
+}
+
 /// Register `u` with libgcc_s, if the process maps it (apply, after the
-/// record is written and before any jump leads into the code).
+/// record is written and before any jump leads into the code). When no
+/// thread is fit to make the call: refused (nothing changed), unless
+/// `later`, when the apply goes ahead `Deferred`.
 pub(crate) fn register(
     pid: Pid,
     tracee: &mut Tracee,
     objects: &[LoadedObject],
     maps: &[Mapping],
     u: Option<&UnwindRecord>,
-) -> Result<Registration> {
+    later: bool,
+) -> Result<Registered> {
     let Some(u) = u else {
-        return Ok(Registration::None);
+        return Ok(Registered::without_call(Registration::None));
     };
     let Some(lib) = libgcc(pid, objects) else {
-        return Ok(Registration::NoLibgcc);
+        return Ok(Registered::without_call(Registration::NoLibgcc));
     };
+    match register_with(pid, tracee, &lib, (objects, maps), u)? {
+        Ok(call) => Ok(Registered {
+            what: Registration::Registered,
+            call: Some(call),
+            deferred: None,
+        }),
+        Err(why) if later => Ok(Registered {
+            what: Registration::Deferred,
+            call: None,
+            deferred: Some(why),
+        }),
+        Err(why) => Err(EngineError::Refused {
+            pid,
+            why: format!(
+                "without registering the patch's unwind information: {why}; a C++ exception thrown through a patched function would end the program. Nothing was changed: retry when a thread waits, or apply with --register-unwind-later to register it at the next command that finds one"
+            ),
+        }),
+    }
+}
+
+/// Register `u` (state word 0) on a fit thread: `Ok(Err(why))` when none
+/// was found.
+fn register_with(
+    pid: Pid,
+    tracee: &mut Tracee,
+    lib: &Libgcc,
+    (objects, maps): (&[LoadedObject], &[Mapping]),
+    u: &UnwindRecord,
+) -> Result<std::result::Result<(Pid, Duration), String>> {
     if state_word(pid, u)? != 0 {
         return Err(EngineError::Refused {
             pid,
             why: format!(
-                "the unwind state word at {:#x} of a fresh mapping is not zero",
+                "the unwind state word at {:#x} of an unregistered mapping is not zero",
                 u.state
             ),
         });
@@ -292,9 +369,12 @@ pub(crate) fn register(
         before: UnwindState::REGISTERING,
         after: UnwindState::REGISTERED,
     };
-    let word = marked_call(pid, tracee, &lib, (objects, maps), u, &call)?;
-    match UnwindState::of(word) {
-        UnwindState::Registered => Ok(Registration::Registered),
+    let c = match marked_call(pid, tracee, lib, (objects, maps), u, &call)? {
+        Ok(c) => c,
+        Err(why) => return Ok(Err(why)),
+    };
+    match UnwindState::of(c.word) {
+        UnwindState::Registered => Ok(Ok((c.tid, c.time))),
         other => Err(EngineError::Refused {
             pid,
             why: format!(
@@ -303,6 +383,94 @@ pub(crate) fn register(
             ),
         }),
     }
+}
+
+/// A registration made after the apply ([`register_pending`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct LateRegistration {
+    /// The patch whose unwind information it is.
+    pub patch: PatchId,
+    /// Registered now (`Ok`: the thread borrowed), or why not yet.
+    #[serde(flatten)]
+    pub outcome: LateOutcome,
+}
+
+/// The outcome of one [`LateRegistration`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "result")]
+pub enum LateOutcome {
+    /// Registered with libgcc_s by thread `tid`.
+    Registered { tid: Pid },
+    /// Not yet (no thread fit to make the call): the next command retries.
+    NotYet { why: String },
+}
+
+/// Whether some applied patch of `pid` waits for its unwind information
+/// to be registered and libgcc_s is mapped now (cheap: reads the process,
+/// stops nothing).
+pub fn registration_pending(pid: Pid) -> bool {
+    pending(pid).is_some_and(|(_, _, _, p)| !p.is_empty())
+}
+
+type Pending = (Vec<Mapping>, Vec<LoadedObject>, Libgcc, Vec<AppliedRecord>);
+
+fn pending(pid: Pid) -> Option<Pending> {
+    let maps = read_maps(pid).ok()?;
+    let applied = crate::state::applied_in(pid, &maps).ok()?;
+    if !applied.iter().any(|h| h.unwind.is_some()) {
+        return None;
+    }
+    let objects = crate::objects::loaded_objects(pid, &maps).ok()?;
+    let lib = libgcc(pid, &objects)?;
+    let waiting: Vec<AppliedRecord> = applied
+        .into_iter()
+        .filter(|h| {
+            h.unwind
+                .as_ref()
+                .is_some_and(|u| state_word(pid, u).is_ok_and(|w| w == 0))
+        })
+        .collect();
+    Some((maps, objects, lib, waiting))
+}
+
+/// Register the unwind information of every applied patch of `pid` that
+/// was applied without it (libgcc_s was not mapped then — a C program
+/// that loads it later for `backtrace()` or `pthread_cancel`, a C++
+/// plugin opened later — or no thread was fit to make the call). The
+/// caller holds the process's lock, so that no undo unmaps a patch
+/// meanwhile. Jumps into the code are in already: registering late only
+/// makes the program's unwinder know frames it did not know before.
+pub fn register_pending(pid: Pid) -> Result<Vec<LateRegistration>> {
+    if !registration_pending(pid) {
+        return Ok(Vec::new());
+    }
+    let mut tracee = Tracee::seize(pid)?;
+    // Read again once seized: what is applied and unregistered now.
+    let Some((maps, objects, lib, waiting)) = pending(pid) else {
+        let _ = tracee.detach();
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut result = Ok(());
+    for h in &waiting {
+        let Some(u) = h.unwind.as_ref() else { continue };
+        match register_with(pid, &mut tracee, &lib, (&objects, &maps), u) {
+            Ok(Ok((tid, _))) => out.push(LateRegistration {
+                patch: h.patch_id.clone(),
+                outcome: LateOutcome::Registered { tid },
+            }),
+            Ok(Err(why)) => out.push(LateRegistration {
+                patch: h.patch_id.clone(),
+                outcome: LateOutcome::NotYet { why },
+            }),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let _ = tracee.detach();
+    result.map(|()| out)
 }
 
 /// How long to wait for a registration call that is still running.
@@ -356,7 +524,9 @@ pub(crate) fn release(
             r
         }
     }
-    .map_err(|e| format!("deregistering its unwind information failed: {e}"))?;
+    .map_err(|e| format!("deregistering its unwind information failed: {e}"))?
+    .map_err(|why| format!("its unwind information cannot be deregistered yet: {why}"))?
+    .word;
     match UnwindState::of(word) {
         UnwindState::Deregistered => Ok(()),
         other => Err(format!(

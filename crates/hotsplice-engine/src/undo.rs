@@ -239,6 +239,7 @@ fn remove(
         times: w.times,
         still_in_old: Vec::new(),
         unwind: None,
+        unwind_call: None,
         functions: h.functions.len(),
         replaced: None,
         warning,

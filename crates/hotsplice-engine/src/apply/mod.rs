@@ -42,6 +42,11 @@ pub struct ApplyOptions {
     /// (kernel livepatch's per-task precedent). A thread within the bytes
     /// the jump overwrites still makes the code busy; undo stays strict.
     pub let_running_finish: bool,
+    /// When libgcc_s is mapped but no thread is fit to make its
+    /// registration call: apply anyway, the unwind information registered
+    /// by the next command that finds a fit thread
+    /// ([`Registration::Deferred`]), instead of refusing.
+    pub unwind_later: bool,
 }
 
 /// How the busy check finds the frames of a stopped thread.
@@ -65,6 +70,7 @@ impl Default for ApplyOptions {
             stop_waiting: None,
             stack_walk: StackWalk::Exact,
             let_running_finish: false,
+            unwind_later: false,
         }
     }
 }
@@ -116,6 +122,19 @@ pub struct Report {
     /// program's own unwinder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unwind: Option<Registration>,
+    /// Apply: the thread borrowed for libgcc's registration call, and how
+    /// long that one thread was stopped for it (µs; before the stop
+    /// window, the other threads running on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwind_call: Option<UnwindCall>,
+}
+
+/// The thread that made libgcc's registration call.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct UnwindCall {
+    pub tid: Pid,
+    #[serde(serialize_with = "micros")]
+    pub stopped: Duration,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -173,7 +192,11 @@ pub fn apply_replacing(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut unwind = None;
-    let mut registration = Registration::None;
+    let mut registration = crate::register::Registered {
+        what: Registration::None,
+        call: None,
+        deferred: None,
+    };
     let outcome = match plan::plan(
         pid,
         patch,
@@ -195,6 +218,7 @@ pub fn apply_replacing(
                 &found.objects,
                 &found.maps,
                 plan.unwind.as_ref(),
+                opts.unwind_later,
             );
             fault("apply:registered");
             match reg {
@@ -218,6 +242,21 @@ pub fn apply_replacing(
             // The old level is out and its record retired: unmapping it
             // is what is left (see `Report::warning`).
             let warning = old.and_then(|o| unmap_retired(pid, o, journal));
+            let warning = match (&registration.deferred, warning) {
+                (Some(why), w) => Some(
+                    [
+                        w,
+                        Some(format!(
+                            "the patch's unwind information is not registered yet ({why}): until a later `hotsplice user` command or daemon pass registers it, a C++ exception, backtrace() or pthread_cancel through a patched function does not see its frames"
+                        )),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                ),
+                (None, w) => w,
+            };
             Ok(Report {
                 pid,
                 id: meta.id.clone(),
@@ -232,7 +271,10 @@ pub fn apply_replacing(
                 lead_out: w.lead_out,
                 times: w.times,
                 still_in_old: w.lingering,
-                unwind: Some(registration),
+                unwind: Some(registration.what),
+                unwind_call: registration
+                    .call
+                    .map(|(tid, stopped)| UnwindCall { tid, stopped }),
             })
         }
         // A jump into the new code is in and could not be taken out: the
