@@ -64,6 +64,14 @@
 //! the check phase per thread is the added cost of the exact walk.
 //! `--only-stop` runs this section alone.
 //!
+//! Then the cost of registering the patch's unwind information with
+//! libgcc_s (`unwind_reg`): the stopper at 10 idle threads as built (a C
+//! program: nothing to register) and with libgcc_s preloaded (apply
+//! registers by a remote call on one waiting thread before the window):
+//! that thread's stop for the call (`Report.unwind_call`), `Report.stopped`
+//! and the apply's wall time, each with and without (`--no-unwind` skips
+//! it).
+//!
 //! # 2. `hotsplice user apply --all` over many processes
 //!
 //! 200 (`--quick`: 50) single-threaded `flipper` processes, each storing
@@ -107,6 +115,7 @@ mod report;
 mod stats;
 mod stop;
 mod targets;
+mod unwind_reg;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
@@ -142,9 +151,12 @@ struct Args {
     /// tight loop.
     #[arg(long)]
     no_hot: bool,
-    /// Only the stop-time section.
+    /// Only the stop-time section (with the registration's cost).
     #[arg(long)]
     only_stop: bool,
+    /// Skip the cost of registering unwind information with libgcc_s.
+    #[arg(long)]
+    no_unwind: bool,
     /// Processes for apply --all (default 200, --quick 50).
     #[arg(long)]
     procs: Option<usize>,
@@ -261,6 +273,14 @@ fn run() -> Result<()> {
             w,
         )?);
     }
+    let unwind = if args.no_unwind {
+        None
+    } else {
+        progress(&format!(
+            "unwind registration, with and without libgcc_s, {reps} reps"
+        ));
+        Some(unwind_reg::bench_unwind(&stopper, reps)?)
+    };
     let (apply_all, call_cost, daemon) = if args.only_stop {
         (None, None, None)
     } else {
@@ -290,6 +310,7 @@ fn run() -> Result<()> {
             stack_walk: args.stack_walk.clone(),
         },
         stop,
+        unwind,
         apply_all,
         call_cost,
         daemon,

@@ -39,6 +39,9 @@ pub struct Output {
     pub machine: Machine,
     pub settings: Settings,
     pub stop: Vec<StopResult>,
+    /// What registering unwind information with libgcc_s adds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwind: Option<crate::unwind_reg::UnwindResult>,
     /// The other sections (absent with `--only-stop`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apply_all: Option<AllResult>,
@@ -245,6 +248,26 @@ pub fn print_human(o: &Output) {
         println!(
             "   added cost of the exact walk per thread (check phase, exact - scan, medians): {}",
             costs.join("; ")
+        );
+    }
+    if let Some(u) = &o.unwind {
+        println!(
+            "   unwind registration ({} threads, idle, {} reps; the stopper with libgcc_s preloaded vs. without):",
+            u.threads, u.reps
+        );
+        println!(
+            "     one thread stopped for libgcc's call: {} µs (before the window; the others run)",
+            u.call_us.show(1)
+        );
+        println!(
+            "     Report.stopped:         {} µs with, {} µs without",
+            u.stopped_us.show(1),
+            u.stopped_without_us.show(1)
+        );
+        println!(
+            "     apply() wall:           {} ms with, {} ms without",
+            u.apply_wall_ms.show(2),
+            u.apply_wall_without_ms.show(2)
         );
     }
     let (Some(a), Some(c), Some(d)) = (&o.apply_all, &o.call_cost, &o.daemon) else {
