@@ -745,13 +745,8 @@ fn show_stacks(app: &App, pid: Option<i32>, json: bool) -> Result<bool> {
             if t.exact {
                 exact += 1;
             } else {
-                // The reason without addresses, to group by.
-                let key: String = t
-                    .end
-                    .split_whitespace()
-                    .filter(|w| !w.starts_with("0x") && !w.starts_with("(0x"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                // The reason with its addresses as "PC", to group by.
+                let key = reason_key(&t.end);
                 *why.entry(key).or_default() += 1;
             }
         }
@@ -767,6 +762,24 @@ fn show_stacks(app: &App, pid: Option<i32>, json: bool) -> Result<bool> {
     Ok(true)
 }
 
+/// Where a walk stopped, its addresses replaced by `PC` (to group the
+/// threads of every process by reason).
+fn reason_key(end: &str) -> String {
+    end.split_whitespace()
+        .map(|w| {
+            let open = if w.starts_with('(') { "(" } else { "" };
+            match w[open.len()..].strip_prefix("0x") {
+                Some(hex) => {
+                    let rest = hex.trim_start_matches(|c: char| c.is_ascii_hexdigit());
+                    format!("{open}PC{rest}")
+                }
+                None => w.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `all upgrade` as the autoinstall job runs it.
 pub fn upgrade_all(app: &App) -> Result<bool> {
     run_all(
@@ -775,4 +788,23 @@ pub fn upgrade_all(app: &App) -> Result<bool> {
             wait: Wait { busy_timeout: None },
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_reason_keeps_its_words_with_addresses_as_pc() {
+        assert_eq!(
+            super::reason_key("no unwind information for 0x7f00a1 in /lib/x.so (no FDE covers it)"),
+            "no unwind information for PC in /lib/x.so (no FDE covers it)"
+        );
+        assert_eq!(
+            super::reason_key("at 0x401000: the frame does not move up the stack"),
+            "at PC: the frame does not move up the stack"
+        );
+        assert_eq!(
+            super::reason_key("0xdead is in no mapped object"),
+            "PC is in no mapped object"
+        );
+    }
 }
