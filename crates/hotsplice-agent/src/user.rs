@@ -301,6 +301,7 @@ impl Agent {
                     step: e.step,
                 })
                 .collect();
+            let settled = in_flight.is_empty();
             match engine::state(p) {
                 Ok(st)
                     if !st.patches.is_empty()
@@ -334,7 +335,9 @@ impl Agent {
                             })
                             .collect(),
                         still_in_old: still_in_old(p, &st.patches),
-                        unwind_registered: if engine::registration_pending(p) {
+                        // Not while an operation is left half done: the
+                        // next command's recovery comes first.
+                        unwind_registered: if settled && engine::registration_pending(p) {
                             match self.lock_process(p) {
                                 Ok(_lock) => self.register_late(p),
                                 Err(_) => Vec::new(),
