@@ -3,7 +3,8 @@
 # `patch_body`, which frames its input with a valid checksum so that every
 # input reaches the metadata checks; `patch_meta`, which builds the
 # metadata field by field around the limits the checks keep) and the
-# records read out of processes (`image_header`). Besides "never panics",
+# records read out of processes (`image_header`), and the busy check's stack
+# walk on unwind tables and stacks from the input (`unwind_walk`). Besides "never panics",
 # each target checks what the engine relies on of everything the parsers
 # accept (fuzz/src/lib.rs).
 #

@@ -123,3 +123,154 @@ pub fn check_header(h: &AppliedRecord, record_len: usize) {
         assert_eq!(AppliedRecord::decode(&encoded).as_ref(), Ok(h));
     }
 }
+
+/// The stack walk of the busy check on tables and stacks from the input.
+pub mod unwind {
+    use arbitrary::Arbitrary;
+    use hotsplice_arch::current::dwarf;
+    use hotsplice_engine::unwind::{Memory, ObjectCode, TableCache, Unwinder};
+    pub use hotsplice_engine::unwind::{Stop, Tables};
+    use std::cell::Cell;
+
+    /// Where the section is taken to lie (its base for pc-relative
+    /// pointers).
+    pub const EH_FRAME_AT: u64 = 0x10_0000;
+    /// Where built FDEs start, and the code the walk begins in.
+    pub const CODE_AT: u64 = 0x40_0000;
+    /// Where the stack from the input lies.
+    pub const STACK_AT: u64 = 0x7fff_0000;
+
+    /// Frames a walk reports at most: the instruction pointer and up to
+    /// 512 return addresses (the walker's bound).
+    pub const MAX_WALK: usize = 513;
+    /// Memory reads a walk makes at most: per frame, the CFA and every
+    /// register's rule, each an expression of at most 64 reads, or one.
+    pub const MAX_READS: usize = MAX_WALK * (dwarf::REGS + 1) * 65;
+
+    /// The registers and stack of a thread to walk.
+    #[derive(Arbitrary, Debug)]
+    pub struct WalkInput {
+        pub pc: u16,
+        pub sp: u16,
+        pub regs: [u64; 4],
+        pub stack: Vec<u8>,
+        /// Words outside the stack read as a function of their address
+        /// (else unreadable): lets rules wander over "memory".
+        pub everywhere: Option<u64>,
+    }
+
+    /// A function's usual entry rules: CFA = rsp + 8, the return address
+    /// at CFA - 8 (with a data alignment of -8).
+    const ENTRY: [u8; 5] = [0x0c, 0x07, 0x08, 0x90, 0x01];
+
+    /// One CIE (augmentation `zR`, absolute 8-byte pointers, return
+    /// address in column 16) with the usual entry rules then `cie` as its
+    /// initial instructions, and one FDE for `len` bytes at [`CODE_AT`]
+    /// with `fde`'s; a terminator.
+    pub fn eh_frame(cie: &[u8], fde: &[u8], len: u64, data_align: i8) -> Vec<u8> {
+        let mut c = vec![0, 0, 0, 0, 1, b'z', b'R', 0, 1];
+        c.push(data_align as u8 & 0x7f);
+        c.extend_from_slice(&[dwarf::RA as u8, 1, 0]);
+        c.extend_from_slice(&ENTRY);
+        c.extend_from_slice(cie);
+        let mut out = Vec::new();
+        out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        out.extend_from_slice(&c);
+        let pointer = out.len() as u32 + 4;
+        let mut f = pointer.to_le_bytes().to_vec();
+        f.extend_from_slice(&CODE_AT.to_le_bytes());
+        f.extend_from_slice(&len.max(1).to_le_bytes());
+        f.push(0);
+        f.extend_from_slice(fde);
+        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        out.extend_from_slice(&f);
+        out.extend_from_slice(&[0; 4]);
+        out
+    }
+
+    struct Stack<'a> {
+        bytes: &'a [u8],
+        code_len: u64,
+        everywhere: Option<u64>,
+        reads: Cell<usize>,
+    }
+
+    impl Memory for Stack<'_> {
+        fn word(&self, addr: u64) -> Option<u64> {
+            self.reads.set(self.reads.get() + 1);
+            if let Some(off) = addr.checked_sub(STACK_AT) {
+                let off = usize::try_from(off).ok()?;
+                if let Some(w) = self.bytes.get(off..off.checked_add(8)?) {
+                    let w = u64::from_le_bytes(w.try_into().ok()?);
+                    // Small words are return addresses into the code the
+                    // FDEs cover: what lets a walk go many frames deep.
+                    return Some(if w < 0x1_0000 {
+                        CODE_AT + w % self.code_len
+                    } else {
+                        w
+                    });
+                }
+            }
+            self.everywhere.map(|seed| addr.rotate_left(17) ^ seed)
+        }
+    }
+
+    /// Walk `w` over `tables` (one object covering every address), from
+    /// and (small stack words) into the `code_len` bytes at [`CODE_AT`]:
+    /// the walk ends within its bounds, and what it reports is consistent.
+    pub fn check_walk(tables: Tables, w: &WalkInput, code_len: u64) {
+        let code_len = code_len.max(1);
+        let pc = CODE_AT + w.pc as u64 % code_len;
+        let mut cache = TableCache::default();
+        let mut tables = Some(tables);
+        let object = ObjectCode {
+            start: 0,
+            end: u64::MAX,
+            bias: 0,
+            name: "fuzzed",
+            key: "fuzzed".into(),
+        };
+        let mut unwinder = Unwinder::new([object], &mut cache, |_| {
+            tables
+                .take()
+                .ok_or_else(|| hotsplice_engine::unwind::NoTables("loaded twice".into()))
+        });
+        let mut regs = [None; dwarf::REGS];
+        for (i, v) in w.regs.iter().enumerate() {
+            regs[i] = Some(*v);
+        }
+        regs[dwarf::SP as usize] = Some(STACK_AT + w.sp as u64 % (w.stack.len() as u64 + 1));
+        regs[6] = Some(STACK_AT.wrapping_add(w.regs[3] % 4096));
+        regs[dwarf::RA as usize] = Some(pc);
+        let mem = Stack {
+            bytes: &w.stack,
+            code_len,
+            everywhere: w.everywhere,
+            reads: Cell::new(0),
+        };
+        // Twice: the second walk runs from the rules cached by the first
+        // and must say the same.
+        let mut first = Vec::new();
+        let stop = unwinder.walk(&regs, &mem, &mut first);
+        let mut again = Vec::new();
+        let stop2 = unwinder.walk(&regs, &mem, &mut again);
+        assert_eq!(stop, stop2, "the cached rules walk differently");
+        assert_eq!(first, again, "the cached rules walk differently");
+        assert!(
+            !first.is_empty() && first.len() <= MAX_WALK,
+            "{} frames",
+            first.len()
+        );
+        assert_eq!(first[0], (pc, true));
+        assert!(
+            mem.reads.get() <= 2 * MAX_READS,
+            "{} memory reads",
+            mem.reads.get()
+        );
+        if stop == Stop::TooDeep {
+            assert_eq!(first.len(), MAX_WALK);
+        }
+        // Where it stopped can be said.
+        let _ = stop.to_string();
+    }
+}
