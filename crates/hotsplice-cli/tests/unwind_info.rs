@@ -344,3 +344,43 @@ fn libgcc_loaded_after_the_apply_gets_the_patch_registered_by_the_next_command()
     proc.expect_new_line(Stream::Stdout, case.before(), "still running");
     proc.assert_alive("after undo");
 }
+
+#[test]
+fn the_daemon_pass_registers_late_too() {
+    let (env, case, build, out) = fresh_case("late-daemon", "late_libgcc");
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = create_signed(&env, &case, &build, "fix.diff", 1, &out.path().join("l1"));
+    env.install(&file);
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let pid = proc.pid();
+
+    // The daemon patches the process (no libgcc_s yet).
+    env.hs(["daemon", "--once", "--no-netlink"])
+        .assert_ok("daemon: apply");
+    proc.expect_new_line(Stream::Stdout, case.after(), "patched by the daemon");
+
+    std::fs::write(build.dir.join("load"), b"").unwrap();
+    proc.expect_new_line(Stream::Stdout, "loaded libgcc_s", "loaded");
+    // Its next pass has nothing to apply, but registers.
+    env.hs(["daemon", "--once", "--no-netlink"])
+        .assert_ok("daemon: next pass");
+    let mark = proc.mark(Stream::Stderr);
+    std::fs::write(build.dir.join("trace"), b"").unwrap();
+    let i = proc
+        .wait_match(Stream::Stderr, mark, LINE_TIMEOUT, |l| {
+            l.starts_with("caller ")
+        })
+        .unwrap_or_else(|| panic!("no traced line: {}", proc.describe()));
+    assert_eq!(
+        proc.lines_since(Stream::Stderr, i)[0],
+        "caller found",
+        "{}",
+        proc.describe()
+    );
+    env.hs(["user", "remove", "--all", "--pid", &pid.to_string()])
+        .assert_ok("remove");
+    proc.expect_new_line(Stream::Stdout, case.before(), "removed");
+    proc.expect_new_line(Stream::Stderr, "caller found", "removed, tracing");
+    proc.assert_alive("after remove");
+}
