@@ -240,7 +240,9 @@ fn with_no_thread_fit_for_the_call_apply_refuses_or_registers_later() {
     r.assert_failed("apply without a thread fit for the call");
     assert!(
         r.stderr.contains("no thread of the process was fit")
-            && r.stderr.contains("signal handler")
+            && r.stderr
+                .contains(&format!("thread {pid} inside a signal handler"))
+            && r.stderr.contains(&format!("thread {worker} "))
             && r.stderr.contains("--register-unwind-later"),
         "{}",
         r.describe()

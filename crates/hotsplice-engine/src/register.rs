@@ -204,21 +204,31 @@ fn marked_call(
         crate::unwind::for_process(pid, maps, objects, &mut cache)
     };
     let deadline = Instant::now() + FIND_THREAD;
-    let mut why = String::from("no thread waits in a system call");
+    // Why each thread was passed over, in the last round.
+    let mut unfit: Vec<(Pid, String)> = Vec::new();
     loop {
         let mut tids = tracee.tids();
         // The main thread first, as other remote operations do.
         tids.sort_by_key(|&t| t != pid);
+        unfit.clear();
         for tid in tids {
-            if !syscall_of(pid, tid).is_some_and(waiting) {
-                continue;
+            match syscall_of(pid, tid) {
+                Some(nr) if waiting(nr) => {}
+                Some(nr) => {
+                    unfit.push((tid, format!("in system call {nr}, not a waiting one")));
+                    continue;
+                }
+                None => {
+                    unfit.push((tid, "running, not in a system call".into()));
+                    continue;
+                }
             }
             let t0 = Instant::now();
             let r = tracee.with_specific_thread(tid, |t: &mut RemoteThread<'_>| {
                 let regs = *t.regs();
                 let nr = arch::remote::syscall_number(&regs) as i64;
                 if !arch::remote::in_syscall(&regs) || !waiting(nr) {
-                    return Ok(None);
+                    return Ok(Err("left its system call".to_string()));
                 }
                 let mut frames = Vec::new();
                 let stop = unwinder.walk(&dwarf::initial(&regs), &ProcessMemory(pid), &mut frames);
@@ -227,30 +237,28 @@ fn marked_call(
                 // signal frame (a handler may have interrupted code holding
                 // malloc's or libgcc's lock, which the call would then wait
                 // for forever).
-                let whole = matches!(stop, crate::unwind::Stop::Outermost);
-                let in_handler = frames.iter().skip(1).any(|&(_, after_signal)| after_signal);
-                if !whole
-                    || in_handler
-                    || frames
-                        .iter()
-                        .any(|&(pc, _)| (lib.start..lib.end).contains(&pc))
+                if frames.iter().skip(1).any(|&(_, after_signal)| after_signal) {
+                    return Ok(Err("inside a signal handler".to_string()));
+                }
+                if frames
+                    .iter()
+                    .any(|&(pc, _)| (lib.start..lib.end).contains(&pc))
                 {
-                    return Ok(None);
+                    return Ok(Err("inside libgcc_s".to_string()));
+                }
+                if !matches!(stop, crate::unwind::Stop::Outermost) {
+                    return Ok(Err(format!("its stack cannot be walked whole ({stop})")));
                 }
                 t.call(u.thunk, &[a0, a1, func, u.state, before, after])
-                    .map(Some)
+                    .map(Ok)
             });
             match r {
-                Ok(Some(_)) => {
+                Ok(Ok(_)) => {
                     let time = t0.elapsed();
                     let word = state_word(pid, u)?;
                     return Ok(Ok(Called { word, tid, time }));
                 }
-                Ok(None) => {
-                    why = format!(
-                        "thread {tid} left its system call, is in libgcc_s or a signal handler, or its stack cannot be walked whole"
-                    )
-                }
+                Ok(Err(why)) => unfit.push((tid, why)),
                 Err(e) => {
                     // The call may have run: the state word says.
                     let word = state_word(pid, u)?;
@@ -263,10 +271,19 @@ fn marked_call(
             }
         }
         if Instant::now() >= deadline {
+            let mut why: Vec<String> = unfit
+                .iter()
+                .take(8)
+                .map(|(tid, why)| format!("thread {tid} {why}"))
+                .collect();
+            if unfit.len() > 8 {
+                why.push(format!("{} more", unfit.len() - 8));
+            }
             return Ok(Err(format!(
-                "no thread of the process was fit to call {} for {} s: {why} (a thread interrupted elsewhere, or inside a signal handler, may hold the locks libgcc and malloc take)",
+                "no thread of the process was fit to call {} for {} s ({}); a thread interrupted elsewhere, or inside a signal handler, may hold the locks libgcc and malloc take",
                 lib.path,
-                FIND_THREAD.as_secs()
+                FIND_THREAD.as_secs(),
+                why.join("; ")
             )));
         }
         std::thread::sleep(Duration::from_millis(5));
