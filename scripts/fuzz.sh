@@ -13,7 +13,9 @@
 # not checked in). A crash, leak, timeout or out-of-memory fails the script;
 # the input is left in fuzz/artifacts/<target>/ (reproduce it with
 # `cargo fuzz run <target> fuzz/artifacts/<target>/<file>` from fuzz/).
-# FUZZ_TARGETS names targets (default: all); FUZZ_ARGS adds libFuzzer flags.
+# FUZZ_TARGETS names targets (default: all); FUZZ_ARGS adds libFuzzer flags;
+# FUZZ_TARGET_DIR is the build directory (default $HOTSPLICE_CACHE/fuzz-target,
+# or fuzz/target when HOTSPLICE_CACHE is unset).
 #
 # cargo-fuzz needs nightly features of the compiler; on a stable toolchain
 # RUSTC_BOOTSTRAP=1 enables them.
@@ -24,13 +26,18 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 seconds="${FUZZ_SECONDS:-60}"
+# The instrumented build is slow (minutes on two cores); with HOTSPLICE_CACHE
+# set (scripts/test.sh sets it) it is kept there, so a fresh checkout only
+# rebuilds hotsplice's own crates, not their dependencies.
+target_dir="${FUZZ_TARGET_DIR:-${HOTSPLICE_CACHE:+$HOTSPLICE_CACHE/fuzz-target}}"
+target_dir="${target_dir:-target}"
 targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
 cargo fetch --locked
 for t in $targets; do
     mkdir -p "corpus/$t"
     echo "== fuzz: $t for ${seconds}s"
     # shellcheck disable=SC2046,SC2086 # optional seeds; FUZZ_ARGS is a list of flags
-    cargo fuzz run "$t" "corpus/$t" $(test -d "seeds/$t" && echo "seeds/$t") -- \
+    cargo fuzz run --target-dir "$target_dir" "$t" "corpus/$t" $(test -d "seeds/$t" && echo "seeds/$t") -- \
         -max_total_time="$seconds" -dict=dict/formats.dict -print_final_stats=1 \
         ${FUZZ_ARGS:-}
 done
