@@ -298,8 +298,9 @@ pub struct Slice {
 }
 
 /// How long a slice may wait, beyond its length, for each thread let go
-/// to have been put on a CPU.
-const ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+/// to have been put on a CPU; and how often it looks, at most.
+const ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+const ARRIVAL_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// At most this many schedstat files are kept open by a window.
 const SCHED_FILES: usize = 16;
@@ -437,14 +438,18 @@ impl StopWindow<'_> {
             // yet: interrupted now, it would stop where it was, a round
             // for nothing. Give each one, within a bound, the time to be
             // put on a CPU once (the kernel counts those).
+            // It has to get a CPU to enter its stop anyway, so waiting
+            // for that first costs little more and makes the round count.
             let until = t0 + slice + ARRIVAL_WAIT;
+            let mut poll = slice;
             while std::time::Instant::now() < until
                 && tids.iter().zip(&at_start).any(|(&t, s)| {
                     s.zip(sched(t).and_then(SchedStat::read))
                         .is_some_and(|(a, b)| b.2 == a.2)
                 })
             {
-                let_run(slice);
+                let_run(poll);
+                poll = (poll * 2).min(ARRIVAL_POLL);
             }
         }
         for &(i, _) in &at[..let_go] {
