@@ -11,6 +11,14 @@ use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+/// The tests of this file one at a time: the busy loops of the loaded one
+/// would otherwise load the others too, and their hammering threads add to
+/// its load.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn patch(case: &Case, build: &Build) -> (TempDir, std::path::PathBuf, String) {
     let out = temp_dir("hot");
     std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -24,6 +32,7 @@ fn patch(case: &Case, build: &Build) -> (TempDir, std::path::PathBuf, String) {
 /// busy by [`Load`] if `loaded`.
 fn hammered_rounds(busy_timeout: Option<&str>, loaded: bool) {
     require_root();
+    let _one_at_a_time = serial();
     let case = Case::load("hot_threads");
     let build = case.build();
     let (_out, file, id) = patch(&case, &build);
@@ -109,6 +118,7 @@ fn apply_and_undo_of_a_hot_function_on_a_loaded_machine() {
 #[test]
 fn a_thread_waiting_inside_for_a_lock_a_stopped_thread_holds_is_refused_cleanly() {
     require_root();
+    let _one_at_a_time = serial();
     let case = Case::load("hot_threads");
     let build = case.build();
     let (_out, file, _id) = patch(&case, &build);
