@@ -486,7 +486,7 @@ fn apply_busy_threads_sigterm() {
 }
 
 // Four threads inside the patched function most of the time: the windows
-// lead them out one by one (`run_alone`), so kill points fall there too.
+// lead them out, together (`run_alone`), so kill points fall there too.
 #[test]
 fn apply_hot_threads_led_out_sigkill() {
     run("hot_threads", Op::Apply, "KILL");

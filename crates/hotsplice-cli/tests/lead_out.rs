@@ -11,6 +11,14 @@ use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+/// The tests of this file one at a time: the busy loops of the loaded one
+/// would otherwise load the others too, and their hammering threads add to
+/// its load.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn patch(case: &Case, build: &Build) -> (TempDir, std::path::PathBuf, String) {
     let out = temp_dir("hot");
     std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -19,43 +27,98 @@ fn patch(case: &Case, build: &Build) -> (TempDir, std::path::PathBuf, String) {
     (out, files[0].clone(), id)
 }
 
-#[test]
-fn apply_and_undo_of_a_function_four_threads_hammer() {
+/// Three rounds of apply and undo of `compute` while four threads hammer
+/// it, with `busy_timeout` (`None`: the default, 5 s), on a machine made
+/// busy by [`Load`] if `loaded`.
+fn hammered_rounds(busy_timeout: Option<&str>, loaded: bool) {
     require_root();
+    let _one_at_a_time = serial();
     let case = Case::load("hot_threads");
     let build = case.build();
     let (_out, file, id) = patch(&case, &build);
     let mut proc = build.start(&case);
     proc.expect_new_line(Stream::Stdout, case.before(), "started");
     let pid = proc.pid();
+    let load = loaded.then(|| {
+        let l = Load::start();
+        // Let the hogs fill the run queues.
+        std::thread::sleep(Duration::from_millis(200));
+        l
+    });
+    let timeout: Vec<&str> = busy_timeout
+        .map(|t| vec!["--busy-timeout", t])
+        .unwrap_or_default();
+    let p = pid.to_string();
     for round in 0..3 {
-        let what = format!("round {round}");
+        let what = format!("round {round}{}", if loaded { ", loaded" } else { "" });
         // The threads abort on any result but 1 or 2: mixed code kills it.
-        let r = apply(
-            pid,
-            &["--json", "--busy-timeout", "30"],
-            std::slice::from_ref(&file),
-        );
+        let mut args = vec!["--json"];
+        args.extend(&timeout);
+        let r = apply(pid, &args, std::slice::from_ref(&file));
         r.assert_ok(&format!("{what}: apply"));
         let j = parse_json(&r.stdout).unwrap();
         eprintln!(
-            "{what}: apply: attempts {}, led out {}, stopped {} us",
-            j[0]["attempts"], j[0]["lead_out"], j[0]["stopped"]
+            "{what}: apply: attempts {}, led out {}, stopped {} us, times {}",
+            j[0]["attempts"], j[0]["lead_out"], j[0]["stopped"], j[0]["times"]
         );
         proc.expect_new_line(Stream::Stdout, case.after(), &what);
-        let p = pid.to_string();
-        let r = hotsplice(["user", "undo", "--busy-timeout", "30", "--pid", &p, &id]);
+        let mut undo = vec!["user", "undo"];
+        undo.extend(&timeout);
+        undo.extend(["--pid", &p, &id]);
+        let r = hotsplice(&undo);
         r.assert_ok(&format!("{what}: undo"));
         eprintln!("{what}: undo: {}", r.stdout.trim());
         proc.expect_new_line(Stream::Stdout, case.before(), &what);
         proc.assert_alive(&what);
     }
+    drop(load);
     assert!(hotsplice_testsupport::proc::held_threads(pid as i32).is_empty());
+}
+
+#[test]
+fn apply_and_undo_of_a_function_four_threads_hammer() {
+    hammered_rounds(Some("30"), false);
+}
+
+/// Busy-looping processes, two per CPU at nice 0, stopped and reaped on drop.
+struct Load(Vec<std::process::Child>);
+
+impl Load {
+    fn start() -> Load {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+        let hogs = (0..n)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .expect("start a busy loop")
+            })
+            .collect();
+        Load(hogs)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// On a machine whose CPUs are all busy, each slice a led-out thread runs
+/// alone can take milliseconds of wall time, most of it waiting for a CPU:
+/// leading out must still succeed within the default busy timeout (5 s).
+#[test]
+fn apply_and_undo_of_a_hot_function_on_a_loaded_machine() {
+    hammered_rounds(None, true);
 }
 
 #[test]
 fn a_thread_waiting_inside_for_a_lock_a_stopped_thread_holds_is_refused_cleanly() {
     require_root();
+    let _one_at_a_time = serial();
     let case = Case::load("hot_threads");
     let build = case.build();
     let (_out, file, _id) = patch(&case, &build);

@@ -108,6 +108,9 @@ pub(crate) fn stop_and_write<T>(
     // not in them counts as unreadable, so busy).
     let mut fresh = false;
     let mut led = LeadOut::default();
+    // Threads being led out together, and what their last slice took.
+    let mut led_set: Vec<Pid> = Vec::with_capacity(LEAD_TOGETHER);
+    let mut slices: Vec<hotsplice_process::Slice> = Vec::with_capacity(LEAD_TOGETHER);
     let mut lingering: Vec<Lingering> = Vec::new();
     // Unwind tables, read now, with every thread running.
     let mut unwinder = match opts.stack_walk {
@@ -158,49 +161,61 @@ pub(crate) fn stop_and_write<T>(
             &mut bufs,
         );
         let (first_read, first_check) = (bufs.read, bufs.check);
-        // Lead busy threads out: each alone, the others stopped, in short
-        // slices until its stack no longer holds busy code; then everything
-        // is checked again. Bounded; a thread that does not come out (it
-        // waits for a lock a stopped thread holds, or never returns) ends
-        // it, and the process runs while we retry.
-        let lead_started = Instant::now();
-        while let Some(b) = busy.as_ref() {
-            if !b.can_lead_out
-                || lead_started.elapsed() >= LEAD_OUT
-                || opts.stop_waiting.is_some_and(|stop| stop())
-            {
+        // Lead busy threads out: the busy ones run alone together, the
+        // others stopped, in short slices; each stays stopped as soon as
+        // its stack no longer holds busy code; then everything is checked
+        // again. Bounded; a thread that does not come out (it waits for a
+        // lock a stopped thread holds, or never returns) ends it, and the
+        // process runs while we retry.
+        let mut lead = LeadBudget::start();
+        'lead: while let Some(b) = busy.as_ref() {
+            if !b.can_lead_out || lead.spent() || opts.stop_waiting.is_some_and(|stop| stop()) {
                 break;
             }
-            let tid = b.tid;
-            let mut out = false;
-            while lead_started.elapsed() < LEAD_OUT {
-                let t = match unchanged!(window.run_alone(tid, LEAD_SLICE)) {
-                    RunAlone::Stopped(t) => t,
-                    RunAlone::Changed => break,
-                };
-                led.slices += 1;
-                let (still, _) = check_threads(
-                    pid,
-                    std::slice::from_ref(&t),
-                    &maps,
-                    ranges,
-                    unwinder.as_mut(),
-                    &mut bufs,
-                );
-                match still {
-                    None => {
-                        out = true;
-                        break;
+            // Every busy thread, not only the first one found: their waits
+            // for a CPU overlap on a loaded machine.
+            led_set.clear();
+            led_set.push(b.tid);
+            let mut from = position(window.threads(), b.tid) + 1;
+            while led_set.len() < LEAD_TOGETHER && from < window.threads().len() {
+                let tail = &window.threads()[from..];
+                match check_threads(pid, tail, &maps, ranges, unwinder.as_mut(), &mut bufs).0 {
+                    None => break,
+                    Some(m) if !m.can_lead_out => break 'lead,
+                    Some(m) => {
+                        from = position(window.threads(), m.tid) + 1;
+                        led_set.push(m.tid);
                     }
-                    Some(b) if !b.can_lead_out => break,
-                    Some(_) => {}
                 }
             }
-            if !out {
-                break;
+            while !led_set.is_empty() {
+                if lead.spent() {
+                    break 'lead;
+                }
+                match unchanged!(window.run_alone(&led_set, LEAD_SLICE, &mut slices)) {
+                    RunAlone::Stopped => lead.round(&slices),
+                    RunAlone::Changed => break 'lead,
+                }
+                led.slices += led_set.len();
+                let mut k = 0;
+                while k < led_set.len() {
+                    let Some(&t) = window.threads().get(position(window.threads(), led_set[k]))
+                    else {
+                        break 'lead;
+                    };
+                    let one = std::slice::from_ref(&t);
+                    match check_threads(pid, one, &maps, ranges, unwinder.as_mut(), &mut bufs).0 {
+                        None => {
+                            // Out: it stays stopped from now on.
+                            led_set.swap_remove(k);
+                            led.threads += 1;
+                        }
+                        Some(b) if !b.can_lead_out => break 'lead,
+                        Some(_) => k += 1,
+                    }
+                }
             }
-            led.threads += 1;
-            // Its stack moved and it may have written memory: all again.
+            // Their stacks moved and they may have written memory: all again.
             let spans = stack_spans(window.threads(), &maps);
             if needs_fresh_maps(&spans) {
                 break;
@@ -214,8 +229,19 @@ pub(crate) fn stop_and_write<T>(
                 &mut bufs,
             );
         }
-        let lead_time = lead_started.elapsed();
+        let lead_time = lead.started.elapsed();
         led.time += lead_time;
+        led.waited += lead.waited;
+        if busy.is_some() && lead.slices > 0 {
+            tracing::debug!(
+                pid,
+                slices = lead.slices,
+                wall_us = lead_time.as_micros() as u64,
+                waited_us = lead.waited.as_micros() as u64,
+                ran_us = lead.ran.as_micros() as u64,
+                "leading out did not finish in this window"
+            );
+        }
         let threads = window.threads();
         if let Some(busy) = busy {
             unchanged!(window.resume());
@@ -359,10 +385,81 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// How long a window may lead busy threads out, all in all.
+/// How long a window may lead busy threads out, all in all, not counting
+/// the time the led-out thread waited for a CPU (see [`LeadBudget`]).
 const LEAD_OUT: Duration = Duration::from_millis(10);
-/// How long a busy thread runs alone before it is looked at again.
+/// However long the led-out threads waited for a CPU: the hard cap on the
+/// wall time a window leads out, so the others' stop stays bounded.
+const LEAD_OUT_WALL: Duration = Duration::from_millis(100);
+/// How long busy threads run alone before they are looked at again.
 const LEAD_SLICE: Duration = Duration::from_micros(30);
+/// At most this many busy threads run alone together.
+const LEAD_TOGETHER: usize = 16;
+
+/// Where thread `tid` is among the window's threads (it is: the caller
+/// found it there, and a window's threads only change by ending it).
+fn position(threads: &[StoppedThread], tid: Pid) -> usize {
+    threads
+        .iter()
+        .position(|t| t.tid == tid)
+        .unwrap_or(threads.len())
+}
+
+/// The lead-out budget of one window. On an idle machine it is wall time
+/// ([`LEAD_OUT`]). On a loaded one, a thread let run alone mostly waits in
+/// the run queue for a CPU (and again, once interrupted, to enter its
+/// stop), so a wall-time budget leaves it a few slices of running and the
+/// window gives up on a thread that would have come out: the time each led
+/// thread was runnable but waited for a CPU, as the kernel accounts it
+/// (`schedstat`), is not charged. A thread that waits for a lock is not
+/// runnable, so its wait is charged in full and it ends the lead-out as
+/// soon as on an idle machine. [`LEAD_OUT_WALL`] bounds the wall time in
+/// every case.
+struct LeadBudget {
+    started: Instant,
+    slices: usize,
+    /// Sums over the slices of the led threads' time waiting for a CPU, and
+    /// on one.
+    waited: Duration,
+    ran: Duration,
+}
+
+impl LeadBudget {
+    fn start() -> LeadBudget {
+        LeadBudget {
+            started: Instant::now(),
+            slices: 0,
+            waited: Duration::ZERO,
+            ran: Duration::ZERO,
+        }
+    }
+
+    /// One round of threads run together: the time not charged is the
+    /// longest any of them waited for a CPU (never more than the round:
+    /// the two clocks differ a little).
+    fn round(&mut self, slices: &[hotsplice_process::Slice]) {
+        let Some(wall) = slices.first().map(|s| s.wall) else {
+            return;
+        };
+        self.slices += slices.len();
+        let waited = slices
+            .iter()
+            .map(|s| s.waited.unwrap_or_default())
+            .max()
+            .unwrap_or_default();
+        self.waited += waited.min(wall);
+        self.ran += slices
+            .iter()
+            .map(|s| s.ran.unwrap_or_default())
+            .sum::<Duration>();
+    }
+
+    /// Whether this window is done leading out.
+    fn spent(&self) -> bool {
+        let wall = self.started.elapsed();
+        wall >= LEAD_OUT_WALL || wall.saturating_sub(self.waited) >= LEAD_OUT
+    }
+}
 
 /// What leading threads out of busy code took.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -374,6 +471,10 @@ pub struct LeadOut {
     /// Time spent so, in every window (part of the stop for the others).
     #[serde(serialize_with = "micros")]
     pub time: Duration,
+    /// Of `time`, how long the led-out threads waited for a CPU (a loaded
+    /// machine; not charged to the lead-out budget).
+    #[serde(serialize_with = "micros")]
+    pub waited: Duration,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {

@@ -38,7 +38,7 @@ pub use error::{Error, Result};
 pub use mem::{read_memory, read_memory_into, read_memory_many, MemWriter};
 pub use procfs::{all_pids, process_name, read_maps, thread_ids, tracer_pid, Mapping};
 pub use remote::RemoteThread;
-pub use tracee::{with_main_thread, RunAlone, StopWindow, StoppedThread, Tracee};
+pub use tracee::{with_main_thread, RunAlone, Slice, StopWindow, StoppedThread, Tracee};
 
 /// Process / thread id.
 pub type Pid = i32;

@@ -18,7 +18,7 @@ mod window;
 
 pub use borrow::with_main_thread;
 use state::{Book, St};
-pub use window::{RunAlone, StopWindow, StoppedThread};
+pub use window::{RunAlone, Slice, StopWindow, StoppedThread};
 
 /// All threads of a process, seized with `PTRACE_SEIZE` (option `PTRACE_O_TRACECLONE`, so threads
 /// created later are traced from birth).

@@ -9,6 +9,7 @@ use nix::errno::Errno;
 
 use super::state::{Book, St, Stop};
 use super::Tracee;
+use crate::procfs::SchedStat;
 use crate::sys::{self, classify, is_stop_signal, perr, wait_tid, Ev};
 use crate::{Error, MemWriter, Pid, Result};
 
@@ -37,10 +38,14 @@ impl Tracee {
     /// process exits the result is [`Error::ProcessExited`]. On any error, threads that were
     /// stopped are resumed.
     pub fn stop_all(&mut self) -> Result<StopWindow<'_>> {
+        // Before the first interrupt, so that no thread waits for it.
+        let boost = sys::boost();
         self.book.collect(true)?;
         Ok(StopWindow {
             tracee: self,
             done: false,
+            sched: Vec::new(),
+            _boost: boost,
         })
     }
 }
@@ -267,16 +272,38 @@ impl Book {
 }
 
 /// What [`StopWindow::run_alone`] found.
-// Returned by value once per slice, never stored: boxing would only add an
-// allocation to the window.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunAlone {
-    /// The thread ran and is stopped again, with these registers.
-    Stopped(StoppedThread),
+    /// The threads ran and are stopped again (their new registers in the
+    /// window).
+    Stopped,
     /// The window's threads changed: end the window.
     Changed,
 }
+
+/// What one slice of [`StopWindow::run_alone`] took: the wall time from
+/// letting the thread go to having it stopped again, and of that, as the
+/// kernel accounted it for the thread (`/proc/PID/task/TID/schedstat`),
+/// the time it ran on a CPU and the time it was runnable but waited for a
+/// CPU (on a loaded machine, most of a slice). `None` when the kernel does
+/// not say (no schedstat).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Slice {
+    /// From PTRACE_CONT to the stop collected.
+    pub wall: std::time::Duration,
+    /// Time the thread spent on a CPU meanwhile.
+    pub ran: Option<std::time::Duration>,
+    /// Time the thread spent runnable, waiting for a CPU, meanwhile.
+    pub waited: Option<std::time::Duration>,
+}
+
+/// How long a slice may wait, beyond its length, for each thread let go
+/// to have been put on a CPU; and how often it looks, at most.
+const ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+const ARRIVAL_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// At most this many schedstat files are kept open by a window.
+const SCHED_FILES: usize = 16;
 
 /// Let the thread run for about `d`: sleeping frees our CPU for it, and the
 /// timer brings us back (spinning, or yielding to it, would hold it off or
@@ -290,6 +317,11 @@ fn let_run(d: std::time::Duration) {
 pub struct StopWindow<'a> {
     tracee: &'a mut Tracee,
     done: bool,
+    /// The schedstat of threads run alone (opened on their first slice).
+    sched: Vec<(Pid, Option<SchedStat>)>,
+    /// Our thread's priority, raised for the window (dropped after the
+    /// threads are let go: `Drop` releases first).
+    _boost: sys::Boost,
 }
 
 impl std::fmt::Debug for StopWindow<'_> {
@@ -323,47 +355,135 @@ impl StopWindow<'_> {
         self.tracee.mem()
     }
 
-    /// Let thread `tid` alone run for about `slice`, every other thread
-    /// staying stopped, then stop it again and read its registers (for
-    /// leading a thread out of code about to be replaced). Only a thread in
-    /// a clean stop (our interrupt) is let go; what it does meanwhile is
-    /// its own business — no register is changed, no breakpoint or single
-    /// step is used, so hotsplice vanishing at any point leaves it running
-    /// correctly. Returns [`RunAlone::Stopped`] with its new registers, or
-    /// [`RunAlone::Changed`] when the window no longer holds exactly the
-    /// threads it held (the thread exited, or started a thread, or it was
-    /// not in a clean stop): the caller should end the window then.
-    pub fn run_alone(&mut self, tid: Pid, slice: std::time::Duration) -> Result<RunAlone> {
+    /// Let the threads `tids` alone run for about `slice`, every other
+    /// thread staying stopped, then stop them again and read their
+    /// registers (for leading threads out of code about to be replaced).
+    /// Only threads in a clean stop (our interrupt) are let go; what they
+    /// do meanwhile is their own business — no register is changed, no
+    /// breakpoint or single step is used, so hotsplice vanishing at any
+    /// point leaves them running correctly. Running several at once lets
+    /// their waits for a CPU overlap on a loaded machine.
+    ///
+    /// Returns [`RunAlone::Stopped`] with, in `slices` (one per tid, in
+    /// order), what each slice took — the new registers are in
+    /// [`StopWindow::threads`] — or [`RunAlone::Changed`] when the window
+    /// no longer holds exactly the threads it held (one exited, started a
+    /// thread, or was not in a clean stop): the caller should end the
+    /// window then.
+    pub fn run_alone(
+        &mut self,
+        tids: &[Pid],
+        slice: std::time::Duration,
+        slices: &mut Vec<Slice>,
+    ) -> Result<RunAlone> {
+        slices.clear();
         let book = &mut self.tracee.book;
-        let Some(i) = book.threads.iter().position(|t| t.tid == tid) else {
-            return Ok(RunAlone::Changed);
-        };
-        if book.threads[i].st != St::Stopped(Stop::Clean) {
-            return Ok(RunAlone::Changed);
-        }
-        let Some(slot) = book.stopped.iter().position(|t| t.tid == tid) else {
-            return Ok(RunAlone::Changed);
-        };
-        let before = book.threads.len();
-        match sys::cont(tid, 0) {
-            Ok(()) => book.threads[i].st = St::Running,
-            Err(Errno::ESRCH) => {
-                book.threads[i].st = St::Dying;
+        // (index in `threads`, index in `stopped`) of each, all checked
+        // before any is let go.
+        let mut at: Vec<(usize, usize)> = Vec::with_capacity(tids.len());
+        for &tid in tids {
+            let Some(i) = book.threads.iter().position(|t| t.tid == tid) else {
+                return Ok(RunAlone::Changed);
+            };
+            if book.threads[i].st != St::Stopped(Stop::Clean) {
                 return Ok(RunAlone::Changed);
             }
-            Err(e) => return Err(perr("PTRACE_CONT", tid, e)),
+            let Some(slot) = book.stopped.iter().position(|t| t.tid == tid) else {
+                return Ok(RunAlone::Changed);
+            };
+            at.push((i, slot));
         }
-        let_run(slice);
-        // ESRCH (exiting) is resolved by the wait.
-        let _ = sys::interrupt(tid);
-        let had = book.stopped.len();
-        book.collect_one(i, true)?;
-        if book.stopped.len() != had + 1 || book.threads.len() != before {
+        for &tid in tids {
+            if !self.sched.iter().any(|(t, _)| *t == tid) {
+                if self.sched.len() >= SCHED_FILES {
+                    self.sched.remove(0);
+                }
+                self.sched.push((tid, SchedStat::open(book.pid, tid)));
+            }
+        }
+        let sched = |tid: Pid| {
+            self.sched
+                .iter()
+                .find(|(t, _)| *t == tid)
+                .and_then(|(_, s)| s.as_ref())
+        };
+        let at_start: Vec<Option<(u64, u64, u64)>> = tids
+            .iter()
+            .map(|&t| sched(t).and_then(SchedStat::read))
+            .collect();
+        let before = book.threads.len();
+        let t0 = std::time::Instant::now();
+        let mut changed = false;
+        let mut let_go = 0;
+        for &(i, _) in &at {
+            let tid = book.threads[i].tid;
+            match sys::cont(tid, 0) {
+                Ok(()) => book.threads[i].st = St::Running,
+                Err(Errno::ESRCH) => {
+                    book.threads[i].st = St::Dying;
+                    changed = true;
+                    break;
+                }
+                Err(e) => {
+                    // Those let go are stopped again by the next collect
+                    // (dropping the window resumes the others).
+                    return Err(perr("PTRACE_CONT", tid, e));
+                }
+            }
+            let_go += 1;
+        }
+        if !changed {
+            let_run(slice);
+            // On a loaded machine a thread let go may not have had a CPU
+            // yet: interrupted now, it would stop where it was, a round
+            // for nothing. Give each one, within a bound, the time to be
+            // put on a CPU once (the kernel counts those).
+            // It has to get a CPU to enter its stop anyway, so waiting
+            // for that first costs little more and makes the round count.
+            let until = t0 + slice + ARRIVAL_WAIT;
+            let mut poll = slice;
+            while std::time::Instant::now() < until
+                && tids.iter().zip(&at_start).any(|(&t, s)| {
+                    s.zip(sched(t).and_then(SchedStat::read))
+                        .is_some_and(|(a, b)| b.2 == a.2)
+                })
+            {
+                let_run(poll);
+                poll = (poll * 2).min(ARRIVAL_POLL);
+            }
+        }
+        for &(i, _) in &at[..let_go] {
+            // ESRCH (exiting) is resolved by the wait.
+            let _ = sys::interrupt(book.threads[i].tid);
+        }
+        for &(i, slot) in &at[..let_go] {
+            let had = book.stopped.len();
+            book.collect_one(i, true)?;
+            if book.stopped.len() != had + 1 {
+                changed = true;
+                continue;
+            }
+            let fresh = book.stopped.pop().expect("just pushed");
+            book.stopped[slot] = fresh;
+        }
+        let wall = t0.elapsed();
+        if changed || book.threads.len() != before {
             return Ok(RunAlone::Changed);
         }
-        let fresh = book.stopped.pop().expect("just pushed");
-        book.stopped[slot] = fresh;
-        Ok(RunAlone::Stopped(fresh))
+        for (&tid, start) in tids.iter().zip(&at_start) {
+            let delta = start
+                .zip(sched(tid).and_then(SchedStat::read))
+                .map(|(a, b)| {
+                    let ns = std::time::Duration::from_nanos;
+                    (ns(b.0.saturating_sub(a.0)), ns(b.1.saturating_sub(a.1)))
+                });
+            slices.push(Slice {
+                wall,
+                ran: delta.map(|d| d.0),
+                waited: delta.map(|d| d.1),
+            });
+        }
+        Ok(RunAlone::Stopped)
     }
 
     /// Let every thread run again but stay seized (PTRACE_CONT, re-injecting recorded signals).
