@@ -25,7 +25,9 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 export HOTSPLICE_CACHE="${HOTSPLICE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hotsplice}"
 mkdir -p "$HOTSPLICE_CACHE/user"
+# corpus-user.sh [openssl|glibc] [NAME...]: the whole corpus, or the named fixes.
 which=${1:-openssl}
+only=("${@:2}")
 case "$which" in
 openssl)
   corpus=tests/userspace-corpus/openssl
@@ -52,7 +54,7 @@ glibc)
   libs=
   ;;
 *)
-  echo "usage: corpus-user.sh [openssl|glibc]" >&2
+  echo "usage: corpus-user.sh [openssl|glibc] [NAME...]" >&2
   exit 2
   ;;
 esac
@@ -118,6 +120,7 @@ echo "|---|---|---|---|---|---|---|---|---|"
 total=0 ok=0 bad=0
 while IFS='|' read -r name cve files functions before after; do
   case "$name" in ''|'#'*) continue ;; esac
+  if [ "${#only[@]}" -gt 0 ] && ! printf '%s\n' "${only[@]}" | grep -qx -- "$name"; then continue; fi
   total=$((total + 1))
   exe="$work/$name"
   # shellcheck disable=SC2086
