@@ -228,6 +228,20 @@ fn patch_reads_thread_local_of_shared_library() {
     flip("tls_lib");
 }
 
+/// glibc's errno: a hidden initial-exec `__thread` variable whose GOT entry
+/// is relocated without a symbol.
+#[test]
+fn patch_reads_hidden_initial_exec_thread_local_of_shared_library() {
+    flip("tls_ie_lib");
+}
+
+/// glibc's stdio functions: unwind information naming the library's own
+/// hidden copy of libgcc's C personality routine.
+#[test]
+fn patch_function_whose_unwind_info_names_the_library_own_personality_routine() {
+    flip("personality_lib");
+}
+
 #[test]
 fn patch_calls_ifunc_symbols() {
     flip("ifunc");
