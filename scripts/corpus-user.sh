@@ -35,7 +35,7 @@ openssl)
   binary_deb="libssl3=3.0.20-1~deb12u2"
   fixed_deb="libssl3=3.0.22-1~deb12u2"
   # What building Debian's OpenSSL needs, and the headers the reproducers use.
-  build_deps=(dpkg-dev debhelper m4 bc libssl-dev gcc make patch)
+  build_deps=(dpkg-dev debhelper m4 bc libssl-dev gcc make patch python3)
   libs=-lcrypto
   ;;
 glibc)
@@ -149,13 +149,16 @@ while IFS='|' read -r name cve files functions before after; do
   fi
   start=$(date +%s.%N)
   if ! created=$("$hs" create --source-package "$source_pkg" --patch "$corpus/$name.diff" \
-      --target "$target" --sign "$work/key/corpus.key" \
+      --target "$target" --sign "$work/key/corpus.key" --json \
       --description "$cve: $name" -o "$work/patches-$name" 2>"$work/$name.create"); then
     echo "$row | no: $(tail -1 "$work/$name.create" | sed 's/|/\\|/g') | | | | | |"
     continue
   fi
   secs=$(echo "$(date +%s.%N) - $start" | bc)
-  patch=$(echo "$created" | head -1)
+  patch=$(echo "$created" | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["path"])')
+  # The functions the patch replaces, as create found them.
+  got=$(echo "$created" | python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)[0]["functions"]))')
+  row="| $name | $cve | $got"
   mark=$(wc -l <"$out")
   if ! applied=$("$hs" user apply --pid "$pid" "$patch" 2>&1); then
     echo "$row | yes | ${secs%.*} s | no: $(echo "$applied" | tail -1) | | | |"
