@@ -266,6 +266,25 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
         && sources
             .iter()
             .all(|s| graph.is_source(s) || (is_c_file(s) && includers_of(&graph, &pre_root, s)));
+    if !only_sources && req.package.is_some() {
+        // A Debian tree is built at its fixed path with its stamps: a copy
+        // built again with `make` builds nothing (or fails).
+        let other: Vec<String> = sources
+            .iter()
+            .filter(|s| {
+                !(graph.is_source(s) || (is_c_file(s) && includers_of(&graph, &pre_root, s)))
+            })
+            .map(|s| s.display().to_string())
+            .collect();
+        return Err(CreateError::Unsupported(format!(
+            "the fix changes {}: not a C file the prepared source package compiles or includes in one it compiles (a header or a build file?); a package's tree is compiled again only object by object, so this fix cannot be built from it",
+            if other.is_empty() {
+                "nothing".to_string()
+            } else {
+                other.join(", ")
+            }
+        )));
+    }
     let (post_root, post_graph, candidates) = if only_sources {
         let post = scratch.copy_built(&pre_root, &diff_abs, &src)?;
         let g = graph.rebased(&pre_root, &post);
