@@ -228,6 +228,20 @@ fn patch_reads_thread_local_of_shared_library() {
     flip("tls_lib");
 }
 
+/// glibc's errno: a hidden initial-exec `__thread` variable whose GOT entry
+/// is relocated without a symbol.
+#[test]
+fn patch_reads_hidden_initial_exec_thread_local_of_shared_library() {
+    flip("tls_ie_lib");
+}
+
+/// glibc's stdio functions: unwind information naming the library's own
+/// hidden copy of libgcc's C personality routine.
+#[test]
+fn patch_function_whose_unwind_info_names_the_library_own_personality_routine() {
+    flip("personality_lib");
+}
+
 #[test]
 fn patch_calls_ifunc_symbols() {
     flip("ifunc");
@@ -700,6 +714,8 @@ struct Installed {
     lib: PathBuf,
     /// Where tests put debug files (`HOTSPLICE_DEBUG_DIRS`).
     debug: PathBuf,
+    /// Where the builds create runs log each link of the library.
+    build_log: PathBuf,
 }
 
 /// Builds `stripped_lib` and installs its library stripped. `make_extra`
@@ -745,12 +761,14 @@ fn install_stripped(make_extra: &str) -> Installed {
         !String::from_utf8_lossy(&syms.stdout).contains(".symtab"),
         "the installed library still has a .symtab"
     );
+    let build_log = dir.path().join("build.log");
     Installed {
         case,
         build,
         lib,
         debug,
         dir,
+        build_log,
     }
 }
 
@@ -785,7 +803,15 @@ impl Installed {
         ]);
         cmd.args(extra).arg(&self.build.dir);
         cmd.env("HOTSPLICE_DEBUG_DIRS", &self.debug);
+        cmd.env("FIX_BUILD_LOG", &self.build_log);
         run_cmd(cmd, CMD_TIMEOUT)
+    }
+
+    /// How many times create's builds linked the library.
+    fn links(&self) -> usize {
+        fs::read_to_string(&self.build_log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
     }
 
     /// Starts prog on the installed library.
@@ -875,13 +901,22 @@ fn patch_stripped_library_with_symbols_from_its_debug_file() {
 }
 
 /// `--prepared DIR`: the pre-fix tree is built in DIR once and kept; the
-/// next create for the same tree reuses it instead of building again.
+/// next create for the same tree reuses it instead of building again. The
+/// fix changes a file that the compiled one includes (as glibc's sysdeps
+/// wrappers do): only the includer is compiled again, the tree is never
+/// built a second time.
 #[test]
 fn patch_stripped_library_from_a_kept_prepared_tree() {
     let inst = install_stripped("");
     let dir = inst.dir.path().join("prepared/libfix");
     let arg = [OsString::from("--prepared"), dir.clone().into_os_string()];
     inst.patch_and_flip_with(&arg);
+    assert_eq!(
+        inst.links(),
+        1,
+        "create built the library more than once (the pre-fix tree only): {:?}",
+        fs::read_to_string(&inst.build_log)
+    );
     let meta = dir.join(".hotsplice-prepared.json");
     let first = fs::metadata(&meta)
         .expect("the prepared tree's record")
@@ -892,6 +927,7 @@ fn patch_stripped_library_from_a_kept_prepared_tree() {
         .modified()
         .unwrap();
     inst.patch_and_flip_with(&arg);
+    assert_eq!(inst.links(), 1, "a further fix built the library again");
     assert_eq!(
         fs::metadata(&meta).unwrap().modified().unwrap(),
         first,

@@ -264,7 +264,9 @@ impl<'a> Emitter<'a> {
             .iter()
             .find(|g| want(g))
             .map(|g| match g {
-                TlsGot::ModuleId { got, .. } | TlsGot::TpOffset { got, .. } => *got,
+                TlsGot::ModuleId { got, .. }
+                | TlsGot::TpOffset { got, .. }
+                | TlsGot::OwnTpOffset { got, .. } => *got,
             })
     }
 
@@ -351,9 +353,15 @@ impl<'a> Emitter<'a> {
                 }
                 ElfReloc::GotTpOff => {
                     let (name, _) = self.tls_symbol(o, r)?;
-                    let target = if let Some(got) = self.tls_got(
-                        |g| matches!(g, TlsGot::TpOffset { symbol, .. } if *symbol == name),
-                    ) {
+                    // A variable of the target's own: by name, or (local or
+                    // hidden, as glibc's `__libc_errno`) by its offset in
+                    // the target's TLS block.
+                    let own = self.target_tls(o, &name).ok().map(|s| s.value);
+                    let target = if let Some(got) = self.tls_got(|g| match g {
+                        TlsGot::TpOffset { symbol, .. } => *symbol == name,
+                        TlsGot::OwnTpOffset { offset, .. } => Some(*offset) == own,
+                        _ => false,
+                    }) {
                         Tgt::Final(RelocTarget::Object { vaddr: got })
                     } else {
                         let tpoff = self
@@ -411,10 +419,25 @@ impl<'a> Emitter<'a> {
                         .filter(|_| key == At::EhFrame);
                     let t = match personality {
                         // A CIE's personality routine, through the
-                        // compiler's pointer to it: a slot of our own.
-                        Some(name) => Tgt::Slot(self.slot(Tgt::Final(RelocTarget::Dynamic {
-                            name: name.to_string(),
-                        }))),
+                        // compiler's pointer to it: a slot of our own. The
+                        // target's own copy if it has one (glibc links
+                        // libgcc's `__gcc_personality_v0` in, hidden),
+                        // else the one the process exports.
+                        Some(name) => {
+                            let own = self
+                                .target
+                                .elf
+                                .lookup(name, None, &self.target.name)
+                                .ok()
+                                .filter(|s| s.kind == SymKind::Func);
+                            let routine = match own {
+                                Some(s) => Self::object_target(s, 0),
+                                None => Tgt::Final(RelocTarget::Dynamic {
+                                    name: name.to_string(),
+                                }),
+                            };
+                            Tgt::Slot(self.slot(routine))
+                        }
                         None => self.resolve(o, sec, r)?,
                     };
                     self.push(key, r.offset, kind, t, r.addend);

@@ -145,6 +145,63 @@ impl Graph {
     }
 
     /// The executables and libraries that contain any of `objects`.
+    /// The compiled sources that `#include` one of the changed C files
+    /// `changed` (paths relative to `root`), directly or through other
+    /// compiled sources — glibc compiles `posix/glob.c` as
+    /// `sysdeps/unix/sysv/linux/glob.c`, which includes it, and
+    /// `stdlib/strtod_l.c` into every `strto*_l` and `wcsto*_l` object. An
+    /// include names the file by a path relative to the includer or by its
+    /// tail (`<stdlib/strtod_l.c>` through `-I`); either counts, so this may
+    /// name a source that does not include it after all, which costs one
+    /// compile and changes nothing. Only `.c` files: a changed header is
+    /// included through too many paths to follow by name.
+    pub fn sources_including(&self, root: &Path, changed: &[PathBuf]) -> Vec<PathBuf> {
+        let mut affected: Vec<PathBuf> = changed
+            .iter()
+            .map(|c| lexical(c))
+            .filter(|c| c.extension().is_some_and(|e| e == "c"))
+            .collect();
+        let sources: BTreeSet<&PathBuf> = self.compiled.values().collect();
+        let includes: Vec<(&PathBuf, Vec<String>)> = sources
+            .iter()
+            .filter_map(|src| {
+                let text = std::fs::read(root.join(src)).ok()?;
+                let found = c_includes(&String::from_utf8_lossy(&text));
+                (!found.is_empty()).then_some((*src, found))
+            })
+            .collect();
+        let mut found = BTreeSet::new();
+        loop {
+            let before = found.len();
+            for (src, names) in &includes {
+                if found.contains(*src) || affected.contains(src) {
+                    continue;
+                }
+                let dir = src.parent().unwrap_or(Path::new(""));
+                let hit = names.iter().any(|n| {
+                    let direct = lexical(&dir.join(n));
+                    let tail: PathBuf = Path::new(n)
+                        .components()
+                        .filter(|c| matches!(c, Component::Normal(_)))
+                        .collect();
+                    affected.iter().any(|a| {
+                        *a == direct || (!tail.as_os_str().is_empty() && a.ends_with(&tail))
+                    })
+                });
+                if hit {
+                    found.insert((*src).clone());
+                }
+            }
+            if found.len() == before {
+                break;
+            }
+            affected.extend(found.iter().cloned());
+            affected.sort();
+            affected.dedup();
+        }
+        found.into_iter().collect()
+    }
+
     pub fn outputs_with(&self, objects: &[PathBuf]) -> Vec<PathBuf> {
         self.finals
             .iter()
@@ -152,6 +209,23 @@ impl Graph {
             .cloned()
             .collect()
     }
+}
+
+/// The `.c` files a C source `#include`s, as written (`<...>` or `"..."`).
+fn c_includes(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix('#')?.trim_start();
+            let rest = rest.strip_prefix("include")?.trim_start();
+            let close = match rest.chars().next()? {
+                '<' => '>',
+                '"' => '"',
+                _ => return None,
+            };
+            let name = rest[1..].split(close).next()?;
+            name.ends_with(".c").then(|| name.to_string())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -215,5 +289,66 @@ mod tests {
         assert_eq!(touched, vec![PathBuf::from("b.o")]);
         assert_eq!(g.outputs_with(&touched), vec![PathBuf::from("lib.so")]);
         assert!(g.is_source(Path::new("./a.c")) && !g.is_source(Path::new("x.c")));
+    }
+
+    #[test]
+    fn sources_that_include_a_changed_c_file_are_found_through_each_other() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        // As glibc: a generic file, a sysdeps wrapper including it by its
+        // tail, another by a relative path, one including that wrapper, and
+        // files that include other things of similar names.
+        write("stdlib/strtod_l.c", "int x;\n");
+        write("stdlib/strtof_l.c", "#define F\n#include \"strtod_l.c\"\n");
+        write("wcsmbs/wcstof_l.c", "# include <stdlib/strtof_l.c>\n");
+        write(
+            "sysdeps/ldbl/strtold_l.c",
+            "#include \"../../stdlib/strtod_l.c\"\n",
+        );
+        write(
+            "stdlib/wcstod_l.c",
+            "#include <wcstod_l.h>\n#include \"xstrtod_l.c\"\n",
+        );
+        write(
+            "stdlib/other.c",
+            "// #include \"strtod_l.c\"\n#include <stdio.h>\n",
+        );
+        let p = |s: &str| root.join(s);
+        let compile = |src: &str, obj: &str| Record::Compile {
+            source: p(src),
+            object: p(obj),
+            cwd: root.clone(),
+            compiler: "cc".into(),
+            argv: vec![],
+        };
+        let log = vec![
+            compile("stdlib/strtof_l.c", "b/strtof_l.os"),
+            compile("wcsmbs/wcstof_l.c", "b/wcstof_l.os"),
+            compile("sysdeps/ldbl/strtold_l.c", "b/strtold_l.os"),
+            compile("stdlib/wcstod_l.c", "b/wcstod_l.os"),
+            compile("stdlib/other.c", "b/other.os"),
+        ];
+        let g = Graph::new(&root, &log);
+        let found = g.sources_including(&root, &[PathBuf::from("stdlib/strtod_l.c")]);
+        assert_eq!(
+            found,
+            vec![
+                PathBuf::from("stdlib/strtof_l.c"),
+                PathBuf::from("sysdeps/ldbl/strtold_l.c"),
+                PathBuf::from("wcsmbs/wcstof_l.c"),
+            ]
+        );
+        // Headers are not followed; a file nobody includes has no includers.
+        assert!(g
+            .sources_including(&root, &[PathBuf::from("stdlib/wcstod_l.h")])
+            .is_empty());
+        assert!(g
+            .sources_including(&root, &[PathBuf::from("stdlib/none.c")])
+            .is_empty());
     }
 }

@@ -228,7 +228,12 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     // Before building anything of the fix: the targets of the objects the
     // diff touches, their symbols, and the code of those objects' functions.
     let sources = diff_sources(&diff_bytes);
-    let touched: Vec<PathBuf> = graph.objects_of_sources(&sources);
+    // C files the diff changes that other compiled files include (glibc's
+    // sysdeps wrappers, its strtod template): their includers are compiled
+    // again too, instead of building the whole tree after the fix.
+    let includers = graph.sources_including(&pre_root, &sources);
+    let compiled_sources: Vec<PathBuf> = sources.iter().chain(&includers).cloned().collect();
+    let touched: Vec<PathBuf> = graph.objects_of_sources(&compiled_sources);
     let mut loaded: HashMap<PathBuf, targets::Loaded> = HashMap::new();
     let mut pre_objs: HashMap<PathBuf, objfile::ObjFile> = HashMap::new();
     for output in graph.outputs_with(&touched) {
@@ -258,8 +263,28 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     // A fix of compiled sources only needs those compiled again, in a copy
     // of the built tree; anything else (headers, build files) a full build.
     let only_sources = !sources.is_empty()
-        && sources.iter().all(|s| graph.is_source(s))
-        && !included_elsewhere(&pre_root, &graph, &sources);
+        && sources
+            .iter()
+            .all(|s| graph.is_source(s) || (is_c_file(s) && includers_of(&graph, &pre_root, s)));
+    if !only_sources && req.package.is_some() {
+        // A Debian tree is built at its fixed path with its stamps: a copy
+        // built again with `make` builds nothing (or fails).
+        let other: Vec<String> = sources
+            .iter()
+            .filter(|s| {
+                !(graph.is_source(s) || (is_c_file(s) && includers_of(&graph, &pre_root, s)))
+            })
+            .map(|s| s.display().to_string())
+            .collect();
+        return Err(CreateError::Unsupported(format!(
+            "the fix changes {}: not a C file the prepared source package compiles or includes in one it compiles (a header or a build file?); a package's tree is compiled again only object by object, so this fix cannot be built from it",
+            if other.is_empty() {
+                "nothing".to_string()
+            } else {
+                other.join(", ")
+            }
+        )));
+    }
     let (post_root, post_graph, candidates) = if only_sources {
         let post = scratch.copy_built(&pre_root, &diff_abs, &src)?;
         let g = graph.rebased(&pre_root, &post);
@@ -484,30 +509,17 @@ fn compare_build(
 
 /// Whether a compiled source includes one of `sources` (`#include "x.c"`):
 /// then compiling `sources` alone would miss a change.
-fn included_elsewhere(root: &Path, graph: &graph::Graph, sources: &[PathBuf]) -> bool {
-    let names: Vec<String> = sources
-        .iter()
-        .filter_map(|s| s.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    let mut seen = std::collections::HashSet::new();
-    graph.compiled.values().any(|src| {
-        if !seen.insert(src.clone()) || sources.contains(src) {
-            return false;
-        }
-        let Ok(text) = std::fs::read(root.join(src)) else {
-            return false;
-        };
-        let text = String::from_utf8_lossy(&text);
-        text.lines().any(|l| {
-            let l = l.trim_start();
-            (l.starts_with("#include") || l.starts_with("# include"))
-                && names.iter().any(|n| l.contains(n.as_str()))
-        })
-    })
+fn is_c_file(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "c")
 }
 
-/// The files a unified diff changes (paths after `+++ `, first component
-/// dropped as `patch -p1` does).
+/// Whether some compiled source includes the C file `s`.
+fn includers_of(graph: &graph::Graph, root: &Path, s: &Path) -> bool {
+    !graph
+        .sources_including(root, std::slice::from_ref(&s.to_path_buf()))
+        .is_empty()
+}
+
 fn diff_sources(diff: &[u8]) -> Vec<PathBuf> {
     String::from_utf8_lossy(diff)
         .lines()

@@ -183,10 +183,10 @@ fn deb_src_of(text: &str, deb822: bool) -> Vec<String> {
 /// flavour that does (OpenSSL's `build_shared`), else `debian/rules
 /// build-arch`; always with Debian's flags and date.
 pub fn default_build(name: &str) -> String {
-    let flavour = match name {
-        "openssl" => "{ [ -d build_shared ] || debian/rules override_dh_auto_configure; } && ${MAKE:-make} -C build_shared -j\"$(nproc)\" build_sw",
-        "glibc" => "DEB_BUILD_PROFILES='nobiarch' debian/rules build_libc",
-        _ => "debian/rules build-arch",
+    let flavour = match (name, default_profiles(name)) {
+        ("openssl", _) => "{ [ -d build_shared ] || debian/rules override_dh_auto_configure; } && ${MAKE:-make} -C build_shared -j\"$(nproc)\" build_sw".to_string(),
+        ("glibc", Some(p)) => format!("DEB_BUILD_PROFILES='{p}' debian/rules build_libc"),
+        _ => "debian/rules build-arch".to_string(),
     };
     format!(
         "set -e; export SOURCE_DATE_EPOCH=\"$(dpkg-parsechangelog -STimestamp)\"; \
@@ -194,6 +194,16 @@ pub fn default_build(name: &str) -> String {
          export DEB_BUILD_OPTIONS=\"nocheck parallel=$(nproc)\"; \
          eval \"$(dpkg-buildflags --export=sh)\"; {flavour}"
     )
+}
+
+/// The build profiles the default build of `name` uses: glibc's libc pass
+/// is built without its 32-bit and x32 flavours (`nobiarch`), which need
+/// `g++-12-multilib`. dpkg-checkbuilddeps is asked with the same profiles.
+fn default_profiles(name: &str) -> Option<&'static str> {
+    match name {
+        "glibc" => Some("nobiarch"),
+        _ => None,
+    }
 }
 
 /// Prepares (or finds prepared) the pre-fix tree of `pkg`.
@@ -211,6 +221,7 @@ pub fn prepare(
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(BUILD_ROOT));
     let tree = root.join(format!("{}-{}", pkg.name, pkg.upstream()));
+    let given_build = build;
     let build = build
         .map(str::to_string)
         .unwrap_or_else(|| default_build(&pkg.name));
@@ -279,8 +290,12 @@ pub fn prepare(
         "extracted and built by hotsplice create --source-package\n",
     )
     .map_err(io(format!("{}", marker.display())))?;
-    let unmet = Command::new("dpkg-checkbuilddeps")
-        .current_dir(&tree)
+    let mut check = Command::new("dpkg-checkbuilddeps");
+    check.current_dir(&tree);
+    if let (Some(p), None) = (default_profiles(&pkg.name), given_build) {
+        check.arg(format!("-P{p}"));
+    }
+    let unmet = check
         .output()
         .map_err(io("running dpkg-checkbuilddeps (install dpkg-dev)"))?;
     if !unmet.status.success() {
@@ -404,6 +419,16 @@ fn installed_files(name: &str) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glibc_builds_its_libc_pass_without_biarch() {
+        // The same string as before the profiles had a name: a tree prepared
+        // by an earlier version stays valid.
+        assert!(default_build("glibc")
+            .ends_with("DEB_BUILD_PROFILES='nobiarch' debian/rules build_libc"));
+        assert_eq!(default_profiles("glibc"), Some("nobiarch"));
+        assert_eq!(default_profiles("openssl"), None);
+    }
 
     #[test]
     fn source_package_specs() {

@@ -70,6 +70,11 @@ pub enum TlsGot {
     ModuleId { got: u64, symbol: Option<String> },
     /// A thread-pointer offset (initial-exec access).
     TpOffset { got: u64, symbol: String },
+    /// The thread-pointer offset of the object's own variable at `offset`
+    /// in its TLS block, relocated without a symbol: what the linker makes
+    /// of an initial-exec access to a local or hidden variable (glibc's
+    /// `__libc_errno`).
+    OwnTpOffset { got: u64, offset: u64 },
 }
 
 /// A linked executable or shared library.
@@ -158,11 +163,13 @@ impl LinkedElf {
                             got,
                             symbol: dyn_name(sym),
                         }),
-                        arch::R_TPOFF64 => {
-                            if let Some(symbol) = dyn_name(sym) {
-                                tls_got.push(TlsGot::TpOffset { got, symbol })
-                            }
-                        }
+                        arch::R_TPOFF64 => match dyn_name(sym) {
+                            Some(symbol) => tls_got.push(TlsGot::TpOffset { got, symbol }),
+                            None => tls_got.push(TlsGot::OwnTpOffset {
+                                got,
+                                offset: rela.r_addend(endian) as u64,
+                            }),
+                        },
                         _ => {}
                     }
                 }
