@@ -146,7 +146,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn statement(n: usize) -> String {
+pub(crate) fn statement(n: usize) -> String {
     if n == 1 {
         let sets: Vec<String> = COLUMNS
             .iter()

@@ -45,6 +45,9 @@ pub struct Db {
     pub backend: Backend,
     pub read: AnyPool,
     pub write: AnyPool,
+    /// The database file on SQLite (for the check-in path's own
+    /// connection, `checkin_store`).
+    pub sqlite_path: Option<std::path::PathBuf>,
 }
 
 /// The migrations, in order: index + 1 is the schema version after it.
@@ -258,10 +261,17 @@ impl Db {
                     .fetch_all(&write)
                     .await?;
                 let read = opts(4).connect(&u).await?;
+                let path = url
+                    .trim_start_matches("sqlite:")
+                    .trim_start_matches("//")
+                    .split('?')
+                    .next()
+                    .unwrap_or_default();
                 Ok(Db {
                     backend,
                     read,
                     write,
+                    sqlite_path: Some(path.into()),
                 })
             }
             Backend::Postgres => {
@@ -274,6 +284,7 @@ impl Db {
                     backend,
                     read: pool.clone(),
                     write: pool,
+                    sqlite_path: None,
                 })
             }
         }

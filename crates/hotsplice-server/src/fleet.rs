@@ -81,6 +81,21 @@ pub struct Fleet {
     snapshot: Mutex<Option<Arc<Snapshot>>>,
     /// Started on the first check-in (inside the runtime).
     writer: tokio::sync::OnceCell<crate::checkin_writer::Writer>,
+    /// SQLite: the check-in path's own connection and thread, opened on
+    /// first use.
+    hot: std::sync::OnceLock<std::result::Result<crate::checkin_store::CheckinStore, String>>,
+}
+
+/// The machine's row, its health row and the feed version in one
+/// statement (both query layers run this text).
+pub const MACHINE_ROW_SQL: &str = "SELECT m.uuid, m.key_hash, m.authz, m.group_name, m.applied, m.last_run_at, (SELECT value FROM counters WHERE name = 'feed') AS fv, h.failing AS h_failing, h.error AS h_error, h.out_of_date_since AS h_since FROM machines m LEFT JOIN machine_health h ON h.uuid = m.uuid WHERE m.uuid = $1";
+
+fn hot_failed(log: &str) -> Error {
+    tracing::error!("check-in store: {log}");
+    Error::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the server's database failed; see the server's log, retry later",
+    )
 }
 
 /// A machine's row, as the feed and the check-in need it.
@@ -255,6 +270,21 @@ impl Fleet {
             settings,
             snapshot: Mutex::new(None),
             writer: tokio::sync::OnceCell::new(),
+            hot: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The check-in path's SQLite connection; `None` on PostgreSQL.
+    pub(crate) fn hot(&self) -> Result<Option<&crate::checkin_store::CheckinStore>> {
+        let Some(path) = &self.db.sqlite_path else {
+            return Ok(None);
+        };
+        match self
+            .hot
+            .get_or_init(|| crate::checkin_store::CheckinStore::open(path))
+        {
+            Ok(h) => Ok(Some(h)),
+            Err(e) => Err(hot_failed(e)),
         }
     }
 
@@ -437,13 +467,14 @@ impl Fleet {
     // Machines
 
     pub async fn machine_row(&self, uuid: &str) -> Result<Option<MachineRow>> {
-        let row = sqlx::query(
-            "SELECT m.uuid, m.key_hash, m.authz, m.group_name, m.applied, m.last_run_at, (SELECT value FROM counters WHERE name = 'feed') AS fv, h.failing AS h_failing, h.error AS h_error, h.out_of_date_since AS h_since FROM machines m LEFT JOIN machine_health h ON h.uuid = m.uuid WHERE m.uuid = $1",
-        )
-        .bind(uuid)
-        .fetch_optional(&self.db.read)
-        .await
-        .map_err(db::DbError::from)?;
+        if let Some(hot) = self.hot()? {
+            return hot.machine(uuid).await.map_err(|e| hot_failed(&e));
+        }
+        let row = sqlx::query(MACHINE_ROW_SQL)
+            .bind(uuid)
+            .fetch_optional(&self.db.read)
+            .await
+            .map_err(db::DbError::from)?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(MachineRow {
             uuid: s(&row, "uuid")?,
@@ -634,7 +665,7 @@ impl Fleet {
             .max(row.last_run_at);
         // History: what changed since the previous report, and the
         // failures of a run not reported before.
-        let mut events: Vec<(i64, &str, String, String, String)> = Vec::new();
+        let mut events: Vec<crate::checkin_store::Event> = Vec::new();
         let before: BTreeSet<&String> = row.applied.iter().collect();
         let after: BTreeSet<&String> = applied.iter().collect();
         for p in after.difference(&before) {
@@ -689,7 +720,17 @@ impl Fleet {
             report: raw.to_string(),
             mmap_min_addr: report.mmap_min_addr.map(|a| a as i64),
         };
-        if events.is_empty() {
+        if let Some(hot) = self.hot()? {
+            // SQLite: the row and its events in one job of the check-in
+            // thread's next batch; answered once committed.
+            hot.checkin(crate::checkin_store::CheckinWrite {
+                row: columns,
+                events,
+                actor: actor.to_string(),
+            })
+            .await
+            .map_err(|e| hot_failed(&format!("storing a check-in: {e}")))?;
+        } else if events.is_empty() {
             // The common case: only the row changes. Written with the
             // rows of other check-ins in one statement (group commit);
             // answered once committed.

@@ -239,18 +239,25 @@ async fn health(
     if same {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO machine_health (uuid, failing, error, out_of_date_since) VALUES ($1, $2, $3, CASE WHEN (SELECT status FROM machines WHERE uuid = $1) = 'outofdate' THEN $4 ELSE NULL END) \
-         ON CONFLICT (uuid) DO UPDATE SET failing = excluded.failing, error = excluded.error, out_of_date_since = CASE WHEN excluded.out_of_date_since IS NULL THEN NULL ELSE COALESCE(machine_health.out_of_date_since, excluded.out_of_date_since) END, \
-         alerted = CASE WHEN excluded.out_of_date_since IS NULL THEN 0 ELSE machine_health.alerted END",
-    )
-    .bind(uuid)
-    .bind(failing)
-    .bind(&error)
-    .bind(t)
-    .execute(&f.db.write)
-    .await
-    .map_err(db::DbError::from)?;
+    if let Some(hot) = f.hot()? {
+        return hot
+            .health(crate::checkin_store::HealthWrite {
+                uuid: uuid.to_string(),
+                failing,
+                error,
+                at: t,
+            })
+            .await
+            .map_err(|e| crate::error::Error::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e));
+    }
+    sqlx::query(crate::checkin_store::HEALTH_SQL)
+        .bind(uuid)
+        .bind(failing)
+        .bind(&error)
+        .bind(t)
+        .execute(&f.db.write)
+        .await
+        .map_err(db::DbError::from)?;
     Ok(())
 }
 

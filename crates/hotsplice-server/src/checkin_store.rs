@@ -1,0 +1,276 @@
+//! The check-in hot path on SQLite: one synchronous connection
+//! (rusqlite) on its own OS thread, fed by a channel.
+//!
+//! Through sqlx, every statement on SQLite is a message to the
+//! connection's worker thread and a wake-up back (and a pool acquire
+//! before it): a profile of the check-in showed half of the server's time
+//! in those hand-offs, not in SQL. Here the handlers send jobs — the
+//! machine's row, a check-in's writes, a health row — and the thread takes
+//! every job waiting (up to [`MAX_BATCH`]) per wake-up: lookups are
+//! answered at once, the writes of the whole batch go into one
+//! transaction (`BEGIN IMMEDIATE`, each job in its own savepoint so one
+//! bad job fails only itself) and are answered once committed, so nothing
+//! acknowledged is lost. Statements are prepared once and cached.
+//!
+//! The statements are the same text as the sqlx path's (`$N` parameters
+//! are SQLite's too), so both backends write the same rows; PostgreSQL
+//! keeps [`crate::checkin_writer`] (docs/fleet.md says why).
+
+use crate::checkin_writer::Row;
+use crate::fleet::{MachineRow, MACHINE_ROW_SQL};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// Jobs taken per wake-up at most.
+pub const MAX_BATCH: usize = 128;
+
+/// A history event of a check-in: (at, event, patch, target, detail).
+pub type Event = (i64, &'static str, String, String, String);
+
+/// What a check-in writes: its row, its history events (by `actor`).
+pub struct CheckinWrite {
+    pub row: Row,
+    pub events: Vec<Event>,
+    pub actor: String,
+}
+
+/// A machine's health row (issue 11), as `rollout::health` upserts it.
+pub struct HealthWrite {
+    pub uuid: String,
+    pub failing: i64,
+    pub error: String,
+    pub at: i64,
+}
+
+/// The one-row `UPDATE` of the sqlx path.
+static UPDATE_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::checkin_writer::statement(1));
+
+type Answer<T> = oneshot::Sender<Result<T, String>>;
+
+enum Job {
+    Machine(String, Answer<Option<MachineRow>>),
+    Checkin(Box<CheckinWrite>, Answer<()>),
+    Health(HealthWrite, Answer<()>),
+}
+
+/// The handle: jobs go to the thread; dropping the last handle ends it.
+pub struct CheckinStore {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub const HEALTH_SQL: &str = "INSERT INTO machine_health (uuid, failing, error, out_of_date_since) VALUES ($1, $2, $3, CASE WHEN (SELECT status FROM machines WHERE uuid = $1) = 'outofdate' THEN $4 ELSE NULL END) \
+     ON CONFLICT (uuid) DO UPDATE SET failing = excluded.failing, error = excluded.error, out_of_date_since = CASE WHEN excluded.out_of_date_since IS NULL THEN NULL ELSE COALESCE(machine_health.out_of_date_since, excluded.out_of_date_since) END, \
+     alerted = CASE WHEN excluded.out_of_date_since IS NULL THEN 0 ELSE machine_health.alerted END";
+
+pub const HISTORY_SQL: &str =
+    "INSERT INTO history (uuid, at, event, patch, target, detail, actor) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+impl CheckinStore {
+    /// Open the database file `path` (it exists: `run` checked the
+    /// schema) and start the thread.
+    pub fn open(path: &Path) -> Result<CheckinStore, String> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| format!("opening {} for check-ins: {e}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .and_then(|()| {
+                conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON")
+            })
+            .map_err(|e| format!("setting up {} for check-ins: {e}", path.display()))?;
+        conn.set_prepared_statement_cache_capacity(16);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("checkin-store".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| format!("starting the check-in thread: {e}"))?;
+        Ok(CheckinStore {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(Answer<T>) -> Job) -> Result<T, String> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .as_ref()
+            .expect("sender until drop")
+            .send(job(done))
+            .map_err(|_| "the check-in thread stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the check-in thread stopped".to_string())?
+    }
+
+    /// The machine's row, as [`crate::fleet::Fleet::machine_row`] reads it.
+    pub async fn machine(&self, uuid: &str) -> Result<Option<MachineRow>, String> {
+        self.ask(|a| Job::Machine(uuid.to_string(), a)).await
+    }
+
+    /// Write a check-in; returns once committed.
+    pub async fn checkin(&self, w: CheckinWrite) -> Result<(), String> {
+        self.ask(|a| Job::Checkin(Box::new(w), a)).await
+    }
+
+    /// Upsert a health row; returns once committed.
+    pub async fn health(&self, w: HealthWrite) -> Result<(), String> {
+        self.ask(|a| Job::Health(w, a)).await
+    }
+}
+
+impl Drop for CheckinStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after the jobs sent; wait
+        // for it so the database file is closed when the server is gone.
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut writes: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(job) = next.take() {
+            match job {
+                Job::Machine(uuid, done) => {
+                    let _ = done.send(machine(&conn, &uuid).map_err(|e| e.to_string()));
+                }
+                w => writes.push(w),
+            }
+            taken += 1;
+            if taken < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !writes.is_empty() {
+            write_batch(&conn, &mut writes);
+        }
+    }
+}
+
+fn machine(conn: &Connection, uuid: &str) -> rusqlite::Result<Option<MachineRow>> {
+    let mut st = conn.prepare_cached(MACHINE_ROW_SQL)?;
+    st.query_row([uuid], |r| {
+        let applied: String = r.get("applied")?;
+        let failing: Option<i64> = r.get("h_failing")?;
+        Ok(MachineRow {
+            uuid: r.get("uuid")?,
+            key_hash: r.get("key_hash")?,
+            authorization: r.get("authz")?,
+            group: r.get("group_name")?,
+            applied: serde_json::from_str(&applied).unwrap_or_default(),
+            last_run_at: r.get("last_run_at")?,
+            feed_version: r.get("fv")?,
+            health: match failing {
+                None => None,
+                Some(failing) => Some(crate::rollout::Health {
+                    failing,
+                    error: r.get::<_, Option<String>>("h_error")?.unwrap_or_default(),
+                    out_of_date_since: r.get("h_since")?,
+                }),
+            },
+        })
+    })
+    .optional()
+}
+
+/// Write every job of `jobs` in one transaction and answer each.
+fn write_batch(conn: &Connection, jobs: &mut Vec<Job>) {
+    tracing::debug!(jobs = jobs.len(), "writing check-ins");
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = e.to_string();
+        for job in jobs.drain(..) {
+            answer(job, Err(e.clone()));
+        }
+        return;
+    }
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs.iter() {
+        results.push(in_savepoint(conn, job));
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            for (job, r) in jobs.drain(..).zip(results) {
+                answer(job, r);
+            }
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            let e = format!("committing check-ins: {e}");
+            for job in jobs.drain(..) {
+                answer(job, Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn answer(job: Job, r: Result<(), String>) {
+    match job {
+        Job::Checkin(_, done) | Job::Health(_, done) => {
+            let _ = done.send(r);
+        }
+        Job::Machine(..) => unreachable!("lookups are answered when taken"),
+    }
+}
+
+/// One job's statements, all or none of them.
+fn in_savepoint(conn: &Connection, job: &Job) -> Result<(), String> {
+    conn.execute_batch("SAVEPOINT job")
+        .map_err(|e| e.to_string())?;
+    let r = write(conn, job);
+    let end = if r.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    conn.execute_batch(end).map_err(|e| e.to_string())?;
+    r.map_err(|e| e.to_string())
+}
+
+fn write(conn: &Connection, job: &Job) -> rusqlite::Result<()> {
+    match job {
+        Job::Checkin(w, _) => {
+            let r = &w.row;
+            let mut st = conn.prepare_cached(&UPDATE_SQL)?;
+            st.execute(params![
+                r.hostname,
+                r.ip,
+                r.original_kernel,
+                r.effective_kernel,
+                r.kernel_build_id,
+                r.client_version,
+                r.autoinstall,
+                r.status,
+                r.last_seen,
+                r.feed_version,
+                r.last_run_at,
+                r.applied,
+                r.fixed_cves,
+                r.missing_cves,
+                r.report,
+                r.mmap_min_addr,
+                r.uuid,
+            ])?;
+            let mut h = conn.prepare_cached(HISTORY_SQL)?;
+            for (at, event, patch, target, detail) in &w.events {
+                h.execute(params![r.uuid, at, event, patch, target, detail, w.actor])?;
+            }
+            Ok(())
+        }
+        Job::Health(w, _) => {
+            let mut st = conn.prepare_cached(HEALTH_SQL)?;
+            st.execute(params![w.uuid, w.failing, w.error, w.at])?;
+            Ok(())
+        }
+        Job::Machine(..) => unreachable!("lookups are not writes"),
+    }
+}
