@@ -29,11 +29,13 @@ pub const MAX_BATCH: usize = 128;
 /// A history event of a check-in: (at, event, patch, target, detail).
 pub type Event = (i64, &'static str, String, String, String);
 
-/// What a check-in writes: its row, its history events (by `actor`).
+/// What a check-in writes: its row, its history events (by `actor`),
+/// its health row when that changed.
 pub struct CheckinWrite {
     pub row: Row,
     pub events: Vec<Event>,
     pub actor: String,
+    pub health: Option<HealthWrite>,
 }
 
 /// A machine's health row (issue 11), as `rollout::health` upserts it.
@@ -49,11 +51,11 @@ static UPDATE_SQL: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::checkin_writer::statement(1));
 
 type Answer<T> = oneshot::Sender<Result<T, String>>;
+type Write = (Box<CheckinWrite>, Answer<()>);
 
 enum Job {
     Machine(String, Answer<Option<MachineRow>>),
     Checkin(Box<CheckinWrite>, Answer<()>),
-    Health(HealthWrite, Answer<()>),
 }
 
 /// The handle: jobs go to the thread; dropping the last handle ends it.
@@ -116,11 +118,6 @@ impl CheckinStore {
     pub async fn checkin(&self, w: CheckinWrite) -> Result<(), String> {
         self.ask(|a| Job::Checkin(Box::new(w), a)).await
     }
-
-    /// Upsert a health row; returns once committed.
-    pub async fn health(&self, w: HealthWrite) -> Result<(), String> {
-        self.ask(|a| Job::Health(w, a)).await
-    }
 }
 
 impl Drop for CheckinStore {
@@ -135,7 +132,7 @@ impl Drop for CheckinStore {
 }
 
 fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
-    let mut writes: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut writes: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut taken = 0;
@@ -144,7 +141,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Job::Machine(uuid, done) => {
                     let _ = done.send(machine(&conn, &uuid).map_err(|e| e.to_string()));
                 }
-                w => writes.push(w),
+                Job::Checkin(w, done) => writes.push((w, done)),
             }
             taken += 1;
             if taken < MAX_BATCH {
@@ -184,49 +181,40 @@ fn machine(conn: &Connection, uuid: &str) -> rusqlite::Result<Option<MachineRow>
 }
 
 /// Write every job of `jobs` in one transaction and answer each.
-fn write_batch(conn: &Connection, jobs: &mut Vec<Job>) {
+fn write_batch(conn: &Connection, jobs: &mut Vec<Write>) {
     tracing::debug!(jobs = jobs.len(), "writing check-ins");
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = e.to_string();
-        for job in jobs.drain(..) {
-            answer(job, Err(e.clone()));
+        for (_, done) in jobs.drain(..) {
+            let _ = done.send(Err(e.clone()));
         }
         return;
     }
     let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs.iter() {
-        results.push(in_savepoint(conn, job));
+    for (w, _) in jobs.iter() {
+        results.push(in_savepoint(conn, w));
     }
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
-            for (job, r) in jobs.drain(..).zip(results) {
-                answer(job, r);
+            for ((_, done), r) in jobs.drain(..).zip(results) {
+                let _ = done.send(r);
             }
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             let e = format!("committing check-ins: {e}");
-            for job in jobs.drain(..) {
-                answer(job, Err(e.clone()));
+            for (_, done) in jobs.drain(..) {
+                let _ = done.send(Err(e.clone()));
             }
         }
     }
 }
 
-fn answer(job: Job, r: Result<(), String>) {
-    match job {
-        Job::Checkin(_, done) | Job::Health(_, done) => {
-            let _ = done.send(r);
-        }
-        Job::Machine(..) => unreachable!("lookups are answered when taken"),
-    }
-}
-
 /// One job's statements, all or none of them.
-fn in_savepoint(conn: &Connection, job: &Job) -> Result<(), String> {
+fn in_savepoint(conn: &Connection, w: &CheckinWrite) -> Result<(), String> {
     conn.execute_batch("SAVEPOINT job")
         .map_err(|e| e.to_string())?;
-    let r = write(conn, job);
+    let r = write(conn, w);
     let end = if r.is_ok() {
         "RELEASE job"
     } else {
@@ -236,41 +224,47 @@ fn in_savepoint(conn: &Connection, job: &Job) -> Result<(), String> {
     r.map_err(|e| e.to_string())
 }
 
-fn write(conn: &Connection, job: &Job) -> rusqlite::Result<()> {
-    match job {
-        Job::Checkin(w, _) => {
-            let r = &w.row;
-            let mut st = conn.prepare_cached(&UPDATE_SQL)?;
-            st.execute(params![
-                r.hostname,
-                r.ip,
-                r.original_kernel,
-                r.effective_kernel,
-                r.kernel_build_id,
-                r.client_version,
-                r.autoinstall,
-                r.status,
-                r.last_seen,
-                r.feed_version,
-                r.last_run_at,
-                r.applied,
-                r.fixed_cves,
-                r.missing_cves,
-                r.report,
-                r.mmap_min_addr,
-                r.uuid,
-            ])?;
-            let mut h = conn.prepare_cached(HISTORY_SQL)?;
-            for (at, event, patch, target, detail) in &w.events {
-                h.execute(params![r.uuid, at, event, patch, target, detail, w.actor])?;
-            }
-            Ok(())
-        }
-        Job::Health(w, _) => {
-            let mut st = conn.prepare_cached(HEALTH_SQL)?;
-            st.execute(params![w.uuid, w.failing, w.error, w.at])?;
-            Ok(())
-        }
-        Job::Machine(..) => unreachable!("lookups are not writes"),
+fn write(conn: &Connection, w: &CheckinWrite) -> rusqlite::Result<()> {
+    let r = &w.row;
+    let mut st = conn.prepare_cached(&UPDATE_SQL)?;
+    st.execute(params![
+        r.hostname,
+        r.ip,
+        r.original_kernel,
+        r.effective_kernel,
+        r.kernel_build_id,
+        r.client_version,
+        r.autoinstall,
+        r.status,
+        r.last_seen,
+        r.feed_version,
+        r.last_run_at,
+        r.applied,
+        r.fixed_cves,
+        r.missing_cves,
+        r.report,
+        r.mmap_min_addr,
+        r.uuid,
+    ])?;
+    let mut h = conn.prepare_cached(HISTORY_SQL)?;
+    for (at, event, patch, target, detail) in &w.events {
+        h.execute(params![r.uuid, at, event, patch, target, detail, w.actor])?;
     }
+    if let Some(hw) = &w.health {
+        // After the row (it reads the new status); a failure is
+        // logged and the check-in stands, as on PostgreSQL where
+        // it is a statement of its own.
+        conn.execute_batch("SAVEPOINT health")?;
+        let r = conn
+            .prepare_cached(HEALTH_SQL)
+            .and_then(|mut st| st.execute(params![hw.uuid, hw.failing, hw.error, hw.at]));
+        match r {
+            Ok(_) => conn.execute_batch("RELEASE health")?,
+            Err(e) => {
+                tracing::error!("health of {}: {e}", hw.uuid);
+                conn.execute_batch("ROLLBACK TO health; RELEASE health")?;
+            }
+        }
+    }
+    Ok(())
 }

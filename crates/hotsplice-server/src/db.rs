@@ -423,18 +423,16 @@ pub async fn history(
     detail: &str,
     actor: &str,
 ) -> DbResult<()> {
-    sqlx::query(
-        "INSERT INTO history (uuid, at, event, patch, target, detail, actor) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(uuid)
-    .bind(at)
-    .bind(event)
-    .bind(patch)
-    .bind(target)
-    .bind(detail)
-    .bind(actor)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(crate::checkin_store::HISTORY_SQL)
+        .bind(uuid)
+        .bind(at)
+        .bind(event)
+        .bind(patch)
+        .bind(target)
+        .bind(detail)
+        .bind(actor)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

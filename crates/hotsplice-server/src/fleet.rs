@@ -637,7 +637,8 @@ impl Fleet {
     }
 
     /// Store a report (a check-in, or an imported one) and answer with the
-    /// machine's list.
+    /// machine's list. A check-in (`checkin`) also updates the machine's
+    /// health row (issue 11) when its health changed.
     pub async fn store_report(
         &self,
         row: &MachineRow,
@@ -645,6 +646,7 @@ impl Fleet {
         raw: &str,
         event_detail: &str,
         actor: &str,
+        checkin: bool,
     ) -> Result<(SignedFeed, &'static str)> {
         let snap = self.snapshot_at(row.feed_version).await?;
         let applied = report.applied_ids();
@@ -720,13 +722,19 @@ impl Fleet {
             report: raw.to_string(),
             mmap_min_addr: report.mmap_min_addr.map(|a| a as i64),
         };
+        let mut health = if checkin {
+            crate::rollout::health_change(row, report, fit.status)
+        } else {
+            None
+        };
         if let Some(hot) = self.hot()? {
-            // SQLite: the row and its events in one job of the check-in
-            // thread's next batch; answered once committed.
+            // SQLite: the row, its events and its health in one job of the
+            // check-in thread's next batch; answered once committed.
             hot.checkin(crate::checkin_store::CheckinWrite {
                 row: columns,
                 events,
                 actor: actor.to_string(),
+                health: health.take(),
             })
             .await
             .map_err(|e| hot_failed(&format!("storing a check-in: {e}")))?;
@@ -746,6 +754,13 @@ impl Fleet {
                 history(&mut tx, &row.uuid, *at, event, patch, target, detail, actor).await?;
             }
             tx.commit().await.map_err(db::DbError::from)?;
+        }
+        if let Some(h) = &health {
+            // PostgreSQL: after the check-in, in its own statement; a
+            // failure is logged, the check-in stands (as on SQLite).
+            if let Err(e) = crate::rollout::write_health(self, h).await {
+                tracing::error!("health of {}: {}", row.uuid, e.message);
+            }
         }
         Ok((
             self.sign(&row.uuid, &fit, snap.version, &row.authorization),
@@ -821,7 +836,7 @@ impl Fleet {
             .machine_row(&report.uuid)
             .await?
             .ok_or_else(|| Error::no_machine(&report.uuid))?;
-        self.store_report(&row, report, raw, "imported", actor)
+        self.store_report(&row, report, raw, "imported", actor, false)
             .await?;
         Ok(created)
     }
