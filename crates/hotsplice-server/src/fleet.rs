@@ -746,7 +746,7 @@ impl Fleet {
                 .writer
                 .get_or_init(|| async { crate::checkin_writer::Writer::start(self.db.clone()) })
                 .await;
-            writer.write(columns).await?;
+            writer.write(columns, health.take()).await?;
         } else {
             let mut tx = self.db.begin().await?;
             crate::checkin_writer::update_one(&mut tx, &columns).await?;
@@ -758,8 +758,8 @@ impl Fleet {
         if let Some(h) = &health {
             // PostgreSQL: after the check-in, in its own statement; a
             // failure is logged, the check-in stands (as on SQLite).
-            if let Err(e) = crate::rollout::write_health(self, h).await {
-                tracing::error!("health of {}: {}", row.uuid, e.message);
+            if let Err(e) = crate::checkin_writer::write_health(&self.db, &[h]).await {
+                tracing::error!("health of {}: {e}", row.uuid);
             }
         }
         Ok((

@@ -238,20 +238,6 @@ pub fn health_change(
     })
 }
 
-/// Write a health row through the query layer (PostgreSQL; on SQLite it
-/// goes with the check-in's own job, `checkin_store`).
-pub async fn write_health(f: &Fleet, w: &crate::checkin_store::HealthWrite) -> Result<()> {
-    sqlx::query(crate::checkin_store::HEALTH_SQL)
-        .bind(&w.uuid)
-        .bind(w.failing)
-        .bind(&w.error)
-        .bind(w.at)
-        .execute(&f.db.write)
-        .await
-        .map_err(db::DbError::from)?;
-    Ok(())
-}
-
 /// Seconds without a check-in after which a machine counts as stale.
 pub fn stale_secs(f: &Fleet) -> u64 {
     (f.settings.checkin_interval * 3).max(300)
