@@ -20,7 +20,8 @@ use crate::checkin_writer::Row;
 use crate::fleet::{MachineRow, MACHINE_ROW_SQL};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
 /// Jobs taken per wake-up at most.
@@ -51,6 +52,7 @@ static UPDATE_SQL: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::checkin_writer::statement(1));
 
 type Answer<T> = oneshot::Sender<Result<T, String>>;
+type Reply<T> = oneshot::Receiver<Result<T, String>>;
 type Write = (Box<CheckinWrite>, Answer<()>);
 
 enum Job {
@@ -62,6 +64,7 @@ enum Job {
 pub struct CheckinStore {
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    commits: Arc<AtomicU64>,
 }
 
 pub const HEALTH_SQL: &str = "INSERT INTO machine_health (uuid, failing, error, out_of_date_since) VALUES ($1, $2, $3, CASE WHEN (SELECT status FROM machines WHERE uuid = $1) = 'outofdate' THEN $4 ELSE NULL END) \
@@ -87,24 +90,36 @@ impl CheckinStore {
             .map_err(|e| format!("setting up {} for check-ins: {e}", path.display()))?;
         conn.set_prepared_statement_cache_capacity(16);
         let (tx, rx) = mpsc::channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = commits.clone();
         let thread = std::thread::Builder::new()
             .name("checkin-store".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, &counted))
             .map_err(|e| format!("starting the check-in thread: {e}"))?;
         Ok(CheckinStore {
             tx: Some(tx),
             thread: Some(thread),
+            commits,
         })
     }
 
-    async fn ask<T>(&self, job: impl FnOnce(Answer<T>) -> Job) -> Result<T, String> {
+    /// Transactions committed so far (one per batch of writes).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    fn send<T>(&self, job: impl FnOnce(Answer<T>) -> Job) -> Result<Reply<T>, String> {
         let (done, answer) = oneshot::channel();
         self.tx
             .as_ref()
             .expect("sender until drop")
             .send(job(done))
             .map_err(|_| "the check-in thread stopped".to_string())?;
-        answer
+        Ok(answer)
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(Answer<T>) -> Job) -> Result<T, String> {
+        self.send(job)?
             .await
             .map_err(|_| "the check-in thread stopped".to_string())?
     }
@@ -131,7 +146,7 @@ impl Drop for CheckinStore {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn run(conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
     let mut writes: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -149,7 +164,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         if !writes.is_empty() {
-            write_batch(&conn, &mut writes);
+            write_batch(&conn, &mut writes, commits);
         }
     }
 }
@@ -181,7 +196,7 @@ fn machine(conn: &Connection, uuid: &str) -> rusqlite::Result<Option<MachineRow>
 }
 
 /// Write every job of `jobs` in one transaction and answer each.
-fn write_batch(conn: &Connection, jobs: &mut Vec<Write>) {
+fn write_batch(conn: &Connection, jobs: &mut Vec<Write>, commits: &AtomicU64) {
     tracing::debug!(jobs = jobs.len(), "writing check-ins");
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = e.to_string();
@@ -196,6 +211,7 @@ fn write_batch(conn: &Connection, jobs: &mut Vec<Write>) {
     }
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
             for ((_, done), r) in jobs.drain(..).zip(results) {
                 let _ = done.send(r);
             }
@@ -267,4 +283,117 @@ fn write(conn: &Connection, w: &CheckinWrite) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{sqlite_url, Db};
+
+    fn row(uuid: &str) -> Row {
+        Row {
+            uuid: uuid.into(),
+            hostname: format!("{uuid}.example.com"),
+            ip: "192.0.2.1".into(),
+            original_kernel: "6.1.0-28-amd64".into(),
+            effective_kernel: "6.1.0-28-amd64".into(),
+            kernel_build_id: "ab".repeat(20),
+            client_version: "0.1.0".into(),
+            autoinstall: 1,
+            status: "outofdate".into(),
+            last_seen: 1000,
+            feed_version: 1,
+            last_run_at: 0,
+            applied: "[]".into(),
+            fixed_cves: String::new(),
+            missing_cves: String::new(),
+            report: "{}".into(),
+            mmap_min_addr: Some(65536),
+        }
+    }
+
+    /// Check-ins that arrive while another writer (an administration
+    /// command in another process) holds the write lock wait for it, and
+    /// then go into one transaction together: 64 check-ins, at most 2
+    /// commits (the first job taken may be alone in its batch). Each is
+    /// answered only after its commit, with its history and health rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkins_waiting_are_committed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hotsplice.db");
+        let db = Db::connect(&sqlite_url(&path), true).await.unwrap();
+        db.migrate().await.unwrap();
+        let uuids: Vec<String> = (0..64)
+            .map(|i| format!("00000000-0000-4000-8000-{i:012x}"))
+            .collect();
+        for u in &uuids {
+            sqlx::query(
+                "INSERT INTO machines (uuid, key_hash, hostname, ip, original_kernel, effective_kernel, kernel_build_id, client_version, autoinstall, authz, group_name, status, registered_at, last_seen, feed_version, last_run_at, applied, fixed_cves, missing_cves, report) \
+                 VALUES ($1, NULL, 'old', '', '', '', '', '', 0, 'allowed', 'default', 'unsupported', 0, 0, 0, 0, '[]', '', '', NULL)",
+            )
+            .bind(u)
+            .execute(&db.write)
+            .await
+            .unwrap();
+        }
+        let store = CheckinStore::open(&path).unwrap();
+        let lock = Connection::open(&path).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let replies: Vec<_> = uuids
+            .iter()
+            .map(|u| {
+                let w = CheckinWrite {
+                    row: row(u),
+                    events: vec![(1000, "applied", "p1".into(), String::new(), String::new())],
+                    actor: "machine".into(),
+                    health: Some(HealthWrite {
+                        uuid: u.clone(),
+                        failing: 0,
+                        error: String::new(),
+                        at: 1000,
+                    }),
+                };
+                store.send(|a| Job::Checkin(Box::new(w), a)).unwrap()
+            })
+            .collect();
+        // None can commit while `lock` holds the write lock (the thread
+        // waits in BEGIN IMMEDIATE); give it time to try.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            store.commits(),
+            0,
+            "committed while another writer held the lock"
+        );
+        lock.execute_batch("COMMIT").unwrap();
+        for r in replies {
+            r.await.unwrap().unwrap();
+        }
+        let commits = store.commits();
+        assert!(
+            (1..=2).contains(&commits),
+            "{commits} commits for 64 check-ins"
+        );
+        let count = |sql: &str| -> i64 { lock.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM machines WHERE hostname LIKE '%.example.com' AND status = 'outofdate'"),
+            64
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM history WHERE event = 'applied' AND actor = 'machine'"),
+            64
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM machine_health WHERE out_of_date_since = 1000"),
+            64
+        );
+        // The row as the check-in path reads it back.
+        let m = store.machine(&uuids[7]).await.unwrap().unwrap();
+        assert_eq!(m.authorization, "allowed");
+        assert_eq!(m.health.unwrap().out_of_date_since, Some(1000));
+        assert!(store
+            .machine("00000000-0000-4000-8000-ffffffffffff")
+            .await
+            .unwrap()
+            .is_none());
+    }
 }
