@@ -11,8 +11,13 @@
 //! the server on PostgreSQL) is paid once per batch instead of once per
 //! machine. With one row waiting it is the plain one-row `UPDATE`. If a
 //! batch fails, each of its rows is written on its own, so one bad row
-//! fails only its own check-in.
+//! fails only its own check-in. The health rows (issue 11) of the batch's
+//! check-ins follow in one transaction, answered after it.
+//!
+//! This is the PostgreSQL path; on SQLite check-ins go to
+//! [`crate::checkin_store`]'s own connection (docs/fleet.md says why).
 
+use crate::checkin_store::{HealthWrite, HEALTH_SQL};
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
@@ -62,7 +67,11 @@ const COLUMNS: [(&str, &str); 16] = [
     ("mmap_min_addr", "BIGINT"),
 ];
 
-type Job = (Row, oneshot::Sender<std::result::Result<(), String>>);
+type Job = (
+    Row,
+    Option<HealthWrite>,
+    oneshot::Sender<std::result::Result<(), String>>,
+);
 
 /// The handle check-ins write through.
 #[derive(Clone)]
@@ -78,11 +87,12 @@ impl Writer {
         Writer { tx }
     }
 
-    /// Write `row`; returns once it is committed.
-    pub async fn write(&self, row: Row) -> Result<()> {
+    /// Write `row`, then its machine's `health` row; returns once both
+    /// are committed (a failed health write is logged, the row stands).
+    pub async fn write(&self, row: Row, health: Option<HealthWrite>) -> Result<()> {
         let (done, answer) = oneshot::channel();
         self.tx
-            .send((row, done))
+            .send((row, health, done))
             .await
             .map_err(|_| failed("the check-in writer stopped"))?;
         match answer.await {
@@ -116,7 +126,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
             match rx.try_recv() {
                 // One row per machine per statement: a second check-in of
                 // the same machine goes into the next batch, after this one.
-                Ok(j) if batch.iter().any(|(r, _)| r.uuid == j.0.uuid) => {
+                Ok(j) if batch.iter().any(|(r, _, _)| r.uuid == j.0.uuid) => {
                     held = Some(j);
                     break;
                 }
@@ -124,29 +134,60 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let rows: Vec<&Row> = batch.iter().map(|(r, _)| r).collect();
+        let rows: Vec<&Row> = batch.iter().map(|(r, _, _)| r).collect();
         tracing::debug!(rows = rows.len(), "writing check-ins");
-        match write_rows(&db, &rows).await {
-            Ok(()) => {
-                for (_, done) in batch {
-                    let _ = done.send(Ok(()));
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                let (_, done) = batch.pop().expect("one job");
-                let _ = done.send(Err(e.to_string()));
-            }
+        let results: Vec<std::result::Result<(), String>> = match write_rows(&db, &rows).await {
+            Ok(()) => batch.iter().map(|_| Ok(())).collect(),
+            Err(e) if batch.len() == 1 => vec![Err(e.to_string())],
             Err(_) => {
-                for (row, done) in batch {
-                    let r = write_rows(&db, &[&row]).await.map_err(|e| e.to_string());
-                    let _ = done.send(r);
+                let mut r = Vec::with_capacity(batch.len());
+                for (row, _, _) in &batch {
+                    r.push(write_rows(&db, &[row]).await.map_err(|e| e.to_string()));
+                }
+                r
+            }
+        };
+        // The health rows of the check-ins written, in one transaction
+        // after them (one commit per batch, not per check-in); when that
+        // fails, each on its own, and a failure is only logged.
+        let health: Vec<&HealthWrite> = batch
+            .iter()
+            .zip(&results)
+            .filter_map(|((_, h, _), r)| h.as_ref().filter(|_| r.is_ok()))
+            .collect();
+        if !health.is_empty() && write_health(&db, &health).await.is_err() {
+            for h in health {
+                if let Err(e) = write_health(&db, &[h]).await {
+                    tracing::error!("health of {}: {e}", h.uuid);
                 }
             }
+        }
+        for ((_, _, done), r) in batch.into_iter().zip(results) {
+            let _ = done.send(r);
         }
     }
 }
 
-fn statement(n: usize) -> String {
+/// Health rows (issue 11) in one transaction, through the query layer.
+pub(crate) async fn write_health(
+    db: &Db,
+    rows: &[&HealthWrite],
+) -> std::result::Result<(), db::DbError> {
+    let mut tx = db.begin().await?;
+    for w in rows {
+        sqlx::query(HEALTH_SQL)
+            .bind(&w.uuid)
+            .bind(w.failing)
+            .bind(&w.error)
+            .bind(w.at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) fn statement(n: usize) -> String {
     if n == 1 {
         let sets: Vec<String> = COLUMNS
             .iter()

@@ -45,6 +45,9 @@ pub struct Db {
     pub backend: Backend,
     pub read: AnyPool,
     pub write: AnyPool,
+    /// The database file on SQLite (for the check-in path's own
+    /// connection, `checkin_store`).
+    pub sqlite_path: Option<std::path::PathBuf>,
 }
 
 /// The migrations, in order: index + 1 is the schema version after it.
@@ -258,10 +261,17 @@ impl Db {
                     .fetch_all(&write)
                     .await?;
                 let read = opts(4).connect(&u).await?;
+                let path = url
+                    .trim_start_matches("sqlite:")
+                    .trim_start_matches("//")
+                    .split('?')
+                    .next()
+                    .unwrap_or_default();
                 Ok(Db {
                     backend,
                     read,
                     write,
+                    sqlite_path: Some(path.into()),
                 })
             }
             Backend::Postgres => {
@@ -274,6 +284,7 @@ impl Db {
                     backend,
                     read: pool.clone(),
                     write: pool,
+                    sqlite_path: None,
                 })
             }
         }
@@ -412,18 +423,16 @@ pub async fn history(
     detail: &str,
     actor: &str,
 ) -> DbResult<()> {
-    sqlx::query(
-        "INSERT INTO history (uuid, at, event, patch, target, detail, actor) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(uuid)
-    .bind(at)
-    .bind(event)
-    .bind(patch)
-    .bind(target)
-    .bind(detail)
-    .bind(actor)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(crate::checkin_store::HISTORY_SQL)
+        .bind(uuid)
+        .bind(at)
+        .bind(event)
+        .bind(patch)
+        .bind(target)
+        .bind(detail)
+        .bind(actor)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

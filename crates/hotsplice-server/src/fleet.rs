@@ -81,6 +81,21 @@ pub struct Fleet {
     snapshot: Mutex<Option<Arc<Snapshot>>>,
     /// Started on the first check-in (inside the runtime).
     writer: tokio::sync::OnceCell<crate::checkin_writer::Writer>,
+    /// SQLite: the check-in path's own connection and thread, opened on
+    /// first use.
+    hot: std::sync::OnceLock<std::result::Result<crate::checkin_store::CheckinStore, String>>,
+}
+
+/// The machine's row, its health row and the feed version in one
+/// statement (both query layers run this text).
+pub const MACHINE_ROW_SQL: &str = "SELECT m.uuid, m.key_hash, m.authz, m.group_name, m.applied, m.last_run_at, (SELECT value FROM counters WHERE name = 'feed') AS fv, h.failing AS h_failing, h.error AS h_error, h.out_of_date_since AS h_since FROM machines m LEFT JOIN machine_health h ON h.uuid = m.uuid WHERE m.uuid = $1";
+
+fn hot_failed(log: &str) -> Error {
+    tracing::error!("check-in store: {log}");
+    Error::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the server's database failed; see the server's log, retry later",
+    )
 }
 
 /// A machine's row, as the feed and the check-in need it.
@@ -255,6 +270,21 @@ impl Fleet {
             settings,
             snapshot: Mutex::new(None),
             writer: tokio::sync::OnceCell::new(),
+            hot: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The check-in path's SQLite connection; `None` on PostgreSQL.
+    pub(crate) fn hot(&self) -> Result<Option<&crate::checkin_store::CheckinStore>> {
+        let Some(path) = &self.db.sqlite_path else {
+            return Ok(None);
+        };
+        match self
+            .hot
+            .get_or_init(|| crate::checkin_store::CheckinStore::open(path))
+        {
+            Ok(h) => Ok(Some(h)),
+            Err(e) => Err(hot_failed(e)),
         }
     }
 
@@ -437,13 +467,14 @@ impl Fleet {
     // Machines
 
     pub async fn machine_row(&self, uuid: &str) -> Result<Option<MachineRow>> {
-        let row = sqlx::query(
-            "SELECT m.uuid, m.key_hash, m.authz, m.group_name, m.applied, m.last_run_at, (SELECT value FROM counters WHERE name = 'feed') AS fv, h.failing AS h_failing, h.error AS h_error, h.out_of_date_since AS h_since FROM machines m LEFT JOIN machine_health h ON h.uuid = m.uuid WHERE m.uuid = $1",
-        )
-        .bind(uuid)
-        .fetch_optional(&self.db.read)
-        .await
-        .map_err(db::DbError::from)?;
+        if let Some(hot) = self.hot()? {
+            return hot.machine(uuid).await.map_err(|e| hot_failed(&e));
+        }
+        let row = sqlx::query(MACHINE_ROW_SQL)
+            .bind(uuid)
+            .fetch_optional(&self.db.read)
+            .await
+            .map_err(db::DbError::from)?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(MachineRow {
             uuid: s(&row, "uuid")?,
@@ -606,7 +637,8 @@ impl Fleet {
     }
 
     /// Store a report (a check-in, or an imported one) and answer with the
-    /// machine's list.
+    /// machine's list. A check-in (`checkin`) also updates the machine's
+    /// health row (issue 11) when its health changed.
     pub async fn store_report(
         &self,
         row: &MachineRow,
@@ -614,6 +646,7 @@ impl Fleet {
         raw: &str,
         event_detail: &str,
         actor: &str,
+        checkin: bool,
     ) -> Result<(SignedFeed, &'static str)> {
         let snap = self.snapshot_at(row.feed_version).await?;
         let applied = report.applied_ids();
@@ -634,7 +667,7 @@ impl Fleet {
             .max(row.last_run_at);
         // History: what changed since the previous report, and the
         // failures of a run not reported before.
-        let mut events: Vec<(i64, &str, String, String, String)> = Vec::new();
+        let mut events: Vec<crate::checkin_store::Event> = Vec::new();
         let before: BTreeSet<&String> = row.applied.iter().collect();
         let after: BTreeSet<&String> = applied.iter().collect();
         for p in after.difference(&before) {
@@ -689,7 +722,23 @@ impl Fleet {
             report: raw.to_string(),
             mmap_min_addr: report.mmap_min_addr.map(|a| a as i64),
         };
-        if events.is_empty() {
+        let mut health = if checkin {
+            crate::rollout::health_change(row, report, fit.status)
+        } else {
+            None
+        };
+        if let Some(hot) = self.hot()? {
+            // SQLite: the row, its events and its health in one job of the
+            // check-in thread's next batch; answered once committed.
+            hot.checkin(crate::checkin_store::CheckinWrite {
+                row: columns,
+                events,
+                actor: actor.to_string(),
+                health: health.take(),
+            })
+            .await
+            .map_err(|e| hot_failed(&format!("storing a check-in: {e}")))?;
+        } else if events.is_empty() {
             // The common case: only the row changes. Written with the
             // rows of other check-ins in one statement (group commit);
             // answered once committed.
@@ -697,7 +746,7 @@ impl Fleet {
                 .writer
                 .get_or_init(|| async { crate::checkin_writer::Writer::start(self.db.clone()) })
                 .await;
-            writer.write(columns).await?;
+            writer.write(columns, health.take()).await?;
         } else {
             let mut tx = self.db.begin().await?;
             crate::checkin_writer::update_one(&mut tx, &columns).await?;
@@ -705,6 +754,13 @@ impl Fleet {
                 history(&mut tx, &row.uuid, *at, event, patch, target, detail, actor).await?;
             }
             tx.commit().await.map_err(db::DbError::from)?;
+        }
+        if let Some(h) = &health {
+            // PostgreSQL: after the check-in, in its own statement; a
+            // failure is logged, the check-in stands (as on SQLite).
+            if let Err(e) = crate::checkin_writer::write_health(&self.db, &[h]).await {
+                tracing::error!("health of {}: {e}", row.uuid);
+            }
         }
         Ok((
             self.sign(&row.uuid, &fit, snap.version, &row.authorization),
@@ -780,7 +836,7 @@ impl Fleet {
             .machine_row(&report.uuid)
             .await?
             .ok_or_else(|| Error::no_machine(&report.uuid))?;
-        self.store_report(&row, report, raw, "imported", actor)
+        self.store_report(&row, report, raw, "imported", actor, false)
             .await?;
         Ok(created)
     }

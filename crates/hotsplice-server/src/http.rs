@@ -323,9 +323,11 @@ async fn checkin(
         )));
     }
     let raw = std::str::from_utf8(&body).map_err(|_| Error::bad("report is not UTF-8"))?;
-    let (feed, status) = f.store_report(&row, &report, raw, "", "machine").await?;
-    // Issue 11 hook: health (failing / out of date) and rollout decisions.
-    crate::rollout::after_checkin(&f, &row, &report, status).await;
+    let (feed, _) = f
+        .store_report(&row, &report, raw, "", "machine", true)
+        .await?;
+    // Issue 11 hook: rollout decisions.
+    crate::rollout::after_checkin(&f, &row).await;
     Ok(Json(CheckinResponse {
         feed,
         next_checkin: f.settings.checkin_interval,

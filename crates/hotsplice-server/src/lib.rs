@@ -14,6 +14,7 @@
 //! See `docs/server.md` and `docs/api.md`.
 
 pub mod audit;
+pub mod checkin_store;
 pub mod checkin_writer;
 pub mod dashboard;
 pub mod db;

@@ -174,15 +174,9 @@ pub struct Health {
     pub out_of_date_since: Option<i64>,
 }
 
-pub async fn after_checkin(
-    f: &Fleet,
-    row: &crate::fleet::MachineRow,
-    report: &Report,
-    status: &str,
-) {
-    if let Err(e) = health(f, row, report, status).await {
-        tracing::error!("health of {}: {}", row.uuid, e.message);
-    }
+/// After a check-in is stored: the rollout decision, when the machine's
+/// group is in a running rollout.
+pub async fn after_checkin(f: &Fleet, row: &crate::fleet::MachineRow) {
     match f.snapshot_at(row.feed_version).await {
         Ok(snap) if snap.extra.running_groups.contains(&row.group) => {
             if let Err(e) = tick(f).await {
@@ -194,12 +188,16 @@ pub async fn after_checkin(
     }
 }
 
-async fn health(
-    f: &Fleet,
+/// The health row (failing / out of date) a check-in with `status`
+/// leaves, when it differs from the one read with the machine — compared
+/// without a query, so a health row is written only when the machine's
+/// health changes, not on every check-in. A run not reported before that
+/// failed is alerted here.
+pub fn health_change(
     row: &crate::fleet::MachineRow,
     report: &Report,
     status: &str,
-) -> Result<()> {
+) -> Option<crate::checkin_store::HealthWrite> {
     let uuid = row.uuid.as_str();
     let (failing, error) = match &report.last_run {
         Some(r) if !r.failures.is_empty() => {
@@ -225,10 +223,6 @@ async fn health(
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(1024)
         .collect();
-    let t = now() as i64;
-    // Compared with the health row read with the machine (no query): the
-    // writer is taken only when the machine's health changes, not on every
-    // check-in.
     let outofdate = status == "outofdate";
     let same = match &row.health {
         None => failing == 0 && !outofdate,
@@ -236,22 +230,12 @@ async fn health(
             h.failing == failing && h.error == error && h.out_of_date_since.is_some() == outofdate
         }
     };
-    if same {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO machine_health (uuid, failing, error, out_of_date_since) VALUES ($1, $2, $3, CASE WHEN (SELECT status FROM machines WHERE uuid = $1) = 'outofdate' THEN $4 ELSE NULL END) \
-         ON CONFLICT (uuid) DO UPDATE SET failing = excluded.failing, error = excluded.error, out_of_date_since = CASE WHEN excluded.out_of_date_since IS NULL THEN NULL ELSE COALESCE(machine_health.out_of_date_since, excluded.out_of_date_since) END, \
-         alerted = CASE WHEN excluded.out_of_date_since IS NULL THEN 0 ELSE machine_health.alerted END",
-    )
-    .bind(uuid)
-    .bind(failing)
-    .bind(&error)
-    .bind(t)
-    .execute(&f.db.write)
-    .await
-    .map_err(db::DbError::from)?;
-    Ok(())
+    (!same).then(|| crate::checkin_store::HealthWrite {
+        uuid: uuid.to_string(),
+        failing,
+        error,
+        at: now() as i64,
+    })
 }
 
 /// Seconds without a check-in after which a machine counts as stale.
