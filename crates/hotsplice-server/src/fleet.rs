@@ -82,8 +82,8 @@ pub struct Fleet {
     /// Started on the first check-in (inside the runtime).
     writer: tokio::sync::OnceCell<crate::checkin_writer::Writer>,
     /// SQLite: the check-in path's own connection and thread, opened on
-    /// first use.
-    hot: std::sync::OnceLock<std::result::Result<crate::checkin_store::CheckinStore, String>>,
+    /// first use (retried on the next check-in if that fails).
+    hot: std::sync::OnceLock<crate::checkin_store::CheckinStore>,
 }
 
 /// The machine's row, its health row and the feed version in one
@@ -279,13 +279,16 @@ impl Fleet {
         let Some(path) = &self.db.sqlite_path else {
             return Ok(None);
         };
-        match self
-            .hot
-            .get_or_init(|| crate::checkin_store::CheckinStore::open(path))
-        {
-            Ok(h) => Ok(Some(h)),
-            Err(e) => Err(hot_failed(e)),
+        if let Some(h) = self.hot.get() {
+            return Ok(Some(h));
         }
+        // A failure to open is not kept: the next check-in tries again
+        // (a full disk or a lock held at start must not mean 503 for the
+        // life of the process). Two first check-ins may both open; the
+        // loser's store is dropped, which ends its thread.
+        let opened = crate::checkin_store::CheckinStore::open(path).map_err(|e| hot_failed(&e))?;
+        let _ = self.hot.set(opened);
+        Ok(self.hot.get())
     }
 
     /// The snapshot for the current feed version (loaded when it moved).
