@@ -62,7 +62,9 @@ pub struct Kernel {
 }
 
 /// Run fetch.sh once per test binary (it is idempotent and takes seconds
-/// when cached) and return the kernel it fetched.
+/// when cached) and return the kernel it fetched: Debian's current one, or
+/// the build `HOTSPLICE_KERNEL_VERSION` pins (which fetch.sh, probe.sh,
+/// mkinitrd.sh and boot.sh all read).
 pub fn kernel() -> &'static Kernel {
     static K: OnceLock<Kernel> = OnceLock::new();
     K.get_or_init(|| {
@@ -73,9 +75,15 @@ pub fn kernel() -> &'static Kernel {
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
+        // fetch.sh PKGVER (HOTSPLICE_KERNEL_VERSION) fetches a pinned
+        // build into kernel-<upstream version>.
+        let dir = match std::env::var("HOTSPLICE_KERNEL_VERSION") {
+            Ok(v) if !v.is_empty() => format!("kernel-{}", v.split('-').next().unwrap_or(&v)),
+            _ => "kernel".to_string(),
+        };
         let cache = match std::env::var_os("HOTSPLICE_CACHE") {
-            Some(c) => PathBuf::from(c).join("kernel"),
-            None => repo_root().join(".cache/kernel"),
+            Some(c) => PathBuf::from(c).join(dir),
+            None => repo_root().join(".cache").join(dir),
         };
         let kver = std::fs::read_to_string(cache.join("KVER"))
             .expect("KVER written by fetch.sh")
@@ -126,8 +134,14 @@ pub fn build_module(src: &Path, out: &Path) -> Vec<PathBuf> {
 /// (virtio, ext4), the scenario scripts of tests/kernel/scenarios at /tests
 /// and the `extra` (source, destination-in-guest) files.
 pub fn make_initrd(out: &Path, extra: &[(&Path, &str)]) {
+    make_initrd_with(out, "virtio_pci virtio_blk ext4", extra)
+}
+
+/// Like [`make_initrd`], with the modules `mods` (names, with their
+/// dependencies) in the image for init to load.
+pub fn make_initrd_with(out: &Path, mods: &str, extra: &[(&Path, &str)]) {
     let mut cmd = Command::new(script("mkinitrd.sh"));
-    cmd.arg(out).arg(format!(
+    cmd.arg("-m").arg(mods).arg(out).arg(format!(
         "{}:/tests",
         repo_root().join("tests/kernel/scenarios").display()
     ));

@@ -102,18 +102,23 @@ fn is_once_flags(section: &str) -> bool {
     section == ".data.once"
 }
 
-/// Whether a changed `__init`/`__exit` section differs only in the line
-/// numbers the fix moved (`__LINE__` of an assertion's message, 32-bit
-/// immediates equal to a line of the unfixed file in the pre build and to
-/// where that line went in the post build), with the same length and the
-/// same references: the code has run (or will run) the same.
+/// Whether a changed function's section differs only in the line numbers
+/// the fix moved (`__LINE__` of an assertion's message: 32-bit immediates
+/// equal to a line of the unfixed file in the pre build and to where that
+/// line went in the post build), with the same length, the same references
+/// and the same jump tables: the code behaves the same (an `__init`
+/// function ran the same; another one needs no replacement).
 fn only_lines_moved(k: &KObj, s: usize) -> bool {
     let Some(&p) = k.diff.pre_of.get(&s) else {
         return false;
     };
     let (a, ra) = crate::objfile::normalized(&k.pre, p);
     let (b, rb) = crate::objfile::normalized(&k.post, s);
-    if a.len() != b.len() || ra != rb {
+    // No byte changed: the change is elsewhere (a jump table).
+    if a.len() != b.len() || ra != rb || a == b {
+        return false;
+    }
+    if !crate::diff::anonymous_deps_same(&k.pre, &k.post, s, &mut HashMap::new()) {
         return false;
     }
     let word = |v: &[u8], j: usize| u32::from_le_bytes([v[j], v[j + 1], v[j + 2], v[j + 3]]);
@@ -383,11 +388,11 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
         let mut changed = Vec::new();
         for &s in &k.diff.changed_text {
             let name = &k.post.sections[s].name;
+            // Only `__LINE__` moved: the code is the same, and stays.
+            if only_lines_moved(k, s) {
+                continue;
+            }
             if name.starts_with(".init") || name.starts_with(".exit") {
-                // Only `__LINE__` moved: the code is the same, and stays.
-                if only_lines_moved(k, s) {
-                    continue;
-                }
                 return Err(CreateError::Unsupported(format!(
                     "{}: the fix changes __init/__exit code ({name}), which has run already and cannot be live patched",
                     k.rel.display()
