@@ -59,26 +59,10 @@ struct Created {
 }
 
 fn create(fix: &str, key: &Path, out: &Path) -> Result<Created, String> {
-    let k = kc::kernel();
-    let probe = kc::probe();
     let started = std::time::Instant::now();
-    let o = Command::new(kc::host_hotsplice())
-        .args(["create", "--kernel", "--json", "--sign"])
+    let o = kc::create_kernel_command(&corpus(fix), out)
+        .arg("--sign")
         .arg(key)
-        .arg("--patch")
-        .arg(corpus(fix))
-        .arg("--config")
-        .arg(k.config())
-        .arg("--kdir")
-        .arg(k.env_path("KDIR"))
-        .arg("--modules")
-        .arg(k.env_path("MODDIR"))
-        .arg("--system-map")
-        .arg(&probe.kallsyms)
-        .args(["--build-id", &probe.build_id, "--release", &probe.release])
-        .arg("-o")
-        .arg(out)
-        .arg(k.env_path("KSRC"))
         .output()
         .expect("hotsplice create --kernel");
     eprintln!(

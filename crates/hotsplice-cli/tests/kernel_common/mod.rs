@@ -381,6 +381,30 @@ pub fn host_hotsplice() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hotsplice"))
 }
 
+/// `hotsplice create --kernel --json --patch PATCH -o OUT` for the fetched
+/// and probed kernel: its configuration, headers, modules, kallsyms,
+/// build-id, release and source tree. Callers may add options (`--sign`).
+pub fn create_kernel_command(patch: &Path, out: &Path) -> Command {
+    let k = kernel();
+    let probe = probe();
+    let mut c = Command::new(host_hotsplice());
+    c.args(["create", "--kernel", "--json", "--patch"])
+        .arg(patch)
+        .arg("--config")
+        .arg(k.config())
+        .arg("--kdir")
+        .arg(k.env_path("KDIR"))
+        .arg("--modules")
+        .arg(k.env_path("MODDIR"))
+        .arg("--system-map")
+        .arg(&probe.kallsyms)
+        .args(["--build-id", &probe.build_id, "--release", &probe.release])
+        .arg("-o")
+        .arg(out)
+        .arg(k.env_path("KSRC"));
+    c
+}
+
 /// Build a test livepatch (tests/kernel/livepatches/NAME) for the probed
 /// kernel into `out`; returns its one .ko.
 pub fn build_livepatch(src: &Path, out: &Path) -> PathBuf {
