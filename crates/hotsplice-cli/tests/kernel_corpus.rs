@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The corpus' base, which every fix of it applies to.
-const PINNED: &str = "6.1.176-1";
+const PINNED: &str = kc::PINNED;
 
 /// Fixes of the subset, and what each shows besides a plain function:
 /// a file #included by another (psi.c, compared in build_utility.o), an

@@ -1224,6 +1224,7 @@ fn kernel_created_fixes_apply_together_and_undo_in_qemu() {
 }
 
 fn main() {
+    kc::pin();
     harness::main_with(
         kc::skip_reason(),
         hotsplice_testsupport::tests![

@@ -61,6 +61,20 @@ pub struct Kernel {
     pub cache: PathBuf,
 }
 
+/// The Debian kernel build the kernel tests run on: served by the archive
+/// (a fresh machine fetches the same kernel as a warm one) and the base of
+/// the corpus (tests/kernel/corpus), so one cache serves both.
+pub const PINNED: &str = "6.1.176-1";
+
+/// Pin every kernel script and [`kernel`] to [`PINNED`] unless
+/// `HOTSPLICE_KERNEL_VERSION` names another build. Call first in `main`,
+/// before any thread starts.
+pub fn pin() {
+    if std::env::var_os("HOTSPLICE_KERNEL_VERSION").is_none() {
+        std::env::set_var("HOTSPLICE_KERNEL_VERSION", PINNED);
+    }
+}
+
 /// Run fetch.sh once per test binary (it is idempotent and takes seconds
 /// when cached) and return the kernel it fetched: Debian's current one, or
 /// the build `HOTSPLICE_KERNEL_VERSION` pins (which fetch.sh, probe.sh,
