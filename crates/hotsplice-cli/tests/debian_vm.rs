@@ -33,23 +33,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 fn kernel_patch(out: &std::path::Path) -> (String, String) {
-    let k = kc::kernel();
-    let probe = kc::probe();
-    let o = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
-        .args(["create", "--kernel", "--json", "--patch"])
-        .arg(kc::repo_root().join("tests/kernel/fixes/version.diff"))
-        .arg("--config")
-        .arg(k.config())
-        .arg("--kdir")
-        .arg(k.env_path("KDIR"))
-        .arg("--system-map")
-        .arg(&probe.kallsyms)
-        .args(["--build-id", &probe.build_id, "--release", &probe.release])
-        .arg("-o")
-        .arg(out)
-        .arg(k.env_path("KSRC"))
-        .output()
-        .expect("hotsplice create --kernel");
+    let o = kc::create_kernel_command(
+        &kc::repo_root().join("tests/kernel/fixes/version.diff"),
+        out,
+    )
+    .output()
+    .expect("hotsplice create --kernel");
     assert!(
         o.status.success(),
         "create --kernel: {}",

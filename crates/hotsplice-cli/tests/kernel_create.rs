@@ -444,6 +444,7 @@ fn kernel_create_positions_module_symbols_from_the_ko() {
 }
 
 fn main() {
+    kc::pin();
     harness::main(
         kc::skip_reason(),
         hotsplice_testsupport::tests![

@@ -193,25 +193,9 @@ fn lp_module(name: &str, dir: &str, fix: &str, build: &Path) -> PathBuf {
 
 /// `hotsplice create --kernel` of a fix for the probed guest kernel.
 fn generated_module(fix: &str, out: &Path) -> PathBuf {
-    let k = kc::kernel();
-    let probe = kc::probe();
     let _ = std::fs::remove_dir_all(out);
     let started = std::time::Instant::now();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hotsplice"))
-        .args(["create", "--kernel", "--json", "--patch"])
-        .arg(kc::repo_root().join("tests/kernel/fixes").join(fix))
-        .arg("--config")
-        .arg(k.config())
-        .arg("--kdir")
-        .arg(k.env_path("KDIR"))
-        .arg("--modules")
-        .arg(k.env_path("MODDIR"))
-        .arg("--system-map")
-        .arg(&probe.kallsyms)
-        .args(["--build-id", &probe.build_id, "--release", &probe.release])
-        .arg("-o")
-        .arg(out)
-        .arg(k.env_path("KSRC"))
+    let o = kc::create_kernel_command(&kc::repo_root().join("tests/kernel/fixes").join(fix), out)
         .output()
         .expect("hotsplice create --kernel");
     assert!(
@@ -1240,6 +1224,7 @@ fn kernel_created_fixes_apply_together_and_undo_in_qemu() {
 }
 
 fn main() {
+    kc::pin();
     harness::main_with(
         kc::skip_reason(),
         hotsplice_testsupport::tests![

@@ -119,7 +119,7 @@ pub fn diff(pre: &ObjFile, post: &ObjFile) -> ObjDiff {
 
 /// Sections without symbols that a function refers to (jump tables and
 /// similar) belong to it: if one changed, the function changed.
-fn anonymous_deps_same(
+pub(crate) fn anonymous_deps_same(
     pre: &ObjFile,
     post: &ObjFile,
     sec: usize,

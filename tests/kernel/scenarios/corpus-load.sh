@@ -5,8 +5,16 @@
 # init), each object's `patched` flag and the transition, then all disabled
 # and unloaded. Loads the modules directly (insmod): what is tested is the
 # created code in the real kernel, not hotsplice's client (kernel_vm.rs).
+# The reproducers in /repro (REPROS: name=program ...) run before the
+# modules are loaded, while they are, and after they are unloaded.
 # shellcheck disable=SC1091
 . /tests/hslib.sh
+repros() {
+    for r in ${REPROS:-}; do
+        hsrun "repro ${r%%=*} $1" "/repro/${r#*=}"
+    done
+}
+repros before
 for ko in /patches/*.ko; do
     m=$(basename "$ko" .ko)
     hsrun "corpus-insmod $m" insmod "$ko"
@@ -29,6 +37,7 @@ for p in /sys/kernel/livepatch/*/; do
     done
     hs "corpus-enabled $m=$(cat "$p/enabled") transition=$(cat "$p/transition")"
 done
+repros applied
 for p in /sys/kernel/livepatch/*/; do
     [ -d "$p" ] && echo 0 > "$p/enabled"
 done
@@ -39,3 +48,4 @@ for ko in /patches/*.ko; do
     hsrun "corpus-rmmod $(basename "$ko" .ko)" rmmod "$(basename "$ko" .ko)"
 done
 hs "corpus-lsmod-after=$(hs_lsmod)"
+repros removed

@@ -61,8 +61,24 @@ pub struct Kernel {
     pub cache: PathBuf,
 }
 
+/// The Debian kernel build the kernel tests run on: served by the archive
+/// (a fresh machine fetches the same kernel as a warm one) and the base of
+/// the corpus (tests/kernel/corpus), so one cache serves both.
+pub const PINNED: &str = "6.1.176-1";
+
+/// Pin every kernel script and [`kernel`] to [`PINNED`] unless
+/// `HOTSPLICE_KERNEL_VERSION` names another build. Call first in `main`,
+/// before any thread starts.
+pub fn pin() {
+    if std::env::var_os("HOTSPLICE_KERNEL_VERSION").is_none() {
+        std::env::set_var("HOTSPLICE_KERNEL_VERSION", PINNED);
+    }
+}
+
 /// Run fetch.sh once per test binary (it is idempotent and takes seconds
-/// when cached) and return the kernel it fetched.
+/// when cached) and return the kernel it fetched: Debian's current one, or
+/// the build `HOTSPLICE_KERNEL_VERSION` pins (which fetch.sh, probe.sh,
+/// mkinitrd.sh and boot.sh all read).
 pub fn kernel() -> &'static Kernel {
     static K: OnceLock<Kernel> = OnceLock::new();
     K.get_or_init(|| {
@@ -73,9 +89,15 @@ pub fn kernel() -> &'static Kernel {
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
+        // fetch.sh PKGVER (HOTSPLICE_KERNEL_VERSION) fetches a pinned
+        // build into kernel-<upstream version>.
+        let dir = match std::env::var("HOTSPLICE_KERNEL_VERSION") {
+            Ok(v) if !v.is_empty() => format!("kernel-{}", v.split('-').next().unwrap_or(&v)),
+            _ => "kernel".to_string(),
+        };
         let cache = match std::env::var_os("HOTSPLICE_CACHE") {
-            Some(c) => PathBuf::from(c).join("kernel"),
-            None => repo_root().join(".cache/kernel"),
+            Some(c) => PathBuf::from(c).join(dir),
+            None => repo_root().join(".cache").join(dir),
         };
         let kver = std::fs::read_to_string(cache.join("KVER"))
             .expect("KVER written by fetch.sh")
@@ -126,8 +148,14 @@ pub fn build_module(src: &Path, out: &Path) -> Vec<PathBuf> {
 /// (virtio, ext4), the scenario scripts of tests/kernel/scenarios at /tests
 /// and the `extra` (source, destination-in-guest) files.
 pub fn make_initrd(out: &Path, extra: &[(&Path, &str)]) {
+    make_initrd_with(out, "virtio_pci virtio_blk ext4", extra)
+}
+
+/// Like [`make_initrd`], with the modules `mods` (names, with their
+/// dependencies) in the image for init to load.
+pub fn make_initrd_with(out: &Path, mods: &str, extra: &[(&Path, &str)]) {
     let mut cmd = Command::new(script("mkinitrd.sh"));
-    cmd.arg(out).arg(format!(
+    cmd.arg("-m").arg(mods).arg(out).arg(format!(
         "{}:/tests",
         repo_root().join("tests/kernel/scenarios").display()
     ));
@@ -365,6 +393,30 @@ pub fn static_hotsplice() -> &'static PathBuf {
 /// The hotsplice binary of this build, for host-side steps (keygen, wrap).
 pub fn host_hotsplice() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hotsplice"))
+}
+
+/// `hotsplice create --kernel --json --patch PATCH -o OUT` for the fetched
+/// and probed kernel: its configuration, headers, modules, kallsyms,
+/// build-id, release and source tree. Callers may add options (`--sign`).
+pub fn create_kernel_command(patch: &Path, out: &Path) -> Command {
+    let k = kernel();
+    let probe = probe();
+    let mut c = Command::new(host_hotsplice());
+    c.args(["create", "--kernel", "--json", "--patch"])
+        .arg(patch)
+        .arg("--config")
+        .arg(k.config())
+        .arg("--kdir")
+        .arg(k.env_path("KDIR"))
+        .arg("--modules")
+        .arg(k.env_path("MODDIR"))
+        .arg("--system-map")
+        .arg(&probe.kallsyms)
+        .args(["--build-id", &probe.build_id, "--release", &probe.release])
+        .arg("-o")
+        .arg(out)
+        .arg(k.env_path("KSRC"));
+    c
 }
 
 /// Build a test livepatch (tests/kernel/livepatches/NAME) for the probed

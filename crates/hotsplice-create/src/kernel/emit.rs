@@ -22,6 +22,8 @@ pub struct KObj {
     pub pre: ObjFile,
     pub post: ObjFile,
     pub diff: ObjDiff,
+    /// The fix's line maps of the source files compiled into this object.
+    pub lines: Vec<super::tree::LineMap>,
 }
 
 /// A relocation for livepatch to apply (`.klp.rela.<sec_obj>.<section>`,
@@ -90,6 +92,64 @@ enum Tgt {
 /// `__UNIQUE_ID_ddebug…`, `descriptor.N`).
 fn is_dyndbg(section: &str) -> bool {
     section == "__dyndbg"
+}
+
+/// The flags of `WARN_ONCE`, `printk_once`, `pr_*_once` (`__already_done.N`,
+/// all in `.data.once`): the carried code gets its own copies, new ones
+/// included. Their only effect is that a message the running kernel has
+/// printed already may print once more, from the patched code.
+fn is_once_flags(section: &str) -> bool {
+    section == ".data.once"
+}
+
+/// Whether a changed function's section differs only in the line numbers
+/// the fix moved (`__LINE__` of an assertion's message: 32-bit immediates
+/// equal to a line of the unfixed file in the pre build and to where that
+/// line went in the post build), with the same length, the same references
+/// and the same jump tables: the code behaves the same (an `__init`
+/// function ran the same; another one needs no replacement).
+fn only_lines_moved(k: &KObj, s: usize) -> bool {
+    let Some(&p) = k.diff.pre_of.get(&s) else {
+        return false;
+    };
+    let (a, ra) = crate::objfile::normalized(&k.pre, p);
+    let (b, rb) = crate::objfile::normalized(&k.post, s);
+    // No byte changed: the change is elsewhere (a jump table).
+    if a.len() != b.len() || ra != rb || a == b {
+        return false;
+    }
+    if !crate::diff::anonymous_deps_same(&k.pre, &k.post, s, &mut HashMap::new()) {
+        return false;
+    }
+    let word = |v: &[u8], j: usize| u32::from_le_bytes([v[j], v[j + 1], v[j + 2], v[j + 3]]);
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] == b[i] {
+            i += 1;
+            continue;
+        }
+        let moved = (i.saturating_sub(3)..=i).find(|&j| {
+            j + 4 <= a.len() && {
+                let (x, y) = (word(&a, j), word(&b, j));
+                x != y && k.lines.iter().any(|m| m.map(x) == Some(y))
+            }
+        });
+        match moved {
+            Some(j) => i = j + 4,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether the running (pre build's) function in section `p` starts with
+/// ftrace's entry call (`call __fentry__`, after an `endbr64` with IBT),
+/// where the kernel's livepatch redirects it.
+fn has_ftrace_entry(obj: &ObjFile, p: usize) -> bool {
+    obj.sections[p]
+        .relocs
+        .iter()
+        .any(|r| r.offset < 16 && obj.symbols[r.sym].name == "__fentry__")
 }
 
 /// The name of a carried section in the patch object: unique per changed
@@ -209,7 +269,7 @@ impl<'a> PerObj<'a> {
         // Dynamic-debug descriptors are per call site: the carried code
         // gets its own (the object's descriptors, registered under the
         // patch module's name), with their static keys.
-        if is_dyndbg(&s.name) {
+        if is_dyndbg(&s.name) || is_once_flags(&s.name) {
             self.include(t);
             return Ok(Tgt::Sec(t, loc.sym_offset));
         }
@@ -302,7 +362,8 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
         // values), except dynamic-debug descriptors: their line numbers
         // move with every line the fix adds or removes above them, and
         // they are metadata of their call sites only (carried with the
-        // changed code that uses them); and read-only constants the
+        // changed code that uses them); once flags (see `is_once_flags`);
+        // and read-only constants the
         // compiler numbers (`__func__.54`): a fix that drops a function's
         // last `__func__` renumbers the rest, so same-named ones differ,
         // yet nothing writes them, the running code keeps its own and
@@ -311,7 +372,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             let sec = &k.post.sections[*s];
             let numbered =
                 !sec.symbols.is_empty() && sec.symbols.iter().all(|&i| k.post.is_numbered_const(i));
-            !is_dyndbg(&sec.name) && !numbered
+            !is_dyndbg(&sec.name) && !is_once_flags(&sec.name) && !numbered
         }) {
             return Err(CreateError::ChangedData {
                 symbol: name.clone(),
@@ -324,8 +385,13 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             included: Vec::new(),
             is_inc: HashMap::new(),
         };
+        let mut changed = Vec::new();
         for &s in &k.diff.changed_text {
             let name = &k.post.sections[s].name;
+            // Only `__LINE__` moved: the code is the same, and stays.
+            if only_lines_moved(k, s) {
+                continue;
+            }
             if name.starts_with(".init") || name.starts_with(".exit") {
                 return Err(CreateError::Unsupported(format!(
                     "{}: the fix changes __init/__exit code ({name}), which has run already and cannot be live patched",
@@ -333,6 +399,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                 )));
             }
             p.include(s);
+            changed.push(s);
         }
         // Close over what the carried code needs; resolve as we go. Table
         // entries that point into carried code come along, and what they
@@ -476,13 +543,24 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
         }
 
         // The replacements' entry symbols.
-        for &s in &k.diff.changed_text {
+        for &s in &changed {
             let Some(f) = k.post.function_of(s) else {
                 continue;
             };
             let fsym = &k.post.symbols[f];
-            if fsym.name.ends_with(".cold") || !k.diff.pre_of.contains_key(&s) {
+            if fsym.name.ends_with(".cold") {
                 continue;
+            }
+            let Some(&pre_sec) = k.diff.pre_of.get(&s) else {
+                continue;
+            };
+            if !has_ftrace_entry(&k.pre, pre_sec) {
+                return Err(CreateError::Unsupported(format!(
+                    "{}: `{}` is compiled without ftrace's entry call (`notrace`, or flags its \
+                     Makefile removes), so the kernel's livepatch cannot redirect it",
+                    k.rel.display(),
+                    fsym.name
+                )));
             }
             let new_symbol = format!("__hs_new_{index}_{}", sanitize(&fsym.name));
             out.add_symbol(Symbol {

@@ -144,41 +144,56 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     let _lock = hotsplice_store::FileLock::acquire(&req.src.join(".hotsplice.lock"))
         .map_err(|e| CreateError::Target(e.to_string()))?;
     let tree = tree::Tree::prepare(&req.src, &req.config)?;
-    // Which object each file is linked into, asked of kbuild before
-    // anything is built: a file this configuration does not build is
-    // refused at once.
-    let owners = files
+    // Which object each file is compiled into and linked into, asked of
+    // kbuild before anything is built: a file this configuration does not
+    // build, or builds without ftrace, is refused at once. A file that
+    // another `#include`s is compared in its includer's object.
+    let of_file = files
         .iter()
-        .map(|f| tree.owner(f))
+        .map(|f| tree.unit(f))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut units: Vec<tree::Unit> = Vec::new();
+    for u in &of_file {
+        if !units.contains(u) {
+            units.push(u.clone());
+        }
+    }
     let (work, _guard) = crate::scratch_dir(req.keep_work.as_deref(), "hotsplice-kcreate.")?;
-    for f in &files {
-        tree.compile(f, &work.join("pre").join(f).with_extension("o"))?;
+    let obj_at = |stage: &str, u: &tree::Unit| work.join(stage).join(&u.source).with_extension("o");
+    for u in &units {
+        tree.compile(&u.source, &obj_at("pre", u))?;
     }
     tree.apply_fix(&diff_abs, &files)?;
-    let post = files
+    let post = units
         .iter()
-        .try_for_each(|f| tree.compile(f, &work.join("post").join(f).with_extension("o")));
+        .try_for_each(|u| tree.compile(&u.source, &obj_at("post", u)));
     // The tree goes back to the original whatever happened.
     tree.restore()?;
     post?;
 
     let mut objs = Vec::new();
-    for (f, owner) in files.iter().zip(owners) {
-        let pre = ObjFile::read(&work.join("pre").join(f).with_extension("o"))
-            .map_err(CreateError::Target)?;
-        let postf = ObjFile::read(&work.join("post").join(f).with_extension("o"))
-            .map_err(CreateError::Target)?;
+    for u in units {
+        let pre = ObjFile::read(&obj_at("pre", &u)).map_err(CreateError::Target)?;
+        let postf = ObjFile::read(&obj_at("post", &u)).map_err(CreateError::Target)?;
         let d = diff::diff(&pre, &postf);
         if d.is_empty() {
             continue;
         }
+        // `__LINE__` in the object may come from any changed file it
+        // includes.
+        let lines = files
+            .iter()
+            .zip(&of_file)
+            .filter(|(_, fu)| **fu == u)
+            .map(|(f, _)| tree::LineMap::of(&diff_text, f))
+            .collect();
         objs.push(emit::KObj {
-            owner,
-            rel: f.clone(),
+            owner: u.owner,
+            rel: u.source,
             pre,
             post: postf,
             diff: d,
+            lines,
         });
     }
     if objs.is_empty() {

@@ -265,9 +265,56 @@ impl Tree {
         Ok(())
     }
 
+    /// What kbuild compiles for a changed source file `rel`: the object
+    /// file (`rel` itself, or the `.c` file that `#include`s it, such as
+    /// kernel/sched/build_utility.c for kernel/sched/psi.c) and the object
+    /// it is linked into. Refused before anything is built when the file is
+    /// compiled without ftrace's entry calls (lib/ removes them for all its
+    /// files): the kernel's livepatch redirects a function at that call, so
+    /// none of the file's functions could be patched.
+    pub fn unit(&self, rel: &Path) -> Result<Unit, CreateError> {
+        match self.owner(rel) {
+            Ok((owner, traced)) => {
+                if !traced {
+                    return Err(CreateError::Unsupported(format!(
+                        "{}: kbuild compiles it without ftrace's entry calls (its Makefile removes \
+                         the ftrace flags, as lib/Makefile does for lib/), so the kernel's livepatch \
+                         cannot redirect any of its functions",
+                        rel.display()
+                    )));
+                }
+                Ok(Unit {
+                    source: rel.to_path_buf(),
+                    owner,
+                })
+            }
+            Err(NotBuilt(why)) => {
+                // kernel/sched/psi.c is built, but inside build_utility.o,
+                // which `#include`s it: compare that object, which is what
+                // kbuild compiles.
+                match includer_of(&self.src, rel) {
+                    Some(inc) => self.unit(&inc).map_err(|e| match e {
+                        CreateError::Unsupported(m) => CreateError::Unsupported(format!(
+                            "{} (#included by {}): {m}",
+                            rel.display(),
+                            inc.display()
+                        )),
+                        e => e,
+                    }),
+                    None => Err(CreateError::Unsupported(format!(
+                        "{}: {why}",
+                        rel.display()
+                    ))),
+                }
+            }
+            Err(Failed(e)) => Err(e),
+        }
+    }
+
     /// Which object a source file is linked into: `None` for vmlinux, or
-    /// the module's name (as the kernel names it, `KBUILD_MODNAME`). Asked
-    /// of kbuild itself, without building: `make -n` prints the command
+    /// the module's name (as the kernel names it, `KBUILD_MODNAME`), and
+    /// whether kbuild compiles it with ftrace's entry calls. Asked of
+    /// kbuild itself, without building: `make -n` prints the command
     /// that would compile the object, with the module name kbuild gives it
     /// and a probe in the object's own `CFLAGS_<obj>` that says whether
     /// the directory's kbuild lists put the object into `real-obj-y` (or
@@ -276,7 +323,7 @@ impl Tree {
     /// `mmu-$(CONFIG_MMU)` lists pulled into `obj-y`, composite objects,
     /// objects listed in a parent directory's Makefile — because it is
     /// kbuild's own answer.
-    pub fn owner(&self, rel: &Path) -> Result<Option<String>, CreateError> {
+    fn owner(&self, rel: &Path) -> Result<(Option<String>, bool), OwnerError> {
         let obj = rel.with_extension("o");
         let obj_s = obj.to_string_lossy().into_owned();
         let probe = "-DHS_OWNER_$(if $(filter $(basename $@).o,$(real-obj-y)),y,\
@@ -293,39 +340,52 @@ $(if $(filter $(basename $@).o,$(lib-y)),y,$(if $(filter $(basename $@).o,$(real
             cmd.arg(format!("CFLAGS_{}={probe}", comps[i..].join("/")));
         }
         let what = format!("make -n {obj_s}");
-        let out = cmd.output().map_err(io(format!("running {what}")))?;
+        let out = cmd
+            .output()
+            .map_err(|e| Failed(io(format!("running {what}"))(e)))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() && stderr.contains("No rule to make target") {
-            return Err(CreateError::Unsupported(format!(
-                "{}: {obj_s} is not built with this configuration (kbuild has no rule for it)",
-                rel.display()
+            return Err(NotBuilt(format!(
+                "{obj_s} is not built with this configuration (kbuild has no rule for it)"
             )));
         }
         if !out.status.success() {
-            return Err(CreateError::BuildFailed {
+            return Err(Failed(CreateError::BuildFailed {
                 stage: "kernel",
                 cmd: what,
                 code: out.status.code().unwrap_or(-1),
                 tail: crate::last_lines(&format!("{text}{stderr}"), 20),
-            });
+            }));
         }
         owner_from_make(&text, &obj_s).map_err(|why| {
-            // kernel/sched/psi.c is built, but inside build_utility.o, which
-            // `#include`s it: say so rather than "not built".
-            let why = match includer_of(&self.src, rel) {
-                Some(inc) if why.contains("neither obj-y nor obj-m") => format!(
-                    "the file is not compiled on its own but #included by {} \
-                     (built as {}); fixes to an included .c file are not supported",
-                    inc.display(),
-                    inc.with_extension("o").display()
-                ),
-                _ => why,
-            };
-            CreateError::Unsupported(format!("{}: {why}", rel.display()))
+            if why.contains("neither obj-y nor obj-m") {
+                NotBuilt(why)
+            } else {
+                Failed(CreateError::Unsupported(format!(
+                    "{}: {why}",
+                    rel.display()
+                )))
+            }
         })
     }
 }
+
+/// What kbuild compiles for a changed file (see [`Tree::unit`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    /// The `.c` file compiled to the object that holds the changed code.
+    pub source: PathBuf,
+    /// `None`: vmlinux; else the module.
+    pub owner: Option<String>,
+}
+
+enum OwnerError {
+    /// Not compiled on its own (it may be `#include`d).
+    NotBuilt(String),
+    Failed(CreateError),
+}
+use OwnerError::{Failed, NotBuilt};
 
 /// A `.c` file in the same directory as `rel` that `#include`s it (kbuild
 /// then compiles `rel` only as part of that file).
@@ -356,7 +416,7 @@ fn includer_of(src: &Path, rel: &Path) -> Option<PathBuf> {
 
 /// The owner of `obj` from the commands `make -n obj` printed (see
 /// [`Tree::owner`]).
-fn owner_from_make(text: &str, obj: &str) -> Result<Option<String>, String> {
+fn owner_from_make(text: &str, obj: &str) -> Result<(Option<String>, bool), String> {
     let needle = format!(" -c -o {obj} ");
     let Some(line) = text.lines().find(|l| l.contains(&needle)) else {
         return Err(format!(
@@ -364,12 +424,17 @@ fn owner_from_make(text: &str, obj: &str) -> Result<Option<String>, String> {
         ));
     };
     let words: Vec<&str> = line.split_whitespace().collect();
+    // ftrace's entry call: `-pg` (with `-mfentry` on x86) or a patchable
+    // function entry.
+    let traced = words
+        .iter()
+        .any(|w| *w == "-pg" || w.starts_with("-fpatchable-function-entry"));
     let state = words
         .iter()
         .find_map(|w| w.strip_prefix("-DHS_OWNER_"))
         .unwrap_or("n");
     match state {
-        "y" => Ok(None),
+        "y" => Ok((None, traced)),
         "m" => {
             let name = words
                 .iter()
@@ -381,7 +446,7 @@ fn owner_from_make(text: &str, obj: &str) -> Result<Option<String>, String> {
                     "{obj} is linked into several modules ({name}); a patch for it is not supported"
                 ));
             }
-            Ok(Some(name))
+            Ok((Some(name), traced))
         }
         _ => Err(format!(
             "{obj} is not built with this configuration (kbuild lists it in neither obj-y nor obj-m)"
@@ -399,8 +464,102 @@ pub fn changed_files(diff: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Where the lines of one file's unfixed version are in its fixed version,
+/// from the fix's hunks (`None` for a line the fix removes).
+#[derive(Debug, Clone, Default)]
+pub struct LineMap {
+    hunks: Vec<Hunk>,
+}
+
+/// One hunk: (old start, old length, new start, new length, kept lines as
+/// (old, new)).
+type Hunk = (u32, u32, u32, u32, Vec<(u32, u32)>);
+
+impl LineMap {
+    /// The map for `file` (a path in the tree) from a unified diff.
+    pub fn of(diff: &str, file: &Path) -> LineMap {
+        let mut m = LineMap::default();
+        let mut in_file = false;
+        let (mut old, mut new) = (0u32, 0u32);
+        for l in diff.lines() {
+            if let Some(p) = l.strip_prefix("+++ ") {
+                in_file = changed_files(&format!("+++ {p}"))
+                    .first()
+                    .map(PathBuf::as_path)
+                    == Some(file);
+                continue;
+            }
+            if l.starts_with("--- ") {
+                continue;
+            }
+            if !in_file {
+                continue;
+            }
+            if let Some(h) = l.strip_prefix("@@ -") {
+                let parse = |r: &str| -> (u32, u32) {
+                    let (a, b) = r.split_once(',').unwrap_or((r, "1"));
+                    (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
+                };
+                let mut it = h.split_whitespace();
+                let (os, ol) = parse(it.next().unwrap_or("0"));
+                let (ns, nl) = parse(it.next().unwrap_or("+0").trim_start_matches('+'));
+                // An empty range names the line before it.
+                let os = if ol == 0 { os + 1 } else { os };
+                let ns = if nl == 0 { ns + 1 } else { ns };
+                m.hunks.push((os, ol, ns, nl, Vec::new()));
+                (old, new) = (os, ns);
+                continue;
+            }
+            let Some(h) = m.hunks.last_mut() else {
+                continue;
+            };
+            match l.as_bytes().first() {
+                Some(b' ') | None => {
+                    h.4.push((old, new));
+                    old += 1;
+                    new += 1;
+                }
+                Some(b'-') => old += 1,
+                Some(b'+') => new += 1,
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// Line `l` of the unfixed file in the fixed one.
+    pub fn map(&self, l: u32) -> Option<u32> {
+        let mut shift: i64 = 0;
+        for (os, ol, ns, nl, kept) in &self.hunks {
+            if l < *os {
+                break;
+            }
+            if l < os + ol {
+                return kept.iter().find(|k| k.0 == l).map(|k| k.1);
+            }
+            shift = (ns + nl) as i64 - (os + ol) as i64;
+        }
+        u32::try_from(l as i64 + shift).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn lines_are_followed_through_the_hunks() {
+        let d = "--- a/x.c\n+++ b/x.c\n@@ -10,4 +10,6 @@ f\n a\n-b\n+c\n+d\n+e\n x\n y\n\
+--- a/z.c\n+++ b/z.c\n@@ -1,1 +1,2 @@\n q\n+r\n";
+        let m = LineMap::of(d, Path::new("x.c"));
+        assert_eq!(m.map(5), Some(5));
+        assert_eq!(m.map(10), Some(10));
+        assert_eq!(m.map(11), None);
+        assert_eq!(m.map(12), Some(14));
+        assert_eq!(m.map(13), Some(15));
+        assert_eq!(m.map(100), Some(102));
+        assert_eq!(LineMap::of(d, Path::new("z.c")).map(7), Some(8));
+        assert_eq!(LineMap::of(d, Path::new("w.c")).map(7), Some(7));
+    }
     use super::*;
 
     #[test]
@@ -436,13 +595,13 @@ mod tests {
 
     #[test]
     fn the_owner_is_read_from_kbuilds_command() {
-        let m = "make -f ./scripts/Makefile.build obj=sound/usb\n  gcc -Wp,-MMD -DHS_OWNER_m -DMODULE -DKBUILD_BASENAME='\"mixer\"' -DKBUILD_MODNAME='\"snd_usb_audio\"' -c -o sound/usb/mixer.o sound/usb/mixer.c\n";
+        let m = "make -f ./scripts/Makefile.build obj=sound/usb\n  gcc -Wp,-MMD -DHS_OWNER_m -pg -mrecord-mcount -mfentry -DMODULE -DKBUILD_BASENAME='\"mixer\"' -DKBUILD_MODNAME='\"snd_usb_audio\"' -c -o sound/usb/mixer.o sound/usb/mixer.c\n";
         assert_eq!(
             owner_from_make(m, "sound/usb/mixer.o"),
-            Ok(Some("snd_usb_audio".into()))
+            Ok((Some("snd_usb_audio".into()), true))
         );
         let y = "gcc -DHS_OWNER_y -DKBUILD_MODFILE='\"mm/rmap\"' -DKBUILD_MODNAME='\"rmap\"' -c -o mm/rmap.o mm/rmap.c\n";
-        assert_eq!(owner_from_make(y, "mm/rmap.o"), Ok(None));
+        assert_eq!(owner_from_make(y, "mm/rmap.o"), Ok((None, false)));
         let n = "gcc -DHS_OWNER_n -DKBUILD_MODNAME='\"nommu\"' -c -o mm/nommu.o mm/nommu.c\n";
         assert!(owner_from_make(n, "mm/nommu.o")
             .unwrap_err()
