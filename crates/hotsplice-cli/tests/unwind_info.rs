@@ -41,6 +41,12 @@ fn apply_json(pid: u32, file: &std::path::Path) -> Value {
     json_of(&r)
 }
 
+/// Undo the patch `j` (apply's JSON) reports applied in `pid`.
+fn undo_applied(pid: u32, j: &Value, what: &str) {
+    let id = j[0]["id"].as_str().expect("apply's JSON names the patch");
+    undo(pid, id).assert_ok(what);
+}
+
 #[test]
 fn backtrace_and_pthread_cancel_walk_through_patched_functions() {
     require_root();
@@ -70,8 +76,7 @@ fn backtrace_and_pthread_cancel_walk_through_patched_functions() {
     proc.expect_new_line(Stream::Stdout, "cancelled: cleanup ran", "cancelled");
     proc.expect_new_line(Stream::Stdout, case.after(), "after the cancel");
 
-    let id = j[0]["id"].as_str().unwrap().to_string();
-    undo(pid, &id).assert_ok("undo");
+    undo_applied(pid, &j, "undo");
     proc.expect_new_line(Stream::Stdout, case.before(), "undone");
     // backtrace() after the undo walks libgcc's registered objects again:
     // a registration left behind would point into unmapped memory.
@@ -100,8 +105,7 @@ fn a_cxx_exception_thrown_through_a_patched_function_is_caught() {
         std::thread::sleep(Duration::from_millis(100));
         proc.expect_new_line(Stream::Stdout, case.after(), &what);
         proc.assert_alive(&what);
-        let id = j[0]["id"].as_str().unwrap().to_string();
-        undo(pid, &id).assert_ok(&what);
+        undo_applied(pid, &j, &what);
         // Every throw searches the registered objects first: one left
         // behind in unmapped memory would crash the next one.
         proc.expect_new_line(Stream::Stdout, case.before(), &what);
@@ -219,8 +223,7 @@ fn the_registration_passes_over_a_thread_parked_in_a_signal_handler() {
     proc.expect_new_line(Stream::Stdout, "handler returned", "released");
     proc.expect_new_line(Stream::Stdout, "result=2,-1", "after the handler");
     proc.assert_alive("after the handler returned");
-    let id = j[0]["id"].as_str().unwrap().to_string();
-    undo(pid, &id).assert_ok("undo");
+    undo_applied(pid, &j, "undo");
     proc.expect_new_line(Stream::Stdout, "result=1,-1", "undone");
     proc.assert_alive("after undo");
 }
@@ -293,8 +296,7 @@ fn with_no_thread_fit_for_the_call_apply_refuses_or_registers_later() {
     std::fs::write(build.dir.join("throw"), b"").unwrap();
     proc.expect_new_line(Stream::Stdout, "result=2,-1", "throwing");
     proc.assert_alive("throwing through the patched f()");
-    let id = j[0]["id"].as_str().unwrap().to_string();
-    undo(pid, &id).assert_ok("undo");
+    undo_applied(pid, &j, "undo");
     proc.expect_new_line(Stream::Stdout, "result=1,-1", "undone");
     proc.assert_alive("after undo");
 }
@@ -338,8 +340,7 @@ fn libgcc_loaded_after_the_apply_gets_the_patch_registered_by_the_next_command()
     );
     // Undo deregisters what the late registration made: a registration
     // left behind would point into unmapped memory at the next backtrace().
-    let id = j[0]["id"].as_str().unwrap().to_string();
-    undo(pid, &id).assert_ok("undo");
+    undo_applied(pid, &j, "undo");
     proc.expect_new_line(Stream::Stdout, case.before(), "undone");
     proc.expect_new_line(Stream::Stderr, "caller found", "undone, tracing");
     std::thread::sleep(Duration::from_millis(200));
