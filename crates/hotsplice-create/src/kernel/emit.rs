@@ -388,11 +388,15 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
         let mut changed = Vec::new();
         for &s in &k.diff.changed_text {
             let name = &k.post.sections[s].name;
-            // Only `__LINE__` moved: the code is the same, and stays.
-            if only_lines_moved(k, s) {
+            let init_or_exit = name.starts_with(".init") || name.starts_with(".exit");
+            // Only `__LINE__` moved in `__init`/`__exit` code: it behaves
+            // the same and stays. Elsewhere such a function is replaced by
+            // its equivalent: skipping it there could hide a real change of
+            // a constant that happens to equal a line the fix moved.
+            if init_or_exit && only_lines_moved(k, s) {
                 continue;
             }
-            if name.starts_with(".init") || name.starts_with(".exit") {
+            if init_or_exit {
                 return Err(CreateError::Unsupported(format!(
                     "{}: the fix changes __init/__exit code ({name}), which has run already and cannot be live patched",
                     k.rel.display()
