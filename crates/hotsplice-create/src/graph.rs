@@ -212,7 +212,7 @@ impl Graph {
 }
 
 /// The `.c` files a C source `#include`s, as written (`<...>` or `"..."`).
-fn c_includes(text: &str) -> Vec<String> {
+pub(crate) fn c_includes(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| {
             let rest = l.trim_start().strip_prefix('#')?.trim_start();

@@ -507,8 +507,7 @@ fn compare_build(
     objfile::ObjFile::read(&out).map_err(CreateError::Target)
 }
 
-/// Whether a compiled source includes one of `sources` (`#include "x.c"`):
-/// then compiling `sources` alone would miss a change.
+/// Whether `p` names a C source file.
 fn is_c_file(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "c")
 }

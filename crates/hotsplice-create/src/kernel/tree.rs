@@ -398,15 +398,8 @@ fn includer_of(src: &Path, rel: &Path) -> Option<PathBuf> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "c") && p.file_name() != rel.file_name())
         .filter(|p| {
-            std::fs::read_to_string(p).is_ok_and(|text| {
-                text.lines().any(|l| {
-                    l.trim_start()
-                        .strip_prefix('#')
-                        .map(str::trim_start)
-                        .and_then(|l| l.strip_prefix("include"))
-                        .is_some_and(|l| l.trim() == format!("\"{name}\""))
-                })
-            })
+            std::fs::read_to_string(p)
+                .is_ok_and(|text| crate::graph::c_includes(&text).iter().any(|n| n == name))
         })
         .filter_map(|p| p.file_name().map(|f| dir.join(f)))
         .collect();
