@@ -134,6 +134,8 @@ struct CreateArgs {
     /// Build the tree before the fix in DIR — the path the installed files
     /// were built at, so they come out the same — and keep it there: a
     /// further fix of the same SRC_DIR then compiles only what it touches.
+    /// One create at a time uses a prepared tree (a `.NAME.hotsplice-lock`
+    /// beside it); another waits, says so, and stops waiting on SIGTERM.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "source_package"])]
     prepared: Option<PathBuf>,
     /// Installed executable or library the patch is for (repeatable).
@@ -216,6 +218,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if matches!(
         cli.command,
@@ -428,6 +431,7 @@ fn create(ctx: &app::App, a: CreateArgs) -> Result<bool> {
     req.description = a.description;
     req.keep_work = kept_work_dir(a.keep_work, "hotsplice-create.")?;
     req.level = a.level;
+    req.stop_requested = stop_requested;
     let created = hotsplice_create::create(&req)?;
     if let Some(key) = &key {
         for c in &created {
@@ -442,6 +446,11 @@ fn create(ctx: &app::App, a: CreateArgs) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Whether SIGTERM (or SIGINT, SIGHUP) asked hotsplice to stop.
+fn stop_requested() -> bool {
+    terminate::requested().is_some()
 }
 
 /// `$HOTSPLICE_CACHE`, else `~/.cache/hotsplice`.
@@ -492,6 +501,7 @@ fn create_kernel(
         description: a.description,
         out_dir: a.out,
         keep_work: kept_work_dir(a.keep_work, "hotsplice-kcreate.")?,
+        stop_requested,
     };
     let created = hotsplice_create::kernel::create_kernel(&req)?;
     if let Some(key) = &key {

@@ -62,10 +62,17 @@ pub fn left_undone(n: usize) {
 pub fn exit_if_cut_short(failed: bool) {
     let undone = LEFT_UNDONE.load(Ordering::SeqCst);
     if let (Some(sig), true) = (requested(), undone > 0 || failed) {
-        eprintln!(
-            "hotsplice: stopped by {}: the operations in flight were finished or rolled back; {undone} more process(es) were left as they were",
-            name(sig)
-        );
+        if undone > 0 {
+            eprintln!(
+                "hotsplice: stopped by {}: the operations in flight were finished or rolled back; {undone} more process(es) were left as they were",
+                name(sig)
+            );
+        } else {
+            eprintln!(
+                "hotsplice: stopped by {}: the operation in flight was finished or rolled back",
+                name(sig)
+            );
+        }
         std::process::exit(128 + sig);
     }
 }

@@ -13,9 +13,9 @@ use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long to keep watching output to check that something does NOT happen.
 const QUIET_WINDOW: Duration = Duration::from_millis(500);
@@ -790,6 +790,10 @@ impl Installed {
     }
 
     fn create_with(&self, out: &Path, extra: &[OsString]) -> CmdOut {
+        run_cmd(self.create_cmd(out, extra), CMD_TIMEOUT)
+    }
+
+    fn create_cmd(&self, out: &Path, extra: &[OsString]) -> Command {
         let mut cmd = test_env().command([
             OsString::from("create"),
             "--sign".into(),
@@ -804,7 +808,7 @@ impl Installed {
         cmd.args(extra).arg(&self.build.dir);
         cmd.env("HOTSPLICE_DEBUG_DIRS", &self.debug);
         cmd.env("FIX_BUILD_LOG", &self.build_log);
-        run_cmd(cmd, CMD_TIMEOUT)
+        cmd
     }
 
     /// How many times create's builds linked the library.
@@ -955,6 +959,101 @@ fn patch_stripped_library_from_a_kept_prepared_tree() {
         "{}",
         r.describe()
     );
+}
+
+/// A prepared tree another `create` is using (here: its lock held by the
+/// test) is waited for, and said so; SIGTERM ends the wait at once,
+/// exit 128 + 15, nothing built. Once the other is done, create goes on.
+#[test]
+fn create_waits_for_a_prepared_tree_in_use_and_sigterm_ends_the_wait() {
+    use std::io::{BufRead, BufReader};
+    let inst = install_stripped("");
+    let parent = inst.dir.path().join("prepared");
+    fs::create_dir_all(&parent).unwrap();
+    let dir = parent.join("libfix");
+    let lock = parent.join(".libfix.hotsplice-lock");
+    // flock locks belong to an open file: this one conflicts with create's
+    // as another process's would.
+    let holder = fs::File::create(&lock).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) },
+        0
+    );
+    let out = temp_dir("waiting");
+    let arg = [OsString::from("--prepared"), dir.clone().into_os_string()];
+    let mut cmd = inst.create_cmd(out.path(), &arg);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut create = ChildGuard(cmd.spawn().expect("spawn create"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = create.0.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let waiting = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => {
+                let hit = l.contains("waiting for the prepared tree");
+                seen.push(l);
+                if hit {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    assert!(waiting, "create did not say it waits: {seen:?}");
+    // Still waiting a moment later: nothing was built meanwhile.
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        create.0.try_wait().unwrap().is_none(),
+        "create ended: {seen:?}"
+    );
+    assert!(!dir.exists(), "create built into the locked tree");
+    // SAFETY: kill on our own child.
+    assert_eq!(
+        unsafe { libc::kill(create.0.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = create.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "create ignored SIGTERM while waiting: {seen:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.push(l);
+    }
+    assert_eq!(status.code(), Some(128 + 15), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("stopped while waiting for the prepared tree")),
+        "{seen:?}"
+    );
+    assert!(!dir.exists(), "create built after SIGTERM");
+    assert_eq!(fs::read_dir(out.path()).map(|d| d.count()).unwrap_or(0), 0);
+    // The other one is done: create takes the lock and builds.
+    drop(holder);
+    inst.patch_and_flip_with(&arg);
+    assert!(dir.join(".hotsplice-prepared.json").exists());
+}
+
+/// Kills and reaps a child when dropped (a failed assertion included).
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Another build and no debug file: only `.dynsym` is left, which does not

@@ -67,6 +67,46 @@ pub enum CreateError {
     Target(String),
     #[error("unsupported change: {0}")]
     Unsupported(String),
+    #[error("stopped {0}")]
+    Stopped(String),
+}
+
+/// Take the lock that keeps one `create` at a time in a prepared tree, for
+/// the whole run (it is released when the lock drops). While another
+/// `create` holds it, say so once (a warning) and wait; a termination
+/// request (`stop()` true) ends the wait with [`CreateError::Stopped`].
+pub(crate) fn lock_tree(
+    path: &Path,
+    what: &str,
+    stop: fn() -> bool,
+) -> Result<hotsplice_store::FileLock, CreateError> {
+    let mut said = false;
+    loop {
+        match hotsplice_store::FileLock::try_acquire(path) {
+            Ok(Some(lock)) => return Ok(lock),
+            Ok(None) => {}
+            Err(e) => return Err(CreateError::Target(e.to_string())),
+        }
+        if stop() {
+            return Err(CreateError::Stopped(format!(
+                "while waiting for {what}, which another hotsplice create holds ({}); nothing was built",
+                path.display()
+            )));
+        }
+        if !said {
+            tracing::warn!(
+                "waiting for {what}: another hotsplice create holds {}",
+                path.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The default for the requests' `stop_requested`: never.
+pub fn never() -> bool {
+    false
 }
 
 /// The scratch directory of a build: `keep` if given (left in place), else
@@ -118,6 +158,9 @@ pub struct CreateRequest {
     /// Build the pre-fix tree here (the fixed path the installed files were
     /// built at) and keep it for further fixes of the same tree.
     pub prepared: Option<PathBuf>,
+    /// Asked while waiting for another `create` to be done with a prepared
+    /// tree: true ends the wait (e.g. on SIGTERM).
+    pub stop_requested: fn() -> bool,
 }
 
 /// `create --source-package`: which package, the cache that keeps its
@@ -142,6 +185,7 @@ impl CreateRequest {
             keep_work: None,
             package: None,
             prepared: None,
+            stop_requested: never,
         }
     }
 }
@@ -169,9 +213,16 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
     let scratch = build::Scratch::new(&work_path)?;
     // The tree before the fix, built: the source tree copied and built, or
     // a source package's tree, prepared once and kept.
-    let (src, pre_root, pre_log, installed) = match &req.package {
+    // The prepared tree's lock is held until the patches are written.
+    let (src, pre_root, pre_log, installed, _tree_lock) = match &req.package {
         Some(p) => {
-            let prepared = package::prepare(&p.package, &p.cache, p.build.as_deref(), &scratch)?;
+            let prepared = package::prepare(
+                &p.package,
+                &p.cache,
+                p.build.as_deref(),
+                &scratch,
+                req.stop_requested,
+            )?;
             let targets = if req.targets.is_empty() {
                 prepared.installed
             } else {
@@ -182,6 +233,7 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
                 prepared.tree,
                 prepared.log,
                 Some(targets),
+                Some(prepared.lock),
             )
         }
         None => {
@@ -189,15 +241,19 @@ pub fn create(req: &CreateRequest) -> Result<Vec<CreatedPatch>, CreateError> {
                 .src
                 .canonicalize()
                 .map_err(io(format!("source tree {}", req.src.display())))?;
-            let (pre_root, log) = match &req.prepared {
-                Some(dir) => package::prepare_tree(&src, dir, &req.build, &scratch)?,
+            let (pre_root, log, lock) = match &req.prepared {
+                Some(dir) => {
+                    let (root, log, lock) =
+                        package::prepare_tree(&src, dir, &req.build, &scratch, req.stop_requested)?;
+                    (root, log, Some(lock))
+                }
                 None => {
                     let pre_root = work_path.join("pre");
                     let log = scratch.build_pre(&src, &pre_root, &req.build)?;
-                    (pre_root, log)
+                    (pre_root, log, None)
                 }
             };
-            (src, pre_root, log, None)
+            (src, pre_root, log, None, lock)
         }
     };
     // A package's build makes more than it installs (tests, tools): its

@@ -76,6 +76,39 @@ pub struct PreparedTree {
     pub log: Vec<Record>,
     /// ELF files of the machine's installed binary packages of this source.
     pub installed: Vec<PathBuf>,
+    /// Held for the rest of the run: no other `create` prepares (removes,
+    /// rebuilds) the tree while this one reads it.
+    pub lock: hotsplice_store::FileLock,
+}
+
+/// The lock of a prepared tree: a file beside it (`.NAME.hotsplice-lock`),
+/// so that every cache and every `create` building at that path shares it.
+fn tree_lock(tree: &Path, stop: fn() -> bool) -> Result<hotsplice_store::FileLock, CreateError> {
+    let name = tree
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock = tree.with_file_name(format!(".{name}.hotsplice-lock"));
+    crate::lock_tree(
+        &lock,
+        &format!("the prepared tree {}", tree.display()),
+        stop,
+    )
+}
+
+/// Forget a prepared tree before removing it: its record goes first, so a
+/// run killed while the tree is half removed or half rebuilt leaves no
+/// record that would vouch for it.
+fn forget(record: &Path) -> Result<(), CreateError> {
+    match std::fs::remove_file(record) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("removing {}", record.display()))(e)),
+    }
+}
+
+fn write_record(path: &Path, bytes: &[u8]) -> Result<(), CreateError> {
+    hotsplice_store::write_atomic(path, bytes).map_err(|e| CreateError::Target(e.to_string()))
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, CreateError> {
@@ -212,6 +245,7 @@ pub fn prepare(
     cache: &Path,
     build: Option<&str>,
     scratch: &Scratch,
+    stop: fn() -> bool,
 ) -> Result<PreparedTree, CreateError> {
     let dir = cache
         .join("user")
@@ -221,6 +255,8 @@ pub fn prepare(
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(BUILD_ROOT));
     let tree = root.join(format!("{}-{}", pkg.name, pkg.upstream()));
+    std::fs::create_dir_all(&root).map_err(io(format!("{}", root.display())))?;
+    let lock = tree_lock(&tree, stop)?;
     let given_build = build;
     let build = build
         .map(str::to_string)
@@ -239,6 +275,7 @@ pub fn prepare(
                     tree,
                     log,
                     installed,
+                    lock,
                 });
             }
         }
@@ -271,6 +308,7 @@ pub fn prepare(
     }
     // A tree there from before is ours only if it says so.
     let marker = tree.join(".hotsplice-prepared");
+    forget(&meta)?;
     if tree.exists() {
         if !marker.exists() {
             return Err(CreateError::Target(format!(
@@ -280,7 +318,6 @@ pub fn prepare(
         }
         std::fs::remove_dir_all(&tree).map_err(io(format!("removing {}", tree.display())))?;
     }
-    std::fs::create_dir_all(&root).map_err(io(format!("{}", root.display())))?;
     run(
         Command::new("dpkg-source").arg("-x").arg(&dsc).arg(&tree),
         &format!("dpkg-source -x {}", dsc.display()),
@@ -319,12 +356,12 @@ pub fn prepare(
         build,
         records,
     };
-    std::fs::write(&meta, serde_json::to_vec_pretty(&p).expect("serializes"))
-        .map_err(io(format!("{}", meta.display())))?;
+    write_record(&meta, &serde_json::to_vec_pretty(&p).expect("serializes"))?;
     Ok(PreparedTree {
         tree,
         log,
         installed,
+        lock,
     })
 }
 
@@ -349,15 +386,20 @@ pub fn prepare_tree(
     dir: &Path,
     build: &str,
     scratch: &Scratch,
-) -> Result<(PathBuf, Vec<Record>), CreateError> {
+    stop: fn() -> bool,
+) -> Result<(PathBuf, Vec<Record>, hotsplice_store::FileLock), CreateError> {
     let dir = &std::path::absolute(dir).map_err(io(format!("{}", dir.display())))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("{}", parent.display())))?;
+    }
+    let lock = tree_lock(dir, stop)?;
     let meta = dir.join(PREPARED_FILE);
     if let Some(p) = std::fs::read(&meta)
         .ok()
         .and_then(|b| serde_json::from_slice::<PreparedHere>(&b).ok())
     {
         if p.src == src && p.build == build && !p.records.is_empty() {
-            return Ok((dir.to_path_buf(), p.records));
+            return Ok((dir.to_path_buf(), p.records, lock));
         }
     }
     if dir.exists() {
@@ -367,10 +409,8 @@ pub fn prepare_tree(
                 dir.display()
             )));
         }
+        forget(&meta)?;
         std::fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))?;
-    }
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(io(format!("{}", parent.display())))?;
     }
     let records = scratch.build_pre(src, dir, build)?;
     let p = PreparedHere {
@@ -378,9 +418,8 @@ pub fn prepare_tree(
         build: build.to_string(),
         records,
     };
-    std::fs::write(&meta, serde_json::to_vec(&p).expect("serializes"))
-        .map_err(io(format!("{}", meta.display())))?;
-    Ok((dir.to_path_buf(), p.records))
+    write_record(&meta, &serde_json::to_vec(&p).expect("serializes"))?;
+    Ok((dir.to_path_buf(), p.records, lock))
 }
 
 /// ELF files of the installed binary packages built from source `name`.

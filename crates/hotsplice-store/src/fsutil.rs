@@ -337,6 +337,40 @@ impl FileLock {
     /// (missing directories 0700); a link or anything but a regular file in
     /// its place is refused.
     pub fn acquire(path: &Path) -> Result<FileLock> {
+        let mut file = Self::open(path)?;
+        let locked = loop {
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
+                Ok(l) => break l,
+                Err((f, nix::errno::Errno::EINTR)) => file = f,
+                Err((_, e)) => return Err(io_err(path)(e.into())),
+            }
+        };
+        Ok(FileLock {
+            _file: locked,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Take the lock if nobody holds it; `None` if somebody does. The same
+    /// file checks as [`FileLock::acquire`].
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
+        let mut file = Self::open(path)?;
+        loop {
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(l) => {
+                    return Ok(Some(FileLock {
+                        _file: l,
+                        path: path.to_path_buf(),
+                    }))
+                }
+                Err((f, nix::errno::Errno::EINTR)) => file = f,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => return Err(io_err(path)(e.into())),
+            }
+        }
+    }
+
+    fn open(path: &Path) -> Result<File> {
         if let Some(dir) = path.parent() {
             create_private_dir_all(dir)?;
         }
@@ -357,18 +391,7 @@ impl FileLock {
                 expected: "regular file",
             });
         }
-        let mut file = file;
-        let locked = loop {
-            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
-                Ok(l) => break l,
-                Err((f, nix::errno::Errno::EINTR)) => file = f,
-                Err((_, e)) => return Err(io_err(path)(e.into())),
-            }
-        };
-        Ok(FileLock {
-            _file: locked,
-            path: path.to_path_buf(),
-        })
+        Ok(file)
     }
 }
 
@@ -412,6 +435,20 @@ mod tests {
         assert_eq!(mode(&d.path().join("run")), 0o700);
         // No temporary file left behind.
         assert_eq!(std::fs::read_dir(d.path().join("a/b")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_held_lock_is_not_taken_twice() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("tree.lock");
+        let held = FileLock::try_acquire(&p).unwrap().expect("free at first");
+        // flock locks belong to the open file: a second open is refused
+        // while the first is held, even in the same process.
+        assert!(FileLock::try_acquire(&p).unwrap().is_none());
+        drop(held);
+        assert!(FileLock::try_acquire(&p).unwrap().is_some());
+        std::os::unix::fs::symlink(&p, d.path().join("link.lock")).unwrap();
+        assert!(FileLock::try_acquire(&d.path().join("link.lock")).is_err());
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct KernelRequest {
     /// Build in this directory and leave the scratch files there (for
     /// debugging); `None`: a temporary directory, removed at the end.
     pub keep_work: Option<PathBuf>,
+    /// Asked while waiting for another `create --kernel` in the same tree:
+    /// true ends the wait (e.g. on SIGTERM).
+    pub stop_requested: fn() -> bool,
 }
 
 /// What was written.
@@ -141,8 +144,11 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
         }
     }
     // One run at a time in a tree, preparing included.
-    let _lock = hotsplice_store::FileLock::acquire(&req.src.join(".hotsplice.lock"))
-        .map_err(|e| CreateError::Target(e.to_string()))?;
+    let _lock = crate::lock_tree(
+        &req.src.join(".hotsplice.lock"),
+        &format!("the kernel tree {}", req.src.display()),
+        req.stop_requested,
+    )?;
     let tree = tree::Tree::prepare(&req.src, &req.config)?;
     // Which object each file is compiled into and linked into, asked of
     // kbuild before anything is built: a file this configuration does not
