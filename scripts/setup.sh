@@ -3,14 +3,15 @@
 # a C toolchain (the tests compile real programs; C++ for libFuzzer), make, GNU patch, binutils,
 # util-linux (setpriv, for the not-root test), curl and python3-venv (scripts/api-fuzz.sh), PostgreSQL (the fleet server's tests initdb and start a
 # private server; binaries under /usr/lib/postgresql/*/bin), man-db, zsh and fish (the man pages and completions
-# are rendered and loaded by the tests), lintian and dpkg-dev (the Debian package), debootstrap (the Debian 12
+# are rendered and loaded by the tests), lintian and dpkg-dev (the Debian package; dpkg-source and dpkg-scansources
+# for create --source-package's test), build-essential (dpkg-checkbuilddeps requires it), debootstrap (the Debian 12
 # system the package is tested in under QEMU). Rust comes from rustup.
 set -euo pipefail
 need=()
 # chromium (and node with npm, unless installed already): the dashboard's browser test (playwright-core drives Debian's chromium).
 node_pkgs=""
 command -v npm >/dev/null 2>&1 || node_pkgs="nodejs npm"
-for pkg in gcc g++ make patch binutils util-linux libc6-dev curl python3-venv postgresql man-db zsh fish lintian dpkg-dev debootstrap chromium $node_pkgs; do
+for pkg in gcc g++ make patch binutils util-linux libc6-dev build-essential curl python3-venv postgresql man-db zsh fish lintian dpkg-dev debootstrap chromium $node_pkgs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -128,7 +128,9 @@ struct CreateArgs {
     /// Build from this Debian source package, NAME=VERSION (fetched with
     /// apt-get source, built as Debian built it, kept in $HOTSPLICE_CACHE
     /// for further fixes) instead of SRC_DIR; targets the installed files
-    /// with the same build-ids unless --target is given.
+    /// with the same build-ids unless --target is given. Sources come from
+    /// the machine's `deb` lines as `deb-src`, or from the file
+    /// $HOTSPLICE_APT_SOURCES names.
     #[arg(long, value_name = "NAME=VERSION", conflicts_with_all = ["kernel", "src"])]
     source_package: Option<String>,
     /// Build the tree before the fix in DIR — the path the installed files

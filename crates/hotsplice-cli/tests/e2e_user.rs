@@ -961,6 +961,122 @@ fn patch_stripped_library_from_a_kept_prepared_tree() {
     );
 }
 
+/// `create --source-package NAME=VERSION` end to end, on a source package
+/// of the `stripped_lib` fixture served by a local apt repository (a flat
+/// `file:` repository named by `HOTSPLICE_APT_SOURCES`): `apt-get source`
+/// through the private apt configuration, `dpkg-source -x` at the build
+/// root, `dpkg-checkbuilddeps`, the default build (`debian/rules
+/// build-arch` with Debian's flags and date), the stripped installed
+/// library targeted by its build-id, the fix applied to a running process
+/// and undone; a further fix reuses the kept tree without building it again.
+#[test]
+fn patch_stripped_library_from_a_debian_source_package() {
+    let inst = install_stripped("");
+    let work = inst.dir.path().join("srcpkg");
+    let tree = work.join("hsdemo-1.0");
+    copy_dir(&inst.case.dir.join("src"), &tree);
+    let deb = tree.join("debian");
+    fs::create_dir_all(deb.join("source")).unwrap();
+    fs::write(deb.join("source/format"), "3.0 (native)\n").unwrap();
+    fs::write(
+        deb.join("control"),
+        "Source: hsdemo\nSection: libs\nPriority: optional\n\
+         Maintainer: hotsplice tests <tests@example.invalid>\nStandards-Version: 4.6.2\n\
+         Build-Depends: make\n\nPackage: libhsdemo1\nArchitecture: any\n\
+         Description: hotsplice test library\n A library for hotsplice's tests.\n",
+    )
+    .unwrap();
+    fs::write(
+        deb.join("changelog"),
+        "hsdemo (1.0) unstable; urgency=medium\n\n  * Test package.\n\n \
+         -- hotsplice tests <tests@example.invalid>  Tue, 01 Dec 2026 00:00:00 +0000\n",
+    )
+    .unwrap();
+    fs::write(
+        deb.join("rules"),
+        "#!/usr/bin/make -f\nbuild build-arch:\n\t$(MAKE) libfix.so.1 prog\nbuild-indep:\n\
+         binary binary-arch binary-indep: build\nclean:\n\t$(MAKE) clean\n\
+         .PHONY: build build-arch build-indep binary binary-arch binary-indep clean\n",
+    )
+    .unwrap();
+    fs::set_permissions(deb.join("rules"), fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = work.join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    let mut build = Command::new("dpkg-source");
+    build.arg("-b").arg(&tree).current_dir(&repo);
+    run_cmd(build, Duration::from_secs(60)).assert_ok("dpkg-source -b");
+    let mut scan = Command::new("dpkg-scansources");
+    scan.args([".", "/dev/null"]).current_dir(&repo);
+    let index = run_cmd(scan, Duration::from_secs(60));
+    index.assert_ok("dpkg-scansources");
+    fs::write(repo.join("Sources"), &index.stdout).unwrap();
+    fs::remove_dir_all(&tree).unwrap();
+    let sources = work.join("sources.list");
+    fs::write(
+        &sources,
+        format!("deb-src [trusted=yes] file:{} ./\n", repo.display()),
+    )
+    .unwrap();
+    let root = work.join("build-root");
+    let cache = work.join("cache");
+    let create = |out: &Path| {
+        let mut cmd = test_env().command([
+            OsString::from("create"),
+            "--sign".into(),
+            test_env().key.clone().into_os_string(),
+            "--source-package".into(),
+            "hsdemo=1.0".into(),
+            "--patch".into(),
+            inst.case.diff("fix.diff").into_os_string(),
+            "--target".into(),
+            inst.lib.clone().into_os_string(),
+            "-o".into(),
+            out.as_os_str().to_os_string(),
+        ]);
+        cmd.env("HOTSPLICE_APT_SOURCES", &sources)
+            .env("HOTSPLICE_BUILD_ROOT", &root)
+            .env("HOTSPLICE_CACHE", &cache)
+            .env("FIX_BUILD_LOG", &inst.build_log);
+        run_cmd(cmd, CMD_TIMEOUT)
+    };
+    // A sources file others may write is not taken orders from.
+    fs::set_permissions(&sources, fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = temp_dir("refused");
+    let r = create(refused.path());
+    r.assert_failed("create with a world-writable HOTSPLICE_APT_SOURCES");
+    assert!(
+        r.stderr.contains("HOTSPLICE_APT_SOURCES") && r.stderr.contains("sources.list"),
+        "{}",
+        r.describe()
+    );
+    fs::set_permissions(&sources, fs::Permissions::from_mode(0o644)).unwrap();
+    for round in ["first", "further"] {
+        let out = temp_dir("patches");
+        let r = create(out.path());
+        r.assert_ok(&format!("{round} create --source-package"));
+        let file = PathBuf::from(r.stdout.lines().next().expect("a patch file").trim());
+        let info = patch_info(&file);
+        assert_eq!(
+            Some(info.build_id.clone()),
+            elf_build_id(&inst.lib),
+            "the patch is for the installed file"
+        );
+        assert_eq!(info.functions, inst.case.list("functions"), "{round}");
+        let mut proc = inst.start();
+        let pid = proc.pid();
+        let mark = proc.mark(Stream::Stdout);
+        apply(pid, &[], std::slice::from_ref(&file)).assert_ok("apply");
+        proc.expect_line(Stream::Stdout, mark, inst.case.after(), "patched");
+        undo(pid, &info.id).assert_ok("undo");
+        proc.expect_new_line(Stream::Stdout, inst.case.before(), "undone");
+        proc.assert_alive("after undo");
+        // The tree was built once, at the build root, from the package.
+        assert_eq!(inst.links(), 1, "{round}: the library was built again");
+        assert!(root.join("hsdemo-1.0/.hotsplice-prepared").exists());
+        assert!(root.join("hsdemo-1.0/debian/rules").exists());
+    }
+}
+
 /// A prepared tree another `create` is using (here: its lock held by the
 /// test) is waited for, and said so; SIGTERM ends the wait at once,
 /// exit 128 + 15, nothing built. Once the other is done, create goes on.

@@ -140,7 +140,7 @@ fn apt_options(dir: &Path) -> Result<Vec<String>, CreateError> {
         std::fs::create_dir_all(d).map_err(io(format!("{}", d.display())))?;
     }
     let list = etc.join("sources.list");
-    std::fs::write(&list, deb_src_lines().join("\n") + "\n")
+    std::fs::write(&list, source_lines()?.join("\n") + "\n")
         .map_err(io(format!("{}", list.display())))?;
     Ok(vec![
         format!("-oDir::Etc::SourceList={}", list.display()),
@@ -150,6 +150,33 @@ fn apt_options(dir: &Path) -> Result<Vec<String>, CreateError> {
         "-oDebug::NoLocking=1".into(),
         "-oAPT::Sandbox::User=root".into(),
     ])
+}
+
+/// The `deb-src` lines apt fetches sources from: those of the file that
+/// `HOTSPLICE_APT_SOURCES` names (a private mirror, a local repository;
+/// a file only its owner, root or the caller, may write), else the
+/// machine's `deb` sources mirrored.
+fn source_lines() -> Result<Vec<String>, CreateError> {
+    let Some(file) = std::env::var_os("HOTSPLICE_APT_SOURCES") else {
+        return Ok(deb_src_lines());
+    };
+    let file = PathBuf::from(file);
+    let bytes = hotsplice_store::read_trusted(&file, "apt sources file", 1 << 20)
+        .map_err(|e| CreateError::Target(format!("HOTSPLICE_APT_SOURCES: {e}")))?;
+    let lines: Vec<String> = String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("deb-src "))
+        .map(String::from)
+        .collect();
+    if lines.is_empty() {
+        return Err(CreateError::Target(format!(
+            "HOTSPLICE_APT_SOURCES {}: no `deb-src` line; write one-line sources such as \
+             `deb-src http://deb.debian.org/debian bookworm main`",
+            file.display()
+        )));
+    }
+    Ok(lines)
 }
 
 /// `deb-src` lines for the machine's `deb` sources (one-line and deb822).
