@@ -836,15 +836,24 @@ impl Installed {
 
     fn patch_and_flip_with(&self, extra: &[OsString]) {
         let out = temp_dir("patches");
-        let r = self.create_with(out.path(), extra);
-        r.assert_ok("create for the stripped library");
-        let file = PathBuf::from(r.stdout.lines().next().expect("a patch file").trim());
+        self.flip(
+            &self.create_with(out.path(), extra),
+            "create for the stripped library",
+        );
+    }
+
+    /// The patch `created` printed: for the installed file, applied to prog
+    /// running on it, the fix seen working, undone.
+    fn flip(&self, created: &CmdOut, what: &str) {
+        created.assert_ok(what);
+        let file = PathBuf::from(created.stdout.lines().next().expect("a patch file").trim());
         let info = patch_info(&file);
         assert_eq!(
             Some(info.build_id.clone()),
             elf_build_id(&self.lib),
             "the patch is for the installed file"
         );
+        assert_eq!(info.functions, self.case.list("functions"), "{what}");
         let mut proc = self.start();
         let pid = proc.pid();
         let mark = proc.mark(Stream::Stdout);
@@ -1052,24 +1061,10 @@ fn patch_stripped_library_from_a_debian_source_package() {
     fs::set_permissions(&sources, fs::Permissions::from_mode(0o644)).unwrap();
     for round in ["first", "further"] {
         let out = temp_dir("patches");
-        let r = create(out.path());
-        r.assert_ok(&format!("{round} create --source-package"));
-        let file = PathBuf::from(r.stdout.lines().next().expect("a patch file").trim());
-        let info = patch_info(&file);
-        assert_eq!(
-            Some(info.build_id.clone()),
-            elf_build_id(&inst.lib),
-            "the patch is for the installed file"
+        inst.flip(
+            &create(out.path()),
+            &format!("{round} create --source-package"),
         );
-        assert_eq!(info.functions, inst.case.list("functions"), "{round}");
-        let mut proc = inst.start();
-        let pid = proc.pid();
-        let mark = proc.mark(Stream::Stdout);
-        apply(pid, &[], std::slice::from_ref(&file)).assert_ok("apply");
-        proc.expect_line(Stream::Stdout, mark, inst.case.after(), "patched");
-        undo(pid, &info.id).assert_ok("undo");
-        proc.expect_new_line(Stream::Stdout, inst.case.before(), "undone");
-        proc.assert_alive("after undo");
         // The tree was built once, at the build root, from the package.
         assert_eq!(inst.links(), 1, "{round}: the library was built again");
         assert!(root.join("hsdemo-1.0/.hotsplice-prepared").exists());
