@@ -66,8 +66,9 @@ impl Tracee {
         // more of the window than it needed to.
         let pid = self.book.pid;
         let t0 = std::time::Instant::now();
+        let dir = procfs::TaskDir::open(pid);
         for t in &mut self.book.threads {
-            t.hot = t.st == St::Running && procfs::thread_state(pid, t.tid) == Some('R');
+            t.hot = t.st == St::Running && dir.as_ref().and_then(|d| d.state(t.tid)) == Some('R');
         }
         self.book.states_read = t0.elapsed();
         self.book.collect(true, early)?;
