@@ -3,7 +3,8 @@
 //! ones that were running first ([`StopWindow`]).
 //!
 //! This is the hot path hotsplice's pause time is measured on: no allocation, `/proc` read or
-//! system call per thread beyond interrupt, wait, read registers and resume.
+//! system call per thread beyond interrupt, wait, read registers and resume (each thread's
+//! state is read from `/proc` just before the first interrupt, every thread still running).
 
 use hotsplice_arch::current::remote::{self as regs, Regs};
 use nix::errno::Errno;
