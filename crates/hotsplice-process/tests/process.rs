@@ -500,7 +500,7 @@ int main(int argc, char **argv) {
     printf("ready\n");
     fflush(stdout);
     for (unsigned long n = 0;; n++) {
-        usleep(10000);
+        usleep(spin ? 10000 : 200000);
         printf("tick %lu spins=%lu\n", n, spins);
         fflush(stdout);
     }
@@ -543,7 +543,7 @@ fn running_threads_are_stopped_last_and_let_go_first() {
         let order: Vec<i32> = w.threads().iter().map(|s| s.tid).collect();
         assert_eq!(order.len(), 5);
         let at = order.iter().position(|&x| x == spinner).unwrap();
-        // Every idle thread (the leader is collected last in any case)
+        // Every idle thread (the main thread is always collected last)
         // was stopped before the spinner, although it is older.
         assert!(
             order
@@ -565,7 +565,19 @@ fn running_threads_are_stopped_last_and_let_go_first() {
     // Every thread asleep: no running thread's stop to report.
     let mut s = Target::exe(&exe, &["sleep"]);
     s.wait_for(T, |l| l.starts_with("ready"));
-    let mut tr = Tracee::seize(s.pid_i32()).unwrap();
+    let spid = s.pid_i32();
+    let mut tr = Tracee::seize(spid).unwrap();
+    // Just after a tick (the main thread then sleeps 200 ms), once every
+    // thread sleeps.
+    s.ticks(1, T);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while thread_ids(spid).unwrap().into_iter().any(|x| {
+        let stat = std::fs::read_to_string(format!("/proc/{spid}/task/{x}/stat")).unwrap();
+        stat[stat.rfind(')').unwrap() + 2..].chars().next() != Some('S')
+    }) {
+        assert!(std::time::Instant::now() < deadline, "threads do not sleep");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let w = tr.stop_all().unwrap();
     w.resume().unwrap();
     assert_eq!(tr.last_running_stop(), None, "no thread was running");

@@ -115,6 +115,8 @@ impl Book {
         self.interrupt_running(false);
         let t1 = std::time::Instant::now();
         let mut waited = Ok(());
+        // Not the main thread: a zombie leader reports only once every
+        // other thread is reaped, so it is always collected last.
         for i in 0..self.threads.len() {
             if !self.threads[i].hot && self.threads[i].tid != self.pid {
                 waited = self.collect_one(i, read_regs);
