@@ -507,6 +507,12 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// The scheduler state letter of thread `tid` of `pid`.
+fn state_of(pid: i32, tid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
 #[test]
 fn running_threads_are_stopped_last_and_let_go_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -520,10 +526,6 @@ fn running_threads_are_stopped_last_and_let_go_first() {
     let pid = t.pid_i32();
     let mut tr = Tracee::seize(pid).unwrap();
     assert_eq!(tr.thread_count(), 5);
-    let state = |tid: i32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
-        stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
-    };
     for round in 0..10 {
         // Threads just let go are runnable until they are back in pause():
         // wait until the idle ones sleep again (they wake for nothing).
@@ -531,7 +533,7 @@ fn running_threads_are_stopped_last_and_let_go_first() {
         while thread_ids(pid)
             .unwrap()
             .into_iter()
-            .any(|x| x != spinner && x != pid && state(x) != 'S')
+            .any(|x| x != spinner && x != pid && state_of(pid, x) != 'S')
         {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -571,10 +573,11 @@ fn running_threads_are_stopped_last_and_let_go_first() {
     // thread sleeps.
     s.ticks(1, T);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while thread_ids(spid).unwrap().into_iter().any(|x| {
-        let stat = std::fs::read_to_string(format!("/proc/{spid}/task/{x}/stat")).unwrap();
-        stat[stat.rfind(')').unwrap() + 2..].chars().next() != Some('S')
-    }) {
+    while thread_ids(spid)
+        .unwrap()
+        .into_iter()
+        .any(|x| state_of(spid, x) != 'S')
+    {
         assert!(std::time::Instant::now() < deadline, "threads do not sleep");
         std::thread::sleep(Duration::from_millis(1));
     }
