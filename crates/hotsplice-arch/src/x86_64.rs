@@ -6,6 +6,7 @@ use iced_x86::{Decoder, DecoderOptions};
 pub mod dwarf;
 pub mod remote;
 pub mod sigframe;
+pub mod syscalls;
 
 /// Bytes of the jump written over an old function entry (`jmp rel32`).
 pub const JUMP_LEN: usize = 5;

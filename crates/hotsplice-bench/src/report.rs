@@ -187,13 +187,21 @@ pub fn print_human(o: &Output) {
         o.settings.stack_walk
     );
     println!(
-        "{:>16}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} stacks exact/scanned",
-        "threads", "interrupt", "wait+regs", "read stacks", "check", "lead out", "writes", "resume"
+        "{:>16}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<21} stacks exact/scanned",
+        "threads",
+        "interrupt",
+        "wait+regs",
+        "read stacks",
+        "check",
+        "lead out",
+        "writes",
+        "resume",
+        "states before/running"
     );
     for r in &o.stop {
         let p = |i: usize| format!("{:.1}", r.apply_phases_us[i].median);
         println!(
-            "{:>16}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {}/{}",
+            "{:>16}  {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<12} {:<21} {}/{}",
             r.label(),
             p(0),
             p(1),
@@ -202,17 +210,23 @@ pub fn print_human(o: &Output) {
             p(4),
             p(5),
             p(6),
+            format!("{} / {:.0}", p(7), r.apply_phases_us[8].median),
             r.stacks_exact,
             r.stacks_scanned
         );
     }
     println!();
     println!(
-        "   leading busy threads out (Report.lead_out.time, µs; part of the stop of the others)"
+        "   leading busy threads out (Report.lead_out.time, µs; part of the stop of the others); running threads' stop = Report.stopped_running (threads on a CPU when the window began are stopped last, let go first), apply | undo"
     );
     stop_row(
         "threads",
-        ["apply lead out", "undo lead out", "check per thread", ""],
+        [
+            "apply lead out",
+            "undo lead out",
+            "check per thread",
+            "running threads' stop a | u",
+        ],
         "",
     );
     for r in &o.stop {
@@ -222,7 +236,10 @@ pub fn print_human(o: &Output) {
                 r.apply_lead_out_us.show(1),
                 r.undo_lead_out_us.show(1),
                 r.check_per_thread_us.show(2),
-                String::new(),
+                format!(
+                    "{:.1} | {:.1}",
+                    r.apply_running_us.median, r.undo_running_us.median
+                ),
             ],
             "",
         );

@@ -41,7 +41,9 @@ pub struct StopResult {
     /// Applies/undos that needed more than one stop window (code busy).
     pub retried: usize,
     /// Where the apply's window went (the engine's `Report.times`), µs:
-    /// interrupt, wait, stacks, check, lead out, writes, resume.
+    /// interrupt, wait, stacks, check, lead out, writes, resume; then,
+    /// before the window, reading the threads' states, and the number of
+    /// threads found running.
     pub apply_phases_us: Vec<Stat>,
     /// How the apply checked the stacks: threads walked exactly, scanned.
     pub stacks_exact: usize,
@@ -52,6 +54,11 @@ pub struct StopResult {
     pub undo_lead_out_us: Stat,
     /// The apply window's check phase divided by the thread count.
     pub check_per_thread_us: Stat,
+    /// How long the threads that were running stayed stopped
+    /// (`Report.stopped_running`: stopped last, let go first; 0 when none
+    /// was), apply and undo. The spinner is one of them.
+    pub apply_running_us: Stat,
+    pub undo_running_us: Stat,
 }
 
 /// What the stopper's other threads do (see [`StopResult::mode`]).
@@ -161,8 +168,8 @@ pub fn bench_stop(
     );
 
     let mut retried = 0;
-    let mut phases: Vec<[f64; 7]> = Vec::with_capacity(reps);
-    let mut leads: Vec<[f64; 3]> = Vec::with_capacity(reps);
+    let mut phases: Vec<[f64; 9]> = Vec::with_capacity(reps);
+    let mut leads: Vec<[f64; 5]> = Vec::with_capacity(reps);
     let mut stacks = (0, 0);
     let mut cycle = |t: &mut Stopper, rec: &mut Option<&mut Vec<[f64; 11]>>| -> Result<()> {
         t.reset()?;
@@ -206,12 +213,16 @@ pub fn bench_stop(
                 w.lead_out_us,
                 w.writes_us,
                 w.resume_us,
+                w.states_us,
+                w.running as f64,
             ]);
             stacks = (a.stacks.exact, a.stacks.scanned);
             leads.push([
                 micros(a.lead_out.time),
                 micros(u.lead_out.time),
                 w.check_us / n as f64,
+                a.stopped_running.map_or(0.0, micros),
+                u.stopped_running.map_or(0.0, micros),
             ]);
             retried += usize::from(a.attempts > 1) + usize::from(u.attempts > 1);
             rec.push([
@@ -237,7 +248,7 @@ pub fn bench_stop(
     }
     let col = |i: usize| Stat::of(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
     let lead = |i: usize| Stat::of(&leads.iter().map(|r| r[i]).collect::<Vec<_>>());
-    let apply_phases_us: Vec<Stat> = (0..7)
+    let apply_phases_us: Vec<Stat> = (0..9)
         .map(|i| Stat::of(&phases.iter().map(|p| p[i]).collect::<Vec<_>>()))
         .collect();
 
@@ -296,6 +307,8 @@ pub fn bench_stop(
         apply_lead_out_us: lead(0),
         undo_lead_out_us: lead(1),
         check_per_thread_us: lead(2),
+        apply_running_us: lead(3),
+        undo_running_us: lead(4),
         reps,
         apply_gap_us: col(0),
         apply_stopped_us: col(1),

@@ -200,7 +200,7 @@ pub fn run_all(app: &App, cmd: AllCommand) -> Result<bool> {
 fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
     let name = comm(r.pid);
     let message = format!(
-        "pid {} ({}): {verb} {} ({}){}: {} function(s); {} thread(s) stopped for {:.3} ms{}",
+        "pid {} ({}): {verb} {} ({}){}: {} function(s); {} thread(s) stopped for {:.3} ms{}{}",
         r.pid,
         esc(&name),
         esc(&r.id),
@@ -212,6 +212,9 @@ fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
         r.functions,
         r.threads,
         r.stopped.as_secs_f64() * 1e3,
+        r.stopped_running
+            .map(|d| format!(" (those running {:.3} ms)", d.as_secs_f64() * 1e3))
+            .unwrap_or_default(),
         if r.attempts > 1 {
             format!(" (after {} tries: code was busy)", r.attempts)
         } else {

@@ -291,6 +291,48 @@ impl Scenario {
         lines.last().cloned().unwrap()
     }
 
+    /// After a run of the late registration: the target's own unwinder
+    /// (`backtrace()` through the patched function, reported on stderr)
+    /// sees the patch's frames or does not, the same on every line until
+    /// the next command: never a registration half made, or one still
+    /// being made after hotsplice has exited. A termination request must
+    /// let `user show` finish its registration.
+    fn registration_settled(&mut self, what: &str, signal: &str) -> &'static str {
+        let mark = self.proc.mark(Stream::Stderr);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let lines = loop {
+            let l = self.proc.lines_since(Stream::Stderr, mark);
+            if l.len() >= 3 {
+                break l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: target stopped tracing\n{}",
+                self.proc.describe()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            lines.iter().all(|l| *l == lines[0])
+                && (lines[0] == "caller found" || lines[0] == "caller lost"),
+            "{what}: the registration changed after hotsplice exited: {lines:?}\n{}",
+            self.proc.describe()
+        );
+        if signal != "KILL" {
+            assert_eq!(
+                lines[0],
+                "caller found",
+                "{what}: SIG{signal} left the registration undone\n{}",
+                self.proc.describe()
+            );
+        }
+        if lines[0] == "caller found" {
+            " registered"
+        } else {
+            " unregistered"
+        }
+    }
+
     /// `user show` agrees with what runs: an interrupted operation is
     /// reported as such; otherwise the listed patch is the one running.
     fn check_show(&self, what: &str, line: &str) {
@@ -403,8 +445,13 @@ impl Scenario {
                     "{what}: half done: {line}"
                 );
             }
+            let registered = if op == Op::LateRegister {
+                self.registration_settled(&what, signal)
+            } else {
+                ""
+            };
             outcomes.push(format!(
-                "{}{}",
+                "{}{registered}{}",
                 self.state_name(&line),
                 if self.journal_len() > 0 {
                     " (interrupted)"
@@ -528,6 +575,13 @@ fn level_replacement_unwind_info_sigkill() {
 #[test]
 fn late_unwind_registration_sigkill() {
     run("late_libgcc", Op::LateRegister, "KILL");
+}
+
+// The same under SIGTERM: `user show` finishes the registration it has
+// started (or never starts it) and exits; no thread is left stopped.
+#[test]
+fn late_unwind_registration_sigterm() {
+    run("late_libgcc", Op::LateRegister, "TERM");
 }
 
 #[test]

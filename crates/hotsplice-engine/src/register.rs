@@ -215,7 +215,13 @@ fn marked_call(
             match syscall_of(pid, tid) {
                 Some(nr) if waiting(nr) => {}
                 Some(nr) => {
-                    unfit.push((tid, format!("in system call {nr}, not a waiting one")));
+                    unfit.push((
+                        tid,
+                        format!(
+                            "in {}, not a waiting system call",
+                            arch::syscalls::describe(nr)
+                        ),
+                    ));
                     continue;
                 }
                 None => {

@@ -184,6 +184,18 @@ pub struct StackCheck {
     pub fallbacks: Vec<String>,
 }
 
+impl StackCheck {
+    /// The counts of two checks of different threads, together.
+    pub fn merge(mut self, other: StackCheck) -> StackCheck {
+        self.exact += other.exact;
+        self.scanned += other.scanned;
+        let room = 4usize.saturating_sub(self.fallbacks.len());
+        self.fallbacks
+            .extend(other.fallbacks.into_iter().take(room));
+        self
+    }
+}
+
 /// As [`find_busy`]; with a `walker`, each thread's stack is first walked
 /// exactly, and scanned conservatively only when the walk cannot finish.
 pub fn find_busy_walking(

@@ -234,6 +234,7 @@ fn remove(
         threads: w.threads,
         attempts: w.attempts,
         stopped: w.stopped,
+        stopped_running: w.stopped_running,
         stacks: w.stacks,
         lead_out: w.lead_out,
         times: w.times,

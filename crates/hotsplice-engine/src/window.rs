@@ -25,6 +25,9 @@ pub(crate) struct Committed {
     pub threads: usize,
     pub attempts: u32,
     pub stopped: Duration,
+    /// How long the threads that were running stayed stopped (stopped
+    /// last, let go first), if any was.
+    pub stopped_running: Option<Duration>,
     /// How the stacks were checked in the window that committed.
     pub stacks: StackCheck,
     /// Threads led out of busy code, over all windows.
@@ -133,16 +136,6 @@ pub(crate) fn stop_and_write<T>(
     };
     loop {
         attempts += 1;
-        let t0 = Instant::now();
-        let mut window = unchanged!(tracee.stop_all());
-        let spans = stack_spans(window.threads(), &maps);
-        if needs_fresh_maps(&spans) && !fresh {
-            unchanged!(window.resume());
-            maps = unchanged!(read_maps(pid));
-            fresh = true;
-            continue;
-        }
-        fresh = false;
         let mut bufs = Buffers {
             stack: &mut stack_buf,
             extra: &mut extra_buf,
@@ -151,15 +144,49 @@ pub(crate) fn stop_and_write<T>(
             read: Duration::ZERO,
             check: Duration::ZERO,
         };
+        // The sleeping threads' stacks are checked as soon as they are
+        // stopped, while the running threads still run: off their stop.
+        let mut early: Option<(usize, Option<crate::safety::BusyThread>, StackCheck)> = None;
+        let mut window = unchanged!(tracee.stop_all_then(&mut |sleepers| {
+            if sleepers.is_empty() || needs_fresh_maps(&stack_spans(sleepers, &maps)) {
+                return;
+            }
+            let (b, c) = check_threads(pid, sleepers, &maps, ranges, unwinder.as_mut(), &mut bufs);
+            early = Some((sleepers.len(), b, c));
+        }));
+        // From the first interrupt (not the states read before it).
+        let t0 = window.started();
+        let spans = stack_spans(window.threads(), &maps);
+        if needs_fresh_maps(&spans) && !fresh {
+            unchanged!(window.resume());
+            maps = unchanged!(read_maps(pid));
+            fresh = true;
+            continue;
+        }
+        fresh = false;
         let (interrupt, wait) = window.stop_times();
-        let (mut busy, mut check) = check_threads(
-            pid,
-            window.threads(),
-            &maps,
-            ranges,
-            unwinder.as_mut(),
-            &mut bufs,
-        );
+        let (states, running) = (window.states_read(), window.running());
+        let (mut busy, mut check) = match early.take() {
+            // Busy already: the rest is not looked at (as in one check).
+            Some((_, b @ Some(_), c)) => (b, c),
+            Some((k, None, c)) if k <= window.threads().len() => {
+                let mut seen = std::mem::take(bufs.lingering);
+                let rest = &window.threads()[k..];
+                let (b, more) =
+                    check_threads(pid, rest, &maps, ranges, unwinder.as_mut(), &mut bufs);
+                seen.append(bufs.lingering);
+                *bufs.lingering = seen;
+                (b, c.merge(more))
+            }
+            _ => check_threads(
+                pid,
+                window.threads(),
+                &maps,
+                ranges,
+                unwinder.as_mut(),
+                &mut bufs,
+            ),
+        };
         let (first_read, first_check) = (bufs.read, bufs.check);
         // Lead busy threads out: the busy ones run alone together, the
         // others stopped, in short slices; each stays stopped as soon as
@@ -342,13 +369,17 @@ pub(crate) fn stop_and_write<T>(
         if let Err(e) = window.detach_all() {
             tracing::warn!(pid, error = %e, "detaching after the jumps were written");
         }
+        let stopped = t0.elapsed();
         return Outcome::Committed(Committed {
             threads: n,
             attempts,
-            stopped: t0.elapsed(),
+            stopped,
+            stopped_running: tracee.last_running_stop(),
             stacks: check,
             lead_out: led,
             times: WindowTimes {
+                states_us: us(states),
+                running,
                 interrupt_us: us(interrupt),
                 wait_us: us(wait),
                 stacks_us: us(first_read),
@@ -365,6 +396,11 @@ pub(crate) fn stop_and_write<T>(
 /// Where the time of the window that made the change went, in µs.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct WindowTimes {
+    /// Before the window, the threads running: reading each thread's state
+    /// (which are on a CPU, to be stopped last and let go first).
+    pub states_us: f64,
+    /// Threads found on a CPU or runnable then.
+    pub running: usize,
     /// Sending every thread its interrupt.
     pub interrupt_us: f64,
     /// Collecting every stop, with the thread's registers.

@@ -66,7 +66,7 @@ pub enum Error {
         errno: nix::errno::Errno,
     },
     /// A system call executed inside the target returned an error.
-    #[error("system call {nr} executed inside the target failed: {}", errno_name(*.errno))]
+    #[error("{} executed inside the target failed: {}", hotsplice_arch::current::syscalls::describe(*.nr), errno_name(*.errno))]
     RemoteSyscallFailed {
         /// Syscall number.
         nr: i64,

@@ -240,6 +240,59 @@ mod tests {
     }
 }
 
+/// `/proc/PID/task`, opened once, to read many threads' states cheaply
+/// (`openat` relative to it, one `read` into a stack buffer, `close`: no
+/// allocation, no path walk through `/proc/PID`).
+pub(crate) struct TaskDir {
+    dir: std::fs::File,
+}
+
+impl TaskDir {
+    pub(crate) fn open(pid: Pid) -> Option<TaskDir> {
+        std::fs::File::open(format!("/proc/{pid}/task"))
+            .ok()
+            .map(|dir| TaskDir { dir })
+    }
+
+    /// Scheduler state letter of thread `tid` ('R', 'S', ...), as
+    /// [`thread_state`].
+    pub(crate) fn state(&self, tid: Pid) -> Option<char> {
+        use std::os::fd::AsRawFd;
+        // "TID/stat\0" without allocating.
+        let mut path = [0u8; 32];
+        let mut w = std::io::Cursor::new(&mut path[..]);
+        std::io::Write::write_fmt(&mut w, format_args!("{tid}/stat\0")).ok()?;
+        // SAFETY: `path` holds a NUL-terminated string (written above, the
+        // rest zero); the dirfd is open for the call.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                path.as_ptr().cast(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        let mut buf = [0u8; 512];
+        // SAFETY: `buf` is writable for its length; `fd` is ours.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: `fd` is ours and closed once.
+        unsafe { libc::close(fd) };
+        let text = buf.get(..usize::try_from(n).ok()?)?;
+        state_of_stat(text)
+    }
+}
+
+/// The state letter after the `(comm)` of a `stat` line.
+fn state_of_stat(text: &[u8]) -> Option<char> {
+    let close = text.iter().rposition(|&b| b == b')')?;
+    text[close + 1..]
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .map(|&b| b as char)
+}
+
 /// A thread's scheduler accounting, `/proc/PID/task/TID/schedstat`: the
 /// time it spent on a CPU and the time it spent runnable, waiting for one
 /// (both in ns, since it started). Opened once, read with `pread`, so a
@@ -281,6 +334,21 @@ fn parse_schedstat(text: &[u8]) -> Option<(u64, u64, u64)> {
 #[cfg(test)]
 mod schedstat_tests {
     use super::*;
+
+    #[test]
+    fn reads_thread_states_through_the_task_directory() {
+        let pid = std::process::id() as Pid;
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let dir = TaskDir::open(pid).unwrap();
+        // This thread is running while it reads.
+        assert_eq!(dir.state(tid), Some('R'));
+        assert_eq!(dir.state(tid), thread_state(pid, tid));
+        assert_eq!(dir.state(i32::MAX), None);
+        // A command name with a ')' and spaces in it.
+        assert_eq!(state_of_stat(b"12 (a) b (c)) S 1 2"), Some('S'));
+        assert_eq!(state_of_stat(b"12 (a"), None);
+    }
 
     #[test]
     fn parses_what_the_kernel_prints_and_refuses_the_rest() {

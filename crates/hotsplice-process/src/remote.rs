@@ -303,7 +303,10 @@ impl<'a> RemoteThread<'a> {
         if args.len() > stub::MAX_ARGS {
             return Err(Error::Unexpected {
                 tid: self.tid,
-                detail: format!("syscall {nr}: more than 6 arguments"),
+                detail: format!(
+                    "{}: more than 6 arguments",
+                    hotsplice_arch::current::syscalls::describe(nr)
+                ),
             });
         }
         let s = self.stub()?;

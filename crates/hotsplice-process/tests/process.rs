@@ -458,3 +458,132 @@ fn free_page_below(pid: i32, addr: u64) -> u64 {
     }
     a
 }
+
+/// A thread spinning on a CPU, created before three idle ones, and a main
+/// thread asleep: every window interrupts the idle threads first and the
+/// spinner after them (so it only sees the window's tail), and says how
+/// long the running threads stayed stopped; a process whose threads all
+/// sleep has none.
+const SPIN_FIRST_C: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static volatile unsigned long spins;
+static volatile int spin = 1;
+
+static void *spinner(void *a) {
+    (void)a;
+    printf("spinner_tid=%ld\n", (long)syscall(SYS_gettid));
+    fflush(stdout);
+    for (;;)
+        if (spin)
+            spins++;
+        else
+            pause();
+    return 0;
+}
+
+static void *idle(void *a) { (void)a; for (;;) pause(); return 0; }
+
+int main(int argc, char **argv) {
+    pthread_t t;
+    spin = !(argc > 1 && strcmp(argv[1], "sleep") == 0);
+    pthread_create(&t, 0, spinner, 0);
+    usleep(10000);
+    for (int i = 0; i < 3; i++)
+        pthread_create(&t, 0, idle, 0);
+    usleep(20000);
+    printf("ready\n");
+    fflush(stdout);
+    for (unsigned long n = 0;; n++) {
+        usleep(spin ? 10000 : 200000);
+        printf("tick %lu spins=%lu\n", n, spins);
+        fflush(stdout);
+    }
+}
+"#;
+
+/// The scheduler state letter of thread `tid` of `pid`.
+fn state_of(pid: i32, tid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
+#[test]
+fn running_threads_are_stopped_last_and_let_go_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "spin_first", SPIN_FIRST_C);
+    let mut t = Target::exe(&exe, &[]);
+    let spinner = field(
+        &t.wait_for(T, |l| l.starts_with("spinner_tid=")),
+        "spinner_tid",
+    ) as i32;
+    t.wait_for(T, |l| l.starts_with("ready"));
+    let pid = t.pid_i32();
+    let mut tr = Tracee::seize(pid).unwrap();
+    assert_eq!(tr.thread_count(), 5);
+    for round in 0..10 {
+        // Threads just let go are runnable until they are back in pause():
+        // wait until the idle ones sleep again (they wake for nothing).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while thread_ids(pid)
+            .unwrap()
+            .into_iter()
+            .any(|x| x != spinner && x != pid && state_of(pid, x) != 'S')
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle threads do not sleep"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let w = tr.stop_all().unwrap();
+        let order: Vec<i32> = w.threads().iter().map(|s| s.tid).collect();
+        assert_eq!(order.len(), 5);
+        let at = order.iter().position(|&x| x == spinner).unwrap();
+        // Every idle thread (the main thread is always collected last)
+        // was stopped before the spinner, although it is older.
+        assert!(
+            order
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| i < at || x == spinner || x == pid),
+            "round {round}: spinner {spinner} stopped before an idle thread: {order:?}"
+        );
+        w.resume().unwrap();
+        assert!(
+            tr.last_running_stop().is_some(),
+            "round {round}: the spinner's stop is not reported"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tr.detach().unwrap();
+    t.ticks(3, T);
+
+    // Every thread asleep: no running thread's stop to report.
+    let mut s = Target::exe(&exe, &["sleep"]);
+    s.wait_for(T, |l| l.starts_with("ready"));
+    let spid = s.pid_i32();
+    let mut tr = Tracee::seize(spid).unwrap();
+    // Just after a tick (the main thread then sleeps 200 ms), once every
+    // thread sleeps.
+    s.ticks(1, T);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while thread_ids(spid)
+        .unwrap()
+        .into_iter()
+        .any(|x| state_of(spid, x) != 'S')
+    {
+        assert!(std::time::Instant::now() < deadline, "threads do not sleep");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let w = tr.stop_all().unwrap();
+    w.resume().unwrap();
+    assert_eq!(tr.last_running_stop(), None, "no thread was running");
+    tr.detach().unwrap();
+    s.ticks(3, T);
+}

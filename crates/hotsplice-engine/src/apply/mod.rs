@@ -97,6 +97,13 @@ pub struct Report {
     /// How long all threads were stopped in the successful window.
     #[serde(serialize_with = "micros")]
     pub stopped: Duration,
+    /// Of that, how long the threads that were running (on a CPU or
+    /// runnable) when the window began stayed stopped: they are stopped
+    /// after every other thread and let go before them. `None` when every
+    /// thread was asleep. A sleeping thread that wakes during the window
+    /// is held for as long as it stays stopped, up to `stopped`.
+    #[serde(serialize_with = "micros_opt", skip_serializing_if = "Option::is_none")]
+    pub stopped_running: Option<Duration>,
     pub functions: usize,
     /// The lower-level patch this one replaced, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,6 +146,16 @@ pub struct UnwindCall {
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_u128(d.as_micros())
+}
+
+fn micros_opt<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_u128(d.as_micros()),
+        None => s.serialize_none(),
+    }
 }
 
 /// Apply `patch` to process `pid`. Only a patch that passed the trust
@@ -264,6 +281,7 @@ pub fn apply_replacing(
                 threads: w.threads,
                 attempts: w.attempts,
                 stopped: w.stopped,
+                stopped_running: w.stopped_running,
                 functions: meta.functions.len(),
                 replaced: old.map(|o| o.patch_id.clone()),
                 warning,

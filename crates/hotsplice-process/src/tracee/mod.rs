@@ -103,7 +103,7 @@ impl Tracee {
         if self.book.finished {
             return Ok(());
         }
-        self.book.collect(false)?;
+        self.book.collect(false, &mut |_| {})?;
         self.book.release(true)
     }
 }

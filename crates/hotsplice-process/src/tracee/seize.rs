@@ -61,6 +61,7 @@ impl Tracee {
                     Ok(_) => tr.book.threads.push(Thread {
                         tid,
                         st: St::Running,
+                        hot: false,
                     }),
                     Err(Errno::ESRCH) => {
                         if tid == pid && tr.book.threads.is_empty() {
@@ -72,6 +73,7 @@ impl Tracee {
                         Ok(Some(t)) if t == me => tr.book.threads.push(Thread {
                             tid,
                             st: St::AwaitInitial,
+                            hot: false,
                         }),
                         Ok(Some(t)) => {
                             return Err(Error::AlreadyTraced {

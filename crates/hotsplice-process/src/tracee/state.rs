@@ -46,6 +46,10 @@ pub(super) enum Stop {
 pub(super) struct Thread {
     pub(super) tid: Pid,
     pub(super) st: St,
+    /// On a CPU or runnable when the last stop window began (`/proc`'s
+    /// state `R`): interrupted after every other thread and resumed before
+    /// them, so it sees only the tail of the window.
+    pub(super) hot: bool,
 }
 
 /// Outcome of driving a thread to a clean stop.
@@ -69,6 +73,14 @@ pub(super) struct Book {
     /// How long the last stop took: sending the interrupts, then waiting
     /// for every stop and reading the registers.
     pub(super) last_stop: (std::time::Duration, std::time::Duration),
+    /// When the last window's first running thread was interrupted, and
+    /// when the last of them was let go again (`None`: no thread was
+    /// running when it began, or they are still stopped).
+    pub(super) hot_span: (Option<std::time::Instant>, Option<std::time::Instant>),
+    /// When the last window's first interrupt was sent.
+    pub(super) window_start: std::time::Instant,
+    /// How long reading the threads' states before it took.
+    pub(super) states_read: std::time::Duration,
 }
 
 impl Book {
@@ -80,6 +92,9 @@ impl Book {
             finished: false,
             leader_zombie: false,
             last_stop: Default::default(),
+            hot_span: (None, None),
+            window_start: std::time::Instant::now(),
+            states_read: std::time::Duration::ZERO,
         }
     }
 
@@ -112,6 +127,7 @@ impl Book {
             self.threads.push(Thread {
                 tid,
                 st: St::AwaitInitial,
+                hot: false,
             });
         }
     }
@@ -180,6 +196,7 @@ impl Book {
                         self.threads.push(Thread {
                             tid,
                             st: St::AwaitInitial,
+                            hot: false,
                         });
                     }
                 }

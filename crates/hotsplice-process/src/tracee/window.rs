@@ -1,15 +1,17 @@
-//! The stop window: every thread interrupted back to back, collected, its registers read
-//! ([`Tracee::stop_all`]), and ended by resuming or detaching all of them ([`StopWindow`]).
+//! The stop window: every thread interrupted back to back, sleeping ones first, collected, its
+//! registers read ([`Tracee::stop_all`]), and ended by resuming or detaching all of them, the
+//! ones that were running first ([`StopWindow`]).
 //!
 //! This is the hot path hotsplice's pause time is measured on: no allocation, `/proc` read or
-//! system call per thread beyond interrupt, wait, read registers and resume.
+//! system call per thread beyond interrupt, wait, read registers and resume (each thread's
+//! state is read from `/proc` just before the first interrupt, every thread still running).
 
 use hotsplice_arch::current::remote::{self as regs, Regs};
 use nix::errno::Errno;
 
 use super::state::{Book, St, Stop};
 use super::Tracee;
-use crate::procfs::SchedStat;
+use crate::procfs::{self, SchedStat};
 use crate::sys::{self, classify, is_stop_signal, perr, wait_tid, Ev};
 use crate::{Error, MemWriter, Pid, Result};
 
@@ -33,14 +35,44 @@ impl std::fmt::Debug for StoppedThread {
 }
 
 impl Tracee {
-    /// THE STOP WINDOW START: interrupt every thread back-to-back, then wait for each and read its
-    /// registers. Threads created meanwhile are included; exited threads are dropped; if the whole
-    /// process exits the result is [`Error::ProcessExited`]. On any error, threads that were
-    /// stopped are resumed.
+    /// THE STOP WINDOW START: interrupt every sleeping thread back-to-back and collect each
+    /// one's stop with its registers, then the same for the threads that were on a CPU or
+    /// runnable (`/proc`'s state `R`, read just before), whose stops arrive at once: a running
+    /// thread is stopped for the window's tail only, and [`StopWindow::resume`] /
+    /// [`StopWindow::detach_all`] let it go before the others ([`Tracee::last_running_stop`]).
+    /// Threads created meanwhile are included; exited threads are dropped; if the whole process
+    /// exits the result is [`Error::ProcessExited`]. On any error, threads that were stopped are
+    /// resumed.
     pub fn stop_all(&mut self) -> Result<StopWindow<'_>> {
-        // Before the first interrupt, so that no thread waits for it.
+        self.stop_all_then(&mut |_| {})
+    }
+
+    /// [`Tracee::stop_all`], calling `early` with the threads stopped so far (every sleeping
+    /// one but the leader, with their registers) before the running ones are interrupted: work
+    /// on the sleepers' stacks there (they do not change while the threads are stopped) is
+    /// off the running threads' stop. Those threads are the first ones of
+    /// [`StopWindow::threads`], in the same order. `early` must make no ptrace request.
+    pub fn stop_all_then(
+        &mut self,
+        early: &mut dyn FnMut(&[StoppedThread]),
+    ) -> Result<StopWindow<'_>> {
+        // Before the first interrupt, so that no thread waits for it, and
+        // before reading the threads' states, which a loaded machine would
+        // otherwise make slow.
         let boost = sys::boost();
-        self.book.collect(true)?;
+        // Which threads are on a CPU or about to be: they are stopped
+        // last and let go first. Read before the window (no `/proc` read
+        // happens while threads are stopped; about 10 µs a thread, with
+        // every thread running); a thread that changed since only sees
+        // more of the window than it needed to.
+        let pid = self.book.pid;
+        let t0 = std::time::Instant::now();
+        let dir = procfs::TaskDir::open(pid);
+        for t in &mut self.book.threads {
+            t.hot = t.st == St::Running && dir.as_ref().and_then(|d| d.state(t.tid)) == Some('R');
+        }
+        self.book.states_read = t0.elapsed();
+        self.book.collect(true, early)?;
         Ok(StopWindow {
             tracee: self,
             done: false,
@@ -50,22 +82,63 @@ impl Tracee {
     }
 }
 
+impl Tracee {
+    /// How long the threads that were running when the last window began
+    /// stayed stopped: from the first one's interrupt to the last one let
+    /// go (they are stopped last and let go first). `None` when no thread
+    /// was running then, or the window has not ended.
+    pub fn last_running_stop(&self) -> Option<std::time::Duration> {
+        match self.book.hot_span {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        }
+    }
+}
+
 impl Book {
     /// Interrupt every running thread, then collect each one's stop (with its registers into
     /// `stopped` if `read_regs`); on an error the threads stopped so far are resumed.
-    pub(super) fn collect(&mut self, read_regs: bool) -> Result<()> {
+    pub(super) fn collect(
+        &mut self,
+        read_regs: bool,
+        early: &mut dyn FnMut(&[StoppedThread]),
+    ) -> Result<()> {
         self.check_live()?;
         self.stopped.clear();
+        self.hot_span = (None, None);
+        self.window_start = std::time::Instant::now();
+        // Sleeping threads first, and their stops collected, while the
+        // running ones (`hot`) still run; then the running ones, whose
+        // stops arrive at once. A running thread is stopped only for the
+        // tail of the window.
         let t0 = std::time::Instant::now();
-        for t in &self.threads {
-            if t.st == St::Running {
-                // ESRCH (thread dying) is resolved by the wait below.
-                let _ = sys::interrupt(t.tid);
+        self.interrupt_running(false);
+        let t1 = std::time::Instant::now();
+        let mut waited = Ok(());
+        // Not the main thread: a zombie leader reports only once every
+        // other thread is reaped, so it is always collected last.
+        for i in 0..self.threads.len() {
+            if !self.threads[i].hot && self.threads[i].tid != self.pid {
+                waited = self.collect_one(i, read_regs);
+                if waited.is_err() {
+                    break;
+                }
             }
         }
-        let t1 = std::time::Instant::now();
-        let waited = self.collect_wait(read_regs);
-        self.last_stop = (t1 - t0, t1.elapsed());
+        let t2 = std::time::Instant::now();
+        if waited.is_ok() {
+            early(&self.stopped);
+        }
+        let t2e = std::time::Instant::now();
+        if waited.is_ok() {
+            if self.threads.iter().any(|t| t.hot && t.st == St::Running) {
+                self.hot_span.0 = Some(t2e);
+            }
+            self.interrupt_running(true);
+        }
+        let t3 = std::time::Instant::now();
+        let waited = waited.and_then(|()| self.collect_wait(read_regs));
+        self.last_stop = ((t1 - t0) + (t3 - t2e), (t2 - t1) + t3.elapsed());
         if let Err(e) = waited {
             if !self.finished {
                 let _ = self.release(false);
@@ -84,6 +157,16 @@ impl Book {
         }
         self.compact();
         Ok(())
+    }
+
+    /// Interrupt every running thread that is (`hot`) or is not on a CPU.
+    fn interrupt_running(&self, hot: bool) {
+        for t in &self.threads {
+            if t.st == St::Running && t.hot == hot {
+                // ESRCH (thread dying) is resolved by the wait.
+                let _ = sys::interrupt(t.tid);
+            }
+        }
     }
 
     fn collect_wait(&mut self, read_regs: bool) -> Result<()> {
@@ -168,45 +251,52 @@ impl Book {
     pub(super) fn release(&mut self, detach: bool) -> Result<()> {
         let mut first_err: Option<Error> = None;
         let mut dirty = false;
-        for t in self.threads.iter_mut() {
-            let r = match t.st {
-                St::Stopped(Stop::Clean) => {
-                    if detach {
-                        sys::detach(t.tid, 0)
-                    } else {
-                        sys::cont(t.tid, 0)
-                    }
-                }
-                St::Stopped(Stop::Group) => {
-                    if detach {
-                        sys::detach(t.tid, 0)
-                    } else {
-                        sys::listen(t.tid)
-                    }
-                }
-                St::Stopped(Stop::Dirty(sig)) => {
-                    if detach {
-                        sys::detach(t.tid, sig)
-                    } else {
-                        dirty = true;
-                        continue;
-                    }
-                }
-                _ => continue,
-            };
-            match r {
-                Ok(()) => t.st = if detach { St::Dead } else { St::Running },
-                Err(Errno::ESRCH) => t.st = St::Dying,
-                Err(e) => {
-                    first_err.get_or_insert(perr(
+        // The threads that were running first (they were stopped last),
+        // then the others.
+        for pass_hot in [true, false] {
+            if !pass_hot && self.hot_span.0.is_some() {
+                self.hot_span.1 = Some(std::time::Instant::now());
+            }
+            for t in self.threads.iter_mut().filter(|t| t.hot == pass_hot) {
+                let r = match t.st {
+                    St::Stopped(Stop::Clean) => {
                         if detach {
-                            "PTRACE_DETACH"
+                            sys::detach(t.tid, 0)
                         } else {
-                            "PTRACE_CONT"
-                        },
-                        t.tid,
-                        e,
-                    ));
+                            sys::cont(t.tid, 0)
+                        }
+                    }
+                    St::Stopped(Stop::Group) => {
+                        if detach {
+                            sys::detach(t.tid, 0)
+                        } else {
+                            sys::listen(t.tid)
+                        }
+                    }
+                    St::Stopped(Stop::Dirty(sig)) => {
+                        if detach {
+                            sys::detach(t.tid, sig)
+                        } else {
+                            dirty = true;
+                            continue;
+                        }
+                    }
+                    _ => continue,
+                };
+                match r {
+                    Ok(()) => t.st = if detach { St::Dead } else { St::Running },
+                    Err(Errno::ESRCH) => t.st = St::Dying,
+                    Err(e) => {
+                        first_err.get_or_insert(perr(
+                            if detach {
+                                "PTRACE_DETACH"
+                            } else {
+                                "PTRACE_CONT"
+                            },
+                            t.tid,
+                            e,
+                        ));
+                    }
                 }
             }
         }
@@ -342,6 +432,22 @@ impl StopWindow<'_> {
     /// The target pid.
     pub fn pid(&self) -> Pid {
         self.tracee.book.pid
+    }
+
+    /// How long reading every thread's state took, just before the window
+    /// (the threads running).
+    pub fn states_read(&self) -> std::time::Duration {
+        self.tracee.book.states_read
+    }
+
+    /// How many threads were found running (stopped last, let go first).
+    pub fn running(&self) -> usize {
+        self.tracee.book.threads.iter().filter(|t| t.hot).count()
+    }
+
+    /// When the window's first thread was interrupted.
+    pub fn started(&self) -> std::time::Instant {
+        self.tracee.book.window_start
     }
 
     /// How long stopping took: sending every interrupt, then collecting
