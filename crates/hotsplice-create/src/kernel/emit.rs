@@ -51,12 +51,141 @@ pub struct KFunc {
     pub old_name: String,
     pub new_symbol: String,
     pub sympos: u64,
+    /// Without ftrace's entry call: redirected by a jump written at its
+    /// entry (an entry of `__hs_direct`), not by a `klp_func`.
+    pub direct: bool,
 }
+
+/// What the module's direct redirections table (`__hs_direct`, in
+/// `.data.hs_direct`) holds per function, besides the two addresses the
+/// kernel relocates: the running function's size and the bytes its entry
+/// must hold (from the unfixed build, where no relocation touches them).
+#[derive(Debug, Clone)]
+pub struct DirectFunc {
+    pub name: String,
+    pub size: u64,
+    pub expect: [u8; JMP_LEN],
+}
+
+/// Length of the `jmp rel32` written at a direct function's entry.
+pub const JMP_LEN: usize = 5;
+/// Bytes per entry of `__hs_direct`: old address, new address, size,
+/// expected bytes (8, padded), saved bytes (8): `struct hs_direct` of the
+/// generated livepatch.c.
+pub const DIRECT_ENTRY: usize = 40;
+/// Kernel symbols the direct redirection code needs that vmlinux does not
+/// export, reached through livepatch relocations in `__hs_ksyms` (slot i
+/// holds the address of `DIRECT_KSYMS[i]`).
+pub const DIRECT_KSYMS: &[&str] = &[
+    "text_mutex",
+    "stack_trace_save_tsk_reliable",
+    "text_poke_kgdb",
+    "stop_machine_cpuslocked",
+    "idle_task",
+    "task_curr",
+];
 
 pub struct Emitted {
     pub object: Vec<u8>,
     pub klp: Vec<KlpRel>,
     pub funcs: Vec<KFunc>,
+    /// The direct functions, in `__hs_direct` order.
+    pub direct: Vec<DirectFunc>,
+    /// `__init`/`__exit` functions left as they are: only `__LINE__` moved.
+    pub skipped: Vec<String>,
+}
+
+/// Tables whose entries make the kernel rewrite the code they point at
+/// (alternatives, static calls, retpolines, return thunks, jump labels,
+/// paravirt, ftrace): such a site in the first bytes of a function would
+/// make what runs differ from the object.
+const RUNTIME_PATCHED: &[&str] = &[
+    ".altinstructions",
+    "__jump_table",
+    ".static_call_sites",
+    ".retpoline_sites",
+    ".return_sites",
+    ".call_sites",
+    ".parainstructions",
+    ".ibt_endbr_seal",
+    "__mcount_loc",
+    "__patchable_function_entries",
+];
+
+/// Whether the running (pre build's) function in section `p` can be
+/// redirected by a jump written over its first bytes, and what those bytes
+/// must be. Refused: a function outside ordinary `.text` (`noinstr`, entry,
+/// kprobes and idle code run where a stopped machine cannot be assumed or
+/// must not be touched), one shorter than the jump, one whose first bytes
+/// hold a relocation or a site the kernel rewrites, one with a `.cold` part
+/// (a second range a task could be in), and functions of modules.
+fn direct_func(k: &KObj, p: usize, name: &str) -> Result<DirectFunc, CreateError> {
+    let pre = &k.pre;
+    let sec = &pre.sections[p];
+    let refuse = |why: String| {
+        Err(CreateError::Unsupported(format!(
+            "{}: `{name}` has no ftrace entry call (`notrace`, or flags its Makefile removes) \
+             and cannot be redirected directly: {why}",
+            k.rel.display()
+        )))
+    };
+    if let Some(m) = &k.owner {
+        return refuse(format!(
+            "it is in module {m}; direct redirection is done for vmlinux only"
+        ));
+    }
+    if !sec.name.starts_with(".text.") {
+        return refuse(format!(
+            "it is in section {}, not ordinary .text (noinstr, entry and other code NMIs, \
+             exceptions or a stopped machine itself run is never rewritten)",
+            sec.name
+        ));
+    }
+    let size = pre.function_of(p).map(|f| pre.symbols[f].size).unwrap_or(0);
+    if size < JMP_LEN as u64 || sec.data.len() < JMP_LEN {
+        return refuse(format!(
+            "it is {size} bytes long, shorter than the {JMP_LEN}-byte jump"
+        ));
+    }
+    if let Some(r) = sec.relocs.iter().find(|r| r.offset < JMP_LEN as u64) {
+        return refuse(format!(
+            "its first {JMP_LEN} bytes hold a relocation (to `{}`), so what runs there is not \
+             known from the object",
+            pre.symbols[r.sym].name
+        ));
+    }
+    for (t, ts) in pre.sections.iter().enumerate() {
+        if !RUNTIME_PATCHED.contains(&ts.name.as_str()) {
+            continue;
+        }
+        for r in &ts.relocs {
+            if let Some(l) = pre.locate(t, r) {
+                if l.section == p && (0..JMP_LEN as i64).contains(&l.referenced) {
+                    return refuse(format!(
+                        "its first {JMP_LEN} bytes are a site the kernel rewrites at run time ({})",
+                        ts.name
+                    ));
+                }
+            }
+        }
+    }
+    let cold = format!("{name}.cold");
+    if sec
+        .relocs
+        .iter()
+        .any(|r| pre.symbols[r.sym].name.starts_with(&cold))
+    {
+        return refuse(format!(
+            "it has a cold part (`{cold}`), a second range of code a task could be in"
+        ));
+    }
+    let mut expect = [0u8; JMP_LEN];
+    expect.copy_from_slice(&sec.data[..JMP_LEN]);
+    Ok(DirectFunc {
+        name: name.to_string(),
+        size,
+        expect,
+    })
 }
 
 /// Tables whose entries point at code, entry size, and whether entries
@@ -354,6 +483,9 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
     );
     let mut klp = Vec::new();
     let mut funcs = Vec::new();
+    let mut skipped = Vec::new();
+    // (function, carried section, old function's target)
+    let mut directs: Vec<(DirectFunc, SectionId, Tgt)> = Vec::new();
     let mut undef: HashMap<String, SymbolId> = HashMap::new();
     let mut tables: HashMap<&'static str, SectionId> = HashMap::new();
 
@@ -394,6 +526,9 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             // its equivalent: skipping it there could hide a real change of
             // a constant that happens to equal a line the fix moved.
             if init_or_exit && only_lines_moved(k, s) {
+                if let Some(f) = k.post.function_of(s) {
+                    skipped.push(k.post.symbols[f].name.clone());
+                }
                 continue;
             }
             if init_or_exit {
@@ -558,14 +693,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             let Some(&pre_sec) = k.diff.pre_of.get(&s) else {
                 continue;
             };
-            if !has_ftrace_entry(&k.pre, pre_sec) {
-                return Err(CreateError::Unsupported(format!(
-                    "{}: `{}` is compiled without ftrace's entry call (`notrace`, or flags its \
-                     Makefile removes), so the kernel's livepatch cannot redirect it",
-                    k.rel.display(),
-                    fsym.name
-                )));
-            }
+            let direct = !has_ftrace_entry(&k.pre, pre_sec);
             let new_symbol = format!("__hs_new_{index}_{}", sanitize(&fsym.name));
             out.add_symbol(Symbol {
                 name: new_symbol.clone().into_bytes(),
@@ -578,11 +706,22 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                 flags: SymbolFlags::None,
             });
             let sympos = syms.position(&fsym.name, k.owner.as_deref(), &p.neighbours())?;
+            if direct {
+                let d = direct_func(k, pre_sec, &fsym.name)?;
+                let pre_sym = k.pre.function_of(pre_sec).map(|f| &k.pre.symbols[f]);
+                let old = if pre_sym.is_some_and(|s| !s.local) && syms.exported(&fsym.name) {
+                    Tgt::Undef(fsym.name.clone())
+                } else {
+                    p.klp(&fsym.name, None, 0)?
+                };
+                directs.push((d, ids[&s], old));
+            }
             funcs.push(KFunc {
                 owner: k.owner.clone(),
                 old_name: fsym.name.clone(),
                 new_symbol,
                 sympos,
+                direct,
             });
         }
 
@@ -667,8 +806,159 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             }
         }
     }
+    if !directs.is_empty() && funcs.iter().any(|f| !f.direct) {
+        let name = |d: bool| {
+            funcs
+                .iter()
+                .filter(|f| f.direct == d)
+                .map(|f| format!("`{}`", f.old_name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(CreateError::Unsupported(format!(
+            "the fix changes functions without an ftrace entry call ({}), which are switched for \
+             every task at one instant, together with functions the kernel's livepatch switches \
+             task by task ({}); mixing the two could let a task run new code against old, so such \
+             a fix is not supported",
+            name(true),
+            name(false)
+        )));
+    }
+    let direct = emit_direct(&mut out, &mut klp, &mut undef, directs, syms)?;
     let object = out
         .write()
         .map_err(|e| CreateError::Target(format!("writing the patch object: {e}")))?;
-    Ok(Emitted { object, klp, funcs })
+    Ok(Emitted {
+        object,
+        klp,
+        funcs,
+        direct,
+        skipped,
+    })
+}
+
+/// The direct redirections table `__hs_direct` and the kernel symbols its
+/// code needs, `__hs_ksyms` (both empty of entries when nothing is direct,
+/// and then not emitted).
+fn emit_direct(
+    out: &mut Object,
+    klp: &mut Vec<KlpRel>,
+    undef: &mut HashMap<String, SymbolId>,
+    directs: Vec<(DirectFunc, SectionId, Tgt)>,
+    syms: &KernelSymbols,
+) -> Result<Vec<DirectFunc>, CreateError> {
+    if directs.is_empty() {
+        return Ok(Vec::new());
+    }
+    const R_X86_64_64: u32 = elf::R_X86_64_64;
+    let table = ".data.hs_direct";
+    let tid = out.add_section(Vec::new(), table.as_bytes().to_vec(), SectionKind::Data);
+    let mut data = Vec::new();
+    for (d, _, _) in &directs {
+        data.extend_from_slice(&[0; 16]);
+        data.extend_from_slice(&d.size.to_le_bytes());
+        let mut e = [0u8; 8];
+        e[..JMP_LEN].copy_from_slice(&d.expect);
+        data.extend_from_slice(&e);
+        data.extend_from_slice(&[0; 8]);
+    }
+    out.set_section_data(tid, data, 8);
+    let mut result = Vec::new();
+    for (i, (d, new_sec, old)) in directs.into_iter().enumerate() {
+        let at = (i * DIRECT_ENTRY) as u64;
+        match old {
+            Tgt::Undef(name) => {
+                let sym = *undef.entry(name.clone()).or_insert_with(|| {
+                    out.add_symbol(Symbol {
+                        name: name.into_bytes(),
+                        value: 0,
+                        size: 0,
+                        kind: SymbolKind::Unknown,
+                        scope: SymbolScope::Linkage,
+                        weak: false,
+                        section: SymbolSection::Undefined,
+                        flags: SymbolFlags::None,
+                    })
+                });
+                out.add_relocation(
+                    tid,
+                    Relocation {
+                        offset: at,
+                        symbol: sym,
+                        addend: 0,
+                        flags: RelocationFlags::Elf {
+                            r_type: R_X86_64_64,
+                        },
+                    },
+                )
+                .map_err(|e| CreateError::Target(e.to_string()))?;
+            }
+            Tgt::Klp {
+                obj,
+                name,
+                pos,
+                delta,
+            } => klp.push(KlpRel {
+                section: table.into(),
+                sec_obj: "vmlinux".into(),
+                offset: at,
+                r_type: R_X86_64_64,
+                sym_obj: obj,
+                sym: name,
+                pos,
+                addend: delta,
+            }),
+            Tgt::Sec(..) => unreachable!("an old function is never carried"),
+        }
+        let sym = out.section_symbol(new_sec);
+        out.add_relocation(
+            tid,
+            Relocation {
+                offset: at + 8,
+                symbol: sym,
+                addend: 0,
+                flags: RelocationFlags::Elf {
+                    r_type: R_X86_64_64,
+                },
+            },
+        )
+        .map_err(|e| CreateError::Target(e.to_string()))?;
+        result.push(d);
+    }
+    out.add_symbol(Symbol {
+        name: b"__hs_direct".to_vec(),
+        value: 0,
+        size: (result.len() * DIRECT_ENTRY) as u64,
+        kind: SymbolKind::Data,
+        scope: SymbolScope::Linkage,
+        weak: false,
+        section: SymbolSection::Section(tid),
+        flags: SymbolFlags::None,
+    });
+    let ks = ".data.hs_ksyms";
+    let kid = out.add_section(Vec::new(), ks.as_bytes().to_vec(), SectionKind::Data);
+    out.set_section_data(kid, vec![0; DIRECT_KSYMS.len() * 8], 8);
+    for (i, name) in DIRECT_KSYMS.iter().enumerate() {
+        klp.push(KlpRel {
+            section: ks.into(),
+            sec_obj: "vmlinux".into(),
+            offset: (i * 8) as u64,
+            r_type: R_X86_64_64,
+            sym_obj: "vmlinux".into(),
+            sym: name.to_string(),
+            pos: syms.position(name, None, &[])?,
+            addend: 0,
+        });
+    }
+    out.add_symbol(Symbol {
+        name: b"__hs_ksyms".to_vec(),
+        value: 0,
+        size: (DIRECT_KSYMS.len() * 8) as u64,
+        kind: SymbolKind::Data,
+        scope: SymbolScope::Linkage,
+        weak: false,
+        section: SymbolSection::Section(kid),
+        flags: SymbolFlags::None,
+    });
+    Ok(result)
 }

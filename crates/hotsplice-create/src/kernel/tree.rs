@@ -268,26 +268,15 @@ impl Tree {
     /// What kbuild compiles for a changed source file `rel`: the object
     /// file (`rel` itself, or the `.c` file that `#include`s it, such as
     /// kernel/sched/build_utility.c for kernel/sched/psi.c) and the object
-    /// it is linked into. Refused before anything is built when the file is
-    /// compiled without ftrace's entry calls (lib/ removes them for all its
-    /// files): the kernel's livepatch redirects a function at that call, so
-    /// none of the file's functions could be patched.
+    /// it is linked into. A file compiled without ftrace's entry calls
+    /// (lib/ removes them for all its files) is accepted: its changed
+    /// functions are redirected directly (see `emit`), not by ftrace.
     pub fn unit(&self, rel: &Path) -> Result<Unit, CreateError> {
         match self.owner(rel) {
-            Ok((owner, traced)) => {
-                if !traced {
-                    return Err(CreateError::Unsupported(format!(
-                        "{}: kbuild compiles it without ftrace's entry calls (its Makefile removes \
-                         the ftrace flags, as lib/Makefile does for lib/), so the kernel's livepatch \
-                         cannot redirect any of its functions",
-                        rel.display()
-                    )));
-                }
-                Ok(Unit {
-                    source: rel.to_path_buf(),
-                    owner,
-                })
-            }
+            Ok((owner, _traced)) => Ok(Unit {
+                source: rel.to_path_buf(),
+                owner,
+            }),
             Err(NotBuilt(why)) => {
                 // kernel/sched/psi.c is built, but inside build_utility.o,
                 // which `#include`s it: compare that object, which is what
