@@ -154,13 +154,21 @@ fn direct_func(k: &KObj, p: usize, name: &str) -> Result<DirectFunc, CreateError
             pre.symbols[r.sym].name
         ));
     }
-    for (t, ts) in pre.sections.iter().enumerate() {
+    for ts in &pre.sections {
         if !RUNTIME_PATCHED.contains(&ts.name.as_str()) {
             continue;
         }
         for r in &ts.relocs {
-            if let Some(l) = pre.locate(t, r) {
-                if l.section == p && (0..JMP_LEN as i64).contains(&l.referenced) {
+            // A table entry names its site as symbol + addend (`.long 1b - .`
+            // and the like), whatever the relocation's kind.
+            let sym = &pre.symbols[r.sym];
+            if sym.section == Some(p) {
+                let at = if sym.is_section() {
+                    0
+                } else {
+                    sym.value as i64
+                } + r.addend;
+                if (0..JMP_LEN as i64).contains(&at) {
                     return refuse(format!(
                         "its first {JMP_LEN} bytes are a site the kernel rewrites at run time ({})",
                         ts.name
@@ -749,40 +757,18 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             match t {
                 Tgt::Sec(s, off) => {
                     let sym = out.section_symbol(ids[&s]);
-                    out.add_relocation(
+                    add_reloc(
+                        &mut out,
                         place_id,
-                        Relocation {
-                            offset: place_off,
-                            symbol: sym,
-                            addend: r.addend + off as i64,
-                            flags: RelocationFlags::Elf { r_type },
-                        },
-                    )
-                    .map_err(|e| CreateError::Target(e.to_string()))?;
+                        place_off,
+                        sym,
+                        r.addend + off as i64,
+                        r_type,
+                    )?;
                 }
                 Tgt::Undef(name) => {
-                    let sym = *undef.entry(name.clone()).or_insert_with(|| {
-                        out.add_symbol(Symbol {
-                            name: name.into_bytes(),
-                            value: 0,
-                            size: 0,
-                            kind: SymbolKind::Unknown,
-                            scope: SymbolScope::Linkage,
-                            weak: false,
-                            section: SymbolSection::Undefined,
-                            flags: SymbolFlags::None,
-                        })
-                    });
-                    out.add_relocation(
-                        place_id,
-                        Relocation {
-                            offset: place_off,
-                            symbol: sym,
-                            addend: r.addend,
-                            flags: RelocationFlags::Elf { r_type },
-                        },
-                    )
-                    .map_err(|e| CreateError::Target(e.to_string()))?;
+                    let sym = undef_symbol(&mut out, &mut undef, name);
+                    add_reloc(&mut out, place_id, place_off, sym, r.addend, r_type)?;
                 }
                 Tgt::Klp {
                     obj,
@@ -837,6 +823,42 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
     })
 }
 
+/// The patch object's undefined symbol `name` (one per name).
+fn undef_symbol(out: &mut Object, undef: &mut HashMap<String, SymbolId>, name: String) -> SymbolId {
+    *undef.entry(name.clone()).or_insert_with(|| {
+        out.add_symbol(Symbol {
+            name: name.into_bytes(),
+            value: 0,
+            size: 0,
+            kind: SymbolKind::Unknown,
+            scope: SymbolScope::Linkage,
+            weak: false,
+            section: SymbolSection::Undefined,
+            flags: SymbolFlags::None,
+        })
+    })
+}
+
+fn add_reloc(
+    out: &mut Object,
+    section: SectionId,
+    offset: u64,
+    symbol: SymbolId,
+    addend: i64,
+    r_type: u32,
+) -> Result<(), CreateError> {
+    out.add_relocation(
+        section,
+        Relocation {
+            offset,
+            symbol,
+            addend,
+            flags: RelocationFlags::Elf { r_type },
+        },
+    )
+    .map_err(|e| CreateError::Target(e.to_string()))
+}
+
 /// The direct redirections table `__hs_direct` and the kernel symbols its
 /// code needs, `__hs_ksyms` (both empty of entries when nothing is direct,
 /// and then not emitted).
@@ -868,30 +890,8 @@ fn emit_direct(
         let at = (i * DIRECT_ENTRY) as u64;
         match old {
             Tgt::Undef(name) => {
-                let sym = *undef.entry(name.clone()).or_insert_with(|| {
-                    out.add_symbol(Symbol {
-                        name: name.into_bytes(),
-                        value: 0,
-                        size: 0,
-                        kind: SymbolKind::Unknown,
-                        scope: SymbolScope::Linkage,
-                        weak: false,
-                        section: SymbolSection::Undefined,
-                        flags: SymbolFlags::None,
-                    })
-                });
-                out.add_relocation(
-                    tid,
-                    Relocation {
-                        offset: at,
-                        symbol: sym,
-                        addend: 0,
-                        flags: RelocationFlags::Elf {
-                            r_type: R_X86_64_64,
-                        },
-                    },
-                )
-                .map_err(|e| CreateError::Target(e.to_string()))?;
+                let sym = undef_symbol(out, undef, name);
+                add_reloc(out, tid, at, sym, 0, R_X86_64_64)?;
             }
             Tgt::Klp {
                 obj,
@@ -911,18 +911,7 @@ fn emit_direct(
             Tgt::Sec(..) => unreachable!("an old function is never carried"),
         }
         let sym = out.section_symbol(new_sec);
-        out.add_relocation(
-            tid,
-            Relocation {
-                offset: at + 8,
-                symbol: sym,
-                addend: 0,
-                flags: RelocationFlags::Elf {
-                    r_type: R_X86_64_64,
-                },
-            },
-        )
-        .map_err(|e| CreateError::Target(e.to_string()))?;
+        add_reloc(out, tid, at + 8, sym, 0, R_X86_64_64)?;
         result.push(d);
     }
     out.add_symbol(Symbol {
@@ -961,4 +950,110 @@ fn emit_direct(
         flags: SymbolFlags::None,
     });
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A kernel object compiled from `src` with function sections, as one
+    /// side of a fix (both sides the same: only `direct_func` is asked).
+    fn kobj(src: &str, owner: Option<&str>) -> (tempfile::TempDir, KObj) {
+        let t = tempfile::tempdir().unwrap();
+        let c = t.path().join("f.c");
+        let o = t.path().join("f.o");
+        std::fs::write(&c, src).unwrap();
+        let st = Command::new("cc")
+            .args(["-c", "-O2", "-ffunction-sections", "-fno-pic", "-o"])
+            .arg(&o)
+            .arg(&c)
+            .status()
+            .expect("cc");
+        assert!(st.success());
+        let pre = ObjFile::read(&o).unwrap();
+        let post = ObjFile::read(&o).unwrap();
+        let diff = crate::diff::diff(&pre, &post);
+        let k = KObj {
+            rel: "lib/f.c".into(),
+            owner: owner.map(str::to_string),
+            pre,
+            post,
+            diff,
+            lines: Vec::new(),
+        };
+        (t, k)
+    }
+
+    fn ask(k: &KObj, name: &str) -> Result<DirectFunc, String> {
+        let f = k
+            .pre
+            .symbols
+            .iter()
+            .position(|s| s.name == name && s.is_func())
+            .unwrap_or_else(|| panic!("no {name}"));
+        let sec = k.pre.symbols[f].section.unwrap();
+        direct_func(k, sec, name).map_err(|e| e.to_string())
+    }
+
+    const SRC: &str = r#"
+        __attribute__((section(".noinstr.text"))) int in_noinstr(int *p, int n)
+        { int s = 0; for (int i = 0; i < n; i++) s += p[i] * i; return s; }
+        int tiny(void) { return 0; }
+        extern int other(int);
+        int jumps_first(int x) { return other(x); }
+        int ordinary(int *p, int n)
+        { int s = 0; for (int i = 0; i < n; i++) s += p[i] * i; return s; }
+        int branch_first(int x)
+        {
+            asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\n\t"
+                     ".pushsection __jump_table, \"aw\"\n\t"
+                     ".long 1b - ., %l[l] - .\n\t.quad 0\n\t.popsection" : : : : l);
+            return x * 7 + 3;
+        l:
+            return 0;
+        }
+    "#;
+
+    #[test]
+    fn direct_redirection_takes_an_ordinary_function_with_its_entry_bytes() {
+        let (_t, k) = kobj(SRC, None);
+        let d = ask(&k, "ordinary").expect("ordinary .text function");
+        let sec = &k.pre.sections[k
+            .pre
+            .symbols
+            .iter()
+            .find(|s| s.name == "ordinary")
+            .unwrap()
+            .section
+            .unwrap()];
+        assert_eq!(d.expect[..], sec.data[..JMP_LEN]);
+        assert!(d.size >= JMP_LEN as u64);
+    }
+
+    #[test]
+    fn direct_redirection_refuses_what_it_cannot_rewrite_safely() {
+        let (_t, k) = kobj(SRC, None);
+        let e = ask(&k, "in_noinstr").unwrap_err();
+        assert!(
+            e.contains("section .noinstr.text, not ordinary .text"),
+            "{e}"
+        );
+        let e = ask(&k, "tiny").unwrap_err();
+        assert!(e.contains("shorter than the 5-byte jump"), "{e}");
+        let e = ask(&k, "jumps_first").unwrap_err();
+        assert!(
+            e.contains("first 5 bytes hold a relocation (to `other`)"),
+            "{e}"
+        );
+        // A static branch (its jump label's nop) at the entry.
+        let e = ask(&k, "branch_first").unwrap_err();
+        assert!(
+            e.contains("a site the kernel rewrites at run time (__jump_table)"),
+            "{e}"
+        );
+        let (_t, m) = kobj(SRC, Some("xt_foo"));
+        let e = ask(&m, "ordinary").unwrap_err();
+        assert!(e.contains("in module xt_foo"), "{e}");
+    }
 }
