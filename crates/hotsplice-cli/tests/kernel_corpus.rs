@@ -65,6 +65,7 @@ struct Created {
     objects: Vec<String>,
     functions: Vec<String>,
     direct: Vec<String>,
+    skipped: Vec<String>,
 }
 
 fn create(fix: &str, key: &Path, out: &Path) -> Result<Created, String> {
@@ -97,6 +98,7 @@ fn create(fix: &str, key: &Path, out: &Path) -> Result<Created, String> {
         objects: list("objects"),
         functions: list("functions"),
         direct: list("direct"),
+        skipped: list("skipped"),
     })
 }
 
@@ -176,6 +178,8 @@ fn kernel_corpus_subset_created_applied_and_removed_in_qemu() {
         "{rbd:?}"
     );
     assert!(!rbd.iter().any(|f| f == "rbd_slab_init"), "{rbd:?}");
+    // ... and create names it as left alone.
+    assert_eq!(by_fix("25-block-rbd").skipped, ["rbd_slab_init"]);
     // lib/: no ftrace entry, so redirected directly; nothing else is.
     for c in &created {
         let want: Vec<&str> = DIRECT
@@ -233,6 +237,11 @@ fn kernel_corpus_subset_created_applied_and_removed_in_qemu() {
         None,
         "hstest=corpus-apply hsdisk=none",
         &dir.join("serial.log"),
+    );
+    assert!(
+        b.log.contains("Brought up 1 node, 2 CPUs"),
+        "the guest should run 2 CPUs:\n{}",
+        b.log
     );
     assert_eq!(b.status("corpus-apply"), 0, "{}", b.output("corpus-apply"));
     let mut applied = 0;
@@ -349,6 +358,8 @@ fn main() {
     // Every kernel script this binary runs (fetch, probe, mkinitrd, boot)
     // uses the pinned build, as does kc::kernel().
     std::env::set_var("HOTSPLICE_KERNEL_VERSION", PINNED);
+    // Two vCPUs: the direct redirections' stop runs on more than one CPU.
+    std::env::set_var("HOTSPLICE_GUEST_CPUS", "2");
     harness::main(
         kc::skip_reason(),
         hotsplice_testsupport::tests![kernel_corpus_subset_created_applied_and_removed_in_qemu],

@@ -279,6 +279,28 @@ fn only_lines_moved(k: &KObj, s: usize) -> bool {
     true
 }
 
+/// The functions of post section `s` (an `.init.text`, which holds all of
+/// a file's `__init` functions) whose bytes differ from the pre build's,
+/// relocated fields masked: those a skip leaves as they are.
+fn functions_differing(k: &KObj, s: usize) -> Vec<String> {
+    let Some(&p) = k.diff.pre_of.get(&s) else {
+        return Vec::new();
+    };
+    let (a, _) = crate::objfile::normalized(&k.pre, p);
+    let (b, _) = crate::objfile::normalized(&k.post, s);
+    k.post.sections[s]
+        .symbols
+        .iter()
+        .map(|&i| &k.post.symbols[i])
+        .filter(|f| f.is_func())
+        .filter(|f| {
+            let (lo, hi) = (f.value as usize, (f.value + f.size) as usize);
+            hi <= a.len() && hi <= b.len() && a[lo..hi] != b[lo..hi]
+        })
+        .map(|f| f.name.clone())
+        .collect()
+}
+
 /// Whether the running (pre build's) function in section `p` starts with
 /// ftrace's entry call (`call __fentry__`, after an `endbr64` with IBT),
 /// where the kernel's livepatch redirects it.
@@ -534,9 +556,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             // its equivalent: skipping it there could hide a real change of
             // a constant that happens to equal a line the fix moved.
             if init_or_exit && only_lines_moved(k, s) {
-                if let Some(f) = k.post.function_of(s) {
-                    skipped.push(k.post.symbols[f].name.clone());
-                }
+                skipped.extend(functions_differing(k, s));
                 continue;
             }
             if init_or_exit {
