@@ -133,7 +133,7 @@ if [ $QEMU = 1 ] && [ $ok -gt 0 ]; then
         "$REPO/tests/kernel/scenarios:/tests" "$W/patches:/patches" "$W/repro:/repro" \
         "$W/hs-test.env:/etc/hs-test.env" >&2
     set +e
-    HOTSPLICE_KERNEL_VERSION=$BASE "$REPO/scripts/kernel/boot.sh" -t 900 -m 2G \
+    HOTSPLICE_KERNEL_VERSION=$BASE "$REPO/scripts/kernel/boot.sh" -t 900 -m 2G -s 2 \
         -l "$OUT/qemu-serial.log" -a "hstest=corpus-load" "$W/initrd.zst" > "$OUT/qemu.hstest"
     set -e
     tr -d '\r' < "$OUT/qemu-serial.log" | sed -n 's/^HSTEST //p' > "$OUT/qemu.hstest"

@@ -288,17 +288,26 @@ fn functions_differing(k: &KObj, s: usize) -> Vec<String> {
     };
     let (a, _) = crate::objfile::normalized(&k.pre, p);
     let (b, _) = crate::objfile::normalized(&k.post, s);
-    k.post.sections[s]
+    let mut out: Vec<(u64, String)> = Vec::new();
+    for f in k.post.sections[s]
         .symbols
         .iter()
         .map(|&i| &k.post.symbols[i])
-        .filter(|f| f.is_func())
-        .filter(|f| {
-            let (lo, hi) = (f.value as usize, (f.value + f.size) as usize);
-            hi <= a.len() && hi <= b.len() && a[lo..hi] != b[lo..hi]
-        })
-        .map(|f| f.name.clone())
-        .collect()
+    {
+        let (lo, hi) = (f.value as usize, (f.value + f.size) as usize);
+        if !f.is_func() || hi > a.len() || hi > b.len() || a[lo..hi] == b[lo..hi] {
+            continue;
+        }
+        // One name per function: `module_init`'s alias `init_module` (and
+        // `cleanup_module`) gives way to the function's own name.
+        let alias = matches!(f.name.as_str(), "init_module" | "cleanup_module");
+        match out.iter_mut().find(|(v, _)| *v == f.value) {
+            Some(seen) if !alias => seen.1 = f.name.clone(),
+            Some(_) => {}
+            None => out.push((f.value, f.name.clone())),
+        }
+    }
+    out.into_iter().map(|(_, n)| n).collect()
 }
 
 /// Whether the running (pre build's) function in section `p` starts with
