@@ -67,6 +67,8 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 REPROS=(
     "sctp_auth sctp_auth_chunks 05-net-sctp_auth how many chunk types SCTP_AUTH_CHUNK accepts (the fix: 4 fewer)"
     "xt_u32 xt_u32_shift 11-net-xt_u32 whether a u32 rule shifting by 40 bits is installed (the fix: refused)"
+    "netlink netlink_walk 32-lib-rhashtable reads /proc/net/netlink through rhashtable_walk_start_check (redirected directly; the same output throughout)"
+    "keyring keyring_walk 33-lib-assoc_array adds and finds 500 keys in a keyring through assoc_array_walk (redirected directly; the same output throughout)"
 )
 # modules the reproducers need besides the patched ones
 REPRO_MODULES="iptable_filter"
@@ -89,7 +91,7 @@ for fix in "${FIXES[@]}"; do
     if [ $rc = 0 ]; then
         ok=$((ok + 1))
         mods+=("$(jq -r .module "$OUT/$id.json")")
-        result="created: $(jq -r '"\(.functions | join(", ")) in \(.objects | join(", "))"' "$OUT/$id.json")"
+        result="created: $(jq -r '"\(.functions | join(", ")) in \(.objects | join(", "))\(if (.direct | length) > 0 then " (redirected directly, no ftrace entry: \(.direct | join(", ")))" else "" end)\(if (.skipped | length) > 0 then " (left as they are, only __LINE__ moved: \(.skipped | join(", ")))" else "" end)"' "$OUT/$id.json")"
     else
         # hotsplice's own message, and for a failed build the compiler's first error
         msg=$(grep -m1 '^hotsplice: error:' "$OUT/$id.log" | sed 's/^hotsplice: error: //; s/; last lines:$//')
@@ -131,7 +133,7 @@ if [ $QEMU = 1 ] && [ $ok -gt 0 ]; then
         "$REPO/tests/kernel/scenarios:/tests" "$W/patches:/patches" "$W/repro:/repro" \
         "$W/hs-test.env:/etc/hs-test.env" >&2
     set +e
-    HOTSPLICE_KERNEL_VERSION=$BASE "$REPO/scripts/kernel/boot.sh" -t 900 -m 2G \
+    HOTSPLICE_KERNEL_VERSION=$BASE "$REPO/scripts/kernel/boot.sh" -t 900 -m 2G -s 2 \
         -l "$OUT/qemu-serial.log" -a "hstest=corpus-load" "$W/initrd.zst" > "$OUT/qemu.hstest"
     set -e
     tr -d '\r' < "$OUT/qemu-serial.log" | sed -n 's/^HSTEST //p' > "$OUT/qemu.hstest"
@@ -244,12 +246,14 @@ code under Debian's configuration (e.g. \`= {}\` for a stack variable with
 ## In CI, and what the whole corpus costs
 
 \`.ci/run\` runs a subset: \`cargo test -p hotsplice-cli --test kernel_corpus\`
-creates 10 of these fixes (net, usb, fs, block, sound, crypto, mm, sched;
-vmlinux and six modules; the included \`psi.c\`, rbd's moved \`__LINE__\` in
-\`__init\` code, kvaser's new \`WARN_ONCE\` flag) and the lib/ refusal,
-applies them together with \`hotsplice kernel apply\` in one boot of the
-pinned kernel, checks every object's \`patched\` flag, runs the reproducers
-and removes them all, printing the subset's share. The whole corpus is
+creates 12 of these fixes (net, usb, fs, block, sound, crypto, mm, sched,
+lib; vmlinux and six modules; the included \`psi.c\`, rbd's moved
+\`__LINE__\` in \`__init\` code, kvaser's new \`WARN_ONCE\` flag, the two
+lib/ functions redirected directly), applies them together with
+\`hotsplice kernel apply\` in one boot of the pinned kernel, checks every
+object's \`patched\` flag and that each direct function's entry became a
+jump and got its bytes back, runs the reproducers and removes them all,
+printing the subset's share. The whole corpus is
 this script: on a fresh machine ~250 MB of packages, fetch about 1 min,
 probe boot ~20 s, the tree's first preparation plus two compiles per fix
 (~10–20 s each on an idle machine, ~15 min for the corpus), QEMU load
@@ -257,17 +261,18 @@ probe boot ~20 s, the tree's first preparation plus two compiles per fix
 
 ## Refusals
 
-- \`lib/rhashtable.c\`, \`lib/assoc_array.c\`: \`lib/Makefile\` removes
-  \`CC_FLAGS_FTRACE\` for lib/, so no function there starts with
-  \`call __fentry__\`, where the kernel's livepatch redirects a function
-  (\`klp_patch_func\`: "failed to find location for function"). The kernel
-  cannot live patch them; create says so after asking kbuild, before
-  building anything.
 - \`net/netfilter/xt_connmark.c\`: the fix points \`.checkentry\` of two
   entries of the \`connmark_tg_reg\` table at a new function: a change of
   existing, registered data, which the old code keeps using.
 
-Carried and accepted forms worth knowing: a \`.c\` file that another
+Carried and accepted forms worth knowing: \`lib/rhashtable.c\` and
+\`lib/assoc_array.c\` are compiled without ftrace's entry call
+(\`lib/Makefile\` removes \`CC_FLAGS_FTRACE\`), where the kernel's livepatch
+redirects a function, so their changed functions are redirected directly:
+the patch module's \`pre_patch\` callback writes a jump at the old entry
+with the machine stopped, once no task's stack holds the function and the
+entry holds the expected bytes, and \`post_unpatch\` takes it back
+(docs/kernel.md, "Functions without an ftrace entry"); a \`.c\` file that another
 \`#include\`s (\`kernel/sched/psi.c\` in \`build_utility.c\`) is compared in
 the includer's object; \`__init\`/\`__exit\` code whose only difference is a
 32-bit immediate equal to a line the fix moved (\`rbd_assert\`'s

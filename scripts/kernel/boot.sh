@@ -10,13 +10,14 @@
 #   -m MEM      guest memory (default 1G);  -s SMP  vCPUs (default 1)
 #   -x XEN      boot the Xen hypervisor XEN (decompressed ELF) with the kernel as dom0
 # Prints the log's "HSTEST " lines on stdout and the boot time on stderr.
-# Env: HOTSPLICE_BOOT_VERBOSE=1 prints the whole serial log at the end.
+# Env: HOTSPLICE_BOOT_VERBOSE=1 prints the whole serial log at the end;
+#      HOTSPLICE_GUEST_CPUS: the default of -s.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 # HOTSPLICE_KERNEL_VERSION=6.1.176-1: use that pinned build (fetch.sh PKGVER)
 KV="${HOTSPLICE_KERNEL_VERSION:-}"
 CACHE="${HOTSPLICE_CACHE:-$REPO/.cache}/kernel${KV:+-${KV%%-*}}"
-DISK='' TIMEOUT=240 APPEND='' LOG='' MEM=1G SMP=1
+DISK='' TIMEOUT=240 APPEND='' LOG='' MEM=1G SMP=${HOTSPLICE_GUEST_CPUS:-1}
 XEN=''
 usage() { sed -n '5,12p' "$0" >&2; exit 2; }
 while getopts "d:t:a:l:m:s:x:" opt; do

@@ -514,6 +514,19 @@ fn create_kernel(
     } else {
         outln!("{}", created.path.display());
     }
+    // Notes on stderr: stdout stays the patch's path alone.
+    for f in &created.direct {
+        errln!(
+            "note: `{}` has no ftrace entry call: redirected directly (a jump written at its entry with the machine stopped)",
+            esc(f)
+        );
+    }
+    for f in &created.skipped {
+        errln!(
+            "note: `{}` (__init/__exit) left as it is: only a __LINE__ it uses moved",
+            esc(f)
+        );
+    }
     Ok(true)
 }
 

@@ -23,7 +23,9 @@ const PINNED: &str = kc::PINNED;
 /// Fixes of the subset, and what each shows besides a plain function:
 /// a file #included by another (psi.c, compared in build_utility.o), an
 /// `__init` function whose only change is a moved `__LINE__` (rbd), a new
-/// `WARN_ONCE` flag (kvaser_usb_leaf).
+/// `WARN_ONCE` flag (kvaser_usb_leaf), and two functions without ftrace's
+/// entry call (lib/ is compiled without it), redirected directly: exported
+/// `rhashtable_walk_start_check` and static `assoc_array_walk`.
 const SUBSET: &[&str] = &[
     "05-net-sctp_auth",
     "11-net-xt_u32",
@@ -33,18 +35,24 @@ const SUBSET: &[&str] = &[
     "27-sound-isight",
     "30-crypto-rsa_pkcs1pad",
     "31-mm-page_reporting",
+    "32-lib-rhashtable",
+    "33-lib-assoc_array",
     "34-kernel-psi",
     "44-can-kvaser_usb_leaf",
 ];
 
-/// A fix the kernel's livepatch cannot apply (lib/ is compiled without
-/// ftrace's entry calls): refused, before anything is built.
-const REFUSED: &str = "32-lib-rhashtable";
+/// The directly redirected functions: (fix, function).
+const DIRECT: &[(&str, &str)] = &[
+    ("32-lib-rhashtable", "rhashtable_walk_start_check"),
+    ("33-lib-assoc_array", "assoc_array_walk"),
+];
 
 /// Reproducers: (name in the guest, program from tests/kernel/repro).
 const REPROS: &[(&str, &str)] = &[
     ("sctp_auth", "sctp_auth_chunks"),
     ("xt_u32", "xt_u32_shift"),
+    ("netlink", "netlink_walk"),
+    ("keyring", "keyring_walk"),
 ];
 
 /// Modules the reproducers need besides the patched ones.
@@ -56,6 +64,8 @@ struct Created {
     module: String,
     objects: Vec<String>,
     functions: Vec<String>,
+    direct: Vec<String>,
+    skipped: Vec<String>,
 }
 
 fn create(fix: &str, key: &Path, out: &Path) -> Result<Created, String> {
@@ -87,6 +97,8 @@ fn create(fix: &str, key: &Path, out: &Path) -> Result<Created, String> {
         module: v["module"].as_str().expect("module").to_string(),
         objects: list("objects"),
         functions: list("functions"),
+        direct: list("direct"),
+        skipped: list("skipped"),
     })
 }
 
@@ -125,23 +137,6 @@ fn kernel_corpus_subset_created_applied_and_removed_in_qemu() {
         std::fs::create_dir_all(d).expect("mkdir");
     }
     let (key, public) = kc::keygen(&keys, "corpustest");
-
-    // The refusal first: asked of kbuild, nothing compiled.
-    let rel = k.env_path("KSRC").join("lib/rhashtable.o");
-    let before = std::fs::metadata(&rel).and_then(|m| m.modified()).ok();
-    let e = create(REFUSED, &key, &dir.join(REFUSED))
-        .err()
-        .unwrap_or_else(|| panic!("{REFUSED} was created; the kernel cannot load it"));
-    assert!(
-        e.contains("lib/rhashtable.c") && e.contains("without ftrace's entry calls"),
-        "{e}"
-    );
-    assert_eq!(
-        std::fs::metadata(&rel).and_then(|m| m.modified()).ok(),
-        before,
-        "refused after building: {} was compiled",
-        rel.display()
-    );
 
     let mut created = Vec::new();
     let mut refused = Vec::new();
@@ -183,6 +178,18 @@ fn kernel_corpus_subset_created_applied_and_removed_in_qemu() {
         "{rbd:?}"
     );
     assert!(!rbd.iter().any(|f| f == "rbd_slab_init"), "{rbd:?}");
+    // ... and create names what it left alone: rbd_init, into which the
+    // compiler inlined rbd_slab_init (its alias init_module not repeated).
+    assert_eq!(by_fix("25-block-rbd").skipped, ["rbd_init"]);
+    // lib/: no ftrace entry, so redirected directly; nothing else is.
+    for c in &created {
+        let want: Vec<&str> = DIRECT
+            .iter()
+            .filter(|(f, _)| *f == c.fix)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(c.direct, want, "{}: direct functions", c.fix);
+    }
 
     for (_, prog) in REPROS {
         build_repro(prog, &repro.join(prog));
@@ -231,6 +238,11 @@ fn kernel_corpus_subset_created_applied_and_removed_in_qemu() {
         None,
         "hstest=corpus-apply hsdisk=none",
         &dir.join("serial.log"),
+    );
+    assert!(
+        b.log.contains("Brought up 1 node, 2 CPUs"),
+        "the guest should run 2 CPUs:\n{}",
+        b.log
     );
     assert_eq!(b.status("corpus-apply"), 0, "{}", b.output("corpus-apply"));
     let mut applied = 0;
@@ -292,7 +304,52 @@ fn kernel_corpus_subset_created_applied_and_removed_in_qemu() {
         (unfixed.as_str(), fixed.as_str(), removed.as_str()),
         ("accepted", "refused (EINVAL)", "accepted")
     );
-    for bad in ["BUG:", "Oops", "WARNING:", "general protection"] {
+    // The exercisers of the directly redirected functions behave the same
+    // unpatched, patched and after removal.
+    for (name, want) in [
+        ("netlink", "sockets >=64"),
+        ("keyring", "keys 500 found 500 missing-not-found"),
+    ] {
+        for stage in ["before", "applied", "removed"] {
+            let key = format!("repro {name} {stage}");
+            assert_eq!(b.status(&key), 0, "{}", b.output(&key));
+            assert_eq!(b.output(&key), want, "{key}");
+        }
+    }
+    // Each direct function: the module's callback wrote a jump over the
+    // bytes the unfixed build has at its entry, to its new copy in the
+    // patch module, and the removal put those bytes back (read back by the
+    // module after the restore).
+    for (fix, f) in DIRECT {
+        let module = &by_fix(fix).module;
+        let redirected = format!("hotsplice: {f} redirected to __hs_new_0_{f} [{module}] (was ");
+        let line = b
+            .log
+            .lines()
+            .find_map(|l| l.split_once(&redirected).map(|(_, r)| r.to_string()))
+            .unwrap_or_else(|| panic!("no `{redirected}` in the guest's log:\n{}", b.log));
+        let (was, now) = line
+            .trim_end()
+            .strip_suffix(')')
+            .and_then(|r| r.split_once(", now "))
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(now.starts_with("e9 "), "{f}: not a jmp rel32: {now}");
+        assert_ne!(was, now);
+        let restored = format!("hotsplice: {f} restored ({was})");
+        assert!(
+            b.log.contains(&restored),
+            "no `{restored}` in the guest's log:\n{}",
+            b.log
+        );
+        println!("{fix}: {f} redirected directly ({was} → {now}) and restored");
+    }
+    for bad in [
+        "BUG:",
+        "Oops",
+        "WARNING:",
+        "general protection",
+        "stays redirected",
+    ] {
         assert!(!b.log.contains(bad), "{bad} in the guest's log:\n{}", b.log);
     }
     assert!(b.has_line("scenario-exit corpus-apply=0"));
@@ -302,6 +359,8 @@ fn main() {
     // Every kernel script this binary runs (fetch, probe, mkinitrd, boot)
     // uses the pinned build, as does kc::kernel().
     std::env::set_var("HOTSPLICE_KERNEL_VERSION", PINNED);
+    // Two vCPUs: the direct redirections' stop runs on more than one CPU.
+    std::env::set_var("HOTSPLICE_GUEST_CPUS", "2");
     harness::main(
         kc::skip_reason(),
         hotsplice_testsupport::tests![kernel_corpus_subset_created_applied_and_removed_in_qemu],

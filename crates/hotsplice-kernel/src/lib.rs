@@ -56,6 +56,13 @@ pub enum KernelError {
         module: String,
         source: std::io::Error,
     },
+    #[error(
+        "patch {id} is disabled, but its module {module} stays loaded with a reference held: a hotsplice \
+         module pins itself when it cannot put back the functions it redirected without ftrace (a task \
+         stayed inside their new code), so those stay patched until the next boot; the kernel log names \
+         them (\"stays redirected\"). The patch is no longer recorded and will not be re-applied at boot"
+    )]
+    Pinned { id: String, module: String },
     #[error("patch {id} is already applied")]
     AlreadyApplied { id: String },
     #[error("patch {0} is not applied")]
@@ -388,11 +395,19 @@ impl Kernel {
             });
         }
         let transition = t1.elapsed();
-        self.unload_when_released(&p.module)
-            .map_err(|source| KernelError::Unload {
+        if let Err(source) = self.unload_when_released(&p.module) {
+            if self.module_refcnt(&p.module).is_some_and(|n| n > 0) {
+                self.state.remove(&p.id)?;
+                return Err(KernelError::Pinned {
+                    id: p.id.clone(),
+                    module: p.module.clone(),
+                });
+            }
+            return Err(KernelError::Unload {
                 module: p.module.clone(),
                 source,
-            })?;
+            });
+        }
         self.state.remove(&p.id)?;
         Ok(KernelReport {
             id: p.id.clone(),
@@ -400,6 +415,16 @@ impl Kernel {
             transition_ms: transition.as_secs_f64() * 1e3,
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// The references held on a loaded module (`/sys/module/NAME/refcnt`).
+    fn module_refcnt(&self, module: &str) -> Option<u64> {
+        let sys = self.sys_livepatch.parent()?.parent()?;
+        std::fs::read_to_string(sys.join("module").join(module).join("refcnt"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Unload a disabled livepatch module once the livepatch core has let

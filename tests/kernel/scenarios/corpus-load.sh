@@ -15,19 +15,24 @@ repros() {
     done
 }
 repros before
+# wait_transitions: until no livepatch is in transition (the consistency
+# model may need a few seconds, more with several CPUs), at most 60 s. The
+# kernel refuses to enable or disable a patch while another transitions.
+wait_transitions() {
+    i=0
+    while [ $i -lt 120 ]; do
+        busy=0
+        for t in /sys/kernel/livepatch/*/transition; do
+            [ -f "$t" ] && [ "$(cat "$t")" != 0 ] && busy=1
+        done
+        [ $busy = 0 ] && return 0
+        sleep 0.5; i=$((i + 1))
+    done
+}
 for ko in /patches/*.ko; do
     m=$(basename "$ko" .ko)
     hsrun "corpus-insmod $m" insmod "$ko"
-done
-# wait for every transition (the consistency model may need a few seconds)
-i=0
-while [ $i -lt 120 ]; do
-    busy=0
-    for t in /sys/kernel/livepatch/*/transition; do
-        [ -f "$t" ] && [ "$(cat "$t")" != 0 ] && busy=1
-    done
-    [ $busy = 0 ] && break
-    sleep 0.5; i=$((i + 1))
+    wait_transitions
 done
 for p in /sys/kernel/livepatch/*/; do
     [ -d "$p" ] || continue
@@ -40,6 +45,7 @@ done
 repros applied
 for p in /sys/kernel/livepatch/*/; do
     [ -d "$p" ] && echo 0 > "$p/enabled"
+    wait_transitions
 done
 i=0
 while [ $i -lt 120 ] && [ -n "$(hs_klp)" ]; do sleep 0.5; i=$((i + 1)); done

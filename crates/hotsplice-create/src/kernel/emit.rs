@@ -51,12 +51,149 @@ pub struct KFunc {
     pub old_name: String,
     pub new_symbol: String,
     pub sympos: u64,
+    /// Without ftrace's entry call: redirected by a jump written at its
+    /// entry (an entry of `__hs_direct`), not by a `klp_func`.
+    pub direct: bool,
 }
+
+/// What the module's direct redirections table (`__hs_direct`, in
+/// `.data.hs_direct`) holds per function, besides the two addresses the
+/// kernel relocates: the running function's size and the bytes its entry
+/// must hold (from the unfixed build, where no relocation touches them).
+#[derive(Debug, Clone)]
+pub struct DirectFunc {
+    pub name: String,
+    pub size: u64,
+    pub expect: [u8; JMP_LEN],
+}
+
+/// Length of the `jmp rel32` written at a direct function's entry.
+pub const JMP_LEN: usize = 5;
+/// Bytes per entry of `__hs_direct`: old address, new address, size,
+/// expected bytes (8, padded), saved bytes (8): `struct hs_direct` of the
+/// generated livepatch.c.
+pub const DIRECT_ENTRY: usize = 40;
+/// Kernel symbols the direct redirection code needs that vmlinux does not
+/// export, reached through livepatch relocations in `__hs_ksyms` (slot i
+/// holds the address of `DIRECT_KSYMS[i]`).
+pub const DIRECT_KSYMS: &[&str] = &[
+    "text_mutex",
+    "stack_trace_save_tsk_reliable",
+    "text_poke_kgdb",
+    "stop_machine_cpuslocked",
+    "idle_task",
+    "task_curr",
+];
 
 pub struct Emitted {
     pub object: Vec<u8>,
     pub klp: Vec<KlpRel>,
     pub funcs: Vec<KFunc>,
+    /// The direct functions, in `__hs_direct` order.
+    pub direct: Vec<DirectFunc>,
+    /// `__init`/`__exit` functions left as they are: only `__LINE__` moved.
+    pub skipped: Vec<String>,
+}
+
+/// Tables whose entries make the kernel rewrite the code they point at
+/// (alternatives, static calls, retpolines, return thunks, jump labels,
+/// paravirt, ftrace): such a site in the first bytes of a function would
+/// make what runs differ from the object.
+const RUNTIME_PATCHED: &[&str] = &[
+    ".altinstructions",
+    "__jump_table",
+    ".static_call_sites",
+    ".retpoline_sites",
+    ".return_sites",
+    ".call_sites",
+    ".parainstructions",
+    ".ibt_endbr_seal",
+    "__mcount_loc",
+    "__patchable_function_entries",
+];
+
+/// Whether the running (pre build's) function in section `p` can be
+/// redirected by a jump written over its first bytes, and what those bytes
+/// must be. Refused: a function outside ordinary `.text` (`noinstr`, entry,
+/// kprobes and idle code run where a stopped machine cannot be assumed or
+/// must not be touched), one shorter than the jump, one whose first bytes
+/// hold a relocation or a site the kernel rewrites, one with a `.cold` part
+/// (a second range a task could be in), and functions of modules.
+fn direct_func(k: &KObj, p: usize, name: &str) -> Result<DirectFunc, CreateError> {
+    let pre = &k.pre;
+    let sec = &pre.sections[p];
+    let refuse = |why: String| {
+        Err(CreateError::Unsupported(format!(
+            "{}: `{name}` has no ftrace entry call (`notrace`, or flags its Makefile removes) \
+             and cannot be redirected directly: {why}",
+            k.rel.display()
+        )))
+    };
+    if let Some(m) = &k.owner {
+        return refuse(format!(
+            "it is in module {m}; direct redirection is done for vmlinux only"
+        ));
+    }
+    if !sec.name.starts_with(".text.") {
+        return refuse(format!(
+            "it is in section {}, not ordinary .text (noinstr, entry and other code NMIs, \
+             exceptions or a stopped machine itself run is never rewritten)",
+            sec.name
+        ));
+    }
+    let size = pre.function_of(p).map(|f| pre.symbols[f].size).unwrap_or(0);
+    if size < JMP_LEN as u64 || sec.data.len() < JMP_LEN {
+        return refuse(format!(
+            "it is {size} bytes long, shorter than the {JMP_LEN}-byte jump"
+        ));
+    }
+    if let Some(r) = sec.relocs.iter().find(|r| r.offset < JMP_LEN as u64) {
+        return refuse(format!(
+            "its first {JMP_LEN} bytes hold a relocation (to `{}`), so what runs there is not \
+             known from the object",
+            pre.symbols[r.sym].name
+        ));
+    }
+    for ts in &pre.sections {
+        if !RUNTIME_PATCHED.contains(&ts.name.as_str()) {
+            continue;
+        }
+        for r in &ts.relocs {
+            // A table entry names its site as symbol + addend (`.long 1b - .`
+            // and the like), whatever the relocation's kind.
+            let sym = &pre.symbols[r.sym];
+            if sym.section == Some(p) {
+                let at = if sym.is_section() {
+                    0
+                } else {
+                    sym.value as i64
+                } + r.addend;
+                if (0..JMP_LEN as i64).contains(&at) {
+                    return refuse(format!(
+                        "its first {JMP_LEN} bytes are a site the kernel rewrites at run time ({})",
+                        ts.name
+                    ));
+                }
+            }
+        }
+    }
+    let cold = format!("{name}.cold");
+    if sec
+        .relocs
+        .iter()
+        .any(|r| pre.symbols[r.sym].name.starts_with(&cold))
+    {
+        return refuse(format!(
+            "it has a cold part (`{cold}`), a second range of code a task could be in"
+        ));
+    }
+    let mut expect = [0u8; JMP_LEN];
+    expect.copy_from_slice(&sec.data[..JMP_LEN]);
+    Ok(DirectFunc {
+        name: name.to_string(),
+        size,
+        expect,
+    })
 }
 
 /// Tables whose entries point at code, entry size, and whether entries
@@ -140,6 +277,37 @@ fn only_lines_moved(k: &KObj, s: usize) -> bool {
         }
     }
     true
+}
+
+/// The functions of post section `s` (an `.init.text`, which holds all of
+/// a file's `__init` functions) whose bytes differ from the pre build's,
+/// relocated fields masked: those a skip leaves as they are.
+fn functions_differing(k: &KObj, s: usize) -> Vec<String> {
+    let Some(&p) = k.diff.pre_of.get(&s) else {
+        return Vec::new();
+    };
+    let (a, _) = crate::objfile::normalized(&k.pre, p);
+    let (b, _) = crate::objfile::normalized(&k.post, s);
+    let mut out: Vec<(u64, String)> = Vec::new();
+    for f in k.post.sections[s]
+        .symbols
+        .iter()
+        .map(|&i| &k.post.symbols[i])
+    {
+        let (lo, hi) = (f.value as usize, (f.value + f.size) as usize);
+        if !f.is_func() || hi > a.len() || hi > b.len() || a[lo..hi] == b[lo..hi] {
+            continue;
+        }
+        // One name per function: `module_init`'s alias `init_module` (and
+        // `cleanup_module`) gives way to the function's own name.
+        let alias = matches!(f.name.as_str(), "init_module" | "cleanup_module");
+        match out.iter_mut().find(|(v, _)| *v == f.value) {
+            Some(seen) if !alias => seen.1 = f.name.clone(),
+            Some(_) => {}
+            None => out.push((f.value, f.name.clone())),
+        }
+    }
+    out.into_iter().map(|(_, n)| n).collect()
 }
 
 /// Whether the running (pre build's) function in section `p` starts with
@@ -354,6 +522,9 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
     );
     let mut klp = Vec::new();
     let mut funcs = Vec::new();
+    let mut skipped = Vec::new();
+    // (function, carried section, old function's target)
+    let mut directs: Vec<(DirectFunc, SectionId, Tgt)> = Vec::new();
     let mut undef: HashMap<String, SymbolId> = HashMap::new();
     let mut tables: HashMap<&'static str, SectionId> = HashMap::new();
 
@@ -394,6 +565,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             // its equivalent: skipping it there could hide a real change of
             // a constant that happens to equal a line the fix moved.
             if init_or_exit && only_lines_moved(k, s) {
+                skipped.extend(functions_differing(k, s));
                 continue;
             }
             if init_or_exit {
@@ -558,14 +730,7 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             let Some(&pre_sec) = k.diff.pre_of.get(&s) else {
                 continue;
             };
-            if !has_ftrace_entry(&k.pre, pre_sec) {
-                return Err(CreateError::Unsupported(format!(
-                    "{}: `{}` is compiled without ftrace's entry call (`notrace`, or flags its \
-                     Makefile removes), so the kernel's livepatch cannot redirect it",
-                    k.rel.display(),
-                    fsym.name
-                )));
-            }
+            let direct = !has_ftrace_entry(&k.pre, pre_sec);
             let new_symbol = format!("__hs_new_{index}_{}", sanitize(&fsym.name));
             out.add_symbol(Symbol {
                 name: new_symbol.clone().into_bytes(),
@@ -578,11 +743,22 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
                 flags: SymbolFlags::None,
             });
             let sympos = syms.position(&fsym.name, k.owner.as_deref(), &p.neighbours())?;
+            if direct {
+                let d = direct_func(k, pre_sec, &fsym.name)?;
+                let pre_sym = k.pre.function_of(pre_sec).map(|f| &k.pre.symbols[f]);
+                let old = if pre_sym.is_some_and(|s| !s.local) && syms.exported(&fsym.name) {
+                    Tgt::Undef(fsym.name.clone())
+                } else {
+                    p.klp(&fsym.name, None, 0)?
+                };
+                directs.push((d, ids[&s], old));
+            }
             funcs.push(KFunc {
                 owner: k.owner.clone(),
                 old_name: fsym.name.clone(),
                 new_symbol,
                 sympos,
+                direct,
             });
         }
 
@@ -610,40 +786,18 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             match t {
                 Tgt::Sec(s, off) => {
                     let sym = out.section_symbol(ids[&s]);
-                    out.add_relocation(
+                    add_reloc(
+                        &mut out,
                         place_id,
-                        Relocation {
-                            offset: place_off,
-                            symbol: sym,
-                            addend: r.addend + off as i64,
-                            flags: RelocationFlags::Elf { r_type },
-                        },
-                    )
-                    .map_err(|e| CreateError::Target(e.to_string()))?;
+                        place_off,
+                        sym,
+                        r.addend + off as i64,
+                        r_type,
+                    )?;
                 }
                 Tgt::Undef(name) => {
-                    let sym = *undef.entry(name.clone()).or_insert_with(|| {
-                        out.add_symbol(Symbol {
-                            name: name.into_bytes(),
-                            value: 0,
-                            size: 0,
-                            kind: SymbolKind::Unknown,
-                            scope: SymbolScope::Linkage,
-                            weak: false,
-                            section: SymbolSection::Undefined,
-                            flags: SymbolFlags::None,
-                        })
-                    });
-                    out.add_relocation(
-                        place_id,
-                        Relocation {
-                            offset: place_off,
-                            symbol: sym,
-                            addend: r.addend,
-                            flags: RelocationFlags::Elf { r_type },
-                        },
-                    )
-                    .map_err(|e| CreateError::Target(e.to_string()))?;
+                    let sym = undef_symbol(&mut out, &mut undef, name);
+                    add_reloc(&mut out, place_id, place_off, sym, r.addend, r_type)?;
                 }
                 Tgt::Klp {
                     obj,
@@ -667,8 +821,268 @@ pub fn emit(objs: &[KObj], syms: &KernelSymbols) -> Result<Emitted, CreateError>
             }
         }
     }
+    if !directs.is_empty() && funcs.iter().any(|f| !f.direct) {
+        let name = |d: bool| {
+            funcs
+                .iter()
+                .filter(|f| f.direct == d)
+                .map(|f| format!("`{}`", f.old_name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(CreateError::Unsupported(format!(
+            "the fix changes functions without an ftrace entry call ({}), which are switched for \
+             every task at one instant, together with functions the kernel's livepatch switches \
+             task by task ({}); mixing the two could let a task run new code against old, so such \
+             a fix is not supported",
+            name(true),
+            name(false)
+        )));
+    }
+    let direct = emit_direct(&mut out, &mut klp, &mut undef, directs, syms)?;
     let object = out
         .write()
         .map_err(|e| CreateError::Target(format!("writing the patch object: {e}")))?;
-    Ok(Emitted { object, klp, funcs })
+    Ok(Emitted {
+        object,
+        klp,
+        funcs,
+        direct,
+        skipped,
+    })
+}
+
+/// The patch object's undefined symbol `name` (one per name).
+fn undef_symbol(out: &mut Object, undef: &mut HashMap<String, SymbolId>, name: String) -> SymbolId {
+    *undef.entry(name.clone()).or_insert_with(|| {
+        out.add_symbol(Symbol {
+            name: name.into_bytes(),
+            value: 0,
+            size: 0,
+            kind: SymbolKind::Unknown,
+            scope: SymbolScope::Linkage,
+            weak: false,
+            section: SymbolSection::Undefined,
+            flags: SymbolFlags::None,
+        })
+    })
+}
+
+fn add_reloc(
+    out: &mut Object,
+    section: SectionId,
+    offset: u64,
+    symbol: SymbolId,
+    addend: i64,
+    r_type: u32,
+) -> Result<(), CreateError> {
+    out.add_relocation(
+        section,
+        Relocation {
+            offset,
+            symbol,
+            addend,
+            flags: RelocationFlags::Elf { r_type },
+        },
+    )
+    .map_err(|e| CreateError::Target(e.to_string()))
+}
+
+/// The direct redirections table `__hs_direct` and the kernel symbols its
+/// code needs, `__hs_ksyms` (both empty of entries when nothing is direct,
+/// and then not emitted).
+fn emit_direct(
+    out: &mut Object,
+    klp: &mut Vec<KlpRel>,
+    undef: &mut HashMap<String, SymbolId>,
+    directs: Vec<(DirectFunc, SectionId, Tgt)>,
+    syms: &KernelSymbols,
+) -> Result<Vec<DirectFunc>, CreateError> {
+    if directs.is_empty() {
+        return Ok(Vec::new());
+    }
+    const R_X86_64_64: u32 = elf::R_X86_64_64;
+    let table = ".data.hs_direct";
+    let tid = out.add_section(Vec::new(), table.as_bytes().to_vec(), SectionKind::Data);
+    let mut data = Vec::new();
+    for (d, _, _) in &directs {
+        data.extend_from_slice(&[0; 16]);
+        data.extend_from_slice(&d.size.to_le_bytes());
+        let mut e = [0u8; 8];
+        e[..JMP_LEN].copy_from_slice(&d.expect);
+        data.extend_from_slice(&e);
+        data.extend_from_slice(&[0; 8]);
+    }
+    out.set_section_data(tid, data, 8);
+    let mut result = Vec::new();
+    for (i, (d, new_sec, old)) in directs.into_iter().enumerate() {
+        let at = (i * DIRECT_ENTRY) as u64;
+        match old {
+            Tgt::Undef(name) => {
+                let sym = undef_symbol(out, undef, name);
+                add_reloc(out, tid, at, sym, 0, R_X86_64_64)?;
+            }
+            Tgt::Klp {
+                obj,
+                name,
+                pos,
+                delta,
+            } => klp.push(KlpRel {
+                section: table.into(),
+                sec_obj: "vmlinux".into(),
+                offset: at,
+                r_type: R_X86_64_64,
+                sym_obj: obj,
+                sym: name,
+                pos,
+                addend: delta,
+            }),
+            Tgt::Sec(..) => unreachable!("an old function is never carried"),
+        }
+        let sym = out.section_symbol(new_sec);
+        add_reloc(out, tid, at + 8, sym, 0, R_X86_64_64)?;
+        result.push(d);
+    }
+    out.add_symbol(Symbol {
+        name: b"__hs_direct".to_vec(),
+        value: 0,
+        size: (result.len() * DIRECT_ENTRY) as u64,
+        kind: SymbolKind::Data,
+        scope: SymbolScope::Linkage,
+        weak: false,
+        section: SymbolSection::Section(tid),
+        flags: SymbolFlags::None,
+    });
+    let ks = ".data.hs_ksyms";
+    let kid = out.add_section(Vec::new(), ks.as_bytes().to_vec(), SectionKind::Data);
+    out.set_section_data(kid, vec![0; DIRECT_KSYMS.len() * 8], 8);
+    for (i, name) in DIRECT_KSYMS.iter().enumerate() {
+        klp.push(KlpRel {
+            section: ks.into(),
+            sec_obj: "vmlinux".into(),
+            offset: (i * 8) as u64,
+            r_type: R_X86_64_64,
+            sym_obj: "vmlinux".into(),
+            sym: name.to_string(),
+            pos: syms.position(name, None, &[])?,
+            addend: 0,
+        });
+    }
+    out.add_symbol(Symbol {
+        name: b"__hs_ksyms".to_vec(),
+        value: 0,
+        size: (DIRECT_KSYMS.len() * 8) as u64,
+        kind: SymbolKind::Data,
+        scope: SymbolScope::Linkage,
+        weak: false,
+        section: SymbolSection::Section(kid),
+        flags: SymbolFlags::None,
+    });
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A kernel object compiled from `src` with function sections, as one
+    /// side of a fix (both sides the same: only `direct_func` is asked).
+    fn kobj(src: &str, owner: Option<&str>) -> (tempfile::TempDir, KObj) {
+        let t = tempfile::tempdir().unwrap();
+        let c = t.path().join("f.c");
+        let o = t.path().join("f.o");
+        std::fs::write(&c, src).unwrap();
+        let st = Command::new("cc")
+            .args(["-c", "-O2", "-ffunction-sections", "-fno-pic", "-o"])
+            .arg(&o)
+            .arg(&c)
+            .status()
+            .expect("cc");
+        assert!(st.success());
+        let pre = ObjFile::read(&o).unwrap();
+        let post = ObjFile::read(&o).unwrap();
+        let diff = crate::diff::diff(&pre, &post);
+        let k = KObj {
+            rel: "lib/f.c".into(),
+            owner: owner.map(str::to_string),
+            pre,
+            post,
+            diff,
+            lines: Vec::new(),
+        };
+        (t, k)
+    }
+
+    fn ask(k: &KObj, name: &str) -> Result<DirectFunc, String> {
+        let f = k
+            .pre
+            .symbols
+            .iter()
+            .position(|s| s.name == name && s.is_func())
+            .unwrap_or_else(|| panic!("no {name}"));
+        let sec = k.pre.symbols[f].section.unwrap();
+        direct_func(k, sec, name).map_err(|e| e.to_string())
+    }
+
+    const SRC: &str = r#"
+        __attribute__((section(".noinstr.text"))) int in_noinstr(int *p, int n)
+        { int s = 0; for (int i = 0; i < n; i++) s += p[i] * i; return s; }
+        int tiny(void) { return 0; }
+        extern int other(int);
+        int jumps_first(int x) { return other(x); }
+        int ordinary(int *p, int n)
+        { int s = 0; for (int i = 0; i < n; i++) s += p[i] * i; return s; }
+        int branch_first(int x)
+        {
+            asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\n\t"
+                     ".pushsection __jump_table, \"aw\"\n\t"
+                     ".long 1b - ., %l[l] - .\n\t.quad 0\n\t.popsection" : : : : l);
+            return x * 7 + 3;
+        l:
+            return 0;
+        }
+    "#;
+
+    #[test]
+    fn direct_redirection_takes_an_ordinary_function_with_its_entry_bytes() {
+        let (_t, k) = kobj(SRC, None);
+        let d = ask(&k, "ordinary").expect("ordinary .text function");
+        let sec = &k.pre.sections[k
+            .pre
+            .symbols
+            .iter()
+            .find(|s| s.name == "ordinary")
+            .unwrap()
+            .section
+            .unwrap()];
+        assert_eq!(d.expect[..], sec.data[..JMP_LEN]);
+        assert!(d.size >= JMP_LEN as u64);
+    }
+
+    #[test]
+    fn direct_redirection_refuses_what_it_cannot_rewrite_safely() {
+        let (_t, k) = kobj(SRC, None);
+        let e = ask(&k, "in_noinstr").unwrap_err();
+        assert!(
+            e.contains("section .noinstr.text, not ordinary .text"),
+            "{e}"
+        );
+        let e = ask(&k, "tiny").unwrap_err();
+        assert!(e.contains("shorter than the 5-byte jump"), "{e}");
+        let e = ask(&k, "jumps_first").unwrap_err();
+        assert!(
+            e.contains("first 5 bytes hold a relocation (to `other`)"),
+            "{e}"
+        );
+        // A static branch (its jump label's nop) at the entry.
+        let e = ask(&k, "branch_first").unwrap_err();
+        assert!(
+            e.contains("a site the kernel rewrites at run time (__jump_table)"),
+            "{e}"
+        );
+        let (_t, m) = kobj(SRC, Some("xt_foo"));
+        let e = ask(&m, "ordinary").unwrap_err();
+        assert!(e.contains("in module xt_foo"), "{e}");
+    }
 }

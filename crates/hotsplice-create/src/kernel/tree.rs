@@ -268,26 +268,15 @@ impl Tree {
     /// What kbuild compiles for a changed source file `rel`: the object
     /// file (`rel` itself, or the `.c` file that `#include`s it, such as
     /// kernel/sched/build_utility.c for kernel/sched/psi.c) and the object
-    /// it is linked into. Refused before anything is built when the file is
-    /// compiled without ftrace's entry calls (lib/ removes them for all its
-    /// files): the kernel's livepatch redirects a function at that call, so
-    /// none of the file's functions could be patched.
+    /// it is linked into. A file compiled without ftrace's entry calls
+    /// (lib/ removes them for all its files) is accepted: its changed
+    /// functions are redirected directly (see `emit`), not by ftrace.
     pub fn unit(&self, rel: &Path) -> Result<Unit, CreateError> {
         match self.owner(rel) {
-            Ok((owner, traced)) => {
-                if !traced {
-                    return Err(CreateError::Unsupported(format!(
-                        "{}: kbuild compiles it without ftrace's entry calls (its Makefile removes \
-                         the ftrace flags, as lib/Makefile does for lib/), so the kernel's livepatch \
-                         cannot redirect any of its functions",
-                        rel.display()
-                    )));
-                }
-                Ok(Unit {
-                    source: rel.to_path_buf(),
-                    owner,
-                })
-            }
+            Ok(owner) => Ok(Unit {
+                source: rel.to_path_buf(),
+                owner,
+            }),
             Err(NotBuilt(why)) => {
                 // kernel/sched/psi.c is built, but inside build_utility.o,
                 // which `#include`s it: compare that object, which is what
@@ -312,8 +301,7 @@ impl Tree {
     }
 
     /// Which object a source file is linked into: `None` for vmlinux, or
-    /// the module's name (as the kernel names it, `KBUILD_MODNAME`), and
-    /// whether kbuild compiles it with ftrace's entry calls. Asked of
+    /// the module's name (as the kernel names it, `KBUILD_MODNAME`). Asked of
     /// kbuild itself, without building: `make -n` prints the command
     /// that would compile the object, with the module name kbuild gives it
     /// and a probe in the object's own `CFLAGS_<obj>` that says whether
@@ -323,7 +311,7 @@ impl Tree {
     /// `mmu-$(CONFIG_MMU)` lists pulled into `obj-y`, composite objects,
     /// objects listed in a parent directory's Makefile — because it is
     /// kbuild's own answer.
-    fn owner(&self, rel: &Path) -> Result<(Option<String>, bool), OwnerError> {
+    fn owner(&self, rel: &Path) -> Result<Option<String>, OwnerError> {
         let obj = rel.with_extension("o");
         let obj_s = obj.to_string_lossy().into_owned();
         let probe = "-DHS_OWNER_$(if $(filter $(basename $@).o,$(real-obj-y)),y,\
@@ -409,7 +397,7 @@ fn includer_of(src: &Path, rel: &Path) -> Option<PathBuf> {
 
 /// The owner of `obj` from the commands `make -n obj` printed (see
 /// [`Tree::owner`]).
-fn owner_from_make(text: &str, obj: &str) -> Result<(Option<String>, bool), String> {
+fn owner_from_make(text: &str, obj: &str) -> Result<Option<String>, String> {
     let needle = format!(" -c -o {obj} ");
     let Some(line) = text.lines().find(|l| l.contains(&needle)) else {
         return Err(format!(
@@ -417,17 +405,12 @@ fn owner_from_make(text: &str, obj: &str) -> Result<(Option<String>, bool), Stri
         ));
     };
     let words: Vec<&str> = line.split_whitespace().collect();
-    // ftrace's entry call: `-pg` (with `-mfentry` on x86) or a patchable
-    // function entry.
-    let traced = words
-        .iter()
-        .any(|w| *w == "-pg" || w.starts_with("-fpatchable-function-entry"));
     let state = words
         .iter()
         .find_map(|w| w.strip_prefix("-DHS_OWNER_"))
         .unwrap_or("n");
     match state {
-        "y" => Ok((None, traced)),
+        "y" => Ok(None),
         "m" => {
             let name = words
                 .iter()
@@ -439,7 +422,7 @@ fn owner_from_make(text: &str, obj: &str) -> Result<(Option<String>, bool), Stri
                     "{obj} is linked into several modules ({name}); a patch for it is not supported"
                 ));
             }
-            Ok((Some(name), traced))
+            Ok(Some(name))
         }
         _ => Err(format!(
             "{obj} is not built with this configuration (kbuild lists it in neither obj-y nor obj-m)"
@@ -591,10 +574,10 @@ mod tests {
         let m = "make -f ./scripts/Makefile.build obj=sound/usb\n  gcc -Wp,-MMD -DHS_OWNER_m -pg -mrecord-mcount -mfentry -DMODULE -DKBUILD_BASENAME='\"mixer\"' -DKBUILD_MODNAME='\"snd_usb_audio\"' -c -o sound/usb/mixer.o sound/usb/mixer.c\n";
         assert_eq!(
             owner_from_make(m, "sound/usb/mixer.o"),
-            Ok((Some("snd_usb_audio".into()), true))
+            Ok(Some("snd_usb_audio".into()))
         );
         let y = "gcc -DHS_OWNER_y -DKBUILD_MODFILE='\"mm/rmap\"' -DKBUILD_MODNAME='\"rmap\"' -c -o mm/rmap.o mm/rmap.c\n";
-        assert_eq!(owner_from_make(y, "mm/rmap.o"), Ok((None, false)));
+        assert_eq!(owner_from_make(y, "mm/rmap.o"), Ok(None));
         let n = "gcc -DHS_OWNER_n -DKBUILD_MODNAME='\"nommu\"' -c -o mm/nommu.o mm/nommu.c\n";
         assert!(owner_from_make(n, "mm/nommu.o")
             .unwrap_err()
