@@ -14,7 +14,8 @@
 # process behave as the fixed library, or does not undo.
 #
 # Slow: the first run fetches the source package and builds it as Debian
-# does (OpenSSL about 15 minutes on 2 cores, glibc's libc pass 16 to 40);
+# does (on 2 quiet cores about 10 minutes for OpenSSL, 8 for glibc's libc
+# pass; 26 and 37 on a loaded machine);
 # the prepared tree (/build/reproducible-path/SOURCE-UPSTREAM) and its
 # records ($HOTSPLICE_CACHE/user/) are kept, and each fix then compiles only
 # the objects it touches. Not part of scripts/test.sh; e2e_user.rs covers

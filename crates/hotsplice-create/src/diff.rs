@@ -2,6 +2,7 @@
 //! the fix.
 
 use crate::objfile::{normalized, ObjFile, Ref};
+use hotsplice_arch::current::ElfReloc;
 use std::collections::{HashMap, HashSet};
 
 /// What changed between two builds of one object.
@@ -108,13 +109,59 @@ pub fn diff(pre: &ObjFile, post: &ObjFile) -> ObjDiff {
                 d.changed_text.push(i);
             }
         } else if !same && !s.merge && !s.symbols.is_empty() {
-            for &sym in &s.symbols {
+            for sym in changed_data_symbols(pre, p, post, i) {
                 d.changed_data.push((i, post.symbols[sym].name.clone()));
             }
         }
     }
     d.pre_of = pre_of;
     d
+}
+
+/// The symbols of a changed data section (`i` after, `p` before) that
+/// account for the change: those whose own bytes or references differ,
+/// when every symbol kept its place and size (several variables share a
+/// section when an attribute names it, e.g. `__read_mostly`); else, or if
+/// no symbol's own range differs, every symbol of the section. Only what
+/// messages name depends on it.
+fn changed_data_symbols(pre: &ObjFile, p: usize, post: &ObjFile, i: usize) -> Vec<usize> {
+    let all = post.sections[i].symbols.clone();
+    if all.len() < 2 {
+        return all;
+    }
+    let (pb, pr) = normalized(pre, p);
+    let (qb, qr) = normalized(post, i);
+    let range = |b: &[u8], r: &[(u64, ElfReloc, Ref)], at: u64, n: u64| {
+        let end = at.saturating_add(n);
+        let bytes = b.get(at as usize..end as usize).map(<[u8]>::to_vec);
+        let refs: Vec<_> = r
+            .iter()
+            .filter(|(o, _, _)| (at..end).contains(o))
+            .map(|(o, k, x)| (o - at, *k, x.clone()))
+            .collect();
+        (bytes, refs)
+    };
+    let mut changed = Vec::new();
+    for &sym in &all {
+        let s = &post.symbols[sym];
+        let before = pre.sections[p]
+            .symbols
+            .iter()
+            .map(|&j| &pre.symbols[j])
+            .find(|b| b.name == s.name);
+        let Some(b) = before.filter(|b| b.value == s.value && b.size == s.size && s.size > 0)
+        else {
+            return all;
+        };
+        if range(&pb, &pr, b.value, b.size) != range(&qb, &qr, s.value, s.size) {
+            changed.push(sym);
+        }
+    }
+    if changed.is_empty() {
+        all
+    } else {
+        changed
+    }
 }
 
 /// Sections without symbols that a function refers to (jump tables and
@@ -141,4 +188,48 @@ pub(crate) fn anonymous_deps_same(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Two tables of function pointers in one named section (as kernel
+    /// `__read_mostly` data), compiled with `cc`; `fixed` points one entry
+    /// of the second table at another function.
+    fn object(dir: &std::path::Path, fixed: bool) -> ObjFile {
+        let src = dir.join(if fixed { "post.c" } else { "pre.c" });
+        let second = if fixed { "check_v2" } else { "check" };
+        std::fs::write(
+            &src,
+            format!(
+                "int check(int x) {{ return x; }}\nint check_v2(int x) {{ return check(x) + 1; }}\n\
+                 #define SHARED __attribute__((section(\".data.shared\")))\n\
+                 int (*match_reg[2])(int) SHARED = {{ check, check }};\n\
+                 int (*target_reg[2])(int) SHARED = {{ check, {second} }};\n"
+            ),
+        )
+        .unwrap();
+        let obj = src.with_extension("o");
+        let st = Command::new("cc")
+            .args(["-O1", "-ffunction-sections", "-fdata-sections", "-c", "-o"])
+            .arg(&obj)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        ObjFile::read(&obj).unwrap()
+    }
+
+    #[test]
+    fn a_shared_data_section_names_the_variable_that_changed() {
+        let dir = std::env::temp_dir().join(format!("hs-diff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pre, post) = (object(&dir, false), object(&dir, true));
+        let d = diff(&pre, &post);
+        let names: Vec<&str> = d.changed_data.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["target_reg"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
