@@ -193,33 +193,22 @@ pub(crate) fn anonymous_deps_same(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     /// Two tables of function pointers in one named section (as kernel
     /// `__read_mostly` data), compiled with `cc`; `fixed` points one entry
     /// of the second table at another function.
     fn object(dir: &std::path::Path, fixed: bool) -> ObjFile {
-        let src = dir.join(if fixed { "post.c" } else { "pre.c" });
         let second = if fixed { "check_v2" } else { "check" };
-        std::fs::write(
-            &src,
-            format!(
+        crate::objfile::compiled(
+            dir,
+            if fixed { "post" } else { "pre" },
+            &format!(
                 "int check(int x) {{ return x; }}\nint check_v2(int x) {{ return check(x) + 1; }}\n\
                  #define SHARED __attribute__((section(\".data.shared\")))\n\
                  int (*match_reg[2])(int) SHARED = {{ check, check }};\n\
                  int (*target_reg[2])(int) SHARED = {{ check, {second} }};\n"
             ),
         )
-        .unwrap();
-        let obj = src.with_extension("o");
-        let st = Command::new("cc")
-            .args(["-O1", "-ffunction-sections", "-fdata-sections", "-c", "-o"])
-            .arg(&obj)
-            .arg(&src)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        ObjFile::read(&obj).unwrap()
     }
 
     #[test]

@@ -125,25 +125,14 @@ fn copy<'r>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     /// An object of two functions, compiled with `cc` here.
     fn object(dir: &std::path::Path) -> ObjFile {
-        let src = dir.join("two.c");
-        std::fs::write(
-            &src,
+        crate::objfile::compiled(
+            dir,
+            "two",
             "int g(int);\nint a(int x) { return g(x) + 1; }\nint b(int x) { return g(x) * 2; }\n",
         )
-        .unwrap();
-        let obj = dir.join("two.o");
-        let st = Command::new("cc")
-            .args(["-O1", "-ffunction-sections", "-c", "-o"])
-            .arg(&obj)
-            .arg(&src)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        ObjFile::read(&obj).unwrap()
     }
 
     #[test]

@@ -411,3 +411,20 @@ pub fn normalized(obj: &ObjFile, sec: usize) -> (Vec<u8>, Vec<(u64, ElfReloc, Re
     }
     (bytes, refs)
 }
+
+/// Test helper: `src` compiled by `cc -O1 -ffunction-sections
+/// -fdata-sections -c` into `dir/NAME.o`, read.
+#[cfg(test)]
+pub(crate) fn compiled(dir: &Path, name: &str, src: &str) -> ObjFile {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, src).unwrap();
+    let obj = c.with_extension("o");
+    let st = std::process::Command::new("cc")
+        .args(["-O1", "-ffunction-sections", "-fdata-sections", "-c", "-o"])
+        .arg(&obj)
+        .arg(&c)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cc {}", c.display());
+    ObjFile::read(&obj).unwrap()
+}
