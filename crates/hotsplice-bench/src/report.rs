@@ -244,6 +244,38 @@ pub fn print_human(o: &Output) {
             "",
         );
     }
+    println!();
+    println!(
+        "   sleeping threads: parked in their system calls (stopped for their batch only) / kept stopped for the window (Report.times.parked / .kept); longest batch stop; longest any one thread was held (Report.times.held_us), apply | undo; active threads' largest lateness waking from a 10 ms sleep (in the target), apply | undo | background"
+    );
+    stop_row(
+        "threads",
+        [
+            "parked / kept",
+            "batch stop",
+            "held a | u",
+            "woke late a | u | bg",
+        ],
+        "",
+    );
+    for r in &o.stop {
+        stop_row(
+            &r.label(),
+            [
+                format!("{:.0} / {:.0}", r.apply_parked.median, r.apply_kept.median),
+                r.apply_batch_us.show(1),
+                format!(
+                    "{:.1} | {:.1}",
+                    r.apply_held_us.median, r.undo_held_us.median
+                ),
+                format!(
+                    "{:.0} | {:.0} | {:.0}",
+                    r.apply_late_us.median, r.undo_late_us.median, r.background_late_us.median
+                ),
+            ],
+            "",
+        );
+    }
     let costs: Vec<String> =
         o.stop
             .iter()

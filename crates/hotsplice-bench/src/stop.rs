@@ -59,6 +59,20 @@ pub struct StopResult {
     /// was), apply and undo. The spinner is one of them.
     pub apply_running_us: Stat,
     pub undo_running_us: Stat,
+    /// Active threads: the largest lateness of one's 10 ms sleep during the
+    /// apply, the undo, and as long with no patching (the stopper's `late`).
+    pub apply_late_us: Stat,
+    pub undo_late_us: Stat,
+    pub background_late_us: Stat,
+    /// Sleeping threads parked in their system calls by the apply's window,
+    /// and kept stopped for all of it (`Report.times.parked`, `.kept`).
+    pub apply_parked: Stat,
+    pub apply_kept: Stat,
+    /// The longest stop of a batch of sleeping threads, and the longest any
+    /// one thread was held (`Report.times.batch_us`, `.held_us`), apply.
+    pub apply_batch_us: Stat,
+    pub apply_held_us: Stat,
+    pub undo_held_us: Stat,
 }
 
 /// What the stopper's other threads do (see [`StopResult::mode`]).
@@ -101,12 +115,13 @@ impl Stopper {
     fn gap(&mut self) -> Result<Gap> {
         let a = self.0.ask("g", ANSWER)?;
         let v: Vec<&str> = a.split_whitespace().collect();
-        ensure!(v.len() == 4, "stopper: unexpected answer {a:?}");
+        ensure!(v.len() == 5, "stopper: unexpected answer {a:?}");
         Ok(Gap {
             max_us: v[0].parse::<f64>()? / 1e3,
             result: v[1].parse()?,
             pauses: v[2].parse()?,
             paused_us: v[3].parse::<f64>()? / 1e3,
+            late_us: v[4].parse::<f64>()? / 1e3,
         })
     }
 }
@@ -117,6 +132,8 @@ struct Gap {
     max_us: f64,
     /// The last compute() result.
     result: i64,
+    /// How late an active thread woke, at most (0 for idle threads).
+    late_us: f64,
     /// Gaps of 50 µs or more, and their sum.
     pauses: f64,
     paused_us: f64,
@@ -170,6 +187,7 @@ pub fn bench_stop(
     let mut retried = 0;
     let mut phases: Vec<[f64; 9]> = Vec::with_capacity(reps);
     let mut leads: Vec<[f64; 5]> = Vec::with_capacity(reps);
+    let mut sleepers: Vec<[f64; 8]> = Vec::with_capacity(reps);
     let mut stacks = (0, 0);
     let mut cycle = |t: &mut Stopper, rec: &mut Option<&mut Vec<[f64; 11]>>| -> Result<()> {
         t.reset()?;
@@ -202,7 +220,8 @@ pub fn bench_stop(
         );
         t.reset()?;
         std::thread::sleep(wall);
-        let bg = t.gap()?.max_us;
+        let bgg = t.gap()?;
+        let bg = bgg.max_us;
         if let Some(rec) = rec {
             let w = &a.times;
             phases.push([
@@ -223,6 +242,16 @@ pub fn bench_stop(
                 w.check_us / n as f64,
                 a.stopped_running.map_or(0.0, micros),
                 u.stopped_running.map_or(0.0, micros),
+            ]);
+            sleepers.push([
+                ag.late_us,
+                ug.late_us,
+                bgg.late_us,
+                w.parked as f64,
+                w.kept as f64,
+                w.batch_us,
+                w.held_us,
+                u.times.held_us,
             ]);
             retried += usize::from(a.attempts > 1) + usize::from(u.attempts > 1);
             rec.push([
@@ -248,6 +277,7 @@ pub fn bench_stop(
     }
     let col = |i: usize| Stat::of(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
     let lead = |i: usize| Stat::of(&leads.iter().map(|r| r[i]).collect::<Vec<_>>());
+    let sl = |i: usize| Stat::of(&sleepers.iter().map(|r| r[i]).collect::<Vec<_>>());
     let apply_phases_us: Vec<Stat> = (0..9)
         .map(|i| Stat::of(&phases.iter().map(|p| p[i]).collect::<Vec<_>>()))
         .collect();
@@ -309,6 +339,14 @@ pub fn bench_stop(
         check_per_thread_us: lead(2),
         apply_running_us: lead(3),
         undo_running_us: lead(4),
+        apply_late_us: sl(0),
+        undo_late_us: sl(1),
+        background_late_us: sl(2),
+        apply_parked: sl(3),
+        apply_kept: sl(4),
+        apply_batch_us: sl(5),
+        apply_held_us: sl(6),
+        undo_held_us: sl(7),
         reps,
         apply_gap_us: col(0),
         apply_stopped_us: col(1),

@@ -42,8 +42,10 @@ macro_rules! program {
 /// readings, calling compute() every 1024 readings; N-2 block in
 /// pthread_cond_wait; main blocks reading commands on stdin:
 /// `r` resets the max gap (answers `ok` once the spinner has done it),
-/// `g` answers `<max gap ns> <last compute() result> <pauses> <paused ns>`
-/// (pauses: gaps of 50 µs or more, and their sum) once the spinner has
+/// `g` answers `<max gap ns> <last compute() result> <pauses> <paused ns>
+/// <max late ns>` (pauses: gaps of 50 µs or more, and their sum; late: how
+/// much later than asked an active thread's 10 ms sleep ended, at most,
+/// which a thread held stopped when its sleep ends shows) once the spinner has
 /// gone round at least 2048 more times (so the gap of a stop that just
 /// ended, and a compute() call after it, are included).
 pub const STOPPER: Program = program!(

@@ -200,7 +200,7 @@ pub fn run_all(app: &App, cmd: AllCommand) -> Result<bool> {
 fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
     let name = comm(r.pid);
     let message = format!(
-        "pid {} ({}): {verb} {} ({}){}: {} function(s); {} thread(s) stopped for {:.3} ms{}{}",
+        "pid {} ({}): {verb} {} ({}){}: {} function(s); {} thread(s) stopped for {:.3} ms{}{}{}",
         r.pid,
         esc(&name),
         esc(&r.id),
@@ -215,6 +215,15 @@ fn print_report(verb: &str, r: &Report, quiet: bool, verbose: bool) {
         r.stopped_running
             .map(|d| format!(" (those running {:.3} ms)", d.as_secs_f64() * 1e3))
             .unwrap_or_default(),
+        if r.times.parked > 0 {
+            format!(
+                ", {} sleeping one(s) parked in their calls after {:.3} ms at most",
+                r.times.parked,
+                r.times.batch_us / 1e3
+            )
+        } else {
+            String::new()
+        },
         if r.attempts > 1 {
             format!(" (after {} tries: code was busy)", r.attempts)
         } else {

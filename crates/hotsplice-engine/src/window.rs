@@ -144,15 +144,40 @@ pub(crate) fn stop_and_write<T>(
             read: Duration::ZERO,
             check: Duration::ZERO,
         };
-        // The sleeping threads' stacks are checked as soon as they are
-        // stopped, while the running threads still run: off their stop.
-        let mut early: Option<(usize, Option<crate::safety::BusyThread>, StackCheck)> = None;
-        let mut window = unchanged!(tracee.stop_all_then(&mut |sleepers| {
-            if sleepers.is_empty() || needs_fresh_maps(&stack_spans(sleepers, &maps)) {
-                return;
+        // The sleeping threads' stacks are checked batch by batch as soon
+        // as they are stopped, while the running threads still run: off
+        // their stop. A batch found clean may be parked in its system
+        // calls (see `Tracee::stop_all_then`): those threads are not
+        // stopped for the rest of the window.
+        let mut early_busy: Option<crate::safety::BusyThread> = None;
+        let mut early_check = StackCheck::default();
+        let mut early_all = true;
+        let mut early_any = false;
+        let mut early_lingering: Vec<Lingering> = Vec::new();
+        let mut window = unchanged!(tracee.stop_all_then(&mut |batch| {
+            if early_busy.is_some() || !early_all || batch.is_empty() {
+                return false;
             }
-            let (b, c) = check_threads(pid, sleepers, &maps, ranges, unwinder.as_mut(), &mut bufs);
-            early = Some((sleepers.len(), b, c));
+            if needs_fresh_maps(&stack_spans(batch, &maps)) {
+                early_all = false;
+                return false;
+            }
+            let (b, c) = check_threads(pid, batch, &maps, ranges, unwinder.as_mut(), &mut bufs);
+            early_lingering.append(bufs.lingering);
+            early_check = std::mem::take(&mut early_check).merge(c);
+            early_any = true;
+            if b.is_some() {
+                early_busy = b;
+                return false;
+            }
+            // A parked thread executes its `syscall` instruction again:
+            // never one this window rewrites.
+            !batch.iter().any(|t| {
+                let at = process::syscall_insn(&t.regs);
+                writes
+                    .iter()
+                    .any(|w| at < w.addr + w.new.len() as u64 && w.addr < at + 2)
+            })
         }));
         // From the first interrupt (not the states read before it).
         let t0 = window.started();
@@ -166,26 +191,25 @@ pub(crate) fn stop_and_write<T>(
         fresh = false;
         let (interrupt, wait) = window.stop_times();
         let (states, running) = (window.states_read(), window.running());
-        let (mut busy, mut check) = match early.take() {
+        let k = window.early_count();
+        let (mut busy, mut check) = if early_busy.is_some() {
             // Busy already: the rest is not looked at (as in one check).
-            Some((_, b @ Some(_), c)) => (b, c),
-            Some((k, None, c)) if k <= window.threads().len() => {
-                let mut seen = std::mem::take(bufs.lingering);
-                let rest = &window.threads()[k..];
-                let (b, more) =
-                    check_threads(pid, rest, &maps, ranges, unwinder.as_mut(), &mut bufs);
-                seen.append(bufs.lingering);
-                *bufs.lingering = seen;
-                (b, c.merge(more))
-            }
-            _ => check_threads(
+            (early_busy.take(), early_check)
+        } else if early_all && early_any && k <= window.threads().len() {
+            let rest = &window.threads()[k..];
+            let (b, more) = check_threads(pid, rest, &maps, ranges, unwinder.as_mut(), &mut bufs);
+            early_lingering.append(bufs.lingering);
+            *bufs.lingering = early_lingering;
+            (b, early_check.merge(more))
+        } else {
+            check_threads(
                 pid,
                 window.threads(),
                 &maps,
                 ranges,
                 unwinder.as_mut(),
                 &mut bufs,
-            ),
+            )
         };
         let (first_read, first_check) = (bufs.read, bufs.check);
         // Lead busy threads out: the busy ones run alone together, the
@@ -242,9 +266,13 @@ pub(crate) fn stop_and_write<T>(
                     }
                 }
             }
-            // Their stacks moved and they may have written memory: all again.
+            // Their stacks moved and they may have written memory: all
+            // again, the parked threads too (they ran no user code, but
+            // their stacks are memory the led threads could write).
             let spans = stack_spans(window.threads(), &maps);
-            if needs_fresh_maps(&spans) {
+            if needs_fresh_maps(&spans)
+                || needs_fresh_maps(&stack_spans(window.parked_threads(), &maps))
+            {
                 break;
             }
             (busy, check) = check_threads(
@@ -255,6 +283,22 @@ pub(crate) fn stop_and_write<T>(
                 unwinder.as_mut(),
                 &mut bufs,
             );
+            if busy.is_none() && !window.parked_threads().is_empty() {
+                let seen = std::mem::take(bufs.lingering);
+                let (b, more) = check_threads(
+                    pid,
+                    window.parked_threads(),
+                    &maps,
+                    ranges,
+                    unwinder.as_mut(),
+                    &mut bufs,
+                );
+                let mut all = seen;
+                all.append(bufs.lingering);
+                *bufs.lingering = all;
+                busy = b;
+                check = check.merge(more);
+            }
         }
         let lead_time = lead.started.elapsed();
         led.time += lead_time;
@@ -360,7 +404,7 @@ pub(crate) fn stop_and_write<T>(
                 None => Outcome::Unchanged(e.into(), held),
             };
         }
-        let n = threads.len();
+        let n = threads.len() + window.parked_threads().len();
         let writes_time = t_writes.elapsed();
         let t_resume = Instant::now();
         // The jumps are in: whatever detaching says, the change took effect
@@ -370,6 +414,7 @@ pub(crate) fn stop_and_write<T>(
             tracing::warn!(pid, error = %e, "detaching after the jumps were written");
         }
         let stopped = t0.elapsed();
+        let park = tracee.last_park();
         return Outcome::Committed(Committed {
             threads: n,
             attempts,
@@ -387,6 +432,12 @@ pub(crate) fn stop_and_write<T>(
                 lead_out_us: us(lead_time),
                 writes_us: us(writes_time),
                 resume_us: us(t_resume.elapsed()),
+                parked: park.parked,
+                woke: park.woke,
+                kept: park.kept,
+                batch_us: us(park.longest_batch),
+                parking_us: us(park.parking),
+                held_us: us(park.longest_held),
             },
             lingering: std::mem::take(bufs.lingering),
         });
@@ -413,8 +464,29 @@ pub struct WindowTimes {
     pub lead_out_us: f64,
     /// Re-reading the bytes to overwrite, and writing.
     pub writes_us: f64,
-    /// Letting every thread go (detaching).
+    /// Letting every thread go (detaching), parked threads included.
     pub resume_us: f64,
+    /// Sleeping threads parked in their system calls (see
+    /// `hotsplice_process::Tracee::stop_all_then`): stopped only for their
+    /// batch, not for the window.
+    pub parked: usize,
+    /// Of those, threads whose call ended during the window: let go at
+    /// once, stopped again with the running ones.
+    pub woke: usize,
+    /// Sleeping threads that stayed stopped for the window (not in a
+    /// system call the kernel restarts by itself, e.g. `epoll_wait`, which
+    /// returns `EINTR`; or the main thread when its stop came late).
+    pub kept: usize,
+    /// The longest stop of a batch of sleeping threads before it was
+    /// parked.
+    pub batch_us: f64,
+    /// Parking and un-parking, all in all (no thread stopped for it but
+    /// each batch's own).
+    pub parking_us: f64,
+    /// The longest any one thread was kept from running: a batch's stop,
+    /// a kept thread's (first interrupt to its release), or the running
+    /// threads' (`Report.stopped_running`).
+    pub held_us: f64,
 }
 
 fn us(d: Duration) -> f64 {

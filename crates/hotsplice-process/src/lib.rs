@@ -38,7 +38,9 @@ pub use error::{Error, Result};
 pub use mem::{read_memory, read_memory_into, read_memory_many, MemWriter};
 pub use procfs::{all_pids, process_name, read_maps, thread_ids, tracer_pid, Mapping};
 pub use remote::RemoteThread;
-pub use tracee::{with_main_thread, RunAlone, Slice, StopWindow, StoppedThread, Tracee};
+pub use tracee::{
+    with_main_thread, ParkStats, RunAlone, Slice, StopWindow, StoppedThread, Tracee, PARK_BATCH,
+};
 
 /// Process / thread id.
 pub type Pid = i32;
@@ -49,4 +51,4 @@ pub use hotsplice_arch::current::remote::Regs;
 
 /// The instruction pointer and the stack pointer of a register set (from `hotsplice-arch`,
 /// which alone names registers).
-pub use hotsplice_arch::current::remote::{ip, sp};
+pub use hotsplice_arch::current::remote::{ip, sp, syscall_insn};

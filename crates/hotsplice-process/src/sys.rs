@@ -230,6 +230,37 @@ pub(crate) fn wait_tid(tid: Pid, extra: c_int) -> Result<Option<c_int>, Errno> {
     }
 }
 
+/// The thread id of some child or tracee of ours with a stop or exit waiting to be collected,
+/// without collecting it (`waitid` with `WNOWAIT`): `None` when none is waiting. Raw: nix's
+/// `waitid` turns the event into a `WaitStatus`, which cannot represent a real-time signal stop;
+/// only the id is wanted here.
+pub(crate) fn peek_event() -> Option<Pid> {
+    // SAFETY: all-zero is a valid `siginfo_t` (plain integers); waitid writes only into it, and
+    // with WNOHANG leaves `si_pid` zero when nothing is waiting.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is live and writable for the call.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WSTOPPED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+        if Errno::last() != Errno::EINTR {
+            return None;
+        }
+    }
+    // SAFETY: waitid filled `info` for a child event (or left it zeroed); `si_pid` reads the
+    // union member every such event sets.
+    let pid = unsafe { info.si_pid() };
+    (pid > 0).then_some(pid)
+}
+
 /// What a wait status means for a traced thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ev {

@@ -587,3 +587,216 @@ fn running_threads_are_stopped_last_and_let_go_first() {
     tr.detach().unwrap();
     s.ticks(3, T);
 }
+
+/// Sleepers of every common kind: nanosleep (restarted through
+/// `restart_syscall`), poll with a timeout, condition variables (futex),
+/// read on a pipe, and the main thread reading stdin. Each checks what its
+/// call returned and how long it took, and counts its wakes in `wakes`.
+const SLEEPERS_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static atomic_long wakes;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static int fds[2];
+
+static long now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static void *napper(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		struct timespec d = { 0, 2000000 };
+		long t0 = now_ns();
+		int r = nanosleep(&d, NULL);
+		if (r != 0)
+			printf("ERROR nanosleep returned %d errno %d\n", r, errno);
+		else if (now_ns() - t0 < 2000000)
+			printf("ERROR nanosleep returned early\n");
+		atomic_fetch_add(&wakes, 1);
+	}
+	return NULL;
+}
+
+static void *poller(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		long t0 = now_ns();
+		int r = poll(NULL, 0, 3);
+		if (r != 0)
+			printf("ERROR poll returned %d errno %d\n", r, errno);
+		else if (now_ns() - t0 < 3000000)
+			printf("ERROR poll returned early\n");
+		atomic_fetch_add(&wakes, 1);
+	}
+	return NULL;
+}
+
+static void *waiter(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&mu);
+	for (;;)
+		pthread_cond_wait(&cv, &mu);
+	return NULL;
+}
+
+static void *reader(void *arg)
+{
+	char c;
+	(void)arg;
+	for (;;) {
+		ssize_t n = read(fds[0], &c, 1);
+		if (n != 1)
+			printf("ERROR read returned %zd errno %d\n", n, errno);
+		atomic_fetch_add(&wakes, 1);
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	int n = argc > 1 ? atoi(argv[1]) : 10;
+	char line[64];
+	pthread_t t;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (pipe(fds))
+		return 1;
+	for (int i = 0; i < n; i++) {
+		void *(*f)(void *) = i % 4 == 0 ? napper : i % 4 == 1 ? poller : i % 4 == 2 ? waiter : reader;
+		if (pthread_create(&t, NULL, f, NULL))
+			return 1;
+	}
+	printf("ready wakes=%p\n", (void *)&wakes);
+	while (fgets(line, sizeof(line), stdin)) {
+		if (line[0] == 'w') {
+			/* One byte for a reader. */
+			if (write(fds[1], "x", 1) != 1)
+				printf("ERROR write\n");
+			printf("wrote\n");
+		} else if (line[0] == 'q') {
+			break;
+		}
+	}
+	return 0;
+}
+"#;
+
+fn wakes(pid: i32, at: u64) -> u64 {
+    let b = read_memory(pid, at, 8).unwrap();
+    u64::from_le_bytes(b.try_into().unwrap())
+}
+
+/// Sleeping threads parked in their system calls by the window
+/// (`stop_all_then` with `early` saying yes): none is in `threads()`, none
+/// runs a user instruction while the window is open although their sleeps
+/// end, and once let go (resumed, then detached) every call returns what
+/// and when it should (no EINTR, no early return, the reader gets its byte).
+#[test]
+fn parked_sleepers_run_no_user_code_in_the_window_and_their_calls_return_unharmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "sleepers", SLEEPERS_C);
+    // 80 sleeping threads and main: three batches.
+    let mut t = Target::exe(&exe, &["80"]);
+    let ready = t.wait_for(T, |l| l.starts_with("ready"));
+    let at = field(&ready, "wakes");
+    let pid = t.pid_i32();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut tr = Tracee::seize(pid).unwrap();
+    for round in 0..3 {
+        let mut batches = Vec::new();
+        let w = tr
+            .stop_all_then(&mut |b| {
+                batches.push(b.len());
+                true
+            })
+            .unwrap();
+        let park = w.park();
+        assert!(
+            batches.len() >= 3 && batches.iter().all(|&n| n <= PARK_BATCH),
+            "batches {batches:?}"
+        );
+        // Nearly all sleep (a napper may be on its way between two calls;
+        // one whose call ended meanwhile was let go and stopped again).
+        assert!(
+            park.parked >= 60,
+            "round {round}: parked {park:?}, stopped {:?}",
+            w.threads()
+        );
+        assert_eq!(
+            w.parked_threads().len() + park.woke,
+            park.parked,
+            "{park:?}"
+        );
+        assert!(w
+            .parked_threads()
+            .iter()
+            .all(|p| !w.threads().iter().any(|s| s.tid == p.tid)));
+        assert_eq!(w.threads().len() + w.parked_threads().len(), 81);
+        let before = wakes(pid, at);
+        // Every napper's and poller's sleep ends meanwhile: each waits in
+        // its syscall-exit stop, running nothing.
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            wakes(pid, at),
+            before,
+            "round {round}: a thread ran while the window was open"
+        );
+        w.resume().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(wakes(pid, at) > before, "round {round}: nothing ran after");
+    }
+    let w = tr.stop_all_then(&mut |_| true).unwrap();
+    assert!(w.park().parked >= 60);
+    w.detach_all().unwrap();
+    drop(tr);
+    assert_eq!(tracer_pid(pid).unwrap(), None);
+    let before = wakes(pid, at);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(wakes(pid, at) > before + 20);
+    // The main thread's read of stdin and a reader's read of the pipe were
+    // parked: both still work.
+    let a = t.ask("w", T).unwrap();
+    assert_eq!(a, "wrote");
+    std::thread::sleep(Duration::from_millis(20));
+    for p in tracer_threads_of(pid) {
+        assert_ne!(p, 't', "a thread is left in a tracing stop");
+    }
+    assert!(
+        t.seen_containing("ERROR").is_empty(),
+        "{:?}",
+        t.seen_containing("ERROR")
+    );
+}
+
+/// The states of `pid`'s threads (`t` is a tracing stop).
+fn tracer_threads_of(pid: i32) -> Vec<char> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| {
+            let s = std::fs::read_to_string(e.ok()?.path().join("stat")).ok()?;
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .chars()
+                .next()
+        })
+        .collect()
+}

@@ -176,6 +176,26 @@ pub fn resumable(found: &Regs) -> Regs {
     r
 }
 
+/// Whether a thread stopped by an interrupt sits in a system call the
+/// kernel will restart by itself, with no handler to run, on the way back to
+/// user space: rip back onto the `syscall` instruction, which it executes
+/// again (the stop window parks such threads inside their call, see
+/// `hotsplice-process`). Not for a call that ended with a result or
+/// `EINTR`: that thread's next step is user code.
+pub fn restarts_syscall(found: &Regs) -> bool {
+    (found.orig_rax as i64) >= 0
+        && matches!(
+            -(found.rax as i64),
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+        )
+}
+
+/// The address of the system-call instruction a thread stopped inside a
+/// call executed (`ip` is just past it), which a restart executes again.
+pub fn syscall_insn(found: &Regs) -> u64 {
+    found.rip.wrapping_sub(SYSCALL_INSN_LEN)
+}
+
 /// Where a borrow puts things on the thread's stack (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {

@@ -94,14 +94,20 @@ pub struct Report {
     pub threads: usize,
     /// Stop windows needed (more than one when code was busy).
     pub attempts: u32,
-    /// How long all threads were stopped in the successful window.
+    /// The successful window, from its first interrupt to the last
+    /// stopped thread let go: no thread ran user code in replaced code
+    /// meanwhile. Sleeping threads parked in their system calls are
+    /// stopped only for their batch (`times.batch_us`); `times.held_us` is
+    /// the longest any one thread was kept from running
+    /// (docs/busy-check.md).
     #[serde(serialize_with = "micros")]
     pub stopped: Duration,
     /// Of that, how long the threads that were running (on a CPU or
     /// runnable) when the window began stayed stopped: they are stopped
     /// after every other thread and let go before them. `None` when every
-    /// thread was asleep. A sleeping thread that wakes during the window
-    /// is held for as long as it stays stopped, up to `stopped`.
+    /// thread was asleep. A sleeping thread kept stopped (not parked) that
+    /// wakes during the window is held until it is let go, up to
+    /// `stopped`.
     #[serde(serialize_with = "micros_opt", skip_serializing_if = "Option::is_none")]
     pub stopped_running: Option<Duration>,
     pub functions: usize,

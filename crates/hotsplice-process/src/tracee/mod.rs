@@ -17,8 +17,9 @@ mod state;
 mod window;
 
 pub use borrow::with_main_thread;
+pub use state::ParkStats;
 use state::{Book, St};
-pub use window::{RunAlone, Slice, StopWindow, StoppedThread};
+pub use window::{RunAlone, Slice, StopWindow, StoppedThread, PARK_BATCH};
 
 /// All threads of a process, seized with `PTRACE_SEIZE` (option `PTRACE_O_TRACECLONE`, so threads
 /// created later are traced from birth).
@@ -103,7 +104,7 @@ impl Tracee {
         if self.book.finished {
             return Ok(());
         }
-        self.book.collect(false, &mut |_| {})?;
+        self.book.collect(false, &mut |_| false)?;
         self.book.release(true)
     }
 }

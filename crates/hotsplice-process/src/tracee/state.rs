@@ -23,6 +23,12 @@ pub(super) enum St {
     AwaitInitial,
     /// In a ptrace-stop we collected.
     Stopped(Stop),
+    /// Parked by the stop window inside a system call it restarted: resumed with
+    /// `PTRACE_SYSCALL` from the window's interrupt, its syscall-entry stop collected and resumed
+    /// the same way, so that it sleeps in the kernel and can run no user instruction before a
+    /// syscall-exit stop (or another stop) that waits for us. Only inside a window; ended by
+    /// interrupting it again (see `window.rs`).
+    Parked,
     /// A ptrace request said ESRCH: it is being killed; it must still be reaped.
     Dying,
     /// Reaped or detached; removed at the next compaction.
@@ -81,6 +87,37 @@ pub(super) struct Book {
     pub(super) window_start: std::time::Instant,
     /// How long reading the threads' states before it took.
     pub(super) states_read: std::time::Duration,
+    /// Parking in the last window (see `window.rs`).
+    pub(super) park: ParkStats,
+    /// How many of the window's first stopped threads went through its `early` callback.
+    pub(super) early_count: usize,
+    /// Indices of the sleeping threads, reused by every window.
+    pub(super) scratch: Vec<usize>,
+    /// The threads parked by the open window, with the registers they had when checked.
+    pub(super) parked: Vec<StoppedThread>,
+}
+
+/// What parking sleeping threads in their system calls did in one window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ParkStats {
+    /// Threads parked (resumed inside their system call, checked).
+    pub parked: usize,
+    /// Of those, threads whose call ended during the window: let go at once, stopped again with
+    /// the running ones.
+    pub woke: usize,
+    /// Sleeping threads that stayed stopped (not in a call the kernel restarts by itself, not in
+    /// a clean stop, or their batch was not checked clean).
+    pub kept: usize,
+    /// The longest a batch of sleeping threads was stopped before being parked.
+    pub longest_batch: std::time::Duration,
+    /// Time spent parking and un-parking (out of any thread's stop).
+    pub parking: std::time::Duration,
+    /// When the first batch that kept a thread stopped was interrupted.
+    pub(super) kept_since: Option<std::time::Instant>,
+    /// The longest any thread was kept from running by the last window: the longest batch
+    /// stop, that of a thread kept stopped until the window's end, or that of the running
+    /// threads.
+    pub longest_held: std::time::Duration,
 }
 
 impl Book {
@@ -95,6 +132,10 @@ impl Book {
             hot_span: (None, None),
             window_start: std::time::Instant::now(),
             states_read: std::time::Duration::ZERO,
+            park: ParkStats::default(),
+            early_count: 0,
+            scratch: Vec::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -222,7 +263,7 @@ impl Book {
     }
 
     /// Handle a stop of a thread we did NOT interrupt (outside the window): let it go on.
-    fn dispatch_outside(&mut self, i: usize, ev: Ev) -> Result<()> {
+    pub(super) fn dispatch_outside(&mut self, i: usize, ev: Ev) -> Result<()> {
         let tid = self.threads[i].tid;
         let r = match ev {
             Ev::Exited => {

@@ -9,10 +9,10 @@
 use hotsplice_arch::current::remote::{self as regs, Regs};
 use nix::errno::Errno;
 
-use super::state::{Book, St, Stop};
+use super::state::{Book, ParkStats, St, Stop};
 use super::Tracee;
 use crate::procfs::{self, SchedStat};
-use crate::sys::{self, classify, is_stop_signal, perr, wait_tid, Ev};
+use crate::sys::{self, classify, is_stop_signal, perr, wait_tid, Ev, SyscallStop};
 use crate::{Error, MemWriter, Pid, Result};
 
 /// A thread stopped inside the stop window, with its registers.
@@ -44,17 +44,31 @@ impl Tracee {
     /// exits the result is [`Error::ProcessExited`]. On any error, threads that were stopped are
     /// resumed.
     pub fn stop_all(&mut self) -> Result<StopWindow<'_>> {
-        self.stop_all_then(&mut |_| {})
+        self.stop_all_then(&mut |_| false)
     }
 
-    /// [`Tracee::stop_all`], calling `early` with the threads stopped so far (every sleeping
-    /// one but the leader, with their registers) before the running ones are interrupted: work
-    /// on the sleepers' stacks there (they do not change while the threads are stopped) is
-    /// off the running threads' stop. Those threads are the first ones of
-    /// [`StopWindow::threads`], in the same order. `early` must make no ptrace request.
+    /// [`Tracee::stop_all`], the sleeping threads (every one not on a CPU) stopped in batches of
+    /// [`PARK_BATCH`], each batch handed to `early` (with the registers) as soon as it is
+    /// collected, the running ones still running: work on the sleepers' stacks there (they do not
+    /// change while the threads are stopped) is off the running threads' stop. Every thread given
+    /// to `early` that stays stopped comes first in [`StopWindow::threads`], in the same order
+    /// ([`StopWindow::early_count`] of them). `early` must make no ptrace request.
+    ///
+    /// When `early` returns true (it found the batch's threads may stay as they are until the
+    /// window ends), the threads of the batch that sit in a system call the kernel restarts by
+    /// itself are *parked*: resumed with `PTRACE_SYSCALL`, they execute the `syscall`
+    /// instruction again, stop at its entry, are resumed the same way and sleep on in the kernel.
+    /// A parked thread can run no user instruction before a syscall-exit stop that waits for us:
+    /// it is not stopped, yet it cannot touch what the window changes. One whose call ends during
+    /// the window is let go at once (between batches) and stopped again with the running threads;
+    /// the window's end interrupts the others again and lets them go (or detaches them). So a
+    /// sleeping thread is stopped only for its own batch, not for the whole window. Parked
+    /// threads are not in [`StopWindow::threads`] ([`StopWindow::park`] counts them). Should
+    /// hotsplice vanish meanwhile, the kernel detaches them, and they return from their call
+    /// normally.
     pub fn stop_all_then(
         &mut self,
-        early: &mut dyn FnMut(&[StoppedThread]),
+        early: &mut dyn FnMut(&[StoppedThread]) -> bool,
     ) -> Result<StopWindow<'_>> {
         // Before the first interrupt, so that no thread waits for it, and
         // before reading the threads' states, which a loaded machine would
@@ -82,6 +96,15 @@ impl Tracee {
     }
 }
 
+/// Sleeping threads are stopped, checked and parked this many at a time: a sleeping thread is
+/// stopped for about its batch (some 25 µs a thread), not for the whole window.
+pub const PARK_BATCH: usize = 32;
+
+/// How many times the leader's stop is looked for, without blocking, at the end of the last
+/// batch (a zombie leader never reports before the other threads are reaped: waiting for it
+/// there could wait forever, so it is otherwise collected after every other thread).
+const LEADER_POLLS: u32 = 256;
+
 impl Tracee {
     /// How long the threads that were running when the last window began
     /// stayed stopped: from the first one's interrupt to the last one let
@@ -93,42 +116,37 @@ impl Tracee {
             _ => None,
         }
     }
+
+    /// What parking sleeping threads did in the last window, once it ended (see
+    /// [`Tracee::stop_all_then`]).
+    pub fn last_park(&self) -> ParkStats {
+        self.book.park
+    }
 }
 
 impl Book {
     /// Interrupt every running thread, then collect each one's stop (with its registers into
-    /// `stopped` if `read_regs`); on an error the threads stopped so far are resumed.
+    /// `stopped` if `read_regs`); on an error the threads stopped so far are resumed. The
+    /// sleeping ones go first, in batches, each handed to `early` and parked if it says so (see
+    /// [`Tracee::stop_all_then`]; only with `read_regs`).
     pub(super) fn collect(
         &mut self,
         read_regs: bool,
-        early: &mut dyn FnMut(&[StoppedThread]),
+        early: &mut dyn FnMut(&[StoppedThread]) -> bool,
     ) -> Result<()> {
         self.check_live()?;
         self.stopped.clear();
         self.hot_span = (None, None);
+        self.park = ParkStats::default();
+        self.parked.clear();
+        self.early_count = 0;
         self.window_start = std::time::Instant::now();
-        // Sleeping threads first, and their stops collected, while the
-        // running ones (`hot`) still run; then the running ones, whose
-        // stops arrive at once. A running thread is stopped only for the
-        // tail of the window.
-        let t0 = std::time::Instant::now();
-        self.interrupt_running(false);
-        let t1 = std::time::Instant::now();
-        let mut waited = Ok(());
-        // Not the main thread: a zombie leader reports only once every
-        // other thread is reaped, so it is always collected last.
-        for i in 0..self.threads.len() {
-            if !self.threads[i].hot && self.threads[i].tid != self.pid {
-                waited = self.collect_one(i, read_regs);
-                if waited.is_err() {
-                    break;
-                }
-            }
-        }
-        let t2 = std::time::Instant::now();
-        if waited.is_ok() {
-            early(&self.stopped);
-        }
+        // Sleeping threads first, batch by batch, while the running ones
+        // (`hot`) still run; then the running ones, whose stops arrive at
+        // once. A running thread is stopped only for the tail of the
+        // window.
+        let (interrupt, wait, waited) = self.collect_sleepers(read_regs, early);
+        self.early_count = self.stopped.len();
         let t2e = std::time::Instant::now();
         if waited.is_ok() {
             if self.threads.iter().any(|t| t.hot && t.st == St::Running) {
@@ -138,7 +156,7 @@ impl Book {
         }
         let t3 = std::time::Instant::now();
         let waited = waited.and_then(|()| self.collect_wait(read_regs));
-        self.last_stop = ((t1 - t0) + (t3 - t2e), (t2 - t1) + t3.elapsed());
+        self.last_stop = (interrupt + (t3 - t2e), wait + t3.elapsed());
         if let Err(e) = waited {
             if !self.finished {
                 let _ = self.release(false);
@@ -157,6 +175,342 @@ impl Book {
         }
         self.compact();
         Ok(())
+    }
+
+    /// The sleeping threads' part of [`Book::collect`]: returns the time spent interrupting and
+    /// collecting, and whether every stop was collected.
+    fn collect_sleepers(
+        &mut self,
+        read_regs: bool,
+        early: &mut dyn FnMut(&[StoppedThread]) -> bool,
+    ) -> (std::time::Duration, std::time::Duration, Result<()>) {
+        let mut sleepers = std::mem::take(&mut self.scratch);
+        sleepers.clear();
+        let pid = self.pid;
+        sleepers.extend(
+            self.threads
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.st == St::Running && !t.hot && t.tid != pid)
+                .map(|(i, _)| i),
+        );
+        // The leader, when sleeping, with the last batch (see `LEADER_POLLS`).
+        let leader = (!self.leader_zombie)
+            .then(|| {
+                self.threads
+                    .iter()
+                    .position(|t| t.tid == pid && t.st == St::Running && !t.hot)
+            })
+            .flatten();
+        let n = sleepers.len();
+        let batches = n.div_ceil(PARK_BATCH).max(usize::from(leader.is_some()));
+        // Index in `threads` of each thread of the batch in `stopped`.
+        let mut idx: Vec<usize> = Vec::with_capacity(PARK_BATCH + 1);
+        let (mut interrupt, mut wait) = Default::default();
+        let mut waited = Ok(());
+        for b in 0..batches {
+            let chunk = &sleepers[(b * PARK_BATCH).min(n)..((b + 1) * PARK_BATCH).min(n)];
+            let leader = leader.filter(|_| b + 1 == batches);
+            let t0 = std::time::Instant::now();
+            for &i in chunk {
+                // ESRCH (thread dying) is resolved by the wait.
+                let _ = sys::interrupt(self.threads[i].tid);
+            }
+            if leader.is_some() {
+                let _ = sys::interrupt(pid);
+            }
+            let t1 = std::time::Instant::now();
+            let start = self.stopped.len();
+            idx.clear();
+            for &i in chunk {
+                waited = self.collect_one(i, read_regs);
+                if waited.is_err() {
+                    break;
+                }
+                if self.stopped.len() > start + idx.len() {
+                    idx.push(i);
+                }
+            }
+            if let (Ok(()), Some(li)) = (&waited, leader) {
+                waited = self.try_collect_leader(li, read_regs);
+                if self.stopped.len() > start + idx.len() {
+                    idx.push(li);
+                }
+            }
+            interrupt += t1 - t0;
+            wait += t1.elapsed();
+            if waited.is_err() {
+                break;
+            }
+            let stopped = self.stopped.len() - start;
+            let mut parked = 0;
+            if early(&self.stopped[start..]) && read_regs {
+                let tp = std::time::Instant::now();
+                match self.park_from(start, &idx) {
+                    Ok(p) => parked = p,
+                    Err(e) => {
+                        waited = Err(e);
+                        break;
+                    }
+                }
+                self.park.longest_batch = self.park.longest_batch.max(t0.elapsed());
+                if let Err(e) = self.release_woken(None) {
+                    waited = Err(e);
+                    break;
+                }
+                self.park.parking += tp.elapsed();
+            }
+            let kept = stopped - parked;
+            self.park.parked += parked;
+            self.park.kept += kept;
+            if kept > 0 {
+                self.park.kept_since.get_or_insert(t0);
+            }
+        }
+        self.scratch = sleepers;
+        (interrupt, wait, waited)
+    }
+
+    /// The leader's stop, if it arrives within [`LEADER_POLLS`] looks; else it stays to be
+    /// collected after every other thread.
+    fn try_collect_leader(&mut self, li: usize, read_regs: bool) -> Result<()> {
+        for _ in 0..LEADER_POLLS {
+            match wait_tid(self.pid, libc::WNOHANG) {
+                Ok(Some(st)) => {
+                    self.record(li, st, read_regs)?;
+                    return Ok(());
+                }
+                Ok(None) => std::thread::yield_now(),
+                Err(Errno::ECHILD) => {
+                    self.threads[li].st = St::Dead;
+                    return Ok(());
+                }
+                Err(e) => return Err(perr("waitpid", self.pid, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Park the threads of `stopped[start..]` (their indices in `threads`: `idx`) that are in a
+    /// clean stop inside a system call the kernel restarts (see [`Tracee::stop_all_then`]), and
+    /// drop them from `stopped`; those that stop otherwise on the way stay stopped, with the
+    /// registers they had (they ran no user instruction). Returns how many were parked.
+    fn park_from(&mut self, start: usize, idx: &[usize]) -> Result<usize> {
+        for (k, &i) in idx.iter().enumerate() {
+            let t = self.stopped[start + k];
+            if self.threads[i].st != St::Stopped(Stop::Clean) || !regs::restarts_syscall(&t.regs) {
+                continue;
+            }
+            self.threads[i].st = match sys::syscall_resume(t.tid, 0) {
+                Ok(()) => St::Parked,
+                Err(Errno::ESRCH) => St::Dying,
+                Err(_) => continue,
+            };
+        }
+        let mut parked = 0;
+        for (k, &i) in idx.iter().enumerate() {
+            if self.threads[i].st != St::Parked {
+                continue;
+            }
+            let tid = self.threads[i].tid;
+            let Some(st) = self.wait_thread(tid)? else {
+                self.threads[i].st = St::Dead;
+                continue;
+            };
+            self.threads[i].st = match classify(st) {
+                Ev::Syscall => {
+                    // The restarted call's entry, at the instruction it was in: anything else
+                    // would mean it ran code, and its check no longer holds.
+                    let at = self.stopped[start + k].regs;
+                    match sys::syscall_info(tid) {
+                        Ok(SyscallStop::Entry { ip, .. }) if ip == regs::ip(&at) => {}
+                        Ok(other) => {
+                            self.threads[i].st = St::Stopped(Stop::Dirty(0));
+                            return Err(Error::Unexpected {
+                                tid,
+                                detail: format!(
+                                    "parking: expected the restarted system call's entry at \
+                                     {:#x}, got {other:?}",
+                                    regs::ip(&at)
+                                ),
+                            });
+                        }
+                        Err(Errno::ESRCH) => {
+                            self.threads[i].st = St::Dying;
+                            continue;
+                        }
+                        Err(e) => {
+                            self.threads[i].st = St::Stopped(Stop::Dirty(0));
+                            return Err(perr("PTRACE_GET_SYSCALL_INFO", tid, e));
+                        }
+                    }
+                    match sys::syscall_resume(tid, 0) {
+                        Ok(()) => {
+                            parked += 1;
+                            self.parked.push(self.stopped[start + k]);
+                            St::Parked
+                        }
+                        Err(Errno::ESRCH) => St::Dying,
+                        // Still at the entry: it stays stopped there.
+                        Err(_) => St::Stopped(Stop::Dirty(0)),
+                    }
+                }
+                Ev::Exited => {
+                    self.threads[i].st = St::Dead;
+                    if tid == self.pid {
+                        return Err(self.process_gone());
+                    }
+                    continue;
+                }
+                Ev::Signal(s) => St::Stopped(Stop::Dirty(s)),
+                Ev::EventStop(s) if is_stop_signal(s) => St::Stopped(Stop::Group),
+                Ev::EventStop(_) => St::Stopped(Stop::Clean),
+                Ev::Clone => {
+                    if let Ok(child) = sys::geteventmsg(tid) {
+                        self.adopt(child as Pid);
+                    }
+                    St::Stopped(Stop::Dirty(0))
+                }
+                Ev::Other => St::Stopped(Stop::Dirty(0)),
+            };
+        }
+        // Only the stopped ones stay listed, in order.
+        let mut w = start;
+        for (k, &i) in idx.iter().enumerate() {
+            if matches!(self.threads[i].st, St::Stopped(_)) {
+                self.stopped[w] = self.stopped[start + k];
+                w += 1;
+            }
+        }
+        self.stopped.truncate(w);
+        Ok(parked)
+    }
+
+    /// Parked threads whose system call ended wait in a syscall-exit stop (or another stop): let
+    /// each go on at once. Inside the window (`detach` `None`) they run again, as running threads
+    /// (stopped with those); at its end they are let go (`Some(false)`) or detached
+    /// (`Some(true)`). Looks only at what is waiting (`waitid` without collecting), and stops at
+    /// the first event that is not a parked thread's (it is collected where it belongs).
+    fn release_woken(&mut self, detach: Option<bool>) -> Result<()> {
+        while let Some(tid) = sys::peek_event() {
+            let Some(i) = self
+                .threads
+                .iter()
+                .position(|t| t.tid == tid && t.st == St::Parked)
+            else {
+                break;
+            };
+            let st = match wait_tid(tid, libc::WNOHANG) {
+                Ok(Some(st)) => st,
+                Ok(None) => break,
+                Err(Errno::ECHILD) => {
+                    self.threads[i].st = St::Dead;
+                    continue;
+                }
+                Err(e) => return Err(perr("waitpid", tid, e)),
+            };
+            let ev = classify(st);
+            if detach == Some(true) && ev != Ev::Exited {
+                let sig = if let Ev::Signal(s) = ev { s } else { 0 };
+                self.threads[i].st = match sys::detach(tid, sig) {
+                    Ok(()) => St::Dead,
+                    Err(_) => St::Dying,
+                };
+            } else {
+                // PTRACE_CONT (no interrupt is pending: none was sent since it was parked).
+                self.dispatch_outside(i, ev)?;
+                self.threads[i].hot = true;
+                self.parked.retain(|t| t.tid != tid);
+            }
+            self.park.woke += 1;
+        }
+        Ok(())
+    }
+
+    /// End parking: interrupt every parked thread (batch by batch: each is stopped only for its
+    /// batch) and detach it, or let it go seized (`detach` false: a stop that may have our
+    /// interrupt pending behind it is left `Dirty`, for [`Book::release`] to settle).
+    fn unpark(&mut self, detach: bool) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let mut parked = std::mem::take(&mut self.scratch);
+        parked.clear();
+        parked.extend(
+            self.threads
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.st == St::Parked)
+                .map(|(i, _)| i),
+        );
+        let mut result = Ok(());
+        'batches: for chunk in parked.chunks(PARK_BATCH) {
+            for &i in chunk {
+                // ESRCH (thread dying) is resolved by the wait.
+                let _ = sys::interrupt(self.threads[i].tid);
+            }
+            for &i in chunk {
+                let tid = self.threads[i].tid;
+                let st = match self.wait_thread(tid) {
+                    Ok(Some(st)) => st,
+                    Ok(None) => {
+                        self.threads[i].st = St::Dead;
+                        continue;
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break 'batches;
+                    }
+                };
+                let stop = match classify(st) {
+                    Ev::Exited => {
+                        self.threads[i].st = St::Dead;
+                        continue;
+                    }
+                    Ev::Signal(s) => Stop::Dirty(s),
+                    Ev::EventStop(s) if is_stop_signal(s) => Stop::Group,
+                    Ev::EventStop(_) => Stop::Clean,
+                    Ev::Clone => {
+                        if let Ok(child) = sys::geteventmsg(tid) {
+                            self.adopt(child as Pid);
+                        }
+                        Stop::Dirty(0)
+                    }
+                    // Its call's exit (the interrupt ended it, to be restarted, or it had just
+                    // ended): an interrupt may be pending behind it.
+                    Ev::Syscall | Ev::Other => Stop::Dirty(0),
+                };
+                let r = match (detach, stop) {
+                    (true, Stop::Dirty(sig)) => sys::detach(tid, sig),
+                    (true, _) => sys::detach(tid, 0),
+                    (false, Stop::Clean) => sys::cont(tid, 0),
+                    (false, Stop::Group) => sys::listen(tid),
+                    (false, Stop::Dirty(_)) => {
+                        self.threads[i].st = St::Stopped(stop);
+                        continue;
+                    }
+                };
+                self.threads[i].st = match r {
+                    Ok(()) if detach => St::Dead,
+                    Ok(()) => St::Running,
+                    Err(Errno::ESRCH) => St::Dying,
+                    Err(e) => {
+                        self.threads[i].st = St::Stopped(stop);
+                        result = Err(perr(
+                            if detach {
+                                "PTRACE_DETACH"
+                            } else {
+                                "PTRACE_CONT"
+                            },
+                            tid,
+                            e,
+                        ));
+                        continue;
+                    }
+                };
+            }
+        }
+        self.scratch = parked;
+        self.park.parking += t0.elapsed();
+        result
     }
 
     /// Interrupt every running thread that is (`hot`) or is not on a CPU.
@@ -208,42 +562,53 @@ impl Book {
                     return Ok(());
                 }
             };
-            let stop = match classify(st) {
-                Ev::Exited => {
-                    self.threads[i].st = St::Dead;
-                    if tid == self.pid {
-                        return Err(self.process_gone());
-                    }
-                    return Ok(());
+            self.record(i, st, read_regs)?;
+        }
+    }
+
+    /// Record the stop `st` collected for thread `i` in the window (with its registers pushed
+    /// onto `stopped` if `read_regs`). The thread's state says whether a stop is still to come
+    /// (`Dying`: killed while stopped; a new thread whose id could not be read).
+    fn record(&mut self, i: usize, st: libc::c_int, read_regs: bool) -> Result<()> {
+        let tid = self.threads[i].tid;
+        let stop = match classify(st) {
+            Ev::Exited => {
+                self.threads[i].st = St::Dead;
+                if tid == self.pid {
+                    return Err(self.process_gone());
                 }
-                Ev::EventStop(s) if is_stop_signal(s) => Stop::Group,
-                Ev::EventStop(_) => Stop::Clean,
-                Ev::Clone => {
-                    match sys::geteventmsg(tid) {
-                        Ok(child) => self.adopt(child as Pid),
-                        Err(_) => {
-                            self.threads[i].st = St::Dying;
-                            continue;
-                        }
-                    }
-                    Stop::Dirty(0)
-                }
-                Ev::Signal(s) => Stop::Dirty(s),
-                Ev::Other | Ev::Syscall => Stop::Dirty(0),
-            };
-            self.threads[i].st = St::Stopped(stop);
-            if !read_regs {
                 return Ok(());
             }
-            match sys::getregs(tid) {
-                Ok(regs) => {
-                    self.stopped.push(StoppedThread { tid, regs });
-                    return Ok(());
+            Ev::EventStop(s) if is_stop_signal(s) => Stop::Group,
+            Ev::EventStop(_) => Stop::Clean,
+            Ev::Clone => {
+                match sys::geteventmsg(tid) {
+                    Ok(child) => self.adopt(child as Pid),
+                    Err(_) => {
+                        self.threads[i].st = St::Dying;
+                        return Ok(());
+                    }
                 }
-                // Killed while stopped: reap it.
-                Err(Errno::ESRCH) => self.threads[i].st = St::Dying,
-                Err(e) => return Err(perr("PTRACE_GETREGS", tid, e)),
+                Stop::Dirty(0)
             }
+            Ev::Signal(s) => Stop::Dirty(s),
+            Ev::Other | Ev::Syscall => Stop::Dirty(0),
+        };
+        self.threads[i].st = St::Stopped(stop);
+        if !read_regs {
+            return Ok(());
+        }
+        match sys::getregs(tid) {
+            Ok(regs) => {
+                self.stopped.push(StoppedThread { tid, regs });
+                Ok(())
+            }
+            // Killed while stopped: reap it.
+            Err(Errno::ESRCH) => {
+                self.threads[i].st = St::Dying;
+                Ok(())
+            }
+            Err(e) => Err(perr("PTRACE_GETREGS", tid, e)),
         }
     }
 
@@ -254,8 +619,14 @@ impl Book {
         // The threads that were running first (they were stopped last),
         // then the others.
         for pass_hot in [true, false] {
-            if !pass_hot && self.hot_span.0.is_some() {
-                self.hot_span.1 = Some(std::time::Instant::now());
+            if !pass_hot {
+                if self.hot_span.0.is_some() {
+                    self.hot_span.1 = Some(std::time::Instant::now());
+                }
+                // Parked threads whose call ended wait for us: before the stopped ones.
+                if let Err(e) = self.release_woken(Some(detach)) {
+                    first_err.get_or_insert(e);
+                }
             }
             for t in self.threads.iter_mut().filter(|t| t.hot == pass_hot) {
                 let r = match t.st {
@@ -301,6 +672,30 @@ impl Book {
             }
         }
         self.stopped.clear();
+        self.parked.clear();
+        // The longest any thread was held (see `ParkStats::longest_held`).
+        let end = std::time::Instant::now();
+        let kept = self
+            .park
+            .kept_since
+            .map(|t| end.saturating_duration_since(t));
+        let hot = match self.hot_span {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        };
+        self.park.longest_held = self
+            .park
+            .longest_batch
+            .max(kept.unwrap_or_default())
+            .max(hot.unwrap_or_default());
+        // Parked threads last: each interrupted again and let go, stopped for its batch only.
+        if let Err(e) = self.unpark(detach) {
+            first_err.get_or_insert(e);
+        }
+        dirty |= self
+            .threads
+            .iter()
+            .any(|t| matches!(t.st, St::Stopped(Stop::Dirty(_))));
         let mut result = Ok(());
         if dirty {
             // Rare: threads stopped in a clone event or signal-delivery-stop. Deliver their signal
@@ -448,6 +843,23 @@ impl StopWindow<'_> {
     /// When the window's first thread was interrupted.
     pub fn started(&self) -> std::time::Instant {
         self.tracee.book.window_start
+    }
+
+    /// How many of the first [`StopWindow::threads`] went through the `early` callback of
+    /// [`Tracee::stop_all_then`] (the sleeping threads not parked).
+    pub fn early_count(&self) -> usize {
+        self.tracee.book.early_count
+    }
+
+    /// The threads parked in their system calls (see [`Tracee::stop_all_then`]), with the
+    /// registers they had when their batch was checked: they have run no user instruction since.
+    pub fn parked_threads(&self) -> &[StoppedThread] {
+        &self.tracee.book.parked
+    }
+
+    /// What parking did so far in this window (see [`Tracee::stop_all_then`]).
+    pub fn park(&self) -> ParkStats {
+        self.tracee.book.park
     }
 
     /// How long stopping took: sending every interrupt, then collecting
