@@ -433,7 +433,7 @@ pub(crate) fn stop_and_write<T>(
                 writes_us: us(writes_time),
                 resume_us: us(t_resume.elapsed()),
                 parked: park.parked,
-                woke: park.woke,
+                woke: park.woke + park.awake,
                 kept: park.kept,
                 batch_us: us(park.longest_batch),
                 parking_us: us(park.parking),
@@ -470,8 +470,9 @@ pub struct WindowTimes {
     /// `hotsplice_process::Tracee::stop_all_then`): stopped only for their
     /// batch, not for the window.
     pub parked: usize,
-    /// Of those, threads whose call ended during the window: let go at
-    /// once, stopped again with the running ones.
+    /// Sleeping threads let go at once during the window, stopped again
+    /// with the running ones: parked ones whose call ended, and ones found
+    /// in user code at their stop (woken since their state was read).
     pub woke: usize,
     /// Sleeping threads that stayed stopped for the window (not in a
     /// system call the kernel restarts by itself, e.g. `epoll_wait`, which

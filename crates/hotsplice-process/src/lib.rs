@@ -51,4 +51,4 @@ pub use hotsplice_arch::current::remote::Regs;
 
 /// The instruction pointer and the stack pointer of a register set (from `hotsplice-arch`,
 /// which alone names registers).
-pub use hotsplice_arch::current::remote::{ip, sp, syscall_insn};
+pub use hotsplice_arch::current::remote::{ip, next_is_user_code, sp, syscall_insn};

@@ -190,6 +190,16 @@ pub fn restarts_syscall(found: &Regs) -> bool {
         )
 }
 
+/// Whether a thread stopped by an interrupt goes on in user code with no
+/// sign of the interrupt: it was in user code (or in an exception, whose
+/// entries leave a negative `orig_rax`), or its system call had just ended
+/// with a result. Not for a call to be restarted ([`restarts_syscall`]) nor
+/// one the interrupt ended with `EINTR`, which the thread sees once it runs.
+pub fn next_is_user_code(found: &Regs) -> bool {
+    const EINTR: i64 = 4;
+    !in_syscall(found) || !(restarts_syscall(found) || -(found.rax as i64) == EINTR)
+}
+
 /// The address of the system-call instruction a thread stopped inside a
 /// call executed (`ip` is just past it), which a restart executes again.
 pub fn syscall_insn(found: &Regs) -> u64 {

@@ -105,6 +105,9 @@ pub struct ParkStats {
     /// Of those, threads whose call ended during the window: let go at once, stopped again with
     /// the running ones.
     pub woke: usize,
+    /// Threads taken for sleeping that were in user code at their stop (they woke since their
+    /// state was read): let go at once, stopped again with the running ones.
+    pub awake: usize,
     /// Sleeping threads that stayed stopped (not in a call the kernel restarts by itself, not in
     /// a clean stop, or their batch was not checked clean).
     pub kept: usize,

@@ -47,12 +47,16 @@ impl Tracee {
         self.stop_all_then(&mut |_| false)
     }
 
-    /// [`Tracee::stop_all`], the sleeping threads (every one not on a CPU) stopped in batches of
-    /// [`PARK_BATCH`], each batch handed to `early` (with the registers) as soon as it is
-    /// collected, the running ones still running: work on the sleepers' stacks there (they do not
-    /// change while the threads are stopped) is off the running threads' stop. Every thread given
-    /// to `early` that stays stopped comes first in [`StopWindow::threads`], in the same order
-    /// ([`StopWindow::early_count`] of them). `early` must make no ptrace request.
+    /// [`Tracee::stop_all`], every thread stopped first in batches of [`PARK_BATCH`] — the
+    /// sleeping ones (not on a CPU when their states were read), then the running ones — each
+    /// batch handed to `early` (with the registers) as soon as it is collected, the others still
+    /// running: work on the batch's stacks there (they do not change while the threads are
+    /// stopped) is off the running threads' stop. A thread of a batch found in user code
+    /// ([`crate::next_is_user_code`]: it is running after all) is let go at once, after
+    /// `early`, and stopped again with the other running ones at the end: `early` need not
+    /// check those. Every other thread given to `early` that stays stopped comes first in
+    /// [`StopWindow::threads`], in the same order ([`StopWindow::early_count`] of them). `early`
+    /// must make no ptrace request.
     ///
     /// When `early` returns true (it found the batch's threads may stay as they are until the
     /// window ends), the threads of the batch that sit in a system call the kernel restarts by
@@ -184,33 +188,55 @@ impl Book {
         read_regs: bool,
         early: &mut dyn FnMut(&[StoppedThread]) -> bool,
     ) -> (std::time::Duration, std::time::Duration, Result<()>) {
-        let mut sleepers = std::mem::take(&mut self.scratch);
-        sleepers.clear();
+        let mut order = std::mem::take(&mut self.scratch);
+        order.clear();
         let pid = self.pid;
-        sleepers.extend(
-            self.threads
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.st == St::Running && !t.hot && t.tid != pid)
-                .map(|(i, _)| i),
-        );
-        // The leader, when sleeping, with the last batch (see `LEADER_POLLS`).
+        // Sleeping threads first; then those `/proc` showed running, which
+        // mostly sleep again by now (a server's workers): found in user
+        // code at their stop, a thread is let go at once and stopped again
+        // with the others that are (`hot`), at the end.
+        for hot in [false, true] {
+            order.extend(
+                self.threads
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.st == St::Running && t.hot == hot && t.tid != pid)
+                    .map(|(i, _)| i),
+            );
+        }
+        let cold = self
+            .threads
+            .iter()
+            .filter(|t| t.st == St::Running && !t.hot && t.tid != pid)
+            .count();
+        let n = order.len();
+        // The leader with the last batch (see `LEADER_POLLS`).
         let leader = (!self.leader_zombie)
             .then(|| {
                 self.threads
                     .iter()
-                    .position(|t| t.tid == pid && t.st == St::Running && !t.hot)
+                    .position(|t| t.tid == pid && t.st == St::Running)
             })
             .flatten();
-        let n = sleepers.len();
-        let batches = n.div_ceil(PARK_BATCH).max(usize::from(leader.is_some()));
+        let mut bounds: Vec<(usize, usize)> = Vec::with_capacity(n / PARK_BATCH + 3);
+        for (from, to) in [(0, cold), (cold, n)] {
+            let mut lo = from;
+            while lo < to {
+                let hi = (lo + PARK_BATCH).min(to);
+                bounds.push((lo, hi));
+                lo = hi;
+            }
+        }
+        if bounds.is_empty() && leader.is_some() {
+            bounds.push((n, n));
+        }
         // Index in `threads` of each thread of the batch in `stopped`.
         let mut idx: Vec<usize> = Vec::with_capacity(PARK_BATCH + 1);
         let (mut interrupt, mut wait) = Default::default();
         let mut waited = Ok(());
-        for b in 0..batches {
-            let chunk = &sleepers[(b * PARK_BATCH).min(n)..((b + 1) * PARK_BATCH).min(n)];
-            let leader = leader.filter(|_| b + 1 == batches);
+        for (b, &(lo, hi)) in bounds.iter().enumerate() {
+            let chunk = &order[lo..hi];
+            let leader = leader.filter(|_| b + 1 == bounds.len());
             let t0 = std::time::Instant::now();
             for &i in chunk {
                 // ESRCH (thread dying) is resolved by the wait.
@@ -242,11 +268,17 @@ impl Book {
             if waited.is_err() {
                 break;
             }
-            let stopped = self.stopped.len() - start;
             let mut parked = 0;
-            if early(&self.stopped[start..]) && read_regs {
+            if read_regs {
+                if let Err(e) = self.let_awake_go(start, &mut idx) {
+                    waited = Err(e);
+                    break;
+                }
+            }
+            let park = early(&self.stopped[start..]);
+            if read_regs {
                 let tp = std::time::Instant::now();
-                match self.park_from(start, &idx) {
+                match self.park_from(start, &idx, park) {
                     Ok(p) => parked = p,
                     Err(e) => {
                         waited = Err(e);
@@ -254,20 +286,22 @@ impl Book {
                     }
                 }
                 self.park.longest_batch = self.park.longest_batch.max(t0.elapsed());
-                if let Err(e) = self.release_woken(None) {
-                    waited = Err(e);
-                    break;
+                if self.park.parked + parked > 0 {
+                    if let Err(e) = self.release_woken(None) {
+                        waited = Err(e);
+                        break;
+                    }
                 }
                 self.park.parking += tp.elapsed();
             }
-            let kept = stopped - parked;
+            let kept = self.stopped.len() - start;
             self.park.parked += parked;
             self.park.kept += kept;
             if kept > 0 {
                 self.park.kept_since.get_or_insert(t0);
             }
         }
-        self.scratch = sleepers;
+        self.scratch = order;
         (interrupt, wait, waited)
     }
 
@@ -291,11 +325,52 @@ impl Book {
         Ok(())
     }
 
-    /// Park the threads of `stopped[start..]` (their indices in `threads`: `idx`) that are in a
-    /// clean stop inside a system call the kernel restarts (see [`Tracee::stop_all_then`]), and
-    /// drop them from `stopped`; those that stop otherwise on the way stay stopped, with the
-    /// registers they had (they ran no user instruction). Returns how many were parked.
-    fn park_from(&mut self, start: usize, idx: &[usize]) -> Result<usize> {
+    /// Of the batch `stopped[start..]` (their indices in `threads`: `idx`), let go at once every
+    /// thread in a clean stop whose next step is user code anyway ([`crate::next_is_user_code`]:
+    /// it is running, or woke since its state was read), to be stopped again with the running
+    /// ones (`hot`), and drop it from `stopped` and `idx`.
+    fn let_awake_go(&mut self, start: usize, idx: &mut Vec<usize>) -> Result<()> {
+        let mut w = 0;
+        for k in 0..idx.len() {
+            let i = idx[k];
+            let t = self.stopped[start + k];
+            let mut stays = true;
+            if self.threads[i].st == St::Stopped(Stop::Clean) && regs::next_is_user_code(&t.regs) {
+                match sys::cont(t.tid, 0) {
+                    Ok(()) => {
+                        self.threads[i].st = St::Running;
+                        self.threads[i].hot = true;
+                        self.park.awake += 1;
+                        stays = false;
+                    }
+                    Err(Errno::ESRCH) => {
+                        self.threads[i].st = St::Dying;
+                        stays = false;
+                    }
+                    // Still stopped: it stays so.
+                    Err(_) => {}
+                }
+            }
+            if stays {
+                self.stopped[start + w] = t;
+                idx[w] = i;
+                w += 1;
+            }
+        }
+        self.stopped.truncate(start + w);
+        idx.truncate(w);
+        Ok(())
+    }
+
+    /// With `park`, park the threads of the batch `stopped[start..]` (their indices in
+    /// `threads`: `idx`) that sit in a clean stop inside a system call the kernel restarts (see
+    /// [`Tracee::stop_all_then`]) and drop them from `stopped`; a thread that stops otherwise on
+    /// the way stays stopped, with the registers it had (it ran no user instruction). Returns
+    /// how many were parked.
+    fn park_from(&mut self, start: usize, idx: &[usize], park: bool) -> Result<usize> {
+        if !park {
+            return Ok(0);
+        }
         for (k, &i) in idx.iter().enumerate() {
             let t = self.stopped[start + k];
             if self.threads[i].st != St::Stopped(Stop::Clean) || !regs::restarts_syscall(&t.regs) {
