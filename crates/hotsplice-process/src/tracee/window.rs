@@ -145,10 +145,10 @@ impl Book {
         self.parked.clear();
         self.early_count = 0;
         self.window_start = std::time::Instant::now();
-        // Sleeping threads first, batch by batch, while the running ones
-        // (`hot`) still run; then the running ones, whose stops arrive at
-        // once. A running thread is stopped only for the tail of the
-        // window.
+        // Every thread batch by batch, the sleeping ones first, while the
+        // others run; those found in user code were let go again (`hot`):
+        // now they are stopped, and their stops arrive at once. A running
+        // thread is stopped for its batch and for the window's tail.
         let (interrupt, wait, waited) = self.collect_sleepers(read_regs, early);
         self.early_count = self.stopped.len();
         let t2e = std::time::Instant::now();
@@ -242,8 +242,12 @@ impl Book {
                 // ESRCH (thread dying) is resolved by the wait.
                 let _ = sys::interrupt(self.threads[i].tid);
             }
-            if leader.is_some() {
+            if let Some(li) = leader {
                 let _ = sys::interrupt(pid);
+                // Interrupted now: the tail must not interrupt it again
+                // should its stop come late (a second interrupt would
+                // leave a trap pending behind the first stop).
+                self.threads[li].hot = false;
             }
             let t1 = std::time::Instant::now();
             let start = self.stopped.len();
