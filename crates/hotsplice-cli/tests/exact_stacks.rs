@@ -202,3 +202,46 @@ fn walks_go_through_a_signal_frame_from_an_alternate_stack() {
     assert!(at("handler").is_some(), "{names:?}");
     proc.assert_alive("after the walk");
 }
+
+/// Four workers that sleep 20 ms between lines (`usleep`) and the main
+/// thread in `pthread_join`: the window parks each one in its system call
+/// once its batch is checked, and every report says so; each thread goes on
+/// as it should — the patched worker with the new line, the others
+/// unchanged — after apply and after undo, with no stray stop left.
+#[test]
+fn sleeping_threads_are_parked_in_their_calls_and_run_on() {
+    require_root();
+    let case = Case::load("threads");
+    let build = case.build();
+    let (_out, file, id) = patch_for(&case, &build, "parked");
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let pid = proc.pid();
+    let mut parked = 0;
+    for _ in 0..3 {
+        let r = apply(pid, &["--json"], std::slice::from_ref(&file));
+        r.assert_ok("apply");
+        let j = json_of(&r);
+        parked += j[0]["times"]["parked"].as_u64().unwrap();
+        assert_eq!(
+            j[0]["threads"],
+            5,
+            "every thread counted, parked or stopped: {}",
+            r.describe()
+        );
+        let mark = proc.mark(Stream::Stdout);
+        proc.expect_line(Stream::Stdout, mark, case.after(), "patched");
+        for s in case.list("steady") {
+            proc.expect_line(Stream::Stdout, mark, &s, "unpatched worker");
+        }
+        undo(pid, &id).assert_ok("undo");
+        let mark = proc.mark(Stream::Stdout);
+        proc.expect_line(Stream::Stdout, mark, case.before(), "undone");
+    }
+    // A worker may be between two calls at its stop (then it is stopped
+    // with the running ones): over three applies most are parked.
+    assert!(parked >= 9, "only {parked} threads parked in 3 applies");
+    let held = hotsplice_testsupport::proc::held_threads(pid as i32);
+    assert!(held.is_empty(), "threads left stopped: {held:?}");
+    proc.assert_alive("after three applies and undos");
+}
