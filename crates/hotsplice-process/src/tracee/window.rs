@@ -52,9 +52,9 @@ impl Tracee {
     /// batch handed to `early` (with the registers) as soon as it is collected, the others still
     /// running: work on the batch's stacks there (they do not change while the threads are
     /// stopped) is off the running threads' stop. A thread of a batch found in user code
-    /// ([`crate::next_is_user_code`]: it is running after all) is let go at once, after
-    /// `early`, and stopped again with the other running ones at the end: `early` need not
-    /// check those. Every other thread given to `early` that stays stopped comes first in
+    /// ([`crate::next_is_user_code`]: it is running after all) is let go as soon as its stop is
+    /// collected, and stopped again with the other running ones at the end: `early` does not
+    /// see it then. Every thread given to `early` that stays stopped comes first in
     /// [`StopWindow::threads`], in the same order ([`StopWindow::early_count`] of them). `early`
     /// must make no ptrace request.
     ///
@@ -259,12 +259,14 @@ impl Book {
                 }
                 if self.stopped.len() > start + idx.len() {
                     idx.push(i);
+                    self.let_go_if_awake(&mut idx);
                 }
             }
             if let (Ok(()), Some(li)) = (&waited, leader) {
                 waited = self.try_collect_leader(li, read_regs);
                 if self.stopped.len() > start + idx.len() {
                     idx.push(li);
+                    self.let_go_if_awake(&mut idx);
                 }
             }
             interrupt += t1 - t0;
@@ -273,12 +275,6 @@ impl Book {
                 break;
             }
             let mut parked = 0;
-            if read_regs {
-                if let Err(e) = self.let_awake_go(start, &mut idx) {
-                    waited = Err(e);
-                    break;
-                }
-            }
             let park = early(&self.stopped[start..]);
             if read_regs {
                 let tp = std::time::Instant::now();
@@ -329,41 +325,29 @@ impl Book {
         Ok(())
     }
 
-    /// Of the batch `stopped[start..]` (their indices in `threads`: `idx`), let go at once every
-    /// thread in a clean stop whose next step is user code anyway ([`crate::next_is_user_code`]:
-    /// it is running, or woke since its state was read), to be stopped again with the running
-    /// ones (`hot`), and drop it from `stopped` and `idx`.
-    fn let_awake_go(&mut self, start: usize, idx: &mut Vec<usize>) -> Result<()> {
-        let mut w = 0;
-        for k in 0..idx.len() {
-            let i = idx[k];
-            let t = self.stopped[start + k];
-            let mut stays = true;
-            if self.threads[i].st == St::Stopped(Stop::Clean) && regs::next_is_user_code(&t.regs) {
-                match sys::cont(t.tid, 0) {
-                    Ok(()) => {
-                        self.threads[i].st = St::Running;
-                        self.threads[i].hot = true;
-                        self.park.awake += 1;
-                        stays = false;
-                    }
-                    Err(Errno::ESRCH) => {
-                        self.threads[i].st = St::Dying;
-                        stays = false;
-                    }
-                    // Still stopped: it stays so.
-                    Err(_) => {}
-                }
-            }
-            if stays {
-                self.stopped[start + w] = t;
-                idx[w] = i;
-                w += 1;
-            }
+    /// The thread just collected (the last of `stopped`, its index in `threads` the last of
+    /// `idx`): if it sits in a clean stop and its next step is user code anyway
+    /// ([`crate::next_is_user_code`]: it is running, or woke since its state was read), let it
+    /// go at once, to be stopped again with the running ones (`hot`), and drop it from both.
+    fn let_go_if_awake(&mut self, idx: &mut Vec<usize>) {
+        let (Some(&i), Some(&t)) = (idx.last(), self.stopped.last()) else {
+            return;
+        };
+        if self.threads[i].st != St::Stopped(Stop::Clean) || !regs::next_is_user_code(&t.regs) {
+            return;
         }
-        self.stopped.truncate(start + w);
-        idx.truncate(w);
-        Ok(())
+        self.threads[i].st = match sys::cont(t.tid, 0) {
+            Ok(()) => {
+                self.threads[i].hot = true;
+                self.park.awake += 1;
+                St::Running
+            }
+            Err(Errno::ESRCH) => St::Dying,
+            // Still stopped: it stays so.
+            Err(_) => return,
+        };
+        idx.pop();
+        self.stopped.pop();
     }
 
     /// With `park`, park the threads of the batch `stopped[start..]` (their indices in
