@@ -478,8 +478,8 @@ pub struct WindowTimes {
     /// system call the kernel restarts by itself, e.g. `epoll_wait`, which
     /// returns `EINTR`; or the main thread when its stop came late).
     pub kept: usize,
-    /// The longest stop of a batch of sleeping threads before it was
-    /// parked.
+    /// The longest stop of a batch of threads: before it was parked or
+    /// let go, or when parked threads are let go at the end.
     pub batch_us: f64,
     /// Parking and un-parking, all in all (no thread stopped for it but
     /// each batch's own).

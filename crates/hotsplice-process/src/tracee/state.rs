@@ -111,7 +111,9 @@ pub struct ParkStats {
     /// Sleeping threads that stayed stopped (not in a call the kernel restarts by itself, not in
     /// a clean stop, or their batch was not checked clean).
     pub kept: usize,
-    /// The longest a batch of sleeping threads was stopped before being parked.
+    /// The longest a batch of threads was stopped: from its interrupts until it was parked (or
+    /// its threads let go), or, at the end, from interrupting parked threads again until they
+    /// were let go.
     pub longest_batch: std::time::Duration,
     /// Time spent parking and un-parking (out of any thread's stop).
     pub parking: std::time::Duration,

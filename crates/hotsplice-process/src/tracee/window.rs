@@ -506,6 +506,7 @@ impl Book {
         );
         let mut result = Ok(());
         'batches: for chunk in parked.chunks(PARK_BATCH) {
+            let tb = std::time::Instant::now();
             for &i in chunk {
                 // ESRCH (thread dying) is resolved by the wait.
                 let _ = sys::interrupt(self.threads[i].tid);
@@ -570,6 +571,7 @@ impl Book {
                     }
                 };
             }
+            self.park.longest_batch = self.park.longest_batch.max(tb.elapsed());
         }
         self.scratch = parked;
         self.park.parking += t0.elapsed();
@@ -736,8 +738,12 @@ impl Book {
         }
         self.stopped.clear();
         self.parked.clear();
-        // The longest any thread was held (see `ParkStats::longest_held`).
+        // Parked threads last: each interrupted again and let go, stopped for its batch only.
         let end = std::time::Instant::now();
+        if let Err(e) = self.unpark(detach) {
+            first_err.get_or_insert(e);
+        }
+        // The longest any thread was held (see `ParkStats::longest_held`).
         let kept = self
             .park
             .kept_since
@@ -751,10 +757,6 @@ impl Book {
             .longest_batch
             .max(kept.unwrap_or_default())
             .max(hot.unwrap_or_default());
-        // Parked threads last: each interrupted again and let go, stopped for its batch only.
-        if let Err(e) = self.unpark(detach) {
-            first_err.get_or_insert(e);
-        }
         dirty |= self
             .threads
             .iter()
