@@ -265,9 +265,12 @@ fn try_boot(
     append: &str,
     log: &Path,
 ) -> Result<Boot, BootFailure> {
+    // HOTSPLICE_BOOT_TIMEOUT: seconds until boot.sh kills QEMU (default
+    // 400; a test that does more in one boot sets more in its `main`).
+    let timeout = std::env::var("HOTSPLICE_BOOT_TIMEOUT").unwrap_or_else(|_| "400".into());
     let mut cmd = Command::new(script("boot.sh"));
     cmd.arg("-t")
-        .arg("400")
+        .arg(timeout)
         .arg("-l")
         .arg(log)
         .arg("-a")

@@ -173,12 +173,12 @@ pub fn create_kernel(req: &KernelRequest) -> Result<CreatedKernelPatch, CreateEr
     let (work, _guard) = crate::scratch_dir(req.keep_work.as_deref(), "hotsplice-kcreate.")?;
     let obj_at = |stage: &str, u: &tree::Unit| work.join(stage).join(&u.source).with_extension("o");
     for u in &units {
-        tree.compile(&u.source, &obj_at("pre", u))?;
+        tree.compile(u, &obj_at("pre", u))?;
     }
     tree.apply_fix(&diff_abs, &files)?;
     let post = units
         .iter()
-        .try_for_each(|u| tree.compile(&u.source, &obj_at("post", u)));
+        .try_for_each(|u| tree.compile(u, &obj_at("post", u)).map(|_| ()));
     // The tree goes back to the original whatever happened.
     tree.restore()?;
     post?;

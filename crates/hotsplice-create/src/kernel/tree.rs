@@ -1,6 +1,11 @@
 //! The kernel source tree: prepared once with the target's configuration
 //! (cached: a marker records which configuration), then single objects
 //! compiled with function and data sections before and after the fix.
+//! kbuild's `prepare` runs once, when the tree is prepared; the single-object
+//! builds after it skip it (`make -o prepare`). Every compiled object is kept
+//! beside the tree with the exact inputs it was built from (kbuild's
+//! commands, the contents of every file the compiler read), and is reused
+//! only while all of them are byte for byte the same.
 
 use crate::{io, CreateError};
 use sha2::Digest;
@@ -16,6 +21,10 @@ const MARKER: &str = ".hotsplice-prepared";
 /// dies with the fix applied, the next run puts them back first.
 const BACKUP: &str = ".hotsplice-backup";
 const KCFLAGS: &str = "KCFLAGS=-ffunction-sections -fdata-sections";
+/// Objects compiled before, with their inputs (see [`Tree::compile`]).
+const OBJECTS: &str = ".hotsplice-objects";
+/// Kept objects per compiled file (the unfixed one and a few fixed ones).
+const KEEP_PER_UNIT: usize = 6;
 
 /// Run a build step; on failure, the error carries its last output lines.
 pub(super) fn run_stage(
@@ -74,6 +83,15 @@ impl Tree {
             && tree.check_config(&cfg).is_ok()
         {
             return Ok(tree);
+        }
+        // Objects built under another configuration or by other tools are
+        // never reused.
+        let _ = std::fs::remove_file(src.join(MARKER));
+        match std::fs::remove_dir_all(src.join(OBJECTS)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("removing the kept objects")(e))
+            }
+            _ => {}
         }
         std::fs::write(src.join(".config"), &cfg).map_err(io("writing .config"))?;
         // Distribution key paths do not exist in a source package.
@@ -195,23 +213,88 @@ pub fn config_differences(target: &str, prepared: &str) -> Vec<String> {
 }
 
 impl Tree {
-    /// Compile `rel` (a `.c` path in the tree) to its object with function
-    /// and data sections; returns a copy of the object at `out`.
-    pub fn compile(&self, rel: &Path, out: &Path) -> Result<(), CreateError> {
+    /// `make` in the prepared tree: kbuild's `prepare` ran when the tree
+    /// was prepared (its marker says so) and is not walked again (`-o
+    /// prepare`: about half of a single-object build's time otherwise).
+    fn make(&self) -> Command {
+        let mut c = Command::new("make");
+        c.current_dir(&self.src).args(["-o", "prepare"]);
+        c
+    }
+
+    /// Compile the unit's source (a `.c` path in the tree) to its object
+    /// with function and data sections; writes a copy of the object to
+    /// `out`. An object compiled before from exactly the same inputs — the
+    /// commands kbuild would run now ([`Unit::recipe`]) and the contents of
+    /// the source and of every header it read (kbuild's dependency list),
+    /// the configuration and objtool — is copied instead of compiled again.
+    /// Returns whether it was.
+    pub fn compile(&self, unit: &Unit, out: &Path) -> Result<bool, CreateError> {
+        let rel = &unit.source;
         let obj = rel.with_extension("o");
-        let _ = std::fs::remove_file(self.src.join(&obj));
-        run(
-            Command::new("make")
-                .current_dir(&self.src)
-                .arg(KCFLAGS)
-                .arg(&obj),
-            &format!("make {}", obj.display()),
-        )?;
         if let Some(d) = out.parent() {
             std::fs::create_dir_all(d).map_err(io("object directory"))?;
         }
+        let kept = self.kept_dir(&obj);
+        if let Some(hit) = kept_object(&self.src, &kept, &unit.recipe) {
+            std::fs::copy(&hit, out).map_err(io(format!("copying {}", hit.display())))?;
+            tracing::debug!(object = %obj.display(), "reused the object compiled from the same inputs");
+            return Ok(true);
+        }
+        let _ = std::fs::remove_file(self.src.join(&obj));
+        run(
+            self.make().arg(KCFLAGS).arg(&obj),
+            &format!("make {}", obj.display()),
+        )?;
         std::fs::copy(self.src.join(&obj), out)
             .map_err(io(format!("copying {}", obj.display())))?;
+        // Keeping it is an optimisation: a failure only costs a compile.
+        if let Err(e) = self.keep_object(&obj, &kept, &unit.recipe) {
+            tracing::warn!(object = %obj.display(), "not kept for reuse: {e}");
+        }
+        Ok(false)
+    }
+
+    fn kept_dir(&self, obj: &Path) -> PathBuf {
+        self.src
+            .join(OBJECTS)
+            .join(obj.to_string_lossy().replace('/', "%"))
+    }
+
+    /// Keep the object just built, with the inputs kbuild recorded for it.
+    fn keep_object(&self, obj: &Path, kept: &Path, recipe: &str) -> std::io::Result<()> {
+        let o = obj.to_string_lossy();
+        let dir = obj.parent().unwrap_or(Path::new(""));
+        let name = obj.file_name().unwrap_or_default().to_string_lossy();
+        let cmd = std::fs::read_to_string(self.src.join(dir).join(format!(".{name}.cmd")))?;
+        let deps = object_inputs(&cmd, &o).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no dependency list in its .cmd file",
+            )
+        })?;
+        let mut sums = std::collections::HashMap::new();
+        let key = inputs_key(&self.src, recipe, &deps, &mut sums).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "an input vanished")
+        })?;
+        std::fs::create_dir_all(kept)?;
+        let tmp = kept.join(format!(".{key}.tmp"));
+        std::fs::copy(self.src.join(obj), &tmp)?;
+        std::fs::rename(&tmp, kept.join(format!("{key}.o")))?;
+        std::fs::write(&tmp, deps.join("\n"))?;
+        std::fs::rename(&tmp, kept.join(format!("{key}.inputs")))?;
+        // The oldest beyond KEEP_PER_UNIT go.
+        let mut all: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(kept)?
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "inputs"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        all.sort();
+        all.reverse();
+        for (_, p) in all.into_iter().skip(KEEP_PER_UNIT) {
+            let _ = std::fs::remove_file(p.with_extension("o"));
+            let _ = std::fs::remove_file(&p);
+        }
         Ok(())
     }
 
@@ -273,9 +356,10 @@ impl Tree {
     /// functions are redirected directly (see `emit`), not by ftrace.
     pub fn unit(&self, rel: &Path) -> Result<Unit, CreateError> {
         match self.owner(rel) {
-            Ok(owner) => Ok(Unit {
+            Ok((owner, recipe)) => Ok(Unit {
                 source: rel.to_path_buf(),
                 owner,
+                recipe,
             }),
             Err(NotBuilt(why)) => {
                 // kernel/sched/psi.c is built, but inside build_utility.o,
@@ -311,7 +395,9 @@ impl Tree {
     /// `mmu-$(CONFIG_MMU)` lists pulled into `obj-y`, composite objects,
     /// objects listed in a parent directory's Makefile — because it is
     /// kbuild's own answer.
-    fn owner(&self, rel: &Path) -> Result<Option<String>, OwnerError> {
+    /// Also returns what kbuild would run to build the object, as `make -n`
+    /// printed it without the probe: the key of the kept objects.
+    fn owner(&self, rel: &Path) -> Result<(Option<String>, String), OwnerError> {
         let obj = rel.with_extension("o");
         let obj_s = obj.to_string_lossy().into_owned();
         let probe = "-DHS_OWNER_$(if $(filter $(basename $@).o,$(real-obj-y)),y,\
@@ -322,8 +408,8 @@ $(if $(filter $(basename $@).o,$(lib-y)),y,$(if $(filter $(basename $@).o,$(real
             .iter()
             .map(|c| c.to_string_lossy().into_owned())
             .collect();
-        let mut cmd = Command::new("make");
-        cmd.current_dir(&self.src).arg("-n").arg(&obj_s);
+        let mut cmd = self.make();
+        cmd.arg("-n").arg(KCFLAGS).arg(&obj_s);
         for i in 0..comps.len() {
             cmd.arg(format!("CFLAGS_{}={probe}", comps[i..].join("/")));
         }
@@ -346,7 +432,10 @@ $(if $(filter $(basename $@).o,$(lib-y)),y,$(if $(filter $(basename $@).o,$(real
                 tail: crate::last_lines(&format!("{text}{stderr}"), 20),
             }));
         }
-        owner_from_make(&text, &obj_s).map_err(|why| {
+        let recipe = ["y", "m", "n"].iter().fold(text.to_string(), |t, s| {
+            t.replace(&format!(" -DHS_OWNER_{s}"), "")
+        });
+        let owner = owner_from_make(&text, &obj_s).map_err(|why| {
             if why.contains("neither obj-y nor obj-m") {
                 NotBuilt(why)
             } else {
@@ -355,8 +444,91 @@ $(if $(filter $(basename $@).o,$(lib-y)),y,$(if $(filter $(basename $@).o,$(real
                     rel.display()
                 )))
             }
-        })
+        })?;
+        Ok((owner, recipe))
     }
+}
+
+/// The files an object was compiled from, from its kbuild command file
+/// (`.NAME.o.cmd`): the source, every header of `deps_…` (not the
+/// `$(wildcard include/config/…)` markers: the configuration is
+/// `include/config/auto.conf`, which is added) and objtool when the object
+/// depends on it. Paths as kbuild wrote them, relative to the tree. `None`
+/// when the file has no dependency list for `obj`.
+fn object_inputs(cmd: &str, obj: &str) -> Option<Vec<String>> {
+    let mut out = vec!["include/config/auto.conf".to_string()];
+    let source = format!("source_{obj} := ");
+    out.push(
+        cmd.lines()
+            .find_map(|l| l.strip_prefix(&source))?
+            .trim()
+            .to_string(),
+    );
+    let start = format!("deps_{obj} := \\");
+    let mut lines = cmd.lines().skip_while(|l| l.trim_end() != start);
+    lines.next()?;
+    for l in lines {
+        let item = l.trim().trim_end_matches('\\').trim();
+        if !item.is_empty() && !item.starts_with("$(wildcard ") {
+            out.push(item.to_string());
+        }
+        if !l.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    if cmd.contains("$(wildcard ./tools/objtool/objtool)") {
+        out.push("tools/objtool/objtool".to_string());
+    }
+    out.sort();
+    out.dedup();
+    Some(out)
+}
+
+/// SHA-256 over `recipe` and the name and contents of every input; `None`
+/// if one cannot be read. `sums` keeps the file sums of one lookup.
+fn inputs_key(
+    src: &Path,
+    recipe: &str,
+    inputs: &[String],
+    sums: &mut std::collections::HashMap<String, [u8; 32]>,
+) -> Option<String> {
+    let mut h = sha2::Sha256::new();
+    h.update(recipe.as_bytes());
+    for f in inputs {
+        let sum = match sums.get(f) {
+            Some(s) => *s,
+            None => {
+                let s: [u8; 32] = sha2::Sha256::digest(std::fs::read(src.join(f)).ok()?).into();
+                sums.insert(f.clone(), s);
+                s
+            }
+        };
+        h.update([0]);
+        h.update(f.as_bytes());
+        h.update([0]);
+        h.update(sum);
+    }
+    Some(hex::encode(h.finalize()))
+}
+
+/// A kept object (in `kept`) whose recorded inputs, read now, and recipe
+/// give its key again.
+fn kept_object(src: &Path, kept: &Path, recipe: &str) -> Option<PathBuf> {
+    let mut sums = std::collections::HashMap::new();
+    std::fs::read_dir(kept).ok()?.flatten().find_map(|e| {
+        let p = e.path();
+        let key = p.file_stem()?.to_str()?.to_string();
+        if p.extension()? != "inputs" {
+            return None;
+        }
+        let inputs: Vec<String> = std::fs::read_to_string(&p)
+            .ok()?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let obj = p.with_extension("o");
+        (inputs_key(src, recipe, &inputs, &mut sums)? == key && obj.is_file()).then_some(obj)
+    })
 }
 
 /// What kbuild compiles for a changed file (see [`Tree::unit`]).
@@ -366,6 +538,8 @@ pub struct Unit {
     pub source: PathBuf,
     /// `None`: vmlinux; else the module.
     pub owner: Option<String>,
+    /// The commands kbuild runs to compile it (`make -n`'s output).
+    pub recipe: String,
 }
 
 enum OwnerError {
@@ -521,6 +695,102 @@ impl LineMap {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// kbuild's command file of a compiled object, in the shape fixdep
+    /// writes it.
+    const CMD: &str = "cmd_net/x/y.o := gcc -Wp,-MMD,net/x/.y.o.d -c -o net/x/y.o net/x/y.c\n\n\
+source_net/x/y.o := net/x/y.c\n\n\
+deps_net/x/y.o := \\\n\
+    $(wildcard include/config/FOO) \\\n\
+  include/linux/a.h \\\n\
+    $(wildcard include/config/BAR) \\\n\
+  net/x/b.h \\\n\
+  include/linux/a.h \\\n\n\
+net/x/y.o: $(deps_net/x/y.o)\n\n\
+$(deps_net/x/y.o):\n\n\
+net/x/y.o: $(wildcard ./tools/objtool/objtool)\n";
+
+    #[test]
+    fn an_objects_inputs_are_its_source_headers_configuration_and_objtool() {
+        assert_eq!(
+            object_inputs(CMD, "net/x/y.o").unwrap(),
+            [
+                "include/config/auto.conf",
+                "include/linux/a.h",
+                "net/x/b.h",
+                "net/x/y.c",
+                "tools/objtool/objtool"
+            ]
+        );
+        assert_eq!(object_inputs(CMD, "net/x/z.o"), None);
+    }
+
+    /// A kept object is reused only while the recipe and every input are
+    /// the same, byte for byte (not by time stamps: a file put back with
+    /// other contents and the same size and time is a new input).
+    #[test]
+    fn a_kept_object_is_reused_only_with_the_same_inputs() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path();
+        for (f, text) in [
+            ("include/config/auto.conf", "CONFIG_FOO=y\n"),
+            ("include/linux/a.h", "int a;\n"),
+            ("net/x/b.h", "int b;\n"),
+            ("net/x/y.c", "int y;\n"),
+            ("tools/objtool/objtool", "objtool\n"),
+            ("net/x/.y.o.cmd", CMD),
+            ("net/x/y.o", "object 1"),
+        ] {
+            std::fs::create_dir_all(src.join(f).parent().unwrap()).unwrap();
+            std::fs::write(src.join(f), text).unwrap();
+        }
+        let tree = Tree {
+            src: src.to_path_buf(),
+        };
+        let obj = Path::new("net/x/y.o");
+        let kept = tree.kept_dir(obj);
+        assert_eq!(kept_object(src, &kept, "recipe"), None);
+        tree.keep_object(obj, &kept, "recipe").unwrap();
+        let hit = kept_object(src, &kept, "recipe").expect("kept");
+        assert_eq!(std::fs::read(&hit).unwrap(), b"object 1");
+        // Another command, or any input changed: not reused.
+        assert_eq!(kept_object(src, &kept, "recipe -O3"), None);
+        for f in [
+            "include/config/auto.conf",
+            "net/x/b.h",
+            "net/x/y.c",
+            "tools/objtool/objtool",
+        ] {
+            let p = src.join(f);
+            let before = std::fs::read(&p).unwrap();
+            let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+            let mut changed = before.clone();
+            changed[0] ^= 1;
+            std::fs::write(&p, &changed).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+            assert_eq!(kept_object(src, &kept, "recipe"), None, "{f} changed");
+            std::fs::remove_file(&p).unwrap();
+            assert_eq!(kept_object(src, &kept, "recipe"), None, "{f} missing");
+            std::fs::write(&p, &before).unwrap();
+            assert!(kept_object(src, &kept, "recipe").is_some(), "{f} back");
+        }
+        // The fixed version is kept beside the unfixed one; each is found
+        // by its own inputs.
+        std::fs::write(src.join("net/x/y.c"), "int y = 1;\n").unwrap();
+        std::fs::write(src.join("net/x/y.o"), "object 2").unwrap();
+        tree.keep_object(obj, &kept, "recipe").unwrap();
+        let hit = kept_object(src, &kept, "recipe").unwrap();
+        assert_eq!(std::fs::read(&hit).unwrap(), b"object 2");
+        std::fs::write(src.join("net/x/y.c"), "int y;\n").unwrap();
+        let hit = kept_object(src, &kept, "recipe").unwrap();
+        assert_eq!(std::fs::read(&hit).unwrap(), b"object 1");
+    }
 
     #[test]
     fn lines_are_followed_through_the_hunks() {
@@ -536,7 +806,6 @@ mod tests {
         assert_eq!(LineMap::of(d, Path::new("z.c")).map(7), Some(8));
         assert_eq!(LineMap::of(d, Path::new("w.c")).map(7), Some(7));
     }
-    use super::*;
 
     #[test]
     fn configuration_drift_is_found_but_not_the_toolchain() {
