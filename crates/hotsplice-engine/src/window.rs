@@ -435,6 +435,7 @@ pub(crate) fn stop_and_write<T>(
                 parked: park.parked,
                 woke: park.woke + park.awake,
                 kept: park.kept,
+                parking_gave_up: park.gave_up,
                 batch_us: us(park.longest_batch),
                 parking_us: us(park.parking),
                 held_us: us(park.longest_held),
@@ -478,6 +479,9 @@ pub struct WindowTimes {
     /// system call the kernel restarts by itself, e.g. `epoll_wait`, which
     /// returns `EINTR`; or the main thread when its stop came late).
     pub kept: usize,
+    /// Parking stopped partway: a batch's worth of parked threads woke
+    /// during the window (busy workers), so the rest stayed stopped.
+    pub parking_gave_up: bool,
     /// The longest stop of a batch of threads: before it was parked or
     /// let go, or when parked threads are let go at the end.
     pub batch_us: f64,

@@ -104,10 +104,11 @@ impl Tracee {
 /// stopped for about its batch (some 25 µs a thread), not for the whole window.
 pub const PARK_BATCH: usize = 32;
 
-/// How many times the leader's stop is looked for, without blocking, at the end of the last
-/// batch (a zombie leader never reports before the other threads are reaped: waiting for it
-/// there could wait forever, so it is otherwise collected after every other thread).
-const LEADER_POLLS: u32 = 256;
+/// How many times the leader's stop is looked for, without blocking, at the end of each batch
+/// until it is found (it is interrupted with the first). A zombie leader never reports before
+/// the other threads are reaped: waiting for it there could wait forever, so a leader not found
+/// so is collected after every other thread.
+const LEADER_POLLS: u32 = 2;
 
 impl Tracee {
     /// How long the threads that were running when the last window began
@@ -210,7 +211,7 @@ impl Book {
             .filter(|t| t.st == St::Running && !t.hot && t.tid != pid)
             .count();
         let n = order.len();
-        // The leader with the last batch (see `LEADER_POLLS`).
+        // The leader with the first batch (see `LEADER_POLLS`).
         let leader = (!self.leader_zombie)
             .then(|| {
                 self.threads
@@ -234,16 +235,20 @@ impl Book {
         let mut idx: Vec<usize> = Vec::with_capacity(PARK_BATCH + 1);
         let (mut interrupt, mut wait) = Default::default();
         let mut waited = Ok(());
+        let mut leader_pending = false;
         for (b, &(lo, hi)) in bounds.iter().enumerate() {
             let chunk = &order[lo..hi];
-            let leader = leader.filter(|_| b + 1 == bounds.len());
+            // Interrupted with the first batch; its stop is looked for,
+            // without waiting, after each batch (see `LEADER_POLLS`).
+            let first = leader.filter(|_| b == 0);
             let t0 = std::time::Instant::now();
             for &i in chunk {
                 // ESRCH (thread dying) is resolved by the wait.
                 let _ = sys::interrupt(self.threads[i].tid);
             }
-            if let Some(li) = leader {
+            if let Some(li) = first {
                 let _ = sys::interrupt(pid);
+                leader_pending = true;
                 // Interrupted now: the tail must not interrupt it again
                 // should its stop come late (a second interrupt would
                 // leave a trap pending behind the first stop).
@@ -262,8 +267,9 @@ impl Book {
                     self.let_go_if_awake(&mut idx);
                 }
             }
-            if let (Ok(()), Some(li)) = (&waited, leader) {
+            if let (Ok(()), Some(li), true) = (&waited, leader, leader_pending) {
                 waited = self.try_collect_leader(li, read_regs);
+                leader_pending = self.threads[li].st == St::Running;
                 if self.stopped.len() > start + idx.len() {
                     idx.push(li);
                     self.let_go_if_awake(&mut idx);
@@ -275,7 +281,14 @@ impl Book {
                 break;
             }
             let mut parked = 0;
-            let park = early(&self.stopped[start..]);
+            // Parking pays only while parked threads stay asleep: once a
+            // batch's worth of them woke during the window (a server's
+            // busy workers), they would all come back to be stopped with
+            // the running ones, and the window only grow; the remaining
+            // batches stay stopped then, and woken threads wait for its end.
+            let parking = self.park.woke < PARK_BATCH;
+            self.park.gave_up |= !parking;
+            let park = early(&self.stopped[start..]) && parking;
             if read_regs {
                 let tp = std::time::Instant::now();
                 match self.park_from(start, &idx, park) {
@@ -286,7 +299,7 @@ impl Book {
                     }
                 }
                 self.park.longest_batch = self.park.longest_batch.max(t0.elapsed());
-                if self.park.parked + parked > 0 {
+                if parking && self.park.parked + parked > 0 {
                     if let Err(e) = self.release_woken(None) {
                         waited = Err(e);
                         break;
@@ -314,7 +327,7 @@ impl Book {
                     self.record(li, st, read_regs)?;
                     return Ok(());
                 }
-                Ok(None) => std::thread::yield_now(),
+                Ok(None) => std::hint::spin_loop(),
                 Err(Errno::ECHILD) => {
                     self.threads[li].st = St::Dead;
                     return Ok(());
