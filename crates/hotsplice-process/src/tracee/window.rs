@@ -237,6 +237,22 @@ impl Book {
         let mut waited = Ok(());
         let mut leader_pending = false;
         for (b, &(lo, hi)) in bounds.iter().enumerate() {
+            // Parking pays only while parked threads stay asleep: once a
+            // batch's worth of them woke during the window (a server's
+            // busy workers), they would all come back to be stopped with
+            // the running ones, and the window only grow. Then the rest of
+            // the sleeping threads is stopped at once, as a window without
+            // parking does (batches cost a round trip each), the running
+            // ones are left to the tail, and woken threads wait for the end.
+            let parking = self.park.woke < PARK_BATCH;
+            let hi = if parking {
+                hi
+            } else if lo < cold && !self.park.gave_up {
+                cold
+            } else {
+                break;
+            };
+            self.park.gave_up |= !parking;
             let chunk = &order[lo..hi];
             // Interrupted with the first batch; its stop is looked for,
             // without waiting, after each batch (see `LEADER_POLLS`).
@@ -269,6 +285,9 @@ impl Book {
             }
             if let (Ok(()), Some(li), true) = (&waited, leader, leader_pending) {
                 waited = self.try_collect_leader(li, read_regs);
+                if waited.is_err() {
+                    break;
+                }
                 leader_pending = self.threads[li].st == St::Running;
                 if self.stopped.len() > start + idx.len() {
                     idx.push(li);
@@ -281,13 +300,6 @@ impl Book {
                 break;
             }
             let mut parked = 0;
-            // Parking pays only while parked threads stay asleep: once a
-            // batch's worth of them woke during the window (a server's
-            // busy workers), they would all come back to be stopped with
-            // the running ones, and the window only grow; the remaining
-            // batches stay stopped then, and woken threads wait for its end.
-            let parking = self.park.woke < PARK_BATCH;
-            self.park.gave_up |= !parking;
             let park = early(&self.stopped[start..]) && parking;
             if read_regs {
                 let tp = std::time::Instant::now();
