@@ -808,3 +808,93 @@ fn tracer_threads_of(pid: i32) -> Vec<char> {
         })
         .collect()
 }
+
+/// The main thread parked in `sigsuspend` inside a signal handler (the
+/// call that swaps the signal mask for its sleep and puts it back after):
+/// windows that park it, then a detach, leave its mask right: the signal it
+/// waits for still ends the wait.
+const SIGSUSPEND_C: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t released;
+
+static void on_usr2(int s) { (void)s; released = 1; }
+
+static void on_usr1(int s)
+{
+	sigset_t wait;
+	(void)s;
+	sigfillset(&wait);
+	sigdelset(&wait, SIGUSR2);
+	printf("parked\n");
+	while (!released)
+		sigsuspend(&wait);
+	printf("handler returned\n");
+}
+
+static void *worker(void *a)
+{
+	(void)a;
+	for (;;)
+		usleep(1000);
+	return NULL;
+}
+
+int main(void)
+{
+	struct sigaction sa;
+	sigset_t both;
+	pthread_t t;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_usr2;
+	sigaction(SIGUSR2, &sa, NULL);
+	sa.sa_handler = on_usr1;
+	/* SIGUSR2 only inside sigsuspend (no lost wake-up). */
+	sigaddset(&sa.sa_mask, SIGUSR2);
+	sigaction(SIGUSR1, &sa, NULL);
+	sigemptyset(&both);
+	sigaddset(&both, SIGUSR1);
+	sigaddset(&both, SIGUSR2);
+	pthread_sigmask(SIG_BLOCK, &both, NULL);
+	for (int i = 0; i < 3; i++)
+		pthread_create(&t, NULL, worker, NULL);
+	pthread_sigmask(SIG_UNBLOCK, &both, NULL);
+	raise(SIGUSR1);
+	for (;;)
+		pause();
+}
+"#;
+
+#[test]
+fn a_main_thread_parked_in_sigsuspend_keeps_its_signal_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "sigsuspend", SIGSUSPEND_C);
+    for run in 0..50 {
+        let mut t = Target::exe(&exe, &[]);
+        t.wait_for(T, |l| l.starts_with("parked"));
+        let pid = t.pid_i32();
+        let mut tr = Tracee::seize(pid).unwrap();
+        for _ in 0..3 {
+            let w = tr.stop_all_then(&mut |_| true).unwrap();
+            w.resume().unwrap();
+        }
+        let w = tr.stop_all_then(&mut |_| true).unwrap();
+        w.detach_all().unwrap();
+        drop(tr);
+        unsafe { libc::kill(pid, libc::SIGUSR2) };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ok = t
+            .wait_match(hotsplice_testsupport::Stream::Stdout, 0, T, |l| {
+                l.starts_with("handler returned")
+            })
+            .is_some();
+        assert!(ok, "run {run}: the handler never returned; {status}");
+    }
+}
