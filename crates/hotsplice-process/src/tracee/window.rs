@@ -1,10 +1,13 @@
-//! The stop window: every thread interrupted back to back, sleeping ones first, collected, its
-//! registers read ([`Tracee::stop_all`]), and ended by resuming or detaching all of them, the
-//! ones that were running first ([`StopWindow`]).
+//! The stop window: every thread interrupted in batches, sleeping ones first, collected, its
+//! registers read; a clean batch of sleeping threads parked in its system calls
+//! ([`Tracee::stop_all_then`]); ended by resuming or detaching all of them, the ones that were
+//! running first, the parked ones last ([`StopWindow`]).
 //!
-//! This is the hot path hotsplice's pause time is measured on: no allocation, `/proc` read or
-//! system call per thread beyond interrupt, wait, read registers and resume (each thread's
-//! state is read from `/proc` just before the first interrupt, every thread still running).
+//! This is the hot path hotsplice's pause time is measured on: no `/proc` read, no allocation
+//! per thread, and no system call per thread beyond interrupt, wait, read registers and resume
+//! — and, for a parked thread, its two `PTRACE_SYSCALL`s, the check of its entry stop, and the
+//! interrupt, wait and resume that end parking (each thread's state is read from `/proc` just
+//! before the first interrupt, every thread still running).
 
 use hotsplice_arch::current::remote::{self as regs, Regs};
 use nix::errno::Errno;
