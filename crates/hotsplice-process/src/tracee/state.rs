@@ -112,7 +112,7 @@ pub struct ParkStats {
     /// state was read): let go at once, stopped again with the running ones.
     pub awake: usize,
     /// Sleeping threads that stayed stopped (not in a call the kernel restarts by itself, not in
-    /// a clean stop, or their batch was not checked clean).
+    /// a clean stop, their batch was not checked clean, or parking had given up).
     pub kept: usize,
     /// The longest a batch of threads was stopped: from its interrupts until it was parked (or
     /// its threads let go), or, at the end, from interrupting parked threads again until they

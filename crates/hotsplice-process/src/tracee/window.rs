@@ -153,14 +153,14 @@ impl Book {
         // others run; those found in user code were let go again (`hot`):
         // now they are stopped, and their stops arrive at once. A running
         // thread is stopped for its batch and for the window's tail.
-        let (interrupt, wait, waited) = self.collect_sleepers(read_regs, early);
+        let (interrupt, wait, waited) = self.collect_batches(read_regs, early);
         self.early_count = self.stopped.len();
         let t2e = std::time::Instant::now();
         if waited.is_ok() {
             if self.threads.iter().any(|t| t.hot && t.st == St::Running) {
                 self.hot_span.0 = Some(t2e);
             }
-            self.interrupt_running(true);
+            self.interrupt_hot();
         }
         let t3 = std::time::Instant::now();
         let waited = waited.and_then(|()| self.collect_wait(read_regs));
@@ -185,9 +185,9 @@ impl Book {
         Ok(())
     }
 
-    /// The sleeping threads' part of [`Book::collect`]: returns the time spent interrupting and
-    /// collecting, and whether every stop was collected.
-    fn collect_sleepers(
+    /// The batches of [`Book::collect`]: returns the time spent interrupting and collecting,
+    /// and whether every stop was collected.
+    fn collect_batches(
         &mut self,
         read_regs: bool,
         early: &mut dyn FnMut(&[StoppedThread]) -> bool,
@@ -199,6 +199,7 @@ impl Book {
         // mostly sleep again by now (a server's workers): found in user
         // code at their stop, a thread is let go at once and stopped again
         // with the others that are (`hot`), at the end.
+        let mut cold = 0;
         for hot in [false, true] {
             order.extend(
                 self.threads
@@ -207,12 +208,10 @@ impl Book {
                     .filter(|(_, t)| t.st == St::Running && t.hot == hot && t.tid != pid)
                     .map(|(i, _)| i),
             );
+            if !hot {
+                cold = order.len();
+            }
         }
-        let cold = self
-            .threads
-            .iter()
-            .filter(|t| t.st == St::Running && !t.hot && t.tid != pid)
-            .count();
         let n = order.len();
         // The leader with the first batch (see `LEADER_POLLS`).
         let leader = (!self.leader_zombie)
@@ -606,10 +605,10 @@ impl Book {
         result
     }
 
-    /// Interrupt every running thread that is (`hot`) or is not on a CPU.
-    fn interrupt_running(&self, hot: bool) {
+    /// Interrupt every thread let run again by the batches (`hot`, running) for the tail.
+    fn interrupt_hot(&self) {
         for t in &self.threads {
-            if t.st == St::Running && t.hot == hot {
+            if t.st == St::Running && t.hot {
                 // ESRCH (thread dying) is resolved by the wait.
                 let _ = sys::interrupt(t.tid);
             }
@@ -708,7 +707,6 @@ impl Book {
     /// End a window: resume (stay seized) or detach every stopped thread.
     pub(super) fn release(&mut self, detach: bool) -> Result<()> {
         let mut first_err: Option<Error> = None;
-        let mut dirty = false;
         // The threads that were running first (they were stopped last),
         // then the others.
         for pass_hot in [true, false] {
@@ -741,7 +739,7 @@ impl Book {
                         if detach {
                             sys::detach(t.tid, sig)
                         } else {
-                            dirty = true;
+                            // Settled below.
                             continue;
                         }
                     }
@@ -785,7 +783,8 @@ impl Book {
             .longest_batch
             .max(kept.unwrap_or_default())
             .max(hot.unwrap_or_default());
-        dirty |= self
+        // Left in a clone event, a signal-delivery-stop or (un-parked) a syscall stop.
+        let dirty = self
             .threads
             .iter()
             .any(|t| matches!(t.st, St::Stopped(Stop::Dirty(_))));
