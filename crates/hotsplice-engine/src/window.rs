@@ -479,8 +479,9 @@ pub struct WindowTimes {
     /// system call the kernel restarts by itself, e.g. `epoll_wait`, which
     /// returns `EINTR`; or the main thread when its stop came late).
     pub kept: usize,
-    /// Parking stopped partway: a batch's worth of parked threads woke
-    /// during the window (busy workers), so the rest stayed stopped.
+    /// Parking stopped partway: more than one in eight of the parked
+    /// threads woke during the window (busy workers), so the rest stayed
+    /// stopped.
     pub parking_gave_up: bool,
     /// The longest stop of a batch of threads: before it was parked or
     /// let go, or when parked threads are let go at the end.

@@ -231,7 +231,9 @@ pub(crate) fn wait_tid(tid: Pid, extra: c_int) -> Result<Option<c_int>, Errno> {
 }
 
 /// The thread id of some child or tracee of ours with a stop or exit waiting to be collected,
-/// without collecting it (`waitid` with `WNOWAIT`): `None` when none is waiting. Raw: nix's
+/// without collecting it (`waitid` with `WNOWAIT`): `None` when none is waiting. Only this
+/// thread's own children and tracees (`__WNOTHREAD`): another thread of ours may trace another
+/// process, whose events are not this window's. Raw: nix's
 /// `waitid` turns the event into a `WaitStatus`, which cannot represent a real-time signal stop;
 /// only the id is wanted here.
 pub(crate) fn peek_event() -> Option<Pid> {
@@ -245,7 +247,12 @@ pub(crate) fn peek_event() -> Option<Pid> {
                 libc::P_ALL,
                 0,
                 &mut info,
-                libc::WEXITED | libc::WSTOPPED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL,
+                libc::WEXITED
+                    | libc::WSTOPPED
+                    | libc::WNOHANG
+                    | libc::WNOWAIT
+                    | libc::__WALL
+                    | libc::__WNOTHREAD,
             )
         };
         if r == 0 {

@@ -729,7 +729,7 @@ fn parked_sleepers_run_no_user_code_in_the_window_and_their_calls_return_unharme
             })
             .unwrap();
         let park = w.park();
-        // Unless a batch's worth of parked threads woke during the window
+        // Unless parked threads woke during the window
         // (a very slow machine), it parks batch by batch.
         if !park.gave_up {
             full += 1;

@@ -105,8 +105,8 @@ pub struct ParkStats {
     /// Of those, threads whose call ended during the window: let go at once, stopped again with
     /// the running ones.
     pub woke: usize,
-    /// Parking stopped during the window: a batch's worth of parked threads woke before its end
-    /// ([`super::PARK_BATCH`]), so the remaining batches were kept stopped.
+    /// Parking stopped during the window: more than one in eight of the parked threads (and at
+    /// least four) woke before its end, so the remaining batches were kept stopped.
     pub gave_up: bool,
     /// Threads taken for sleeping that were in user code at their stop (they woke since their
     /// state was read): let go at once, stopped again with the running ones.

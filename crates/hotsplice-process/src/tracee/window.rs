@@ -107,6 +107,19 @@ impl Tracee {
 /// stopped for about its batch (some 25 µs a thread), not for the whole window.
 pub const PARK_BATCH: usize = 32;
 
+/// Parking gives up once this many parked threads woke during the window, if they are more
+/// than one in [`GIVE_UP_SHARE`] of those parked (one early waker proves nothing).
+const GIVE_UP_WOKE: usize = 4;
+const GIVE_UP_SHARE: usize = 8;
+
+/// Whether parking stops, `woke` of the `parked` threads having woken during the window. Idle
+/// sleepers (a thread pool waiting for work, timers of seconds) wake rarely within a window of
+/// milliseconds; busy workers (a 10 ms sleep each) wake at a rate that soon makes up a good share
+/// of those parked.
+fn gives_up(woke: usize, parked: usize) -> bool {
+    woke >= GIVE_UP_WOKE && woke * GIVE_UP_SHARE > parked
+}
+
 /// How many times the leader's stop is looked for, without blocking, at the end of each batch
 /// until it is found (it is interrupted with the first). A zombie leader never reports before
 /// the other threads are reaped: waiting for it there could wait forever, so a leader not found
@@ -239,14 +252,16 @@ impl Book {
         let mut waited = Ok(());
         let mut leader_pending = false;
         for (b, &(lo, hi)) in bounds.iter().enumerate() {
-            // Parking pays only while parked threads stay asleep: once a
-            // batch's worth of them woke during the window (a server's
-            // busy workers), they would all come back to be stopped with
-            // the running ones, and the window only grow. Then the rest of
-            // the sleeping threads is stopped at once, as a window without
-            // parking does (batches cost a round trip each), the running
-            // ones are left to the tail, and woken threads wait for the end.
-            let parking = self.park.woke < PARK_BATCH;
+            // Parking pays only while parked threads stay asleep: once
+            // more than one in eight of them woke during the window (a
+            // server's busy workers; see `gives_up`), they would all come
+            // back to be stopped with the running ones, each parked thread
+            // costs the target's CPU three more switches than a plain stop,
+            // and the window only grows. Then the rest of the sleeping
+            // threads is stopped at once, as a window without parking does
+            // (batches cost a round trip each), the running ones are left
+            // to the tail, and woken threads wait for the end.
+            let parking = !gives_up(self.park.woke, self.park.parked);
             let hi = if parking {
                 hi
             } else if lo < cold && !self.park.gave_up {
@@ -718,6 +733,20 @@ impl Book {
                 if let Err(e) = self.release_woken(Some(detach)) {
                     first_err.get_or_insert(e);
                 }
+                // Threads kept stopped for the window (busy workers, once parking gave up): the
+                // parked ones are let go before them. Un-parking needs each parked thread to get
+                // the target's CPU once, to report its stop: with the kept ones let go first,
+                // it would wait behind all of them (busy workers woken together), and hold the
+                // parked threads that woke meanwhile.
+                let kept = self
+                    .threads
+                    .iter()
+                    .any(|t| !t.hot && matches!(t.st, St::Stopped(_)));
+                if kept && self.threads.iter().any(|t| t.st == St::Parked) {
+                    if let Err(e) = self.unpark(detach) {
+                        first_err.get_or_insert(e);
+                    }
+                }
             }
             for t in self.threads.iter_mut().filter(|t| t.hot == pass_hot) {
                 let r = match t.st {
@@ -764,7 +793,8 @@ impl Book {
         }
         self.stopped.clear();
         self.parked.clear();
-        // Parked threads last: each interrupted again and let go, stopped for its batch only.
+        // Parked threads last (unless some were kept, above): each interrupted again and let
+        // go, stopped for its batch only.
         let end = std::time::Instant::now();
         if let Err(e) = self.unpark(detach) {
             first_err.get_or_insert(e);
@@ -1118,5 +1148,22 @@ impl Drop for StopWindow<'_> {
         if !self.done {
             let _ = self.tracee.book.release(false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gives_up;
+
+    #[test]
+    fn parking_gives_up_on_a_share_of_wakers_not_on_one() {
+        // Idle sleepers: nobody, or one early waker in many, woke.
+        assert!(!gives_up(0, 1000));
+        assert!(!gives_up(3, 3));
+        assert!(!gives_up(20, 999));
+        // Busy workers: more than one in eight of those parked woke.
+        assert!(gives_up(4, 31));
+        assert!(!gives_up(4, 32));
+        assert!(gives_up(32, 192));
     }
 }
