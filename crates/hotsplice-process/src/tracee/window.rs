@@ -234,6 +234,13 @@ impl Book {
                     .position(|t| t.tid == pid && t.st == St::Running)
             })
             .flatten();
+        // Until the first batch interrupts it, the leader counts as one the
+        // tail interrupts: should the batches end before (parking given up
+        // with no sleeping thread left), the tail still stops it, and no
+        // wait is left for a stop nobody asked for.
+        if let Some(li) = leader {
+            self.threads[li].hot = true;
+        }
         let mut bounds: Vec<(usize, usize)> = Vec::with_capacity(n / PARK_BATCH + 3);
         for (from, to) in [(0, cold), (cold, n)] {
             let mut lo = from;
