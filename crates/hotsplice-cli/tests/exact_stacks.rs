@@ -245,3 +245,56 @@ fn sleeping_threads_are_parked_in_their_calls_and_run_on() {
     assert!(held.is_empty(), "threads left stopped: {held:?}");
     proc.assert_alive("after three applies and undos");
 }
+
+#[test]
+fn kept_and_parked_threads_of_one_window_all_run_on() {
+    require_root();
+    // Threads in usleep are parked; threads in epoll_wait (an interrupted
+    // call returns EINTR) stay stopped for the window. The window's end
+    // then lets the parked ones go first, the kept ones after them.
+    let case = Case::load("kept_and_parked");
+    let build = case.build();
+    let (_out, file, id) = patch_for(&case, &build, "kept-parked");
+    let mut proc = build.start(&case);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let pid = proc.pid();
+    let (mut parked, mut kept, mut both) = (0, 0, 0);
+    for _ in 0..4 {
+        let r = apply(pid, &["--json"], std::slice::from_ref(&file));
+        r.assert_ok("apply");
+        let j = json_of(&r);
+        let (p, k) = (
+            j[0]["times"]["parked"].as_u64().unwrap(),
+            j[0]["times"]["kept"].as_u64().unwrap(),
+        );
+        parked += p;
+        kept += k;
+        both += u32::from(p > 0 && k > 0);
+        assert_eq!(
+            j[0]["threads"],
+            7,
+            "every thread counted, parked or stopped: {}",
+            r.describe()
+        );
+        let mark = proc.mark(Stream::Stdout);
+        proc.expect_line(Stream::Stdout, mark, case.after(), "patched");
+        for s in case.list("steady") {
+            proc.expect_line(Stream::Stdout, mark, &s, "a worker after apply");
+        }
+        undo(pid, &id).assert_ok("undo");
+        let mark = proc.mark(Stream::Stdout);
+        proc.expect_line(Stream::Stdout, mark, case.before(), "undone");
+        for s in case.list("steady") {
+            proc.expect_line(Stream::Stdout, mark, &s, "a worker after undo");
+        }
+    }
+    // A thread may be between two calls at its stop (then it is stopped
+    // with the running ones): over four applies, most windows hold both.
+    assert!(
+        parked >= 8 && kept >= 4 && both >= 2,
+        "parked {parked}, kept {kept}, windows with both {both}, in 4 applies"
+    );
+    let held = hotsplice_testsupport::proc::held_threads(pid as i32);
+    assert!(held.is_empty(), "threads left stopped: {held:?}");
+    proc.assert_alive("after four applies and undos");
+}
