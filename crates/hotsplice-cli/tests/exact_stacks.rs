@@ -252,12 +252,14 @@ fn kept_and_parked_threads_of_one_window_all_run_on() {
     // Threads in usleep are parked; threads in epoll_wait (an interrupted
     // call returns EINTR) stay stopped for the window. The window's end
     // then lets the parked ones go first, the kept ones after them.
-    let case = Case::load("kept_and_parked");
+    let case = Case::load("threads");
     let build = case.build();
     let (_out, file, id) = patch_for(&case, &build, "kept-parked");
-    let mut proc = build.start(&case);
+    let mut proc = build.start_argv(&["./prog".to_string(), "waiters".to_string()]);
     proc.expect_new_line(Stream::Stdout, case.before(), "started");
     let pid = proc.pid();
+    let mut steady = case.list("steady");
+    steady.extend(["e=1".to_string(), "f=1".to_string()]);
     let (mut parked, mut kept, mut both) = (0, 0, 0);
     for _ in 0..4 {
         let r = apply(pid, &["--json"], std::slice::from_ref(&file));
@@ -278,14 +280,14 @@ fn kept_and_parked_threads_of_one_window_all_run_on() {
         );
         let mark = proc.mark(Stream::Stdout);
         proc.expect_line(Stream::Stdout, mark, case.after(), "patched");
-        for s in case.list("steady") {
-            proc.expect_line(Stream::Stdout, mark, &s, "a worker after apply");
+        for s in &steady {
+            proc.expect_line(Stream::Stdout, mark, s, "a worker after apply");
         }
         undo(pid, &id).assert_ok("undo");
         let mark = proc.mark(Stream::Stdout);
         proc.expect_line(Stream::Stdout, mark, case.before(), "undone");
-        for s in case.list("steady") {
-            proc.expect_line(Stream::Stdout, mark, &s, "a worker after undo");
+        for s in &steady {
+            proc.expect_line(Stream::Stdout, mark, s, "a worker after undo");
         }
     }
     // A thread may be between two calls at its stop (then it is stopped
