@@ -18,8 +18,12 @@ flock 9
 [ -f "$KC/.complete" ] || "$REPO/scripts/kernel/fetch.sh" >&2
 # shellcheck disable=SC1091
 . "$KC/env.sh"
-mirror=$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-  | grep -v security | head -1 | awk '{print $2}' || true)
+# Only the files apt itself reads (a `*.disabled` copy or another vendor's
+# repository, e.g. nodesource, is no Debian mirror), and only a Debian
+# archive: its path ends in /debian.
+mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+  | grep -oE '^(URIs:|deb) +https?://[^ ]+' | awk '{print $2}' | grep -v security \
+  | grep -E '/debian/?$' | head -1 || true)
 mirror=${mirror:-http://deb.debian.org/debian}
 if [ ! -f "$D/root/.complete" ]; then
   command -v debootstrap >/dev/null || { echo "mkroot.sh: debootstrap missing (scripts/setup.sh installs it)" >&2; exit 1; }

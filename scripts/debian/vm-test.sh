@@ -23,6 +23,10 @@ fi
 [ $# -eq 4 ] || [ $# -eq 6 ] || { echo "usage: $0 [--xen] DEB PATCH.hsp KEY.pub OUTDIR [PROG PROG.hsp]" >&2; exit 2; }
 DEB=$1 PATCH=$2 PUB=$3 OUT=$4 PROG=${5:-} PROGPATCH=${6:-}
 mapfile -t made < <("$REPO/scripts/debian/mkroot.sh")
+if [ ${#made[@]} -lt 2 ]; then
+  echo "vm-test.sh: scripts/debian/mkroot.sh made no image (its errors are above); rerun it alone to see why" >&2
+  exit 1
+fi
 IMG=${made[0]} INITRD=${made[1]}
 mkdir -p "$OUT"
 disk="$OUT/disk.img"
