@@ -203,6 +203,34 @@ fn walks_go_through_a_signal_frame_from_an_alternate_stack() {
     proc.assert_alive("after the walk");
 }
 
+/// One apply of the `threads` fixture's patch through the CLI (`--json`):
+/// every one of `threads` counted, the patched worker prints the new line
+/// and each line of `steady` keeps coming. Returns the report.
+fn apply_threads_patch(
+    proc: &mut Target,
+    case: &Case,
+    file: &std::path::Path,
+    threads: u64,
+    steady: &[String],
+    what: &str,
+) -> Value {
+    let r = apply(proc.pid(), &["--json"], &[file.to_path_buf()]);
+    r.assert_ok("apply");
+    let j = json_of(&r);
+    assert_eq!(
+        j[0]["threads"],
+        threads,
+        "every thread counted, parked or stopped: {}",
+        r.describe()
+    );
+    let mark = proc.mark(Stream::Stdout);
+    proc.expect_line(Stream::Stdout, mark, case.after(), "patched");
+    for s in steady {
+        proc.expect_line(Stream::Stdout, mark, s, what);
+    }
+    j
+}
+
 /// Four workers that sleep 20 ms between lines (`usleep`) and the main
 /// thread in `pthread_join`: the window parks each one in its system call
 /// once its batch is checked, and every report says so; each thread goes on
@@ -218,22 +246,10 @@ fn sleeping_threads_are_parked_in_their_calls_and_run_on() {
     proc.expect_new_line(Stream::Stdout, case.before(), "started");
     let pid = proc.pid();
     let mut parked = 0;
+    let steady = case.list("steady");
     for _ in 0..3 {
-        let r = apply(pid, &["--json"], std::slice::from_ref(&file));
-        r.assert_ok("apply");
-        let j = json_of(&r);
+        let j = apply_threads_patch(&mut proc, &case, &file, 5, &steady, "unpatched worker");
         parked += j[0]["times"]["parked"].as_u64().unwrap();
-        assert_eq!(
-            j[0]["threads"],
-            5,
-            "every thread counted, parked or stopped: {}",
-            r.describe()
-        );
-        let mark = proc.mark(Stream::Stdout);
-        proc.expect_line(Stream::Stdout, mark, case.after(), "patched");
-        for s in case.list("steady") {
-            proc.expect_line(Stream::Stdout, mark, &s, "unpatched worker");
-        }
         undo(pid, &id).assert_ok("undo");
         let mark = proc.mark(Stream::Stdout);
         proc.expect_line(Stream::Stdout, mark, case.before(), "undone");
@@ -262,9 +278,7 @@ fn kept_and_parked_threads_of_one_window_all_run_on() {
     steady.extend(["e=1".to_string(), "f=1".to_string()]);
     let (mut parked, mut kept, mut both) = (0, 0, 0);
     for _ in 0..4 {
-        let r = apply(pid, &["--json"], std::slice::from_ref(&file));
-        r.assert_ok("apply");
-        let j = json_of(&r);
+        let j = apply_threads_patch(&mut proc, &case, &file, 7, &steady, "a worker after apply");
         let (p, k) = (
             j[0]["times"]["parked"].as_u64().unwrap(),
             j[0]["times"]["kept"].as_u64().unwrap(),
@@ -272,17 +286,6 @@ fn kept_and_parked_threads_of_one_window_all_run_on() {
         parked += p;
         kept += k;
         both += u32::from(p > 0 && k > 0);
-        assert_eq!(
-            j[0]["threads"],
-            7,
-            "every thread counted, parked or stopped: {}",
-            r.describe()
-        );
-        let mark = proc.mark(Stream::Stdout);
-        proc.expect_line(Stream::Stdout, mark, case.after(), "patched");
-        for s in &steady {
-            proc.expect_line(Stream::Stdout, mark, s, "a worker after apply");
-        }
         undo(pid, &id).assert_ok("undo");
         let mark = proc.mark(Stream::Stdout);
         proc.expect_line(Stream::Stdout, mark, case.before(), "undone");
