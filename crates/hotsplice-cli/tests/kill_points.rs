@@ -169,12 +169,18 @@ impl Scenario {
                 assert!(r.stdout.contains("\"no-libgcc\""), "{}", r.describe());
                 let after = self.case.after().to_string();
                 self.proc.expect_new_line(Stream::Stdout, &after, "applied");
-                fs::write(dir.join("load"), b"").unwrap();
-                self.proc
-                    .expect_new_line(Stream::Stdout, "loaded libgcc_s", "libgcc_s loaded");
-                fs::write(dir.join("trace"), b"").unwrap();
-                self.proc
-                    .expect_new_line(Stream::Stderr, "caller lost", "tracing, unregistered");
+                self.proc.expect_line_caused_by(
+                    Stream::Stdout,
+                    "loaded libgcc_s",
+                    "libgcc_s loaded",
+                    || fs::write(dir.join("load"), b"").unwrap(),
+                );
+                self.proc.expect_line_caused_by(
+                    Stream::Stderr,
+                    "caller lost",
+                    "tracing, unregistered",
+                    || fs::write(dir.join("trace"), b"").unwrap(),
+                );
             }
         }
     }

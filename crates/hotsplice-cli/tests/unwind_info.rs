@@ -72,8 +72,12 @@ fn backtrace_and_pthread_cancel_walk_through_patched_functions() {
     // the forced unwind runs through f_wait()'s frame to the cleanup
     // handler its caller pushed (without the FDE it ends at f_wait() and
     // the thread exits without running it).
-    std::fs::write(build.dir.join("cancel"), b"").unwrap();
-    proc.expect_new_line(Stream::Stdout, "cancelled: cleanup ran", "cancelled");
+    proc.expect_line_caused_by(
+        Stream::Stdout,
+        "cancelled: cleanup ran",
+        "cancelled",
+        || std::fs::write(build.dir.join("cancel"), b"").unwrap(),
+    );
     proc.expect_new_line(Stream::Stdout, case.after(), "after the cancel");
 
     undo_applied(pid, &j, "undo");
@@ -219,11 +223,9 @@ fn the_registration_passes_over_a_thread_parked_in_a_signal_handler() {
 
     // The handler returns into the code it interrupted: the target lives
     // on, on the patched code.
-    // (The mark before the signal: the line is printed once, and may come
-    // before `expect_new_line` could take its mark.)
-    let mark = proc.mark(Stream::Stdout);
-    unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
-    proc.expect_line(Stream::Stdout, mark, "handler returned", "released");
+    proc.expect_line_caused_by(Stream::Stdout, "handler returned", "released", || unsafe {
+        libc::kill(pid as i32, libc::SIGUSR2);
+    });
     proc.expect_new_line(Stream::Stdout, "result=2,-1", "after the handler");
     proc.assert_alive("after the handler returned");
     undo_applied(pid, &j, "undo");
@@ -319,8 +321,9 @@ fn libgcc_loaded_after_the_apply_gets_the_patch_registered_by_the_next_command()
     proc.expect_new_line(Stream::Stdout, case.after(), "patched");
 
     // The program loads libgcc_s; the next hotsplice command registers.
-    std::fs::write(build.dir.join("load"), b"").unwrap();
-    proc.expect_new_line(Stream::Stdout, "loaded libgcc_s", "loaded");
+    proc.expect_line_caused_by(Stream::Stdout, "loaded libgcc_s", "loaded", || {
+        std::fs::write(build.dir.join("load"), b"").unwrap()
+    });
     let s = hotsplice(["user", "show", "--json", "--pid", &pid.to_string()]);
     s.assert_ok("show");
     let v = json_of(&s);
@@ -366,8 +369,9 @@ fn the_daemon_pass_registers_late_too() {
         .assert_ok("daemon: apply");
     proc.expect_new_line(Stream::Stdout, case.after(), "patched by the daemon");
 
-    std::fs::write(build.dir.join("load"), b"").unwrap();
-    proc.expect_new_line(Stream::Stdout, "loaded libgcc_s", "loaded");
+    proc.expect_line_caused_by(Stream::Stdout, "loaded libgcc_s", "loaded", || {
+        std::fs::write(build.dir.join("load"), b"").unwrap()
+    });
     // Its next pass has nothing to apply, but registers.
     env.hs(["daemon", "--once", "--no-netlink"])
         .assert_ok("daemon: next pass");

@@ -313,6 +313,21 @@ impl Target {
         }
     }
 
+    /// `cause` (a signal, a control file the target polls), then the line `text` it makes the
+    /// target print, panicking with context after [`LINE_TIMEOUT`]. The mark is taken before
+    /// `cause`: a line printed once could otherwise come before `expect_new_line` took its mark.
+    pub fn expect_line_caused_by(
+        &mut self,
+        s: Stream,
+        text: &str,
+        what: &str,
+        cause: impl FnOnce(),
+    ) -> usize {
+        let m = self.mark(s);
+        cause();
+        self.expect_line(s, m, text, what)
+    }
+
     /// Like `wait_for_new_line`, panicking with context after [`LINE_TIMEOUT`].
     pub fn expect_new_line(&mut self, s: Stream, text: &str, what: &str) -> usize {
         let m = self.mark(s);
