@@ -276,6 +276,27 @@ pub fn print_human(o: &Output) {
             "",
         );
     }
+    println!();
+    println!(
+        "   the kernel's own stop of the whole process, no tool (SIGSTOP, waitpid until every thread stopped, SIGCONT at once; the floor of any stop of every thread): time until all stopped; the spinner's gap; active threads' largest lateness"
+    );
+    stop_row(
+        "threads",
+        ["all stopped", "gap in target", "woke late", ""],
+        "",
+    );
+    for r in &o.stop {
+        stop_row(
+            &r.label(),
+            [
+                r.kernel_stop_us.show(1),
+                r.kernel_stop_gap_us.show(1),
+                r.kernel_stop_late_us.show(0),
+                String::new(),
+            ],
+            "",
+        );
+    }
     let costs: Vec<String> =
         o.stop
             .iter()

@@ -73,6 +73,13 @@ pub struct StopResult {
     pub apply_batch_us: Stat,
     pub apply_held_us: Stat,
     pub undo_held_us: Stat,
+    /// The kernel's own stop of the whole process, as a floor for any tool
+    /// that stops every thread (no tracer; see [`group_stop`]): how long
+    /// until every thread was stopped, and what the target saw — the
+    /// spinner's largest gap, and how late an active thread woke, at most.
+    pub kernel_stop_us: Stat,
+    pub kernel_stop_gap_us: Stat,
+    pub kernel_stop_late_us: Stat,
 }
 
 /// What the stopper's other threads do (see [`StopResult::mode`]).
@@ -187,7 +194,7 @@ pub fn bench_stop(
     let mut retried = 0;
     let mut phases: Vec<[f64; 9]> = Vec::with_capacity(reps);
     let mut leads: Vec<[f64; 5]> = Vec::with_capacity(reps);
-    let mut sleepers: Vec<[f64; 8]> = Vec::with_capacity(reps);
+    let mut sleepers: Vec<[f64; 11]> = Vec::with_capacity(reps);
     let mut stacks = (0, 0);
     let mut cycle = |t: &mut Stopper, rec: &mut Option<&mut Vec<[f64; 11]>>| -> Result<()> {
         t.reset()?;
@@ -222,6 +229,9 @@ pub fn bench_stop(
         std::thread::sleep(wall);
         let bgg = t.gap()?;
         let bg = bgg.max_us;
+        t.reset()?;
+        let kernel = group_stop(t.0.pid_i32())?;
+        let kg = t.gap()?;
         if let Some(rec) = rec {
             let w = &a.times;
             phases.push([
@@ -252,6 +262,9 @@ pub fn bench_stop(
                 w.batch_us,
                 w.held_us,
                 u.times.held_us,
+                micros(kernel),
+                kg.max_us,
+                kg.late_us,
             ]);
             retried += usize::from(a.attempts > 1) + usize::from(u.attempts > 1);
             rec.push([
@@ -347,6 +360,9 @@ pub fn bench_stop(
         apply_batch_us: sl(5),
         apply_held_us: sl(6),
         undo_held_us: sl(7),
+        kernel_stop_us: sl(8),
+        kernel_stop_gap_us: sl(9),
+        kernel_stop_late_us: sl(10),
         reps,
         apply_gap_us: col(0),
         apply_stopped_us: col(1),
@@ -366,6 +382,51 @@ pub fn bench_stop(
         stacks_exact: stacks.0,
         stacks_scanned: stacks.1,
     })
+}
+
+/// The kernel's own stop of every thread of `pid` (our child, not traced): `SIGSTOP`, wait until
+/// the group stop is complete (`waitpid` with `WUNTRACED` reports it once every thread stopped),
+/// then `SIGCONT` at once. Returns how long the stop took to complete. It is the least any tool
+/// that stops every thread can cost the target: each thread must get a CPU to stop, and again to
+/// go on, and with busy workers they all wake together afterwards — with no tracer, no register
+/// or stack read and no hold.
+fn group_stop(pid: i32) -> Result<Duration> {
+    /// Sends `SIGCONT` however the wait ends.
+    struct Cont(i32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let t0 = Instant::now();
+    // SAFETY: kill has no memory effects.
+    if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+        bail!(
+            "SIGSTOP to the stopper {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let _cont = Cont(pid);
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer for the call.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if r < 0 && e.raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        bail!("waiting for the stopper {pid} to stop: {e}");
+    }
+    let took = t0.elapsed();
+    ensure!(
+        libc::WIFSTOPPED(status),
+        "the stopper {pid} did not stop (wait status {status:#x})"
+    );
+    Ok(took)
 }
 
 /// The stack walk the bench was asked for (`--stack-walk`, passed on as

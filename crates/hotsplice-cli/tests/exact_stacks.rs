@@ -303,3 +303,73 @@ fn kept_and_parked_threads_of_one_window_all_run_on() {
     assert!(held.is_empty(), "threads left stopped: {held:?}");
     proc.assert_alive("after four applies and undos");
 }
+
+/// A thread waiting for a vfork child (`./prog vfork`: 3 s at a time) is in
+/// an uninterruptible sleep, which no interrupt ends: a window begun then
+/// held every other thread until the child exited (seconds; with a hung
+/// NFS server, for good). Now no window begins while a thread is in state
+/// D: apply waits with the process running, and refuses at its busy
+/// timeout naming the thread; detaching takes the others first, so they
+/// never wait with it. Given long enough, the apply lands between two
+/// such sleeps.
+#[test]
+fn a_thread_in_an_uninterruptible_sleep_holds_no_other_thread() {
+    require_root();
+    let case = Case::load("threads");
+    let build = case.build();
+    let (_out, file, id) = patch_for(&case, &build, "vfork");
+    let mut proc = build.start_argv(&["./prog".to_string(), "vfork".to_string()]);
+    proc.expect_new_line(Stream::Stdout, case.before(), "started");
+    let pid = proc.pid();
+    let in_d = || {
+        hotsplice_testsupport::proc::threads(pid as i32)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|&tid| {
+                hotsplice_testsupport::proc::status_of(&format!("{pid}/task/{tid}"))
+                    .is_ok_and(|s| s.state == 'D')
+            })
+    };
+    // Right after the thread began to wait: its child has about 3 s left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let tid = loop {
+        if let Some(t) = in_d() {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no thread of the fixture entered state D"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let r = apply(pid, &["--busy-timeout", "0.5"], std::slice::from_ref(&file));
+    r.assert_failed("apply while a thread is in state D");
+    assert!(
+        r.stderr.contains("uninterruptible sleep")
+            && r.stderr.contains(&format!("thread {tid} "))
+            && r.stderr.contains("left running unchanged"),
+        "{}",
+        r.describe()
+    );
+    let held = hotsplice_testsupport::proc::held_threads(pid as i32);
+    assert!(held.is_empty(), "threads left stopped: {held:?}");
+    let mark = proc.mark(Stream::Stdout);
+    for s in case
+        .list("steady")
+        .iter()
+        .chain([&case.before().to_string()])
+    {
+        proc.expect_line(Stream::Stdout, mark, s, "a worker after the refusal");
+    }
+    // The apply waits, the process running, for a moment with no thread
+    // in state D (the thread's 1 s sleep between two children).
+    let steady = case.list("steady");
+    apply_threads_patch(&mut proc, &case, &file, 6, &steady, "a worker after apply");
+    undo(pid, &id).assert_ok("undo");
+    let mark = proc.mark(Stream::Stdout);
+    proc.expect_line(Stream::Stdout, mark, case.before(), "undone");
+    proc.expect_line(Stream::Stdout, mark, "v=1", "the vfork thread after undo");
+    let held = hotsplice_testsupport::proc::held_threads(pid as i32);
+    assert!(held.is_empty(), "threads left stopped: {held:?}");
+    proc.assert_alive("after apply and undo");
+}

@@ -103,6 +103,10 @@ pub enum EngineError {
         frame: &'static str,
         waited_ms: u128,
     },
+    /// A thread stayed in an uninterruptible sleep (state `D`) until the busy timeout: no window
+    /// was begun, so no thread was held behind it.
+    #[error("process {pid}: thread {tid} is in an uninterruptible sleep (state D: waiting for a disk, a network file system, a FUSE server or a vfork child; still after {waited_ms} ms), which no interrupt ends, so stopping the process would hold every other thread until it leaves; the process was left running unchanged; retry when it has left (see `cat /proc/{pid}/task/{tid}/wchan`) or raise --busy-timeout")]
+    Uninterruptible { pid: Pid, tid: Pid, waited_ms: u128 },
     #[error("process {pid}: refusing to patch {why}")]
     Refused { pid: Pid, why: String },
     /// A record in the process that hotsplice did not write as it is.

@@ -68,6 +68,25 @@ pub(crate) enum Outcome<T> {
     PartlyApplied(EngineError),
 }
 
+/// Let the process run for `backoff` (at most until `deadline`, or until the caller stops
+/// waiting) before the next window. While seized, a thread that gets a signal or starts a thread
+/// waits for us: such stops are collected meanwhile.
+fn wait_running(
+    tracee: &mut Tracee,
+    deadline: Instant,
+    backoff: Duration,
+    opts: &ApplyOptions,
+) -> hotsplice_process::Result<()> {
+    let until = Instant::now() + backoff.min(deadline.saturating_duration_since(Instant::now()));
+    while Instant::now() < until && !opts.stop_waiting.is_some_and(|stop| stop()) {
+        tracee.service_events()?;
+        std::thread::sleep(
+            Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())),
+        );
+    }
+    Ok(())
+}
+
 /// Stop all threads, check none is inside `ranges`, check the bytes to
 /// overwrite are still what they were, write, detach. While busy, let the
 /// process run and retry until the timeout. `maps` (read before, sorted)
@@ -154,7 +173,7 @@ pub(crate) fn stop_and_write<T>(
         let mut early_all = true;
         let mut early_any = false;
         let mut early_lingering: Vec<Lingering> = Vec::new();
-        let mut window = unchanged!(tracee.stop_all_then(&mut |batch| {
+        let window = tracee.stop_all_then(&mut |batch| {
             if early_busy.is_some() || !early_all || batch.is_empty() {
                 return false;
             }
@@ -178,7 +197,28 @@ pub(crate) fn stop_and_write<T>(
                     .iter()
                     .any(|w| at < w.addr + w.new.len() as u64 && w.addr < at + 2)
             })
-        }));
+        });
+        let asleep_for_good = match &window {
+            Err(hotsplice_process::Error::Uninterruptible { tid, .. }) => Some(*tid),
+            _ => None,
+        };
+        // No thread was stopped: wait with the process running, as for busy code.
+        if let Some(tid) = asleep_for_good {
+            drop(window);
+            let waited_ms = started.elapsed().as_millis();
+            if Instant::now() >= deadline || opts.stop_waiting.is_some_and(|stop| stop()) {
+                let e = EngineError::Uninterruptible {
+                    pid,
+                    tid,
+                    waited_ms,
+                };
+                return Outcome::Unchanged(e, held);
+            }
+            unchanged!(wait_running(tracee, deadline, backoff, opts));
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+            continue;
+        }
+        let mut window = unchanged!({ window });
         // From the first interrupt (not the states read before it).
         let t0 = window.started();
         let spans = stack_spans(window.threads(), &maps);
@@ -341,16 +381,7 @@ pub(crate) fn stop_and_write<T>(
                 };
                 return Outcome::Unchanged(e, held);
             }
-            // While seized, a thread that gets a signal or starts a thread
-            // waits for us: collect such stops while we wait.
-            let until =
-                Instant::now() + backoff.min(deadline.saturating_duration_since(Instant::now()));
-            while Instant::now() < until && !opts.stop_waiting.is_some_and(|stop| stop()) {
-                unchanged!(tracee.service_events());
-                std::thread::sleep(
-                    Duration::from_millis(2).min(until.saturating_duration_since(Instant::now())),
-                );
-            }
+            unchanged!(wait_running(tracee, deadline, backoff, opts));
             backoff = (backoff * 2).min(Duration::from_millis(200));
             continue;
         }

@@ -91,6 +91,20 @@ pub enum Error {
         /// Target process.
         pid: Pid,
     },
+    /// A thread is in an uninterruptible sleep (`/proc`'s state `D`), which no interrupt ends:
+    /// a stop window would hold every other thread until it left. Nothing was stopped; retry
+    /// once it has left.
+    #[error(
+        "thread {tid} of process {pid} is in an uninterruptible sleep (state D: waiting for a disk, \
+         a network file system, a FUSE server or a vfork child), which no interrupt ends; no thread \
+         was stopped"
+    )]
+    Uninterruptible {
+        /// The target process.
+        pid: Pid,
+        /// The thread found in state `D`.
+        tid: Pid,
+    },
     /// The target did something we did not expect.
     #[error("unexpected state of thread {tid}: {detail}")]
     Unexpected {

@@ -392,6 +392,8 @@ fn process_exiting_during_stop_loop_gives_process_exited() {
                         break Some(e);
                     }
                 }
+                // A thread exiting may be in state D for a moment: no window, try again.
+                Err(Error::Uninterruptible { .. }) => {}
                 Err(e) => break Some(e),
             }
             if let Err(e) = tr.service_events() {

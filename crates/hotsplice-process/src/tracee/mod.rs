@@ -104,8 +104,28 @@ impl Tracee {
         if self.book.finished {
             return Ok(());
         }
-        self.book.collect(false, &mut |_| false)?;
-        self.book.release(true)
+        // A thread in an uninterruptible sleep (state `D`: a vfork parent, a read from a hung
+        // NFS server) stops for its interrupt only when it leaves that sleep. The others are
+        // detached first, so that none of them waits stopped with it; then it is waited for
+        // alone (it sleeps on meanwhile, and goes on as soon as it is detached).
+        let asleep = self.book.take_uninterruptible();
+        let first = self
+            .book
+            .collect(false, &mut |_| false)
+            .and_then(|()| self.book.release(true));
+        if asleep.is_empty() || !self.book.threads.is_empty() {
+            // Nothing waits, or the first pass could not finish: the threads taken out go back
+            // to the book, for its next detach (or the kernel's, when we exit).
+            self.book.threads.extend(asleep);
+            return first;
+        }
+        self.book.finished = false;
+        self.book.threads = asleep;
+        let second = self
+            .book
+            .collect(false, &mut |_| false)
+            .and_then(|()| self.book.release(true));
+        first.and(second)
     }
 }
 

@@ -147,6 +147,23 @@ impl Book {
         }
     }
 
+    /// Take out of the book the running threads that `/proc` shows in an uninterruptible sleep
+    /// (state `D`), which no interrupt ends (see [`super::Tracee::detach`]).
+    pub(super) fn take_uninterruptible(&mut self) -> Vec<Thread> {
+        let Some(dir) = procfs::TaskDir::open(self.pid) else {
+            return Vec::new();
+        };
+        let mut asleep = Vec::new();
+        self.threads.retain(|t| {
+            let d = t.st == St::Running && dir.state(t.tid) == Some('D');
+            if d {
+                asleep.push(Thread { hot: false, ..*t });
+            }
+            !d
+        });
+        asleep
+    }
+
     pub(super) fn check_live(&self) -> Result<()> {
         if self.finished {
             Err(Error::Detached { pid: self.pid })

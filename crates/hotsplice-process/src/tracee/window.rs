@@ -45,7 +45,10 @@ impl Tracee {
     /// [`StopWindow::detach_all`] let it go before the others ([`Tracee::last_running_stop`]).
     /// Threads created meanwhile are included; exited threads are dropped; if the whole process
     /// exits the result is [`Error::ProcessExited`]. On any error, threads that were stopped are
-    /// resumed.
+    /// resumed. A thread found in an uninterruptible sleep (state `D`: a read from a slow disk or
+    /// a hung NFS server, a `vfork` parent) is [`Error::Uninterruptible`], with no thread stopped:
+    /// no interrupt ends such a sleep, and the window would hold every other thread for as long
+    /// as it lasts.
     pub fn stop_all(&mut self) -> Result<StopWindow<'_>> {
         self.stop_all_then(&mut |_| false)
     }
@@ -89,10 +92,35 @@ impl Tracee {
         let pid = self.book.pid;
         let t0 = std::time::Instant::now();
         let dir = procfs::TaskDir::open(pid);
+        let mut asleep: Vec<Pid> = Vec::new();
         for t in &mut self.book.threads {
-            t.hot = t.st == St::Running && dir.as_ref().and_then(|d| d.state(t.tid)) == Some('R');
+            let state = match (&dir, t.st) {
+                (Some(d), St::Running) => d.state(t.tid),
+                _ => None,
+            };
+            t.hot = state == Some('R');
+            if state == Some('D') {
+                asleep.push(t.tid);
+            }
+        }
+        // Most such sleeps last microseconds (a lock in the kernel, a page
+        // read in, a thread's exit): looked at again a few times before the
+        // window is given up. Before any interrupt: nothing to let go. (A
+        // thread that enters such a sleep after this still holds the window
+        // until it leaves it.)
+        if let Some(d) = &dir {
+            for _ in 0..UNINTERRUPTIBLE_LOOKS {
+                if asleep.is_empty() {
+                    break;
+                }
+                std::thread::sleep(UNINTERRUPTIBLE_PAUSE);
+                asleep.retain(|&tid| d.state(tid) == Some('D'));
+            }
         }
         self.book.states_read = t0.elapsed();
+        if let Some(&tid) = asleep.first() {
+            return Err(Error::Uninterruptible { pid, tid });
+        }
         self.book.collect(true, early)?;
         Ok(StopWindow {
             tracee: self,
@@ -102,6 +130,11 @@ impl Tracee {
         })
     }
 }
+
+/// A thread found in an uninterruptible sleep before a window is looked at again this many
+/// times, this far apart, before the window is given up ([`Error::Uninterruptible`]).
+const UNINTERRUPTIBLE_LOOKS: usize = 5;
+const UNINTERRUPTIBLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Sleeping threads are stopped, checked and parked this many at a time: a sleeping thread is
 /// stopped for about its batch (some 25 µs a thread), not for the whole window.
