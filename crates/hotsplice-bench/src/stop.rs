@@ -391,40 +391,30 @@ pub fn bench_stop(
 /// go on, and with busy workers they all wake together afterwards — with no tracer, no register
 /// or stack read and no hold.
 fn group_stop(pid: i32) -> Result<Duration> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::Pid;
     /// Sends `SIGCONT` however the wait ends.
-    struct Cont(i32);
+    struct Cont(Pid);
     impl Drop for Cont {
         fn drop(&mut self) {
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
+            let _ = kill(self.0, Signal::SIGCONT);
         }
     }
+    let pid = Pid::from_raw(pid);
     let t0 = Instant::now();
-    // SAFETY: kill has no memory effects.
-    if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
-        bail!(
-            "SIGSTOP to the stopper {pid}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    kill(pid, Signal::SIGSTOP).with_context(|| format!("SIGSTOP to the stopper {pid}"))?;
     let _cont = Cont(pid);
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is a valid out-pointer for the call.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
-        if r == pid {
-            break;
+    let status = loop {
+        match waitpid(pid, Some(WaitPidFlag::WUNTRACED)) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r.with_context(|| format!("waiting for the stopper {pid} to stop"))?,
         }
-        let e = std::io::Error::last_os_error();
-        if r < 0 && e.raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        bail!("waiting for the stopper {pid} to stop: {e}");
-    }
+    };
     let took = t0.elapsed();
     ensure!(
-        libc::WIFSTOPPED(status),
-        "the stopper {pid} did not stop (wait status {status:#x})"
+        matches!(status, WaitStatus::Stopped(..)),
+        "the stopper {pid} did not stop ({status:?})"
     );
     Ok(took)
 }
